@@ -1,0 +1,56 @@
+//! `floodgate check`: validate the policy file.
+
+use floodgate_rules::Policy;
+
+use super::{CheckArgs, CliError, Status, load_policy, plural};
+
+/// Validates the policy, printing every diagnostic and a one-line summary.
+pub(super) fn run(args: &CheckArgs) -> Result<Status, CliError> {
+    let Some(loaded) = load_policy(&args.policy)? else {
+        return Ok(Status::Invalid);
+    };
+    println!(
+        "{}: valid: {}; {}",
+        args.policy.config.display(),
+        summary(&loaded.policy),
+        plural(loaded.warnings.len(), "warning")
+    );
+    Ok(Status::Success)
+}
+
+/// `3 tiers, 4 allow entries (1 expired), 3 plans, 2 tenant overrides, 4 targets, source files`.
+fn summary(policy: &Policy) -> String {
+    let today = policy.evaluated_on;
+    let entries = policy.allow.entries();
+    let expired_entries = entries.iter().filter(|e| e.is_expired(today)).count();
+    let mut parts = vec![
+        plural(policy.tiers.len(), "tier"),
+        with_expired(plural(entries.len(), "allow entry"), expired_entries),
+    ];
+    if let Some(quotas) = &policy.quotas {
+        let overrides = quotas.overrides();
+        let expired_overrides = overrides.iter().filter(|o| o.is_expired(today)).count();
+        parts.push(plural(quotas.plans().len(), "plan"));
+        parts.push(with_expired(
+            plural(overrides.len(), "tenant override"),
+            expired_overrides,
+        ));
+    }
+    parts.push(plural(policy.targets.len(), "target"));
+    parts.push(match &policy.source {
+        Some(floodgate_rules::policy::LogSourceConfig::Files { .. }) => "source files".to_owned(),
+        Some(floodgate_rules::policy::LogSourceConfig::CloudWatch { .. }) => {
+            "source cloudwatch".to_owned()
+        }
+        None => "no source".to_owned(),
+    });
+    parts.join(", ")
+}
+
+fn with_expired(text: String, expired: usize) -> String {
+    if expired == 0 {
+        text
+    } else {
+        format!("{text} ({expired} expired)")
+    }
+}

@@ -1,0 +1,160 @@
+//! The policy file: one TOML file holding the responder's tiers, the
+//! allow-list exceptions, the tenant quotas, the WAF targets, the log source
+//! and the safety limits.
+//!
+//! Loading goes parse → validate → typed [`Policy`]. Validation is pure: the
+//! caller passes the text and the day to evaluate expiry on, and gets back
+//! either a policy plus warnings, or every error found.
+//!
+//! # Examples
+//!
+//! ```
+//! use floodgate_rules::Policy;
+//! use time::macros::date;
+//!
+//! let text = r#"
+//! [[tiers]]
+//! name = "block"
+//! requests = 2000
+//! window_seconds = 300
+//! action = "block"
+//! block_minutes = 15
+//!
+//! [[allow]]
+//! cidr = "198.51.100.0/24"
+//! reason = "partner office NAT"
+//! owner = "netops@example.com"
+//! expires = 2027-06-30
+//! "#;
+//! let loaded = Policy::from_toml(text, "floodgate.toml", date!(2026 - 11 - 22)).unwrap();
+//! assert!(loaded.warnings.is_empty());
+//! let allowed = loaded.policy.allow.find("198.51.100.7".parse().unwrap()).unwrap();
+//! assert_eq!(allowed.owner, "netops@example.com");
+//! ```
+
+pub(crate) mod allow;
+mod check;
+mod quotas;
+mod raw;
+mod safety;
+mod targets;
+mod tiers;
+
+pub use allow::{AllowEntry, AllowList};
+pub use quotas::{Grant, Limit, Plan, PlanName, Quotas, TenantId, TenantOverride};
+pub use safety::{Mode, Safety};
+pub use targets::{
+    CloudWatchApi, IpSetName, LogGroup, LogSourceConfig, Region, Target, WafScope, Wafv2Target,
+};
+pub use tiers::{BlockRule, Escalation, Tier, TierAction, TierName};
+
+use time::Date;
+
+use crate::diagnostic::{Collector, Diagnostic, PolicyError, Severity, closest};
+use check::Checker;
+use raw::RawPolicy;
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Responder tiers, from the lowest request rate to the highest.
+    pub tiers: Vec<Tier>,
+    /// Allow-list exceptions.
+    pub allow: AllowList,
+    /// Tenant quotas for the middleware, if the file has `[quotas]`.
+    pub quotas: Option<Quotas>,
+    /// Where blocks go.
+    pub targets: Vec<Target>,
+    /// Where WAF logs come from, if the file has `[source]`.
+    pub source: Option<LogSourceConfig>,
+    /// Safety limits.
+    pub safety: Safety,
+    /// The day expiry was evaluated on.
+    pub evaluated_on: Date,
+}
+
+/// A policy that loaded, with the warnings ops should still read.
+#[derive(Debug, Clone)]
+pub struct LoadedPolicy {
+    /// The policy.
+    pub policy: Policy,
+    /// Warnings in file order: expired, duplicate or overlapping entries...
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Policy {
+    /// Parses and validates policy text. `file` names the file in messages;
+    /// `today` decides which exceptions have expired.
+    pub fn from_toml(text: &str, file: &str, today: Date) -> Result<LoadedPolicy, PolicyError> {
+        let mut checker = Checker {
+            found: Collector::new(file, text),
+            today,
+        };
+        let raw: RawPolicy = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                report_parse_error(&mut checker, &error);
+                return Err(PolicyError {
+                    diagnostics: checker.found.finish(),
+                });
+            }
+        };
+        let safety = safety::check_safety(&mut checker, raw.safety.as_ref());
+        let tiers = tiers::check_tiers(&mut checker, &raw.tiers);
+        let allow = allow::check_allow_list(&mut checker, &raw.allow, &safety, &tiers);
+        let quotas = raw
+            .quotas
+            .as_ref()
+            .and_then(|q| quotas::check_quotas(&mut checker, q));
+        let targets = targets::check_targets(&mut checker, &raw.targets);
+        let source = raw
+            .source
+            .as_ref()
+            .and_then(|s| targets::check_source(&mut checker, s));
+        let diagnostics = checker.found.finish();
+        if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+            return Err(PolicyError { diagnostics });
+        }
+        let policy = Policy {
+            tiers,
+            allow,
+            quotas,
+            targets,
+            source,
+            safety,
+            evaluated_on: today,
+        };
+        Ok(LoadedPolicy {
+            policy,
+            warnings: diagnostics,
+        })
+    }
+
+    /// The tier of that name.
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name.as_str() == name)
+    }
+}
+
+/// Reports a TOML syntax or shape error, with a suggestion for a misspelt key.
+fn report_parse_error(checker: &mut Checker<'_>, error: &toml::de::Error) {
+    let message = error.message().trim_end().to_owned();
+    let help = misspelt_key_help(&message);
+    checker.error(error.span().unwrap_or(0..0), "", message, help);
+}
+
+/// For toml's "unknown field `x`, expected one of `a`, `b`", the closest key.
+fn misspelt_key_help(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match closest(unknown, candidates.iter().copied()) {
+        Some(key) => Some(format!("did you mean `{key}`?")),
+        None => Some(format!(
+            "remove `{unknown}`; this table takes {}",
+            expected
+                .trim_start_matches(", expected ")
+                .trim_start_matches("expected ")
+        )),
+    }
+}

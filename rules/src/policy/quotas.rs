@@ -1,0 +1,389 @@
+//! Tenant quotas for the rate-limit middleware: plans with one or more
+//! limits, a default plan, and per-tenant overrides that ops approved.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+
+use time::Date;
+use toml::Spanned;
+
+use super::check::Checker;
+use super::raw::{RawLimit, RawOverride, RawPlan, RawQuotas};
+use crate::diagnostic::closest;
+
+/// A plan's name, such as `free` or `enterprise`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanName(String);
+
+/// A tenant's identifier as the service knows it: 1 to 128 characters, no
+/// spaces or control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl PlanName {
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TenantId {
+    /// Checks and wraps a tenant identifier.
+    pub fn new(id: &str) -> Option<TenantId> {
+        let valid = !id.is_empty()
+            && id.chars().count() <= 128
+            && !id.chars().any(|c| c.is_whitespace() || c.is_control());
+        valid.then(|| TenantId(id.to_owned()))
+    }
+
+    /// The identifier as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PlanName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// At most `requests` per `per_seconds`, with bursts of up to `burst`
+/// (GCRA: one request every `per_seconds / requests` seconds on average).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    /// Requests allowed per period.
+    pub requests: NonZeroU32,
+    /// The period.
+    pub per_seconds: NonZeroU32,
+    /// Requests allowed at once; defaults to `requests`.
+    pub burst: NonZeroU32,
+}
+
+/// A named set of limits; a request must pass all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The plan's name.
+    pub name: PlanName,
+    /// At least one limit.
+    pub limits: Vec<Limit>,
+    /// Count would-be rejections but let the requests through.
+    pub shadow: bool,
+}
+
+/// What an override gives a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Another plan's limits.
+    Plan(PlanName),
+    /// Limits of its own.
+    Limits(Vec<Limit>),
+}
+
+/// A per-tenant exception to the plans, approved by ops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantOverride {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// What it gets instead of its plan.
+    pub grant: Grant,
+    /// Why.
+    pub reason: String,
+    /// Who answers for it.
+    pub owner: String,
+    /// Last day it applies (inclusive, UTC).
+    pub expires: Date,
+    /// Line of the override in the policy file.
+    pub line: usize,
+}
+
+impl TenantOverride {
+    /// Whether the override no longer applies on `today`.
+    pub fn is_expired(&self, today: Date) -> bool {
+        today > self.expires
+    }
+}
+
+/// The `[quotas]` section.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    plans: Vec<Plan>,
+    default_plan: usize,
+    overrides: Vec<TenantOverride>,
+    /// Unexpired overrides by tenant, as indexes into `overrides`.
+    active: HashMap<TenantId, usize>,
+}
+
+impl Quotas {
+    /// Every plan, in file order.
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    /// The plan a tenant without an override gets.
+    pub fn default_plan(&self) -> &Plan {
+        &self.plans[self.default_plan]
+    }
+
+    /// The plan of that name.
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name.as_str() == name)
+    }
+
+    /// Every override in file order, expired ones included.
+    pub fn overrides(&self) -> &[TenantOverride] {
+        &self.overrides
+    }
+
+    /// The unexpired override for `tenant`, if any.
+    pub fn override_for(&self, tenant: &str) -> Option<&TenantOverride> {
+        self.active.get(tenant).map(|&i| &self.overrides[i])
+    }
+
+    /// The limits that apply to `tenant`: its override's, or the default plan's.
+    pub fn limits_for(&self, tenant: &str) -> &[Limit] {
+        match self.override_for(tenant).map(|o| &o.grant) {
+            Some(Grant::Limits(limits)) => limits,
+            Some(Grant::Plan(plan)) => {
+                &self
+                    .plan(plan.as_str())
+                    .unwrap_or(self.default_plan())
+                    .limits
+            }
+            None => &self.default_plan().limits,
+        }
+    }
+}
+
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks `[quotas]`: plans first, then the default plan and overrides that name them.
+pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) -> Option<Quotas> {
+    let raw = raw.get_ref();
+    let mut plans: Vec<Plan> = Vec::new();
+    for (i, plan) in raw.plans.iter().enumerate() {
+        let path = format!("quotas.plans[{i}]");
+        let Some(plan) = check_plan(checker, plan.get_ref(), &path) else {
+            continue;
+        };
+        if plans.iter().any(|p| p.name == plan.name) {
+            let message = format!("plan \"{}\" is defined twice", plan.name);
+            checker.error(
+                raw.plans[i].get_ref().name.span(),
+                &format!("{path}.name"),
+                message,
+                Some("give each plan its own name".to_owned()),
+            );
+            continue;
+        }
+        plans.push(plan);
+    }
+    let default_plan =
+        check_plan_reference(checker, &raw.default_plan, "quotas.default_plan", &plans);
+    let mut overrides: Vec<TenantOverride> = Vec::new();
+    for (i, entry) in raw.overrides.iter().enumerate() {
+        let path = format!("quotas.overrides[{i}]");
+        let Some(checked) = check_override(checker, entry, &path, &plans) else {
+            continue;
+        };
+        if let Some(earlier) = overrides.iter().find(|o| o.tenant == checked.tenant) {
+            let message = format!(
+                "tenant \"{}\" already has an override at line {}",
+                checked.tenant, earlier.line
+            );
+            let help = Some("merge the two into one override".to_owned());
+            checker.error(
+                entry.get_ref().tenant.span(),
+                &format!("{path}.tenant"),
+                message,
+                help,
+            );
+            continue;
+        }
+        if checked.is_expired(checker.today) {
+            let message = format!("expired on {}; it no longer applies", checked.expires);
+            let help = Some("renew it with a later expires date, or remove it".to_owned());
+            checker.warn(
+                entry.get_ref().expires.span(),
+                &format!("{path}.expires"),
+                message,
+                help,
+            );
+        }
+        overrides.push(checked);
+    }
+    let default_plan = default_plan?;
+    let active = overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| !o.is_expired(checker.today))
+        .map(|(i, o)| (o.tenant.clone(), i))
+        .collect();
+    Some(Quotas {
+        plans,
+        default_plan,
+        overrides,
+        active,
+    })
+}
+
+fn check_plan(checker: &mut Checker<'_>, raw: &RawPlan, path: &str) -> Option<Plan> {
+    let name_text = raw.name.get_ref();
+    let name_valid = !name_text.is_empty()
+        && name_text.len() <= 64
+        && name_text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_valid {
+        let help = Some("use 1 to 64 letters, digits, '_' or '-'".to_owned());
+        checker.error(
+            raw.name.span(),
+            &format!("{path}.name"),
+            format!("\"{name_text}\" is not a valid plan name"),
+            help,
+        );
+    }
+    let limits = check_limits(checker, &raw.limits, &format!("{path}.limits"));
+    Some(Plan {
+        name: PlanName(name_text.clone()),
+        limits: limits.filter(|_| name_valid)?,
+        shadow: raw.shadow,
+    })
+}
+
+fn check_limits(
+    checker: &mut Checker<'_>,
+    raw: &Spanned<Vec<Spanned<RawLimit>>>,
+    path: &str,
+) -> Option<Vec<Limit>> {
+    if raw.get_ref().is_empty() {
+        let help = Some("add one, such as { requests = 100, per_seconds = 60 }".to_owned());
+        checker.error(
+            raw.span(),
+            path,
+            "needs at least one limit".to_owned(),
+            help,
+        );
+        return None;
+    }
+    let mut limits = Vec::new();
+    let mut valid = true;
+    for (i, limit) in raw.get_ref().iter().enumerate() {
+        let limit = limit.get_ref();
+        let path = format!("{path}[{i}]");
+        let requests = checker.positive(&limit.requests, &format!("{path}.requests"));
+        let per_seconds = checker.positive(&limit.per_seconds, &format!("{path}.per_seconds"));
+        let burst = match &limit.burst {
+            Some(burst) => checker.positive(burst, &format!("{path}.burst")),
+            None => requests,
+        };
+        match (requests, per_seconds, burst) {
+            (Some(requests), Some(per_seconds), Some(burst)) => limits.push(Limit {
+                requests,
+                per_seconds,
+                burst,
+            }),
+            _ => valid = false,
+        }
+    }
+    valid.then_some(limits)
+}
+
+/// Finds the plan a key names, suggesting the closest name when there is none.
+fn check_plan_reference(
+    checker: &mut Checker<'_>,
+    name: &Spanned<String>,
+    path: &str,
+    plans: &[Plan],
+) -> Option<usize> {
+    let wanted = name.get_ref();
+    if let Some(index) = plans.iter().position(|p| p.name.as_str() == wanted) {
+        return Some(index);
+    }
+    let names = plans.iter().map(|p| p.name.as_str());
+    let help = match closest(wanted, names.clone()) {
+        Some(close) => format!("did you mean \"{close}\"?"),
+        None if plans.is_empty() => "define it under [[quotas.plans]]".to_owned(),
+        None => format!(
+            "the plans are {}",
+            names
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    checker.error(
+        name.span(),
+        path,
+        format!("unknown plan \"{wanted}\""),
+        Some(help),
+    );
+    None
+}
+
+fn check_override(
+    checker: &mut Checker<'_>,
+    entry: &Spanned<RawOverride>,
+    path: &str,
+    plans: &[Plan],
+) -> Option<TenantOverride> {
+    let raw = entry.get_ref();
+    let tenant = TenantId::new(raw.tenant.get_ref());
+    if tenant.is_none() {
+        let message = format!("\"{}\" is not a valid tenant id", raw.tenant.get_ref());
+        let help = Some("use the id the service sets: 1 to 128 characters, no spaces".to_owned());
+        checker.error(raw.tenant.span(), &format!("{path}.tenant"), message, help);
+    }
+    let grant = match (&raw.plan, &raw.limits) {
+        (Some(plan), None) => check_plan_reference(checker, plan, &format!("{path}.plan"), plans)
+            .map(|i| Grant::Plan(plans[i].name.clone())),
+        (None, Some(limits)) => {
+            check_limits(checker, limits, &format!("{path}.limits")).map(Grant::Limits)
+        }
+        (Some(plan), Some(_)) => {
+            let help = Some("keep one of the two".to_owned());
+            checker.error(
+                plan.span(),
+                &format!("{path}.plan"),
+                "give either plan or limits, not both".to_owned(),
+                help,
+            );
+            None
+        }
+        (None, None) => {
+            let help = Some(
+                "add plan = \"enterprise\" or limits = [{ requests = 100, per_seconds = 1 }]"
+                    .to_owned(),
+            );
+            checker.error(
+                entry.span(),
+                path,
+                "an override needs a plan or limits".to_owned(),
+                help,
+            );
+            None
+        }
+    };
+    let reason = checker.text(&raw.reason, &format!("{path}.reason"));
+    let owner = checker.text(&raw.owner, &format!("{path}.owner"));
+    let expires = checker.date(&raw.expires, &format!("{path}.expires"));
+    Some(TenantOverride {
+        tenant: tenant?,
+        grant: grant?,
+        reason: reason?,
+        owner: owner?,
+        expires: expires?,
+        line: checker.found.line_of(entry.span().start),
+    })
+}

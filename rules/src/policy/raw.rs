@@ -1,0 +1,134 @@
+//! The policy file exactly as written, before validation.
+//!
+//! Numbers are read as `i64` and names as strings so that validation, not
+//! the TOML decoder, reports a zero, a negative or a misspelt choice, with
+//! every problem listed at once. Every value keeps its byte span.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    #[serde(default)]
+    pub tiers: Vec<Spanned<RawTier>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RawAllow>>,
+    pub quotas: Option<Spanned<RawQuotas>>,
+    #[serde(default)]
+    pub targets: Vec<Spanned<RawTarget>>,
+    pub source: Option<Spanned<RawSource>>,
+    pub safety: Option<Spanned<RawSafety>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTier {
+    pub name: Spanned<String>,
+    pub requests: Spanned<i64>,
+    pub window_seconds: Spanned<i64>,
+    pub action: Spanned<String>,
+    pub block_minutes: Option<Spanned<i64>>,
+    pub escalation: Option<Spanned<RawEscalation>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEscalation {
+    pub factor: Spanned<i64>,
+    pub max_minutes: Spanned<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAllow {
+    pub cidr: Spanned<String>,
+    pub reason: Spanned<String>,
+    pub owner: Spanned<String>,
+    pub expires: Spanned<toml::Value>,
+    pub requests: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub broad: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuotas {
+    pub default_plan: Spanned<String>,
+    #[serde(default)]
+    pub plans: Vec<Spanned<RawPlan>>,
+    #[serde(default)]
+    pub overrides: Vec<Spanned<RawOverride>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlan {
+    pub name: Spanned<String>,
+    pub limits: Spanned<Vec<Spanned<RawLimit>>>,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub requests: Spanned<i64>,
+    pub per_seconds: Spanned<i64>,
+    pub burst: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOverride {
+    pub tenant: Spanned<String>,
+    pub plan: Option<Spanned<String>>,
+    pub limits: Option<Spanned<Vec<Spanned<RawLimit>>>>,
+    pub reason: Spanned<String>,
+    pub owner: Spanned<String>,
+    pub expires: Spanned<toml::Value>,
+}
+
+/// One table for every target type; validation checks which keys a type takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTarget {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub scope: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub ipv4_sets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ipv6_sets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub endpoint_url: Option<Spanned<String>>,
+    pub create_missing: Option<Spanned<bool>>,
+    pub dir: Option<Spanned<String>>,
+}
+
+/// One table for every source type; validation checks which keys a type takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSource {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub paths: Option<Spanned<Vec<Spanned<String>>>>,
+    pub api: Option<Spanned<String>>,
+    pub log_groups: Option<Spanned<Vec<Spanned<RawLogGroup>>>>,
+    pub endpoint_url: Option<Spanned<String>>,
+    pub max_concurrent_queries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLogGroup {
+    pub region: Spanned<String>,
+    pub name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSafety {
+    pub mode: Option<Spanned<String>>,
+    pub max_new_blocks_per_run: Option<Spanned<i64>>,
+    pub broadest_allow_prefix_v4: Option<Spanned<i64>>,
+    pub broadest_allow_prefix_v6: Option<Spanned<i64>>,
+}

@@ -1,0 +1,542 @@
+//! Where blocks go (`[[targets]]`) and where WAF logs come from (`[source]`).
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::check::Checker;
+use super::raw::{RawSource, RawTarget};
+
+/// An AWS region name such as `eu-west-1`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Region(String);
+
+impl Region {
+    /// Checks the shape of a region name (`xx-name-N`, `us-gov-west-1`).
+    pub fn new(name: &str) -> Option<Region> {
+        let parts: Vec<&str> = name.split('-').collect();
+        let valid = parts.len() >= 3
+            && parts[0].len() == 2
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+            && parts[parts.len() - 1].parse::<u8>().is_ok();
+        valid.then(|| Region(name.to_owned()))
+    }
+
+    /// The region name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a WAFv2 IP set: 1 to 128 letters, digits, `_` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpSetName(String);
+
+impl IpSetName {
+    /// Checks an IP set name against the WAFv2 rules.
+    pub fn new(name: &str) -> Option<IpSetName> {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        valid.then(|| IpSetName(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A WAF scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WafScope {
+    /// A regional web ACL (ALB, API Gateway, AppSync...) in one region.
+    Regional(Region),
+    /// The CloudFront (edge) scope, whose API lives in us-east-1.
+    CloudFront,
+}
+
+impl WafScope {
+    /// The region to call the WAFv2 API in.
+    pub fn api_region(&self) -> &str {
+        match self {
+            WafScope::Regional(region) => region.as_str(),
+            WafScope::CloudFront => "us-east-1",
+        }
+    }
+}
+
+impl fmt::Display for WafScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WafScope::Regional(region) => write!(f, "regional/{region}"),
+            WafScope::CloudFront => f.write_str("cloudfront"),
+        }
+    }
+}
+
+/// IP sets in one WAF scope that the responder owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wafv2Target {
+    /// Region or CloudFront.
+    pub scope: WafScope,
+    /// IPv4 sets: the first is filled first, the rest take the spill-over
+    /// past 10,000 addresses.
+    pub ipv4_sets: Vec<IpSetName>,
+    /// IPv6 sets, likewise.
+    pub ipv6_sets: Vec<IpSetName>,
+    /// A local AWS emulator instead of AWS.
+    pub endpoint_url: Option<String>,
+    /// Create missing IP sets (for emulators and first setup).
+    pub create_missing: bool,
+}
+
+/// Where the responder pushes block lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// AWS WAFv2 IP sets.
+    Wafv2(Wafv2Target),
+    /// JSON files in the shape of UpdateIPSet requests, under a directory.
+    File {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Wafv2(target) => write!(f, "wafv2 {}", target.scope),
+            Target::File { dir } => write!(f, "file {}", dir.display()),
+        }
+    }
+}
+
+/// Which CloudWatch Logs API the responder reads WAF logs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudWatchApi {
+    /// Logs Insights queries, aggregated by AWS.
+    Insights,
+    /// Raw events (FilterLogEvents), aggregated here; for small volumes.
+    Events,
+}
+
+/// A WAF log group in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogGroup {
+    /// Its region (us-east-1 for CloudFront web ACLs).
+    pub region: Region,
+    /// Its name, starting with `aws-waf-logs-`.
+    pub name: String,
+}
+
+/// Where WAF logs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSourceConfig {
+    /// Local files, directories or globs.
+    Files {
+        /// At least one path.
+        paths: Vec<String>,
+    },
+    /// CloudWatch Logs.
+    CloudWatch {
+        /// Insights (default) or raw events.
+        api: CloudWatchApi,
+        /// At least one log group.
+        log_groups: Vec<LogGroup>,
+        /// A local AWS emulator instead of AWS.
+        endpoint_url: Option<String>,
+        /// Logs Insights queries in flight at once (default 30).
+        max_concurrent_queries: NonZeroU32,
+    },
+}
+
+const WAF_LOG_GROUP_PREFIX: &str = "aws-waf-logs-";
+
+/// Checks every target, then that no two write to the same place.
+pub(crate) fn check_targets(checker: &mut Checker<'_>, raw: &[Spanned<RawTarget>]) -> Vec<Target> {
+    let mut targets: Vec<Target> = Vec::new();
+    for (i, entry) in raw.iter().enumerate() {
+        let path = format!("targets[{i}]");
+        let Some(target) = check_target(checker, entry.get_ref(), &path) else {
+            continue;
+        };
+        let same_place = |other: &Target| match (other, &target) {
+            (Target::Wafv2(a), Target::Wafv2(b)) => a.scope == b.scope,
+            (Target::File { dir: a }, Target::File { dir: b }) => a == b,
+            _ => false,
+        };
+        if let Some(earlier) = targets.iter().position(same_place) {
+            let message = format!("{target} is already targets[{earlier}]");
+            checker.error(
+                entry.span(),
+                &path,
+                message,
+                Some("merge the two targets".to_owned()),
+            );
+            continue;
+        }
+        targets.push(target);
+    }
+    targets
+}
+
+fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Option<Target> {
+    match checker.choice(&raw.kind, &format!("{path}.type"), &["wafv2", "file"])? {
+        "file" => {
+            let stray = [
+                raw.scope.as_ref().map(|v| ("scope", v.span())),
+                raw.region.as_ref().map(|v| ("region", v.span())),
+                raw.ipv4_sets.as_ref().map(|v| ("ipv4_sets", v.span())),
+                raw.ipv6_sets.as_ref().map(|v| ("ipv6_sets", v.span())),
+                raw.endpoint_url
+                    .as_ref()
+                    .map(|v| ("endpoint_url", v.span())),
+                raw.create_missing
+                    .as_ref()
+                    .map(|v| ("create_missing", v.span())),
+            ];
+            reject_stray_keys(checker, path, "file", &stray);
+            let dir = required(
+                checker,
+                raw.dir.as_ref(),
+                &raw.kind,
+                path,
+                "dir",
+                "dir = \"state/ip-sets\"",
+            )?;
+            let dir = checker.text(dir, &format!("{path}.dir"))?;
+            Some(Target::File {
+                dir: PathBuf::from(dir),
+            })
+        }
+        _ => {
+            let stray = [raw.dir.as_ref().map(|v| ("dir", v.span()))];
+            reject_stray_keys(checker, path, "wafv2", &stray);
+            let scope = check_scope(checker, raw, path);
+            let ipv4_sets = check_ip_sets(
+                checker,
+                raw.ipv4_sets.as_ref(),
+                &raw.kind,
+                path,
+                "ipv4_sets",
+            );
+            let ipv6_sets = check_ip_sets(
+                checker,
+                raw.ipv6_sets.as_ref(),
+                &raw.kind,
+                path,
+                "ipv6_sets",
+            );
+            let endpoint_url = match &raw.endpoint_url {
+                Some(url) => Some(check_endpoint_url(
+                    checker,
+                    url,
+                    &format!("{path}.endpoint_url"),
+                )?),
+                None => None,
+            };
+            Some(Target::Wafv2(Wafv2Target {
+                scope: scope?,
+                ipv4_sets: ipv4_sets?,
+                ipv6_sets: ipv6_sets?,
+                endpoint_url,
+                create_missing: raw.create_missing.as_ref().is_some_and(|c| *c.get_ref()),
+            }))
+        }
+    }
+}
+
+fn check_scope(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Option<WafScope> {
+    let scope = required(
+        checker,
+        raw.scope.as_ref(),
+        &raw.kind,
+        path,
+        "scope",
+        "scope = \"regional\" or scope = \"cloudfront\"",
+    )?;
+    match checker.choice(scope, &format!("{path}.scope"), &["regional", "cloudfront"])? {
+        "cloudfront" => match &raw.region {
+            Some(region) if region.get_ref() != "us-east-1" => {
+                let message = format!(
+                    "the CloudFront scope is managed in us-east-1, not {}",
+                    region.get_ref()
+                );
+                let help = Some("remove region (or set it to \"us-east-1\")".to_owned());
+                checker.error(region.span(), &format!("{path}.region"), message, help);
+                None
+            }
+            _ => Some(WafScope::CloudFront),
+        },
+        _ => {
+            let region = required(
+                checker,
+                raw.region.as_ref(),
+                &raw.kind,
+                path,
+                "region",
+                "region = \"eu-west-1\"",
+            )?;
+            check_region(checker, region, &format!("{path}.region")).map(WafScope::Regional)
+        }
+    }
+}
+
+fn check_region(checker: &mut Checker<'_>, value: &Spanned<String>, path: &str) -> Option<Region> {
+    let region = Region::new(value.get_ref());
+    if region.is_none() {
+        let message = format!("\"{}\" is not an AWS region name", value.get_ref());
+        checker.error(
+            value.span(),
+            path,
+            message,
+            Some("write a region such as \"eu-west-1\"".to_owned()),
+        );
+    }
+    region
+}
+
+fn check_ip_sets(
+    checker: &mut Checker<'_>,
+    value: Option<&Spanned<Vec<Spanned<String>>>>,
+    kind: &Spanned<String>,
+    path: &str,
+    key: &str,
+) -> Option<Vec<IpSetName>> {
+    let example = format!("{key} = [\"floodgate-blocked-{}\"]", &key[..4]);
+    let value = required(checker, value, kind, path, key, &example)?;
+    if value.get_ref().is_empty() {
+        checker.error(
+            value.span(),
+            &format!("{path}.{key}"),
+            "needs at least one IP set name".to_owned(),
+            Some(format!("write {example}")),
+        );
+        return None;
+    }
+    let mut names = Vec::new();
+    for (i, name) in value.get_ref().iter().enumerate() {
+        let set_path = format!("{path}.{key}[{i}]");
+        match IpSetName::new(name.get_ref()) {
+            Some(set) if names.contains(&set) => {
+                let message = format!("\"{}\" is listed twice", name.get_ref());
+                checker.error(
+                    name.span(),
+                    &set_path,
+                    message,
+                    Some("list each IP set once".to_owned()),
+                );
+            }
+            Some(set) => names.push(set),
+            None => {
+                let message = format!("\"{}\" is not a valid IP set name", name.get_ref());
+                let help = Some("use 1 to 128 letters, digits, '_' or '-'".to_owned());
+                checker.error(name.span(), &set_path, message, help);
+            }
+        }
+    }
+    (names.len() == value.get_ref().len()).then_some(names)
+}
+
+/// An http(s) URL with no credentials in it: secrets never go in the policy.
+fn check_endpoint_url(
+    checker: &mut Checker<'_>,
+    value: &Spanned<String>,
+    path: &str,
+) -> Option<String> {
+    let url = value.get_ref();
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        let help = Some("write a URL such as \"http://127.0.0.1:5000\"".to_owned());
+        checker.error(
+            value.span(),
+            path,
+            format!("\"{url}\" is not an http(s) URL"),
+            help,
+        );
+        return None;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        let help = Some("remove the user and password; credentials come from the AWS environment, never from the policy file".to_owned());
+        checker.error(
+            value.span(),
+            path,
+            "the URL contains credentials".to_owned(),
+            help,
+        );
+        return None;
+    }
+    if authority.is_empty() {
+        checker.error(value.span(), path, format!("\"{url}\" has no host"), None);
+        return None;
+    }
+    Some(url.clone())
+}
+
+/// Checks `[source]`.
+pub(crate) fn check_source(
+    checker: &mut Checker<'_>,
+    raw: &Spanned<RawSource>,
+) -> Option<LogSourceConfig> {
+    let path = "source";
+    let raw = raw.get_ref();
+    match checker.choice(&raw.kind, "source.type", &["files", "cloudwatch"])? {
+        "files" => {
+            let stray = [
+                raw.api.as_ref().map(|v| ("api", v.span())),
+                raw.log_groups.as_ref().map(|v| ("log_groups", v.span())),
+                raw.endpoint_url
+                    .as_ref()
+                    .map(|v| ("endpoint_url", v.span())),
+                raw.max_concurrent_queries
+                    .as_ref()
+                    .map(|v| ("max_concurrent_queries", v.span())),
+            ];
+            reject_stray_keys(checker, path, "files", &stray);
+            let paths = required(
+                checker,
+                raw.paths.as_ref(),
+                &raw.kind,
+                path,
+                "paths",
+                "paths = [\"logs/\"]",
+            )?;
+            if paths.get_ref().is_empty() {
+                checker.error(
+                    paths.span(),
+                    "source.paths",
+                    "needs at least one path".to_owned(),
+                    Some("write paths = [\"logs/\"]".to_owned()),
+                );
+                return None;
+            }
+            let mut checked = Vec::new();
+            for (i, p) in paths.get_ref().iter().enumerate() {
+                checked.push(checker.text(p, &format!("source.paths[{i}]")));
+            }
+            Some(LogSourceConfig::Files {
+                paths: checked.into_iter().collect::<Option<_>>()?,
+            })
+        }
+        _ => {
+            let stray = [raw.paths.as_ref().map(|v| ("paths", v.span()))];
+            reject_stray_keys(checker, path, "cloudwatch", &stray);
+            let api = match &raw.api {
+                None => Some(CloudWatchApi::Insights),
+                Some(api) => match checker.choice(api, "source.api", &["insights", "events"]) {
+                    Some("events") => Some(CloudWatchApi::Events),
+                    Some(_) => Some(CloudWatchApi::Insights),
+                    None => None,
+                },
+            };
+            let log_groups = check_log_groups(checker, raw);
+            let endpoint_url = match &raw.endpoint_url {
+                Some(url) => Some(check_endpoint_url(checker, url, "source.endpoint_url")?),
+                None => None,
+            };
+            let max_concurrent_queries = match &raw.max_concurrent_queries {
+                Some(max) => checker.positive(max, "source.max_concurrent_queries")?,
+                None => NonZeroU32::new(30).expect("30 is not zero"),
+            };
+            Some(LogSourceConfig::CloudWatch {
+                api: api?,
+                log_groups: log_groups?,
+                endpoint_url,
+                max_concurrent_queries,
+            })
+        }
+    }
+}
+
+fn check_log_groups(checker: &mut Checker<'_>, raw: &RawSource) -> Option<Vec<LogGroup>> {
+    let example = "log_groups = [{ region = \"eu-west-1\", name = \"aws-waf-logs-app\" }]";
+    let groups = required(
+        checker,
+        raw.log_groups.as_ref(),
+        &raw.kind,
+        "source",
+        "log_groups",
+        example,
+    )?;
+    if groups.get_ref().is_empty() {
+        checker.error(
+            groups.span(),
+            "source.log_groups",
+            "needs at least one log group".to_owned(),
+            Some(format!("write {example}")),
+        );
+        return None;
+    }
+    let mut checked = Vec::new();
+    for (i, group) in groups.get_ref().iter().enumerate() {
+        let group = group.get_ref();
+        let path = format!("source.log_groups[{i}]");
+        let region = check_region(checker, &group.region, &format!("{path}.region"));
+        let name = group.name.get_ref();
+        if !name.starts_with(WAF_LOG_GROUP_PREFIX) {
+            let message = format!("\"{name}\" is not a WAF log group");
+            let help = Some(format!(
+                "AWS WAF only logs to groups whose names start with \"{WAF_LOG_GROUP_PREFIX}\""
+            ));
+            checker.error(group.name.span(), &format!("{path}.name"), message, help);
+            continue;
+        }
+        if let Some(region) = region {
+            checked.push(LogGroup {
+                region,
+                name: name.clone(),
+            });
+        }
+    }
+    (checked.len() == groups.get_ref().len()).then_some(checked)
+}
+
+/// A key the chosen `type` needs; reports it missing otherwise.
+fn required<'v, T>(
+    checker: &mut Checker<'_>,
+    value: Option<&'v Spanned<T>>,
+    kind: &Spanned<String>,
+    path: &str,
+    key: &str,
+    example: &str,
+) -> Option<&'v Spanned<T>> {
+    if value.is_none() {
+        let message = format!("type = \"{}\" needs {key}", kind.get_ref());
+        checker.error(kind.span(), path, message, Some(format!("add {example}")));
+    }
+    value
+}
+
+/// Reports keys that the chosen `type` does not take.
+fn reject_stray_keys(
+    checker: &mut Checker<'_>,
+    path: &str,
+    kind: &str,
+    stray: &[Option<(&str, std::ops::Range<usize>)>],
+) {
+    for (key, span) in stray.iter().flatten() {
+        let message = format!("{key} does not apply to type = \"{kind}\"");
+        checker.error(
+            span.clone(),
+            &format!("{path}.{key}"),
+            message,
+            Some(format!("remove {key}")),
+        );
+    }
+}

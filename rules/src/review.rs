@@ -1,0 +1,173 @@
+//! What ops look at before they approve a policy change: every allow-list
+//! exception and tenant override with its owner, reason and expiry, flagged
+//! when it needs attention.
+//!
+//! # Examples
+//!
+//! ```
+//! use floodgate_rules::{Policy, review::{review, Flag}};
+//! use time::macros::date;
+//!
+//! let text = "[[allow]]\ncidr = \"192.0.2.0/24\"\nreason = \"monitoring\"\nowner = \"sre\"\nexpires = 2026-11-01\n";
+//! let today = date!(2026 - 11 - 22);
+//! let loaded = Policy::from_toml(text, "floodgate.toml", today).unwrap();
+//! let items = review(&loaded.policy);
+//! assert_eq!(items[0].days_left, -21);
+//! assert_eq!(items[0].flags, vec![Flag::Expired]);
+//! ```
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::Policy;
+use crate::policy::allow::nested_pairs;
+use crate::policy::{Grant, Limit};
+
+/// What kind of exception an item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ItemKind {
+    /// An `[[allow]]` entry.
+    Allow,
+    /// A `[[quotas.overrides]]` entry.
+    TenantOverride,
+}
+
+/// Why an item needs a second look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "flag")]
+pub enum Flag {
+    /// Broader than `[safety]` allows by default (approved with `broad = true`).
+    TooBroad,
+    /// Contains, or lies inside, the entry at `line`.
+    Overlapping {
+        /// Line of the other entry.
+        line: usize,
+    },
+    /// The same range as the entry at `line`.
+    Duplicate {
+        /// Line of the other entry.
+        line: usize,
+    },
+    /// Past its expiry; it no longer applies.
+    Expired,
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Flag::TooBroad => f.write_str("too-broad"),
+            Flag::Overlapping { line } => write!(f, "overlapping(line {line})"),
+            Flag::Duplicate { line } => write!(f, "duplicate(line {line})"),
+            Flag::Expired => f.write_str("EXPIRED"),
+        }
+    }
+}
+
+/// One exception, as ops review it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewItem {
+    /// Allow entry or tenant override.
+    pub kind: ItemKind,
+    /// The CIDR, or the tenant id.
+    pub subject: String,
+    /// What it grants: `exempt`, `requests >= N`, `plan NAME` or limits.
+    pub grants: String,
+    /// Who answers for it.
+    pub owner: String,
+    /// Why it exists.
+    pub reason: String,
+    /// Last day it applies, `YYYY-MM-DD`.
+    pub expires: String,
+    /// Days from the review day to `expires`; negative once expired.
+    pub days_left: i64,
+    /// Line in the policy file.
+    pub line: usize,
+    /// What needs attention.
+    pub flags: Vec<Flag>,
+}
+
+/// Every allow entry, then every tenant override, in file order, as of the
+/// day the policy was evaluated on.
+pub fn review(policy: &Policy) -> Vec<ReviewItem> {
+    let today = policy.evaluated_on;
+    let entries = policy.allow.entries();
+    let mut items: Vec<ReviewItem> = entries
+        .iter()
+        .map(|entry| {
+            let broadest = match entry.cidr {
+                ipnet::IpNet::V4(_) => policy.safety.broadest_allow_prefix_v4,
+                ipnet::IpNet::V6(_) => policy.safety.broadest_allow_prefix_v6,
+            };
+            let mut flags = Vec::new();
+            if entry.cidr.prefix_len() < broadest {
+                flags.push(Flag::TooBroad);
+            }
+            if entry.is_expired(today) {
+                flags.push(Flag::Expired);
+            }
+            ReviewItem {
+                kind: ItemKind::Allow,
+                subject: entry.cidr.to_string(),
+                grants: entry
+                    .requests
+                    .map_or("exempt".to_owned(), |r| format!("requests >= {r}")),
+                owner: entry.owner.clone(),
+                reason: entry.reason.clone(),
+                expires: entry.expires.to_string(),
+                days_left: entry.days_left(today),
+                line: entry.line,
+                flags,
+            }
+        })
+        .collect();
+    for (inner, outer) in nested_pairs(entries) {
+        let duplicate = entries[inner].cidr == entries[outer].cidr;
+        for (this, other) in [(inner, outer), (outer, inner)] {
+            let line = entries[other].line;
+            let flag = if duplicate {
+                Flag::Duplicate { line }
+            } else {
+                Flag::Overlapping { line }
+            };
+            items[this].flags.push(flag);
+        }
+    }
+    if let Some(quotas) = &policy.quotas {
+        items.extend(quotas.overrides().iter().map(|o| ReviewItem {
+            kind: ItemKind::TenantOverride,
+            subject: o.tenant.to_string(),
+            grants: match &o.grant {
+                Grant::Plan(plan) => format!("plan {plan}"),
+                Grant::Limits(limits) => describe_limits(limits),
+            },
+            owner: o.owner.clone(),
+            reason: o.reason.clone(),
+            expires: o.expires.to_string(),
+            days_left: (o.expires - today).whole_days(),
+            line: o.line,
+            flags: if o.is_expired(today) {
+                vec![Flag::Expired]
+            } else {
+                Vec::new()
+            },
+        }));
+    }
+    items
+}
+
+/// `100/60s burst 150, 5000/3600s`.
+fn describe_limits(limits: &[Limit]) -> String {
+    limits
+        .iter()
+        .map(|l| {
+            let mut text = format!("{}/{}s", l.requests, l.per_seconds);
+            if l.burst != l.requests {
+                text.push_str(&format!(" burst {}", l.burst));
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
