@@ -5,6 +5,9 @@
 //! Anchors in the same run: a per-prefix-length hash-set lookup (the usual
 //! simple longest-prefix match) and `ipnet`'s own `aggregate`.
 
+// criterion_group! generates public functions without docs.
+#![allow(missing_docs)]
+
 use std::collections::HashSet;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

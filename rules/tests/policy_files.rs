@@ -1,0 +1,170 @@
+//! Every policy under `tests/broken/` must fail with exactly the diagnostics
+//! its `# expect:` lines list; every policy under `tests/warnings/` must load
+//! with exactly the warnings listed; the documented example must load clean.
+
+use std::path::{Path, PathBuf};
+
+use floodgate_rules::{Policy, Severity};
+use time::Date;
+use time::macros::date;
+
+/// The day the fixtures are evaluated on, so expiry never drifts with the calendar.
+const TODAY: Date = date!(2026 - 11 - 22);
+
+fn fixtures(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The fixture's name, text and expected diagnostic lines.
+fn read_fixture(path: &Path) -> (String, String, Vec<String>) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let text = std::fs::read_to_string(path).unwrap();
+    let expected: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# expect: "))
+        .map(str::to_owned)
+        .collect();
+    assert!(!expected.is_empty(), "{name} has no `# expect:` lines");
+    (name, text, expected)
+}
+
+#[test]
+fn broken_policies_fail_with_exactly_the_expected_errors() {
+    let files = fixtures("broken");
+    // The cases the policy issue names must stay covered.
+    for case in [
+        "invalid-cidr",
+        "host-bits",
+        "slash-zero",
+        "too-broad",
+        "unknown-key",
+        "zero-threshold",
+        "tiers-out-of-order",
+        "unknown-plan",
+        "duplicate-tenant",
+        "not-a-date",
+    ] {
+        assert!(
+            files.iter().any(|f| f.file_stem().unwrap() == case),
+            "missing fixture {case}.toml"
+        );
+    }
+    let mut mismatches = Vec::new();
+    for path in &files {
+        let (name, text, expected) = read_fixture(path);
+        match Policy::from_toml(&text, &name, TODAY) {
+            Ok(_) => mismatches.push(format!("{name}: loaded, but should have failed")),
+            Err(error) => {
+                let actual: Vec<String> =
+                    error.diagnostics.iter().map(ToString::to_string).collect();
+                if actual != expected {
+                    mismatches.push(format!(
+                        "{name}:\n  expected:\n    {}\n  actual:\n    {}",
+                        expected.join("\n    "),
+                        actual.join("\n    ")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn policies_with_warnings_load_and_list_every_warning() {
+    let files = fixtures("warnings");
+    assert!(!files.is_empty());
+    for path in &files {
+        let (name, text, expected) = read_fixture(path);
+        let loaded = Policy::from_toml(&text, &name, TODAY)
+            .unwrap_or_else(|e| panic!("{name} should load:\n{e}"));
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .all(|w| w.severity == Severity::Warning)
+        );
+        let actual: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(actual, expected, "{name}");
+    }
+}
+
+#[test]
+fn expired_exceptions_no_longer_apply() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/warnings/expired-and-overlapping.toml");
+    let (name, text, _) = read_fixture(&path);
+    let policy = Policy::from_toml(&text, &name, TODAY).unwrap().policy;
+    // allow[0] expired; its duplicate allow[1] still covers the range.
+    let found = policy.allow.find_index("203.0.113.9".parse().unwrap());
+    assert_eq!(found, Some(1));
+    // The lab /26 is more specific than the office /24.
+    assert_eq!(
+        policy.allow.find_index("203.0.113.70".parse().unwrap()),
+        Some(2)
+    );
+    // The expired override no longer applies: initech gets the default plan.
+    let quotas = policy.quotas.unwrap();
+    assert!(quotas.override_for("initech").is_none());
+    assert_eq!(quotas.limits_for("initech")[0].requests.get(), 10);
+    // The day before, it did.
+    let earlier = Policy::from_toml(&text, &name, date!(2026 - 11 - 21))
+        .unwrap()
+        .policy;
+    assert_eq!(
+        earlier.quotas.unwrap().limits_for("initech")[0]
+            .requests
+            .get(),
+        100
+    );
+}
+
+#[test]
+fn the_documented_example_policy_loads_clean() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/floodgate.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let loaded =
+        Policy::from_toml(&text, "floodgate.toml", TODAY).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings, []);
+    let policy = loaded.policy;
+    // The real-world setup the example mirrors: watch 1000, block 15 min at
+    // 2000, block 24 h at 5000 requests per 5 minutes.
+    let tiers: Vec<(&str, u32, u32, bool)> = policy
+        .tiers
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.requests.get(),
+                t.window_seconds.get(),
+                t.blocks(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("watch", 1000, 300, false),
+            ("block", 2000, 300, true),
+            ("block-24h", 5000, 300, true)
+        ]
+    );
+    assert_eq!(policy.targets.len(), 4);
+    assert!(policy.targets.iter().any(|t| matches!(t, floodgate_rules::policy::Target::Wafv2(w) if w.scope == floodgate_rules::policy::WafScope::CloudFront)));
+    let quotas = policy.quotas.unwrap();
+    assert_eq!(quotas.default_plan().name.as_str(), "free");
+    assert_eq!(
+        quotas.limits_for("acme-corp"),
+        quotas.plan("enterprise").unwrap().limits.as_slice()
+    );
+    assert_eq!(quotas.limits_for("someone-else").len(), 2);
+}
