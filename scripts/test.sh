@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (a Python venv with pinned moto and cfn-lint, a Redis server if none is
+# running), then runs the format and lint gates and every test.
+#
+#   scripts/test.sh
+#
+# Safe to run again: each install step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+step() { printf '\n==> %s\n' "$*"; }
+
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if [ ! -f /tmp/.floodgate-apt-updated ]; then
+        apt-get update -qq && touch /tmp/.floodgate-apt-updated
+    fi
+    apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- Python tools (moto server, cfn-lint) -----------------------------------
+step "Python venv with pinned test tools (.venv)"
+venv=$root/.venv
+stamp=$venv/.requirements.sha256
+wanted=$(sha256sum requirements-test.txt | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements-test.txt
+    echo "$wanted" > "$stamp"
+fi
+"$venv/bin/moto_server" --help >/dev/null
+echo "moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)'), $("$venv/bin/cfn-lint" --version)"
+export FLOODGATE_VENV=$venv
+
+# --- Redis on 127.0.0.1:6379 ------------------------------------------------
+step "Redis on 127.0.0.1:6379"
+redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null; }
+if ! redis_up; then
+    command -v redis-server >/dev/null || apt_install redis-server
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
+        --dir /tmp --logfile /tmp/floodgate-test-redis.log
+    for _ in $(seq 50); do redis_up && break; sleep 0.1; done
+    redis_up || { echo "redis-server did not start; see /tmp/floodgate-test-redis.log" >&2; exit 1; }
+fi
+echo "redis answers PONG"
+
+# --- Rust gates and tests ---------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
