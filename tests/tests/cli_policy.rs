@@ -27,41 +27,106 @@ fn check_accepts_the_example_policy() {
 
 #[test]
 fn check_prints_every_error_and_exits_1() {
-    let output = floodgate(&["check", "--config", "rules/tests/broken/zero-threshold.toml", "--now", NOW]);
+    let output = floodgate(&[
+        "check",
+        "--config",
+        "rules/tests/broken/zero-threshold.toml",
+        "--now",
+        NOW,
+    ]);
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
-    assert!(err.contains("zero-threshold.toml:8:12: error: tiers[0].requests: must be at least 1, got 0"), "{err}");
-    assert!(err.contains("zero-threshold.toml:9:18: error: tiers[0].window_seconds: must be at least 1, got -300"), "{err}");
-    assert!(err.contains("zero-threshold.toml:17:17: error: tiers[1].block_minutes: must be at least 1, got 0"), "{err}");
-    assert!(err.ends_with("rules/tests/broken/zero-threshold.toml: invalid: 3 errors, 0 warnings\n"), "{err}");
+    assert!(
+        err.contains(
+            "zero-threshold.toml:8:12: error: tiers[0].requests: must be at least 1, got 0"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "zero-threshold.toml:9:18: error: tiers[0].window_seconds: must be at least 1, got -300"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "zero-threshold.toml:17:17: error: tiers[1].block_minutes: must be at least 1, got 0"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("rules/tests/broken/zero-threshold.toml: invalid: 3 errors, 0 warnings\n"),
+        "{err}"
+    );
     assert_eq!(stdout(&output), "");
 }
 
 #[test]
 fn check_prints_warnings_but_passes() {
-    let output = floodgate(&["check", "--config", "rules/tests/warnings/expired-and-overlapping.toml", "--now", NOW]);
+    let output = floodgate(&[
+        "check",
+        "--config",
+        "rules/tests/warnings/expired-and-overlapping.toml",
+        "--now",
+        NOW,
+    ]);
     assert_eq!(output.status.code(), Some(0));
-    assert_eq!(stderr(&output).lines().filter(|l| l.contains(": warning: ")).count(), 6, "{}", stderr(&output));
-    assert!(stdout(&output).contains("4 allow entries (1 expired)"), "{}", stdout(&output));
-    assert!(stdout(&output).contains("2 plans, 1 tenant override (1 expired)"), "{}", stdout(&output));
+    assert_eq!(
+        stderr(&output)
+            .lines()
+            .filter(|l| l.contains(": warning: "))
+            .count(),
+        6,
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("4 allow entries (1 expired)"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stdout(&output).contains("2 plans, 1 tenant override (1 expired)"),
+        "{}",
+        stdout(&output)
+    );
     assert!(stdout(&output).ends_with("; 6 warnings\n"));
 }
 
 #[test]
 fn expiry_follows_the_clock() {
     // The globex override expires on 2026-12-15: a warning from the 16th on.
-    let on_the_day = floodgate(&["check", "--config", EXAMPLE, "--now", "2026-12-15T23:59:59Z"]);
-    assert!(stdout(&on_the_day).ends_with("; 0 warnings\n"), "{}", stdout(&on_the_day));
+    let on_the_day = floodgate(&[
+        "check",
+        "--config",
+        EXAMPLE,
+        "--now",
+        "2026-12-15T23:59:59Z",
+    ]);
+    assert!(
+        stdout(&on_the_day).ends_with("; 0 warnings\n"),
+        "{}",
+        stdout(&on_the_day)
+    );
     let day_after = floodgate(&["check", "--config", EXAMPLE, "--now", "2026-12-16"]);
     assert_eq!(day_after.status.code(), Some(0));
-    assert!(stderr(&day_after).contains("quotas.overrides[1].expires: expired on 2026-12-15"), "{}", stderr(&day_after));
+    assert!(
+        stderr(&day_after).contains("quotas.overrides[1].expires: expired on 2026-12-15"),
+        "{}",
+        stderr(&day_after)
+    );
 }
 
 #[test]
 fn a_missing_policy_file_is_a_clear_error() {
     let output = floodgate(&["check", "--config", "no/such/policy.toml"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).starts_with("floodgate: error: cannot read policy file no/such/policy.toml: "), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .starts_with("floodgate: error: cannot read policy file no/such/policy.toml: "),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -73,28 +138,60 @@ fn review_table_shows_owner_reason_expiry_and_days_left() {
     assert_eq!(lines.len(), 6, "{out}");
     assert!(lines[0].starts_with("KIND"));
     let globex = lines.iter().find(|l| l.contains("globex")).unwrap();
-    for cell in ["tenant", "300/1s burst 600", "support@example.com", "2026-12-15", " 23 ", "Black-Friday import job"] {
+    for cell in [
+        "tenant",
+        "300/1s burst 600",
+        "support@example.com",
+        "2026-12-15",
+        " 23 ",
+        "Black-Friday import job",
+    ] {
         assert!(globex.contains(cell), "{cell} missing from {globex}");
     }
     let monitor = lines.iter().find(|l| l.contains("192.0.2.10/32")).unwrap();
-    assert!(monitor.contains("exempt") && monitor.contains("sre@example.com"), "{monitor}");
+    assert!(
+        monitor.contains("exempt") && monitor.contains("sre@example.com"),
+        "{monitor}"
+    );
 }
 
 #[test]
 fn review_json_flags_expired_duplicate_and_overlapping_entries() {
-    let output = floodgate(&["review", "--config", "rules/tests/warnings/expired-and-overlapping.toml", "--now", NOW, "--format", "json"]);
+    let output = floodgate(&[
+        "review",
+        "--config",
+        "rules/tests/warnings/expired-and-overlapping.toml",
+        "--now",
+        NOW,
+        "--format",
+        "json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let document: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(document["evaluated_on"], "2026-11-22");
     let items = document["items"].as_array().unwrap();
     let flags = |i: usize| -> Vec<String> {
-        items[i]["flags"].as_array().unwrap().iter().map(|f| f.to_string()).collect()
+        items[i]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.to_string())
+            .collect()
     };
     assert_eq!(items.len(), 5);
     assert_eq!(items[0]["subject"], "203.0.113.0/24");
     assert_eq!(items[0]["days_left"], -22);
-    assert_eq!(flags(0), [r#"{"flag":"expired"}"#, r#"{"flag":"duplicate","line":24}"#]);
-    assert_eq!(flags(1), [r#"{"flag":"duplicate","line":18}"#, r#"{"flag":"overlapping","line":31}"#]);
+    assert_eq!(
+        flags(0),
+        [r#"{"flag":"expired"}"#, r#"{"flag":"duplicate","line":24}"#]
+    );
+    assert_eq!(
+        flags(1),
+        [
+            r#"{"flag":"duplicate","line":18}"#,
+            r#"{"flag":"overlapping","line":31}"#
+        ]
+    );
     assert_eq!(flags(2), [r#"{"flag":"overlapping","line":24}"#]);
     assert_eq!(flags(3), Vec::<String>::new());
     assert_eq!(items[4]["kind"], "tenant-override");
@@ -115,15 +212,25 @@ fn review_of_an_invalid_policy_exits_1() {
 fn review_with_logs_says_the_log_reader_is_not_built_yet() {
     let output = floodgate(&["review", "--config", EXAMPLE, "--logs", "examples"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("review --logs needs the WAF log reader"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("review --logs needs the WAF log reader"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn help_is_complete_and_bad_usage_exits_1_not_2() {
     for (args, expected) in [
         (&["--help"][..], &["check", "review", "Exit codes"][..]),
-        (&["check", "--help"][..], &["--config", "--now", "FLOODGATE_CONFIG"][..]),
-        (&["review", "--help"][..], &["--config", "--logs", "--format", "table", "json"][..]),
+        (
+            &["check", "--help"][..],
+            &["--config", "--now", "FLOODGATE_CONFIG"][..],
+        ),
+        (
+            &["review", "--help"][..],
+            &["--config", "--logs", "--format", "table", "json"][..],
+        ),
     ] {
         let output = floodgate(args);
         assert_eq!(output.status.code(), Some(0), "{args:?}");
@@ -135,5 +242,9 @@ fn help_is_complete_and_bad_usage_exits_1_not_2() {
     assert_eq!(bad_flag.status.code(), Some(1));
     let bad_now = floodgate(&["check", "--config", EXAMPLE, "--now", "yesterday"]);
     assert_eq!(bad_now.status.code(), Some(1));
-    assert!(stderr(&bad_now).contains("\"yesterday\" is not an RFC 3339 time"), "{}", stderr(&bad_now));
+    assert!(
+        stderr(&bad_now).contains("\"yesterday\" is not an RFC 3339 time"),
+        "{}",
+        stderr(&bad_now)
+    );
 }
