@@ -6,4 +6,9 @@
 
 pub mod cli;
 pub mod clock;
+pub mod detect;
+pub mod loggen;
 pub mod policy_file;
+pub mod source;
+pub mod traffic;
+pub mod waflog;

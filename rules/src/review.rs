@@ -17,10 +17,13 @@
 //! ```
 
 use std::fmt;
+use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::Policy;
+use crate::cidr::PrefixMap;
 use crate::policy::allow::nested_pairs;
 use crate::policy::{Grant, Limit};
 
@@ -52,6 +55,8 @@ pub enum Flag {
     },
     /// Past its expiry; it no longer applies.
     Expired,
+    /// Matched no request in the reviewed logs.
+    Unused,
 }
 
 impl fmt::Display for Flag {
@@ -61,6 +66,7 @@ impl fmt::Display for Flag {
             Flag::Overlapping { line } => write!(f, "overlapping(line {line})"),
             Flag::Duplicate { line } => write!(f, "duplicate(line {line})"),
             Flag::Expired => f.write_str("EXPIRED"),
+            Flag::Unused => f.write_str("unused"),
         }
     }
 }
@@ -86,6 +92,9 @@ pub struct ReviewItem {
     pub line: usize,
     /// What needs attention.
     pub flags: Vec<Flag>,
+    /// Requests from inside the entry in the reviewed logs; `None` when no
+    /// logs were given (and for tenant overrides, which WAF logs do not show).
+    pub requests: Option<u64>,
 }
 
 /// Every allow entry, then every tenant override, in file order, as of the
@@ -119,6 +128,7 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
                 days_left: entry.days_left(today),
                 line: entry.line,
                 flags,
+                requests: None,
             }
         })
         .collect();
@@ -152,9 +162,44 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
             } else {
                 Vec::new()
             },
+            requests: None,
         }));
     }
     items
+}
+
+/// Adds the requests each allow entry carried, and flags the entries that
+/// carried none. `traffic` yields each client IP once with its requests;
+/// an IP counts for every entry that contains it, expired ones included.
+pub fn add_usage(
+    items: &mut [ReviewItem],
+    policy: &Policy,
+    traffic: impl IntoIterator<Item = (IpAddr, u64)>,
+) {
+    let entries = policy.allow.entries();
+    let nets: Vec<IpNet> = entries.iter().map(|e| e.cidr).collect();
+    let map = PrefixMap::new(&nets);
+    // Allow entries nest, so every entry that contains an IP lies on the
+    // chain of innermost containers from the most specific one.
+    let mut container = vec![None; entries.len()];
+    for (inner, outer) in nested_pairs(entries) {
+        container[inner] = Some(outer);
+    }
+    let mut requests = vec![0u64; entries.len()];
+    for (ip, count) in traffic {
+        let mut entry = map.lookup(ip);
+        while let Some(index) = entry {
+            requests[index] += count;
+            entry = container[index];
+        }
+    }
+    let allow_items = items.iter_mut().filter(|item| item.kind == ItemKind::Allow);
+    for (item, count) in allow_items.zip(requests) {
+        item.requests = Some(count);
+        if count == 0 {
+            item.flags.push(Flag::Unused);
+        }
+    }
 }
 
 /// `100/60s burst 150, 5000/3600s`.

@@ -6,9 +6,12 @@
 //! - 2: partial failure; some target did not converge (the responder commands).
 
 mod check;
+mod gen_logs;
 mod review;
+mod top;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use time::OffsetDateTime;
@@ -47,6 +50,12 @@ pub enum Command {
     /// reason and expiry, flagged when it is too broad, overlapping,
     /// duplicate or expired.
     Review(ReviewArgs),
+    /// Rank client IPs by requests in WAF log files over a window, with the
+    /// tier each reached: who is hammering us right now.
+    Top(TopArgs),
+    /// Write realistic synthetic AWS WAF logs (benign traffic mixed with
+    /// attacks), deterministically, for tests, benchmarks and demos.
+    GenLogs(GenLogsArgs),
 }
 
 /// Options every policy command takes.
@@ -91,13 +100,98 @@ pub struct ReviewArgs {
     /// Which policy to review.
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// WAF log files or directories, to flag exceptions that matched no
-    /// traffic and show the requests each one carried.
+    /// WAF log files, directories or globs: flags allow entries that matched
+    /// no request in them and shows the requests each entry carried.
     #[arg(long, value_name = "PATH", num_args = 1..)]
-    pub logs: Vec<PathBuf>,
+    pub logs: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+/// `floodgate top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or globs.
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    pub logs: Vec<String>,
+    /// A policy file, to classify IPs into its tiers and mark allow-listed ones.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The window to rank by, such as 300, 90s, 5m or 1h.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub window: Duration,
+    /// End of the window (RFC 3339 time or date); default: the newest record.
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub now: Option<OffsetDateTime>,
+    /// How many IPs to show.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+impl TopArgs {
+    fn clock(&self) -> Box<dyn Clock> {
+        PolicyArgs {
+            config: PathBuf::new(),
+            now: self.now,
+        }
+        .clock()
+    }
+}
+
+/// `floodgate gen-logs`.
+#[derive(Debug, Args)]
+pub struct GenLogsArgs {
+    /// Where to write; gzip-compressed when the name ends in .gz.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Seed of the pseudo-random choices: the same seed gives the same file.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Time of the first record (RFC 3339 time or date).
+    #[arg(long, value_name = "TIME", value_parser = parse_instant, default_value = "2026-11-20T10:00:00Z")]
+    pub start: OffsetDateTime,
+    /// Minutes of traffic.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub minutes: u32,
+    /// Benign records over the whole period.
+    #[arg(long, default_value_t = 10_000)]
+    pub benign_records: u64,
+    /// Distinct benign client IPs.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub benign_ips: u32,
+    /// Leave out the attack scenarios.
+    #[arg(long)]
+    pub no_attacks: bool,
+}
+
+/// Parses `300`, `90s`, `5m`, `1h` (at least one second).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "\"{text}\": use a number of seconds, or a number with s, m or h, such as 5m"
+            ));
+        }
+    };
+    match number.parse::<u64>().ok().map(|n| n * scale) {
+        Some(seconds) if (1..=u64::from(u32::MAX)).contains(&seconds) => {
+            Ok(Duration::from_secs(seconds))
+        }
+        _ => Err(format!(
+            "\"{text}\" is not a duration of at least 1 second, such as 5m"
+        )),
+    }
 }
 
 /// How a command prints its result.
@@ -126,12 +220,15 @@ pub enum CliError {
     /// The policy could not be read.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// The options ask for something this build cannot do.
-    #[error("{0}")]
-    Unsupported(String),
     /// Writing the output failed (a closed pipe, a full disk).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// Log input could not be read.
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    /// The input is unusable, such as a log file of garbage.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Runs a parsed command line.
@@ -139,7 +236,18 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
     match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Review(args) => review::run(&args),
+        Command::Top(args) => top::run(&args),
+        Command::GenLogs(args) => gen_logs::run(&args),
     }
+}
+
+/// Writes a command's result to stdout.
+fn write_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }
 
 /// Prints a policy's diagnostics to stderr and says whether it loaded.

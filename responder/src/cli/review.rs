@@ -1,20 +1,24 @@
 //! `floodgate review`: the exceptions ops approve, with what needs attention.
 
-use floodgate_rules::review::{ItemKind, ReviewItem, review};
+use floodgate_rules::review::{ItemKind, ReviewItem, add_usage, review};
 
-use super::{CliError, Format, ReviewArgs, Status, load_policy};
+use super::{CliError, Format, ReviewArgs, Status, load_policy, write_stdout};
+use crate::source::files::FileSource;
+use crate::traffic::{CountSpec, Traffic};
 
 /// Prints every allow entry and tenant override, as a table or JSON.
 pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
-    if !args.logs.is_empty() {
-        return Err(CliError::Unsupported(
-            "review --logs needs the WAF log reader, which this build does not have yet; run review without --logs".to_owned(),
-        ));
-    }
     let Some(loaded) = load_policy(&args.policy)? else {
         return Ok(Status::Invalid);
     };
-    let items = review(&loaded.policy);
+    let mut items = review(&loaded.policy);
+    if !args.logs.is_empty() {
+        let traffic = whole_log_traffic(&args.logs)?;
+        let per_ip = traffic
+            .iter()
+            .map(|(ip, counts)| (ip, u64::from(counts.requests(WHOLE_LOG).unwrap_or(0))));
+        add_usage(&mut items, &loaded.policy, per_ip);
+    }
     let output = match args.format {
         Format::Table => table(&items),
         Format::Json => {
@@ -27,71 +31,85 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
             serde_json::to_string_pretty(&document).expect("review items serialize") + "\n"
         }
     };
-    use std::io::Write;
-    std::io::stdout().write_all(output.as_bytes())?;
+    write_stdout(&output)?;
     Ok(Status::Success)
 }
 
-/// Aligned columns, reason last because it is the longest.
+/// A window long enough to hold every record.
+const WHOLE_LOG: u32 = u32::MAX;
+
+/// Requests per client IP over every record of the logs.
+fn whole_log_traffic(logs: &[String]) -> Result<Traffic, CliError> {
+    let source = FileSource::new(logs)?;
+    let newest = source.newest_timestamp_blocking()?.unwrap_or(0);
+    let spec = CountSpec::new(newest, &[WHOLE_LOG]).map_err(crate::source::SourceError::from)?;
+    let traffic = source.count_blocking(&spec)?;
+    let stats = traffic.stats();
+    eprintln!(
+        "read {} records ({} malformed) from {} log files",
+        stats.records,
+        stats.malformed,
+        source.files().len()
+    );
+    Ok(traffic)
+}
+
+/// Aligned columns, reason last because it is the longest. The REQUESTS
+/// column appears when logs were reviewed.
 fn table(items: &[ReviewItem]) -> String {
     if items.is_empty() {
         return "no allow-list exceptions or tenant overrides\n".to_owned();
     }
-    let header = [
-        "KIND",
-        "SUBJECT",
-        "GRANTS",
-        "OWNER",
-        "EXPIRES",
-        "DAYS LEFT",
-        "FLAGS",
-        "LINE",
-        "REASON",
-    ]
-    .map(String::from);
-    let rows: Vec<[String; 9]> = items
-        .iter()
-        .map(|item| {
-            [
-                match item.kind {
-                    ItemKind::Allow => "allow".to_owned(),
-                    ItemKind::TenantOverride => "tenant".to_owned(),
-                },
-                item.subject.clone(),
-                item.grants.clone(),
-                item.owner.clone(),
-                item.expires.clone(),
-                if item.days_left < 0 {
-                    "EXPIRED".to_owned()
-                } else {
-                    item.days_left.to_string()
-                },
-                if item.flags.is_empty() {
-                    "-".to_owned()
-                } else {
-                    item.flags
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                },
-                item.line.to_string(),
-                item.reason.clone(),
-            ]
-        })
-        .collect();
-    let mut widths = header.clone().map(|h| h.chars().count());
+    let with_requests = items.iter().any(|item| item.requests.is_some());
+    let mut header = vec!["KIND", "SUBJECT", "GRANTS", "OWNER", "EXPIRES", "DAYS LEFT"];
+    if with_requests {
+        header.push("REQUESTS");
+    }
+    header.extend(["FLAGS", "LINE", "REASON"]);
+    let mut rows: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
+    for item in items {
+        let kind = match item.kind {
+            ItemKind::Allow => "allow",
+            ItemKind::TenantOverride => "tenant",
+        };
+        let days_left = if item.days_left < 0 {
+            "EXPIRED".to_owned()
+        } else {
+            item.days_left.to_string()
+        };
+        let mut row = vec![
+            kind.to_owned(),
+            item.subject.clone(),
+            item.grants.clone(),
+            item.owner.clone(),
+            item.expires.clone(),
+            days_left,
+        ];
+        if with_requests {
+            row.push(item.requests.map_or("-".to_owned(), |n| n.to_string()));
+        }
+        let flags: Vec<String> = item.flags.iter().map(ToString::to_string).collect();
+        row.push(if flags.is_empty() {
+            "-".to_owned()
+        } else {
+            flags.join(",")
+        });
+        row.push(item.line.to_string());
+        row.push(item.reason.clone());
+        rows.push(row);
+    }
+    let mut widths = vec![0; rows[0].len()];
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in &rows {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .zip(&widths)
+            .map(|(cell, &width)| format!("{cell:<width$}"))
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

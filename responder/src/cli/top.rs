@@ -1,0 +1,156 @@
+//! `floodgate top`: who is hammering us right now.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use floodgate_rules::Policy;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{CliError, Format, Status, TopArgs, load_policy, write_stdout};
+use crate::detect::{rank, windows_for};
+use crate::source::files::FileSource;
+use crate::traffic::{CountSpec, Traffic};
+
+/// The JSON document `top --format json` prints.
+#[derive(Debug, Serialize)]
+struct TopReport {
+    window: WindowReport,
+    records: u64,
+    malformed: u64,
+    distinct_ips: usize,
+    offenders: Vec<OffenderReport>,
+}
+
+#[derive(Debug, Serialize)]
+struct WindowReport {
+    start: String,
+    end: String,
+}
+
+#[derive(Debug, Serialize)]
+struct OffenderReport {
+    ip: String,
+    requests: u32,
+    tier: Option<String>,
+    allow_listed: bool,
+    actions: BTreeMap<&'static str, u32>,
+}
+
+/// Counts the logs, ranks the client IPs, prints the top ones.
+pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
+    let policy = match &args.config {
+        Some(config) => {
+            let policy_args = super::PolicyArgs {
+                config: config.clone(),
+                now: args.now,
+            };
+            match load_policy(&policy_args)? {
+                Some(loaded) => loaded.policy,
+                None => return Ok(Status::Invalid),
+            }
+        }
+        // Without a policy, rank only: no tiers, no allow-list.
+        None => {
+            Policy::from_toml("", "(none)", args.clock().today())
+                .expect("an empty policy is valid")
+                .policy
+        }
+    };
+    let source = FileSource::new(&args.logs)?;
+    let started = Instant::now();
+    let end_ms = match args.now {
+        Some(now) => unix_ms(now),
+        None => match source.newest_timestamp_blocking()? {
+            Some(newest) => newest,
+            None => unix_ms(args.clock().now()),
+        },
+    };
+    let window = args.window.as_secs() as u32;
+    let spec = CountSpec::new(end_ms, &windows_for(&policy, window))
+        .map_err(crate::source::SourceError::from)?;
+    let traffic = source.count_blocking(&spec)?;
+    report_read(&source, &traffic, started);
+    let stats = traffic.stats();
+    if stats.records > 0 && stats.records == stats.malformed {
+        return Err(CliError::Input(format!(
+            "no usable WAF log records: all {} lines are malformed",
+            stats.malformed
+        )));
+    }
+    let mut ranked = rank(&traffic, &policy, window);
+    ranked.retain(|o| o.requests > 0);
+    ranked.truncate(args.limit);
+    let report = TopReport {
+        window: WindowReport {
+            start: rfc3339(spec.end_ms() - i64::from(window) * 1000),
+            end: rfc3339(spec.end_ms()),
+        },
+        records: stats.records,
+        malformed: stats.malformed,
+        distinct_ips: traffic.distinct_ips(),
+        offenders: ranked
+            .into_iter()
+            .map(|o| OffenderReport {
+                ip: o.ip.to_string(),
+                requests: o.requests,
+                tier: o.tier.map(|t| t.to_string()),
+                allow_listed: o.allow_entry.is_some(),
+                actions: o.actions.iter().map(|&(a, n)| (a.as_str(), n)).collect(),
+            })
+            .collect(),
+    };
+    let output = match args.format {
+        Format::Json => serde_json::to_string_pretty(&report).expect("report serializes") + "\n",
+        Format::Table => table(&report),
+    };
+    write_stdout(&output)?;
+    Ok(Status::Success)
+}
+
+/// One line on stderr about what was read, so stdout stays clean for tools.
+fn report_read(source: &FileSource, traffic: &Traffic, started: Instant) {
+    let stats = traffic.stats();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "read {} records ({} malformed) from {} file{}, {:.1} MiB in {:.2} s",
+        stats.records,
+        stats.malformed,
+        source.files().len(),
+        if source.files().len() == 1 { "" } else { "s" },
+        stats.bytes as f64 / (1 << 20) as f64,
+        seconds
+    );
+}
+
+fn table(report: &TopReport) -> String {
+    let mut out = format!("window {} .. {}\n", report.window.start, report.window.end);
+    out.push_str(&format!(
+        "{:<40} {:>10}  {:<12} {:<6} {}\n",
+        "IP", "REQUESTS", "TIER", "ALLOW", "ACTIONS"
+    ));
+    for o in &report.offenders {
+        let actions: Vec<String> = o.actions.iter().map(|(a, n)| format!("{a}={n}")).collect();
+        out.push_str(&format!(
+            "{:<40} {:>10}  {:<12} {:<6} {}\n",
+            o.ip,
+            o.requests,
+            o.tier.as_deref().unwrap_or("-"),
+            if o.allow_listed { "yes" } else { "no" },
+            actions.join(" ")
+        ));
+    }
+    out
+}
+
+fn unix_ms(instant: OffsetDateTime) -> i64 {
+    (instant.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}

@@ -1,0 +1,360 @@
+//! Local WAF log files, counted in-process on every core.
+//!
+//! Paths may be files, directories (searched recursively) or glob patterns.
+//! Plain files are memory-mapped and cut into chunks at line boundaries;
+//! `.gz` files (as WAF delivers to S3 and Firehose) are streamed, one per
+//! worker. Each worker counts into its own [`TrafficCounter`]; the counters
+//! are merged at the end.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use flate2::read::MultiGzDecoder;
+use indicatif::{ProgressBar, ProgressStyle};
+use memmap2::Mmap;
+
+use super::{LogSource, SourceError};
+use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
+use crate::waflog::{self, Hit};
+
+/// Chunk size for splitting a plain file between workers.
+const CHUNK_BYTES: usize = 16 << 20;
+/// Show a progress bar (on a terminal) when reading more than this.
+const PROGRESS_BYTES: u64 = 256 << 20;
+
+/// Local WAF log files.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    files: Vec<PathBuf>,
+    progress: bool,
+}
+
+impl FileSource {
+    /// Finds the log files under `paths` (files, directories or globs).
+    /// Every path must yield at least one file.
+    pub fn new(paths: &[impl AsRef<str>]) -> Result<FileSource, SourceError> {
+        let mut files = Vec::new();
+        for pattern in paths {
+            let pattern = pattern.as_ref();
+            let before = files.len();
+            expand(pattern, &mut files)?;
+            if files.len() == before {
+                return Err(SourceError::NoFiles {
+                    pattern: pattern.to_owned(),
+                });
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok(FileSource {
+            files,
+            progress: true,
+        })
+    }
+
+    /// Turns the terminal progress bar off (it is on by default and only
+    /// ever drawn on a terminal).
+    pub fn without_progress(mut self) -> Self {
+        self.progress = false;
+        self
+    }
+
+    /// The files that will be read.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Reads every line of every file on all cores, handing each worker's
+    /// lines to `per_line` with its own state, then returns the states.
+    fn scan<S: Send>(
+        &self,
+        init: impl Fn() -> S + Sync,
+        per_line: impl Fn(&mut S, &[u8]) + Sync,
+    ) -> Result<Vec<(S, u64)>, SourceError> {
+        let inputs = self
+            .files
+            .iter()
+            .map(|path| Input::open(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let units = work_units(&inputs);
+        let total: u64 = inputs.iter().map(Input::len).sum();
+        let bar = if self.progress && total > PROGRESS_BYTES {
+            let style = ProgressStyle::with_template(
+                "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template");
+            ProgressBar::new(total).with_style(style)
+        } else {
+            ProgressBar::hidden()
+        };
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(units.len().max(1));
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| -> Result<(S, u64), SourceError> {
+                        let mut state = init();
+                        let mut bytes = 0u64;
+                        while let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            let read = unit.read(&inputs, |line| per_line(&mut state, line))?;
+                            bytes += read;
+                            bar.inc(read);
+                        }
+                        Ok((state, bytes))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("log reader panicked"))
+                .collect::<Result<Vec<_>, _>>()
+        });
+        bar.finish_and_clear();
+        results
+    }
+
+    /// [`LogSource::count`], synchronously.
+    pub fn count_blocking(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
+        let per_worker = self.scan(
+            || TrafficCounter::new(spec.clone()),
+            |counter, line| {
+                if !line.trim_ascii().is_empty() {
+                    counter.add_parsed(waflog::parse_hit(line));
+                }
+            },
+        )?;
+        let mut merged = TrafficCounter::new(spec.clone());
+        for (counter, bytes) in per_worker {
+            merged.merge(counter);
+            merged.add_stats(Stats {
+                bytes,
+                ..Stats::default()
+            });
+        }
+        Ok(merged.finish())
+    }
+
+    /// [`LogSource::newest_timestamp`], synchronously.
+    pub fn newest_timestamp_blocking(&self) -> Result<Option<i64>, SourceError> {
+        let per_worker = self.scan(
+            || None::<i64>,
+            |newest, line| {
+                if let Ok(Hit { timestamp_ms, .. }) = waflog::parse_hit(line) {
+                    *newest = Some(newest.map_or(timestamp_ms, |n| n.max(timestamp_ms)));
+                }
+            },
+        )?;
+        Ok(per_worker
+            .into_iter()
+            .filter_map(|(newest, _)| newest)
+            .max())
+    }
+}
+
+impl LogSource for FileSource {
+    async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
+        let (source, spec) = (self.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || source.count_blocking(&spec))
+            .await
+            .expect("log reader panicked")
+    }
+
+    async fn newest_timestamp(&self) -> Result<Option<i64>, SourceError> {
+        let source = self.clone();
+        tokio::task::spawn_blocking(move || source.newest_timestamp_blocking())
+            .await
+            .expect("log reader panicked")
+    }
+}
+
+/// Whether a file name is a WAF log file we read.
+fn is_log_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".gz").unwrap_or(name);
+    [".jsonl", ".json", ".log"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+}
+
+/// Adds the log files a path, directory or glob names.
+fn expand(pattern: &str, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    let path = Path::new(pattern);
+    if path.is_file() {
+        // A file named explicitly is read whatever its extension.
+        files.push(path.to_owned());
+    } else if path.is_dir() {
+        walk(path, files)?;
+    } else if pattern.contains(['*', '?', '[']) {
+        let matches = glob::glob(pattern).map_err(|e| SourceError::BadPattern {
+            pattern: pattern.to_owned(),
+            message: e.msg.to_owned(),
+        })?;
+        for entry in matches {
+            let entry = entry.map_err(|e| SourceError::Read {
+                path: e.path().to_owned(),
+                source: std::io::Error::new(e.error().kind(), e.error().to_string()),
+            })?;
+            if entry.is_dir() {
+                walk(&entry, files)?;
+            } else if is_log_file(&entry) {
+                files.push(entry);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    let read_error = |source| SourceError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        if path.is_dir() {
+            walk(&path, files)?;
+        } else if is_log_file(&path) {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// An opened log file.
+enum Input {
+    /// Memory-mapped plain text (`None` for an empty file, which cannot be mapped).
+    Plain(Option<Mmap>),
+    /// A gzip file, streamed.
+    Gzip(PathBuf, u64),
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Input, SourceError> {
+        let read_error = |source| SourceError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        if path.extension().is_some_and(|e| e == "gz") {
+            return Ok(Input::Gzip(path.to_owned(), len));
+        }
+        if len == 0 {
+            return Ok(Input::Plain(None));
+        }
+        Ok(Input::Plain(Some(
+            map_read_only(&file).map_err(read_error)?,
+        )))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Input::Plain(map) => map.as_ref().map_or(0, |m| m.len() as u64),
+            Input::Gzip(_, len) => *len,
+        }
+    }
+}
+
+/// Maps a file read-only: the one `unsafe` block of the workspace, because
+/// reading a large log through the page cache without copying is what makes
+/// the local path fast.
+#[allow(unsafe_code)]
+fn map_read_only(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: the map is only read, as bytes. If another process truncates
+    // or rewrites the file while it is mapped, reads may see the new bytes
+    // (a torn line is counted as malformed) or fault with SIGBUS; WAF and
+    // its delivery to S3 or Firehose never modify a delivered log file.
+    unsafe { Mmap::map(file) }
+}
+
+/// A slice of a plain file, or a whole gzip file.
+enum Unit {
+    Slice {
+        input: usize,
+        start: usize,
+        end: usize,
+    },
+    Gzip {
+        input: usize,
+    },
+}
+
+/// Cuts plain files into line-aligned chunks; gzip files go whole.
+fn work_units(inputs: &[Input]) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (index, input) in inputs.iter().enumerate() {
+        match input {
+            Input::Plain(None) => {}
+            Input::Plain(Some(map)) => {
+                let mut start = 0;
+                while start < map.len() {
+                    let target = (start + CHUNK_BYTES).min(map.len());
+                    let end = match memchr::memchr(b'\n', &map[target..]) {
+                        Some(at) => target + at + 1,
+                        None => map.len(),
+                    };
+                    units.push(Unit::Slice {
+                        input: index,
+                        start,
+                        end,
+                    });
+                    start = end;
+                }
+            }
+            Input::Gzip(..) => units.push(Unit::Gzip { input: index }),
+        }
+    }
+    units
+}
+
+impl Unit {
+    /// Hands every line of the unit to `per_line`; returns the bytes read
+    /// from disk (compressed bytes for gzip).
+    fn read(&self, inputs: &[Input], mut per_line: impl FnMut(&[u8])) -> Result<u64, SourceError> {
+        match (self, &inputs[self.input()]) {
+            (Unit::Slice { start, end, .. }, Input::Plain(Some(map))) => {
+                let chunk = &map[*start..*end];
+                let mut line_start = 0;
+                for newline in memchr::memchr_iter(b'\n', chunk) {
+                    per_line(&chunk[line_start..newline]);
+                    line_start = newline + 1;
+                }
+                if line_start < chunk.len() {
+                    per_line(&chunk[line_start..]);
+                }
+                Ok(chunk.len() as u64)
+            }
+            (Unit::Gzip { .. }, Input::Gzip(path, len)) => {
+                let read_error = |source| SourceError::Read {
+                    path: path.clone(),
+                    source,
+                };
+                let file = File::open(path).map_err(read_error)?;
+                let mut reader = BufReader::with_capacity(1 << 20, MultiGzDecoder::new(file));
+                let mut line = Vec::with_capacity(4096);
+                loop {
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
+                        break;
+                    }
+                    per_line(line.strip_suffix(b"\n").unwrap_or(&line));
+                }
+                Ok(*len)
+            }
+            _ => unreachable!("units are built from their own inputs"),
+        }
+    }
+
+    fn input(&self) -> usize {
+        match self {
+            Unit::Slice { input, .. } | Unit::Gzip { input } => *input,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The full parse: serde over every field we use; unknown fields ignored.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::{Action, BadLine, Hit};
+
+/// Every field of a WAF record that Floodgate reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WafRecord {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The terminating action.
+    pub action: Action,
+    /// The rule that decided (`Default_Action` when none did).
+    pub terminating_rule_id: String,
+    /// `httpRequest.clientIp`.
+    pub client_ip: IpAddr,
+    /// `httpRequest.country`, ISO 3166 alpha-2 (`-` when unknown).
+    pub country: String,
+    /// `httpRequest.uri`.
+    pub uri: String,
+    /// `httpRequest.httpMethod`.
+    pub http_method: String,
+    /// The `host` header, if sent.
+    pub host: Option<String>,
+    /// The configured tenant header, if asked for and sent.
+    pub tenant: Option<String>,
+    /// The web ACL's ARN.
+    pub webacl_id: String,
+    /// `ALB`, `CF`, `APIGW`, `APPSYNC`...
+    pub http_source_name: String,
+    /// Label names, in record order.
+    pub labels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRecord<'a> {
+    timestamp: i64,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(default, borrow)]
+    terminating_rule_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    webacl_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    http_source_name: Cow<'a, str>,
+    #[serde(borrow)]
+    http_request: RawRequest<'a>,
+    #[serde(default, borrow)]
+    labels: Option<Vec<RawLabel<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRequest<'a> {
+    #[serde(borrow)]
+    client_ip: Cow<'a, str>,
+    #[serde(default, borrow)]
+    country: Cow<'a, str>,
+    #[serde(default, borrow)]
+    uri: Cow<'a, str>,
+    #[serde(default, borrow)]
+    http_method: Cow<'a, str>,
+    #[serde(default, borrow)]
+    headers: Vec<RawHeader<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RawLabel<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+fn parse_raw(line: &[u8]) -> Result<RawRecord<'_>, BadLine> {
+    let raw: RawRecord<'_> = serde_json::from_slice(line).map_err(|e| {
+        if e.is_data() {
+            BadLine::MissingField(match e.to_string() {
+                m if m.contains("timestamp") => "timestamp",
+                m if m.contains("clientIp") => "httpRequest.clientIp",
+                m if m.contains("httpRequest") => "httpRequest",
+                m if m.contains("action") => "action",
+                _ => "a record field",
+            })
+        } else {
+            BadLine::NotJson(e.to_string())
+        }
+    })?;
+    Ok(raw)
+}
+
+fn checked_hit(raw: &RawRecord<'_>) -> Result<Hit, BadLine> {
+    let client_ip = raw
+        .http_request
+        .client_ip
+        .parse::<IpAddr>()
+        .map_err(|_| BadLine::BadClientIp(raw.http_request.client_ip.to_string()))?;
+    let action = Action::from_bytes(raw.action.as_bytes())
+        .ok_or_else(|| BadLine::UnknownAction(raw.action.to_string()))?;
+    Ok(Hit {
+        timestamp_ms: raw.timestamp,
+        client_ip,
+        action,
+    })
+}
+
+/// The counting fields by full parse.
+pub(super) fn parse_hit(line: &[u8]) -> Result<Hit, BadLine> {
+    checked_hit(&parse_raw(line)?)
+}
+
+/// Parses every field Floodgate reads. `tenant_header` names the header
+/// that carries the tenant id (case-insensitive), if any.
+pub fn parse_record(line: &[u8], tenant_header: Option<&str>) -> Result<WafRecord, BadLine> {
+    let raw = parse_raw(line)?;
+    let hit = checked_hit(&raw)?;
+    let header = |name: &str| {
+        raw.http_request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.to_string())
+    };
+    Ok(WafRecord {
+        timestamp_ms: hit.timestamp_ms,
+        action: hit.action,
+        terminating_rule_id: raw.terminating_rule_id.to_string(),
+        client_ip: hit.client_ip,
+        country: raw.http_request.country.to_string(),
+        uri: raw.http_request.uri.to_string(),
+        http_method: raw.http_request.http_method.to_string(),
+        host: header("host"),
+        tenant: tenant_header.and_then(header),
+        webacl_id: raw.webacl_id.to_string(),
+        http_source_name: raw.http_source_name.to_string(),
+        labels: raw
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l.name.into_owned())
+            .collect(),
+    })
+}

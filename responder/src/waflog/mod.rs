@@ -1,0 +1,132 @@
+//! AWS WAF log records: one JSON object per line, as WAF writes them to
+//! CloudWatch Logs, S3 or Firehose (AWS WAF developer guide, "Log fields for
+//! web ACL traffic").
+//!
+//! Counting needs three fields of each record, which [`parse_hit`] takes
+//! from the raw bytes on a fast path and from a full parse when the fast
+//! path cannot vouch for a line. [`parse_record`] reads every field
+//! detection and reports use.
+//!
+//! # Examples
+//!
+//! ```
+//! use floodgate_responder::waflog::{Action, parse_hit, parse_record};
+//!
+//! let line = br#"{"timestamp":1700000000123,"formatVersion":1,"webaclId":"arn:aws:wafv2:eu-west-1:111122223333:regional/webacl/app/1","terminatingRuleId":"Default_Action","terminatingRuleType":"REGULAR","action":"ALLOW","httpSourceName":"ALB","httpRequest":{"clientIp":"203.0.113.7","country":"NL","headers":[{"name":"host","value":"api.example.com"}],"uri":"/v1/items","httpMethod":"GET"}}"#;
+//! let hit = parse_hit(line).unwrap();
+//! assert_eq!(hit.client_ip.to_string(), "203.0.113.7");
+//! assert_eq!(hit.action, Action::Allow);
+//! let record = parse_record(line, Some("x-tenant-id")).unwrap();
+//! assert_eq!(record.host.as_deref(), Some("api.example.com"));
+//! ```
+
+mod fast;
+mod full;
+
+use std::fmt;
+use std::net::IpAddr;
+
+pub use full::{WafRecord, parse_record};
+
+/// A WAF record's terminating action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// `ALLOW`.
+    Allow,
+    /// `BLOCK`.
+    Block,
+    /// `COUNT` (only in rule lists, kept for completeness).
+    Count,
+    /// `CAPTCHA`.
+    Captcha,
+    /// `CHALLENGE`.
+    Challenge,
+}
+
+impl Action {
+    /// Every action, in report order.
+    pub const ALL: [Action; 5] = [
+        Action::Allow,
+        Action::Block,
+        Action::Count,
+        Action::Captcha,
+        Action::Challenge,
+    ];
+
+    /// Reads an action as WAF writes it.
+    pub fn from_bytes(text: &[u8]) -> Option<Action> {
+        Some(match text {
+            b"ALLOW" => Action::Allow,
+            b"BLOCK" => Action::Block,
+            b"COUNT" => Action::Count,
+            b"CAPTCHA" => Action::Captcha,
+            b"CHALLENGE" => Action::Challenge,
+            _ => return None,
+        })
+    }
+
+    /// The action as WAF writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Block => "BLOCK",
+            Action::Count => "COUNT",
+            Action::Captcha => "CAPTCHA",
+            Action::Challenge => "CHALLENGE",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What counting needs of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// `httpRequest.clientIp`.
+    pub client_ip: IpAddr,
+    /// The terminating action.
+    pub action: Action,
+}
+
+/// Why a line is not a usable record. Such lines are counted and skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLine {
+    /// Not JSON, truncated, or not valid UTF-8.
+    #[error("not a complete JSON record: {0}")]
+    NotJson(String),
+    /// JSON, but a field detection needs is missing or of the wrong type.
+    #[error("missing or invalid field {0}")]
+    MissingField(&'static str),
+    /// `httpRequest.clientIp` is not an IP address.
+    #[error("clientIp {0:?} is not an IP address")]
+    BadClientIp(String),
+    /// `action` is not one WAF writes.
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+}
+
+/// The counting fields of one line: fast path first, full parse when the
+/// fast path cannot vouch for the line.
+pub fn parse_hit(line: &[u8]) -> Result<Hit, BadLine> {
+    match fast::extract_hit(line) {
+        Some(hit) => Ok(hit),
+        None => full::parse_hit(line),
+    }
+}
+
+/// The fast path alone, for tests and benchmarks: `None` when it would
+/// fall back to the full parse.
+pub fn parse_hit_fast_only(line: &[u8]) -> Option<Hit> {
+    fast::extract_hit(line)
+}
+
+/// The full parse alone, for tests and benchmarks.
+pub fn parse_hit_full_only(line: &[u8]) -> Result<Hit, BadLine> {
+    full::parse_hit(line)
+}
