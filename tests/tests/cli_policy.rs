@@ -209,14 +209,36 @@ fn review_of_an_invalid_policy_exits_1() {
 }
 
 #[test]
-fn review_with_logs_says_the_log_reader_is_not_built_yet() {
-    let output = floodgate(&["review", "--config", EXAMPLE, "--logs", "examples"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("review --logs needs the WAF log reader"),
-        "{}",
-        stderr(&output)
-    );
+fn review_with_logs_shows_traffic_per_exception_and_flags_unused_ones() {
+    let output = floodgate(&[
+        "review",
+        "--config",
+        EXAMPLE,
+        "--now",
+        NOW,
+        "--logs",
+        "examples/logs",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let items = document["items"].as_array().unwrap();
+    // The sample's NATed corporate range: 5 addresses, 8 requests a second
+    // each, for 5 minutes.
+    assert_eq!(items[0]["subject"], "198.51.100.0/24");
+    assert_eq!(items[0]["requests"], 12000);
+    assert_eq!(items[0]["flags"], serde_json::json!([]));
+    for unused in &items[1..3] {
+        assert_eq!(unused["requests"], 0, "{unused}");
+        assert_eq!(
+            unused["flags"],
+            serde_json::json!([{"flag": "unused"}]),
+            "{unused}"
+        );
+    }
+    // WAF logs do not show tenants, so overrides carry no count.
+    assert_eq!(items[3]["requests"], Value::Null);
 }
 
 #[test]
