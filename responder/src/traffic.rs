@@ -120,6 +120,8 @@ impl TrafficCounter {
     }
 
     fn slot(&mut self, ip: IpAddr) -> usize {
+        // An IPv4-mapped IPv6 address is the IPv4 client it carries.
+        let ip = ip.to_canonical();
         let stride = self.stride();
         let next = self.slots.len() as u32;
         let slot = *self.slots.entry(ip).or_insert(next) as usize;

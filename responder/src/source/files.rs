@@ -19,7 +19,7 @@ use super::{LogSource, SourceError};
 use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
 use crate::waflog::{self, Hit};
 
-/// Chunk size for splitting a plain file between workers.
+/// Default chunk size for splitting a plain file between workers.
 const CHUNK_BYTES: usize = 16 << 20;
 /// Show a progress bar (on a terminal) when reading more than this.
 const PROGRESS_BYTES: u64 = 256 << 20;
@@ -29,6 +29,7 @@ const PROGRESS_BYTES: u64 = 256 << 20;
 pub struct FileSource {
     files: Vec<PathBuf>,
     progress: bool,
+    chunk_bytes: usize,
 }
 
 impl FileSource {
@@ -51,6 +52,7 @@ impl FileSource {
         Ok(FileSource {
             files,
             progress: true,
+            chunk_bytes: CHUNK_BYTES,
         })
     }
 
@@ -58,6 +60,13 @@ impl FileSource {
     /// ever drawn on a terminal).
     pub fn without_progress(mut self) -> Self {
         self.progress = false;
+        self
+    }
+
+    /// Splits plain files into chunks of about this many bytes (16 MiB by
+    /// default); tests use small chunks to cross many chunk boundaries.
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes.max(1);
         self
     }
 
@@ -78,7 +87,7 @@ impl FileSource {
             .iter()
             .map(|path| Input::open(path))
             .collect::<Result<Vec<_>, _>>()?;
-        let units = work_units(&inputs);
+        let units = work_units(&inputs, self.chunk_bytes);
         let total: u64 = inputs.iter().map(Input::len).sum();
         let bar = if self.progress && total > PROGRESS_BYTES {
             let style = ProgressStyle::with_template(
@@ -287,7 +296,7 @@ enum Unit {
 }
 
 /// Cuts plain files into line-aligned chunks; gzip files go whole.
-fn work_units(inputs: &[Input]) -> Vec<Unit> {
+fn work_units(inputs: &[Input], chunk_bytes: usize) -> Vec<Unit> {
     let mut units = Vec::new();
     for (index, input) in inputs.iter().enumerate() {
         match input {
@@ -295,7 +304,7 @@ fn work_units(inputs: &[Input]) -> Vec<Unit> {
             Input::Plain(Some(map)) => {
                 let mut start = 0;
                 while start < map.len() {
-                    let target = (start + CHUNK_BYTES).min(map.len());
+                    let target = (start + chunk_bytes).min(map.len());
                     let end = match memchr::memchr(b'\n', &map[target..]) {
                         Some(at) => target + at + 1,
                         None => map.len(),

@@ -53,12 +53,16 @@ pub(super) fn extract_hit(line: &[u8]) -> Option<Hit> {
     })
 }
 
-/// Digits up to the next `,` or `}`; anything else (a sign, a fraction,
-/// spaces) is left to the full parse.
+/// Digits up to the next `,` or `}`, as JSON writes an integer; anything
+/// else (a sign, a fraction, spaces, a leading zero) is left to the full parse.
 fn parse_integer(bytes: &[u8]) -> Option<i64> {
     let end = bytes.iter().position(|&b| b == b',' || b == b'}')?;
     let digits = &bytes[..end];
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty()
+        || digits.len() > 18
+        || !digits.iter().all(u8::is_ascii_digit)
+        || (digits[0] == b'0' && digits.len() > 1)
+    {
         return None;
     }
     Some(
@@ -128,5 +132,7 @@ mod tests {
         assert_eq!(parse_integer(b"1.5,"), None);
         assert_eq!(parse_integer(b" 15,"), None);
         assert_eq!(parse_integer(b"15"), None);
+        assert_eq!(parse_integer(b"0,"), Some(0));
+        assert_eq!(parse_integer(b"007,"), None);
     }
 }

@@ -1,0 +1,341 @@
+//! WAF record parsing: fixtures transcribed from the AWS WAF developer
+//! guide's log examples, adversarial records, and mutated records on which
+//! the fast path and the full parse must agree.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::LazyLock;
+
+use floodgate_responder::loggen::{LogSpec, generate};
+use floodgate_responder::waflog::{
+    Action, BadLine, parse_hit, parse_hit_fast_only, parse_hit_full_only, parse_record,
+};
+use proptest::prelude::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/waf")
+        .join(name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.pop(), Some(b'\n'));
+    bytes
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn documented_records_parse_the_same_on_both_paths() {
+    // (fixture, client IP, action, timestamp, fast path vouches)
+    let cases = [
+        (
+            "rate-based-block.json",
+            "52.46.82.45",
+            Action::Block,
+            1683355579981,
+            true,
+        ),
+        (
+            "labels-count-rule.json",
+            "198.51.100.72",
+            Action::Allow,
+            1576280412771,
+            true,
+        ),
+        (
+            "ipv6-client.json",
+            "2001:db8:85a3::8a2e:370:7334",
+            Action::Allow,
+            1700000123456,
+            true,
+        ),
+        (
+            "captcha.json",
+            "72.21.198.65",
+            Action::Captcha,
+            1632420429309,
+            true,
+        ),
+        (
+            "rule-group-block.json",
+            "1.1.1.1",
+            Action::Block,
+            1592357192516,
+            true,
+        ),
+        // The first "action" key is a nested rule's: the fast path declines.
+        (
+            "nested-action-first.json",
+            "192.0.2.44",
+            Action::Allow,
+            1700000000001,
+            false,
+        ),
+        // Keys with spaces after the colon: left to the full parse.
+        (
+            "pretty-printed.json",
+            "192.0.2.46",
+            Action::Block,
+            1700000000003,
+            false,
+        ),
+        // Quoted key text inside a header value and the URI never matches.
+        (
+            "spoofed-header-and-uri.json",
+            "192.0.2.45",
+            Action::Allow,
+            1700000000002,
+            false,
+        ),
+    ];
+    for (name, client_ip, action, timestamp_ms, fast) in cases {
+        let line = fixture(name);
+        let hit = parse_hit(&line).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            (hit.client_ip, hit.action, hit.timestamp_ms),
+            (ip(client_ip), action, timestamp_ms),
+            "{name}"
+        );
+        assert_eq!(parse_hit_full_only(&line), Ok(hit), "{name}");
+        assert_eq!(
+            parse_hit_fast_only(&line).is_some(),
+            fast,
+            "{name}: fast path"
+        );
+    }
+}
+
+#[test]
+fn the_fast_path_ignores_key_text_inside_values() {
+    // The spoofed fixture keeps clientIp after the decoy header; the fast
+    // path still finds the real key, and says so when it can vouch.
+    let line = fixture("spoofed-header-and-uri.json");
+    if let Some(hit) = parse_hit_fast_only(&line) {
+        assert_eq!(hit.client_ip, ip("192.0.2.45"));
+    }
+    // A compact record whose header *name* is clientIp and whose value is
+    // an address: the fast path vouches and takes the real one.
+    let decoy = br#"{"timestamp":5,"action":"ALLOW","httpRequest":{"headers":[{"name":"clientIp","value":"6.6.6.6"}],"clientIp":"192.0.2.9"}}"#;
+    assert_eq!(
+        parse_hit_fast_only(decoy).map(|h| h.client_ip),
+        Some(ip("192.0.2.9"))
+    );
+}
+
+#[test]
+fn full_records_carry_labels_headers_and_tenant() {
+    let record = parse_record(&fixture("labels-count-rule.json"), Some("X-Tenant-Id")).unwrap();
+    assert_eq!(
+        record.labels,
+        [
+            "awswaf:managed:aws:core-rule-set:NoUserAgent_Header",
+            "awswaf:111122223333:webacl:STMTest:TestLabel"
+        ]
+    );
+    assert_eq!(record.host.as_deref(), Some("alb.example.com"));
+    assert_eq!(record.tenant.as_deref(), Some("acme-corp"));
+    assert_eq!(record.country, "AU");
+    assert_eq!(record.http_method, "GET");
+    assert_eq!(record.uri, "/index.html");
+    assert_eq!(record.http_source_name, "ALB");
+    assert_eq!(record.terminating_rule_id, "Default_Action");
+    assert!(
+        record
+            .webacl_id
+            .starts_with("arn:aws:wafv2:ap-southeast-2:")
+    );
+    let rate = parse_record(&fixture("rate-based-block.json"), None).unwrap();
+    assert_eq!(rate.terminating_rule_id, "RateBasedRule");
+    assert_eq!(
+        rate.host.as_deref(),
+        Some("rjvegx5guh.execute-api.eu-west-1.amazonaws.com")
+    );
+    assert_eq!(rate.tenant, None);
+}
+
+#[test]
+fn bad_lines_are_classified() {
+    let good = fixture("ipv6-client.json");
+    let truncated = &good[..good.len() / 2];
+    assert!(matches!(parse_hit(truncated), Err(BadLine::NotJson(_))));
+    let bad_ip = String::from_utf8(good.clone())
+        .unwrap()
+        .replace("2001:db8:85a3::8a2e:370:7334", "2001:db8::zz");
+    assert_eq!(
+        parse_hit(bad_ip.as_bytes()),
+        Err(BadLine::BadClientIp("2001:db8::zz".into()))
+    );
+    let bad_action = String::from_utf8(good.clone())
+        .unwrap()
+        .replace(r#""action":"ALLOW""#, r#""action":"MAYBE""#);
+    assert_eq!(
+        parse_hit(bad_action.as_bytes()),
+        Err(BadLine::UnknownAction("MAYBE".into()))
+    );
+    let mut not_utf8 = good.clone();
+    let at = not_utf8.windows(3).position(|w| w == b"*/*").unwrap();
+    not_utf8[at] = 0xff;
+    assert!(matches!(parse_hit(&not_utf8), Err(BadLine::NotJson(_))));
+    assert_eq!(parse_hit_fast_only(&not_utf8), None);
+    assert!(matches!(
+        parse_hit(b"{\"timestamp\":1}"),
+        Err(BadLine::MissingField(_))
+    ));
+    assert!(parse_hit(b"garbage").is_err());
+}
+
+/// Generated records, the raw material of the mutations.
+fn sample_lines() -> &'static [Vec<u8>] {
+    static LINES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+        let spec = LogSpec {
+            benign_records: 300,
+            minutes: 1,
+            attacks: false,
+            ..LogSpec::default()
+        };
+        let mut out = Vec::new();
+        generate(&spec, &mut out).unwrap();
+        out.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    });
+    &LINES
+}
+
+/// Ways a real record gets damaged or made hostile.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Truncate(usize),
+    InvalidUtf8(usize),
+    ReplaceIp(String),
+    ReplaceAction(String),
+    ReplaceTimestamp(String),
+    HostileHeaderValue(String),
+    HostileUri(String),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Truncate),
+        any::<usize>().prop_map(Mutation::InvalidUtf8),
+        prop_oneof![
+            Just("1.2.3".to_owned()),
+            Just("::ffff:1.2.3.4".to_owned()),
+            Just("fe80::1%eth0".to_owned()),
+            "[0-9a-f.:]{0,20}"
+        ]
+        .prop_map(Mutation::ReplaceIp),
+        prop_oneof![
+            Just("BLOCK".to_owned()),
+            Just("COUNT".to_owned()),
+            Just("allow".to_owned()),
+            "[A-Z]{0,9}"
+        ]
+        .prop_map(Mutation::ReplaceAction),
+        prop_oneof![
+            Just("-1".to_owned()),
+            Just("1.5".to_owned()),
+            Just("99999999999999999999".to_owned()),
+            "[0-9]{1,16}"
+        ]
+        .prop_map(Mutation::ReplaceTimestamp),
+        r#"[a-zA-Z0-9 {}\[\]:,"\\]{0,40}"#.prop_map(Mutation::HostileHeaderValue),
+        r#"[a-zA-Z0-9 {}\[\]:,"\\/]{0,40}"#.prop_map(Mutation::HostileUri),
+    ]
+}
+
+/// JSON-escapes hostile text, as WAF does when it logs a header or URI.
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+/// The byte after the JSON string whose opening quote is at `open`.
+fn string_end(text: &str, open: usize) -> usize {
+    let bytes = text.as_bytes();
+    let mut i = open + 1;
+    while bytes[i] != b'"' {
+        i += if bytes[i] == b'\\' { 2 } else { 1 };
+    }
+    i + 1
+}
+
+fn apply(line: &[u8], mutation: &Mutation) -> Vec<u8> {
+    let text = String::from_utf8(line.to_vec()).unwrap();
+    let replace_value = |key: &str, value: &str, quoted: bool| {
+        let start = text.find(key).unwrap() + key.len();
+        let end = if quoted {
+            start + text[start..].find('"').unwrap()
+        } else {
+            start + text[start..].find(',').unwrap()
+        };
+        format!("{}{}{}", &text[..start], value, &text[end..]).into_bytes()
+    };
+    match mutation {
+        Mutation::Truncate(at) => line[..at % line.len()].to_vec(),
+        Mutation::InvalidUtf8(at) => {
+            let mut bytes = line.to_vec();
+            bytes.insert(at % line.len(), 0xc3);
+            bytes
+        }
+        Mutation::ReplaceIp(ip) => replace_value(r#""clientIp":""#, ip, true),
+        Mutation::ReplaceAction(action) => replace_value(r#""action":""#, action, true),
+        Mutation::ReplaceTimestamp(ts) => replace_value(r#""timestamp":"#, ts, false),
+        Mutation::HostileHeaderValue(value) => text
+            .replacen(
+                r#""value":"application/json""#,
+                &format!(r#""value":{}"#, json_string(value)),
+                1,
+            )
+            .into_bytes(),
+        Mutation::HostileUri(uri) => {
+            let start = text.find(r#""uri":"#).unwrap() + 6;
+            let end = string_end(&text, start);
+            format!("{}{}{}", &text[..start], json_string(uri), &text[end..]).into_bytes()
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn fast_path_and_full_parse_agree_on_mutated_records(index in any::<usize>(), mutations in prop::collection::vec(mutation(), 1..3)) {
+        let lines = sample_lines();
+        let mut line = lines[index % lines.len()].clone();
+        for m in &mutations {
+            if std::str::from_utf8(&line).is_err() || line.is_empty() {
+                break;
+            }
+            if !matches!(m, Mutation::Truncate(_) | Mutation::InvalidUtf8(_)) && parse_hit_full_only(&line).is_err() {
+                break;
+            }
+            line = apply(&line, m);
+        }
+        let full = parse_hit_full_only(&line);
+        if let Some(fast) = parse_hit_fast_only(&line) {
+            prop_assert_eq!(Ok(fast), full.clone(), "{}", String::from_utf8_lossy(&line));
+        }
+        prop_assert_eq!(parse_hit(&line).ok(), full.ok());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = parse_hit(&bytes);
+        let _ = parse_record(&bytes, Some("x-tenant-id"));
+    }
+}
+
+#[test]
+fn the_fast_path_vouches_for_generated_records() {
+    // The fast path must actually carry the load on real-shaped records.
+    let lines = sample_lines();
+    assert!(lines.len() >= 300);
+    for line in lines {
+        assert_eq!(
+            parse_hit_fast_only(line).map(Ok),
+            Some(parse_hit_full_only(line))
+        );
+    }
+}
