@@ -9,14 +9,14 @@
 //! # Examples
 //!
 //! ```
-//! use floodgate_responder::detect::{detect, windows_for};
-//! use floodgate_responder::traffic::{CountSpec, TrafficCounter};
+//! use floodgate_responder::detect::{count_spec, detect};
+//! use floodgate_responder::traffic::TrafficCounter;
 //! use floodgate_rules::Policy;
 //! use time::macros::date;
 //!
 //! let text = "[[tiers]]\nname = \"block\"\nrequests = 3\nwindow_seconds = 60\naction = \"block\"\nblock_minutes = 15\n";
 //! let policy = Policy::from_toml(text, "p.toml", date!(2026 - 11 - 22)).unwrap().policy;
-//! let spec = CountSpec::new(60_000, &windows_for(&policy, 60)).unwrap();
+//! let spec = count_spec(&policy, 60_000, 60).unwrap();
 //! let mut counter = TrafficCounter::new(spec);
 //! let ip = "192.0.2.1".parse().unwrap();
 //! counter.add_requests(ip, 60, 5);
@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use floodgate_rules::Policy;
 use floodgate_rules::policy::{Tier, TierName};
 
-use crate::traffic::{IpCounts, Traffic};
+use crate::traffic::{CountSpec, IpCounts, TooManyWindows, Traffic};
 use crate::waflog::Action;
 
 /// One client IP, with what it did and what the policy makes of it.
@@ -48,15 +48,34 @@ pub struct Offender {
     pub allow_entry: Option<usize>,
 }
 
-/// The windows to count for `policy`'s tiers plus a report window.
-pub fn windows_for(policy: &Policy, report_window_seconds: u32) -> Vec<u32> {
+/// What to count for `policy`'s tiers plus a report window, all ending at
+/// `end_ms`. A tier window's floor is its lowest threshold, so server-side
+/// sources may leave out IPs that cannot reach any tier; the report window
+/// keeps every IP.
+pub fn count_spec(
+    policy: &Policy,
+    end_ms: i64,
+    report_window_seconds: u32,
+) -> Result<CountSpec, TooManyWindows> {
     let mut windows: Vec<u32> = policy
         .tiers
         .iter()
         .map(|t| t.window_seconds.get())
         .collect();
     windows.push(report_window_seconds);
-    windows
+    let mut spec = CountSpec::new(end_ms, &windows)?;
+    for &window in &windows {
+        let lowest = policy
+            .tiers
+            .iter()
+            .filter(|t| t.window_seconds.get() == window)
+            .map(|t| t.requests.get())
+            .min();
+        if let (Some(lowest), false) = (lowest, window == report_window_seconds) {
+            spec = spec.with_floor(window, lowest);
+        }
+    }
+    Ok(spec)
 }
 
 /// The highest tier `counts` reaches under `policy`, honouring `ip`'s
@@ -83,7 +102,7 @@ pub fn classify<'p>(
 
 /// Every IP in `traffic`, classified, sorted by requests in the report
 /// window (descending), ties by IP (IPv4 before IPv6). `traffic` must have
-/// counted the windows of [`windows_for`].
+/// counted the windows of [`count_spec`].
 pub fn rank(traffic: &Traffic, policy: &Policy, report_window_seconds: u32) -> Vec<Offender> {
     let mut ranked: Vec<Offender> = traffic
         .iter()

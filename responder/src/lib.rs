@@ -4,6 +4,7 @@
 //! - [`clock`]: the only reader of the system time.
 //! - [`policy_file`]: reads the policy file from disk.
 
+pub mod aws;
 pub mod cli;
 pub mod clock;
 pub mod detect;

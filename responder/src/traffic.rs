@@ -38,6 +38,9 @@ pub struct CountSpec {
     end_ms: i64,
     /// Distinct window lengths in seconds, ascending.
     windows: Vec<u32>,
+    /// Per window: IPs with fewer requests may be left out by server-side
+    /// sources, to keep their results small (1 keeps every IP).
+    floors: Vec<u32>,
 }
 
 /// A count was asked for more distinct windows than [`MAX_WINDOWS`], or none.
@@ -54,7 +57,29 @@ impl CountSpec {
         if windows.is_empty() || windows.len() > MAX_WINDOWS {
             return Err(TooManyWindows(windows.len()));
         }
-        Ok(CountSpec { end_ms, windows })
+        let floors = vec![1; windows.len()];
+        Ok(CountSpec {
+            end_ms,
+            windows,
+            floors,
+        })
+    }
+
+    /// Lets server-side sources leave out IPs with fewer than `min_requests`
+    /// in the window of `window_seconds` (the lowest threshold that matters).
+    pub fn with_floor(mut self, window_seconds: u32, min_requests: u32) -> Self {
+        if let Some(i) = self.windows.iter().position(|&w| w == window_seconds) {
+            self.floors[i] = min_requests.max(1);
+        }
+        self
+    }
+
+    /// The floor of a window (1 when none was set).
+    pub fn floor(&self, window_seconds: u32) -> u32 {
+        self.windows
+            .iter()
+            .position(|&w| w == window_seconds)
+            .map_or(1, |i| self.floors[i])
     }
 
     /// End of every window, in ms since the epoch (inclusive).
@@ -101,6 +126,9 @@ pub struct Stats {
     pub outside_window: u64,
     /// Bytes read (or scanned, for server-side queries).
     pub bytes: u64,
+    /// Server-side queries that hit their row limit. Their results hold
+    /// every IP above the lowest count returned, and may miss IPs at it.
+    pub truncated_queries: u64,
 }
 
 impl TrafficCounter {
@@ -176,6 +204,7 @@ impl TrafficCounter {
         self.stats.malformed += stats.malformed;
         self.stats.outside_window += stats.outside_window;
         self.stats.bytes += stats.bytes;
+        self.stats.truncated_queries += stats.truncated_queries;
     }
 
     /// Adds another counter's counts (same spec) into this one.

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
-use floodgate_responder::detect::{detect, rank, windows_for};
+use floodgate_responder::detect::{count_spec, detect, rank};
 use floodgate_responder::loggen::{LogSpec, generate, scenario};
 use floodgate_responder::source::SourceError;
 use floodgate_responder::source::files::FileSource;
@@ -174,7 +174,7 @@ fn detection_finds_the_attack_scenarios_and_spares_the_allow_list() {
         .without_progress();
     let newest = source.newest_timestamp_blocking().unwrap().unwrap();
     let traffic = source
-        .count_blocking(&CountSpec::new(newest, &windows_for(&policy, 300)).unwrap())
+        .count_blocking(&count_spec(&policy, newest, 300).unwrap())
         .unwrap();
     let offenders = detect(&traffic, &policy, 300);
     let tier_of = |ip: IpAddr| {

@@ -55,3 +55,81 @@ pub fn floodgate(args: &[&str]) -> Output {
         .output()
         .expect("floodgate runs")
 }
+
+/// A moto server (a local AWS API emulator) on a free loopback port, from
+/// the venv that `scripts/test.sh` creates. Stopped when dropped.
+pub struct MotoServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl MotoServer {
+    /// Starts a server and waits until it answers. Panics with the fix when
+    /// the venv is missing: tests never skip for a missing tool.
+    pub fn start() -> MotoServer {
+        let venv = std::env::var_os("FLOODGATE_VENV")
+            .map_or_else(|| workspace_root().join(".venv"), PathBuf::from);
+        let moto = venv.join("bin/moto_server");
+        assert!(
+            moto.exists(),
+            "{} is missing: run scripts/test.sh, which installs the pinned moto[server]",
+            moto.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let server = MotoServer { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while server.http("GET", "/moto-api/").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not answer on port {port} within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// The endpoint URL to give the AWS SDK.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Forgets every resource (`POST /moto-api/reset`).
+    pub fn reset(&self) {
+        self.http("POST", "/moto-api/reset").expect("moto reset");
+    }
+
+    /// A bare HTTP/1.1 request; returns the status line.
+    fn http(&self, method: &str, path: &str) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response.lines().next().unwrap_or_default().to_owned();
+        if status.contains(" 200") {
+            Ok(status)
+        } else {
+            Err(std::io::Error::other(status))
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -9,9 +9,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{CliError, Format, Status, TopArgs, load_policy, write_stdout};
-use crate::detect::{rank, windows_for};
+use crate::detect::{count_spec, rank};
 use crate::source::files::FileSource;
-use crate::traffic::{CountSpec, Traffic};
+use crate::traffic::Traffic;
 
 /// The JSON document `top --format json` prints.
 #[derive(Debug, Serialize)]
@@ -68,8 +68,7 @@ pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
         },
     };
     let window = args.window.as_secs() as u32;
-    let spec = CountSpec::new(end_ms, &windows_for(&policy, window))
-        .map_err(crate::source::SourceError::from)?;
+    let spec = count_spec(&policy, end_ms, window).map_err(crate::source::SourceError::from)?;
     let traffic = source.count_blocking(&spec)?;
     report_read(&source, &traffic, started);
     let stats = traffic.stats();

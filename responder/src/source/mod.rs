@@ -7,8 +7,8 @@
 //! - [`cloudwatch_insights`]: Logs Insights queries, counted by AWS;
 //! - [`cloudwatch_events`]: raw CloudWatch Logs events, counted in-process.
 
-// pub mod cloudwatch_events;
-// pub mod cloudwatch_insights;
+pub mod cloudwatch_events;
+pub mod cloudwatch_insights;
 pub mod files;
 
 use std::future::Future;

@@ -1,0 +1,85 @@
+//! AWS SDK clients, built in one place: region, endpoint override (for a
+//! local emulator) and retry settings. Credentials come from the standard
+//! AWS chain (environment, profile, container or instance role), never from
+//! the policy file.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// The retry policy of every AWS client: the SDK's standard mode retries
+/// throttling, transient and 5xx errors with jittered exponential backoff.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(5)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(10))
+}
+
+/// Shared SDK settings for one region, from the standard credential chain.
+pub async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .retry_config(retry_config());
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// A CloudWatch Logs client for one region.
+pub async fn logs_client(
+    region: &str,
+    endpoint_url: Option<&str>,
+) -> aws_sdk_cloudwatchlogs::Client {
+    aws_sdk_cloudwatchlogs::Client::new(&sdk_config(region, endpoint_url).await)
+}
+
+/// The message of an SDK error, with its service error code when it has one.
+pub fn describe_error<E, R>(error: &aws_sdk_cloudwatchlogs::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_cloudwatchlogs::error::DisplayErrorContext;
+    match error.as_service_error() {
+        Some(service) => match (service.code(), service.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => DisplayErrorContext(error).to_string(),
+        },
+        None => DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// The WAF log groups of one region, with a client for that region.
+#[derive(Debug, Clone)]
+pub struct RegionLogs {
+    /// The region.
+    pub region: String,
+    /// A CloudWatch Logs client in that region.
+    pub client: aws_sdk_cloudwatchlogs::Client,
+    /// Log group names.
+    pub log_groups: Vec<String>,
+}
+
+/// Groups log groups by region and builds one client per region.
+pub async fn region_logs(
+    groups: &[floodgate_rules::policy::LogGroup],
+    endpoint_url: Option<&str>,
+) -> Vec<RegionLogs> {
+    let mut by_region: Vec<RegionLogs> = Vec::new();
+    for group in groups {
+        let region = group.region.as_str();
+        match by_region.iter_mut().find(|r| r.region == region) {
+            Some(existing) => existing.log_groups.push(group.name.clone()),
+            None => by_region.push(RegionLogs {
+                region: region.to_owned(),
+                client: logs_client(region, endpoint_url).await,
+                log_groups: vec![group.name.clone()],
+            }),
+        }
+    }
+    by_region
+}

@@ -1,0 +1,171 @@
+//! The raw-events source against moto's CloudWatch Logs: real SDK calls,
+//! pagination and two regions, compared with a naive count.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use aws_sdk_cloudwatchlogs::Client;
+use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use floodgate_responder::aws::{RegionLogs, retry_config};
+use floodgate_responder::loggen::{LogSpec, generate};
+use floodgate_responder::source::LogSource;
+use floodgate_responder::source::cloudwatch_events::CloudWatchEventsSource;
+use floodgate_responder::traffic::CountSpec;
+use floodgate_responder::waflog::parse_hit_full_only;
+use floodgate_tests::MotoServer;
+
+fn client(moto: &MotoServer, region: &str) -> Client {
+    let config = aws_sdk_cloudwatchlogs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .endpoint_url(moto.endpoint())
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .retry_config(retry_config())
+        .build();
+    Client::from_conf(config)
+}
+
+/// Writes generated WAF records into a log group, in batches of 500 events.
+async fn put_records(client: &Client, group: &str, records: &[Vec<u8>]) {
+    client
+        .create_log_group()
+        .log_group_name(group)
+        .send()
+        .await
+        .unwrap();
+    client
+        .create_log_stream()
+        .log_group_name(group)
+        .log_stream_name("waf")
+        .send()
+        .await
+        .unwrap();
+    for batch in records.chunks(500) {
+        let events = batch
+            .iter()
+            .map(|line| {
+                let timestamp = parse_hit_full_only(line).unwrap().timestamp_ms;
+                InputLogEvent::builder()
+                    .timestamp(timestamp)
+                    .message(String::from_utf8(line.clone()).unwrap())
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        client
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name("waf")
+            .set_log_events(Some(events))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn records(seed: u64, start_ms: i64) -> Vec<Vec<u8>> {
+    let spec = LogSpec {
+        seed,
+        start_ms,
+        minutes: 2,
+        benign_records: 1500,
+        benign_ips: 200,
+        attacks: false,
+    };
+    let mut out = Vec::new();
+    generate(&spec, &mut out).unwrap();
+    out.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_events_across_regions_like_a_naive_count() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    // CloudWatch refuses events older than 14 days: write recent ones.
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let start_ms = now_ms - 10 * 60_000;
+    let (eu, us) = (client(&moto, "eu-west-1"), client(&moto, "us-east-1"));
+    let eu_records = records(1, start_ms);
+    let us_records = records(2, start_ms);
+    put_records(&eu, "aws-waf-logs-app", &eu_records).await;
+    put_records(&us, "aws-waf-logs-app-cloudfront", &us_records).await;
+
+    let source = CloudWatchEventsSource::new(vec![
+        RegionLogs {
+            region: "eu-west-1".into(),
+            client: eu,
+            log_groups: vec!["aws-waf-logs-app".into()],
+        },
+        RegionLogs {
+            region: "us-east-1".into(),
+            client: us,
+            log_groups: vec!["aws-waf-logs-app-cloudfront".into()],
+        },
+    ])
+    // Small pages: the paginator must follow nextToken.
+    .with_page_size(400);
+    let newest = source.newest_timestamp().await.unwrap().unwrap();
+    let all: Vec<&Vec<u8>> = eu_records.iter().chain(&us_records).collect();
+    let newest_record = all
+        .iter()
+        .map(|l| parse_hit_full_only(l).unwrap().timestamp_ms)
+        .max()
+        .unwrap();
+    assert_eq!(newest, newest_record);
+
+    let spec = CountSpec::new(newest, &[60, 300]).unwrap();
+    let traffic = source.count(&spec).await.unwrap();
+    assert_eq!(
+        traffic.stats().records,
+        all.len() as u64,
+        "every event read, across pages and regions"
+    );
+    for window in [60u32, 300] {
+        let mut expected: HashMap<IpAddr, u32> = HashMap::new();
+        for line in &all {
+            let hit = parse_hit_full_only(line).unwrap();
+            if (0..i64::from(window) * 1000).contains(&(newest - hit.timestamp_ms)) {
+                *expected.entry(hit.client_ip).or_default() += 1;
+            }
+        }
+        let actual: HashMap<IpAddr, u32> = traffic
+            .iter()
+            .filter_map(|(ip, c)| c.requests(window).filter(|&n| n > 0).map(|n| (ip, n)))
+            .collect();
+        assert_eq!(actual, expected, "window {window}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_log_group_names_region_and_group() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let source = CloudWatchEventsSource::new(vec![RegionLogs {
+        region: "ap-southeast-2".into(),
+        client: client(&moto, "ap-southeast-2"),
+        log_groups: vec!["aws-waf-logs-missing".into()],
+    }]);
+    let err = source
+        .count(&CountSpec::new(1_700_000_000_000, &[300]).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ap-southeast-2")
+            && err.contains("aws-waf-logs-missing")
+            && err.contains("ResourceNotFound"),
+        "{err}"
+    );
+}
