@@ -112,10 +112,12 @@ pub struct ReviewArgs {
 /// `floodgate top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or globs.
-    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or
+    /// globs; without it, the policy's [source] (files or CloudWatch Logs).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
     pub logs: Vec<String>,
-    /// A policy file, to classify IPs into its tiers and mark allow-listed ones.
+    /// A policy file, to classify IPs into its tiers and mark allow-listed
+    /// ones, and to read its [source] when --logs is not given.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The window to rank by, such as 300, 90s, 5m or 1h.

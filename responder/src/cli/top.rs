@@ -11,6 +11,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{CliError, Format, Status, TopArgs, load_policy, write_stdout};
 use crate::detect::{count_spec, rank};
 use crate::source::files::FileSource;
+use crate::source::{ConfiguredSource, LogSource};
 use crate::traffic::Traffic;
 
 /// The JSON document `top --format json` prints.
@@ -58,19 +59,32 @@ pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
                 .policy
         }
     };
-    let source = FileSource::new(&args.logs)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(top(args, &policy))
+}
+
+async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
+    let source = match (&args.logs[..], &policy.source) {
+        ([], None) => {
+            return Err(CliError::Input(
+                "give --logs PATH, or --config with a [source] section".to_owned(),
+            ));
+        }
+        ([], Some(config)) => ConfiguredSource::from_config(config).await?,
+        (paths, _) => ConfiguredSource::Files(FileSource::new(paths)?),
+    };
     let started = Instant::now();
     let end_ms = match args.now {
         Some(now) => unix_ms(now),
-        None => match source.newest_timestamp_blocking()? {
+        None => match source.newest_timestamp().await? {
             Some(newest) => newest,
             None => unix_ms(args.clock().now()),
         },
     };
     let window = args.window.as_secs() as u32;
-    let spec = count_spec(&policy, end_ms, window).map_err(crate::source::SourceError::from)?;
-    let traffic = source.count_blocking(&spec)?;
-    report_read(&source, &traffic, started);
+    let spec = count_spec(policy, end_ms, window).map_err(crate::source::SourceError::from)?;
+    let traffic = source.count(&spec).await?;
+    report_read(&traffic, started);
     let stats = traffic.stats();
     if stats.records > 0 && stats.records == stats.malformed {
         return Err(CliError::Input(format!(
@@ -78,7 +92,7 @@ pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
             stats.malformed
         )));
     }
-    let mut ranked = rank(&traffic, &policy, window);
+    let mut ranked = rank(&traffic, policy, window);
     ranked.retain(|o| o.requests > 0);
     ranked.truncate(args.limit);
     let report = TopReport {
@@ -109,18 +123,22 @@ pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
 }
 
 /// One line on stderr about what was read, so stdout stays clean for tools.
-fn report_read(source: &FileSource, traffic: &Traffic, started: Instant) {
+fn report_read(traffic: &Traffic, started: Instant) {
     let stats = traffic.stats();
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!(
-        "read {} records ({} malformed) from {} file{}, {:.1} MiB in {:.2} s",
+    let mut line = format!(
+        "read {} records ({} malformed), {:.1} MiB in {:.2} s",
         stats.records,
         stats.malformed,
-        source.files().len(),
-        if source.files().len() == 1 { "" } else { "s" },
         stats.bytes as f64 / (1 << 20) as f64,
-        seconds
+        started.elapsed().as_secs_f64()
     );
+    if stats.truncated_queries > 0 {
+        line.push_str(&format!(
+            "; {} Logs Insights queries hit the 10,000-row limit",
+            stats.truncated_queries
+        ));
+    }
+    eprintln!("{line}");
 }
 
 fn table(report: &TopReport) -> String {

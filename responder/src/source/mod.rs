@@ -66,3 +66,66 @@ pub enum SourceError {
     #[error(transparent)]
     Windows(#[from] crate::traffic::TooManyWindows),
 }
+
+/// The source a policy's `[source]` section names.
+#[derive(Debug, Clone)]
+pub enum ConfiguredSource {
+    /// `type = "files"`.
+    Files(files::FileSource),
+    /// `type = "cloudwatch"`, `api = "events"`.
+    Events(cloudwatch_events::CloudWatchEventsSource),
+    /// `type = "cloudwatch"`, `api = "insights"`.
+    Insights(cloudwatch_insights::CloudWatchInsightsSource),
+}
+
+impl ConfiguredSource {
+    /// Builds the source, with AWS clients from the standard credential chain.
+    pub async fn from_config(
+        config: &floodgate_rules::policy::LogSourceConfig,
+    ) -> Result<ConfiguredSource, SourceError> {
+        use floodgate_rules::policy::{CloudWatchApi, LogSourceConfig};
+        Ok(match config {
+            LogSourceConfig::Files { paths } => {
+                ConfiguredSource::Files(files::FileSource::new(paths)?)
+            }
+            LogSourceConfig::CloudWatch {
+                api,
+                log_groups,
+                endpoint_url,
+                max_concurrent_queries,
+            } => {
+                let regions = crate::aws::region_logs(log_groups, endpoint_url.as_deref()).await;
+                match api {
+                    CloudWatchApi::Events => ConfiguredSource::Events(
+                        cloudwatch_events::CloudWatchEventsSource::new(regions),
+                    ),
+                    CloudWatchApi::Insights => ConfiguredSource::Insights(
+                        cloudwatch_insights::CloudWatchInsightsSource::new(
+                            regions,
+                            max_concurrent_queries.get() as usize,
+                            cloudwatch_insights::Polling::default(),
+                        ),
+                    ),
+                }
+            }
+        })
+    }
+}
+
+impl LogSource for ConfiguredSource {
+    async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
+        match self {
+            ConfiguredSource::Files(source) => source.count(spec).await,
+            ConfiguredSource::Events(source) => source.count(spec).await,
+            ConfiguredSource::Insights(source) => source.count(spec).await,
+        }
+    }
+
+    async fn newest_timestamp(&self) -> Result<Option<i64>, SourceError> {
+        match self {
+            ConfiguredSource::Files(source) => source.newest_timestamp().await,
+            ConfiguredSource::Events(source) => source.newest_timestamp().await,
+            ConfiguredSource::Insights(source) => source.newest_timestamp().await,
+        }
+    }
+}
