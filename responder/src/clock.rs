@@ -56,6 +56,27 @@ impl Clock for ManualClock {
     }
 }
 
+/// The clock a `--now` option asks for: stopped at that time, or the real one.
+pub fn clock_at(now: Option<OffsetDateTime>) -> Box<dyn Clock> {
+    match now {
+        Some(now) => Box::new(ManualClock::new(now)),
+        None => Box::new(SystemClock),
+    }
+}
+
+/// Milliseconds since the Unix epoch, as WAF timestamps count.
+pub fn unix_ms(instant: OffsetDateTime) -> i64 {
+    (instant.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// An epoch-milliseconds timestamp as RFC 3339 (UTC).
+pub fn rfc3339_from_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Parses a `--now` value: an RFC 3339 instant (`2026-11-22T08:30:00Z`) or a
 /// plain date (`2026-11-22`, meaning its midnight UTC).
 pub fn parse_instant(text: &str) -> Result<OffsetDateTime, String> {

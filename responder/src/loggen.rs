@@ -87,6 +87,17 @@ pub struct Summary {
     pub bytes: u64,
 }
 
+/// The records of `spec`, one per element, without their newlines: for
+/// tests and small demos.
+pub fn records(spec: &LogSpec) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    generate(spec, &mut out).expect("writing to memory cannot fail");
+    out.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// SplitMix64: small, fast, and the same everywhere.
 struct Rng(u64);
 

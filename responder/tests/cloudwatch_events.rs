@@ -5,22 +5,21 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use aws_sdk_cloudwatchlogs::Client;
-use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use floodgate_responder::aws::{RegionLogs, retry_config};
-use floodgate_responder::loggen::{LogSpec, generate};
+use floodgate_responder::loggen::{LogSpec, records};
 use floodgate_responder::source::LogSource;
 use floodgate_responder::source::cloudwatch_events::CloudWatchEventsSource;
 use floodgate_responder::traffic::CountSpec;
 use floodgate_responder::waflog::parse_hit_full_only;
-use floodgate_tests::MotoServer;
+use floodgate_tests::{MotoServer, wall_clock_ms};
 
 fn client(moto: &MotoServer, region: &str) -> Client {
-    let config = aws_sdk_cloudwatchlogs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(region.to_owned()))
-        .endpoint_url(moto.endpoint())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+    // Our retry policy, as the responder's own clients have it.
+    let config = moto
+        .logs_client(region)
+        .config()
+        .to_builder()
         .retry_config(retry_config())
         .build();
     Client::from_conf(config)
@@ -64,21 +63,15 @@ async fn put_records(client: &Client, group: &str, records: &[Vec<u8>]) {
     }
 }
 
-fn records(seed: u64, start_ms: i64) -> Vec<Vec<u8>> {
-    let spec = LogSpec {
+fn sample(seed: u64, start_ms: i64) -> Vec<Vec<u8>> {
+    records(&LogSpec {
         seed,
         start_ms,
         minutes: 2,
         benign_records: 1500,
         benign_ips: 200,
         attacks: false,
-    };
-    let mut out = Vec::new();
-    generate(&spec, &mut out).unwrap();
-    out.split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,17 +80,11 @@ async fn counts_events_across_regions_like_a_naive_count() {
         .await
         .unwrap();
     // CloudWatch refuses events older than 14 days: write recent ones.
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now_ms = wall_clock_ms();
     let start_ms = now_ms - 10 * 60_000;
     let (eu, us) = (client(&moto, "eu-west-1"), client(&moto, "us-east-1"));
-    let eu_records = records(1, start_ms);
-    let us_records = records(2, start_ms);
+    let eu_records = sample(1, start_ms);
+    let us_records = sample(2, start_ms);
     put_records(&eu, "aws-waf-logs-app", &eu_records).await;
     put_records(&us, "aws-waf-logs-app-cloudfront", &us_records).await;
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::LazyLock;
 
-use floodgate_responder::loggen::{LogSpec, generate};
+use floodgate_responder::loggen::{LogSpec, records};
 use floodgate_responder::waflog::{
     Action, BadLine, parse_hit, parse_hit_fast_only, parse_hit_full_only, parse_record,
 };
@@ -188,18 +188,12 @@ fn bad_lines_are_classified() {
 /// Generated records, the raw material of the mutations.
 fn sample_lines() -> &'static [Vec<u8>] {
     static LINES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-        let spec = LogSpec {
+        records(&LogSpec {
             benign_records: 300,
             minutes: 1,
             attacks: false,
             ..LogSpec::default()
-        };
-        let mut out = Vec::new();
-        generate(&spec, &mut out).unwrap();
-        out.split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect()
+        })
     });
     &LINES
 }

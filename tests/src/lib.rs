@@ -56,6 +56,16 @@ pub fn floodgate(args: &[&str]) -> Output {
         .expect("floodgate runs")
 }
 
+/// Wall-clock milliseconds since the Unix epoch, for data that a real
+/// service checks against its own clock (CloudWatch refuses events older
+/// than 14 days).
+pub fn wall_clock_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("milliseconds fit in i64")
+}
+
 /// A moto server (a local AWS API emulator) on a free loopback port, from
 /// the venv that `scripts/test.sh` creates. Stopped when dropped.
 pub struct MotoServer {
@@ -101,6 +111,19 @@ impl MotoServer {
     /// The endpoint URL to give the AWS SDK.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A CloudWatch Logs client for this server, in `region`, with the
+    /// fake credentials moto accepts.
+    pub fn logs_client(&self, region: &str) -> aws_sdk_cloudwatchlogs::Client {
+        use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .build();
+        aws_sdk_cloudwatchlogs::Client::from_conf(config)
     }
 
     /// Forgets every resource (`POST /moto-api/reset`).

@@ -1,10 +1,9 @@
 //! `floodgate top` and `floodgate gen-logs`, run as a user runs them,
 //! against files and against moto's CloudWatch Logs.
 
-use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use floodgate_responder::waflog::parse_hit_full_only;
-use floodgate_tests::{MotoServer, floodgate, floodgate_bin};
+use floodgate_tests::{MotoServer, floodgate, floodgate_bin, wall_clock_ms};
 use serde_json::Value;
 
 fn json(output: &std::process::Output) -> Value {
@@ -168,13 +167,7 @@ async fn top_reads_the_policy_source_from_cloudwatch_logs() {
     let moto = tokio::task::spawn_blocking(MotoServer::start)
         .await
         .unwrap();
-    let config = aws_sdk_cloudwatchlogs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(moto.endpoint())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-        .build();
-    let client = aws_sdk_cloudwatchlogs::Client::from_conf(config);
+    let client = moto.logs_client("eu-west-1");
     client
         .create_log_group()
         .log_group_name("aws-waf-logs-e2e")
@@ -189,13 +182,7 @@ async fn top_reads_the_policy_source_from_cloudwatch_logs() {
         .await
         .unwrap();
     // A flood of 30 requests from one client, in the last minute.
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap();
+    let now_ms = wall_clock_ms();
     let events: Vec<InputLogEvent> = (0..30)
         .map(|i| {
             let ts = now_ms - 60_000 + i * 1000;

@@ -13,7 +13,7 @@ use crate::loggen::{LogSpec, generate};
 pub(super) fn run(args: &GenLogsArgs) -> Result<Status, CliError> {
     let spec = LogSpec {
         seed: args.seed,
-        start_ms: (args.start.unix_timestamp_nanos() / 1_000_000) as i64,
+        start_ms: crate::clock::unix_ms(args.start),
         minutes: args.minutes,
         benign_records: args.benign_records,
         benign_ips: args.benign_ips,

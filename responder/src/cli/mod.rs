@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use time::OffsetDateTime;
 
-use crate::clock::{Clock, SystemClock, parse_instant};
+use crate::clock::{Clock, clock_at, parse_instant};
 use crate::policy_file::LoadError;
 
 /// Floodgate: an automated AWS WAF rate-limit and abuse responder.
@@ -79,10 +79,7 @@ pub struct PolicyArgs {
 impl PolicyArgs {
     /// The clock these options ask for.
     pub fn clock(&self) -> Box<dyn Clock> {
-        match self.now {
-            Some(now) => Box::new(crate::clock::ManualClock::new(now)),
-            None => Box::new(SystemClock),
-        }
+        clock_at(self.now)
     }
 }
 
@@ -132,16 +129,6 @@ pub struct TopArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-}
-
-impl TopArgs {
-    fn clock(&self) -> Box<dyn Clock> {
-        PolicyArgs {
-            config: PathBuf::new(),
-            now: self.now,
-        }
-        .clock()
-    }
 }
 
 /// `floodgate gen-logs`.

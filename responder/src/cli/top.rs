@@ -5,10 +5,9 @@ use std::time::Instant;
 
 use floodgate_rules::Policy;
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::{CliError, Format, Status, TopArgs, load_policy, write_stdout};
+use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::detect::{count_spec, rank};
 use crate::source::files::FileSource;
 use crate::source::{ConfiguredSource, LogSource};
@@ -54,7 +53,7 @@ pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
         }
         // Without a policy, rank only: no tiers, no allow-list.
         None => {
-            Policy::from_toml("", "(none)", args.clock().today())
+            Policy::from_toml("", "(none)", clock_at(args.now).today())
                 .expect("an empty policy is valid")
                 .policy
         }
@@ -78,7 +77,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
         Some(now) => unix_ms(now),
         None => match source.newest_timestamp().await? {
             Some(newest) => newest,
-            None => unix_ms(args.clock().now()),
+            None => unix_ms(clock_at(args.now).now()),
         },
     };
     let window = args.window.as_secs() as u32;
@@ -97,8 +96,8 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
     ranked.truncate(args.limit);
     let report = TopReport {
         window: WindowReport {
-            start: rfc3339(spec.end_ms() - i64::from(window) * 1000),
-            end: rfc3339(spec.end_ms()),
+            start: rfc3339_from_ms(spec.end_ms() - i64::from(window) * 1000),
+            end: rfc3339_from_ms(spec.end_ms()),
         },
         records: stats.records,
         malformed: stats.malformed,
@@ -159,15 +158,4 @@ fn table(report: &TopReport) -> String {
         ));
     }
     out
-}
-
-fn unix_ms(instant: OffsetDateTime) -> i64 {
-    (instant.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
 }
