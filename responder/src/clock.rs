@@ -115,6 +115,13 @@ mod tests {
     }
 
     #[test]
+    fn epoch_milliseconds_round_trip() {
+        let instant = datetime!(2026-11-20 10:00:00.25 UTC);
+        assert_eq!(unix_ms(instant), 1_795_168_800_250);
+        assert_eq!(rfc3339_from_ms(1_795_168_800_250), "2026-11-20T10:00:00.25Z");
+    }
+
+    #[test]
     fn manual_clock_moves_only_when_told() {
         let clock = ManualClock::new(datetime!(2026-11-22 23:00 UTC));
         assert_eq!(clock.today(), time::macros::date!(2026 - 11 - 22));
