@@ -118,7 +118,10 @@ mod tests {
     fn epoch_milliseconds_round_trip() {
         let instant = datetime!(2026-11-20 10:00:00.25 UTC);
         assert_eq!(unix_ms(instant), 1_795_168_800_250);
-        assert_eq!(rfc3339_from_ms(1_795_168_800_250), "2026-11-20T10:00:00.25Z");
+        assert_eq!(
+            rfc3339_from_ms(1_795_168_800_250),
+            "2026-11-20T10:00:00.25Z"
+        );
     }
 
     #[test]

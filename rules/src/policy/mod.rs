@@ -34,6 +34,7 @@
 
 pub(crate) mod allow;
 mod check;
+mod infra;
 mod quotas;
 mod raw;
 mod safety;
@@ -41,6 +42,7 @@ mod targets;
 mod tiers;
 
 pub use allow::{AllowEntry, AllowList};
+pub use infra::{Infra, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{Grant, Limit, Plan, PlanName, Quotas, TenantId, TenantOverride};
 pub use safety::{Mode, Safety};
 pub use targets::{
@@ -69,6 +71,8 @@ pub struct Policy {
     pub source: Option<LogSourceConfig>,
     /// Safety limits.
     pub safety: Safety,
+    /// What `render-infra` needs, if the file has `[infra]`.
+    pub infra: Option<Infra>,
     /// The day expiry was evaluated on.
     pub evaluated_on: Date,
 }
@@ -111,6 +115,10 @@ impl Policy {
             .source
             .as_ref()
             .and_then(|s| targets::check_source(&mut checker, s));
+        let infra = raw
+            .infra
+            .as_ref()
+            .and_then(|i| infra::check_infra(&mut checker, i));
         let diagnostics = checker.found.finish();
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(PolicyError { diagnostics });
@@ -122,6 +130,7 @@ impl Policy {
             targets,
             source,
             safety,
+            infra,
             evaluated_on: today,
         };
         Ok(LoadedPolicy {

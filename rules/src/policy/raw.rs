@@ -19,6 +19,7 @@ pub(crate) struct RawPolicy {
     pub targets: Vec<Spanned<RawTarget>>,
     pub source: Option<Spanned<RawSource>>,
     pub safety: Option<Spanned<RawSafety>>,
+    pub infra: Option<Spanned<RawInfra>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,4 +132,14 @@ pub(crate) struct RawSafety {
     pub max_new_blocks_per_run: Option<Spanned<i64>>,
     pub broadest_allow_prefix_v4: Option<Spanned<i64>>,
     pub broadest_allow_prefix_v6: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInfra {
+    pub name: Option<Spanned<String>>,
+    pub emergency_block_requests: Spanned<i64>,
+    pub emergency_block_window_seconds: Option<Spanned<i64>>,
+    pub log_retention_days: Option<Spanned<i64>>,
+    pub schedule_expression: Option<Spanned<String>>,
 }
