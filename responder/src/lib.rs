@@ -1,13 +1,24 @@
 //! The Floodgate responder: the `floodgate` command's library.
 //!
-//! - [`cli`]: the commands (`check`, `review`).
+//! - [`cli`]: the commands (`check`, `review`, `top`, `gen-logs`, `render-infra`).
+//! - [`waflog`]: AWS WAF log records, fast path and full parse.
+//! - [`source`]: the `LogSource` seam: files, Logs Insights, raw events.
+//! - [`traffic`]: requests per client IP per window.
+//! - [`detect`]: tiers and the allow-list applied to the counts.
+//! - [`infra`]: CloudFormation from the policy.
+//! - [`loggen`]: synthetic WAF logs.
+//! - [`aws`]: AWS clients and their retry policy.
 //! - [`clock`]: the only reader of the system time.
 //! - [`policy_file`]: reads the policy file from disk.
+
+// The CloudFormation templates in `infra` are deeply nested `json!` literals.
+#![recursion_limit = "512"]
 
 pub mod aws;
 pub mod cli;
 pub mod clock;
 pub mod detect;
+pub mod infra;
 pub mod loggen;
 pub mod policy_file;
 pub mod source;

@@ -56,6 +56,21 @@ pub fn floodgate(args: &[&str]) -> Output {
         .expect("floodgate runs")
 }
 
+/// A program from the Python venv that `scripts/test.sh` creates (moto,
+/// cfn-lint). Panics with the fix when it is missing: tests never skip for
+/// a missing tool.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("FLOODGATE_VENV")
+        .map_or_else(|| workspace_root().join(".venv"), PathBuf::from);
+    let program = venv.join("bin").join(name);
+    assert!(
+        program.exists(),
+        "{} is missing: run scripts/test.sh, which installs the pinned test tools",
+        program.display()
+    );
+    program
+}
+
 /// Wall-clock milliseconds since the Unix epoch, for data that a real
 /// service checks against its own clock (CloudWatch refuses events older
 /// than 14 days).

@@ -7,6 +7,7 @@
 
 mod check;
 mod gen_logs;
+mod render_infra;
 mod review;
 mod top;
 
@@ -56,6 +57,10 @@ pub enum Command {
     /// Write realistic synthetic AWS WAF logs (benign traffic mixed with
     /// attacks), deterministically, for tests, benchmarks and demos.
     GenLogs(GenLogsArgs),
+    /// Write the CloudFormation templates under infra/ from the policy (web
+    /// ACL rules from the tiers and allow-list, the responder's role,
+    /// schedule and ledger), so no threshold or range is typed twice.
+    RenderInfra(RenderInfraArgs),
 }
 
 /// Options every policy command takes.
@@ -157,6 +162,21 @@ pub struct GenLogsArgs {
     pub no_attacks: bool,
 }
 
+/// `floodgate render-infra`.
+#[derive(Debug, Args)]
+pub struct RenderInfraArgs {
+    /// The policy to render.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Where to write waf.yaml, responder.yaml and deployments.tsv.
+    #[arg(long, value_name = "DIR", default_value = "infra/cloudformation")]
+    pub out: PathBuf,
+    /// Write nothing; exit 1 if the files in --out differ from what the
+    /// policy renders to (for CI).
+    #[arg(long)]
+    pub check: bool,
+}
+
 /// Parses `300`, `90s`, `5m`, `1h` (at least one second).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -227,6 +247,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Review(args) => review::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
+        Command::RenderInfra(args) => render_infra::run(&args),
     }
 }
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Deploys Floodgate's stacks in the order infra/cloudformation/deployments.tsv
+# lists them (that file is written by `floodgate render-infra` from the
+# policy): the web ACL in every region of the policy's targets, the web ACL
+# for CloudFront in us-east-1, then the responder.
+#
+#   infra/deploy.sh --dry-run     # print the commands, run nothing
+#   FLOODGATE_IMAGE=... FLOODGATE_VPC=vpc-... FLOODGATE_SUBNET_A=subnet-... \
+#     FLOODGATE_SUBNET_B=subnet-... infra/deploy.sh
+#
+# Needs the AWS CLI and credentials allowed to deploy CloudFormation stacks.
+set -euo pipefail
+
+dry_run=false
+case "${1:-}" in
+    --dry-run) dry_run=true ;;
+    "") ;;
+    -h | --help)
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "deploy.sh: unknown option $1 (try --help)" >&2
+        exit 1
+        ;;
+esac
+
+cd "$(dirname "$0")/cloudformation"
+[ -f deployments.tsv ] || { echo "deploy.sh: no deployments.tsv; run floodgate render-infra first" >&2; exit 1; }
+
+# Replaces $FLOODGATE_* placeholders with their values; in a dry run an unset
+# one is shown as <FLOODGATE_...>, in a real run it is an error.
+expand() {
+    local word=$1 name value
+    while [[ $word =~ \$(FLOODGATE_[A-Z_]+) ]]; do
+        name=${BASH_REMATCH[1]}
+        value=${!name:-}
+        if [ -z "$value" ]; then
+            $dry_run || { echo "deploy.sh: set $name (see infra/README.md)" >&2; exit 1; }
+            value="<$name>"
+        fi
+        word=${word/\$$name/$value}
+    done
+    printf '%s' "$word"
+}
+
+# A real run checks every setting first, so it never stops halfway.
+if ! $dry_run; then
+    for name in $(grep -o '\$FLOODGATE_[A-Z_]*' deployments.tsv | tr -d '$' | sort -u); do
+        [ -n "${!name:-}" ] || { echo "deploy.sh: set $name (see infra/README.md)" >&2; exit 1; }
+    done
+fi
+
+while IFS=$'\t' read -r stack region template parameters; do
+    [[ -z $stack || $stack == \#* ]] && continue
+    command=(aws cloudformation deploy --stack-name "$stack" --region "$region" --template-file "$template"
+        --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset)
+    if [ -n "$parameters" ]; then
+        command+=(--parameter-overrides)
+        for parameter in $parameters; do
+            command+=("$(expand "$parameter")")
+        done
+    fi
+    if $dry_run; then
+        echo "${command[*]}"
+    else
+        echo "==> $stack in $region" >&2
+        "${command[@]}"
+    fi
+done < deployments.tsv

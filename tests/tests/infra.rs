@@ -1,0 +1,349 @@
+//! The CloudFormation under infra/: generated from the example policy,
+//! accepted by cfn-lint, shaped as the design says, and deployable by
+//! infra/deploy.sh.
+
+use std::process::Command;
+
+use floodgate_tests::{floodgate, venv_bin, workspace_root};
+use serde_json::Value;
+
+/// The day the committed templates were rendered for (expiry decides which
+/// allow entries are in the WAF allow-list).
+const NOW: &str = "2026-11-22";
+
+fn template(name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(workspace_root().join("infra/cloudformation").join(name)).unwrap();
+    // A YAML comment line, then JSON (which is YAML).
+    let body = text.split_once('\n').unwrap().1;
+    serde_json::from_str(body).unwrap()
+}
+
+fn cfn_lint(paths: &[&str]) -> std::process::Output {
+    Command::new(venv_bin("cfn-lint"))
+        .args(paths)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn committed_infra_matches_the_example_policy() {
+    let output = floodgate(&[
+        "render-infra",
+        "--config",
+        "examples/floodgate.toml",
+        "--now",
+        NOW,
+        "--check",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "infra/ disagrees with examples/floodgate.toml; run `floodgate render-infra --config examples/floodgate.toml --now {NOW}`\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn render_infra_check_notices_a_changed_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = std::fs::read_to_string(workspace_root().join("examples/floodgate.toml"))
+        .unwrap()
+        .replace("requests = 5000", "requests = 6000");
+    let path = dir.path().join("changed.toml");
+    std::fs::write(&path, policy).unwrap();
+    let output = floodgate(&[
+        "render-infra",
+        "--config",
+        path.to_str().unwrap(),
+        "--now",
+        NOW,
+        "--check",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("waf.yaml"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn cfn_lint_passes_every_template_with_no_warnings() {
+    let output = cfn_lint(&[
+        "infra/cloudformation/waf.yaml",
+        "infra/cloudformation/responder.yaml",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
+}
+
+#[test]
+fn cfn_lint_rejects_a_broken_template() {
+    // So the check above cannot pass by checking nothing.
+    let output = cfn_lint(&["tests/fixtures/infra/broken-waf.yaml"]);
+    assert_ne!(output.status.code(), Some(0));
+    let report = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "5 is less than the minimum of 10",
+        "200 is not one of [60, 120, 300, 600]",
+        "10 is not one of [1, 3, 5",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn web_acl_rules_come_in_the_designed_order() {
+    let waf = template("waf.yaml");
+    let rules = waf["Resources"]["WebACL"]["Properties"]["Rules"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = rules.iter().map(|r| r["Name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "floodgate-allow-list",
+            "AWS-AWSManagedRulesAmazonIpReputationList",
+            "floodgate-dynamic-block",
+            "floodgate-tier-watch",
+            "floodgate-tier-block",
+            "floodgate-tier-block-24h",
+            "floodgate-emergency-block",
+        ]
+    );
+    let priorities: Vec<u64> = rules
+        .iter()
+        .map(|r| r["Priority"].as_u64().unwrap())
+        .collect();
+    assert!(priorities.windows(2).all(|w| w[0] < w[1]), "{priorities:?}");
+    // The allow-list labels, never allows outright.
+    assert!(rules[0]["Action"].get("Count").is_some());
+    assert_eq!(rules[0]["RuleLabels"][0]["Name"], "floodgate:allow-listed");
+    // Rate rules: the tiers' thresholds (1000 / 2000 / 5000 per 5 min) as
+    // COUNT with a label, then the emergency BLOCK; all skip the allow-list.
+    let rate: Vec<(u64, u64, &str)> = rules
+        .iter()
+        .filter_map(|r| {
+            let s = r["Statement"].get("RateBasedStatement")?;
+            assert_eq!(
+                s["ScopeDownStatement"]["NotStatement"]["Statement"]["LabelMatchStatement"]["Key"],
+                "floodgate:allow-listed"
+            );
+            let action = if r["Action"].get("Block").is_some() {
+                "Block"
+            } else {
+                "Count"
+            };
+            Some((
+                s["Limit"].as_u64().unwrap(),
+                s["EvaluationWindowSec"].as_u64().unwrap(),
+                action,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        rate,
+        [
+            (1000, 300, "Count"),
+            (2000, 300, "Count"),
+            (5000, 300, "Count"),
+            (20000, 300, "Block")
+        ]
+    );
+    assert!(
+        rate.iter()
+            .all(|&(limit, window, _)| limit >= 10 && [60, 120, 300, 600].contains(&window))
+    );
+}
+
+#[test]
+fn both_address_families_are_blocked_and_allowed() {
+    let waf = template("waf.yaml");
+    let resources = &waf["Resources"];
+    let rules = resources["WebACL"]["Properties"]["Rules"]
+        .as_array()
+        .unwrap();
+    let referenced = |rule: &Value| -> Vec<String> {
+        rule["Statement"]["OrStatement"]["Statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s["IPSetReferenceStatement"]["Arn"]["Fn::GetAtt"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let versions = |ids: Vec<String>| -> Vec<String> {
+        ids.iter()
+            .map(|id| {
+                resources[id]["Properties"]["IPAddressVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let blocked = versions(referenced(&rules[2]));
+    assert!(
+        blocked.contains(&"IPV4".to_owned()) && blocked.contains(&"IPV6".to_owned()),
+        "{blocked:?}"
+    );
+    assert_eq!(versions(referenced(&rules[0])), ["IPV4", "IPV6"]);
+    // The responder's sets start empty; the allow-list holds the policy's ranges.
+    assert_eq!(
+        resources["BlockedIPv4Set0"]["Properties"]["Addresses"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        resources["AllowListIPv4Set"]["Properties"]["Addresses"],
+        serde_json::json!(["192.0.2.10/32", "198.51.100.0/24"])
+    );
+    // Logging redacts credentials-bearing headers.
+    let redacted = &resources["WebACLLogging"]["Properties"]["RedactedFields"];
+    assert_eq!(
+        redacted,
+        &serde_json::json!([{"SingleHeader": {"Name": "authorization"}}, {"SingleHeader": {"Name": "cookie"}}])
+    );
+}
+
+#[test]
+fn cloudfront_is_only_allowed_in_us_east_1() {
+    let waf = template("waf.yaml");
+    let rule = &waf["Rules"]["CloudFrontOnlyInUsEast1"];
+    assert_eq!(
+        rule["RuleCondition"],
+        serde_json::json!({"Fn::Equals": [{"Ref": "Scope"}, "CLOUDFRONT"]})
+    );
+    assert_eq!(
+        rule["Assertions"][0]["Assert"],
+        serde_json::json!({"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]})
+    );
+}
+
+#[test]
+fn iam_policies_name_their_actions_and_resources() {
+    let responder = template("responder.yaml");
+    let mut statements = 0;
+    for (id, resource) in responder["Resources"].as_object().unwrap() {
+        if resource["Type"] != "AWS::IAM::Role" {
+            continue;
+        }
+        for policy in resource["Properties"]["Policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+                statements += 1;
+                for action in statement["Action"].as_array().unwrap() {
+                    assert!(
+                        !action.as_str().unwrap().contains('*'),
+                        "{id}: wildcard action {action}"
+                    );
+                }
+                assert_ne!(
+                    statement["Resource"], "*",
+                    "{id}: statement on every resource"
+                );
+            }
+        }
+    }
+    assert!(statements >= 5, "only {statements} statements found");
+    // The responder may touch exactly its IP sets in every target region and
+    // CloudFront (global, in us-east-1).
+    let role = &responder["Resources"]["ResponderRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+        ["Statement"][0];
+    let arns: Vec<&str> = role["Resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["Fn::Sub"].as_str().unwrap())
+        .collect();
+    assert!(arns.contains(&"arn:${AWS::Partition}:wafv2:eu-west-1:${AWS::AccountId}:regional/ipset/floodgate-blocked-v4/*"));
+    assert!(arns.contains(&"arn:${AWS::Partition}:wafv2:us-east-1:${AWS::AccountId}:global/ipset/floodgate-blocked-v6/*"));
+    assert_eq!(arns.len(), 4 * 3, "4 targets x 3 IP sets");
+}
+
+#[test]
+fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
+    let output = Command::new(workspace_root().join("infra/deploy.sh"))
+        .arg("--dry-run")
+        .env("PATH", "/usr/bin:/bin") // whatever is installed, a dry run calls no aws
+        .env_remove("FLOODGATE_IMAGE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for region in ["us-east-1", "eu-west-1", "ap-southeast-2"] {
+        assert!(
+            lines.iter().any(|l| l
+                .contains(&format!("--region {region} --template-file waf.yaml"))
+                && l.ends_with("Scope=REGIONAL")),
+            "{region}"
+        );
+    }
+    assert!(
+        lines[3].contains("--stack-name floodgate-waf-cloudfront --region us-east-1")
+            && lines[3].ends_with("Scope=CLOUDFRONT")
+    );
+    assert!(
+        lines[4].contains("responder.yaml")
+            && lines[4].contains("ContainerImage=<FLOODGATE_IMAGE>")
+    );
+}
+
+#[test]
+fn policies_waf_cannot_mirror_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap();
+    let cases = [
+        (
+            example.replacen("window_seconds = 300", "window_seconds = 200", 1),
+            "tier \"watch\": window_seconds = 200 cannot be an AWS WAF rate-based rule window",
+        ),
+        (
+            example[..example.find("[infra]").unwrap()].to_owned(),
+            "the policy has no [infra] section",
+        ),
+    ];
+    for (i, (policy, expected)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("p{i}.toml"));
+        std::fs::write(&path, policy).unwrap();
+        let out = dir.path().join("out");
+        let output = floodgate(&[
+            "render-infra",
+            "--config",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(expected),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!out.exists(), "nothing is written for an invalid policy");
+    }
+}
