@@ -6,6 +6,8 @@
 //! - [`traffic`]: requests per client IP per window.
 //! - [`detect`]: tiers and the allow-list applied to the counts.
 //! - [`infra`]: CloudFormation from the policy.
+//! - [`ledger`]: the `Ledger` seam and its file backend.
+//! - [`plan`]: the pure block plan.
 //! - [`loggen`]: synthetic WAF logs.
 //! - [`aws`]: AWS clients and their retry policy.
 //! - [`clock`]: the only reader of the system time.
@@ -19,7 +21,9 @@ pub mod cli;
 pub mod clock;
 pub mod detect;
 pub mod infra;
+pub mod ledger;
 pub mod loggen;
+pub mod plan;
 pub mod policy_file;
 pub mod source;
 pub mod traffic;

@@ -114,3 +114,21 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn exclusion_removes_exactly_the_excluded_addresses(
+        nets in prop::collection::vec(prop_oneof![small_v4(), small_v6()], 0..32),
+        excluded in prop::collection::vec(prop_oneof![small_v4(), small_v6()], 0..32),
+    ) {
+        let out = floodgate_rules::cidr::exclude(&nets, &excluded);
+        for ip in universe() {
+            let expected = nets.iter().any(|n| n.contains(&ip)) && !excluded.iter().any(|n| n.contains(&ip));
+            prop_assert_eq!(out.iter().any(|n| n.contains(&ip)), expected, "{}", ip);
+        }
+        // Minimal, like aggregation.
+        prop_assert_eq!(&out, &aggregate(&out));
+    }
+}

@@ -56,6 +56,16 @@ pub fn floodgate(args: &[&str]) -> Output {
         .expect("floodgate runs")
 }
 
+/// A command's standard output, as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A program from the Python venv that `scripts/test.sh` creates (moto,
 /// cfn-lint). Panics with the fix when it is missing: tests never skip for
 /// a missing tool.

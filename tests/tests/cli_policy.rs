@@ -1,18 +1,10 @@
 //! `floodgate check` and `floodgate review`, run as a user runs them.
 
-use floodgate_tests::floodgate;
+use floodgate_tests::{floodgate, stderr, stdout};
 use serde_json::Value;
 
 const EXAMPLE: &str = "examples/floodgate.toml";
 const NOW: &str = "2026-11-22T09:00:00Z";
-
-fn stdout(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn check_accepts_the_example_policy() {

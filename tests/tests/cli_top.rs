@@ -3,7 +3,7 @@
 
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use floodgate_responder::waflog::parse_hit_full_only;
-use floodgate_tests::{MotoServer, floodgate, floodgate_bin, wall_clock_ms};
+use floodgate_tests::{MotoServer, floodgate, floodgate_bin, stderr, wall_clock_ms};
 use serde_json::Value;
 
 fn json(output: &std::process::Output) -> Value {
@@ -14,10 +14,6 @@ fn json(output: &std::process::Output) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

@@ -33,6 +33,65 @@ pub fn aggregate_v6(nets: &[Ipv6Net]) -> Vec<Ipv6Net> {
     aggregate_family::<u128>(nets)
 }
 
+/// The addresses of `nets` that no prefix of `excluded` covers, as the
+/// fewest prefixes, sorted (IPv4 first). Exact, like [`aggregate`].
+pub fn exclude(nets: &[IpNet], excluded: &[IpNet]) -> Vec<IpNet> {
+    let split = |list: &[IpNet]| -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for net in list {
+            match net {
+                IpNet::V4(net) => v4.push(*net),
+                IpNet::V6(net) => v6.push(*net),
+            }
+        }
+        (v4, v6)
+    };
+    let ((v4, v6), (ex4, ex6)) = (split(nets), split(excluded));
+    let mut out: Vec<IpNet> = exclude_family::<u32>(&v4, &ex4)
+        .into_iter()
+        .map(IpNet::V4)
+        .collect();
+    out.extend(exclude_family::<u128>(&v6, &ex6).into_iter().map(IpNet::V6));
+    out
+}
+
+fn exclude_family<A: Bits>(nets: &[A::Net], excluded: &[A::Net]) -> Vec<A::Net> {
+    let holes = merged_ranges::<A>(excluded);
+    let mut out = Vec::new();
+    let mut hole = 0;
+    for (mut first, last) in merged_ranges::<A>(nets) {
+        // Holes are sorted and disjoint: walk them alongside the ranges.
+        while hole < holes.len() && holes[hole].1 < first {
+            hole += 1;
+        }
+        let mut h = hole;
+        loop {
+            match holes.get(h) {
+                Some(&(hole_first, hole_last)) if hole_first <= last => {
+                    if first < hole_first {
+                        // The part before the hole survives.
+                        let before = hole_first.checked_pred().expect("hole_first > first >= 0");
+                        push_range_as_prefixes(first, before, &mut out);
+                    }
+                    match hole_last.checked_succ() {
+                        Some(after) if hole_last < last => {
+                            first = after;
+                            h += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                _ => {
+                    push_range_as_prefixes(first, last, &mut out);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 fn aggregate_family<A: Bits>(nets: &[A::Net]) -> Vec<A::Net> {
     let mut out = Vec::new();
     for (first, last) in merged_ranges::<A>(nets) {
@@ -104,6 +163,36 @@ mod tests {
         // 10.0.1.0/24 + 10.0.2.0/24 are adjacent but not a /23 (not aligned).
         let out = aggregate(&nets(&["10.0.1.0/24", "10.0.2.0/24"]));
         assert_eq!(out, nets(&["10.0.1.0/24", "10.0.2.0/24"]));
+    }
+
+    #[test]
+    fn exclusion_cuts_holes_exactly() {
+        let out = exclude(
+            &nets(&["10.0.0.0/24", "2001:db8::/126"]),
+            &nets(&["10.0.0.128/25", "10.0.0.7/32", "2001:db8::1/128"]),
+        );
+        assert_eq!(
+            out,
+            nets(&[
+                "10.0.0.0/30",
+                "10.0.0.4/31",
+                "10.0.0.6/32",
+                "10.0.0.8/29",
+                "10.0.0.16/28",
+                "10.0.0.32/27",
+                "10.0.0.64/26",
+                "2001:db8::/128",
+                "2001:db8::2/127"
+            ])
+        );
+        assert_eq!(
+            exclude(&nets(&["0.0.0.0/0"]), &nets(&["0.0.0.0/0"])),
+            Vec::<IpNet>::new()
+        );
+        assert_eq!(
+            exclude(&nets(&["192.0.2.0/24"]), &[]),
+            nets(&["192.0.2.0/24"])
+        );
     }
 
     #[test]

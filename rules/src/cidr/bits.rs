@@ -16,6 +16,8 @@ pub(crate) trait Bits: Copy + Ord + std::fmt::Debug {
 
     /// `self + 1`, or `None` past the highest address.
     fn checked_succ(self) -> Option<Self>;
+    /// `self - 1`, or `None` below the lowest address.
+    fn checked_pred(self) -> Option<Self>;
     /// `self - other`, where `other <= self`.
     fn minus(self, other: Self) -> Self;
     /// `self + 2^bits - 1`, the last address of an aligned block of `2^bits`.
@@ -39,6 +41,9 @@ impl Bits for u32 {
 
     fn checked_succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    fn checked_pred(self) -> Option<Self> {
+        self.checked_sub(1)
     }
     fn minus(self, other: Self) -> Self {
         self - other
@@ -71,6 +76,9 @@ impl Bits for u128 {
 
     fn checked_succ(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    fn checked_pred(self) -> Option<Self> {
+        self.checked_sub(1)
     }
     fn minus(self, other: Self) -> Self {
         self - other

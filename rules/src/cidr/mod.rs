@@ -25,5 +25,5 @@ mod aggregate;
 mod bits;
 mod table;
 
-pub use aggregate::{aggregate, aggregate_v4, aggregate_v6};
+pub use aggregate::{aggregate, aggregate_v4, aggregate_v6, exclude};
 pub use table::PrefixMap;

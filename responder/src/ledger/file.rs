@@ -1,0 +1,162 @@
+//! The ledger as one JSON file under a state directory.
+//!
+//! Saving writes a temporary file in the same directory, syncs it, renames
+//! it over the ledger and syncs the directory: a crash at any point leaves
+//! either the old ledger or the new one, never a mix.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{Ledger, LedgerError, LedgerState};
+
+/// File name of the ledger inside the state directory.
+pub const LEDGER_FILE: &str = "ledger.json";
+
+/// A ledger kept in `<state_dir>/ledger.json`.
+#[derive(Debug, Clone)]
+pub struct FileLedger {
+    dir: PathBuf,
+}
+
+impl FileLedger {
+    /// A ledger under `state_dir` (created on first save).
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        FileLedger {
+            dir: state_dir.into(),
+        }
+    }
+
+    /// The ledger file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(LEDGER_FILE)
+    }
+
+    fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LedgerError + '_ {
+        move |source| LedgerError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// [`Ledger::load`], synchronously.
+    pub fn load_blocking(&self) -> Result<LedgerState, LedgerError> {
+        let path = self.path();
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LedgerState::default()),
+            Err(e) => return Err(Self::io_error(&path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| LedgerError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// [`Ledger::save`], synchronously.
+    pub fn save_blocking(&self, state: &LedgerState) -> Result<(), LedgerError> {
+        let path = self.path();
+        fs::create_dir_all(&self.dir).map_err(Self::io_error(&self.dir))?;
+        let temporary = self
+            .dir
+            .join(format!(".{LEDGER_FILE}.{}.tmp", std::process::id()));
+        let bytes = serde_json::to_vec_pretty(state).expect("the ledger serializes");
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&temporary)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &path)?;
+            // The rename is durable once the directory is synced.
+            File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&temporary);
+            Self::io_error(&path)(e)
+        })
+    }
+}
+
+impl Ledger for FileLedger {
+    async fn load(&self) -> Result<LedgerState, LedgerError> {
+        let ledger = self.clone();
+        tokio::task::spawn_blocking(move || ledger.load_blocking())
+            .await
+            .expect("ledger reader panicked")
+    }
+
+    async fn save(&self, state: &LedgerState) -> Result<(), LedgerError> {
+        let (ledger, state) = (self.clone(), state.clone());
+        tokio::task::spawn_blocking(move || ledger.save_blocking(&state))
+            .await
+            .expect("ledger writer panicked")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::LedgerEntry;
+
+    fn entry(net: &str, expires_at_ms: i64) -> LedgerEntry {
+        LedgerEntry {
+            net: net.parse().unwrap(),
+            tier: "block".into(),
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            blocked_at_ms: 3,
+            expires_at_ms,
+            offences: 2,
+            requests: 2500,
+            source: "eu-west-1/aws-waf-logs-app".into(),
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn saves_and_loads_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = FileLedger::new(dir.path().join("state"));
+        assert_eq!(ledger.load_blocking().unwrap(), LedgerState::default());
+        let mut state = LedgerState {
+            version: 7,
+            ..LedgerState::default()
+        };
+        for e in [entry("203.0.113.66/32", 10), entry("2001:db8:bad::/64", 20)] {
+            state.entries.insert(e.net, e);
+        }
+        ledger.save_blocking(&state).unwrap();
+        assert_eq!(ledger.load_blocking().unwrap(), state);
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [LEDGER_FILE]);
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_old_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = FileLedger::new(dir.path());
+        let mut old = LedgerState::default();
+        old.entries
+            .insert("192.0.2.1/32".parse().unwrap(), entry("192.0.2.1/32", 5));
+        ledger.save_blocking(&old).unwrap();
+        // A writer that died mid-write leaves only its temporary file.
+        fs::write(
+            dir.path().join(".ledger.json.999.tmp"),
+            b"{\"version\": 8, \"entr",
+        )
+        .unwrap();
+        assert_eq!(ledger.load_blocking().unwrap(), old);
+    }
+
+    #[test]
+    fn a_corrupt_ledger_is_an_error_not_an_empty_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(LEDGER_FILE), b"{ not json").unwrap();
+        let err = FileLedger::new(dir.path()).load_blocking().unwrap_err();
+        assert!(matches!(err, LedgerError::Corrupt { .. }));
+        assert!(err.to_string().contains("restore it from backup"), "{err}");
+    }
+}
