@@ -36,7 +36,8 @@ pub async fn logs_client(
     aws_sdk_cloudwatchlogs::Client::new(&sdk_config(region, endpoint_url).await)
 }
 
-/// The message of an SDK error, with its service error code when it has one.
+/// The message of an SDK error, with its service error code when it has
+/// one. Every AWS client shares these error types.
 pub fn describe_error<E, R>(error: &aws_sdk_cloudwatchlogs::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -47,7 +48,7 @@ where
         Some(service) => match (service.code(), service.message()) {
             (Some(code), Some(message)) => format!("{code}: {message}"),
             (Some(code), None) => code.to_owned(),
-            _ => DisplayErrorContext(error).to_string(),
+            _ => service.to_string(),
         },
         None => DisplayErrorContext(error).to_string(),
     }
@@ -82,4 +83,9 @@ pub async fn region_logs(
         }
     }
     by_region
+}
+
+/// A WAFv2 client for one region (us-east-1 for the CloudFront scope).
+pub async fn wafv2_client(region: &str, endpoint_url: Option<&str>) -> aws_sdk_wafv2::Client {
+    aws_sdk_wafv2::Client::new(&sdk_config(region, endpoint_url).await)
 }

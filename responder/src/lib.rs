@@ -8,6 +8,7 @@
 //! - [`infra`]: CloudFormation from the policy.
 //! - [`ledger`]: the `Ledger` seam and its file backend.
 //! - [`plan`]: the pure block plan.
+//! - [`target`]: the `WafTarget` seam: WAFv2 IP sets and files.
 //! - [`loggen`]: synthetic WAF logs.
 //! - [`aws`]: AWS clients and their retry policy.
 //! - [`clock`]: the only reader of the system time.
@@ -26,5 +27,6 @@ pub mod loggen;
 pub mod plan;
 pub mod policy_file;
 pub mod source;
+pub mod target;
 pub mod traffic;
 pub mod waflog;

@@ -66,6 +66,14 @@ pub struct BlockPlan {
 }
 
 impl BlockPlan {
+    /// What the targets' sets should hold.
+    pub fn desired(&self) -> crate::target::DesiredSets {
+        crate::target::DesiredSets {
+            ipv4: self.ipv4.clone(),
+            ipv6: self.ipv6.clone(),
+        }
+    }
+
     /// Whether the circuit breaker tripped.
     pub fn breaker_tripped(&self) -> bool {
         !self.held_back.is_empty()

@@ -1,0 +1,128 @@
+//! Block lists as JSON files, one per IP set, shaped like the UpdateIPSet
+//! request (`Name`, `Scope`, `Addresses`), so they can be read, diffed, or
+//! applied with standard tooling. The embedded default target.
+//!
+//! Files are written atomically (temporary file, then rename), and only
+//! when their contents change.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiCalls, DesiredSets, Outcome, TargetReport, WafTarget};
+
+/// A directory of IP set files.
+#[derive(Debug, Clone)]
+pub struct FileTarget {
+    dir: PathBuf,
+    ipv4_sets: Vec<String>,
+    ipv6_sets: Vec<String>,
+}
+
+/// One file: the body of an UpdateIPSet request, less the id and lock token
+/// only AWS knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpSetFile {
+    /// The set's name.
+    pub name: String,
+    /// Always `REGIONAL` here; the CloudFront scope takes the same list.
+    pub scope: String,
+    /// `IPV4` or `IPV6`.
+    pub ip_address_version: String,
+    /// CIDR strings.
+    pub addresses: Vec<String>,
+}
+
+impl FileTarget {
+    /// Writes `<dir>/<set name>.json` for each named set.
+    pub fn new(dir: impl Into<PathBuf>, ipv4_sets: Vec<String>, ipv6_sets: Vec<String>) -> Self {
+        FileTarget {
+            dir: dir.into(),
+            ipv4_sets,
+            ipv6_sets,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn read_set(&self, name: &str) -> Result<Vec<IpNet>, String> {
+        match std::fs::read(self.path(name)) {
+            Ok(bytes) => {
+                let file: IpSetFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", self.path(name).display()))?;
+                file.addresses
+                    .iter()
+                    .map(|a| {
+                        a.parse()
+                            .map_err(|e| format!("{}: {a}: {e}", self.path(name).display()))
+                    })
+                    .collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("{}: {e}", self.path(name).display())),
+        }
+    }
+
+    fn write(&self, desired: &DesiredSets) -> Result<(usize, usize), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let (mut added, mut removed) = (0, 0);
+        for (names, lists, version) in [
+            (&self.ipv4_sets, &desired.ipv4, "IPV4"),
+            (&self.ipv6_sets, &desired.ipv6, "IPV6"),
+        ] {
+            for (i, name) in names.iter().enumerate() {
+                let list = lists.get(i).map_or(&[][..], Vec::as_slice);
+                let current = self.read_set(name)?;
+                if current == list {
+                    continue;
+                }
+                added += list.iter().filter(|n| !current.contains(n)).count();
+                removed += current.iter().filter(|n| !list.contains(n)).count();
+                let file = IpSetFile {
+                    name: name.clone(),
+                    scope: "REGIONAL".into(),
+                    ip_address_version: version.into(),
+                    addresses: list.iter().map(ToString::to_string).collect(),
+                };
+                let path = self.path(name);
+                let temporary = self.dir.join(format!(".{name}.json.tmp"));
+                let bytes = serde_json::to_vec_pretty(&file).expect("IP set files serialize");
+                std::fs::write(&temporary, bytes)
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        Ok((added, removed))
+    }
+}
+
+impl WafTarget for FileTarget {
+    fn label(&self) -> String {
+        format!("file {}", self.dir.display())
+    }
+
+    async fn read(&self) -> Result<Vec<IpNet>, String> {
+        let mut all = Vec::new();
+        for name in self.ipv4_sets.iter().chain(&self.ipv6_sets) {
+            all.extend(self.read_set(name)?);
+        }
+        Ok(all)
+    }
+
+    async fn apply(&self, desired: &DesiredSets) -> TargetReport {
+        let outcome = match self.write(desired) {
+            Ok((0, 0)) => Outcome::Unchanged,
+            Ok((added, removed)) => Outcome::Updated { added, removed },
+            Err(reason) => Outcome::Failed(reason),
+        };
+        TargetReport {
+            target: self.label(),
+            outcome,
+            calls: ApiCalls::default(),
+        }
+    }
+}
