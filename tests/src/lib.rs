@@ -151,6 +151,19 @@ impl MotoServer {
         aws_sdk_cloudwatchlogs::Client::from_conf(config)
     }
 
+    /// A WAFv2 client for this server, in `region`, with the fake
+    /// credentials moto accepts.
+    pub fn wafv2_client(&self, region: &str) -> aws_sdk_wafv2::Client {
+        use aws_sdk_wafv2::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_wafv2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .build();
+        aws_sdk_wafv2::Client::from_conf(config)
+    }
+
     /// Forgets every resource (`POST /moto-api/reset`).
     pub fn reset(&self) {
         self.http("POST", "/moto-api/reset").expect("moto reset");
