@@ -63,6 +63,9 @@ pub struct BlockPlan {
     pub dropped: Vec<IpNet>,
     /// Active blocks that the allow-list now covers, in whole or in part.
     pub allow_listed: Vec<IpNet>,
+    /// `[safety] mode = "observe"`: report this plan, write nothing (neither
+    /// the targets nor the ledger).
+    pub observe_only: bool,
 }
 
 impl BlockPlan {
@@ -236,5 +239,60 @@ pub fn plan(
         held_back,
         dropped,
         allow_listed,
+        observe_only: policy.safety.mode == floodgate_rules::policy::Mode::Observe,
     }
+}
+
+/// Takes in what the targets already hold when the ledger knows nothing
+/// (first run, or a lost state file): each address found is recorded as
+/// blocked by the lowest block tier for its duration, so no active attacker
+/// is unblocked by a lost ledger. Returns what was adopted; with a ledger
+/// that has entries, adopts nothing (see [`unknown_entries`]).
+pub fn adopt(
+    ledger: &mut LedgerState,
+    found: &[IpNet],
+    policy: &Policy,
+    now_ms: i64,
+) -> Vec<IpNet> {
+    let lowest_block = policy.tiers.iter().find_map(|t| match &t.action {
+        TierAction::Block(rule) => Some((t.name.to_string(), rule.block_minutes.get())),
+        TierAction::Observe => None,
+    });
+    let Some((tier, minutes)) = lowest_block.filter(|_| ledger.entries.is_empty()) else {
+        return Vec::new();
+    };
+    let mut adopted = Vec::new();
+    for &net in found {
+        if ledger.entries.contains_key(&net) {
+            continue;
+        }
+        ledger.entries.insert(
+            net,
+            LedgerEntry {
+                net,
+                tier: tier.clone(),
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+                blocked_at_ms: now_ms,
+                expires_at_ms: now_ms + i64::from(minutes) * 60_000,
+                offences: 1,
+                requests: 0,
+                source: "adopted".to_owned(),
+                reason: "found in an IP set while the ledger was empty".to_owned(),
+            },
+        );
+        adopted.push(net);
+    }
+    adopted
+}
+
+/// Addresses the targets hold that no active ledger entry explains: they
+/// are reported, and the next apply removes them. Nothing is silently kept.
+pub fn unknown_entries(ledger: &LedgerState, found: &[IpNet], now_ms: i64) -> Vec<IpNet> {
+    let active: Vec<IpNet> = ledger.active(now_ms).map(|e| e.net).collect();
+    found
+        .iter()
+        .copied()
+        .filter(|net| !active.iter().any(|a| a.contains(net)))
+        .collect()
 }

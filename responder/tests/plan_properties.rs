@@ -338,3 +338,68 @@ fn past_every_set_the_least_severe_are_dropped_and_reported() {
         );
     }
 }
+
+#[test]
+fn a_lost_ledger_adopts_what_the_sets_hold_and_a_known_one_reports_strangers() {
+    let policy = policy(100);
+    let found = vec![IpNet::from(ip(true, 9)), "198.18.0.0/24".parse().unwrap()];
+    let mut lost = LedgerState::default();
+    let adopted = floodgate_responder::plan::adopt(&mut lost, &found, &policy, NOW);
+    assert_eq!(adopted, found);
+    // Adopted blocks last the lowest block tier's duration, then expire as usual.
+    let planned = plan(&[], &policy, &lost, NOW + 60_000, "test", CAPACITY);
+    assert!(in_sets(&planned.ipv4, ip(true, 9)));
+    assert_eq!(lost.entries[&found[1]].expires_at_ms, NOW + 15 * 60_000);
+    // A ledger with entries adopts nothing: strangers are reported and removed.
+    let mut known = plan(
+        &[offender(&policy, ip(true, 5), 3000, Some(1))],
+        &policy,
+        &LedgerState::default(),
+        NOW,
+        "test",
+        CAPACITY,
+    )
+    .ledger;
+    assert!(floodgate_responder::plan::adopt(&mut known, &found, &policy, NOW).is_empty());
+    assert_eq!(
+        floodgate_responder::plan::unknown_entries(&known, &found, NOW),
+        found
+    );
+    let planned = plan(&[], &policy, &known, NOW + 1, "test", CAPACITY);
+    assert!(!in_sets(&planned.ipv4, ip(true, 9)));
+}
+
+#[test]
+fn observe_mode_is_carried_to_the_caller() {
+    let observe = Policy::from_toml(
+        &POLICY
+            .replace("MAX_NEW", "5")
+            .replace("[safety]", "[safety]\nmode = \"observe\""),
+        "p.toml",
+        date!(2026 - 11 - 22),
+    )
+    .unwrap()
+    .policy;
+    let planned = plan(
+        &[offender(&observe, ip(true, 5), 3000, Some(1))],
+        &observe,
+        &LedgerState::default(),
+        NOW,
+        "test",
+        CAPACITY,
+    );
+    assert!(planned.observe_only);
+    // The plan itself is computed in full, for the report.
+    assert_eq!(planned.added, [IpNet::from(ip(true, 5))]);
+    assert!(
+        !plan(
+            &[],
+            &policy(5),
+            &LedgerState::default(),
+            NOW,
+            "test",
+            CAPACITY
+        )
+        .observe_only
+    );
+}

@@ -30,6 +30,7 @@ pub struct IpSetFile {
     /// Always `REGIONAL` here; the CloudFront scope takes the same list.
     pub scope: String,
     /// `IPV4` or `IPV6`.
+    #[serde(rename = "IPAddressVersion")]
     pub ip_address_version: String,
     /// CIDR strings.
     pub addresses: Vec<String>,
