@@ -260,3 +260,22 @@ async fn one_region_failing_never_stops_the_others() {
         outcomes[2].1
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn throttling_is_retried_by_the_shared_retry_policy() {
+    let list = listed("id-1");
+    let get = mock!(Client::get_ip_set)
+        .sequence()
+        .http_status(
+            400,
+            Some(r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.into()),
+        )
+        .times(2)
+        .output(|| set_with(&["203.0.113.66/32"], "t1"))
+        .build();
+    let report = target(&[&list, &get], "eu-west-1")
+        .apply(&desired(&["203.0.113.66/32"]))
+        .await;
+    assert_eq!(report.outcome, Outcome::Unchanged);
+    assert_eq!(get.num_calls(), 3);
+}

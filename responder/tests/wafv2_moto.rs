@@ -383,3 +383,42 @@ async fn blocks_leave_every_set_when_the_clock_passes_their_expiry() {
 fn attacker_ip() -> std::net::IpAddr {
     "203.0.113.66".parse().unwrap()
 }
+
+#[tokio::test]
+async fn targets_are_built_from_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[targets]]\ntype = \"wafv2\"\nscope = \"regional\"\nregion = \"eu-west-1\"\nipv4_sets = [\"fg-v4\", \"fg-v4-2\"]\nipv6_sets = [\"fg-v6\"]\n\n\
+         [[targets]]\ntype = \"wafv2\"\nscope = \"cloudfront\"\nipv4_sets = [\"fg-v4\", \"fg-v4-2\"]\nipv6_sets = [\"fg-v6\"]\n\n\
+         [[targets]]\ntype = \"file\"\ndir = \"{}\"\n",
+        dir.path().display()
+    );
+    let policy = Policy::from_toml(&text, "p.toml", date!(2026 - 11 - 22))
+        .unwrap()
+        .policy;
+    let targets = floodgate_responder::target::ConfiguredTarget::from_policy(&policy).await;
+    let labels: Vec<String> = targets.iter().map(WafTarget::label).collect();
+    assert_eq!(
+        labels,
+        [
+            "wafv2 regional/eu-west-1".to_owned(),
+            "wafv2 cloudfront".to_owned(),
+            format!("file {}", dir.path().display())
+        ]
+    );
+    // The file target mirrors the WAF sets' names.
+    let desired = DesiredSets {
+        ipv4: vec![nets(&["203.0.113.66/32"]), vec![]],
+        ipv6: vec![vec![]],
+    };
+    assert_eq!(
+        targets[2].apply(&desired).await.outcome,
+        Outcome::Updated {
+            added: 1,
+            removed: 0
+        }
+    );
+    for name in ["fg-v4", "fg-v4-2", "fg-v6"] {
+        assert!(dir.path().join(format!("{name}.json")).exists(), "{name}");
+    }
+}

@@ -78,7 +78,8 @@ impl FileTarget {
             for (i, name) in names.iter().enumerate() {
                 let list = lists.get(i).map_or(&[][..], Vec::as_slice);
                 let current = self.read_set(name)?;
-                if current == list {
+                // Every set gets its file, even an empty one.
+                if current == list && self.path(name).exists() {
                     continue;
                 }
                 added += list.iter().filter(|n| !current.contains(n)).count();

@@ -122,3 +122,85 @@ pub async fn apply_all<T: WafTarget>(
     reports.sort_by_key(|(index, _)| *index);
     reports.into_iter().map(|(_, report)| report).collect()
 }
+
+/// A target the policy's `[[targets]]` names.
+#[derive(Debug)]
+pub enum ConfiguredTarget {
+    /// `type = "wafv2"`.
+    Wafv2(wafv2::Wafv2Target),
+    /// `type = "file"`.
+    File(file::FileTarget),
+}
+
+impl ConfiguredTarget {
+    /// Builds every target of the policy, with AWS clients from the standard
+    /// credential chain; the CloudFront scope's client is in us-east-1.
+    pub async fn from_policy(policy: &floodgate_rules::Policy) -> Vec<ConfiguredTarget> {
+        use floodgate_rules::policy::Target;
+        let mut targets = Vec::new();
+        for target in &policy.targets {
+            targets.push(match target {
+                Target::Wafv2(t) => {
+                    let client =
+                        crate::aws::wafv2_client(t.scope.api_region(), t.endpoint_url.as_deref())
+                            .await;
+                    let names = |sets: &[floodgate_rules::policy::IpSetName]| {
+                        sets.iter().map(|n| n.as_str().to_owned()).collect()
+                    };
+                    ConfiguredTarget::Wafv2(wafv2::Wafv2Target::new(
+                        client,
+                        t.scope.clone(),
+                        names(&t.ipv4_sets),
+                        names(&t.ipv6_sets),
+                        t.create_missing,
+                    ))
+                }
+                Target::File { dir } => {
+                    // A file target keeps the set names of the first wafv2
+                    // target, or plain ones, so its files mirror the WAF's.
+                    let (v4, v6) = policy
+                        .targets
+                        .iter()
+                        .find_map(|t| match t {
+                            Target::Wafv2(w) => Some((
+                                w.ipv4_sets.iter().map(|n| n.as_str().to_owned()).collect(),
+                                w.ipv6_sets.iter().map(|n| n.as_str().to_owned()).collect(),
+                            )),
+                            Target::File { .. } => None,
+                        })
+                        .unwrap_or_else(|| {
+                            (
+                                vec!["floodgate-blocked-v4".to_owned()],
+                                vec!["floodgate-blocked-v6".to_owned()],
+                            )
+                        });
+                    ConfiguredTarget::File(file::FileTarget::new(dir.clone(), v4, v6))
+                }
+            });
+        }
+        targets
+    }
+}
+
+impl WafTarget for ConfiguredTarget {
+    fn label(&self) -> String {
+        match self {
+            ConfiguredTarget::Wafv2(t) => t.label(),
+            ConfiguredTarget::File(t) => t.label(),
+        }
+    }
+
+    async fn read(&self) -> Result<Vec<IpNet>, String> {
+        match self {
+            ConfiguredTarget::Wafv2(t) => t.read().await,
+            ConfiguredTarget::File(t) => t.read().await,
+        }
+    }
+
+    async fn apply(&self, desired: &DesiredSets) -> TargetReport {
+        match self {
+            ConfiguredTarget::Wafv2(t) => t.apply(desired).await,
+            ConfiguredTarget::File(t) => t.apply(desired).await,
+        }
+    }
+}
