@@ -56,6 +56,23 @@ impl Clock for ManualClock {
     }
 }
 
+/// Measures how long something took, for reports (monotonic, unlike the
+/// wall clock a [`Clock`] gives).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Starts measuring.
+    pub fn start() -> Self {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.0.elapsed()
+    }
+}
+
 /// The clock a `--now` option asks for: stopped at that time, or the real one.
 pub fn clock_at(now: Option<OffsetDateTime>) -> Box<dyn Clock> {
     match now {

@@ -1,13 +1,12 @@
 //! `floodgate top`: who is hammering us right now.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use floodgate_rules::Policy;
 use serde::Serialize;
 
 use super::{CliError, Format, Status, TopArgs, load_policy, write_stdout};
-use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
+use crate::clock::{Stopwatch, clock_at, rfc3339_from_ms, unix_ms};
 use crate::detect::{count_spec, rank};
 use crate::source::files::FileSource;
 use crate::source::{ConfiguredSource, LogSource};
@@ -72,7 +71,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
         ([], Some(config)) => ConfiguredSource::from_config(config).await?,
         (paths, _) => ConfiguredSource::Files(FileSource::new(paths)?),
     };
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let end_ms = match args.now {
         Some(now) => unix_ms(now),
         None => match source.newest_timestamp().await? {
@@ -122,7 +121,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
 }
 
 /// One line on stderr about what was read, so stdout stays clean for tools.
-fn report_read(traffic: &Traffic, started: Instant) {
+fn report_read(traffic: &Traffic, started: Stopwatch) {
     let stats = traffic.stats();
     let mut line = format!(
         "read {} records ({} malformed), {:.1} MiB in {:.2} s",

@@ -137,6 +137,7 @@ impl Query {
             client: self.client.clone(),
             query_id: Some(query_id.clone()),
         };
+        // tokio's clock, which tests pause and advance instead of sleeping.
         let give_up = tokio::time::Instant::now() + polling.deadline;
         let mut interval = polling.first_interval;
         loop {

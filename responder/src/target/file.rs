@@ -116,14 +116,9 @@ impl WafTarget for FileTarget {
     }
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
-        let outcome = match self.write(desired) {
-            Ok((0, 0)) => Outcome::Unchanged,
-            Ok((added, removed)) => Outcome::Updated { added, removed },
-            Err(reason) => Outcome::Failed(reason),
-        };
         TargetReport {
             target: self.label(),
-            outcome,
+            outcome: Outcome::from_changes(self.write(desired)),
             calls: ApiCalls::default(),
         }
     }

@@ -65,6 +65,17 @@ pub enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// The outcome of writing sets: (added, removed), or why it failed.
+    pub fn from_changes(changes: Result<(usize, usize), String>) -> Outcome {
+        match changes {
+            Ok((0, 0)) => Outcome::Unchanged,
+            Ok((added, removed)) => Outcome::Updated { added, removed },
+            Err(reason) => Outcome::Failed(reason),
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -331,11 +331,7 @@ impl WafTarget for Wafv2Target {
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
         let mut calls = ApiCalls::default();
-        let outcome = match self.apply_sets(desired, &mut calls).await {
-            Ok((0, 0)) => Outcome::Unchanged,
-            Ok((added, removed)) => Outcome::Updated { added, removed },
-            Err(reason) => Outcome::Failed(reason),
-        };
+        let outcome = Outcome::from_changes(self.apply_sets(desired, &mut calls).await);
         TargetReport {
             target: self.label(),
             outcome,
