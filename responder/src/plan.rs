@@ -286,13 +286,16 @@ pub fn adopt(
     adopted
 }
 
-/// Addresses the targets hold that no active ledger entry explains: they
-/// are reported, and the next apply removes them. Nothing is silently kept.
-pub fn unknown_entries(ledger: &LedgerState, found: &[IpNet], now_ms: i64) -> Vec<IpNet> {
-    let active: Vec<IpNet> = ledger.active(now_ms).map(|e| e.net).collect();
+/// Addresses the targets hold that the ledger never recorded (neither an
+/// active block nor one that has ended): they are reported, and the next
+/// apply removes them. Nothing is silently kept.
+pub fn unknown_entries(ledger: &LedgerState, found: &[IpNet]) -> Vec<IpNet> {
+    let known: Vec<IpNet> = ledger.entries.keys().copied().collect();
+    // Sets hold aggregated prefixes: a found /28 is known when ledger
+    // entries cover all of it, not only when one entry contains it.
     found
         .iter()
         .copied()
-        .filter(|net| !active.iter().any(|a| a.contains(net)))
+        .filter(|net| !exclude(&[*net], &known).is_empty())
         .collect()
 }

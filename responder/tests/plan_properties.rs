@@ -362,7 +362,7 @@ fn a_lost_ledger_adopts_what_the_sets_hold_and_a_known_one_reports_strangers() {
     .ledger;
     assert!(floodgate_responder::plan::adopt(&mut known, &found, &policy, NOW).is_empty());
     assert_eq!(
-        floodgate_responder::plan::unknown_entries(&known, &found, NOW),
+        floodgate_responder::plan::unknown_entries(&known, &found),
         found
     );
     let planned = plan(&[], &policy, &known, NOW + 1, "test", CAPACITY);
@@ -401,5 +401,31 @@ fn observe_mode_is_carried_to_the_caller() {
             CAPACITY
         )
         .observe_only
+    );
+}
+
+#[test]
+fn aggregated_prefixes_in_the_sets_are_not_strangers() {
+    let policy = policy(100);
+    let offenders: Vec<Offender> = (0..4)
+        .map(|i| offender(&policy, ip(true, 2048 + i), 3000, Some(1)))
+        .collect();
+    let planned = plan(
+        &offenders,
+        &policy,
+        &LedgerState::default(),
+        NOW,
+        "test",
+        CAPACITY,
+    );
+    // 10.0.8.0 to .3 went out as one /30.
+    assert_eq!(planned.ipv4[0], ["10.0.8.0/30".parse::<IpNet>().unwrap()]);
+    assert!(
+        floodgate_responder::plan::unknown_entries(&planned.ledger, &planned.ipv4[0]).is_empty()
+    );
+    let stranger: IpNet = "10.0.8.0/29".parse().unwrap();
+    assert_eq!(
+        floodgate_responder::plan::unknown_entries(&planned.ledger, &[stranger]),
+        [stranger]
     );
 }

@@ -9,6 +9,7 @@ mod check;
 mod gen_logs;
 mod render_infra;
 mod review;
+mod run;
 mod top;
 
 use std::path::PathBuf;
@@ -51,6 +52,11 @@ pub enum Command {
     /// reason and expiry, flagged when it is too broad, overlapping,
     /// duplicate or expired.
     Review(ReviewArgs),
+    /// Run one responder cycle: detect offenders in the policy's [source],
+    /// plan blocks against the ledger, write every [[targets]] entry, save
+    /// the ledger, report. Exit 0 converged, 1 bad input (nothing written),
+    /// 2 some target failed.
+    Run(RunArgs),
     /// Rank client IPs by requests in WAF log files over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
@@ -107,6 +113,21 @@ pub struct ReviewArgs {
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub logs: Vec<String>,
     /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `floodgate run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The policy, and the time the cycle runs at (`--now`, for replaying
+    /// historic logs and for tests).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Run one cycle and exit (the only mode so far).
+    #[arg(long)]
+    pub once: bool,
+    /// Output format of the run report.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -245,6 +266,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
     match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Review(args) => review::run(&args),
+        Command::Run(args) => run::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
         Command::RenderInfra(args) => render_infra::run(&args),

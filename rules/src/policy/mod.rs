@@ -37,6 +37,7 @@ mod check;
 mod infra;
 mod quotas;
 mod raw;
+mod responder;
 mod safety;
 mod targets;
 mod tiers;
@@ -44,6 +45,7 @@ mod tiers;
 pub use allow::{AllowEntry, AllowList};
 pub use infra::{Infra, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{Grant, Limit, Plan, PlanName, Quotas, TenantId, TenantOverride};
+pub use responder::Responder;
 pub use safety::{Mode, Safety};
 pub use targets::{
     CloudWatchApi, IpSetName, LogGroup, LogSourceConfig, Region, Target, WafScope, Wafv2Target,
@@ -73,6 +75,8 @@ pub struct Policy {
     pub safety: Safety,
     /// What `render-infra` needs, if the file has `[infra]`.
     pub infra: Option<Infra>,
+    /// How the responder job runs.
+    pub responder: Responder,
     /// The day expiry was evaluated on.
     pub evaluated_on: Date,
 }
@@ -119,6 +123,7 @@ impl Policy {
             .infra
             .as_ref()
             .and_then(|i| infra::check_infra(&mut checker, i));
+        let responder = responder::check_responder(&mut checker, raw.responder.as_ref());
         let diagnostics = checker.found.finish();
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(PolicyError { diagnostics });
@@ -131,6 +136,7 @@ impl Policy {
             source,
             safety,
             infra,
+            responder,
             evaluated_on: today,
         };
         Ok(LoadedPolicy {

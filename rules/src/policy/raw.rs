@@ -20,6 +20,7 @@ pub(crate) struct RawPolicy {
     pub source: Option<Spanned<RawSource>>,
     pub safety: Option<Spanned<RawSafety>>,
     pub infra: Option<Spanned<RawInfra>>,
+    pub responder: Option<Spanned<RawResponder>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,4 +143,11 @@ pub(crate) struct RawInfra {
     pub emergency_block_window_seconds: Option<Spanned<i64>>,
     pub log_retention_days: Option<Spanned<i64>>,
     pub schedule_expression: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawResponder {
+    pub state_dir: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<i64>>,
 }

@@ -1,0 +1,273 @@
+//! `floodgate run --once`: one responder cycle. Detect offenders in the
+//! policy's log source, plan blocks against the ledger, apply them to every
+//! target, save the ledger, report.
+//!
+//! Exit codes: 0 when every target converged, 1 when the input or
+//! configuration is unusable (nothing is applied or saved), 2 when some
+//! target failed (the others were written and the ledger saved; the next
+//! cycle retries).
+
+use std::sync::Arc;
+
+use floodgate_rules::Policy;
+use floodgate_rules::policy::Target;
+use serde::Serialize;
+
+use super::{CliError, RunArgs, Status, load_policy, write_stdout};
+use crate::clock::{Stopwatch, clock_at, unix_ms};
+use crate::detect::{count_spec, detect};
+use crate::ledger::Ledger;
+use crate::ledger::file::FileLedger;
+use crate::plan::{Capacity, WAF_IP_SET_CAPACITY, adopt, plan, unknown_entries};
+use crate::source::{ConfiguredSource, LogSource};
+use crate::target::{ConfiguredTarget, Outcome, WafTarget, apply_all};
+
+/// The run report, printed as JSON with `--format json`.
+#[derive(Debug, Serialize)]
+struct RunReport {
+    mode: &'static str,
+    records: u64,
+    malformed: u64,
+    offenders_per_tier: Vec<(String, usize)>,
+    added: Vec<String>,
+    extended: usize,
+    expired: Vec<String>,
+    held_back: Vec<String>,
+    dropped: Vec<String>,
+    adopted: Vec<String>,
+    removed_unknown: Vec<String>,
+    targets: Vec<TargetLine>,
+    api_calls: u32,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetLine {
+    target: String,
+    outcome: String,
+}
+
+/// Runs one cycle.
+pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
+    if !args.once {
+        return Err(CliError::Input("only `floodgate run --once` exists so far; schedule it (EventBridge Scheduler, cron) for now".to_owned()));
+    }
+    let Some(loaded) = load_policy(&args.policy)? else {
+        return Ok(Status::Invalid);
+    };
+    tokio::runtime::Runtime::new()?.block_on(cycle(args, &loaded.policy))
+}
+
+async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
+    let started = Stopwatch::start();
+    let now_ms = unix_ms(clock_at(args.policy.now).now());
+    let source_config = policy
+        .source
+        .as_ref()
+        .ok_or_else(|| CliError::Input("the policy has no [source]: nothing to read".to_owned()))?;
+    if policy.targets.is_empty() {
+        return Err(CliError::Input(
+            "the policy has no [[targets]]: nowhere to block".to_owned(),
+        ));
+    }
+    let widest = policy
+        .tiers
+        .iter()
+        .map(|t| t.window_seconds.get())
+        .max()
+        .ok_or_else(|| CliError::Input("the policy has no [[tiers]]".to_owned()))?;
+
+    // Everything that can fail on bad input happens before anything is written.
+    let source = ConfiguredSource::from_config(source_config).await?;
+    let traffic = source
+        .count(&count_spec(policy, now_ms, widest).map_err(crate::source::SourceError::from)?)
+        .await?;
+    let stats = traffic.stats();
+    if stats.records > 0 && stats.records == stats.malformed {
+        return Err(CliError::Input(format!(
+            "no usable WAF log records: all {} lines are malformed",
+            stats.malformed
+        )));
+    }
+    let offenders = detect(&traffic, policy, widest);
+    let ledger_store = FileLedger::new(&policy.responder.state_dir);
+    let mut ledger = ledger_store
+        .load()
+        .await
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let targets: Vec<Arc<ConfiguredTarget>> = ConfiguredTarget::from_policy(policy)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let mut found = Vec::new();
+    for target in &targets {
+        found.extend(
+            target
+                .read()
+                .await
+                .map_err(|e| CliError::Input(format!("{}: {e}", target.label())))?,
+        );
+    }
+    found.sort();
+    found.dedup();
+    let adopted = adopt(&mut ledger, &found, policy, now_ms);
+    let unknown = unknown_entries(&ledger, &found);
+
+    let planned = plan(
+        &offenders,
+        policy,
+        &ledger,
+        now_ms,
+        &source_label(policy),
+        capacity(policy),
+    );
+    let reports = if planned.observe_only {
+        Vec::new()
+    } else {
+        let reports = apply_all(
+            targets,
+            &planned.desired(),
+            policy.responder.concurrency.get() as usize,
+        )
+        .await;
+        ledger_store
+            .save(&planned.ledger)
+            .await
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        reports
+    };
+
+    let failed = reports
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed(_)));
+    let text = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let report = RunReport {
+        mode: if planned.observe_only {
+            "observe"
+        } else {
+            "enforce"
+        },
+        records: stats.records,
+        malformed: stats.malformed,
+        offenders_per_tier: policy
+            .tiers
+            .iter()
+            .map(|t| {
+                (
+                    t.name.to_string(),
+                    offenders
+                        .iter()
+                        .filter(|o| o.tier.as_ref() == Some(&t.name))
+                        .count(),
+                )
+            })
+            .collect(),
+        added: text(&planned.added),
+        extended: planned.extended.len(),
+        expired: text(&planned.expired),
+        held_back: text(&planned.held_back),
+        dropped: text(&planned.dropped),
+        adopted: text(&adopted),
+        removed_unknown: text(&unknown),
+        api_calls: reports.iter().map(|r| r.calls.total()).sum(),
+        targets: reports
+            .iter()
+            .map(|r| TargetLine {
+                target: r.target.clone(),
+                outcome: r.outcome.to_string(),
+            })
+            .collect(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    tracing::info!(report = %serde_json::to_string(&report).expect("reports serialize"), "run finished");
+    let output = match args.format {
+        super::Format::Json => {
+            serde_json::to_string_pretty(&report).expect("reports serialize") + "\n"
+        }
+        super::Format::Table => summary(&report, policy),
+    };
+    write_stdout(&output)?;
+    Ok(if failed {
+        Status::Partial
+    } else {
+        Status::Success
+    })
+}
+
+/// Where the offenders were seen, for the ledger.
+fn source_label(policy: &Policy) -> String {
+    match &policy.source {
+        Some(floodgate_rules::policy::LogSourceConfig::CloudWatch { log_groups, .. }) => log_groups
+            .iter()
+            .map(|g| format!("{}/{}", g.region, g.name))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "files".to_owned(),
+    }
+}
+
+/// Room in the sets: the fewest sets any target declares, per family.
+fn capacity(policy: &Policy) -> Capacity {
+    let sets = |family: fn(&floodgate_rules::policy::Wafv2Target) -> usize| {
+        policy
+            .targets
+            .iter()
+            .filter_map(|t| {
+                if let Target::Wafv2(w) = t {
+                    Some(family(w))
+                } else {
+                    None
+                }
+            })
+            .min()
+            .unwrap_or(1)
+    };
+    Capacity {
+        ipv4_sets: sets(|w| w.ipv4_sets.len()),
+        ipv6_sets: sets(|w| w.ipv6_sets.len()),
+        per_set: WAF_IP_SET_CAPACITY,
+    }
+}
+
+/// A short summary for people.
+fn summary(report: &RunReport, policy: &Policy) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "read {} records ({} malformed) in {:.2} s; mode {}\n",
+        report.records, report.malformed, report.seconds, report.mode
+    ));
+    let tiers: Vec<String> = report
+        .offenders_per_tier
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect();
+    out.push_str(&format!("offenders per tier: {}\n", tiers.join(", ")));
+    out.push_str(&format!(
+        "blocks: {} added, {} extended, {} expired, {} held back by the circuit breaker, {} dropped for room, {} adopted, {} unknown removed\n",
+        report.added.len(),
+        report.extended,
+        report.expired.len(),
+        report.held_back.len(),
+        report.dropped.len(),
+        report.adopted.len(),
+        report.removed_unknown.len()
+    ));
+    for target in &report.targets {
+        out.push_str(&format!("  {}: {}\n", target.target, target.outcome));
+    }
+    for target in &policy.targets {
+        if let Target::File { dir } = target {
+            out.push_str(&format!("IP set files in {}\n", dir.display()));
+        }
+    }
+    out.push_str(&format!(
+        "ledger: {}\n",
+        policy
+            .responder
+            .state_dir
+            .join(crate::ledger::file::LEDGER_FILE)
+            .display()
+    ));
+    out
+}

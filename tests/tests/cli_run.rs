@@ -1,0 +1,175 @@
+//! `floodgate run --once` on the embedded default: the committed sample
+//! logs in, JSON IP set files out, no AWS account.
+
+use std::path::Path;
+use std::process::Command;
+
+use floodgate_tests::{floodgate_bin, stderr, stdout, workspace_root};
+use serde_json::Value;
+
+/// examples/local.toml with its paths pointing at `logs`, run in `dir`.
+fn policy_in(dir: &Path, logs: &Path, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml")).unwrap();
+    let text = text.replace(
+        "paths = [\"examples/logs\"]",
+        &format!("paths = [\"{}\"]", logs.display()),
+    ) + extra;
+    let path = dir.join("local.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_at(dir: &Path, policy: &Path, now: &str) -> std::process::Output {
+    Command::new(floodgate_bin())
+        .args([
+            "run",
+            "--once",
+            "--config",
+            policy.to_str().unwrap(),
+            "--now",
+            now,
+            "--format",
+            "json",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn set_file(dir: &Path, name: &str) -> Vec<String> {
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("state/ip-sets").join(format!("{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    file["Addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+
+    let first = run_at(dir.path(), &policy, "2026-11-20T10:05:00Z");
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let report: Value = serde_json::from_slice(&first.stdout).unwrap();
+    // The single-IP flood, 16 distributed flooders, the IPv6 flood.
+    assert_eq!(report["added"].as_array().unwrap().len(), 18, "{report}");
+    assert_eq!(
+        report["offenders_per_tier"],
+        serde_json::json!([["watch", 5], ["block", 17], ["block-24h", 1]])
+    );
+    assert_eq!(report["targets"][0]["outcome"], "updated +3 −0");
+    // Aggregated exactly; the allow-listed corporate NAT is never there.
+    assert_eq!(
+        set_file(dir.path(), "floodgate-blocked-v4"),
+        ["203.0.113.66/32", "203.0.113.128/28"]
+    );
+    assert_eq!(
+        set_file(dir.path(), "floodgate-blocked-v6"),
+        ["2001:db8:bad::66/128"]
+    );
+    let ledger: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/ledger.json")).unwrap())
+            .unwrap();
+    assert_eq!(ledger["entries"].as_object().unwrap().len(), 18);
+
+    // A minute later: still attacking, nothing to write.
+    let again = run_at(dir.path(), &policy, "2026-11-20T10:06:00Z");
+    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (
+            report["added"].as_array().unwrap().len(),
+            report["targets"][0]["outcome"].as_str()
+        ),
+        (0, Some("unchanged"))
+    );
+
+    // The next day every block has expired, the 24 h one included.
+    let later = run_at(dir.path(), &policy, "2026-11-21T12:00:00Z");
+    let report: Value = serde_json::from_slice(&later.stdout).unwrap();
+    assert_eq!(report["expired"].as_array().unwrap().len(), 18, "{report}");
+    assert!(set_file(dir.path(), "floodgate-blocked-v4").is_empty());
+}
+
+#[test]
+fn the_table_report_is_a_short_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let output = Command::new(floodgate_bin())
+        .args([
+            "run",
+            "--once",
+            "--config",
+            policy.to_str().unwrap(),
+            "--now",
+            "2026-11-20T10:05:00Z",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    for line in [
+        "offenders per tier: watch 5, block 17, block-24h 1",
+        "blocks: 18 added, 0 extended, 0 expired",
+        "file state/ip-sets: updated +3 −0",
+        "IP set files in state/ip-sets",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn observe_mode_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(
+        dir.path(),
+        &workspace_root().join("examples/logs"),
+        "\n[safety]\nmode = \"observe\"\n",
+    );
+    let output = run_at(dir.path(), &policy, "2026-11-20T10:05:00Z");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["mode"], "observe");
+    assert_eq!(report["added"].as_array().unwrap().len(), 18);
+    assert!(!dir.path().join("state").exists());
+}
+
+#[test]
+fn bad_input_exits_1_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::write(garbage.join("waf.log"), "not a WAF log\n{]\n").unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (logs, expected) in [
+        (&garbage, "all 2 lines are malformed"),
+        (&empty, "no WAF log files"),
+    ] {
+        let policy = policy_in(dir.path(), logs, "");
+        let output = run_at(dir.path(), &policy, "2026-11-20T10:05:00Z");
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{}", stderr(&output));
+        assert!(
+            !dir.path().join("state").exists(),
+            "nothing is written on bad input"
+        );
+    }
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "[[tiers]]\nname = \"x\"\nrequests = 0\n",
+    )
+    .unwrap();
+    let output = run_at(
+        dir.path(),
+        &dir.path().join("broken.toml"),
+        "2026-11-20T10:05:00Z",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!dir.path().join("state").exists());
+}
