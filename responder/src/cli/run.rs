@@ -18,7 +18,7 @@ use crate::clock::{Stopwatch, clock_at, unix_ms};
 use crate::detect::{count_spec, detect};
 use crate::ledger::Ledger;
 use crate::ledger::file::FileLedger;
-use crate::plan::{Capacity, WAF_IP_SET_CAPACITY, adopt, plan, unknown_entries};
+use crate::plan::{Capacity, WAF_IP_SET_CAPACITY, adopt, plan};
 use crate::source::{ConfiguredSource, LogSource};
 use crate::target::{ConfiguredTarget, Outcome, WafTarget, apply_all};
 
@@ -35,7 +35,6 @@ struct RunReport {
     held_back: Vec<String>,
     dropped: Vec<String>,
     adopted: Vec<String>,
-    removed_unknown: Vec<String>,
     targets: Vec<TargetLine>,
     api_calls: u32,
     seconds: f64,
@@ -100,19 +99,26 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         .into_iter()
         .map(Arc::new)
         .collect();
-    let mut found = Vec::new();
-    for target in &targets {
-        found.extend(
-            target
-                .read()
-                .await
-                .map_err(|e| CliError::Input(format!("{}: {e}", target.label())))?,
-        );
-    }
-    found.sort();
-    found.dedup();
-    let adopted = adopt(&mut ledger, &found, policy, now_ms);
-    let unknown = unknown_entries(&ledger, &found);
+    // With no ledger (first run, or a lost state file), take in what the
+    // sets already hold, so no active attacker is unblocked. With a ledger,
+    // the sets are not read twice: apply's own read and diff remove
+    // anything the ledger does not explain.
+    let adopted = if ledger.entries.is_empty() {
+        let mut found = Vec::new();
+        for target in &targets {
+            found.extend(
+                target
+                    .read()
+                    .await
+                    .map_err(|e| CliError::Input(format!("{}: {e}", target.label())))?,
+            );
+        }
+        found.sort();
+        found.dedup();
+        adopt(&mut ledger, &found, policy, now_ms)
+    } else {
+        Vec::new()
+    };
 
     let planned = plan(
         &offenders,
@@ -169,7 +175,6 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         held_back: text(&planned.held_back),
         dropped: text(&planned.dropped),
         adopted: text(&adopted),
-        removed_unknown: text(&unknown),
         api_calls: reports.iter().map(|r| r.calls.total()).sum(),
         targets: reports
             .iter()
@@ -244,14 +249,13 @@ fn summary(report: &RunReport, policy: &Policy) -> String {
         .collect();
     out.push_str(&format!("offenders per tier: {}\n", tiers.join(", ")));
     out.push_str(&format!(
-        "blocks: {} added, {} extended, {} expired, {} held back by the circuit breaker, {} dropped for room, {} adopted, {} unknown removed\n",
+        "blocks: {} added, {} extended, {} expired, {} held back by the circuit breaker, {} dropped for room, {} adopted\n",
         report.added.len(),
         report.extended,
         report.expired.len(),
         report.held_back.len(),
         report.dropped.len(),
-        report.adopted.len(),
-        report.removed_unknown.len()
+        report.adopted.len()
     ));
     for target in &report.targets {
         out.push_str(&format!("  {}: {}\n", target.target, target.outcome));
