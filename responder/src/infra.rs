@@ -563,7 +563,7 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
                 "ContainerDefinitions": [{
                     "Name": "floodgate",
                     "Image": { "Ref": "ContainerImage" },
-                    "Command": ["run", "--once", "--config", "/etc/floodgate/floodgate.toml", "--format", "json"],
+                    "Command": ["run", "--once", "--config", "/etc/floodgate/floodgate.toml", "--format", "json", "--log-format", "json"],
                     "Essential": true,
                     "ReadonlyRootFilesystem": true,
                     "User": "10001:10001",

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use floodgate_responder::cli::{self, Cli, Status};
+use floodgate_responder::cli::{self, Cli, LogFormat, Status};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -21,11 +22,25 @@ fn main() -> ExitCode {
             };
         }
     };
+    init_logging(cli.log_format);
     match cli::run(cli) {
         Ok(status) => ExitCode::from(status as u8),
         Err(error) => {
             eprintln!("floodgate: error: {:#}", anyhow::Error::from(error));
             ExitCode::from(Status::Invalid as u8)
         }
+    }
+}
+
+/// Log lines go to stderr, so stdout stays the command's result.
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }

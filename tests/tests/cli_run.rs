@@ -173,3 +173,49 @@ fn bad_input_exits_1_and_writes_nothing() {
     assert_eq!(output.status.code(), Some(1));
     assert!(!dir.path().join("state").exists());
 }
+
+#[test]
+fn the_circuit_breaker_is_logged_at_error_level_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(
+        dir.path(),
+        &workspace_root().join("examples/logs"),
+        "\n[safety]\nmax_new_blocks_per_run = 2\n",
+    );
+    let output = Command::new(floodgate_bin())
+        .args([
+            "run",
+            "--once",
+            "--config",
+            policy.to_str().unwrap(),
+            "--now",
+            "2026-11-20T10:05:00Z",
+            "--format",
+            "json",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(dir.path())
+        .env_remove("FLOODGATE_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The worst two: the 24 h flooder, then the busiest block-tier one.
+    assert_eq!(report["added"].as_array().unwrap().len(), 2);
+    assert_eq!(report["held_back"].as_array().unwrap().len(), 16);
+    let lines: Vec<Value> = stderr(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let breaker = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("circuit breaker"))
+        })
+        .expect("a breaker event");
+    assert_eq!(breaker["level"], "ERROR");
+    assert_eq!(breaker["fields"]["held_back"], 16);
+}

@@ -37,9 +37,23 @@ use crate::policy_file::LoadError;
     after_help = "Exit codes: 0 success, 1 invalid input or configuration (nothing applied), 2 partial failure."
 )]
 pub struct Cli {
+    /// Log lines on stderr: `text` for people, `json` (one object a line)
+    /// for log pipelines. The level comes from FLOODGATE_LOG (default
+    /// `warn`; `info` adds each run report).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The commands.
