@@ -117,6 +117,18 @@ fn offenders(policy: &Policy) -> impl Strategy<Value = Vec<Offender>> + '_ {
     })
 }
 
+/// The plan of a first run at `NOW`, with an empty ledger.
+fn first_plan(offenders: &[Offender], policy: &Policy) -> floodgate_responder::plan::BlockPlan {
+    plan(
+        offenders,
+        policy,
+        &LedgerState::default(),
+        NOW,
+        "test",
+        CAPACITY,
+    )
+}
+
 fn all_addresses() -> impl Iterator<Item = IpAddr> {
     (0..4096)
         .map(|o| ip(true, o))
@@ -260,14 +272,7 @@ fn the_circuit_breaker_keeps_the_worst_offenders() {
         offender(&policy, ip(true, 3), 2500, Some(1)),
         offender(&policy, ip(true, 4), 1500, Some(0)),
     ];
-    let planned = plan(
-        &offenders,
-        &policy,
-        &LedgerState::default(),
-        NOW,
-        "test",
-        CAPACITY,
-    );
+    let planned = first_plan(&offenders, &policy);
     assert_eq!(
         planned.added,
         [IpNet::from(ip(true, 2)), IpNet::from(ip(true, 3))]
@@ -313,14 +318,7 @@ fn past_every_set_the_least_severe_are_dropped_and_reported() {
             )
         })
         .collect();
-    let planned = plan(
-        &offenders,
-        &policy,
-        &LedgerState::default(),
-        NOW,
-        "test",
-        CAPACITY,
-    );
+    let planned = first_plan(&offenders, &policy);
     assert_eq!(
         planned.ipv4.iter().map(Vec::len).collect::<Vec<_>>(),
         [16, 16]
@@ -410,14 +408,7 @@ fn aggregated_prefixes_in_the_sets_are_not_strangers() {
     let offenders: Vec<Offender> = (0..4)
         .map(|i| offender(&policy, ip(true, 2048 + i), 3000, Some(1)))
         .collect();
-    let planned = plan(
-        &offenders,
-        &policy,
-        &LedgerState::default(),
-        NOW,
-        "test",
-        CAPACITY,
-    );
+    let planned = first_plan(&offenders, &policy);
     // 10.0.8.0 to .3 went out as one /30.
     assert_eq!(planned.ipv4[0], ["10.0.8.0/30".parse::<IpNet>().unwrap()]);
     assert!(

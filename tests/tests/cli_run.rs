@@ -20,6 +20,11 @@ fn policy_in(dir: &Path, logs: &Path, extra: &str) -> std::path::PathBuf {
 }
 
 fn run_at(dir: &Path, policy: &Path, now: &str) -> std::process::Output {
+    run_with(dir, policy, now, &["--format", "json"])
+}
+
+/// `floodgate run --once` in `dir`, at `now`, with `extra` arguments.
+fn run_with(dir: &Path, policy: &Path, now: &str, extra: &[&str]) -> std::process::Output {
     Command::new(floodgate_bin())
         .args([
             "run",
@@ -28,10 +33,10 @@ fn run_at(dir: &Path, policy: &Path, now: &str) -> std::process::Output {
             policy.to_str().unwrap(),
             "--now",
             now,
-            "--format",
-            "json",
         ])
+        .args(extra)
         .current_dir(dir)
+        .env_remove("FLOODGATE_LOG")
         .output()
         .unwrap()
 }
@@ -100,18 +105,7 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
 fn the_table_report_is_a_short_summary() {
     let dir = tempfile::tempdir().unwrap();
     let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
-    let output = Command::new(floodgate_bin())
-        .args([
-            "run",
-            "--once",
-            "--config",
-            policy.to_str().unwrap(),
-            "--now",
-            "2026-11-20T10:05:00Z",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let output = run_with(dir.path(), &policy, "2026-11-20T10:05:00Z", &[]);
     let text = stdout(&output);
     for line in [
         "offenders per tier: watch 5, block 17, block-24h 1",
@@ -182,23 +176,12 @@ fn the_circuit_breaker_is_logged_at_error_level_as_json() {
         &workspace_root().join("examples/logs"),
         "\n[safety]\nmax_new_blocks_per_run = 2\n",
     );
-    let output = Command::new(floodgate_bin())
-        .args([
-            "run",
-            "--once",
-            "--config",
-            policy.to_str().unwrap(),
-            "--now",
-            "2026-11-20T10:05:00Z",
-            "--format",
-            "json",
-            "--log-format",
-            "json",
-        ])
-        .current_dir(dir.path())
-        .env_remove("FLOODGATE_LOG")
-        .output()
-        .unwrap();
+    let output = run_with(
+        dir.path(),
+        &policy,
+        "2026-11-20T10:05:00Z",
+        &["--format", "json", "--log-format", "json"],
+    );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     // The worst two: the 24 h flooder, then the busiest block-tier one.
