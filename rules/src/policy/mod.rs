@@ -44,7 +44,9 @@ mod tiers;
 
 pub use allow::{AllowEntry, AllowList};
 pub use infra::{Infra, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
-pub use quotas::{Grant, Limit, Plan, PlanName, Quotas, TenantId, TenantOverride};
+pub use quotas::{
+    Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, Quotas, TenantId, TenantOverride,
+};
 pub use responder::Responder;
 pub use safety::{Mode, Safety};
 pub use targets::{

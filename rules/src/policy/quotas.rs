@@ -55,6 +55,10 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The most limits one plan or override may have. The middleware keeps a
+/// fixed-size state per tenant, so this bounds its memory per key.
+pub const MAX_LIMITS_PER_PLAN: usize = 4;
+
 /// At most `requests` per `per_seconds`, with bursts of up to `burst`
 /// (GCRA: one request every `per_seconds / requests` seconds on average).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,6 +120,7 @@ impl TenantOverride {
 pub struct Quotas {
     plans: Vec<Plan>,
     default_plan: usize,
+    anonymous_plan: usize,
     overrides: Vec<TenantOverride>,
     /// Unexpired overrides by tenant, as indexes into `overrides`.
     active: HashMap<TenantId, usize>,
@@ -130,6 +135,12 @@ impl Quotas {
     /// The plan a tenant without an override gets.
     pub fn default_plan(&self) -> &Plan {
         &self.plans[self.default_plan]
+    }
+
+    /// The plan for requests that carry no tenant, keyed by client IP:
+    /// `anonymous_plan`, or the default plan when the file names none.
+    pub fn anonymous_plan(&self) -> &Plan {
+        &self.plans[self.anonymous_plan]
     }
 
     /// The plan of that name.
@@ -191,6 +202,10 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
     }
     let default_plan =
         check_plan_reference(checker, &raw.default_plan, "quotas.default_plan", &plans);
+    let anonymous_plan = match &raw.anonymous_plan {
+        Some(name) => check_plan_reference(checker, name, "quotas.anonymous_plan", &plans),
+        None => default_plan,
+    };
     let mut overrides: Vec<TenantOverride> = Vec::new();
     for (i, entry) in raw.overrides.iter().enumerate() {
         let path = format!("quotas.overrides[{i}]");
@@ -224,6 +239,7 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
         overrides.push(checked);
     }
     let default_plan = default_plan?;
+    let anonymous_plan = anonymous_plan?;
     let active = overrides
         .iter()
         .enumerate()
@@ -233,6 +249,7 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
     Some(Quotas {
         plans,
         default_plan,
+        anonymous_plan,
         overrides,
         active,
     })
@@ -275,6 +292,17 @@ fn check_limits(
             "needs at least one limit".to_owned(),
             help,
         );
+        return None;
+    }
+    if raw.get_ref().len() > MAX_LIMITS_PER_PLAN {
+        let help = Some(format!(
+            "keep the {MAX_LIMITS_PER_PLAN} that matter, such as a per-second burst and a daily budget"
+        ));
+        let message = format!(
+            "has {} limits; at most {MAX_LIMITS_PER_PLAN} are allowed",
+            raw.get_ref().len()
+        );
+        checker.error(raw.span(), path, message, help);
         return None;
     }
     let mut limits = Vec::new();

@@ -57,6 +57,7 @@ pub(crate) struct RawAllow {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawQuotas {
     pub default_plan: Spanned<String>,
+    pub anonymous_plan: Option<Spanned<String>>,
     #[serde(default)]
     pub plans: Vec<Spanned<RawPlan>>,
     #[serde(default)]
