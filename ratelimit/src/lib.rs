@@ -1,5 +1,72 @@
-//! Per-tenant rate-limit middleware for tower services, on governor.
+//! Per-tenant rate limits for tower services, with quotas from the Floodgate
+//! policy file.
 //!
-//! The layer itself is built under its own issue; this crate exists now so
-//! the workspace has its final shape and its quotas come from
-//! [`floodgate_rules::policy::Quotas`].
+//! [`TenantRateLimitLayer`] works with any `http` service: axum 0.8, tonic
+//! and plain hyper. Each request is charged to a [`Key`] (a tenant set by
+//! the service's auth layer, a header, or the client address), which gets
+//! its plan's limits from `[quotas]`, or the limits of an override ops
+//! approved. A plan may have several limits, and a request is charged only
+//! when all of them admit it. A refused request gets a 429 with a
+//! `Retry-After` of at least one second, the IETF RateLimit header fields and
+//! an `application/problem+json` body, or for gRPC a `RESOURCE_EXHAUSTED`
+//! status. The policy can be swapped at runtime with a [`RateLimitHandle`].
+//!
+//! # Examples
+//!
+//! ```
+//! use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
+//! use floodgate_rules::Policy;
+//! use http::{Request, Response, StatusCode};
+//! use std::convert::Infallible;
+//! use tower::{Layer, Service, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let text = r#"
+//! [quotas]
+//! default_plan = "free"
+//! plans = [{ name = "free", limits = [{ requests = 2, per_seconds = 60 }] }]
+//! "#;
+//! let today = time::macros::date!(2026 - 11 - 22);
+//! let policy = Policy::from_toml(text, "floodgate.toml", today).unwrap().policy;
+//! let layer = TenantRateLimitLayer::builder(policy.quotas.as_ref().unwrap()).build();
+//! let mut service = layer.layer(tower::service_fn(|_req: Request<String>| async {
+//!     Ok::<_, Infallible>(Response::new(String::from("ok")))
+//! }));
+//!
+//! let mut statuses = Vec::new();
+//! for _ in 0..3 {
+//!     // The service's own auth layer would set this.
+//!     let mut request = Request::new(String::new());
+//!     request.extensions_mut().insert(Tenant::new("acme"));
+//!     let response = service.ready().await.unwrap().call(request).await.unwrap();
+//!     statuses.push(response.status());
+//! }
+//! assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+//! # }
+//! ```
+
+mod body;
+mod client_ip;
+mod clock;
+mod future;
+mod gcra;
+mod key;
+mod layer;
+mod limiter;
+mod observe;
+mod policy;
+mod response;
+mod service;
+mod store;
+
+pub use body::RateLimitBody;
+pub use client_ip::{ClientIp, ForwardedHeader, PeerAddr};
+pub use future::ResponseFuture;
+pub use gcra::quota;
+pub use key::{Key, RequestHead, Tenant, TenantExtension, TenantHeader, TenantKey, key_fn};
+pub use layer::{Builder, DEFAULT_MAX_KEYS, RateLimitHandle, TenantRateLimitLayer};
+pub use limiter::MissingKey;
+pub use observe::REQUESTS_TOTAL;
+pub use response::{RATELIMIT, RATELIMIT_POLICY};
+pub use service::TenantRateLimit;

@@ -1,0 +1,225 @@
+//! [`TenantRateLimitLayer`], its builder, and the [`RateLimitHandle`] that
+//! swaps the policy at runtime.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use floodgate_rules::policy::Quotas;
+use governor::clock::{Clock, QuantaClock, Reference};
+use time::OffsetDateTime;
+use tower_layer::Layer;
+
+use crate::client_ip::ClientIp;
+use crate::key::{TenantExtension, TenantKey};
+use crate::limiter::{Limiter, MissingKey, PolicyCell, Settings};
+use crate::observe::{Counters, EventLog};
+use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher};
+use crate::service::TenantRateLimit;
+use crate::store::Store;
+
+/// The default cap on tracked keys: about 100 MB of state at most.
+pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(1_000_000).expect("non-zero");
+
+/// Applies per-tenant limits from the policy's `[quotas]` to a service.
+///
+/// Cloning is cheap: clones share the limiter state and the policy.
+pub struct TenantRateLimitLayer<K = TenantExtension, C: Clock = QuantaClock> {
+    limiter: Arc<Limiter<K, C>>,
+}
+
+impl<K, C: Clock> Clone for TenantRateLimitLayer<K, C> {
+    fn clone(&self) -> Self {
+        TenantRateLimitLayer {
+            limiter: Arc::clone(&self.limiter),
+        }
+    }
+}
+
+impl TenantRateLimitLayer {
+    /// Starts a layer enforcing `quotas`, keyed by the [`crate::Tenant`]
+    /// extension, with anonymous requests charged to their peer address.
+    pub fn builder(quotas: &Quotas) -> Builder<TenantExtension, QuantaClock> {
+        Builder {
+            quotas: quotas.clone(),
+            key: TenantExtension,
+            clock: QuantaClock::default(),
+            wall: None,
+            settings: Settings {
+                missing_key: MissingKey::default(),
+                client_ip: ClientIp::default(),
+                headers: true,
+                shadow: false,
+            },
+            max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+}
+
+impl<K, C: Clock> TenantRateLimitLayer<K, C> {
+    /// A handle that reloads the policy and reads the limiter's size.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            cell: Arc::clone(&self.limiter.cell),
+            store: Arc::clone(&self.limiter.store),
+        }
+    }
+}
+
+impl<S, K, C: Clock> Layer<S> for TenantRateLimitLayer<K, C> {
+    type Service = TenantRateLimit<S, K, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TenantRateLimit::new(inner, Arc::clone(&self.limiter))
+    }
+}
+
+/// Settings for a [`TenantRateLimitLayer`]; every one has a default.
+pub struct Builder<K, C> {
+    quotas: Quotas,
+    key: K,
+    clock: C,
+    wall: Option<OffsetDateTime>,
+    settings: Settings,
+    max_keys: NonZeroUsize,
+}
+
+impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
+    /// Reads the tenant with `key` instead of the [`crate::Tenant`] extension.
+    pub fn key<K2: TenantKey>(self, key: K2) -> Builder<K2, C> {
+        Builder {
+            quotas: self.quotas,
+            key,
+            clock: self.clock,
+            wall: self.wall,
+            settings: self.settings,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// How requests without a key are treated (default: anonymous plan by
+    /// client address).
+    pub fn missing_key(mut self, missing_key: MissingKey) -> Self {
+        self.settings.missing_key = missing_key;
+        self
+    }
+
+    /// How the client address of anonymous requests is found (default: the
+    /// peer address, forwarding headers ignored).
+    pub fn client_ip(mut self, client_ip: ClientIp) -> Self {
+        self.settings.client_ip = client_ip;
+        self
+    }
+
+    /// Whether responses carry the RateLimit header fields (default: yes).
+    pub fn headers(mut self, enabled: bool) -> Self {
+        self.settings.headers = enabled;
+        self
+    }
+
+    /// Lets every over-limit request through, counted and logged, whatever
+    /// the plan says (default: only plans with `shadow = true`).
+    pub fn shadow(mut self, enabled: bool) -> Self {
+        self.settings.shadow = enabled;
+        self
+    }
+
+    /// The most keys tracked at once (default [`DEFAULT_MAX_KEYS`]). Past
+    /// it, new keys share one overflow state per plan.
+    pub fn max_keys(mut self, max_keys: NonZeroUsize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Runs on `clock`, such as governor's `FakeRelativeClock` in tests.
+    pub fn clock<C2: Clock + Clone + Send + Sync + 'static>(self, clock: C2) -> Builder<K, C2> {
+        Builder {
+            quotas: self.quotas,
+            key: self.key,
+            clock,
+            wall: self.wall,
+            settings: self.settings,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// Evaluates override expiry as if built at `wall` (tests and replays).
+    pub fn wall_clock_at(mut self, wall: OffsetDateTime) -> Self {
+        self.wall = Some(wall);
+        self
+    }
+
+    /// The layer.
+    pub fn build(self) -> TenantRateLimitLayer<K, C> {
+        let start = self.clock.now();
+        let hasher = KeyHasher::default();
+        let at = CompiledAt {
+            wall: self.wall.unwrap_or_else(crate::clock::wall_now),
+            nanos: 0,
+        };
+        let policy = CompiledPolicy::compile(&self.quotas, &hasher, at);
+        let clock = self.clock.clone();
+        let cell = PolicyCell {
+            policy: ArcSwap::from_pointee(policy),
+            hasher,
+            nanos: Box::new(move || clock.now().duration_since(start).as_u64()),
+        };
+        let limiter = Limiter {
+            key: self.key,
+            settings: self.settings,
+            events: EventLog::new(&self.clock),
+            clock: self.clock,
+            start,
+            cell: Arc::new(cell),
+            store: Arc::new(Store::new(self.max_keys.get())),
+            unidentified: Counters::unidentified(),
+        };
+        TenantRateLimitLayer {
+            limiter: Arc::new(limiter),
+        }
+    }
+}
+
+/// Reloads the policy of a running layer and reports on its state.
+#[derive(Clone)]
+pub struct RateLimitHandle {
+    cell: Arc<PolicyCell>,
+    store: Arc<Store>,
+}
+
+impl RateLimitHandle {
+    /// Swaps in new quotas without a restart. Requests in flight finish
+    /// under the old ones; tenants whose limits are unchanged keep their state.
+    pub fn reload(&self, quotas: &Quotas) {
+        self.cell.reload(quotas, None);
+    }
+
+    /// [`RateLimitHandle::reload`], evaluating override expiry as of `wall`.
+    pub fn reload_at(&self, quotas: &Quotas, wall: OffsetDateTime) {
+        self.cell.reload(quotas, Some(wall));
+    }
+
+    /// How many keys have state now.
+    pub fn tracked_keys(&self) -> usize {
+        self.store.tracked_keys()
+    }
+
+    /// The most keys tracked at once.
+    pub fn max_keys(&self) -> usize {
+        self.store.capacity()
+    }
+
+    /// Drops every idle key now, one shard at a time (the layer also does
+    /// this incrementally as requests arrive).
+    pub fn evict_idle(&self) {
+        self.store.evict_idle((self.cell.nanos)());
+    }
+}
+
+impl std::fmt::Debug for RateLimitHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitHandle")
+            .field("tracked_keys", &self.tracked_keys())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,369 @@
+//! The policy's `[quotas]`, compiled for the request path: each plan and
+//! override becomes a [`LimitSet`] with its GCRA parameters, header values and
+//! counters, and each request's [`Key`] resolves to one of them.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+
+use floodgate_rules::policy::{Grant, Limit, Plan, Quotas};
+use http::HeaderValue;
+use time::OffsetDateTime;
+
+use crate::gcra::{Gcra, NANOS_PER_SECOND};
+use crate::key::Key;
+use crate::observe::Counters;
+use crate::store::IdentityHash;
+
+/// The limits one tenant is held to, ready for the request path.
+#[derive(Debug)]
+pub(crate) struct LimitSet {
+    /// Identifies the limits themselves, so a tenant whose limits did not
+    /// change across a reload keeps its state.
+    pub fingerprint: u64,
+    /// The plan's name, or `override` for limits of a tenant's own.
+    pub label: Box<str>,
+    /// One per limit, at most [`floodgate_rules::policy::MAX_LIMITS_PER_PLAN`].
+    pub limits: Vec<Gcra>,
+    /// The name of each limit in the RateLimit header fields.
+    pub names: Vec<Box<str>>,
+    /// Count would-be rejections and let the requests through.
+    pub shadow: bool,
+    /// The `RateLimit-Policy` value, built once.
+    pub policy_header: HeaderValue,
+    /// Allowed, shadowed and limited requests.
+    pub counters: Counters,
+}
+
+/// An approved override, live until `expires_at` on the limiter's clock.
+#[derive(Debug)]
+struct Override {
+    tenant: Box<str>,
+    set: usize,
+    expires_at: u64,
+}
+
+/// Hashes keys with a per-process random seed, so no one can choose a key
+/// that shares another's state. The limiter stores only this hash.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyHasher(std::hash::RandomState);
+
+impl KeyHasher {
+    pub fn hash(&self, key: &Key<'_>) -> u64 {
+        let mut hasher = self.0.build_hasher();
+        match key {
+            Key::Tenant { id, .. } => {
+                hasher.write_u8(0);
+                hasher.write(id.as_bytes());
+            }
+            Key::Secret(secret) => {
+                hasher.write_u8(1);
+                hasher.write(secret);
+            }
+            Key::Ip(IpAddr::V4(ip)) => {
+                hasher.write_u8(2);
+                hasher.write_u32(ip.to_bits());
+            }
+            Key::Ip(IpAddr::V6(ip)) => {
+                hasher.write_u8(3);
+                hasher.write_u128(ip.to_bits());
+            }
+        }
+        hasher.finish()
+    }
+}
+
+/// The instant a policy is compiled at, on both clocks: override expiry
+/// dates are wall-clock days, the limiter counts monotonic nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CompiledAt {
+    pub wall: OffsetDateTime,
+    pub nanos: u64,
+}
+
+/// `[quotas]`, ready for the request path.
+#[derive(Debug)]
+pub(crate) struct CompiledPolicy {
+    sets: Vec<LimitSet>,
+    default_set: usize,
+    anonymous_set: usize,
+    plans: HashMap<Box<str>, usize, foldhash::fast::FixedState>,
+    overrides: HashMap<u64, Override, IdentityHash>,
+}
+
+/// Which limits apply to a request, and whether the plan it named was unknown.
+pub(crate) struct Resolved<'p> {
+    pub set: &'p LimitSet,
+    pub unknown_plan: bool,
+}
+
+impl CompiledPolicy {
+    pub fn compile(quotas: &Quotas, hasher: &KeyHasher, at: CompiledAt) -> CompiledPolicy {
+        let mut sets: Vec<LimitSet> = quotas.plans().iter().map(plan_set).collect();
+        let index_of = |plan: &Plan| {
+            quotas
+                .plans()
+                .iter()
+                .position(|p| p.name == plan.name)
+                .expect("the plan is one of the policy's")
+        };
+        let mut overrides = HashMap::default();
+        for entry in quotas.overrides() {
+            let Some(expires_at) = expiry_nanos(entry.expires, at) else {
+                continue;
+            };
+            let set = match &entry.grant {
+                Grant::Plan(name) => {
+                    let plan = quotas.plan(name.as_str()).expect("validated reference");
+                    index_of(plan)
+                }
+                Grant::Limits(limits) => {
+                    sets.push(limit_set("override", limits, false));
+                    sets.len() - 1
+                }
+            };
+            let key = Key::Tenant {
+                id: entry.tenant.as_str(),
+                plan: None,
+            };
+            let tenant = entry.tenant.as_str().into();
+            let live = Override {
+                tenant,
+                set,
+                expires_at,
+            };
+            overrides.insert(hasher.hash(&key), live);
+        }
+        let plans = quotas
+            .plans()
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| (plan.name.as_str().into(), i))
+            .collect();
+        CompiledPolicy {
+            default_set: index_of(quotas.default_plan()),
+            anonymous_set: index_of(quotas.anonymous_plan()),
+            sets,
+            plans,
+            overrides,
+        }
+    }
+
+    /// The limits for `key`, whose hash is `hash`, at `now`: a live override,
+    /// else the plan the key names, else the default (or anonymous) plan.
+    pub fn resolve(&self, key: &Key<'_>, hash: u64, now: u64) -> Resolved<'_> {
+        let (index, unknown_plan) = match key {
+            Key::Tenant { id, plan } => match self.overrides.get(&hash) {
+                Some(o) if *o.tenant == **id && now < o.expires_at => (o.set, false),
+                _ => match plan {
+                    Some(name) => match self.plans.get(*name) {
+                        Some(&i) => (i, false),
+                        None => (self.default_set, true),
+                    },
+                    None => (self.default_set, false),
+                },
+            },
+            Key::Secret(_) => (self.default_set, false),
+            Key::Ip(_) => (self.anonymous_set, false),
+        };
+        Resolved {
+            set: &self.sets[index],
+            unknown_plan,
+        }
+    }
+}
+
+fn plan_set(plan: &Plan) -> LimitSet {
+    limit_set(plan.name.as_str(), &plan.limits, plan.shadow)
+}
+
+fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet {
+    let gcra: Vec<Gcra> = limits.iter().map(Gcra::new).collect();
+    let names = limit_names(label, &gcra);
+    let mut policy = String::new();
+    for (limit, name) in gcra.iter().zip(&names) {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+        }
+        let window = window_seconds(limit);
+        let _ = write!(policy, "\"{name}\";q={};w={window}", limit.burst());
+    }
+    LimitSet {
+        fingerprint: fingerprint(&gcra),
+        label: label.into(),
+        names,
+        shadow,
+        policy_header: HeaderValue::try_from(policy).expect("names are header-safe"),
+        counters: Counters::new(label),
+        limits: gcra,
+    }
+}
+
+/// Names limits by plan and window: `free` alone, or `free-1s`, `free-86400s`.
+fn limit_names(label: &str, limits: &[Gcra]) -> Vec<Box<str>> {
+    if limits.len() == 1 {
+        return vec![label.into()];
+    }
+    let mut names: Vec<Box<str>> = Vec::new();
+    for (i, limit) in limits.iter().enumerate() {
+        let mut name = format!("{label}-{}s", window_seconds(limit));
+        if names.iter().any(|n| **n == *name) {
+            name = format!("{label}-{i}");
+        }
+        names.push(name.into());
+    }
+    names
+}
+
+/// The window the burst refills in, which is the `w` a client sees: for
+/// the usual burst = requests it is the policy's `per_seconds`.
+pub(crate) fn window_seconds(limit: &Gcra) -> u64 {
+    limit.tolerance.div_ceil(NANOS_PER_SECOND).max(1)
+}
+
+fn fingerprint(limits: &[Gcra]) -> u64 {
+    let mut hasher = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    for limit in limits {
+        hasher.write_u64(limit.interval);
+        hasher.write_u64(limit.tolerance);
+    }
+    hasher.finish()
+}
+
+/// When an override stops applying, on the limiter's clock: the end of its
+/// `expires` day (UTC). `None` once it has.
+fn expiry_nanos(expires: time::Date, at: CompiledAt) -> Option<u64> {
+    let end = expires.next_day()?.midnight().assume_utc();
+    let left = end - at.wall;
+    if !left.is_positive() {
+        return None;
+    }
+    let left = u64::try_from(left.whole_nanoseconds()).unwrap_or(u64::MAX);
+    Some(at.nanos.saturating_add(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floodgate_rules::Policy;
+    use time::macros::{date, datetime};
+
+    const QUOTAS: &str = r#"
+[quotas]
+default_plan = "free"
+anonymous_plan = "anonymous"
+plans = [
+  { name = "free", limits = [{ requests = 10, per_seconds = 1, burst = 20 }, { requests = 10000, per_seconds = 86400 }] },
+  { name = "pro", limits = [{ requests = 100, per_seconds = 1 }] },
+  { name = "anonymous", limits = [{ requests = 1, per_seconds = 1 }], shadow = true },
+]
+
+[[quotas.overrides]]
+tenant = "acme"
+plan = "pro"
+reason = "contract"
+owner = "sales"
+expires = 2026-12-15
+
+[[quotas.overrides]]
+tenant = "globex"
+limits = [{ requests = 300, per_seconds = 1 }]
+reason = "import"
+owner = "support"
+expires = 2026-12-15
+"#;
+
+    fn compiled(wall: OffsetDateTime) -> (CompiledPolicy, KeyHasher) {
+        let policy = Policy::from_toml(QUOTAS, "q.toml", date!(2026 - 11 - 22)).unwrap();
+        let hasher = KeyHasher::default();
+        let at = CompiledAt { wall, nanos: 0 };
+        let compiled = CompiledPolicy::compile(policy.policy.quotas.as_ref().unwrap(), &hasher, at);
+        (compiled, hasher)
+    }
+
+    fn label(policy: &CompiledPolicy, hasher: &KeyHasher, key: Key<'_>, now: u64) -> String {
+        policy
+            .resolve(&key, hasher.hash(&key), now)
+            .set
+            .label
+            .to_string()
+    }
+
+    #[test]
+    fn overrides_beat_named_plans_which_beat_the_default() {
+        let (policy, hasher) = compiled(datetime!(2026-11-22 00:00 UTC));
+        let tenant = |id, plan| Key::Tenant { id, plan };
+        assert_eq!(
+            label(&policy, &hasher, tenant("acme", Some("free")), 0),
+            "pro"
+        );
+        assert_eq!(
+            label(&policy, &hasher, tenant("globex", None), 0),
+            "override"
+        );
+        assert_eq!(
+            label(&policy, &hasher, tenant("initech", Some("pro")), 0),
+            "pro"
+        );
+        assert_eq!(label(&policy, &hasher, tenant("initech", None), 0), "free");
+        let ip = Key::Ip("192.0.2.1".parse().unwrap());
+        assert_eq!(label(&policy, &hasher, ip, 0), "anonymous");
+        let unknown = tenant("initech", Some("gold"));
+        assert!(
+            policy
+                .resolve(&unknown, hasher.hash(&unknown), 0)
+                .unknown_plan
+        );
+    }
+
+    #[test]
+    fn an_override_ends_with_its_expiry_day_on_the_limiter_clock() {
+        let (policy, hasher) = compiled(datetime!(2026-12-15 23:00 UTC));
+        let acme = Key::Tenant {
+            id: "acme",
+            plan: None,
+        };
+        let hour = 3600 * NANOS_PER_SECOND;
+        assert_eq!(label(&policy, &hasher, acme, hour - 1), "pro");
+        assert_eq!(label(&policy, &hasher, acme, hour), "free");
+        let (later, hasher) = compiled(datetime!(2026-12-16 00:00 UTC));
+        assert_eq!(label(&later, &hasher, acme, 0), "free");
+    }
+
+    #[test]
+    fn header_values_name_each_limit_with_its_burst_and_window() {
+        let (policy, hasher) = compiled(datetime!(2026-11-22 00:00 UTC));
+        let key = Key::Tenant {
+            id: "initech",
+            plan: None,
+        };
+        let set = policy.resolve(&key, hasher.hash(&key), 0).set;
+        assert_eq!(
+            set.policy_header,
+            "\"free-2s\";q=20;w=2, \"free-86400s\";q=10000;w=86400"
+        );
+        let ip = Key::Ip("192.0.2.1".parse().unwrap());
+        assert!(policy.resolve(&ip, hasher.hash(&ip), 0).set.shadow);
+    }
+
+    #[test]
+    fn equal_limits_share_a_fingerprint_and_different_ones_do_not() {
+        let (policy, hasher) = compiled(datetime!(2026-11-22 00:00 UTC));
+        let fp = |key: Key<'_>| policy.resolve(&key, hasher.hash(&key), 0).set.fingerprint;
+        let acme = fp(Key::Tenant {
+            id: "acme",
+            plan: None,
+        });
+        let pro = fp(Key::Tenant {
+            id: "x",
+            plan: Some("pro"),
+        });
+        let free = fp(Key::Tenant {
+            id: "x",
+            plan: None,
+        });
+        assert_eq!(acme, pro);
+        assert_ne!(pro, free);
+    }
+}

@@ -1,0 +1,143 @@
+//! What the layer answers: RateLimit header fields (IETF draft 10) on every
+//! response, and for a refused request a 429 with `Retry-After` and an
+//! `application/problem+json` body, or for gRPC a `RESOURCE_EXHAUSTED` status.
+//!
+//! For a GCRA limit, `q` is the burst and `w` the seconds the burst refills
+//! in (the policy's `requests` and `per_seconds` when burst = requests); `r`
+//! is how many requests would be admitted now and `t` the seconds until the
+//! limit is full again. On a refusal the refusing limit's `t` is the
+//! `Retry-After` value, so `Retry-After` is never earlier than `t`.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::gcra::{Tats, ceil_seconds};
+use crate::policy::LimitSet;
+
+/// `RateLimit-Policy`: each limit's quota and window.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`: each limit's remaining requests and reset.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC's `RESOURCE_EXHAUSTED`.
+const GRPC_RESOURCE_EXHAUSTED: &str = "8";
+const GRPC_UNAUTHENTICATED: &str = "16";
+const GRPC_INVALID_ARGUMENT: &str = "3";
+
+/// The two RateLimit header values of one response.
+#[derive(Debug, Clone)]
+pub(crate) struct RateHeaders {
+    policy: HeaderValue,
+    state: HeaderValue,
+}
+
+impl RateHeaders {
+    /// The header values for `set` with the key's TATs at `now`; `refused`
+    /// is the refusing limit and its Retry-After in seconds.
+    pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Self {
+        let mut state = String::with_capacity(24 * set.limits.len());
+        for (i, (limit, name)) in set.limits.iter().zip(&set.names).enumerate() {
+            if i > 0 {
+                state.push_str(", ");
+            }
+            let (remaining, reset) = match refused {
+                Some((limit_index, retry_after)) if limit_index == i => (0, retry_after),
+                _ => (
+                    limit.remaining(tats[i], now),
+                    ceil_seconds(tats[i].saturating_sub(now)),
+                ),
+            };
+            let _ = write!(state, "\"{name}\";r={remaining};t={reset}");
+        }
+        RateHeaders {
+            policy: set.policy_header.clone(),
+            state: HeaderValue::try_from(state).expect("names are header-safe"),
+        }
+    }
+
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy);
+        headers.insert(RATELIMIT, self.state);
+    }
+}
+
+/// Whether the request is gRPC, which wants its status in `grpc-status`.
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The answer to a refused request.
+pub(crate) fn too_many_requests(
+    plan: &str,
+    retry_after_seconds: u64,
+    rate: Option<RateHeaders>,
+    grpc: bool,
+) -> Response<Bytes> {
+    let detail =
+        format!("over the rate limit of plan \"{plan}\"; retry after {retry_after_seconds} s");
+    let mut response = if grpc {
+        grpc_status(GRPC_RESOURCE_EXHAUSTED, &detail)
+    } else {
+        let body = format!(
+            r#"{{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"{detail}","plan":"{plan}","retry_after_seconds":{retry_after_seconds}}}"#,
+            detail = detail.replace('"', "\\\""),
+        );
+        problem(StatusCode::TOO_MANY_REQUESTS, body)
+    };
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+    if let Some(rate) = rate {
+        rate.insert_into(response.headers_mut());
+    }
+    response
+}
+
+/// The answer to a request with no key, when the layer is told to refuse those.
+pub(crate) fn unidentified(status: StatusCode, grpc: bool) -> Response<Bytes> {
+    let detail = "the request carries no tenant key";
+    if grpc {
+        let code = if status == StatusCode::UNAUTHORIZED {
+            GRPC_UNAUTHENTICATED
+        } else {
+            GRPC_INVALID_ARGUMENT
+        };
+        return grpc_status(code, detail);
+    }
+    let title = status.canonical_reason().unwrap_or("Client Error");
+    let body = format!(
+        r#"{{"type":"about:blank","title":"{title}","status":{},"detail":"{detail}"}}"#,
+        status.as_u16()
+    );
+    problem(status, body)
+}
+
+fn problem(status: StatusCode, body: String) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// A trailers-only gRPC response: HTTP 200 with the status in the headers.
+fn grpc_status(code: &'static str, message: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(GRPC_STATUS, HeaderValue::from_static(code));
+    // Printable ASCII but '%' needs no percent-encoding in grpc-message.
+    if let Ok(value) = HeaderValue::from_str(message) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+    response
+}
