@@ -92,6 +92,7 @@ impl ClientIp {
 
     /// The client's address, or `None` when the request carries no peer
     /// address (the server didn't record it).
+    #[inline]
     pub fn client_ip(&self, head: RequestHead<'_>) -> Option<IpAddr> {
         let peer = peer_addr(head)?.ip().to_canonical();
         let Some(header) = self.header else {
@@ -116,6 +117,7 @@ impl ClientIp {
     }
 
     /// The address rate-limits key on: IPv6 cut to its prefix.
+    #[inline]
     fn bucket(&self, ip: IpAddr) -> IpAddr {
         match ip {
             IpAddr::V4(_) => ip,
@@ -129,15 +131,14 @@ impl ClientIp {
 }
 
 impl TenantKey for ClientIp {
+    #[inline]
     fn key<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
         self.client_ip(head).map(|ip| Key::Ip(self.bucket(ip)))
     }
 }
 
+#[inline]
 fn peer_addr(head: RequestHead<'_>) -> Option<SocketAddr> {
-    if let Some(PeerAddr(addr)) = head.extensions.get::<PeerAddr>() {
-        return Some(*addr);
-    }
     #[cfg(feature = "axum")]
     if let Some(info) = head
         .extensions
@@ -145,7 +146,7 @@ fn peer_addr(head: RequestHead<'_>) -> Option<SocketAddr> {
     {
         return Some(info.0);
     }
-    None
+    head.extensions.get::<PeerAddr>().map(|peer| peer.0)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -28,8 +28,9 @@ pin_project! {
             future: F,
             headers: Option<RateHeaders>,
         },
+        // Boxed: a rejection is the rare path, and a small future is cheap to move.
         Rejected {
-            response: Option<Response<Bytes>>,
+            response: Option<Box<Response<Bytes>>>,
         },
     }
 }
@@ -41,7 +42,7 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
+    pub(crate) fn rejected(response: Box<Response<Bytes>>) -> Self {
         ResponseFuture {
             state: State::Rejected {
                 response: Some(response),
@@ -67,7 +68,7 @@ where
             }
             StateProjection::Rejected { response } => {
                 let response = response.take().expect("polled after completion");
-                Poll::Ready(Ok(response.map(RateLimitBody::rejection)))
+                Poll::Ready(Ok((*response).map(RateLimitBody::rejection)))
             }
         }
     }

@@ -89,27 +89,26 @@ pub(crate) enum Verdict {
 
 /// Admits a request at `now` only if every limit has room, and only then
 /// advances `tats`.
+#[inline]
 pub(crate) fn check(limits: &[Gcra], tats: &mut Tats, now: u64) -> Verdict {
-    let mut next: Tats = [0; MAX_LIMITS_PER_PLAN];
     let mut refused: Option<(u64, usize)> = None;
     for (i, limit) in limits.iter().enumerate() {
-        let new_tat = tats[i].max(now).saturating_add(limit.interval);
-        let ahead = new_tat - now;
+        let ahead = tats[i].max(now).saturating_add(limit.interval) - now;
         if ahead > limit.tolerance {
             let wait = ahead - limit.tolerance;
             if refused.is_none_or(|(longest, _)| wait > longest) {
                 refused = Some((wait, i));
             }
         }
-        next[i] = new_tat;
     }
-    match refused {
-        Some((wait, limit)) => Verdict::Refuse { wait, limit },
-        None => {
-            tats[..limits.len()].copy_from_slice(&next[..limits.len()]);
-            Verdict::Admit
-        }
+    if let Some((wait, limit)) = refused {
+        return Verdict::Refuse { wait, limit };
     }
+    // Every limit admits: only now charge them all.
+    for (tat, limit) in tats.iter_mut().zip(limits) {
+        *tat = (*tat).max(now).saturating_add(limit.interval);
+    }
+    Verdict::Admit
 }
 
 /// Whole seconds, rounded up: a client told "0" would retry at once.

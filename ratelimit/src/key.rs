@@ -44,6 +44,7 @@ pub struct RequestHead<'r> {
 
 impl<'r> RequestHead<'r> {
     /// Borrows the head of `request`.
+    #[inline]
     pub fn of<B>(request: &'r Request<B>) -> RequestHead<'r> {
         RequestHead {
             method: request.method(),
@@ -146,6 +147,7 @@ impl Tenant {
 pub struct TenantExtension;
 
 impl TenantKey for TenantExtension {
+    #[inline]
     fn key<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
         let tenant = head.extensions.get::<Tenant>()?;
         valid_tenant_id(&tenant.id).then_some(Key::Tenant {
@@ -182,6 +184,7 @@ impl TenantHeader {
 }
 
 impl TenantKey for TenantHeader {
+    #[inline]
     fn key<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
         let value = head.headers.get(&self.name)?;
         if self.secret {
@@ -194,6 +197,7 @@ impl TenantKey for TenantHeader {
 
 /// The policy's rule for tenant ids: 1 to 128 characters, no spaces or
 /// control characters.
+#[inline]
 fn valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 512

@@ -160,7 +160,7 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
         let policy = CompiledPolicy::compile(&self.quotas, &hasher, at);
         let clock = self.clock.clone();
         let cell = PolicyCell {
-            policy: ArcSwap::from_pointee(policy),
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
             hasher,
             nanos: Box::new(move || clock.now().duration_since(start).as_u64()),
         };

@@ -43,7 +43,7 @@ pub(crate) struct Settings {
 /// The policy and the clock it is compiled against; shared with
 /// [`crate::RateLimitHandle`] for reloads.
 pub(crate) struct PolicyCell {
-    pub policy: ArcSwap<CompiledPolicy>,
+    pub policy: Arc<ArcSwap<CompiledPolicy>>,
     pub hasher: KeyHasher,
     /// Reads the limiter's clock in nanoseconds since the layer was built.
     pub nanos: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -67,7 +67,7 @@ pub(crate) enum Decision {
     /// Pass it to the inner service, adding these headers to its response.
     Pass(Option<RateHeaders>),
     /// Answer it with this response.
-    Reject(Response<Bytes>),
+    Reject(Box<Response<Bytes>>),
 }
 
 /// Everything the request path needs, shared by every clone of the service.
@@ -83,8 +83,8 @@ pub(crate) struct Limiter<K, C: Clock> {
 }
 
 impl<K: TenantKey, C: Clock> Limiter<K, C> {
-    /// Decides what happens to the request with head `head`.
-    pub fn decide(&self, head: RequestHead<'_>) -> Decision {
+    /// Decides what happens to the request with head `head` under `policy`.
+    pub fn decide(&self, head: RequestHead<'_>, policy: &CompiledPolicy) -> Decision {
         let key = match self.key.key(head) {
             Some(key) => key,
             None => match self.settings.missing_key {
@@ -96,7 +96,6 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             },
         };
         let now = self.clock.now().duration_since(self.start).as_u64();
-        let policy = self.cell.policy.load();
         let hash = self.cell.hasher.hash(&key);
         let resolved = policy.resolve(&key, hash, now);
         let set = resolved.set;
@@ -134,12 +133,12 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         }
         set.counters.limited.increment(1);
         let grpc = response::is_grpc(head.headers);
-        Decision::Reject(response::too_many_requests(
+        Decision::Reject(Box::new(response::too_many_requests(
             &set.label,
             retry_after,
             headers,
             grpc,
-        ))
+        )))
     }
 
     /// The client-address key for a request without a tenant. Without a peer
@@ -153,9 +152,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
 
     fn unidentified(&self, head: RequestHead<'_>, status: StatusCode) -> Decision {
         self.unidentified.increment(1);
-        Decision::Reject(response::unidentified(
-            status,
-            response::is_grpc(head.headers),
-        ))
+        let grpc = response::is_grpc(head.headers);
+        Decision::Reject(Box::new(response::unidentified(status, grpc)))
     }
 }

@@ -8,8 +8,6 @@
 //! limit is full again. On a refusal the refusing limit's `t` is the
 //! `Retry-After` value, so `Retry-After` is never earlier than `t`.
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -40,10 +38,12 @@ impl RateHeaders {
     /// The header values for `set` with the key's TATs at `now`; `refused`
     /// is the refusing limit and its Retry-After in seconds.
     pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Self {
-        let mut state = String::with_capacity(24 * set.limits.len());
+        // Built by hand: `write!` costs more than the rest of the request path.
+        let mut state = Vec::with_capacity(40 * set.limits.len());
+        let mut digits = itoa::Buffer::new();
         for (i, (limit, name)) in set.limits.iter().zip(&set.names).enumerate() {
             if i > 0 {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
             let (remaining, reset) = match refused {
                 Some((limit_index, retry_after)) if limit_index == i => (0, retry_after),
@@ -52,11 +52,17 @@ impl RateHeaders {
                     ceil_seconds(tats[i].saturating_sub(now)),
                 ),
             };
-            let _ = write!(state, "\"{name}\";r={remaining};t={reset}");
+            state.push(b'"');
+            state.extend_from_slice(name.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            state.extend_from_slice(digits.format(remaining).as_bytes());
+            state.extend_from_slice(b";t=");
+            state.extend_from_slice(digits.format(reset).as_bytes());
         }
         RateHeaders {
             policy: set.policy_header.clone(),
-            state: HeaderValue::try_from(state).expect("names are header-safe"),
+            state: HeaderValue::from_maybe_shared(Bytes::from(state))
+                .expect("names are header-safe"),
         }
     }
 

@@ -147,6 +147,7 @@ impl Store {
 
     /// Checks the key whose hash is `hash` against `limits` at `now`, and
     /// charges it if every limit admits.
+    #[inline]
     pub fn check(&self, hash: u64, fingerprint: u64, limits: &[Gcra], now: u64) -> Checked {
         // The low bits pick the bucket inside a shard; use others for the shard.
         let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];

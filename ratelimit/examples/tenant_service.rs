@@ -1,0 +1,143 @@
+//! A small axum service behind the rate-limit layer, with a fake auth layer
+//! that sets the tenant. The load test and the README use it.
+//!
+//! ```text
+//! cargo run -p floodgate-ratelimit --example tenant_service -- \
+//!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 [--no-limit]
+//! curl -i -H 'authorization: Bearer acme-corp' http://127.0.0.1:3000/
+//! kill -HUP <pid>   # reloads the policy file
+//! ```
+//!
+//! The fake auth layer trusts the bearer token as the tenant id; tokens that
+//! start with `pro-` are on the `pro` plan. Requests without a token are
+//! anonymous and charged to their peer address.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use floodgate_ratelimit::{RateLimitHandle, Tenant, TenantRateLimitLayer};
+use floodgate_rules::Policy;
+use floodgate_rules::policy::Quotas;
+
+struct Args {
+    policy: PathBuf,
+    addr: SocketAddr,
+    limit: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        policy: PathBuf::from("examples/floodgate.toml"),
+        addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        limit: true,
+    };
+    let mut argv = std::env::args().skip(1);
+    while let Some(arg) = argv.next() {
+        match arg.as_str() {
+            "--policy" => args.policy = argv.next().ok_or("--policy needs a file")?.into(),
+            "--addr" => {
+                let addr = argv.next().ok_or("--addr needs host:port")?;
+                args.addr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
+            }
+            "--no-limit" => args.limit = false,
+            other => {
+                return Err(format!(
+                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit]"
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn load_quotas(path: &Path) -> Result<Quotas, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let today = time::OffsetDateTime::now_utc().date();
+    let loaded =
+        Policy::from_toml(&text, &path.display().to_string(), today).map_err(|e| e.to_string())?;
+    loaded
+        .policy
+        .quotas
+        .ok_or_else(|| format!("{}: has no [quotas] section", path.display()))
+}
+
+/// Stands in for the service's real authentication.
+async fn fake_auth(mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    if let Some(token) = token {
+        let tenant = Tenant::new(token.clone());
+        let tenant = match token.starts_with("pro-") {
+            true => tenant.with_plan("pro"),
+            false => tenant,
+        };
+        request.extensions_mut().insert(tenant);
+    }
+    next.run(request).await
+}
+
+/// Reloads the policy file on SIGHUP.
+fn reload_on_hangup(handle: RateLimitHandle, path: PathBuf) {
+    tokio::spawn(async move {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        let Ok(mut hangups) = tokio::signal::unix::signal(kind) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match load_quotas(&path) {
+                Ok(quotas) => {
+                    handle.reload(&quotas);
+                    eprintln!("reloaded {}", path.display());
+                }
+                Err(error) => eprintln!("kept the old policy: {error}"),
+            }
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let mut app = Router::new().route("/", get(|| async { "ok\n" }));
+    if args.limit {
+        let quotas = load_quotas(&args.policy).unwrap_or_else(|message| {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        });
+        let layer = TenantRateLimitLayer::builder(&quotas).build();
+        reload_on_hangup(layer.handle(), args.policy.clone());
+        app = app.layer(layer);
+    }
+    // The auth layer runs first, so the rate limit sees the tenant.
+    let app = app.layer(middleware::from_fn(fake_auth));
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("error: cannot listen on {}: {e}", args.addr);
+            std::process::exit(1);
+        });
+    eprintln!("listening on http://{}", args.addr);
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(error) = axum::serve(listener, service).await {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,277 @@
+//! The layer in a real axum server on 127.0.0.1, driven by a real HTTP client.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::routing::get;
+use floodgate_ratelimit::{
+    ClientIp, ForwardedHeader, MissingKey, TenantHeader, TenantRateLimitLayer,
+};
+use floodgate_rules::Policy;
+use floodgate_rules::policy::Quotas;
+use http::header::HeaderName;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+fn quotas(text: &str) -> Quotas {
+    let today = time::macros::date!(2026 - 11 - 22);
+    let loaded = Policy::from_toml(text, "test.toml", today).expect("valid policy");
+    loaded.policy.quotas.expect("has [quotas]")
+}
+
+const TWO_A_MINUTE: &str = r#"
+[quotas]
+default_plan = "free"
+anonymous_plan = "anonymous"
+plans = [
+  { name = "free", limits = [{ requests = 2, per_seconds = 60 }] },
+  { name = "anonymous", limits = [{ requests = 2, per_seconds = 60 }] },
+]
+"#;
+
+const GENEROUS: &str = r#"
+[quotas]
+default_plan = "free"
+anonymous_plan = "anonymous"
+plans = [
+  { name = "free", limits = [{ requests = 1000, per_seconds = 1 }] },
+  { name = "anonymous", limits = [{ requests = 2, per_seconds = 60 }] },
+]
+"#;
+
+fn tenant_header() -> TenantHeader {
+    TenantHeader::new(HeaderName::from_static("x-tenant-id"))
+}
+
+/// Serves `app` on an ephemeral loopback port, with peer addresses recorded.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+    addr
+}
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "ok" }))
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Answer {
+    let client: Client<HttpConnector, Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::get(format!("http://{addr}/"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+    answer.headers.get(name).unwrap().to_str().unwrap()
+}
+
+#[tokio::test]
+async fn the_third_request_gets_429_with_retry_after_ratelimit_fields_and_a_problem() {
+    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .build();
+    let addr = serve(app().layer(layer)).await;
+    let tenant = [("x-tenant-id", "acme")];
+
+    let first = get_with(addr, &tenant).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "ok");
+    assert_eq!(header(&first, "ratelimit-policy"), "\"free\";q=2;w=60");
+    assert_eq!(header(&first, "ratelimit"), "\"free\";r=1;t=30");
+    let second = get_with(addr, &tenant).await;
+    assert_eq!(header(&second, "ratelimit"), "\"free\";r=0;t=60");
+
+    let refused = get_with(addr, &tenant).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = header(&refused, "retry-after").parse().unwrap();
+    assert_eq!(retry_after, 30, "one request frees up every 30 s");
+    assert_eq!(header(&refused, "ratelimit"), "\"free\";r=0;t=30");
+    assert_eq!(header(&refused, "content-type"), "application/problem+json");
+    let problem: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(problem["status"], 429);
+    assert_eq!(problem["title"], "Too Many Requests");
+    assert_eq!(problem["plan"], "free");
+    assert_eq!(problem["retry_after_seconds"], 30);
+
+    let other = get_with(addr, &[("x-tenant-id", "globex")]).await;
+    assert_eq!(other.status, StatusCode::OK, "tenants don't share limits");
+}
+
+#[tokio::test]
+async fn headers_can_be_switched_off_and_missing_keys_refused() {
+    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .headers(false)
+        .missing_key(MissingKey::Unauthorized)
+        .build();
+    let addr = serve(app().layer(layer)).await;
+    let ok = get_with(addr, &[("x-tenant-id", "acme")]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.headers.get("ratelimit").is_none());
+    let anonymous = get_with(addr, &[]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        header(&anonymous, "content-type"),
+        "application/problem+json"
+    );
+}
+
+#[tokio::test]
+async fn a_spoofed_leftmost_forwarded_for_does_not_escape_the_limit() {
+    // The test client's 127.0.0.1 plays the trusted load balancer.
+    let trusted = ["127.0.0.1/32".parse().unwrap()];
+    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .client_ip(ClientIp::behind_proxies(
+            &trusted,
+            ForwardedHeader::XForwardedFor,
+        ))
+        .build();
+    let addr = serve(app().layer(layer)).await;
+    let mut statuses = Vec::new();
+    for spoof in 1..=4 {
+        let xff = format!("6.6.6.{spoof}, 203.0.113.9");
+        let answer = get_with(addr, &[("x-forwarded-for", &xff)]).await;
+        statuses.push(answer.status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429],
+        "charged to 203.0.113.9 every time"
+    );
+    let other = get_with(addr, &[("x-forwarded-for", "6.6.6.6, 203.0.113.10")]).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "a different real client has its own limit"
+    );
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_forwarded_for_is_ignored() {
+    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .build();
+    let addr = serve(app().layer(layer)).await;
+    let mut statuses = Vec::new();
+    for client in 1..=3 {
+        let xff = format!("203.0.113.{client}");
+        statuses.push(
+            get_with(addr, &[("x-forwarded-for", &xff)])
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "all charged to the peer 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_mid_traffic_applies_new_limits_and_keeps_unchanged_state() {
+    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .build();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+
+    // An anonymous client exhausts its plan, which the reload leaves alone.
+    for _ in 0..2 {
+        assert_eq!(get_with(addr, &[]).await.status, StatusCode::OK);
+    }
+    // Traffic for acme runs throughout the reload.
+    let reloaded = Arc::new(AtomicBool::new(false));
+    let ok_after_reload = Arc::new(AtomicUsize::new(0));
+    let traffic = {
+        let (reloaded, ok_after_reload) = (reloaded.clone(), ok_after_reload.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..60 {
+                let answer = get_with(addr, &[("x-tenant-id", "acme")]).await;
+                if reloaded.load(Ordering::SeqCst) && answer.status == StatusCode::OK {
+                    ok_after_reload.fetch_add(1, Ordering::SeqCst);
+                }
+                statuses.push(answer.status);
+            }
+            statuses
+        })
+    };
+    while get_with(addr, &[("x-tenant-id", "acme")]).await.status == StatusCode::OK {}
+    handle.reload(&quotas(GENEROUS));
+    reloaded.store(true, Ordering::SeqCst);
+    let statuses = traffic.await.unwrap();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert!(
+        ok_after_reload.load(Ordering::SeqCst) > 0,
+        "the new plan admits acme"
+    );
+    let last = get_with(addr, &[("x-tenant-id", "acme")]).await;
+    assert_eq!(last.status, StatusCode::OK);
+    assert_eq!(header(&last, "ratelimit-policy"), "\"free\";q=1000;w=1");
+    assert_eq!(
+        get_with(addr, &[]).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the anonymous plan did not change, so its state survived the reload"
+    );
+}
+
+#[tokio::test]
+async fn a_key_spray_stays_under_the_cap_and_shares_one_budget() {
+    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .max_keys(NonZeroUsize::new(1_000).unwrap())
+        .build();
+    let handle = layer.handle();
+    let addr = serve(app().layer(layer)).await;
+    let mut admitted = 0;
+    let sprayed = 5_000;
+    for i in 0..sprayed {
+        let tenant = format!("spray-{i}");
+        if get_with(addr, &[("x-tenant-id", &tenant)]).await.status == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert!(handle.tracked_keys() <= handle.max_keys());
+    assert_eq!(handle.max_keys(), 1_000);
+    // Every tracked key's first request, plus the overflow state's burst of 2.
+    assert_eq!(
+        admitted,
+        handle.tracked_keys() + 2,
+        "{admitted} of {sprayed} admitted"
+    );
+}

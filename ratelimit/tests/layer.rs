@@ -1,0 +1,287 @@
+//! The layer around a plain tower service on governor's fake clock: time is
+//! advanced, never slept.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
+use floodgate_rules::Policy;
+use floodgate_rules::policy::Quotas;
+use governor::clock::FakeRelativeClock;
+use http::{HeaderMap, Request, Response, StatusCode};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use proptest::prelude::*;
+use tower::{Layer, Service};
+
+fn quotas(text: &str) -> Quotas {
+    let today = time::macros::date!(2026 - 11 - 22);
+    Policy::from_toml(text, "test.toml", today)
+        .expect("valid policy")
+        .policy
+        .quotas
+        .expect("has [quotas]")
+}
+
+/// A service that answers "ok" at once.
+fn ok_service()
+-> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Unpin> {
+    tower::service_fn(|_: Request<()>| std::future::ready(Ok(Response::new("ok".to_owned()))))
+}
+
+/// Sends one request for `tenant`; the inner service is ready at once, so
+/// one poll answers it.
+fn send<S, B>(service: &mut S, tenant: &str) -> (StatusCode, HeaderMap)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    send_as(service, Tenant::new(tenant))
+}
+
+fn send_as<S, B>(service: &mut S, tenant: Tenant) -> (StatusCode, HeaderMap)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    let mut request = Request::new(());
+    request.extensions_mut().insert(tenant);
+    let mut future = std::pin::pin!(service.call(request));
+    let Poll::Ready(Ok(response)) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    else {
+        panic!("the layer answers at once");
+    };
+    (response.status(), response.headers().clone())
+}
+
+fn retry_after(headers: &HeaderMap) -> u64 {
+    headers["retry-after"].to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn retry_after_rounds_up_never_reads_zero_and_is_honoured() {
+    // One request per 1.5 s: the wait after a refusal is at most 1.5 s.
+    let text = r#"
+[quotas]
+default_plan = "slow"
+plans = [{ name = "slow", limits = [{ requests = 2, per_seconds = 3, burst = 1 }] }]
+"#;
+    let clock = FakeRelativeClock::default();
+    let layer = TenantRateLimitLayer::builder(&quotas(text))
+        .clock(clock.clone())
+        .build();
+    let mut service = layer.layer(ok_service());
+    assert_eq!(send(&mut service, "acme").0, StatusCode::OK);
+    clock.advance(Duration::from_millis(1_499));
+    let (status, headers) = send(&mut service, "acme");
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&headers), 1, "1 ms left reads as 1 s, not 0");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(send(&mut service, "acme").0, StatusCode::OK);
+    let (_, headers) = send(&mut service, "acme");
+    assert_eq!(retry_after(&headers), 2, "1.5 s rounds up to 2");
+}
+
+#[test]
+fn a_request_refused_by_the_daily_budget_does_not_spend_the_burst() {
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 3, per_seconds = 1 }, { requests = 4, per_seconds = 86400 }] }]
+"#;
+    let clock = FakeRelativeClock::default();
+    let layer = TenantRateLimitLayer::builder(&quotas(text))
+        .clock(clock.clone())
+        .build();
+    let mut service = layer.layer(ok_service());
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| send(&mut service, "acme").0.as_u16())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    clock.advance(Duration::from_secs(1));
+    let (status, headers) = send(&mut service, "acme");
+    assert_eq!(status, StatusCode::OK, "the daily budget had one left");
+    assert_eq!(
+        headers["ratelimit"], "\"free-1s\";r=2;t=1, \"free-86400s\";r=0;t=86399",
+        "the refusals spent nothing of the per-second burst"
+    );
+}
+
+#[test]
+fn an_override_applies_until_the_end_of_its_day_then_the_plan_does() {
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [
+  { name = "free", limits = [{ requests = 1, per_seconds = 60 }] },
+  { name = "enterprise", limits = [{ requests = 1000, per_seconds = 60 }] },
+]
+
+[[quotas.overrides]]
+tenant = "acme"
+plan = "enterprise"
+reason = "contract"
+owner = "sales"
+expires = 2026-12-15
+"#;
+    let clock = FakeRelativeClock::default();
+    let layer = TenantRateLimitLayer::builder(&quotas(text))
+        .clock(clock.clone())
+        .wall_clock_at(time::macros::datetime!(2026-12-15 23:59 UTC))
+        .build();
+    let mut service = layer.layer(ok_service());
+    for _ in 0..10 {
+        assert_eq!(send(&mut service, "acme").0, StatusCode::OK);
+    }
+    clock.advance(Duration::from_secs(60));
+    let (_, headers) = send(&mut service, "acme");
+    assert_eq!(headers["ratelimit-policy"], "\"free\";q=1;w=60");
+    assert_eq!(send(&mut service, "acme").0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Counter values by (plan, outcome).
+fn outcomes(snapshotter: &Snapshotter) -> HashMap<(String, String), u64> {
+    let mut counts = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let DebugValue::Counter(count) = value else {
+            continue;
+        };
+        let label = |name: &str| {
+            key.key()
+                .labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+                .unwrap()
+        };
+        counts.insert((label("plan"), label("outcome")), count);
+    }
+    counts
+}
+
+#[test]
+fn shadow_plans_let_over_limit_requests_through_and_count_them() {
+    let text = r#"
+[quotas]
+default_plan = "trial"
+plans = [
+  { name = "trial", limits = [{ requests = 2, per_seconds = 60 }], shadow = true },
+  { name = "paid", limits = [{ requests = 2, per_seconds = 60 }] },
+]
+"#;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        TenantRateLimitLayer::builder(&quotas(text))
+            .clock(FakeRelativeClock::default())
+            .build()
+    });
+    let mut service = layer.layer(ok_service());
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| send(&mut service, "acme").0.as_u16())
+        .collect();
+    assert_eq!(statuses, [200; 5]);
+    let globex = || Tenant::new("globex").with_plan("paid");
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| send_as(&mut service, globex()).0.as_u16())
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    let counts = outcomes(&snapshotter);
+    let count = |plan: &str, outcome: &str| counts[&(plan.to_owned(), outcome.to_owned())];
+    assert_eq!(count("trial", "allowed"), 2);
+    assert_eq!(count("trial", "shadowed"), 3);
+    assert_eq!(count("paid", "allowed"), 2);
+    assert_eq!(count("paid", "limited"), 1);
+}
+
+#[test]
+fn global_shadow_mode_overrides_every_plan() {
+    let text = r#"
+[quotas]
+default_plan = "paid"
+plans = [{ name = "paid", limits = [{ requests = 1, per_seconds = 60 }] }]
+"#;
+    let layer = TenantRateLimitLayer::builder(&quotas(text))
+        .clock(FakeRelativeClock::default())
+        .shadow(true)
+        .build();
+    let mut service = layer.layer(ok_service());
+    let (status, headers) = (0..3).map(|_| send(&mut service, "acme")).last().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["ratelimit"], "\"paid\";r=0;t=60",
+        "clients still see they are over"
+    );
+}
+
+/// An independent model: one token bucket per limit, in nanoseconds.
+struct Bucket {
+    interval: u64,
+    capacity: u64,
+    credit: u64,
+    at: u64,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: u64) {
+        self.credit = (self.credit + (now - self.at)).min(self.capacity);
+        self.at = now;
+    }
+}
+
+const MODEL_PLAN: &str = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 5, per_seconds = 1, burst = 3 }, { requests = 20, per_seconds = 60 }] }]
+"#;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Over any request sequence the layer admits exactly what the token
+    /// bucket model admits, and never more than burst + elapsed / interval
+    /// per limit in any stretch of time.
+    #[test]
+    fn admissions_match_the_model_and_stay_within_the_gcra_bound(
+        steps in prop::collection::vec((0usize..3, 0u64..400), 1..300)
+    ) {
+        let clock = FakeRelativeClock::default();
+        let layer = TenantRateLimitLayer::builder(&quotas(MODEL_PLAN)).clock(clock.clone()).build();
+        let mut service = layer.layer(ok_service());
+        // (interval, burst) for 5/s burst 3 and 20/min.
+        let limits = [(200_000_000u64, 3u64), (3_000_000_000, 20)];
+        let mut models: Vec<Vec<Bucket>> = (0..3)
+            .map(|_| limits.iter().map(|&(interval, burst)| Bucket {
+                interval, capacity: interval * burst, credit: interval * burst, at: 0,
+            }).collect())
+            .collect();
+        let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 3];
+        let mut now = 0u64;
+        for (tenant, advance_ms) in steps {
+            clock.advance(Duration::from_millis(advance_ms));
+            now += advance_ms * 1_000_000;
+            let model = &mut models[tenant];
+            model.iter_mut().for_each(|b| b.refill(now));
+            let expected = model.iter().all(|b| b.credit >= b.interval);
+            if expected {
+                model.iter_mut().for_each(|b| b.credit -= b.interval);
+            }
+            let status = send(&mut service, &format!("tenant-{tenant}")).0;
+            prop_assert_eq!(status == StatusCode::OK, expected, "tenant {} at {} ns", tenant, now);
+            if expected {
+                admitted[tenant].push(now);
+            }
+        }
+        for times in &admitted {
+            for (i, start) in times.iter().enumerate() {
+                for (j, end) in times.iter().enumerate().skip(i) {
+                    let count = (j - i + 1) as u64;
+                    for &(interval, burst) in &limits {
+                        prop_assert!(count <= burst + (end - start) / interval);
+                    }
+                }
+            }
+        }
+    }
+}
