@@ -155,12 +155,53 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+/// Every key stays busy for a day after one request.
+const BUSY_FOR_A_DAY: &str = r#"
+[quotas]
+default_plan = "daily"
+plans = [{ name = "daily", limits = [{ requests = 1, per_seconds = 86400 }] }]
+"#;
+
+/// A full sweep over 1M busy keys (nothing to evict, so every key is
+/// visited): the request path only ever sweeps one shard, so its longest
+/// pause is this time divided by the shard count, printed alongside.
+fn sweep(c: &mut Criterion) {
+    let today = time::macros::date!(2026 - 11 - 22);
+    let quotas = Policy::from_toml(BUSY_FOR_A_DAY, "bench.toml", today)
+        .unwrap()
+        .policy
+        .quotas
+        .unwrap();
+    let layer = TenantRateLimitLayer::builder(&quotas)
+        .key(ClientIp::peer_only())
+        .max_keys(NonZeroUsize::new(1_100_000).unwrap())
+        .headers(false)
+        .build();
+    let handle = layer.handle();
+    let mut service = layer.layer(noop());
+    let mut warm = false;
+    c.bench_function("sweep/1000000", |b| {
+        if !warm {
+            for i in 0..1_000_000 {
+                call(&mut service, request(client(i)));
+            }
+            println!(
+                "{} keys in {} shards",
+                handle.tracked_keys(),
+                handle.shards()
+            );
+            warm = true;
+        }
+        b.iter(|| handle.evict_idle())
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(std::time::Duration::from_secs(1))
         .measurement_time(std::time::Duration::from_secs(3));
-    targets = layers
+    targets = layers, sweep
 }
 criterion_main!(benches);

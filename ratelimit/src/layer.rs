@@ -160,7 +160,7 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
         let policy = CompiledPolicy::compile(&self.quotas, &hasher, at);
         let clock = self.clock.clone();
         let cell = PolicyCell {
-            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            policy: ArcSwap::from_pointee(policy),
             hasher,
             nanos: Box::new(move || clock.now().duration_since(start).as_u64()),
         };
@@ -207,6 +207,12 @@ impl RateLimitHandle {
     /// The most keys tracked at once.
     pub fn max_keys(&self) -> usize {
         self.store.capacity()
+    }
+
+    /// How many shards the state is split into. A sweep for idle keys
+    /// locks one shard at a time, so its longest pause is one shard's.
+    pub fn shards(&self) -> usize {
+        self.store.shards()
     }
 
     /// Drops every idle key now, one shard at a time (the layer also does

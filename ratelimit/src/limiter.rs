@@ -43,7 +43,7 @@ pub(crate) struct Settings {
 /// The policy and the clock it is compiled against; shared with
 /// [`crate::RateLimitHandle`] for reloads.
 pub(crate) struct PolicyCell {
-    pub policy: Arc<ArcSwap<CompiledPolicy>>,
+    pub policy: ArcSwap<CompiledPolicy>,
     pub hasher: KeyHasher,
     /// Reads the limiter's clock in nanoseconds since the layer was built.
     pub nanos: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -83,8 +83,8 @@ pub(crate) struct Limiter<K, C: Clock> {
 }
 
 impl<K: TenantKey, C: Clock> Limiter<K, C> {
-    /// Decides what happens to the request with head `head` under `policy`.
-    pub fn decide(&self, head: RequestHead<'_>, policy: &CompiledPolicy) -> Decision {
+    /// Decides what happens to the request with head `head`.
+    pub fn decide(&self, head: RequestHead<'_>) -> Decision {
         let key = match self.key.key(head) {
             Some(key) => key,
             None => match self.settings.missing_key {
@@ -96,6 +96,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             },
         };
         let now = self.clock.now().duration_since(self.start).as_u64();
+        let policy = self.cell.policy.load();
         let hash = self.cell.hasher.hash(&key);
         let resolved = policy.resolve(&key, hash, now);
         let set = resolved.set;

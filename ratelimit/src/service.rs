@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
-use arc_swap::cache::Cache;
 use governor::clock::Clock;
 use http::{Request, Response};
 use tower_service::Service;
@@ -13,26 +11,17 @@ use crate::body::RateLimitBody;
 use crate::future::ResponseFuture;
 use crate::key::{RequestHead, TenantKey};
 use crate::limiter::{Decision, Limiter};
-use crate::policy::CompiledPolicy;
 
 /// Rate-limits requests per tenant before they reach `S`. A refused request
 /// gets a response (429, or a gRPC status), never a service error.
 pub struct TenantRateLimit<S, K, C: Clock> {
     inner: S,
     limiter: Arc<Limiter<K, C>>,
-    /// The current policy, re-read only when a reload swapped it: cheaper
-    /// than loading the `ArcSwap` on every request.
-    policy: Cache<Arc<ArcSwap<CompiledPolicy>>, Arc<CompiledPolicy>>,
 }
 
 impl<S, K, C: Clock> TenantRateLimit<S, K, C> {
     pub(crate) fn new(inner: S, limiter: Arc<Limiter<K, C>>) -> Self {
-        let policy = Cache::new(Arc::clone(&limiter.cell.policy));
-        TenantRateLimit {
-            inner,
-            limiter,
-            policy,
-        }
+        TenantRateLimit { inner, limiter }
     }
 }
 
@@ -41,7 +30,6 @@ impl<S: Clone, K, C: Clock> Clone for TenantRateLimit<S, K, C> {
         TenantRateLimit {
             inner: self.inner.clone(),
             limiter: Arc::clone(&self.limiter),
-            policy: self.policy.clone(),
         }
     }
 }
@@ -61,8 +49,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let policy = self.policy.load();
-        match self.limiter.decide(RequestHead::of(&request), policy) {
+        match self.limiter.decide(RequestHead::of(&request)) {
             Decision::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
             Decision::Reject(response) => ResponseFuture::rejected(response),
         }

@@ -131,7 +131,7 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// A store for at most about `max_keys` keys (rounded up to whole shards).
+    /// A store for at most `max_keys` keys (rounded down to whole shards).
     pub fn new(max_keys: usize) -> Store {
         let shards = max_keys
             .div_ceil(SHARD_TARGET)
@@ -140,7 +140,7 @@ impl Store {
         Store {
             shards: (0..shards).map(|_| Shard::default()).collect(),
             shard_mask: shards - 1,
-            shard_capacity: max_keys.div_ceil(shards).max(1),
+            shard_capacity: (max_keys / shards).max(1),
             overflow: Mutex::default(),
         }
     }
@@ -200,6 +200,11 @@ impl Store {
     /// The most keys the store tracks.
     pub fn capacity(&self) -> usize {
         self.shard_capacity * self.shards.len()
+    }
+
+    /// How many shards the keys are split into.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// Drops idle keys from every shard, one shard at a time.
