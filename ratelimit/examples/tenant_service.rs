@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p floodgate-ratelimit --example tenant_service -- \
-//!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 [--no-limit]
+//!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 [--no-limit] [--no-headers]
 //! curl -i -H 'authorization: Bearer acme-corp' http://127.0.0.1:3000/
 //! kill -HUP <pid>   # reloads the policy file
 //! ```
@@ -28,6 +28,7 @@ struct Args {
     policy: PathBuf,
     addr: SocketAddr,
     limit: bool,
+    headers: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -35,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
         policy: PathBuf::from("examples/floodgate.toml"),
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         limit: true,
+        headers: true,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
@@ -45,9 +47,10 @@ fn parse_args() -> Result<Args, String> {
                 args.addr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
             }
             "--no-limit" => args.limit = false,
+            "--no-headers" => args.headers = false,
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit]"
+                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit] [--no-headers]"
                 ));
             }
         }
@@ -122,7 +125,9 @@ async fn main() {
             eprintln!("error: {message}");
             std::process::exit(1);
         });
-        let layer = TenantRateLimitLayer::builder(&quotas).build();
+        let layer = TenantRateLimitLayer::builder(&quotas)
+            .headers(args.headers)
+            .build();
         reload_on_hangup(layer.handle(), args.policy.clone());
         app = app.layer(layer);
     }
