@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use floodgate_ratelimit::{ClientIp, TenantRateLimitLayer};
+use floodgate_ratelimit::{ClientIp, DEFAULT_MAX_KEYS, TenantRateLimitLayer};
 use floodgate_rules::Policy;
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
@@ -94,6 +94,12 @@ where
         });
 }
 
+/// The default cap, or room for every client with headroom for the spread
+/// over shards.
+fn max_keys(clients: usize) -> NonZeroUsize {
+    DEFAULT_MAX_KEYS.max(NonZeroUsize::new(clients * 2).unwrap())
+}
+
 fn layers(c: &mut Criterion) {
     let today = time::macros::date!(2026 - 11 - 22);
     let quotas = Policy::from_toml(POLICY, "bench.toml", today)
@@ -107,14 +113,14 @@ fn layers(c: &mut Criterion) {
 
         let ours = TenantRateLimitLayer::builder(&quotas)
             .key(ClientIp::peer_only())
-            .max_keys(NonZeroUsize::new(2_000_000).unwrap())
+            .max_keys(max_keys(clients))
             .headers(false)
             .build();
         measure(c, &group, "floodgate", clients, ours.layer(noop()));
 
         let with_headers = TenantRateLimitLayer::builder(&quotas)
             .key(ClientIp::peer_only())
-            .max_keys(NonZeroUsize::new(2_000_000).unwrap())
+            .max_keys(max_keys(clients))
             .build();
         measure(
             c,

@@ -3,8 +3,9 @@
 //! governor's keyed store never evicts by itself and its `retain_recent`
 //! walks the whole map at once. Here the map is split into shards of at most
 //! [`SHARD_TARGET`] keys; a shard drops its idle keys (those whose every TAT
-//! has passed, which are indistinguishable from a fresh key) once per as
-//! many checks as it holds keys. No pause ever covers more than one shard.
+//! has passed, which are indistinguishable from a fresh key) once per four
+//! checks per key it holds, and sooner when it is full. No pause ever covers
+//! more than one shard.
 //!
 //! Past the cap, a new key is charged to one overflow state per limit set:
 //! a key-spraying client shares a single tenant's budget and cannot grow
@@ -23,8 +24,11 @@ use crate::gcra::{self, Gcra, Tats, Verdict};
 const SHARD_TARGET: usize = 4096;
 /// The most shards; past 1024 × 4096 keys shards grow instead.
 const MAX_SHARDS: usize = 1024;
+/// A shard is swept once per this many checks per key it holds: the scan
+/// costs about a quarter of a key visit per request.
+const SWEEP_EVERY_CHECKS_PER_KEY: usize = 4;
 /// A shard smaller than this is still swept only once per this many checks.
-const MIN_SWEEP_INTERVAL: usize = 1024;
+const MIN_SWEEP_INTERVAL: usize = 4096;
 
 /// The state of one key: the limits it was last checked against, and a TAT
 /// per limit.
@@ -153,7 +157,8 @@ impl Store {
         let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
         let mut state = shard.0.lock();
         state.checks_since_sweep += 1;
-        if state.checks_since_sweep >= state.keys.len().max(MIN_SWEEP_INTERVAL) {
+        let interval = state.keys.len() * SWEEP_EVERY_CHECKS_PER_KEY;
+        if state.checks_since_sweep >= interval.max(MIN_SWEEP_INTERVAL) {
             state.sweep(now);
         }
         if let Some(entry) = state.keys.get_mut(&hash) {
