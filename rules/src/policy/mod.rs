@@ -45,7 +45,8 @@ mod tiers;
 pub use allow::{AllowEntry, AllowList};
 pub use infra::{Infra, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
-    Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, Quotas, TenantId, TenantOverride,
+    DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
+    Quotas, RedisBackend, TenantId, TenantOverride,
 };
 pub use responder::Responder;
 pub use safety::{Mode, Safety};

@@ -9,7 +9,7 @@ use time::Date;
 use toml::Spanned;
 
 use super::check::Checker;
-use super::raw::{RawLimit, RawOverride, RawPlan, RawQuotas};
+use super::raw::{RawLimit, RawOverride, RawPlan, RawQuotas, RawRedis};
 use crate::diagnostic::closest;
 
 /// A plan's name, such as `free` or `enterprise`.
@@ -115,12 +115,40 @@ impl TenantOverride {
     }
 }
 
+/// Where the middleware keeps its per-tenant state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QuotaBackend {
+    /// In each instance's memory: each instance enforces the full quota.
+    #[default]
+    Local,
+    /// In Redis, shared by every instance.
+    Redis(RedisBackend),
+}
+
+/// `[quotas] redis = { ... }`: the shared Redis of the middleware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisBackend {
+    /// `redis://host:port[/db]` or `rediss://…`, without credentials.
+    pub url: String,
+    /// The environment variable holding the password, if Redis needs one.
+    pub password_env: Option<String>,
+    /// How long one check may take before the instance decides locally.
+    pub timeout_ms: NonZeroU32,
+    /// Instances sharing the limit; each enforces `quota / expected_instances`
+    /// while Redis is unreachable.
+    pub expected_instances: NonZeroU32,
+}
+
+/// Default per-check budget: a loopback round trip takes well under 1 ms.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u32 = 5;
+
 /// The `[quotas]` section.
 #[derive(Debug, Clone)]
 pub struct Quotas {
     plans: Vec<Plan>,
     default_plan: usize,
     anonymous_plan: usize,
+    backend: QuotaBackend,
     overrides: Vec<TenantOverride>,
     /// Unexpired overrides by tenant, as indexes into `overrides`.
     active: HashMap<TenantId, usize>,
@@ -141,6 +169,11 @@ impl Quotas {
     /// `anonymous_plan`, or the default plan when the file names none.
     pub fn anonymous_plan(&self) -> &Plan {
         &self.plans[self.anonymous_plan]
+    }
+
+    /// Where the middleware keeps its state.
+    pub fn backend(&self) -> &QuotaBackend {
+        &self.backend
     }
 
     /// The plan of that name.
@@ -206,6 +239,7 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
         Some(name) => check_plan_reference(checker, name, "quotas.anonymous_plan", &plans),
         None => default_plan,
     };
+    let backend = check_backend(checker, raw);
     let mut overrides: Vec<TenantOverride> = Vec::new();
     for (i, entry) in raw.overrides.iter().enumerate() {
         let path = format!("quotas.overrides[{i}]");
@@ -250,9 +284,102 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
         plans,
         default_plan,
         anonymous_plan,
+        backend: backend?,
         overrides,
         active,
     })
+}
+
+/// `backend` and `redis`: the table is needed for, and only for, `"redis"`.
+fn check_backend(checker: &mut Checker<'_>, raw: &RawQuotas) -> Option<QuotaBackend> {
+    let kind = match &raw.backend {
+        Some(kind) => checker.choice(kind, "quotas.backend", &["local", "redis"])?,
+        None => "local",
+    };
+    match (kind, &raw.redis) {
+        ("redis", Some(redis)) => check_redis(checker, redis.get_ref()).map(QuotaBackend::Redis),
+        ("redis", None) => {
+            let help = Some(
+                "add redis = { url = \"redis://127.0.0.1:6379\", expected_instances = 4 }"
+                    .to_owned(),
+            );
+            let span = raw.backend.as_ref().map(|b| b.span()).unwrap_or_default();
+            let message = "backend \"redis\" needs a redis table".to_owned();
+            checker.error(span, "quotas.backend", message, help);
+            None
+        }
+        (_, Some(redis)) => {
+            let help = Some("set backend = \"redis\" to use it, or remove it".to_owned());
+            let message = "ignored: the backend is \"local\"".to_owned();
+            checker.warn(redis.span(), "quotas.redis", message, help);
+            Some(QuotaBackend::Local)
+        }
+        _ => Some(QuotaBackend::Local),
+    }
+}
+
+fn check_redis(checker: &mut Checker<'_>, raw: &RawRedis) -> Option<RedisBackend> {
+    let url = check_redis_url(checker, &raw.url);
+    let password_env = raw.password_env.as_ref().and_then(|name| {
+        let valid = !name.get_ref().is_empty()
+            && name
+                .get_ref()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            let help = Some("name a variable such as FLOODGATE_REDIS_PASSWORD".to_owned());
+            let message = format!("\"{}\" is not an environment variable name", name.get_ref());
+            checker.error(name.span(), "quotas.redis.password_env", message, help);
+        }
+        valid.then(|| name.get_ref().clone())
+    });
+    let timeout_ms = match &raw.timeout_ms {
+        Some(ms) => checker.in_range(ms, "quotas.redis.timeout_ms", 1, 1000),
+        None => Some(DEFAULT_REDIS_TIMEOUT_MS),
+    };
+    let expected_instances = match &raw.expected_instances {
+        Some(n) => checker.positive(n, "quotas.redis.expected_instances"),
+        None => NonZeroU32::new(1),
+    };
+    let password_missing = raw.password_env.is_some() && password_env.is_none();
+    if password_missing {
+        return None;
+    }
+    Some(RedisBackend {
+        url: url?,
+        password_env,
+        timeout_ms: NonZeroU32::new(timeout_ms?)?,
+        expected_instances: expected_instances?,
+    })
+}
+
+fn check_redis_url(checker: &mut Checker<'_>, value: &Spanned<String>) -> Option<String> {
+    let path = "quotas.redis.url";
+    let url = value.get_ref();
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        let help = Some("write a URL such as \"redis://10.0.0.5:6379\"".to_owned());
+        let message = format!("\"{url}\" is not a redis:// or rediss:// URL");
+        checker.error(value.span(), path, message, help);
+        return None;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        let help = Some(
+            "remove the user and password; name the variable that holds the password with password_env"
+                .to_owned(),
+        );
+        let message = "the URL contains credentials".to_owned();
+        checker.error(value.span(), path, message, help);
+        return None;
+    }
+    if authority.is_empty() {
+        checker.error(value.span(), path, format!("\"{url}\" has no host"), None);
+        return None;
+    }
+    Some(url.clone())
 }
 
 fn check_plan(checker: &mut Checker<'_>, raw: &RawPlan, path: &str) -> Option<Plan> {

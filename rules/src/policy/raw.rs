@@ -58,10 +58,21 @@ pub(crate) struct RawAllow {
 pub(crate) struct RawQuotas {
     pub default_plan: Spanned<String>,
     pub anonymous_plan: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    pub redis: Option<Spanned<RawRedis>>,
     #[serde(default)]
     pub plans: Vec<Spanned<RawPlan>>,
     #[serde(default)]
     pub overrides: Vec<Spanned<RawOverride>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub url: Spanned<String>,
+    pub password_env: Option<Spanned<String>>,
+    pub timeout_ms: Option<Spanned<i64>>,
+    pub expected_instances: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
