@@ -37,7 +37,10 @@ default_plan = "bench"
 plans = [{ name = "bench", limits = [{ requests = 1000000000, per_seconds = 1 }] }]
 "#;
 
-fn noop() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone {
+fn noop() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
     tower::service_fn(|_: Request<Body>| std::future::ready(Ok(Response::new(Body::empty()))))
 }
 
@@ -115,13 +118,15 @@ fn layers(c: &mut Criterion) {
             .key(ClientIp::peer_only())
             .max_keys(max_keys(clients))
             .headers(false)
-            .build();
+            .build()
+            .unwrap();
         measure(c, &group, "floodgate", clients, ours.layer(noop()));
 
         let with_headers = TenantRateLimitLayer::builder(&quotas)
             .key(ClientIp::peer_only())
             .max_keys(max_keys(clients))
-            .build();
+            .build()
+            .unwrap();
         measure(
             c,
             &group,
@@ -182,7 +187,8 @@ fn sweep(c: &mut Criterion) {
         .key(ClientIp::peer_only())
         .max_keys(NonZeroUsize::new(1_100_000).unwrap())
         .headers(false)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(noop());
     let mut warm = false;

@@ -55,7 +55,8 @@ fn main() {
     let layer = TenantRateLimitLayer::builder(&quotas)
         .max_keys(NonZeroUsize::new(cap).expect("a cap above 0"))
         .headers(false)
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut service = layer.layer(tower::service_fn(|_: Request<()>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(())))

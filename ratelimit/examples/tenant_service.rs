@@ -127,7 +127,11 @@ async fn main() {
         });
         let layer = TenantRateLimitLayer::builder(&quotas)
             .headers(args.headers)
-            .build();
+            .build()
+            .unwrap_or_else(|error| {
+                eprintln!("error: {error}");
+                std::process::exit(1);
+            });
         reload_on_hangup(layer.handle(), args.policy.clone());
         app = app.layer(layer);
     }

@@ -12,17 +12,20 @@ use pin_project_lite::pin_project;
 use crate::body::RateLimitBody;
 use crate::response::RateHeaders;
 
+/// The answer of a check that waits for Redis.
+type Remote<B, E> = Pin<Box<dyn Future<Output = Result<Response<RateLimitBody<B>>, E>> + Send>>;
+
 pin_project! {
     /// The future of [`crate::TenantRateLimit`].
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<F, B, E> {
         #[pin]
-        state: State<F>,
+        state: State<F, B, E>,
     }
 }
 
 pin_project! {
     #[project = StateProjection]
-    enum State<F> {
+    enum State<F, B, E> {
         Inner {
             #[pin]
             future: F,
@@ -32,13 +35,23 @@ pin_project! {
         Rejected {
             response: Option<Box<Response<Bytes>>>,
         },
+        // The Redis backend: check, then call the inner service.
+        Remote {
+            future: Remote<B, E>,
+        },
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(future: F, headers: Option<RateHeaders>) -> Self {
         ResponseFuture {
             state: State::Inner { future, headers },
+        }
+    }
+
+    pub(crate) fn remote(future: Remote<B, E>) -> Self {
+        ResponseFuture {
+            state: State::Remote { future },
         }
     }
 
@@ -51,7 +64,7 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
@@ -70,6 +83,7 @@ where
                 let response = response.take().expect("polled after completion");
                 Poll::Ready(Ok((*response).map(RateLimitBody::rejection)))
             }
+            StateProjection::Remote { future } => future.as_mut().poll(cx),
         }
     }
 }

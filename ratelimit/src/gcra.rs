@@ -43,7 +43,7 @@ pub fn quota(limit: &Limit) -> Quota {
 }
 
 /// One limit in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Gcra {
     /// One request per `interval` on average.
     pub interval: u64,
@@ -65,6 +65,17 @@ impl Gcra {
     pub fn burst(&self) -> NonZeroU32 {
         let burst = (self.tolerance / self.interval).clamp(1, u64::from(u32::MAX));
         NonZeroU32::new(burst as u32).unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// This limit's share for one of `instances`: the rate divided by
+    /// `instances`, the burst too (rounded up).
+    pub fn shared_by(&self, instances: u64) -> Gcra {
+        let burst = (self.tolerance / self.interval).div_ceil(instances).max(1);
+        let interval = self.interval.saturating_mul(instances);
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(burst),
+        }
     }
 
     /// Requests that would be admitted right now against `tat`.

@@ -15,6 +15,7 @@ use crate::key::{TenantExtension, TenantKey};
 use crate::limiter::{Limiter, MissingKey, PolicyCell, Settings};
 use crate::observe::{Counters, EventLog};
 use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher};
+use crate::redis::{Backend, BuildError, RedisBackend};
 use crate::service::TenantRateLimit;
 use crate::store::Store;
 
@@ -52,6 +53,7 @@ impl TenantRateLimitLayer {
                 shadow: false,
             },
             max_keys: DEFAULT_MAX_KEYS,
+            backend: None,
         }
     }
 }
@@ -62,6 +64,7 @@ impl<K, C: Clock> TenantRateLimitLayer<K, C> {
         RateLimitHandle {
             cell: Arc::clone(&self.limiter.cell),
             store: Arc::clone(&self.limiter.store),
+            redis: self.limiter.redis.clone(),
         }
     }
 }
@@ -82,6 +85,7 @@ pub struct Builder<K, C> {
     wall: Option<OffsetDateTime>,
     settings: Settings,
     max_keys: NonZeroUsize,
+    backend: Option<Backend>,
 }
 
 impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
@@ -94,6 +98,7 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
             wall: self.wall,
             settings: self.settings,
             max_keys: self.max_keys,
+            backend: self.backend,
         }
     }
 
@@ -140,7 +145,15 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
             wall: self.wall,
             settings: self.settings,
             max_keys: self.max_keys,
+            backend: self.backend,
         }
+    }
+
+    /// Keeps the state in `backend` instead of where the policy's
+    /// `[quotas] backend` says (by default, in this instance's memory).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
     }
 
     /// Evaluates override expiry as if built at `wall` (tests and replays).
@@ -149,8 +162,17 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
         self
     }
 
-    /// The layer.
-    pub fn build(self) -> TenantRateLimitLayer<K, C> {
+    /// The layer. With the Redis backend, call it inside a Tokio runtime:
+    /// it starts connecting in the background.
+    pub fn build(self) -> Result<TenantRateLimitLayer<K, C>, BuildError> {
+        let backend = match self.backend {
+            Some(backend) => backend,
+            None => Backend::from_quotas(&self.quotas)?,
+        };
+        let redis = match &backend {
+            Backend::Local => None,
+            Backend::Redis(settings) => Some(RedisBackend::start(settings, self.max_keys.get())?),
+        };
         let start = self.clock.now();
         let hasher = KeyHasher::default();
         let at = CompiledAt {
@@ -172,11 +194,12 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
             start,
             cell: Arc::new(cell),
             store: Arc::new(Store::new(self.max_keys.get())),
+            redis,
             unidentified: Counters::unidentified(),
         };
-        TenantRateLimitLayer {
+        Ok(TenantRateLimitLayer {
             limiter: Arc::new(limiter),
-        }
+        })
     }
 }
 
@@ -185,6 +208,7 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
 pub struct RateLimitHandle {
     cell: Arc<PolicyCell>,
     store: Arc<Store>,
+    redis: Option<Arc<RedisBackend>>,
 }
 
 impl RateLimitHandle {
@@ -197,6 +221,13 @@ impl RateLimitHandle {
     /// [`RateLimitHandle::reload`], evaluating override expiry as of `wall`.
     pub fn reload_at(&self, quotas: &Quotas, wall: OffsetDateTime) {
         self.cell.reload(quotas, Some(wall));
+    }
+
+    /// With the Redis backend, whether checks go to Redis now (`false`
+    /// while it is unreachable and checks are decided locally); `None` with
+    /// the local backend.
+    pub fn redis_connected(&self) -> Option<bool> {
+        self.redis.as_ref().map(|redis| redis.connected())
     }
 
     /// How many keys have state now.

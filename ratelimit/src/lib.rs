@@ -29,7 +29,7 @@
 //! "#;
 //! let today = time::macros::date!(2026 - 11 - 22);
 //! let policy = Policy::from_toml(text, "floodgate.toml", today).unwrap().policy;
-//! let layer = TenantRateLimitLayer::builder(policy.quotas.as_ref().unwrap()).build();
+//! let layer = TenantRateLimitLayer::builder(policy.quotas.as_ref().unwrap()).build().unwrap();
 //! let mut service = layer.layer(tower::service_fn(|_req: Request<String>| async {
 //!     Ok::<_, Infallible>(Response::new(String::from("ok")))
 //! }));
@@ -56,6 +56,7 @@ mod layer;
 mod limiter;
 mod observe;
 mod policy;
+mod redis;
 mod response;
 mod service;
 mod store;
@@ -68,5 +69,6 @@ pub use key::{Key, RequestHead, Tenant, TenantExtension, TenantHeader, TenantKey
 pub use layer::{Builder, DEFAULT_MAX_KEYS, RateLimitHandle, TenantRateLimitLayer};
 pub use limiter::MissingKey;
 pub use observe::REQUESTS_TOTAL;
+pub use redis::{Backend, BuildError, FALLBACKS_TOTAL, RedisSettings, SCRIPT};
 pub use response::{RATELIMIT, RATELIMIT_POLICY};
 pub use service::TenantRateLimit;

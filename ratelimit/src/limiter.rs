@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
 use floodgate_rules::policy::Quotas;
 use governor::clock::{Clock, Reference};
@@ -15,9 +15,10 @@ use crate::client_ip::ClientIp;
 use crate::gcra::{Verdict, ceil_seconds};
 use crate::key::{Key, RequestHead, TenantKey};
 use crate::observe::{Event, EventLog};
-use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher};
+use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher, LimitSet};
+use crate::redis::RedisBackend;
 use crate::response::{self, RateHeaders};
-use crate::store::Store;
+use crate::store::{Checked, Store};
 
 /// What to do with a request that carries no tenant key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +69,8 @@ pub(crate) enum Decision {
     Pass(Option<RateHeaders>),
     /// Answer it with this response.
     Reject(Box<Response<Bytes>>),
+    /// Ask Redis first, under this policy: [`Limiter::decide_remote`].
+    Remote(Arc<CompiledPolicy>),
 }
 
 /// Everything the request path needs, shared by every clone of the service.
@@ -78,36 +81,103 @@ pub(crate) struct Limiter<K, C: Clock> {
     pub start: C::Instant,
     pub cell: Arc<PolicyCell>,
     pub store: Arc<Store>,
+    /// Set when the state lives in Redis; `store` is then unused.
+    pub redis: Option<Arc<RedisBackend>>,
     pub events: EventLog<C>,
     pub unidentified: Counter,
 }
 
+/// The request's key, or the answer to a request without one.
+type Keyed<'r> = Result<Key<'r>, Decision>;
+
 impl<K: TenantKey, C: Clock> Limiter<K, C> {
-    /// Decides what happens to the request with head `head`.
+    /// Decides what happens to the request with head `head`: at once for
+    /// the local backend, and for Redis when the near-cache or the fallback
+    /// can answer; otherwise [`Decision::Remote`].
     pub fn decide(&self, head: RequestHead<'_>) -> Decision {
-        let key = match self.key.key(head) {
-            Some(key) => key,
-            None => match self.settings.missing_key {
-                MissingKey::Anonymous => self.anonymous_key(head),
-                MissingKey::Unauthorized => {
-                    return self.unidentified(head, StatusCode::UNAUTHORIZED);
-                }
-                MissingKey::BadRequest => return self.unidentified(head, StatusCode::BAD_REQUEST),
-            },
+        let key = match self.key_of(head) {
+            Ok(key) => key,
+            Err(answer) => return answer,
         };
-        let now = self.clock.now().duration_since(self.start).as_u64();
+        let now = self.now();
         let policy = self.cell.policy.load();
         let hash = self.cell.hasher.hash(&key);
-        let resolved = policy.resolve(&key, hash, now);
-        let set = resolved.set;
+        let set = self.resolve(&policy, &key, hash, now);
+        let checked = match &self.redis {
+            None => self.store.check(hash, set.fingerprint, &set.limits, now),
+            Some(redis) => match redis.near_cache(hash, now) {
+                Some(checked) => checked,
+                None if redis.connected() => return Decision::Remote(Guard::into_inner(policy)),
+                None => redis.fallback(hash, set, now),
+            },
+        };
+        self.settle(head, &key, set, checked, now)
+    }
+
+    /// Finishes a [`Decision::Remote`]: asks Redis, or decides locally if it
+    /// does not answer within its budget. Never returns `Remote`.
+    pub async fn decide_remote(
+        &self,
+        head: RequestHead<'_>,
+        policy: Arc<CompiledPolicy>,
+        redis: &Arc<RedisBackend>,
+    ) -> Decision {
+        let key = match self.key_of(head) {
+            Ok(key) => key,
+            Err(answer) => return answer,
+        };
+        let now = self.now();
+        let hash = self.cell.hasher.hash(&key);
+        let set = policy.resolve(&key, hash, now).set;
+        let checked = match redis.check(hash, set, now).await {
+            Some(reply) => reply.checked,
+            None => redis.fallback(hash, set, now),
+        };
+        self.settle(head, &key, set, checked, now)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now().duration_since(self.start).as_u64()
+    }
+
+    fn key_of<'r>(&self, head: RequestHead<'r>) -> Keyed<'r> {
+        if let Some(key) = self.key.key(head) {
+            return Ok(key);
+        }
+        match self.settings.missing_key {
+            MissingKey::Anonymous => Ok(self.anonymous_key(head)),
+            MissingKey::Unauthorized => Err(self.unidentified(head, StatusCode::UNAUTHORIZED)),
+            MissingKey::BadRequest => Err(self.unidentified(head, StatusCode::BAD_REQUEST)),
+        }
+    }
+
+    fn resolve<'p>(
+        &self,
+        policy: &'p CompiledPolicy,
+        key: &Key<'_>,
+        hash: u64,
+        now: u64,
+    ) -> &'p LimitSet {
+        let resolved = policy.resolve(key, hash, now);
         if resolved.unknown_plan {
             let plan = match key {
                 Key::Tenant { plan, .. } => plan.unwrap_or_default(),
                 _ => "",
             };
-            self.events.emit(Event::UnknownPlan { plan, key: &key });
+            self.events.emit(Event::UnknownPlan { plan, key });
         }
-        let checked = self.store.check(hash, set.fingerprint, &set.limits, now);
+        resolved.set
+    }
+
+    /// Counts, logs and answers a checked request.
+    fn settle(
+        &self,
+        head: RequestHead<'_>,
+        key: &Key<'_>,
+        set: &LimitSet,
+        checked: Checked,
+        now: u64,
+    ) -> Decision {
         let Verdict::Refuse { wait, limit } = checked.verdict else {
             set.counters.allowed.increment(1);
             let headers = self.settings.headers;
@@ -119,7 +189,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let shadow = set.shadow || self.settings.shadow;
         self.events.emit(Event::OverLimit {
             plan: &set.label,
-            key: &key,
+            key,
             retry_after_seconds: retry_after,
             shadow,
             overflow: checked.overflow,

@@ -36,22 +36,53 @@ impl<S: Clone, K, C: Clock> Clone for TenantRateLimit<S, K, C> {
 
 impl<S, K, C, ReqBody, ResBody> Service<Request<ReqBody>> for TenantRateLimit<S, K, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     K: TenantKey,
-    C: Clock,
+    C: Clock + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+    ReqBody: Send + 'static,
+    ResBody: 'static,
+    S::Error: 'static,
 {
     type Response = Response<RateLimitBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match self.limiter.decide(RequestHead::of(&request)) {
-            Decision::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
-            Decision::Reject(response) => ResponseFuture::rejected(response),
-        }
+        let policy = match self.limiter.decide(RequestHead::of(&request)) {
+            Decision::Pass(headers) => {
+                return ResponseFuture::inner(self.inner.call(request), headers);
+            }
+            Decision::Reject(response) => return ResponseFuture::rejected(response),
+            Decision::Remote(policy) => policy,
+        };
+        // Redis answers later: take the service that poll_ready made ready,
+        // and leave a clone for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limiter = Arc::clone(&self.limiter);
+        ResponseFuture::remote(Box::pin(async move {
+            let redis = limiter
+                .redis
+                .as_ref()
+                .expect("only the Redis backend defers");
+            let head = RequestHead::of(&request);
+            match limiter.decide_remote(head, policy, redis).await {
+                Decision::Pass(headers) => {
+                    let mut response = inner.call(request).await?;
+                    if let Some(headers) = headers {
+                        headers.insert_into(response.headers_mut());
+                    }
+                    Ok(response.map(RateLimitBody::inner))
+                }
+                Decision::Reject(response) => Ok((*response).map(RateLimitBody::rejection)),
+                Decision::Remote(_) => unreachable!("decide_remote always decides"),
+            }
+        }))
     }
 }

@@ -68,7 +68,8 @@ plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
     let clock = FakeRelativeClock::default();
     let layer = TenantRateLimitLayer::builder(&quotas)
         .clock(clock.clone())
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(tower::service_fn(|_: Request<()>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(())))
     }));

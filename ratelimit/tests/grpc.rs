@@ -24,7 +24,8 @@ plans = [{ name = "free", limits = [{ requests = 2, per_seconds = 60 }] }]
         .unwrap();
     let layer = TenantRateLimitLayer::builder(&quotas)
         .key(TenantHeader::new(HeaderName::from_static("x-tenant-id")))
-        .build();
+        .build()
+        .unwrap();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

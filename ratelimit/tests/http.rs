@@ -97,7 +97,8 @@ fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
 async fn the_third_request_gets_429_with_retry_after_ratelimit_fields_and_a_problem() {
     let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
         .key(tenant_header())
-        .build();
+        .build()
+        .unwrap();
     let addr = serve(app().layer(layer)).await;
     let tenant = [("x-tenant-id", "acme")];
 
@@ -131,7 +132,8 @@ async fn headers_can_be_switched_off_and_missing_keys_refused() {
         .key(tenant_header())
         .headers(false)
         .missing_key(MissingKey::Unauthorized)
-        .build();
+        .build()
+        .unwrap();
     let addr = serve(app().layer(layer)).await;
     let ok = get_with(addr, &[("x-tenant-id", "acme")]).await;
     assert_eq!(ok.status, StatusCode::OK);
@@ -154,7 +156,8 @@ async fn a_spoofed_leftmost_forwarded_for_does_not_escape_the_limit() {
             &trusted,
             ForwardedHeader::XForwardedFor,
         ))
-        .build();
+        .build()
+        .unwrap();
     let addr = serve(app().layer(layer)).await;
     let mut statuses = Vec::new();
     for spoof in 1..=4 {
@@ -179,7 +182,8 @@ async fn a_spoofed_leftmost_forwarded_for_does_not_escape_the_limit() {
 async fn without_trusted_proxies_forwarded_for_is_ignored() {
     let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
         .key(tenant_header())
-        .build();
+        .build()
+        .unwrap();
     let addr = serve(app().layer(layer)).await;
     let mut statuses = Vec::new();
     for client in 1..=3 {
@@ -202,7 +206,8 @@ async fn without_trusted_proxies_forwarded_for_is_ignored() {
 async fn a_reload_mid_traffic_applies_new_limits_and_keeps_unchanged_state() {
     let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
         .key(tenant_header())
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
 
@@ -255,7 +260,8 @@ async fn a_key_spray_stays_under_the_cap_and_shares_one_budget() {
     let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .max_keys(NonZeroUsize::new(1_000).unwrap())
-        .build();
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let addr = serve(app().layer(layer)).await;
     let mut admitted = 0;

@@ -27,7 +27,10 @@ fn quotas(text: &str) -> Quotas {
 
 /// A service that answers "ok" at once.
 fn ok_service()
--> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Unpin> {
+-> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Unpin + Send>
++ Clone
++ Send
++ 'static {
     tower::service_fn(|_: Request<()>| std::future::ready(Ok(Response::new("ok".to_owned()))))
 }
 
@@ -71,7 +74,8 @@ plans = [{ name = "slow", limits = [{ requests = 2, per_seconds = 3, burst = 1 }
     let clock = FakeRelativeClock::default();
     let layer = TenantRateLimitLayer::builder(&quotas(text))
         .clock(clock.clone())
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(ok_service());
     assert_eq!(send(&mut service, "acme").0, StatusCode::OK);
     clock.advance(Duration::from_millis(1_499));
@@ -94,7 +98,8 @@ plans = [{ name = "free", limits = [{ requests = 3, per_seconds = 1 }, { request
     let clock = FakeRelativeClock::default();
     let layer = TenantRateLimitLayer::builder(&quotas(text))
         .clock(clock.clone())
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(ok_service());
     let statuses: Vec<u16> = (0..5)
         .map(|_| send(&mut service, "acme").0.as_u16())
@@ -130,7 +135,8 @@ expires = 2026-12-15
     let layer = TenantRateLimitLayer::builder(&quotas(text))
         .clock(clock.clone())
         .wall_clock_at(time::macros::datetime!(2026-12-15 23:59 UTC))
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(ok_service());
     for _ in 0..10 {
         assert_eq!(send(&mut service, "acme").0, StatusCode::OK);
@@ -176,6 +182,7 @@ plans = [
         TenantRateLimitLayer::builder(&quotas(text))
             .clock(FakeRelativeClock::default())
             .build()
+            .unwrap()
     });
     let mut service = layer.layer(ok_service());
     let statuses: Vec<u16> = (0..5)
@@ -205,7 +212,8 @@ plans = [{ name = "paid", limits = [{ requests = 1, per_seconds = 60 }] }]
     let layer = TenantRateLimitLayer::builder(&quotas(text))
         .clock(FakeRelativeClock::default())
         .shadow(true)
-        .build();
+        .build()
+        .unwrap();
     let mut service = layer.layer(ok_service());
     let (status, headers) = (0..3).map(|_| send(&mut service, "acme")).last().unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -247,7 +255,7 @@ proptest! {
         steps in prop::collection::vec((0usize..3, 0u64..400), 1..300)
     ) {
         let clock = FakeRelativeClock::default();
-        let layer = TenantRateLimitLayer::builder(&quotas(MODEL_PLAN)).clock(clock.clone()).build();
+        let layer = TenantRateLimitLayer::builder(&quotas(MODEL_PLAN)).clock(clock.clone()).build().unwrap();
         let mut service = layer.layer(ok_service());
         // (interval, burst) for 5/s burst 3 and 20/min.
         let limits = [(200_000_000u64, 3u64), (3_000_000_000, 20)];
