@@ -105,7 +105,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let set = self.resolve(&policy, &key, hash, now);
         let checked = match &self.redis {
             None => self.store.check(hash, set.fingerprint, &set.limits, now),
-            Some(redis) => match redis.near_cache(hash, now) {
+            Some(redis) => match redis.near_cache(hash, set, now) {
                 Some(checked) => checked,
                 None if redis.connected() => return Decision::Remote(Guard::into_inner(policy)),
                 None => redis.fallback(hash, set, now),
@@ -129,7 +129,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let now = self.now();
         let hash = self.cell.hasher.hash(&key);
         let set = policy.resolve(&key, hash, now).set;
-        let checked = match redis.check(hash, set, now).await {
+        let checked = match redis.check(&key, hash, set, now).await {
             Some(reply) => reply.checked,
             None => redis.fallback(hash, set, now),
         };

@@ -15,8 +15,9 @@
 //!   while Redis is out, N instances admit up to N / `expected_instances`
 //!   times the quota, and a tenant keeps both what Redis admitted before the
 //!   outage and what the local limiter admits during it.
-//! - **Topology.** Keys are `floodgate:{<hash>}`, one slot each, so the
-//!   backend works against Redis Cluster. Keys expire once every limit has
+//! - **Topology.** Keys are `floodgate:{t:<tenant>}`, `floodgate:{i:<ip>}`
+//!   or `floodgate:{s:<sha1 of an API key>}`, the same in every instance and
+//!   one slot each, so the backend works against Redis Cluster. Keys expire once every limit has
 //!   refilled, so Redis holds only active tenants.
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 
 use crate::gcra::{Gcra, Tats, Verdict};
+use crate::key::Key;
 use crate::policy::LimitSet;
 use crate::store::{Checked, IdentityHash, Store};
 
@@ -167,16 +169,24 @@ impl RedisBackend {
         self.connection.load().is_some()
     }
 
-    /// The near-cache's answer for a tenant Redis refused recently.
-    pub fn near_cache(&self, hash: u64, now: u64) -> Option<Checked> {
-        self.near_cache.get(hash, now)
+    /// The near-cache's answer for a tenant Redis refused recently under
+    /// the same limits.
+    pub fn near_cache(&self, hash: u64, set: &LimitSet, now: u64) -> Option<Checked> {
+        self.near_cache.get(hash, set.fingerprint, now)
     }
 
-    /// Asks Redis; `None` when it could not answer in time.
-    pub async fn check(self: &Arc<Self>, hash: u64, set: &LimitSet, now: u64) -> Option<Reply> {
+    /// Asks Redis about `key`, whose local hash is `hash`; `None` when it
+    /// could not answer in time.
+    pub async fn check(
+        self: &Arc<Self>,
+        key: &Key<'_>,
+        hash: u64,
+        set: &LimitSet,
+        now: u64,
+    ) -> Option<Reply> {
         let connection = self.connection.load_full()?;
         let mut connection = MultiplexedConnection::clone(&connection);
-        let mut invocation = self.script.key(format!("floodgate:{{{hash:016x}}}"));
+        let mut invocation = self.script.key(redis_key(key));
         invocation
             .arg(set.fingerprint.to_string())
             .arg(set.limits.len());
@@ -199,8 +209,9 @@ impl RedisBackend {
         };
         let reply = parse_reply(&values, set.limits.len(), now)?;
         if let Verdict::Refuse { wait, .. } = reply.checked.verdict {
+            let until = now.saturating_add(wait);
             self.near_cache
-                .insert(hash, now.saturating_add(wait), reply.checked);
+                .insert(hash, until, set.fingerprint, reply.checked);
         }
         Some(reply)
     }
@@ -259,6 +270,20 @@ impl RedisBackend {
     }
 }
 
+/// The key's state in Redis: the same in every instance, so not the
+/// per-process hash. `{…}` is the Cluster hash tag, so every key is one slot.
+/// A secret (an API key) is stored as its SHA-1, never as itself.
+fn redis_key(key: &Key<'_>) -> String {
+    match key {
+        Key::Tenant { id, .. } => format!("floodgate:{{t:{id}}}"),
+        Key::Ip(ip) => format!("floodgate:{{i:{ip}}}"),
+        Key::Secret(secret) => {
+            let digest = sha1_smol::Sha1::from(secret).digest();
+            format!("floodgate:{{s:{digest}}}")
+        }
+    }
+}
+
 /// Turns the script's reply into a check result on the local clock.
 fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Reply> {
     let micros = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
@@ -289,8 +314,16 @@ fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Reply> {
     })
 }
 
-/// Refusals by key hash: until when, and what Redis answered.
-type Refusals = HashMap<u64, (u64, Checked), IdentityHash>;
+/// A refusal Redis gave: until when, under which limits, and its answer.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    until: u64,
+    fingerprint: u64,
+    checked: Checked,
+}
+
+/// Refusals by key hash.
+type Refusals = HashMap<u64, Refusal, IdentityHash>;
 
 /// Tenants Redis refused, until the time it said they may retry.
 struct NearCache {
@@ -312,44 +345,46 @@ impl NearCache {
         &self.shards[(hash >> 32) as usize % Self::SHARDS]
     }
 
-    fn get(&self, hash: u64, now: u64) -> Option<Checked> {
+    fn get(&self, hash: u64, fingerprint: u64, now: u64) -> Option<Checked> {
         let mut shard = self.shard(hash).lock();
-        let &(until, checked) = shard.get(&hash)?;
-        if until <= now {
+        let refusal = *shard.get(&hash)?;
+        // Expired, or the limits changed (a reload): Redis decides again.
+        if refusal.until <= now || refusal.fingerprint != fingerprint {
             shard.remove(&hash);
             return None;
         }
-        let Verdict::Refuse { limit, .. } = checked.verdict else {
+        let Verdict::Refuse { limit, .. } = refusal.checked.verdict else {
             return None;
         };
         Some(Checked {
             verdict: Verdict::Refuse {
-                wait: until - now,
+                wait: refusal.until - now,
                 limit,
             },
-            ..checked
+            ..refusal.checked
         })
     }
 
     /// Remembers a refusal; a full shard first forgets expired ones, and
     /// skips the entry if that frees nothing (the cache is an optimisation).
-    fn insert(&self, hash: u64, until: u64, checked: Checked) {
+    fn insert(&self, hash: u64, until: u64, fingerprint: u64, checked: Checked) {
+        let Verdict::Refuse { wait, .. } = checked.verdict else {
+            return;
+        };
         let mut shard = self.shard(hash).lock();
         if shard.len() >= self.shard_capacity {
-            let now = until.saturating_sub(checked_wait(&checked));
-            shard.retain(|_, (expiry, _)| *expiry > now);
+            let now = until.saturating_sub(wait);
+            shard.retain(|_, refusal| refusal.until > now);
             if shard.len() >= self.shard_capacity {
                 return;
             }
         }
-        shard.insert(hash, (until, checked));
-    }
-}
-
-fn checked_wait(checked: &Checked) -> u64 {
-    match checked.verdict {
-        Verdict::Refuse { wait, .. } => wait,
-        Verdict::Admit => 0,
+        let refusal = Refusal {
+            until,
+            fingerprint,
+            checked,
+        };
+        shard.insert(hash, refusal);
     }
 }
 
@@ -377,16 +412,35 @@ mod tests {
     fn the_near_cache_answers_until_the_retry_time_only() {
         let cache = NearCache::new(1_000);
         let refused = parse_reply(&[0, 2, 0, 5], 1, 0).unwrap().checked;
-        cache.insert(7, 2_000, refused);
+        cache.insert(7, 2_000, 42, refused);
+        assert!(cache.get(7, 43, 500).is_none(), "other limits: ask Redis");
+        cache.insert(7, 2_000, 42, refused);
         assert_eq!(
-            cache.get(7, 500).unwrap().verdict,
+            cache.get(7, 42, 500).unwrap().verdict,
             Verdict::Refuse {
                 wait: 1_500,
                 limit: 0
             }
         );
-        assert!(cache.get(7, 2_000).is_none());
-        assert!(cache.get(7, 500).is_none(), "expired entries are dropped");
+        assert!(cache.get(7, 42, 2_000).is_none());
+        assert!(
+            cache.get(7, 42, 500).is_none(),
+            "expired entries are dropped"
+        );
+    }
+
+    #[test]
+    fn redis_keys_are_stable_tagged_and_never_hold_a_secret() {
+        let tenant = Key::Tenant {
+            id: "acme",
+            plan: Some("pro"),
+        };
+        assert_eq!(redis_key(&tenant), "floodgate:{t:acme}");
+        let ip = Key::Ip("2001:db8::".parse().unwrap());
+        assert_eq!(redis_key(&ip), "floodgate:{i:2001:db8::}");
+        let secret = redis_key(&Key::Secret(b"sk_live_123"));
+        assert!(secret.starts_with("floodgate:{s:") && !secret.contains("sk_live"));
+        assert_eq!(secret.len(), "floodgate:{s:}".len() + 40);
     }
 
     #[test]

@@ -1,0 +1,396 @@
+//! The Redis backend against a real Redis on 127.0.0.1:6379 (which
+//! `scripts/test.sh` starts when none is running), and against Redis servers
+//! and a delaying proxy that the tests start themselves.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use floodgate_ratelimit::{
+    Backend, FALLBACKS_TOTAL, RateLimitHandle, RedisSettings, Tenant, TenantRateLimitLayer,
+};
+use floodgate_rules::Policy;
+use floodgate_rules::policy::Quotas;
+use http::{HeaderMap, Request, Response, StatusCode};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Layer, Service, ServiceExt};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn quotas(text: &str) -> Quotas {
+    let today = time::macros::date!(2026 - 11 - 22);
+    Policy::from_toml(text, "redis.toml", today)
+        .expect("valid policy")
+        .policy
+        .quotas
+        .expect("has [quotas]")
+}
+
+/// A tenant id no earlier run has used: Redis outlives test runs.
+fn fresh_tenant(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+fn redis_at(url: &str, timeout: Duration, expected_instances: u32) -> Backend {
+    Backend::Redis(RedisSettings {
+        url: url.to_owned(),
+        password: None,
+        timeout,
+        expected_instances: NonZeroU32::new(expected_instances).unwrap(),
+    })
+}
+
+type Limited = floodgate_ratelimit::TenantRateLimit<
+    tower::util::ServiceFn<fn(Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>>>,
+    floodgate_ratelimit::TenantExtension,
+    governor::clock::QuantaClock,
+>;
+
+fn ok(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
+    std::future::ready(Ok(Response::new(())))
+}
+
+fn service(quotas: &Quotas, backend: Backend) -> (Limited, RateLimitHandle) {
+    let layer = TenantRateLimitLayer::builder(quotas)
+        .backend(backend)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let inner = tower::service_fn(ok as fn(_) -> _);
+    (layer.layer(inner), handle)
+}
+
+async fn send(service: &mut Limited, tenant: &str) -> (StatusCode, HeaderMap) {
+    let mut request = Request::new(());
+    request.extensions_mut().insert(Tenant::new(tenant));
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    (response.status(), response.headers().clone())
+}
+
+async fn admitted(service: &mut Limited, tenant: &str, requests: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..requests {
+        if send(service, tenant).await.0 == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+async fn wait_until_connected(handle: &RateLimitHandle, connected: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle.redis_connected() != Some(connected) {
+        assert!(
+            Instant::now() < deadline,
+            "the backend never became connected={connected}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// 50 a second with bursts of 10.
+const SHARED_PLAN: &str = r#"
+[quotas]
+default_plan = "shared"
+plans = [{ name = "shared", limits = [{ requests = 50, per_seconds = 1, burst = 10 }] }]
+"#;
+
+/// Four instances hammer one tenant for `seconds`; returns what they
+/// admitted in all, and the time it took.
+async fn four_instances(backend: impl Fn() -> Backend, tenant: &str, seconds: f64) -> (usize, f64) {
+    let quotas = quotas(SHARED_PLAN);
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        let (service, handle) = service(&quotas, backend());
+        if handle.redis_connected().is_some() {
+            wait_until_connected(&handle, true).await;
+        }
+        instances.push(service);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = instances
+        .into_iter()
+        .map(|mut service| {
+            let tenant = tenant.to_owned();
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                while started.elapsed().as_secs_f64() < seconds {
+                    if send(&mut service, &tenant).await.0 == StatusCode::OK {
+                        admitted += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    (total, started.elapsed().as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_instances_share_one_limit_through_redis_and_admit_four_times_without() {
+    let budget = Duration::from_millis(250);
+    let tenant = fresh_tenant("shared");
+    let (shared, elapsed) = four_instances(|| redis_at(REDIS, budget, 4), &tenant, 2.0).await;
+    // GCRA: the burst, plus one per 20 ms of the time the test ran.
+    let bound = 10 + (50.0 * elapsed).ceil() as usize;
+    assert!(shared <= bound, "admitted {shared}, GCRA allows {bound}");
+    assert!(
+        shared * 10 >= bound * 8,
+        "admitted {shared}: the limit, not far less ({bound})"
+    );
+
+    let (local, elapsed) = four_instances(|| Backend::Local, &fresh_tenant("local"), 2.0).await;
+    let local_bound = 10 + (50.0 * elapsed).ceil() as usize;
+    assert!(
+        local > 3 * local_bound,
+        "four local limiters admit about 4× one limit: {local} vs {local_bound}"
+    );
+    println!(
+        "through Redis: {shared} (bound {bound}); local only: {local} (one limit {local_bound})"
+    );
+}
+
+#[tokio::test]
+async fn plans_overrides_headers_and_reload_work_as_with_the_local_backend() {
+    let tenant = fresh_tenant("plain");
+    let vip = fresh_tenant("vip");
+    let text = format!(
+        r#"
+[quotas]
+default_plan = "free"
+plans = [
+  {{ name = "free", limits = [{{ requests = 2, per_seconds = 60 }}] }},
+  {{ name = "big", limits = [{{ requests = 100, per_seconds = 60 }}] }},
+]
+
+[[quotas.overrides]]
+tenant = "{vip}"
+plan = "big"
+reason = "test"
+owner = "test"
+expires = 2099-01-01
+"#
+    );
+    let (mut service, handle) = service(
+        &quotas(&text),
+        redis_at(REDIS, Duration::from_millis(250), 1),
+    );
+    wait_until_connected(&handle, true).await;
+
+    let (status, headers) = send(&mut service, &tenant).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["ratelimit"], "\"free\";r=1;t=30");
+    assert_eq!(send(&mut service, &tenant).await.0, StatusCode::OK);
+    let (status, headers) = send(&mut service, &tenant).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "30");
+    assert_eq!(
+        admitted(&mut service, &vip, 20).await,
+        20,
+        "the override's plan applies"
+    );
+
+    handle.reload(&quotas(&text.replace("requests = 2,", "requests = 5,")));
+    assert_eq!(
+        admitted(&mut service, &tenant, 10).await,
+        5,
+        "new limits start afresh in Redis too"
+    );
+}
+
+/// A free loopback port with nothing listening on it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis server of the test's own, stopped when dropped.
+struct RedisServer(Child);
+
+impl RedisServer {
+    fn start(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed by scripts/test.sh");
+        RedisServer(child)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The fallback counter; the debugging recorder hands out increments since
+/// the last snapshot, so this adds them up.
+struct Fallbacks {
+    snapshotter: Snapshotter,
+    total: u64,
+}
+
+impl Fallbacks {
+    fn total(&mut self) -> u64 {
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            if let (FALLBACKS_TOTAL, DebugValue::Counter(count)) = (key.key().name(), value) {
+                self.total += count;
+            }
+        }
+        self.total
+    }
+}
+
+/// 8 a minute; with 4 instances expected, 2 a minute each while Redis is out.
+const EIGHT_A_MINUTE: &str = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 8, per_seconds = 60 }] }]
+"#;
+
+#[tokio::test]
+async fn with_redis_down_requests_flow_under_fallback_limits_until_it_is_back() {
+    let port = free_port();
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks {
+        snapshotter: recorder.snapshotter(),
+        total: 0,
+    };
+    let (mut service, handle) = metrics::with_local_recorder(&recorder, || {
+        let url = format!("redis://127.0.0.1:{port}");
+        service(
+            &quotas(EIGHT_A_MINUTE),
+            redis_at(&url, Duration::from_millis(250), 4),
+        )
+    });
+    assert_eq!(handle.redis_connected(), Some(false));
+    let tenant = fresh_tenant("outage");
+    assert_eq!(
+        admitted(&mut service, &tenant, 10).await,
+        2,
+        "a quarter of the quota"
+    );
+    assert_eq!(fallbacks.total(), 10);
+
+    let _redis = RedisServer::start(port);
+    wait_until_connected(&handle, true).await;
+    let other = fresh_tenant("recovered");
+    assert_eq!(
+        admitted(&mut service, &other, 10).await,
+        8,
+        "Redis decides again"
+    );
+    assert_eq!(fallbacks.total(), 10, "no fallback once reconnected");
+}
+
+/// Forwards loopback TCP to Redis, holding each chunk for `delay_ms`.
+async fn delaying_proxy(target: SocketAddr, delay_ms: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(target).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pump(client_read, server_write, delay_ms.clone()));
+            tokio::spawn(pump(server_read, client_write, delay_ms.clone()));
+        }
+    });
+    addr
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<AtomicU64>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    while let Ok(read) = from.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_redis_trips_the_budget_and_the_instance_decides_locally() {
+    let delay = Arc::new(AtomicU64::new(0));
+    let proxy = delaying_proxy("127.0.0.1:6379".parse().unwrap(), delay.clone()).await;
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks {
+        snapshotter: recorder.snapshotter(),
+        total: 0,
+    };
+    let (mut service, handle) = metrics::with_local_recorder(&recorder, || {
+        let url = format!("redis://{proxy}");
+        service(
+            &quotas(EIGHT_A_MINUTE),
+            redis_at(&url, Duration::from_millis(20), 4),
+        )
+    });
+    wait_until_connected(&handle, true).await;
+    let tenant = fresh_tenant("slow");
+    assert_eq!(send(&mut service, &tenant).await.0, StatusCode::OK);
+    assert_eq!(fallbacks.total(), 0);
+
+    delay.store(200, Ordering::SeqCst);
+    let (status, _) = send(&mut service, &tenant).await;
+    assert_eq!(status, StatusCode::OK, "decided locally, not failed");
+    assert_eq!(fallbacks.total(), 1, "the 20 ms budget tripped");
+    assert_eq!(handle.redis_connected(), Some(false));
+    // While Redis stays slow, checks don't wait for it at all.
+    let before = Instant::now();
+    admitted(&mut service, &tenant, 5).await;
+    assert_eq!(fallbacks.total(), 6);
+    assert!(
+        before.elapsed() < Duration::from_millis(200),
+        "no check waited on Redis"
+    );
+
+    delay.store(0, Ordering::SeqCst);
+    wait_until_connected(&handle, true).await;
+    let (status, headers) = send(&mut service, &fresh_tenant("fast-again")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["ratelimit"], "\"free\";r=7;t=8",
+        "Redis decides again"
+    );
+    assert_eq!(fallbacks.total(), 6);
+}
