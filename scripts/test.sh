@@ -41,8 +41,9 @@ export FLOODGATE_VENV=$venv
 # --- Redis on 127.0.0.1:6379 ------------------------------------------------
 step "Redis on 127.0.0.1:6379"
 redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null; }
+# The Redis backend's fault tests also start servers of their own.
+command -v redis-server >/dev/null || apt_install redis-server
 if ! redis_up; then
-    command -v redis-server >/dev/null || apt_install redis-server
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
         --dir /tmp --logfile /tmp/floodgate-test-redis.log
     for _ in $(seq 50); do redis_up && break; sleep 0.1; done
