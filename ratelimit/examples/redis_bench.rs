@@ -1,0 +1,109 @@
+//! Checks per second and latency per check through the layer with the
+//! Redis backend: 2 client tasks on loopback, each sending one request at a
+//! time for a random one of 1,000 tenants.
+//!
+//! ```text
+//! cargo run --release -p floodgate-ratelimit --example redis_bench -- [SECONDS] [REDIS_URL]
+//! cargo run --release -p floodgate-ratelimit --example redis_bench -- --print-script
+//! ```
+//!
+//! `scripts/bench-redis.sh` runs it next to `redis-benchmark` on the same script.
+
+use std::convert::Infallible;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use floodgate_ratelimit::{Backend, RedisSettings, SCRIPT, Tenant, TenantRateLimitLayer};
+use floodgate_rules::Policy;
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
+
+/// A limit no tenant reaches: every check is a full GCRA write in Redis.
+const POLICY: &str = r#"
+[quotas]
+default_plan = "bench"
+plans = [{ name = "bench", limits = [{ requests = 1000000, per_seconds = 1 }] }]
+"#;
+
+const TASKS: usize = 2;
+const TENANTS: u64 = 1_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--print-script") {
+        print!("{SCRIPT}");
+        return;
+    }
+    let seconds: f64 = args.first().map_or(5.0, |s| s.parse().expect("seconds"));
+    let url = args.get(1).cloned().unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    runtime.block_on(run(seconds, url));
+}
+
+async fn run(seconds: f64, url: String) {
+    let today = time::macros::date!(2026 - 11 - 22);
+    let quotas = Policy::from_toml(POLICY, "bench.toml", today).unwrap().policy.quotas.unwrap();
+    let backend = Backend::Redis(RedisSettings {
+        url,
+        password: None,
+        timeout: Duration::from_millis(100),
+        expected_instances: NonZeroU32::MIN,
+    });
+    let layer = TenantRateLimitLayer::builder(&quotas)
+        .backend(backend)
+        .headers(false)
+        .build()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let handle = layer.handle();
+    let service = layer.layer(tower::service_fn(|_: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    }));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.redis_connected() != Some(true) {
+        assert!(Instant::now() < deadline, "Redis did not answer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|task| {
+            let mut service = service.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ task;
+                while started.elapsed().as_secs_f64() < seconds {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let mut request = Request::new(());
+                    let tenant = format!("bench-{}", state % TENANTS);
+                    request.extensions_mut().insert(Tenant::new(tenant));
+                    let sent = Instant::now();
+                    let response = service.ready().await.unwrap().call(request).await.unwrap();
+                    latencies.push(sent.elapsed());
+                    assert_eq!(response.status(), StatusCode::OK);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "floodgate through Redis: {:.0} checks/s over {elapsed:.1} s; p50 {:?}, p99 {:?}, max {:?}; redis connected throughout: {}",
+        latencies.len() as f64 / elapsed,
+        at(0.50),
+        at(0.99),
+        latencies[latencies.len() - 1],
+        handle.redis_connected() == Some(true),
+    );
+}
