@@ -35,7 +35,10 @@ fn main() {
         return;
     }
     let seconds: f64 = args.first().map_or(5.0, |s| s.parse().expect("seconds"));
-    let url = args.get(1).cloned().unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -46,7 +49,11 @@ fn main() {
 
 async fn run(seconds: f64, url: String) {
     let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(POLICY, "bench.toml", today).unwrap().policy.quotas.unwrap();
+    let quotas = Policy::from_toml(POLICY, "bench.toml", today)
+        .unwrap()
+        .policy
+        .quotas
+        .unwrap();
     let backend = Backend::Redis(RedisSettings {
         url,
         password: None,

@@ -302,7 +302,7 @@ async fn with_redis_down_requests_flow_under_fallback_limits_until_it_is_back() 
     );
     assert_eq!(fallbacks.total(), 10);
 
-    let _redis = RedisServer::start(port);
+    let redis = RedisServer::start(port);
     wait_until_connected(&handle, true).await;
     let other = fresh_tenant("recovered");
     assert_eq!(
@@ -311,6 +311,13 @@ async fn with_redis_down_requests_flow_under_fallback_limits_until_it_is_back() 
         "Redis decides again"
     );
     assert_eq!(fallbacks.total(), 10, "no fallback once reconnected");
+
+    // Redis dies mid-traffic: the next check fails over, and so do the rest.
+    drop(redis);
+    let after = fresh_tenant("after");
+    assert_eq!(admitted(&mut service, &after, 10).await, 2);
+    assert_eq!(fallbacks.total(), 20);
+    assert_eq!(handle.redis_connected(), Some(false));
 }
 
 /// Forwards loopback TCP to Redis, holding each chunk for `delay_ms`.
