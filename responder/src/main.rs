@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             // means a partial failure.
             let _ = error.print();
             return if error.use_stderr() {
-                ExitCode::from(Status::Invalid as u8)
+                ExitCode::from(Status::Invalid.code())
             } else {
                 ExitCode::SUCCESS
             };
@@ -24,10 +24,10 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_format);
     match cli::run(cli) {
-        Ok(status) => ExitCode::from(status as u8),
+        Ok(status) => ExitCode::from(status.code()),
         Err(error) => {
             eprintln!("floodgate: error: {:#}", anyhow::Error::from(error));
-            ExitCode::from(Status::Invalid as u8)
+            ExitCode::from(Status::Invalid.code())
         }
     }
 }

@@ -202,3 +202,63 @@ fn the_circuit_breaker_is_logged_at_error_level_as_json() {
     assert_eq!(breaker["level"], "ERROR");
     assert_eq!(breaker["fields"]["held_back"], 16);
 }
+
+/// `floodgate plan` in `dir`, at `now`, with `extra` arguments.
+fn plan_at(dir: &Path, policy: &Path, now: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(floodgate_bin())
+        .args(["plan", "--config", policy.to_str().unwrap(), "--now", now])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("FLOODGATE_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plan_shows_what_run_would_change_and_why_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let at = "2026-11-20T10:05:00Z";
+
+    let before = plan_at(dir.path(), &policy, at, &["--detailed-exitcode"]);
+    assert_eq!(
+        before.status.code(),
+        Some(2),
+        "changes to make: {}",
+        stderr(&before)
+    );
+    let text = stdout(&before);
+    assert!(text.contains("file state/ip-sets: +3 -0"), "{text}");
+    assert!(
+        text.contains("+ 203.0.113.66/32") && text.contains("tier block-24h"),
+        "{text}"
+    );
+    assert!(
+        text.contains("+ 203.0.113.128/28") && text.contains("16 addresses: tier block,"),
+        "an aggregated range explains every address in it: {text}"
+    );
+    assert!(text.contains("Plan: 3 to add, 0 to remove"), "{text}");
+    assert!(!dir.path().join("state").exists(), "a plan writes nothing");
+
+    assert_eq!(run_at(dir.path(), &policy, at).status.code(), Some(0));
+    let converged = plan_at(dir.path(), &policy, at, &["--detailed-exitcode"]);
+    assert_eq!(converged.status.code(), Some(0), "{}", stdout(&converged));
+    assert!(stdout(&converged).contains("Plan: 0 to add, 0 to remove"));
+
+    let next_day = plan_at(
+        dir.path(),
+        &policy,
+        "2026-11-21T12:00:00Z",
+        &["--format", "json"],
+    );
+    assert_eq!(next_day.status.code(), Some(0), "no --detailed-exitcode: 0");
+    let report: Value = serde_json::from_slice(&next_day.stdout).unwrap();
+    assert_eq!(report["to_remove"], 3, "{report}");
+    let why = report["targets"][0]["remove"][0]["why"].as_str().unwrap();
+    assert!(why.starts_with("block expired at 2026-11-2"), "{why}");
+    assert_eq!(
+        set_file(dir.path(), "floodgate-blocked-v4"),
+        ["203.0.113.66/32", "203.0.113.128/28"],
+        "still as the run left them"
+    );
+}

@@ -7,6 +7,7 @@
 
 mod check;
 mod gen_logs;
+mod plan;
 mod render_infra;
 mod review;
 mod run;
@@ -71,6 +72,11 @@ pub enum Command {
     /// the ledger, report. Exit 0 converged, 1 bad input (nothing written),
     /// 2 some target failed.
     Run(RunArgs),
+    /// A dry run of `run`: per target, what would be added and removed and
+    /// why (tier, requests, expiry). Writes nothing. Exit 0, or with
+    /// --detailed-exitcode 0 for no changes and 2 for changes; 1 on bad
+    /// input or a target that can't be read.
+    Plan(PlanArgs),
     /// Rank client IPs by requests in WAF log files over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
@@ -144,6 +150,20 @@ pub struct RunArgs {
     /// Output format of the run report.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+/// `floodgate plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The policy, and the time to plan at (`--now`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Exit 2 when some target would change, 0 when none would.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 /// `floodgate top`.
@@ -251,11 +271,24 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Exit 0.
-    Success = 0,
+    Success,
     /// Exit 1: invalid input or configuration; nothing was applied.
-    Invalid = 1,
+    Invalid,
     /// Exit 2: partial failure.
-    Partial = 2,
+    Partial,
+    /// Exit 2: `plan --detailed-exitcode` found changes to make.
+    Changes,
+}
+
+impl Status {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Success => 0,
+            Status::Invalid => 1,
+            Status::Partial | Status::Changes => 2,
+        }
+    }
 }
 
 /// A command that could not run at all.
@@ -281,6 +314,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Check(args) => check::run(&args),
         Command::Review(args) => review::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Plan(args) => plan::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
         Command::RenderInfra(args) => render_infra::run(&args),

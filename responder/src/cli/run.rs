@@ -13,7 +13,7 @@ use floodgate_rules::Policy;
 use floodgate_rules::policy::Target;
 use serde::Serialize;
 
-use super::{CliError, RunArgs, Status, load_policy, write_stdout};
+use super::{CliError, PolicyArgs, RunArgs, Status, load_policy, write_stdout};
 use crate::clock::{Stopwatch, clock_at, unix_ms};
 use crate::detect::{count_spec, detect};
 use crate::ledger::Ledger;
@@ -57,9 +57,22 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
     tokio::runtime::Runtime::new()?.block_on(cycle(args, &loaded.policy))
 }
 
-async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
+/// A cycle up to its plan: everything `run` and `plan` share. Nothing has
+/// been written yet.
+pub(super) struct Prepared {
+    pub started: Stopwatch,
+    pub stats: crate::traffic::Stats,
+    pub offenders: Vec<crate::detect::Offender>,
+    pub targets: Vec<Arc<ConfiguredTarget>>,
+    pub adopted: Vec<ipnet::IpNet>,
+    pub planned: crate::plan::BlockPlan,
+}
+
+/// Reads the logs, detects, loads the ledger (adopting what the sets hold
+/// when it is empty) and plans. Fails before anything is written.
+pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepared, CliError> {
     let started = Stopwatch::start();
-    let now_ms = unix_ms(clock_at(args.policy.now).now());
+    let now_ms = unix_ms(clock_at(args.now).now());
     let source_config = policy
         .source
         .as_ref()
@@ -89,8 +102,7 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         )));
     }
     let offenders = detect(&traffic, policy, widest);
-    let ledger_store = FileLedger::new(&policy.responder.state_dir);
-    let mut ledger = ledger_store
+    let mut ledger = FileLedger::new(&policy.responder.state_dir)
         .load()
         .await
         .map_err(|e| CliError::Input(e.to_string()))?;
@@ -128,6 +140,27 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         &source_label(policy),
         capacity(policy),
     );
+    Ok(Prepared {
+        started,
+        stats,
+        offenders,
+        targets,
+        adopted,
+        planned,
+    })
+}
+
+async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
+    let Prepared {
+        started,
+        stats,
+        offenders,
+        targets,
+        adopted,
+        planned,
+        ..
+    } = prepare(&args.policy, policy).await?;
+    let ledger_store = FileLedger::new(&policy.responder.state_dir);
     let reports = if planned.observe_only {
         Vec::new()
     } else {

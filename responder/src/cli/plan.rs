@@ -1,0 +1,218 @@
+//! `floodgate plan`: a dry run. Detects and plans exactly as `run` would,
+//! then reads every target and shows what `run` would add and remove there,
+//! and why. Writes nothing: not the targets, not the ledger.
+//!
+//! Exit codes: 0 when planned (with `--detailed-exitcode`: 0 when no target
+//! would change, 2 when some would), 1 on bad input or a target that can't
+//! be read.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use floodgate_rules::Policy;
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::run::prepare;
+use super::{CliError, Format, PlanArgs, Status, load_policy, plural, write_stdout};
+use crate::clock::rfc3339_from_ms;
+use crate::ledger::LedgerEntry;
+use crate::target::WafTarget as _;
+
+/// One address a target would gain or lose.
+#[derive(Debug, Serialize)]
+struct Change {
+    net: String,
+    why: String,
+}
+
+/// What one target would change.
+#[derive(Debug, Serialize)]
+struct TargetPlan {
+    target: String,
+    add: Vec<Change>,
+    remove: Vec<Change>,
+}
+
+/// The plan, printed as JSON with `--format json`.
+#[derive(Debug, Serialize)]
+struct PlanReport {
+    mode: &'static str,
+    targets: Vec<TargetPlan>,
+    to_add: usize,
+    to_remove: usize,
+    held_back: Vec<String>,
+    dropped: Vec<String>,
+}
+
+/// Runs `floodgate plan`.
+pub(super) fn run(args: &PlanArgs) -> Result<Status, CliError> {
+    let Some(loaded) = load_policy(&args.policy)? else {
+        return Ok(Status::Invalid);
+    };
+    let report = tokio::runtime::Runtime::new()?.block_on(dry_run(args, &loaded.policy))?;
+    let output = match args.format {
+        Format::Json => serde_json::to_string_pretty(&report).expect("reports serialize") + "\n",
+        Format::Table => table(&report),
+    };
+    write_stdout(&output)?;
+    let changes = report.to_add + report.to_remove > 0;
+    Ok(if args.detailed_exitcode && changes {
+        Status::Changes
+    } else {
+        Status::Success
+    })
+}
+
+async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliError> {
+    let prepared = prepare(&args.policy, policy).await?;
+    let planned = &prepared.planned;
+    let desired: BTreeSet<IpNet> = planned
+        .ipv4
+        .iter()
+        .chain(&planned.ipv6)
+        .flatten()
+        .copied()
+        .collect();
+    let expired: BTreeSet<IpNet> = planned.expired.iter().copied().collect();
+    let allow_listed: BTreeSet<IpNet> = planned.allow_listed.iter().copied().collect();
+    let mut targets = Vec::new();
+    for target in &prepared.targets {
+        let label = target.label();
+        let current: BTreeSet<IpNet> = target
+            .read()
+            .await
+            .map_err(|e| CliError::Input(format!("{label}: cannot read its IP sets: {e}")))?
+            .into_iter()
+            .collect();
+        let add = desired
+            .difference(&current)
+            .map(|net| Change {
+                net: net.to_string(),
+                why: block_reason(net, &planned.ledger.entries),
+            })
+            .collect();
+        let remove = current
+            .difference(&desired)
+            .map(|net| Change {
+                net: net.to_string(),
+                why: removal_reason(net, &planned.ledger.entries, &expired, &allow_listed),
+            })
+            .collect();
+        targets.push(TargetPlan {
+            target: label,
+            add,
+            remove,
+        });
+    }
+    let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect();
+    Ok(PlanReport {
+        mode: if planned.observe_only {
+            "observe"
+        } else {
+            "enforce"
+        },
+        to_add: targets.iter().map(|t| t.add.len()).sum(),
+        to_remove: targets.iter().map(|t| t.remove.len()).sum(),
+        targets,
+        held_back: text(&planned.held_back),
+        dropped: text(&planned.dropped),
+    })
+}
+
+/// The ledger, by address or range.
+type Entries = BTreeMap<IpNet, LedgerEntry>;
+
+/// The ledger entries inside `net`: a range lookup, as the ledger is sorted.
+fn within<'e>(net: &IpNet, entries: &'e Entries) -> impl Iterator<Item = &'e LedgerEntry> {
+    let first = IpNet::new(net.network(), 0).expect("prefix 0 is valid");
+    let last = IpNet::new(net.broadcast(), net.max_prefix_len()).expect("a host prefix is valid");
+    entries
+        .range(first..=last)
+        .map(|(_, entry)| entry)
+        .filter(move |entry| net.contains(&entry.net))
+}
+
+/// Why a set entry is blocked: its tier, how busy it was, until when. An
+/// entry may be a range that aggregates several blocked addresses.
+fn block_reason(net: &IpNet, entries: &Entries) -> String {
+    let inside: Vec<&LedgerEntry> = within(net, entries).collect();
+    let Some(until) = inside.iter().map(|e| e.expires_at_ms).max() else {
+        return "in the plan".to_owned();
+    };
+    let tiers: BTreeSet<&str> = inside.iter().map(|e| e.tier.as_str()).collect();
+    let tiers = tiers.into_iter().collect::<Vec<_>>().join(", ");
+    let requests: u64 = inside.iter().map(|e| u64::from(e.requests)).sum();
+    let until = rfc3339_from_ms(until);
+    match inside.len() {
+        1 => format!("tier {tiers}, {requests} requests, until {until}"),
+        n => format!("{n} addresses: tier {tiers}, {requests} requests, until {until}"),
+    }
+}
+
+/// Why a set entry (an address or an aggregated range) would leave a set.
+fn removal_reason(
+    net: &IpNet,
+    entries: &Entries,
+    expired: &BTreeSet<IpNet>,
+    allow_listed: &BTreeSet<IpNet>,
+) -> String {
+    if allow_listed
+        .iter()
+        .any(|a| net.contains(a) || a.contains(net))
+    {
+        return "allow-listed".to_owned();
+    }
+    let inside: Vec<&LedgerEntry> = within(net, entries).collect();
+    match inside.iter().map(|e| e.expires_at_ms).max() {
+        None => "not in the ledger: not ours, or from a lost ledger".to_owned(),
+        Some(until) if inside.iter().all(|e| expired.contains(&e.net)) => {
+            format!("block expired at {}", rfc3339_from_ms(until))
+        }
+        Some(_) => "no longer in the plan (no room, or held back)".to_owned(),
+    }
+}
+
+/// The plan for people, in the spirit of `terraform plan`.
+fn table(report: &PlanReport) -> String {
+    let mut out = String::new();
+    if report.mode == "observe" {
+        out.push_str("mode observe: `run` would write nothing; this is what enforce would do\n");
+    }
+    for target in &report.targets {
+        if target.add.is_empty() && target.remove.is_empty() {
+            out.push_str(&format!("{}: no changes\n", target.target));
+            continue;
+        }
+        out.push_str(&format!(
+            "{}: +{} -{}\n",
+            target.target,
+            target.add.len(),
+            target.remove.len()
+        ));
+        for change in &target.add {
+            out.push_str(&format!("  + {:<43} {}\n", change.net, change.why));
+        }
+        for change in &target.remove {
+            out.push_str(&format!("  - {:<43} {}\n", change.net, change.why));
+        }
+    }
+    if !report.held_back.is_empty() {
+        out.push_str(&format!(
+            "circuit breaker: {} held back\n",
+            plural(report.held_back.len(), "new block")
+        ));
+    }
+    if !report.dropped.is_empty() {
+        out.push_str(&format!(
+            "no room in the sets: {} left out\n",
+            plural(report.dropped.len(), "active block")
+        ));
+    }
+    out.push_str(&format!(
+        "Plan: {} to add, {} to remove across {}.\n",
+        report.to_add,
+        report.to_remove,
+        plural(report.targets.len(), "target")
+    ));
+    out
+}
