@@ -262,3 +262,54 @@ fn plan_shows_what_run_would_change_and_why_and_writes_nothing() {
         "still as the run left them"
     );
 }
+
+#[test]
+fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let at = "2026-11-20T10:05:00Z";
+    let status = |now: &str, extra: &[&str]| {
+        Command::new(floodgate_bin())
+            .args(["status", "--config", policy.to_str().unwrap(), "--now", now])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run_at(dir.path(), &policy, at).status.code(), Some(0));
+
+    let in_sync = status(at, &[]);
+    assert_eq!(in_sync.status.code(), Some(0), "{}", stderr(&in_sync));
+    let text = stdout(&in_sync);
+    assert!(text.starts_with("18 blocks in force"), "{text}");
+    assert!(
+        text.contains("203.0.113.66/32") && text.contains("block-24h"),
+        "{text}"
+    );
+    assert!(text.contains("file state/ip-sets: in sync"), "{text}");
+
+    // Someone edits a set by hand: an address the ledger never blocked.
+    let path = dir.path().join("state/ip-sets/floodgate-blocked-v4.json");
+    let edited = std::fs::read_to_string(&path).unwrap().replace(
+        "\"203.0.113.66/32\"",
+        "\"203.0.113.66/32\", \"192.0.2.1/32\"",
+    );
+    std::fs::write(&path, edited).unwrap();
+    let drifted = status(at, &["--format", "json"]);
+    assert_eq!(drifted.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&drifted.stdout).unwrap();
+    assert_eq!(
+        report["targets"][0]["unexpected"],
+        serde_json::json!(["192.0.2.1/32"])
+    );
+    assert_eq!(report["active"].as_array().unwrap().len(), 18);
+
+    // A day later every block has ended; the sets still hold them until the next run.
+    let later = status("2026-11-22T00:00:00Z", &["--format", "json"]);
+    let report: Value = serde_json::from_slice(&later.stdout).unwrap();
+    assert_eq!(report["active"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        report["targets"][0]["unexpected"].as_array().unwrap().len(),
+        4
+    );
+}

@@ -11,6 +11,7 @@ mod plan;
 mod render_infra;
 mod review;
 mod run;
+mod status;
 mod top;
 
 use std::path::PathBuf;
@@ -77,6 +78,10 @@ pub enum Command {
     /// --detailed-exitcode 0 for no changes and 2 for changes; 1 on bad
     /// input or a target that can't be read.
     Plan(PlanArgs),
+    /// The blocks in force (tier, expiry, offences) from the ledger, and
+    /// per target whether its IP sets hold exactly those. Writes nothing.
+    /// Exit 0 in sync, 2 drift or an unreadable target, 1 bad input.
+    Status(StatusArgs),
     /// Rank client IPs by requests in WAF log files over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
@@ -164,6 +169,17 @@ pub struct PlanArgs {
     /// Exit 2 when some target would change, 0 when none would.
     #[arg(long)]
     pub detailed_exitcode: bool,
+}
+
+/// `floodgate status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The policy, and the time to report at (`--now`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 /// `floodgate top`.
@@ -315,6 +331,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Review(args) => review::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Plan(args) => plan::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
         Command::RenderInfra(args) => render_infra::run(&args),

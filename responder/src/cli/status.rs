@@ -1,0 +1,176 @@
+//! `floodgate status`: the blocks in force, from the ledger, and per target
+//! whether its IP sets hold exactly those (drift). Reads; writes nothing.
+//!
+//! Exit codes: 0 when every target is in sync, 2 when some target drifted or
+//! could not be read, 1 on bad input (a policy or ledger that can't be read).
+
+use floodgate_rules::Policy;
+use floodgate_rules::cidr::exclude;
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::{CliError, Format, Status, StatusArgs, load_policy, plural, write_stdout};
+use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
+use crate::ledger::Ledger;
+use crate::ledger::file::{FileLedger, LEDGER_FILE};
+use crate::target::{ConfiguredTarget, WafTarget as _};
+
+/// A block in force.
+#[derive(Debug, Serialize)]
+struct Block {
+    net: String,
+    tier: String,
+    expires: String,
+    offences: u32,
+    requests: u32,
+    source: String,
+    reason: String,
+}
+
+/// One target against the ledger.
+#[derive(Debug, Serialize)]
+struct TargetStatus {
+    target: String,
+    /// In the sets but not an active block: the next run removes them.
+    unexpected: Vec<String>,
+    /// Active blocks the sets lack: held back, no room, or a failed write.
+    missing: Vec<String>,
+    /// Why the sets could not be read, if they could not.
+    error: Option<String>,
+}
+
+/// The status, printed as JSON with `--format json`.
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    ledger: String,
+    last_run: Option<String>,
+    active: Vec<Block>,
+    targets: Vec<TargetStatus>,
+}
+
+/// Runs `floodgate status`.
+pub(super) fn run(args: &StatusArgs) -> Result<Status, CliError> {
+    let Some(loaded) = load_policy(&args.policy)? else {
+        return Ok(Status::Invalid);
+    };
+    let now_ms = unix_ms(clock_at(args.policy.now).now());
+    let report = tokio::runtime::Runtime::new()?.block_on(status(&loaded.policy, now_ms))?;
+    let output = match args.format {
+        Format::Json => serde_json::to_string_pretty(&report).expect("reports serialize") + "\n",
+        Format::Table => table(&report),
+    };
+    write_stdout(&output)?;
+    let drifted = report
+        .targets
+        .iter()
+        .any(|t| t.error.is_some() || !t.unexpected.is_empty() || !t.missing.is_empty());
+    Ok(if drifted {
+        Status::Partial
+    } else {
+        Status::Success
+    })
+}
+
+async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> {
+    let ledger = FileLedger::new(&policy.responder.state_dir)
+        .load()
+        .await
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let active: Vec<_> = ledger.active(now_ms).collect();
+    let active_nets: Vec<IpNet> = active.iter().map(|e| e.net).collect();
+    let mut targets = Vec::new();
+    for target in ConfiguredTarget::from_policy(policy).await {
+        let label = target.label();
+        let (unexpected, missing, error) = match target.read().await {
+            // Sets hold aggregated ranges: compare what they cover.
+            Ok(found) => (
+                text(&exclude(&found, &active_nets)),
+                text(&exclude(&active_nets, &found)),
+                None,
+            ),
+            Err(error) => (Vec::new(), Vec::new(), Some(error)),
+        };
+        targets.push(TargetStatus {
+            target: label,
+            unexpected,
+            missing,
+            error,
+        });
+    }
+    Ok(StatusReport {
+        ledger: policy
+            .responder
+            .state_dir
+            .join(LEDGER_FILE)
+            .display()
+            .to_string(),
+        last_run: ledger.last_run_ms.map(rfc3339_from_ms),
+        active: active
+            .iter()
+            .map(|e| Block {
+                net: e.net.to_string(),
+                tier: e.tier.clone(),
+                expires: rfc3339_from_ms(e.expires_at_ms),
+                offences: e.offences,
+                requests: e.requests,
+                source: e.source.clone(),
+                reason: e.reason.clone(),
+            })
+            .collect(),
+        targets,
+    })
+}
+
+fn text(nets: &[IpNet]) -> Vec<String> {
+    nets.iter().map(ToString::to_string).collect()
+}
+
+/// The status for people.
+fn table(report: &StatusReport) -> String {
+    let mut out = format!(
+        "{} in force (ledger {}, last run {})\n",
+        plural(report.active.len(), "block"),
+        report.ledger,
+        report.last_run.as_deref().unwrap_or("never")
+    );
+    if !report.active.is_empty() {
+        out.push_str(&format!(
+            "  {:<43} {:<12} {:<20} {:>8} {:>9}  {}\n",
+            "NET", "TIER", "EXPIRES", "OFFENCES", "REQUESTS", "SOURCE"
+        ));
+    }
+    for block in &report.active {
+        out.push_str(&format!(
+            "  {:<43} {:<12} {:<20} {:>8} {:>9}  {}\n",
+            block.net, block.tier, block.expires, block.offences, block.requests, block.source
+        ));
+    }
+    for target in &report.targets {
+        let line = match &target.error {
+            Some(error) => format!("cannot read its sets: {error}"),
+            None if target.unexpected.is_empty() && target.missing.is_empty() => {
+                "in sync".to_owned()
+            }
+            None => {
+                let mut parts = Vec::new();
+                if !target.unexpected.is_empty() {
+                    parts.push(format!(
+                        "{} not in the ledger ({})",
+                        target.unexpected.len(),
+                        target.unexpected.join(", ")
+                    ));
+                }
+                if !target.missing.is_empty() {
+                    parts.push(format!(
+                        "{} active blocks missing ({})",
+                        target.missing.len(),
+                        target.missing.join(", ")
+                    ));
+                }
+                format!("drift: {}", parts.join("; "))
+            }
+        };
+        out.push_str(&format!("{}: {line}\n", target.target));
+    }
+    out
+}
