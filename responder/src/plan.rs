@@ -63,6 +63,8 @@ pub struct BlockPlan {
     pub dropped: Vec<IpNet>,
     /// Active blocks that the allow-list now covers, in whole or in part.
     pub allow_listed: Vec<IpNet>,
+    /// Offenders not blocked because an operator unblocked them recently.
+    pub suppressed: Vec<IpNet>,
     /// `[safety] mode = "observe"`: report this plan, write nothing (neither
     /// the targets nor the ledger).
     pub observe_only: bool,
@@ -127,6 +129,7 @@ pub fn plan(
     blocking.sort_by_key(|&(o, severity)| (Reverse(severity), Reverse(o.requests), o.ip));
 
     let (mut added, mut extended, mut held_back) = (Vec::new(), Vec::new(), Vec::new());
+    let mut suppressed = Vec::new();
     let max_new = policy.safety.max_new_blocks_per_run.get() as usize;
     for (offender, _) in blocking {
         let tier = policy
@@ -136,6 +139,14 @@ pub fn plan(
             continue;
         };
         let net = IpNet::from(offender.ip);
+        if next
+            .entries
+            .get(&net)
+            .is_some_and(|e| e.is_suppressed(now_ms))
+        {
+            suppressed.push(net);
+            continue;
+        }
         let minutes = |offences: u32| i64::from(rule.minutes_for_offence(offences)) * 60_000;
         match next.entries.get_mut(&net) {
             Some(entry) if entry.is_active(now_ms) => {
@@ -167,6 +178,7 @@ pub fn plan(
                             "{} requests in {} s (tier {})",
                             offender.requests, tier.window_seconds, tier.name
                         ),
+                        suppressed_until_ms: None,
                     },
                 );
                 added.push(net);
@@ -239,6 +251,7 @@ pub fn plan(
         held_back,
         dropped,
         allow_listed,
+        suppressed,
         observe_only: policy.safety.mode == floodgate_rules::policy::Mode::Observe,
     }
 }
@@ -279,6 +292,7 @@ pub fn adopt(
                 requests: 0,
                 source: "adopted".to_owned(),
                 reason: "found in an IP set while the ledger was empty".to_owned(),
+                suppressed_until_ms: None,
             },
         );
         adopted.push(net);

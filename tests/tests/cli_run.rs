@@ -313,3 +313,77 @@ fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
         4
     );
 }
+
+#[test]
+fn block_and_unblock_override_every_target_and_an_unblock_holds_against_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let monitoring = "\n[[allow]]\ncidr = \"192.0.2.0/28\"\nreason = \"uptime probes\"\nowner = \"sre@example.com\"\nexpires = 2027-01-01\n";
+    let policy = policy_in(
+        dir.path(),
+        &workspace_root().join("examples/logs"),
+        monitoring,
+    );
+    let at = "2026-11-20T10:05:00Z";
+    let floodgate = |args: &[&str]| {
+        Command::new(floodgate_bin())
+            .args(args)
+            .args(["--config", policy.to_str().unwrap(), "--now", at])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run_at(dir.path(), &policy, at).status.code(), Some(0));
+
+    let blocked = floodgate(&[
+        "block",
+        "198.51.100.99",
+        "--minutes",
+        "30",
+        "--reason",
+        "scraper, OPS-99",
+    ]);
+    assert_eq!(blocked.status.code(), Some(0), "{}", stderr(&blocked));
+    assert!(
+        stdout(&blocked).starts_with("blocked 198.51.100.99/32 until 2026-11-20T10:35:00Z"),
+        "{}",
+        stdout(&blocked)
+    );
+    assert!(set_file(dir.path(), "floodgate-blocked-v4").contains(&"198.51.100.99/32".to_owned()));
+
+    let unblocked = floodgate(&["unblock", "203.0.113.66", "--reason", "customer's office"]);
+    assert_eq!(unblocked.status.code(), Some(0), "{}", stderr(&unblocked));
+    assert!(!set_file(dir.path(), "floodgate-blocked-v4").contains(&"203.0.113.66/32".to_owned()));
+
+    // The same logs again: detection would block 203.0.113.66, the unblock holds.
+    let rerun = run_at(dir.path(), &policy, "2026-11-20T10:06:00Z");
+    let report: Value = serde_json::from_slice(&rerun.stdout).unwrap();
+    assert_eq!(
+        report["suppressed"],
+        serde_json::json!(["203.0.113.66/32"]),
+        "{report}"
+    );
+    let v4 = set_file(dir.path(), "floodgate-blocked-v4");
+    assert!(!v4.contains(&"203.0.113.66/32".to_owned()), "{v4:?}");
+    assert!(
+        v4.contains(&"198.51.100.99/32".to_owned()),
+        "the manual block stays"
+    );
+
+    // Bad overrides write nothing and say why.
+    let allowed = floodgate(&["block", "192.0.2.5", "--minutes", "5", "--reason", "x"]);
+    assert_eq!(allowed.status.code(), Some(1));
+    assert!(
+        stderr(&allowed).contains("overlaps allow-list entry 192.0.2.0/28"),
+        "{}",
+        stderr(&allowed)
+    );
+    let host_bits = floodgate(&["block", "10.0.0.1/8", "--minutes", "5", "--reason", "x"]);
+    assert!(
+        stderr(&host_bits).contains("did you mean 10.0.0.0/8?"),
+        "{}",
+        stderr(&host_bits)
+    );
+    let nothing = floodgate(&["unblock", "192.0.2.200", "--reason", "x"]);
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(stderr(&nothing).contains("no block in force covers it"));
+}

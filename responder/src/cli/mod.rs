@@ -7,6 +7,7 @@
 
 mod check;
 mod gen_logs;
+mod manual;
 mod plan;
 mod render_infra;
 mod review;
@@ -82,6 +83,12 @@ pub enum Command {
     /// per target whether its IP sets hold exactly those. Writes nothing.
     /// Exit 0 in sync, 2 drift or an unreadable target, 1 bad input.
     Status(StatusArgs),
+    /// Block an address or range on every target now, for --minutes, with
+    /// a reason; recorded in the ledger as `manual`. Exit as for run.
+    Block(BlockArgs),
+    /// End the blocks an address or range has on every target now, and keep
+    /// detection from blocking it again for --suppress-minutes. Exit as for run.
+    Unblock(UnblockArgs),
     /// Rank client IPs by requests in WAF log files over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
@@ -180,6 +187,40 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+/// `floodgate block`.
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    /// The address or range, such as 203.0.113.7 or 203.0.113.0/24.
+    #[arg(value_name = "IP|CIDR")]
+    pub net: String,
+    /// How long the block lasts.
+    #[arg(long)]
+    pub minutes: u32,
+    /// Why: kept in the ledger for the next reader.
+    #[arg(long)]
+    pub reason: String,
+    /// The policy (its targets and ledger), and the time (`--now`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// `floodgate unblock`.
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    /// The address or range; every block inside it ends.
+    #[arg(value_name = "IP|CIDR")]
+    pub net: String,
+    /// Why: kept in the ledger for the next reader.
+    #[arg(long)]
+    pub reason: String,
+    /// How long detection may not block it again.
+    #[arg(long, default_value_t = 60)]
+    pub suppress_minutes: u32,
+    /// The policy (its targets and ledger), and the time (`--now`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// `floodgate top`.
@@ -332,6 +373,8 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Run(args) => run::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Block(args) => manual::block(&args),
+        Command::Unblock(args) => manual::unblock(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
         Command::RenderInfra(args) => render_infra::run(&args),

@@ -34,6 +34,7 @@ struct RunReport {
     expired: Vec<String>,
     held_back: Vec<String>,
     dropped: Vec<String>,
+    suppressed: Vec<String>,
     adopted: Vec<String>,
     targets: Vec<TargetLine>,
     api_calls: u32,
@@ -160,22 +161,7 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         planned,
         ..
     } = prepare(&args.policy, policy).await?;
-    let ledger_store = FileLedger::new(&policy.responder.state_dir);
-    let reports = if planned.observe_only {
-        Vec::new()
-    } else {
-        let reports = apply_all(
-            targets,
-            &planned.desired(),
-            policy.responder.concurrency.get() as usize,
-        )
-        .await;
-        ledger_store
-            .save(&planned.ledger)
-            .await
-            .map_err(|e| CliError::Input(e.to_string()))?;
-        reports
-    };
+    let reports = apply(policy, targets, &planned).await?;
 
     let failed = reports
         .iter()
@@ -207,6 +193,7 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         expired: text(&planned.expired),
         held_back: text(&planned.held_back),
         dropped: text(&planned.dropped),
+        suppressed: text(&planned.suppressed),
         adopted: text(&adopted),
         api_calls: reports.iter().map(|r| r.calls.total()).sum(),
         targets: reports
@@ -233,6 +220,25 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     })
 }
 
+/// Writes the plan to every target and saves the ledger; in observe mode,
+/// neither.
+pub(super) async fn apply(
+    policy: &Policy,
+    targets: Vec<Arc<ConfiguredTarget>>,
+    planned: &crate::plan::BlockPlan,
+) -> Result<Vec<crate::target::TargetReport>, CliError> {
+    if planned.observe_only {
+        return Ok(Vec::new());
+    }
+    let concurrency = policy.responder.concurrency.get() as usize;
+    let reports = apply_all(targets, &planned.desired(), concurrency).await;
+    FileLedger::new(&policy.responder.state_dir)
+        .save(&planned.ledger)
+        .await
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    Ok(reports)
+}
+
 /// Where the offenders were seen, for the ledger.
 fn source_label(policy: &Policy) -> String {
     match &policy.source {
@@ -246,7 +252,7 @@ fn source_label(policy: &Policy) -> String {
 }
 
 /// Room in the sets: the fewest sets any target declares, per family.
-fn capacity(policy: &Policy) -> Capacity {
+pub(super) fn capacity(policy: &Policy) -> Capacity {
     let sets = |family: fn(&floodgate_rules::policy::Wafv2Target) -> usize| {
         policy
             .targets
@@ -282,12 +288,13 @@ fn summary(report: &RunReport, policy: &Policy) -> String {
         .collect();
     out.push_str(&format!("offenders per tier: {}\n", tiers.join(", ")));
     out.push_str(&format!(
-        "blocks: {} added, {} extended, {} expired, {} held back by the circuit breaker, {} dropped for room, {} adopted\n",
+        "blocks: {} added, {} extended, {} expired, {} held back by the circuit breaker, {} dropped for room, {} suppressed by an unblock, {} adopted\n",
         report.added.len(),
         report.extended,
         report.expired.len(),
         report.held_back.len(),
         report.dropped.len(),
+        report.suppressed.len(),
         report.adopted.len()
     ));
     for target in &report.targets {

@@ -109,6 +109,7 @@ mod tests {
             requests: 2500,
             source: "eu-west-1/aws-waf-logs-app".into(),
             reason: "test".into(),
+            suppressed_until_ms: None,
         }
     }
 

@@ -26,6 +26,7 @@
 //!     requests: 2400,
 //!     source: "eu-west-1/aws-waf-logs-app".into(),
 //!     reason: "2400 requests in 300 s".into(),
+//!     suppressed_until_ms: None,
 //! };
 //! state.entries.insert(entry.net, entry);
 //! assert_eq!(state.active(899_999).count(), 1);
@@ -66,12 +67,20 @@ pub struct LedgerEntry {
     pub source: String,
     /// Why, for people: requests and window, or the operator's words.
     pub reason: String,
+    /// After a manual unblock: detection may not block it again before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_until_ms: Option<i64>,
 }
 
 impl LedgerEntry {
     /// Whether the block is in force at `now_ms`.
     pub fn is_active(&self, now_ms: i64) -> bool {
         now_ms < self.expires_at_ms
+    }
+
+    /// Whether an operator's unblock still keeps detection from blocking it.
+    pub fn is_suppressed(&self, now_ms: i64) -> bool {
+        self.suppressed_until_ms.is_some_and(|until| now_ms < until)
     }
 }
 
