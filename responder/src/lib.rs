@@ -20,6 +20,7 @@
 pub mod aws;
 pub mod cli;
 pub mod clock;
+pub mod daemon;
 pub mod detect;
 pub mod infra;
 pub mod ledger;

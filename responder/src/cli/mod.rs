@@ -69,10 +69,11 @@ pub enum Command {
     /// reason and expiry, flagged when it is too broad, overlapping,
     /// duplicate or expired.
     Review(ReviewArgs),
-    /// Run one responder cycle: detect offenders in the policy's [source],
-    /// plan blocks against the ledger, write every [[targets]] entry, save
-    /// the ledger, report. Exit 0 converged, 1 bad input (nothing written),
-    /// 2 some target failed.
+    /// Run responder cycles: detect offenders in the policy's [source], plan
+    /// blocks against the ledger, write every [[targets]] entry, save the
+    /// ledger, report. With --once, one cycle: exit 0 converged, 1 bad input
+    /// (nothing written), 2 some target failed. Without, a daemon on the
+    /// policy's schedule that exits 0 on SIGTERM.
     Run(RunArgs),
     /// A dry run of `run`: per target, what would be added and removed and
     /// why (tier, requests, expiry). Writes nothing. Exit 0, or with
@@ -156,7 +157,9 @@ pub struct RunArgs {
     /// historic logs and for tests).
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// Run one cycle and exit (the only mode so far).
+    /// Run one cycle and exit. Without it, run cycles on `[responder]
+    /// schedule` (cron, with seconds), never two at once, serving /healthz
+    /// and /metrics on `[responder] listen`, until SIGTERM or SIGINT.
     #[arg(long)]
     pub once: bool,
     /// Output format of the run report.

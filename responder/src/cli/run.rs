@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::{CliError, PolicyArgs, RunArgs, Status, load_policy, write_stdout};
 use crate::clock::{Stopwatch, clock_at, unix_ms};
+use crate::daemon::{CycleResult, Health, Schedule, schedule_loop};
 use crate::detect::{count_spec, detect};
 use crate::ledger::Ledger;
 use crate::ledger::file::FileLedger;
@@ -47,15 +48,72 @@ struct TargetLine {
     outcome: String,
 }
 
-/// Runs one cycle.
+/// Runs one cycle, or with no `--once` cycles on the policy's schedule.
 pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
-    if !args.once {
-        return Err(CliError::Input("only `floodgate run --once` exists so far; schedule it (EventBridge Scheduler, cron) for now".to_owned()));
-    }
     let Some(loaded) = load_policy(&args.policy)? else {
         return Ok(Status::Invalid);
     };
-    tokio::runtime::Runtime::new()?.block_on(cycle(args, &loaded.policy))
+    let runtime = tokio::runtime::Runtime::new()?;
+    if args.once {
+        return runtime.block_on(cycle(args, &loaded.policy));
+    }
+    if args.policy.now.is_some() {
+        return Err(CliError::Input(
+            "--now places one cycle in time; use it with --once".to_owned(),
+        ));
+    }
+    runtime.block_on(daemon(args, loaded.policy))
+}
+
+/// Cycles on `[responder] schedule` until SIGTERM or SIGINT; exit 0.
+async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
+    let responder = &policy.responder;
+    let schedule =
+        Schedule::new(&responder.schedule, responder.jitter_seconds).map_err(CliError::Input)?;
+    let listener = crate::daemon::bind(responder.listen)
+        .await
+        .map_err(|e| CliError::Input(format!("responder.listen {}: {e}", responder.listen)))?;
+    tracing::info!(schedule = %responder.schedule, listen = %responder.listen, "responder daemon started");
+    let clock: Arc<dyn crate::clock::Clock> = Arc::from(clock_at(None));
+    let health = Arc::new(Health::default());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(crate::daemon::serve(
+        listener,
+        Arc::clone(&health),
+        Arc::clone(&clock),
+        shutdown.clone(),
+    ));
+    tokio::spawn(async move {
+        crate::daemon::signal().await;
+        let _ = stop.send(true);
+    });
+    let policy = Arc::new(policy);
+    let format = args.format;
+    let cycle = || {
+        let policy = Arc::clone(&policy);
+        async move {
+            let args = RunArgs {
+                policy: PolicyArgs {
+                    config: std::path::PathBuf::new(),
+                    now: None,
+                },
+                once: true,
+                format,
+            };
+            match cycle(&args, &policy).await {
+                Ok(Status::Success) => CycleResult::Success,
+                Ok(_) => CycleResult::Partial,
+                Err(error) => {
+                    tracing::error!(%error, "cycle failed; nothing was applied");
+                    CycleResult::Error
+                }
+            }
+        }
+    };
+    schedule_loop(&schedule, clock, health, shutdown, cycle).await;
+    server.abort();
+    tracing::info!("responder daemon stopped");
+    Ok(Status::Success)
 }
 
 /// A cycle up to its plan: everything `run` and `plan` share. Nothing has

@@ -48,7 +48,7 @@ pub use quotas::{
     DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
     Quotas, RedisBackend, TenantId, TenantOverride,
 };
-pub use responder::Responder;
+pub use responder::{DEFAULT_SCHEDULE, Responder};
 pub use safety::{Mode, Safety};
 pub use targets::{
     CloudWatchApi, IpSetName, LogGroup, LogSourceConfig, Region, Target, WafScope, Wafv2Target,

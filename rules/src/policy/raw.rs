@@ -162,4 +162,7 @@ pub(crate) struct RawInfra {
 pub(crate) struct RawResponder {
     pub state_dir: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<i64>>,
+    pub schedule: Option<Spanned<String>>,
+    pub jitter_seconds: Option<Spanned<i64>>,
+    pub listen: Option<Spanned<String>>,
 }

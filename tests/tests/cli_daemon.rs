@@ -1,0 +1,96 @@
+//! `floodgate run` as a daemon: cycles on a one-second schedule against the
+//! embedded default, serves /healthz and /metrics, stops cleanly on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use floodgate_tests::{floodgate_bin, workspace_root};
+
+/// GET `path` on the daemon: the status line and the body.
+fn get(port: u16, path: &str) -> Option<(String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+#[test]
+fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let logs = workspace_root().join("examples/logs");
+    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
+        .unwrap()
+        .replace(
+            "paths = [\"examples/logs\"]",
+            &format!("paths = [\"{}\"]", logs.display()),
+        )
+        .replace(
+            "[responder]\n",
+            &format!("[responder]\nschedule = \"* * * * * *\"\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
+    let policy = dir.path().join("local.toml");
+    std::fs::write(&policy, text).unwrap();
+    let mut daemon = Command::new(floodgate_bin())
+        .args(["run", "--config", policy.to_str().unwrap()])
+        .current_dir(dir.path())
+        .env("FLOODGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Wait for the first scheduled cycle to finish.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Some((status, body)) = get(port, "/metrics")
+            && status.contains("200")
+            && !body.contains("floodgate_responder_cycles_total{result=\"success\"} 0")
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful cycle within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics.contains("# TYPE floodgate_responder_cycles_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("floodgate_responder_last_success_timestamp_seconds"),
+        "{metrics}"
+    );
+    let (status, body) = get(port, "/healthz").unwrap();
+    assert!(status.contains("200"), "{status}: {body}");
+    assert!(body.starts_with("ok: last cycle succeeded"), "{body}");
+    assert!(
+        dir.path().join("state/ledger.json").exists(),
+        "a cycle saved the ledger"
+    );
+    let (status, _) = get(port, "/nothing").unwrap();
+    assert!(status.contains("404"));
+
+    let terminated = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let output = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("responder daemon started") && log.contains("responder daemon stopped"),
+        "{log}"
+    );
+}
