@@ -39,7 +39,7 @@ fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm
         );
     let policy = dir.path().join("local.toml");
     std::fs::write(&policy, text).unwrap();
-    let mut daemon = Command::new(floodgate_bin())
+    let daemon = Command::new(floodgate_bin())
         .args(["run", "--config", policy.to_str().unwrap()])
         .current_dir(dir.path())
         .env("FLOODGATE_LOG", "info")
