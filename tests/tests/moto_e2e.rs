@@ -1,0 +1,221 @@
+//! The responder end to end against moto, as a user runs it: attack logs go
+//! into CloudWatch Logs in three regions, `floodgate run --once` (the real
+//! binary, `examples/moto.toml`) blocks the attackers in every region and at
+//! the CloudFront edge, never the allow-listed partner, and a day later the
+//! blocks are gone.
+
+use std::collections::BTreeSet;
+
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_sdk_wafv2::types::Scope;
+use floodgate_responder::clock::rfc3339_from_ms;
+use floodgate_tests::{MotoServer, floodgate_bin, wall_clock_ms, workspace_root};
+use serde_json::Value;
+
+const REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "ap-southeast-2"];
+const GROUP: &str = "aws-waf-logs-app";
+
+/// One WAF log record.
+fn record(ts: i64, ip: &str) -> String {
+    format!(
+        r#"{{"timestamp":{ts},"action":"ALLOW","terminatingRuleId":"Default_Action","httpRequest":{{"clientIp":"{ip}","country":"NL","headers":[],"uri":"/login","httpMethod":"POST"}}}}"#
+    )
+}
+
+/// `count` requests from `ip`, spread over the four minutes before `now_ms`.
+fn burst(ip: &str, count: i64, now_ms: i64) -> Vec<(i64, String)> {
+    (0..count)
+        .map(|i| {
+            let ts = now_ms - 240_000 + i * 240_000 / count;
+            (ts, record(ts, ip))
+        })
+        .collect()
+}
+
+async fn put_logs(moto: &MotoServer, region: &str, mut events: Vec<(i64, String)>) {
+    let client = moto.logs_client(region);
+    client
+        .create_log_group()
+        .log_group_name(GROUP)
+        .send()
+        .await
+        .unwrap();
+    client
+        .create_log_stream()
+        .log_group_name(GROUP)
+        .log_stream_name("waf")
+        .send()
+        .await
+        .unwrap();
+    events.sort();
+    for chunk in events.chunks(5_000) {
+        let batch = chunk
+            .iter()
+            .map(|(ts, message)| {
+                InputLogEvent::builder()
+                    .timestamp(*ts)
+                    .message(message)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        client
+            .put_log_events()
+            .log_group_name(GROUP)
+            .log_stream_name("waf")
+            .set_log_events(Some(batch))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// Every address in the named IP set of `scope` in `region`.
+async fn ip_set(moto: &MotoServer, region: &str, scope: Scope, name: &str) -> BTreeSet<String> {
+    let client = moto.wafv2_client(region);
+    let sets = client
+        .list_ip_sets()
+        .scope(scope.clone())
+        .send()
+        .await
+        .unwrap();
+    let summary = sets
+        .ip_sets()
+        .iter()
+        .find(|s| s.name() == Some(name))
+        .unwrap_or_else(|| panic!("{region} {scope:?} has no IP set {name}"));
+    let set = client
+        .get_ip_set()
+        .scope(scope)
+        .name(name)
+        .id(summary.id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    set.ip_set().unwrap().addresses().iter().cloned().collect()
+}
+
+async fn run_once(policy: &std::path::Path, dir: &std::path::Path, now: &str) -> Value {
+    let output = tokio::process::Command::new(floodgate_bin())
+        .args(["run", "--once", "--format", "json", "--now", now])
+        .arg("--config")
+        .arg(policy)
+        .current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("FLOODGATE_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let now_ms = wall_clock_ms() / 60_000 * 60_000;
+    // Each region sees its own attacker; the partner NAT floods eu-west-1
+    // but is allow-listed; a little benign traffic everywhere.
+    let mut traffic: Vec<Vec<(i64, String)>> = vec![
+        burst("203.0.113.9", 1500, now_ms),
+        burst("203.0.113.10", 1200, now_ms),
+        burst("2001:db8:bad::1", 1100, now_ms),
+    ];
+    traffic[0].extend(burst("198.51.100.7", 4000, now_ms));
+    for (i, events) in traffic.iter_mut().enumerate() {
+        events.extend(burst(&format!("192.0.2.{}", i + 1), 50, now_ms));
+    }
+    for (region, events) in REGIONS.iter().zip(traffic) {
+        put_logs(&moto, region, events).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("moto.toml");
+    let text = std::fs::read_to_string(workspace_root().join("examples/moto.toml"))
+        .unwrap()
+        .replace("http://127.0.0.1:5000", &moto.endpoint());
+    std::fs::write(&policy, text).unwrap();
+
+    let report = run_once(&policy, dir.path(), &rfc3339_from_ms(now_ms)).await;
+    assert_eq!(
+        report["records"],
+        1500 + 1200 + 1100 + 4000 + 150,
+        "{report}"
+    );
+    let added: BTreeSet<&str> = report["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        added,
+        BTreeSet::from(["203.0.113.9/32", "203.0.113.10/32", "2001:db8:bad::1/128"]),
+        "every attacker, wherever it was seen; never the partner"
+    );
+    let v4 = BTreeSet::from(["203.0.113.9/32".to_owned(), "203.0.113.10/32".to_owned()]);
+    let v6 = BTreeSet::from(["2001:db8:bad::1/128".to_owned()]);
+    for region in REGIONS {
+        assert_eq!(
+            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v4").await,
+            v4,
+            "{region}"
+        );
+        assert_eq!(
+            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v6").await,
+            v6,
+            "{region}"
+        );
+    }
+    assert_eq!(
+        ip_set(
+            &moto,
+            "us-east-1",
+            Scope::Cloudfront,
+            "floodgate-blocked-v4"
+        )
+        .await,
+        v4
+    );
+    assert_eq!(
+        ip_set(
+            &moto,
+            "us-east-1",
+            Scope::Cloudfront,
+            "floodgate-blocked-v6"
+        )
+        .await,
+        v6
+    );
+
+    // A day later the logs are old news and every 15-minute block has ended.
+    let later = run_once(&policy, dir.path(), &rfc3339_from_ms(now_ms + 86_400_000)).await;
+    assert_eq!(later["expired"].as_array().unwrap().len(), 3, "{later}");
+    for region in REGIONS {
+        assert!(
+            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v4")
+                .await
+                .is_empty()
+        );
+        assert!(
+            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v6")
+                .await
+                .is_empty()
+        );
+    }
+    assert!(
+        ip_set(
+            &moto,
+            "us-east-1",
+            Scope::Cloudfront,
+            "floodgate-blocked-v4"
+        )
+        .await
+        .is_empty()
+    );
+}
