@@ -69,6 +69,15 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
         serde_json::json!([["watch", 5], ["block", 17], ["block-24h", 1]])
     );
     assert_eq!(report["targets"][0]["outcome"], "updated +3 −0");
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["read", "detect", "ledger", "plan", "apply"]);
+    assert!(report["bytes_read"].as_u64().unwrap() > 1_000_000, "{report}");
+    assert!(report["insights_estimated_cost_usd"].is_null(), "files cost nothing");
     // Aggregated exactly; the allow-listed corporate NAT is never there.
     assert_eq!(
         set_file(dir.path(), "floodgate-blocked-v4"),

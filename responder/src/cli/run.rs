@@ -39,7 +39,28 @@ struct RunReport {
     adopted: Vec<String>,
     targets: Vec<TargetLine>,
     api_calls: u32,
+    /// Bytes the source read, or Logs Insights scanned.
+    bytes_read: u64,
+    /// With Logs Insights: what scanning `bytes_read` cost, in US dollars.
+    insights_estimated_cost_usd: Option<f64>,
+    phases: Vec<Phase>,
     seconds: f64,
+}
+
+/// How long one phase of a cycle took.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Phase {
+    phase: &'static str,
+    seconds: f64,
+}
+
+impl Phase {
+    /// Ends the phase `watch` timed, and starts the next.
+    fn end(phase: &'static str, watch: &mut Stopwatch) -> Phase {
+        let seconds = watch.elapsed().as_secs_f64();
+        *watch = Stopwatch::start();
+        Phase { phase, seconds }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +141,8 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
 /// been written yet.
 pub(super) struct Prepared {
     pub started: Stopwatch,
+    /// How long each phase took, in order.
+    pub phases: Vec<Phase>,
     pub stats: crate::traffic::Stats,
     pub offenders: Vec<crate::detect::Offender>,
     pub targets: Vec<Arc<ConfiguredTarget>>,
@@ -150,6 +173,8 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
 
     // Everything that can fail on bad input happens before anything is written.
     let source = ConfiguredSource::from_config(source_config).await?;
+    let mut phases = Vec::new();
+    let mut phase = Stopwatch::start();
     let traffic = source
         .count(&count_spec(policy, now_ms, widest).map_err(crate::source::SourceError::from)?)
         .await?;
@@ -160,7 +185,9 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
             stats.malformed
         )));
     }
+    phases.push(Phase::end("read", &mut phase));
     let offenders = detect(&traffic, policy, widest);
+    phases.push(Phase::end("detect", &mut phase));
     let mut ledger = FileLedger::new(&policy.responder.state_dir)
         .load()
         .await
@@ -191,6 +218,7 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
         Vec::new()
     };
 
+    phases.push(Phase::end("ledger", &mut phase));
     let planned = plan(
         &offenders,
         policy,
@@ -199,8 +227,10 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
         &source_label(policy),
         capacity(policy),
     );
+    phases.push(Phase::end("plan", &mut phase));
     Ok(Prepared {
         started,
+        phases,
         stats,
         offenders,
         targets,
@@ -212,6 +242,7 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
 async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     let Prepared {
         started,
+        mut phases,
         stats,
         offenders,
         targets,
@@ -219,7 +250,9 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         planned,
         ..
     } = prepare(&args.policy, policy).await?;
+    let mut phase = Stopwatch::start();
     let reports = apply(policy, targets, &planned).await?;
+    phases.push(Phase::end("apply", &mut phase));
 
     let failed = reports
         .iter()
@@ -261,6 +294,10 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
                 outcome: r.outcome.to_string(),
             })
             .collect(),
+        bytes_read: stats.bytes,
+        insights_estimated_cost_usd: uses_insights(policy)
+            .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
+        phases,
         seconds: started.elapsed().as_secs_f64(),
     };
     tracing::info!(report = %serde_json::to_string(&report).expect("reports serialize"), "run finished");
@@ -295,6 +332,17 @@ pub(super) async fn apply(
         .await
         .map_err(|e| CliError::Input(e.to_string()))?;
     Ok(reports)
+}
+
+/// Whether the source is Logs Insights, which is billed by bytes scanned.
+fn uses_insights(policy: &Policy) -> bool {
+    matches!(
+        &policy.source,
+        Some(floodgate_rules::policy::LogSourceConfig::CloudWatch {
+            api: floodgate_rules::policy::CloudWatchApi::Insights,
+            ..
+        })
+    )
 }
 
 /// Where the offenders were seen, for the ledger.
@@ -339,6 +387,18 @@ fn summary(report: &RunReport, policy: &Policy) -> String {
         "read {} records ({} malformed) in {:.2} s; mode {}\n",
         report.records, report.malformed, report.seconds, report.mode
     ));
+    let phases: Vec<String> = report
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.2} s", p.phase, p.seconds))
+        .collect();
+    out.push_str(&format!("phases: {}\n", phases.join(", ")));
+    if let Some(cost) = report.insights_estimated_cost_usd {
+        out.push_str(&format!(
+            "Logs Insights scanned {} bytes: about ${cost:.4}\n",
+            report.bytes_read
+        ));
+    }
     let tiers: Vec<String> = report
         .offenders_per_tier
         .iter()
