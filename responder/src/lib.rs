@@ -17,6 +17,7 @@
 // The CloudFormation templates in `infra` are deeply nested `json!` literals.
 #![recursion_limit = "512"]
 
+pub mod alert;
 pub mod aws;
 pub mod cli;
 pub mod clock;

@@ -76,8 +76,14 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
         .map(|p| p["phase"].as_str().unwrap())
         .collect();
     assert_eq!(phases, ["read", "detect", "ledger", "plan", "apply"]);
-    assert!(report["bytes_read"].as_u64().unwrap() > 1_000_000, "{report}");
-    assert!(report["insights_estimated_cost_usd"].is_null(), "files cost nothing");
+    assert!(
+        report["bytes_read"].as_u64().unwrap() > 1_000_000,
+        "{report}"
+    );
+    assert!(
+        report["insights_estimated_cost_usd"].is_null(),
+        "files cost nothing"
+    );
     // Aggregated exactly; the allow-listed corporate NAT is never there.
     assert_eq!(
         set_file(dir.path(), "floodgate-blocked-v4"),
@@ -395,4 +401,96 @@ fn block_and_unblock_override_every_target_and_an_unblock_holds_against_detectio
     let nothing = floodgate(&["unblock", "192.0.2.200", "--reason", "x"]);
     assert_eq!(nothing.status.code(), Some(1));
     assert!(stderr(&nothing).contains("no block in force covers it"));
+}
+
+/// A webhook receiver on loopback: every request body it got.
+fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let received = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            received
+                .lock()
+                .unwrap()
+                .push(String::from_utf8(body).unwrap());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, bodies)
+}
+
+#[test]
+fn alerts_post_to_the_webhook_once_per_repeat_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = "\n[alerts]\nwebhook_url_env = \"FLOODGATE_TEST_WEBHOOK\"\nrepeat_minutes = 60\n";
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), alerts);
+    let (url, bodies) = webhook();
+    let run = |now: &str| {
+        Command::new(floodgate_bin())
+            .args([
+                "run",
+                "--once",
+                "--config",
+                policy.to_str().unwrap(),
+                "--now",
+                now,
+            ])
+            .current_dir(dir.path())
+            .env("FLOODGATE_TEST_WEBHOOK", &url)
+            .output()
+            .unwrap()
+    };
+    let first = run("2026-11-20T10:05:00Z");
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let sent = bodies.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one POST per cycle");
+    let payload: Value = serde_json::from_str(&sent[0]).unwrap();
+    assert!(
+        payload["text"].as_str().unwrap().starts_with("Floodgate: "),
+        "{payload}"
+    );
+    let kinds: Vec<&str> = payload["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    // The five watch-tier addresses are the allow-listed partner's: their
+    // 2,400 requests would have reached the block tier without it.
+    assert_eq!(kinds, ["allow_listed_over_block_tier"; 5]);
+    let allow_listed = payload["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "allow_listed_over_block_tier")
+        .unwrap();
+    assert_eq!(allow_listed["exception"], "198.51.100.0/24");
+    assert_eq!(
+        allow_listed["tier"], "block",
+        "2,400 requests reach block, not block-24h"
+    );
+
+    // The attack goes on a minute later: nothing new to say.
+    let again = run("2026-11-20T10:06:00Z");
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let sent = bodies.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "deduplicated within the hour: {sent:?}");
 }

@@ -141,6 +141,7 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
 /// been written yet.
 pub(super) struct Prepared {
     pub started: Stopwatch,
+    pub now_ms: i64,
     /// How long each phase took, in order.
     pub phases: Vec<Phase>,
     pub stats: crate::traffic::Stats,
@@ -230,6 +231,7 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
     phases.push(Phase::end("plan", &mut phase));
     Ok(Prepared {
         started,
+        now_ms,
         phases,
         stats,
         offenders,
@@ -242,6 +244,7 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
 async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     let Prepared {
         started,
+        now_ms,
         mut phases,
         stats,
         offenders,
@@ -253,6 +256,7 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     let mut phase = Stopwatch::start();
     let reports = apply(policy, targets, &planned).await?;
     phases.push(Phase::end("apply", &mut phase));
+    crate::alert::notify(policy, &offenders, &planned, &reports, now_ms).await;
 
     let failed = reports
         .iter()

@@ -32,6 +32,7 @@
 //! assert_eq!(allowed.owner, "netops@example.com");
 //! ```
 
+mod alerts;
 pub(crate) mod allow;
 mod check;
 mod infra;
@@ -42,6 +43,7 @@ mod safety;
 mod targets;
 mod tiers;
 
+pub use alerts::Alerts;
 pub use allow::{AllowEntry, AllowList};
 pub use infra::{Infra, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
@@ -80,6 +82,8 @@ pub struct Policy {
     pub infra: Option<Infra>,
     /// How the responder job runs.
     pub responder: Responder,
+    /// Where alerts go, if the file has `[alerts]`.
+    pub alerts: Option<Alerts>,
     /// The day expiry was evaluated on.
     pub evaluated_on: Date,
 }
@@ -127,6 +131,10 @@ impl Policy {
             .as_ref()
             .and_then(|i| infra::check_infra(&mut checker, i));
         let responder = responder::check_responder(&mut checker, raw.responder.as_ref());
+        let alerts = raw
+            .alerts
+            .as_ref()
+            .and_then(|a| alerts::check_alerts(&mut checker, a));
         let diagnostics = checker.found.finish();
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return Err(PolicyError { diagnostics });
@@ -140,6 +148,7 @@ impl Policy {
             safety,
             infra,
             responder,
+            alerts,
             evaluated_on: today,
         };
         Ok(LoadedPolicy {

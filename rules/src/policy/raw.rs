@@ -21,6 +21,15 @@ pub(crate) struct RawPolicy {
     pub safety: Option<Spanned<RawSafety>>,
     pub infra: Option<Spanned<RawInfra>>,
     pub responder: Option<Spanned<RawResponder>>,
+    pub alerts: Option<Spanned<RawAlerts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlerts {
+    pub webhook_url_env: Spanned<String>,
+    pub repeat_minutes: Option<Spanned<i64>>,
+    pub target_failure_cycles: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
