@@ -19,6 +19,7 @@
 
 pub mod alert;
 pub mod aws;
+pub mod backtest;
 pub mod cli;
 pub mod clock;
 pub mod daemon;

@@ -494,3 +494,58 @@ fn alerts_post_to_the_webhook_once_per_repeat_window() {
     let sent = bodies.lock().unwrap().clone();
     assert_eq!(sent.len(), 1, "deduplicated within the hour: {sent:?}");
 }
+
+#[test]
+fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let report = dir.path().join("report.html");
+    let output = Command::new(floodgate_bin())
+        .args(["backtest", "--config", policy.to_str().unwrap(), "--logs"])
+        .arg(workspace_root().join("examples/logs"))
+        .args([
+            "--from",
+            "2026-11-20T10:00:00Z",
+            "--to",
+            "2026-11-20T10:30:00Z",
+        ])
+        .args([
+            "--step",
+            "1m",
+            "--format",
+            "json",
+            "--out",
+            report.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let blocked: Vec<&str> = summary["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["net"].as_str().unwrap())
+        .collect();
+    assert_eq!(blocked.len(), 18, "{summary}");
+    assert!(blocked.contains(&"203.0.113.66/32") && blocked.contains(&"2001:db8:bad::66/128"));
+    assert!(
+        !blocked.iter().any(|b| b.starts_with("198.51.100.")),
+        "never the allow-listed NAT"
+    );
+    assert!(summary["requests_stopped"].as_u64().unwrap() > 0);
+    assert_eq!(summary["allow_listed_offenders"], 5);
+
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<svg"),
+        "self-contained with charts"
+    );
+    assert!(html.contains("<figcaption>203.0.113.66</figcaption>"));
+    assert!(html.contains("class=\"blocked\""), "block spans are shaded");
+    assert!(
+        !dir.path().join("state").exists(),
+        "a backtest writes no target and no ledger"
+    );
+}

@@ -5,6 +5,7 @@
 //! - 1: invalid input or configuration; nothing was applied;
 //! - 2: partial failure; some target did not converge (the responder commands).
 
+mod backtest;
 mod check;
 mod gen_logs;
 mod manual;
@@ -90,6 +91,12 @@ pub enum Command {
     /// End the blocks an address or range has on every target now, and keep
     /// detection from blocking it again for --suppress-minutes. Exit as for run.
     Unblock(UnblockArgs),
+    /// Replay historical WAF logs through detection and planning with the
+    /// clock stepping from --from to --to: which addresses would have been
+    /// blocked, for how long, the requests that would have stopped, the
+    /// allow-list's part and the circuit breaker. Writes an HTML report with
+    /// charts; writes nothing to any target or ledger.
+    Backtest(BacktestArgs),
     /// Rank client IPs by requests in WAF log files over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
@@ -224,6 +231,32 @@ pub struct UnblockArgs {
     /// The policy (its targets and ledger), and the time (`--now`).
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+/// `floodgate backtest`.
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// The policy to test.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or globs.
+    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    pub logs: Vec<String>,
+    /// Start of the period: an RFC 3339 time or a date.
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub from: OffsetDateTime,
+    /// End of the period.
+    #[arg(long, value_name = "TIME", value_parser = parse_instant)]
+    pub to: OffsetDateTime,
+    /// How far the clock moves each step: seconds, or with s, m or h.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub step: Duration,
+    /// Where to write the HTML report.
+    #[arg(long, value_name = "FILE", default_value = "backtest.html")]
+    pub out: PathBuf,
+    /// Format of the summary on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 /// `floodgate top`.
@@ -378,6 +411,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Status(args) => status::run(&args),
         Command::Block(args) => manual::block(&args),
         Command::Unblock(args) => manual::unblock(&args),
+        Command::Backtest(args) => backtest::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
         Command::RenderInfra(args) => render_infra::run(&args),

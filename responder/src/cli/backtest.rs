@@ -1,0 +1,255 @@
+//! `floodgate backtest`: what would this policy have done over a period of
+//! historical WAF logs? Writes a self-contained HTML report with SVG charts
+//! (requests over time of the busiest addresses, block spans shaded) and
+//! prints a summary. Writes nothing to any target or ledger.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::Path;
+
+use floodgate_rules::Policy;
+
+use super::run::capacity;
+use super::{BacktestArgs, CliError, Format, Status, load_policy, write_stdout};
+use crate::backtest::{self, Backtest, Record};
+use crate::clock::{rfc3339_from_ms, unix_ms};
+use crate::source::files::FileSource;
+use crate::waflog::parse_hit;
+
+/// Charted addresses.
+const CHARTED: usize = 6;
+
+/// Runs `floodgate backtest`.
+pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
+    let Some(loaded) = load_policy(&args.policy)? else {
+        return Ok(Status::Invalid);
+    };
+    let policy = &loaded.policy;
+    let (from_ms, to_ms) = (unix_ms(args.from), unix_ms(args.to));
+    if to_ms <= from_ms {
+        return Err(CliError::Input("--to must come after --from".to_owned()));
+    }
+    let step_ms = i64::try_from(args.step.as_millis()).unwrap_or(i64::MAX);
+    if (to_ms - from_ms) / step_ms > 1_000_000 {
+        return Err(CliError::Input(
+            "more than a million steps: use a longer --step or a shorter period".to_owned(),
+        ));
+    }
+    let widest = policy
+        .tiers
+        .iter()
+        .map(|t| i64::from(t.window_seconds.get()))
+        .max();
+    let earliest = from_ms - widest.unwrap_or(300) * 1000;
+    let records = read_records(&args.logs, earliest, to_ms)?;
+    let result = backtest::run(
+        policy,
+        records,
+        from_ms,
+        to_ms,
+        step_ms,
+        capacity(policy),
+        CHARTED,
+    )
+    .map_err(|e| CliError::Input(format!("too many tier windows: {}", e.0)))?;
+    std::fs::write(&args.out, html(&result, policy))
+        .map_err(|e| CliError::Input(format!("{}: {e}", args.out.display())))?;
+    let output = match args.format {
+        Format::Json => {
+            serde_json::to_string_pretty(&summary_json(&result)).expect("serializes") + "\n"
+        }
+        Format::Table => summary_text(&result, &args.out),
+    };
+    write_stdout(&output)?;
+    Ok(Status::Success)
+}
+
+/// Every usable record between `from_ms` and `to_ms` in the files.
+fn read_records(paths: &[String], from_ms: i64, to_ms: i64) -> Result<Vec<Record>, CliError> {
+    let source = FileSource::new(paths)?;
+    let mut records = Vec::new();
+    for path in source.files() {
+        let file = std::fs::File::open(path)
+            .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
+        let reader: Box<dyn BufRead> = if is_gzip(path) {
+            Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
+        } else {
+            Box::new(BufReader::new(file))
+        };
+        for line in reader.split(b'\n') {
+            let line = line.map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
+            if let Ok(hit) = parse_hit(&line)
+                && (from_ms..=to_ms).contains(&hit.timestamp_ms)
+            {
+                records.push((hit.timestamp_ms, hit.client_ip));
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn is_gzip(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "gz")
+}
+
+fn summary_json(result: &Backtest) -> serde_json::Value {
+    let blocked: Vec<serde_json::Value> = result
+        .blocked
+        .keys()
+        .map(|net| serde_json::json!({ "net": net.to_string(), "minutes": result.minutes_blocked(net) }))
+        .collect();
+    serde_json::json!({
+        "from": rfc3339_from_ms(result.from_ms),
+        "to": rfc3339_from_ms(result.to_ms),
+        "requests": result.requests,
+        "blocked": blocked,
+        "requests_stopped": result.stopped,
+        "allow_listed_requests": result.allow_listed_requests,
+        "allow_listed_offenders": result.allow_listed_offenders,
+        "circuit_breaker_steps": result.breaker_steps.iter().map(|&t| rfc3339_from_ms(t)).collect::<Vec<_>>(),
+    })
+}
+
+fn summary_text(result: &Backtest, out: &Path) -> String {
+    let mut text = format!(
+        "{} to {}: {} requests; {} addresses blocked; {} requests ({:.1}%) would have been stopped\n",
+        rfc3339_from_ms(result.from_ms),
+        rfc3339_from_ms(result.to_ms),
+        result.requests,
+        result.blocked.len(),
+        result.stopped,
+        percent(result.stopped, result.requests),
+    );
+    for net in result.blocked.keys() {
+        let _ = writeln!(
+            text,
+            "  {net:<43} blocked {:.0} min",
+            result.minutes_blocked(net)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "allow-list: {} requests, {} allow-listed addresses reached a tier; circuit breaker tripped at {} steps",
+        result.allow_listed_requests,
+        result.allow_listed_offenders,
+        result.breaker_steps.len()
+    );
+    let _ = writeln!(text, "report: {}", out.display());
+    text
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The self-contained report: a summary, the blocks, and one chart per
+/// busy address with its block spans shaded.
+fn html(result: &Backtest, policy: &Policy) -> String {
+    let mut page = String::from(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Floodgate backtest</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}figcaption{font-weight:600}</style></head><body>\n",
+    );
+    let _ = writeln!(
+        page,
+        "<h1>Floodgate backtest</h1>\n<p>{} to {}, one step every {} s, {} tiers. {} requests; <strong>{} addresses blocked</strong>; <strong>{} requests ({:.1}%) would have been stopped</strong>. Allow-list: {} requests, {} allow-listed addresses reached a tier. Circuit breaker: tripped at {} steps.</p>",
+        rfc3339_from_ms(result.from_ms),
+        rfc3339_from_ms(result.to_ms),
+        result.step_ms / 1000,
+        policy.tiers.len(),
+        result.requests,
+        result.blocked.len(),
+        result.stopped,
+        percent(result.stopped, result.requests),
+        result.allow_listed_requests,
+        result.allow_listed_offenders,
+        result.breaker_steps.len()
+    );
+    page.push_str(
+        "<h2>Blocks</h2>\n<table><tr><th>address</th><th>minutes blocked</th><th>spans</th></tr>\n",
+    );
+    for (net, spans) in &result.blocked {
+        let spans: Vec<String> = spans
+            .iter()
+            .map(|&(a, b)| format!("{} – {}", rfc3339_from_ms(a), rfc3339_from_ms(b)))
+            .collect();
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{:.0}</td><td>{}</td></tr>",
+            escape(&net.to_string()),
+            result.minutes_blocked(net),
+            escape(&spans.join(", "))
+        );
+    }
+    page.push_str("</table>\n<h2>Busiest addresses</h2>\n");
+    for (ip, series) in &result.top {
+        page.push_str(&chart(result, *ip, series));
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+/// One SVG chart: requests per step as a line, block spans shaded red.
+fn chart(result: &Backtest, ip: IpAddr, series: &[u32]) -> String {
+    let (width, height, left, bottom) = (800.0, 200.0, 50.0, 20.0);
+    let span_ms = (result.to_ms - result.from_ms).max(1) as f64;
+    let x = |ms: i64| left + (ms - result.from_ms) as f64 / span_ms * (width - left - 10.0);
+    let peak = series.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let y = |v: u32| (height - bottom) - f64::from(v) / peak * (height - bottom - 10.0);
+    let mut svg = format!(
+        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"requests per step from {}\">\n",
+        escape(&ip.to_string()),
+        escape(&ip.to_string())
+    );
+    if let Some(spans) = result.blocked.get(&ipnet::IpNet::from(ip)) {
+        for &(a, b) in spans {
+            let _ = writeln!(
+                svg,
+                "<rect class=\"blocked\" x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#f4c7c3\"><title>blocked {} – {}</title></rect>",
+                x(a),
+                (x(b) - x(a)).max(1.0),
+                height - bottom,
+                rfc3339_from_ms(a),
+                rfc3339_from_ms(b)
+            );
+        }
+    }
+    let points: Vec<String> = series
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            format!(
+                "{:.1},{:.1}",
+                x(result.from_ms + i as i64 * result.step_ms),
+                y(v)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#1a73e8\" stroke-width=\"2\" points=\"{}\"/>",
+        points.join(" ")
+    );
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#444\"/><text x=\"4\" y=\"14\" font-size=\"11\">{peak} req/step</text><text x=\"{left}\" y=\"{height}\" font-size=\"11\">{2}</text><text x=\"{3}\" y=\"{height}\" font-size=\"11\" text-anchor=\"end\">{4}</text>",
+        height - bottom,
+        width - 10.0,
+        rfc3339_from_ms(result.from_ms),
+        width - 10.0,
+        rfc3339_from_ms(result.to_ms)
+    );
+    svg.push_str("</svg></figure>\n");
+    svg
+}
