@@ -25,20 +25,20 @@ fn run_at(dir: &Path, policy: &Path, now: &str) -> std::process::Output {
 
 /// `floodgate run --once` in `dir`, at `now`, with `extra` arguments.
 fn run_with(dir: &Path, policy: &Path, now: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(floodgate_bin())
-        .args([
-            "run",
-            "--once",
-            "--config",
-            policy.to_str().unwrap(),
-            "--now",
-            now,
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("FLOODGATE_LOG")
+    floodgate_at(dir, policy, now, &[&["run", "--once"], extra].concat())
         .output()
         .unwrap()
+}
+
+/// `floodgate <args> --config <policy> --now <now>`, run in `dir`.
+fn floodgate_at(dir: &Path, policy: &Path, now: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(floodgate_bin());
+    command
+        .args(args)
+        .args(["--config", policy.to_str().unwrap(), "--now", now])
+        .current_dir(dir)
+        .env_remove("FLOODGATE_LOG");
+    command
 }
 
 fn set_file(dir: &Path, name: &str) -> Vec<String> {
@@ -220,11 +220,7 @@ fn the_circuit_breaker_is_logged_at_error_level_as_json() {
 
 /// `floodgate plan` in `dir`, at `now`, with `extra` arguments.
 fn plan_at(dir: &Path, policy: &Path, now: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(floodgate_bin())
-        .args(["plan", "--config", policy.to_str().unwrap(), "--now", now])
-        .args(extra)
-        .current_dir(dir)
-        .env_remove("FLOODGATE_LOG")
+    floodgate_at(dir, policy, now, &[&["plan"], extra].concat())
         .output()
         .unwrap()
 }
@@ -284,10 +280,8 @@ fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
     let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
     let at = "2026-11-20T10:05:00Z";
     let status = |now: &str, extra: &[&str]| {
-        Command::new(floodgate_bin())
-            .args(["status", "--config", policy.to_str().unwrap(), "--now", now])
-            .args(extra)
-            .current_dir(dir.path())
+        let args = [&["status"], extra].concat();
+        floodgate_at(dir.path(), &policy, now, &args)
             .output()
             .unwrap()
     };
@@ -340,10 +334,7 @@ fn block_and_unblock_override_every_target_and_an_unblock_holds_against_detectio
     );
     let at = "2026-11-20T10:05:00Z";
     let floodgate = |args: &[&str]| {
-        Command::new(floodgate_bin())
-            .args(args)
-            .args(["--config", policy.to_str().unwrap(), "--now", at])
-            .current_dir(dir.path())
+        floodgate_at(dir.path(), &policy, at, args)
             .output()
             .unwrap()
     };
@@ -444,16 +435,7 @@ fn alerts_post_to_the_webhook_once_per_repeat_window() {
     let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), alerts);
     let (url, bodies) = webhook();
     let run = |now: &str| {
-        Command::new(floodgate_bin())
-            .args([
-                "run",
-                "--once",
-                "--config",
-                policy.to_str().unwrap(),
-                "--now",
-                now,
-            ])
-            .current_dir(dir.path())
+        floodgate_at(dir.path(), &policy, now, &["run", "--once"])
             .env("FLOODGATE_TEST_WEBHOOK", &url)
             .output()
             .unwrap()
