@@ -130,7 +130,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let hash = self.cell.hasher.hash(&key);
         let set = policy.resolve(&key, hash, now).set;
         let checked = match redis.check(&key, hash, set, now).await {
-            Some(reply) => reply.checked,
+            Some(checked) => checked,
             None => redis.fallback(hash, set, now),
         };
         self.settle(head, &key, set, checked, now)

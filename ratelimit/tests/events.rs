@@ -2,6 +2,8 @@
 //! its own: tracing caches each event's interest process-wide, so a test
 //! running beside others that have no subscriber could miss its events.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
@@ -10,7 +12,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
-use floodgate_rules::Policy;
 use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -53,12 +54,7 @@ fn rejection_events_are_rate_limited_and_report_what_they_held_back() {
 default_plan = "free"
 plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
 "#;
-    let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(text, "test.toml", today)
-        .unwrap()
-        .policy
-        .quotas
-        .unwrap();
+    let quotas = common::quotas(text);
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()

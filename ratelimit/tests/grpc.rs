@@ -1,8 +1,9 @@
 //! A tonic gRPC server behind the layer answers a refused call with the
 //! gRPC status RESOURCE_EXHAUSTED, which a real tonic client reads as such.
 
+mod common;
+
 use floodgate_ratelimit::{TenantHeader, TenantRateLimitLayer};
-use floodgate_rules::Policy;
 use http::header::HeaderName;
 use tonic::Code;
 use tonic::transport::server::TcpIncoming;
@@ -16,12 +17,7 @@ async fn a_refused_grpc_call_gets_resource_exhausted() {
 default_plan = "free"
 plans = [{ name = "free", limits = [{ requests = 2, per_seconds = 60 }] }]
 "#;
-    let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(text, "grpc.toml", today)
-        .unwrap()
-        .policy
-        .quotas
-        .unwrap();
+    let quotas = common::quotas(text);
     let layer = TenantRateLimitLayer::builder(&quotas)
         .key(TenantHeader::new(HeaderName::from_static("x-tenant-id")))
         .build()

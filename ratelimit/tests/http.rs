@@ -1,5 +1,7 @@
 //! The layer in a real axum server on 127.0.0.1, driven by a real HTTP client.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -10,20 +12,12 @@ use axum::routing::get;
 use floodgate_ratelimit::{
     ClientIp, ForwardedHeader, MissingKey, TenantHeader, TenantRateLimitLayer,
 };
-use floodgate_rules::Policy;
-use floodgate_rules::policy::Quotas;
 use http::header::HeaderName;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-
-fn quotas(text: &str) -> Quotas {
-    let today = time::macros::date!(2026 - 11 - 22);
-    let loaded = Policy::from_toml(text, "test.toml", today).expect("valid policy");
-    loaded.policy.quotas.expect("has [quotas]")
-}
 
 const TWO_A_MINUTE: &str = r#"
 [quotas]
@@ -95,7 +89,7 @@ fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_third_request_gets_429_with_retry_after_ratelimit_fields_and_a_problem() {
-    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .build()
         .unwrap();
@@ -128,7 +122,7 @@ async fn the_third_request_gets_429_with_retry_after_ratelimit_fields_and_a_prob
 
 #[tokio::test]
 async fn headers_can_be_switched_off_and_missing_keys_refused() {
-    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .headers(false)
         .missing_key(MissingKey::Unauthorized)
@@ -150,7 +144,7 @@ async fn headers_can_be_switched_off_and_missing_keys_refused() {
 async fn a_spoofed_leftmost_forwarded_for_does_not_escape_the_limit() {
     // The test client's 127.0.0.1 plays the trusted load balancer.
     let trusted = ["127.0.0.1/32".parse().unwrap()];
-    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .client_ip(ClientIp::behind_proxies(
             &trusted,
@@ -180,7 +174,7 @@ async fn a_spoofed_leftmost_forwarded_for_does_not_escape_the_limit() {
 
 #[tokio::test]
 async fn without_trusted_proxies_forwarded_for_is_ignored() {
-    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .build()
         .unwrap();
@@ -204,7 +198,7 @@ async fn without_trusted_proxies_forwarded_for_is_ignored() {
 
 #[tokio::test]
 async fn a_reload_mid_traffic_applies_new_limits_and_keeps_unchanged_state() {
-    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .build()
         .unwrap();
@@ -233,7 +227,7 @@ async fn a_reload_mid_traffic_applies_new_limits_and_keeps_unchanged_state() {
         })
     };
     while get_with(addr, &[("x-tenant-id", "acme")]).await.status == StatusCode::OK {}
-    handle.reload(&quotas(GENEROUS));
+    handle.reload(&common::quotas(GENEROUS));
     reloaded.store(true, Ordering::SeqCst);
     let statuses = traffic.await.unwrap();
     assert!(
@@ -257,7 +251,7 @@ async fn a_reload_mid_traffic_applies_new_limits_and_keeps_unchanged_state() {
 
 #[tokio::test]
 async fn a_key_spray_stays_under_the_cap_and_shares_one_budget() {
-    let layer = TenantRateLimitLayer::builder(&quotas(TWO_A_MINUTE))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
         .key(tenant_header())
         .max_keys(NonZeroUsize::new(1_000).unwrap())
         .build()

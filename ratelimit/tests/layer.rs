@@ -1,6 +1,8 @@
 //! The layer around a plain tower service on governor's fake clock: time is
 //! advanced, never slept.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,22 +10,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
-use floodgate_rules::Policy;
-use floodgate_rules::policy::Quotas;
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use proptest::prelude::*;
 use tower::{Layer, Service};
-
-fn quotas(text: &str) -> Quotas {
-    let today = time::macros::date!(2026 - 11 - 22);
-    Policy::from_toml(text, "test.toml", today)
-        .expect("valid policy")
-        .policy
-        .quotas
-        .expect("has [quotas]")
-}
 
 /// A service that answers "ok" at once.
 fn ok_service()
@@ -72,7 +63,7 @@ default_plan = "slow"
 plans = [{ name = "slow", limits = [{ requests = 2, per_seconds = 3, burst = 1 }] }]
 "#;
     let clock = FakeRelativeClock::default();
-    let layer = TenantRateLimitLayer::builder(&quotas(text))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
         .clock(clock.clone())
         .build()
         .unwrap();
@@ -96,7 +87,7 @@ default_plan = "free"
 plans = [{ name = "free", limits = [{ requests = 3, per_seconds = 1 }, { requests = 4, per_seconds = 86400 }] }]
 "#;
     let clock = FakeRelativeClock::default();
-    let layer = TenantRateLimitLayer::builder(&quotas(text))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
         .clock(clock.clone())
         .build()
         .unwrap();
@@ -132,7 +123,7 @@ owner = "sales"
 expires = 2026-12-15
 "#;
     let clock = FakeRelativeClock::default();
-    let layer = TenantRateLimitLayer::builder(&quotas(text))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
         .clock(clock.clone())
         .wall_clock_at(time::macros::datetime!(2026-12-15 23:59 UTC))
         .build()
@@ -179,7 +170,7 @@ plans = [
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let layer = metrics::with_local_recorder(&recorder, || {
-        TenantRateLimitLayer::builder(&quotas(text))
+        TenantRateLimitLayer::builder(&common::quotas(text))
             .clock(FakeRelativeClock::default())
             .build()
             .unwrap()
@@ -209,7 +200,7 @@ fn global_shadow_mode_overrides_every_plan() {
 default_plan = "paid"
 plans = [{ name = "paid", limits = [{ requests = 1, per_seconds = 60 }] }]
 "#;
-    let layer = TenantRateLimitLayer::builder(&quotas(text))
+    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
         .clock(FakeRelativeClock::default())
         .shadow(true)
         .build()
@@ -255,7 +246,7 @@ proptest! {
         steps in prop::collection::vec((0usize..3, 0u64..400), 1..300)
     ) {
         let clock = FakeRelativeClock::default();
-        let layer = TenantRateLimitLayer::builder(&quotas(MODEL_PLAN)).clock(clock.clone()).build().unwrap();
+        let layer = TenantRateLimitLayer::builder(&common::quotas(MODEL_PLAN)).clock(clock.clone()).build().unwrap();
         let mut service = layer.layer(ok_service());
         // (interval, burst) for 5/s burst 3 and 20/min.
         let limits = [(200_000_000u64, 3u64), (3_000_000_000, 20)];

@@ -2,6 +2,8 @@
 //! `scripts/test.sh` starts when none is running), and against Redis servers
 //! and a delaying proxy that the tests start themselves.
 
+mod common;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -13,7 +15,6 @@ use std::time::{Duration, Instant};
 use floodgate_ratelimit::{
     Backend, FALLBACKS_TOTAL, RateLimitHandle, RedisSettings, Tenant, TenantRateLimitLayer,
 };
-use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
 use http::{HeaderMap, Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -22,15 +23,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
-
-fn quotas(text: &str) -> Quotas {
-    let today = time::macros::date!(2026 - 11 - 22);
-    Policy::from_toml(text, "redis.toml", today)
-        .expect("valid policy")
-        .policy
-        .quotas
-        .expect("has [quotas]")
-}
 
 /// A tenant id no earlier run has used: Redis outlives test runs.
 fn fresh_tenant(name: &str) -> String {
@@ -108,7 +100,7 @@ plans = [{ name = "shared", limits = [{ requests = 50, per_seconds = 1, burst = 
 /// Four instances hammer one tenant for `seconds`; returns what they
 /// admitted in all, and the time it took.
 async fn four_instances(backend: impl Fn() -> Backend, tenant: &str, seconds: f64) -> (usize, f64) {
-    let quotas = quotas(SHARED_PLAN);
+    let quotas = common::quotas(SHARED_PLAN);
     let mut instances = Vec::new();
     for _ in 0..4 {
         let (service, handle) = service(&quotas, backend());
@@ -187,7 +179,7 @@ expires = 2099-01-01
 "#
     );
     let (mut service, handle) = service(
-        &quotas(&text),
+        &common::quotas(&text),
         redis_at(REDIS, Duration::from_millis(250), 1),
     );
     wait_until_connected(&handle, true).await;
@@ -205,7 +197,9 @@ expires = 2099-01-01
         "the override's plan applies"
     );
 
-    handle.reload(&quotas(&text.replace("requests = 2,", "requests = 5,")));
+    handle.reload(&common::quotas(
+        &text.replace("requests = 2,", "requests = 5,"),
+    ));
     assert_eq!(
         admitted(&mut service, &tenant, 10).await,
         5,
@@ -289,7 +283,7 @@ async fn with_redis_down_requests_flow_under_fallback_limits_until_it_is_back() 
     let (mut service, handle) = metrics::with_local_recorder(&recorder, || {
         let url = format!("redis://127.0.0.1:{port}");
         service(
-            &quotas(EIGHT_A_MINUTE),
+            &common::quotas(EIGHT_A_MINUTE),
             redis_at(&url, Duration::from_millis(250), 4),
         )
     });
@@ -368,7 +362,7 @@ async fn a_slow_redis_trips_the_budget_and_the_instance_decides_locally() {
     let (mut service, handle) = metrics::with_local_recorder(&recorder, || {
         let url = format!("redis://{proxy}");
         service(
-            &quotas(EIGHT_A_MINUTE),
+            &common::quotas(EIGHT_A_MINUTE),
             redis_at(&url, Duration::from_millis(20), 4),
         )
     });

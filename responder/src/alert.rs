@@ -13,7 +13,7 @@
 //! the ledger. A failed POST is logged and never fails the cycle.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -129,14 +129,8 @@ impl AlertState {
 
     /// Writes `alerts.json` atomically.
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let path: PathBuf = dir.join(ALERTS_FILE);
-        let temporary = path.with_extension("json.tmp");
-        std::fs::write(
-            &temporary,
-            serde_json::to_vec_pretty(self).expect("state serializes"),
-        )?;
-        std::fs::rename(temporary, path)
+        let bytes = serde_json::to_vec_pretty(self).expect("state serializes");
+        crate::atomic_file::write_atomically(dir, ALERTS_FILE, &bytes)
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -320,11 +319,6 @@ pub async fn signal() {
         _ = terminate => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-/// Where the daemon listens, as bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 #![recursion_limit = "512"]
 
 pub mod alert;
+pub mod atomic_file;
 pub mod aws;
 pub mod backtest;
 pub mod cli;

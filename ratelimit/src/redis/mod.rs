@@ -115,11 +115,6 @@ impl Backend {
     }
 }
 
-/// A check Redis answered.
-pub(crate) struct Reply {
-    pub checked: Checked,
-}
-
 /// The shared state of the Redis backend.
 pub(crate) struct RedisBackend {
     client: Client,
@@ -183,7 +178,7 @@ impl RedisBackend {
         hash: u64,
         set: &LimitSet,
         now: u64,
-    ) -> Option<Reply> {
+    ) -> Option<Checked> {
         let connection = self.connection.load_full()?;
         let mut connection = MultiplexedConnection::clone(&connection);
         let mut invocation = self.script.key(redis_key(key));
@@ -207,13 +202,13 @@ impl RedisBackend {
                 return None;
             }
         };
-        let reply = parse_reply(&values, set.limits.len(), now)?;
-        if let Verdict::Refuse { wait, .. } = reply.checked.verdict {
+        let checked = parse_reply(&values, set.limits.len(), now)?;
+        if let Verdict::Refuse { wait, .. } = checked.verdict {
             let until = now.saturating_add(wait);
             self.near_cache
-                .insert(hash, until, set.fingerprint, reply.checked);
+                .insert(hash, until, set.fingerprint, checked);
         }
-        Some(reply)
+        Some(checked)
     }
 
     /// Decides locally at `quota / expected_instances`.
@@ -285,7 +280,7 @@ fn redis_key(key: &Key<'_>) -> String {
 }
 
 /// Turns the script's reply into a check result on the local clock.
-fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Reply> {
+fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Checked> {
     let micros = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
     let (&admitted, rest) = values.split_first()?;
     let (&wait, rest) = rest.split_first()?;
@@ -305,12 +300,10 @@ fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Reply> {
             limit: usize::try_from(refused).ok()?,
         }
     };
-    Some(Reply {
-        checked: Checked {
-            verdict,
-            tats,
-            overflow: false,
-        },
+    Some(Checked {
+        verdict,
+        tats,
+        overflow: false,
     })
 }
 
@@ -395,11 +388,11 @@ mod tests {
     #[test]
     fn a_reply_becomes_tats_on_the_local_clock() {
         let reply = parse_reply(&[1, 0, -1, 100, 2_000], 2, 5_000).unwrap();
-        assert_eq!(reply.checked.verdict, Verdict::Admit);
-        assert_eq!(reply.checked.tats[..2], [105_000, 2_005_000]);
+        assert_eq!(reply.verdict, Verdict::Admit);
+        assert_eq!(reply.tats[..2], [105_000, 2_005_000]);
         let refused = parse_reply(&[0, 30, 1, 10, 20], 2, 0).unwrap();
         assert_eq!(
-            refused.checked.verdict,
+            refused.verdict,
             Verdict::Refuse {
                 wait: 30_000,
                 limit: 1
@@ -411,7 +404,7 @@ mod tests {
     #[test]
     fn the_near_cache_answers_until_the_retry_time_only() {
         let cache = NearCache::new(1_000);
-        let refused = parse_reply(&[0, 2, 0, 5], 1, 0).unwrap().checked;
+        let refused = parse_reply(&[0, 2, 0, 5], 1, 0).unwrap();
         cache.insert(7, 2_000, 42, refused);
         assert!(cache.get(7, 43, 500).is_none(), "other limits: ask Redis");
         cache.insert(7, 2_000, 42, refused);

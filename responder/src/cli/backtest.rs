@@ -4,7 +4,6 @@
 //! prints a summary. Writes nothing to any target or ledger.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -15,7 +14,6 @@ use super::{BacktestArgs, CliError, Format, Status, load_policy, write_stdout};
 use crate::backtest::{self, Backtest, Record};
 use crate::clock::{rfc3339_from_ms, unix_ms};
 use crate::source::files::FileSource;
-use crate::waflog::parse_hit;
 
 /// Charted addresses.
 const CHARTED: usize = 6;
@@ -67,30 +65,12 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
 
 /// Every usable record between `from_ms` and `to_ms` in the files.
 fn read_records(paths: &[String], from_ms: i64, to_ms: i64) -> Result<Vec<Record>, CliError> {
-    let source = FileSource::new(paths)?;
-    let mut records = Vec::new();
-    for path in source.files() {
-        let file = std::fs::File::open(path)
-            .map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
-        let reader: Box<dyn BufRead> = if is_gzip(path) {
-            Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file)))
-        } else {
-            Box::new(BufReader::new(file))
-        };
-        for line in reader.split(b'\n') {
-            let line = line.map_err(|e| CliError::Input(format!("{}: {e}", path.display())))?;
-            if let Ok(hit) = parse_hit(&line)
-                && (from_ms..=to_ms).contains(&hit.timestamp_ms)
-            {
-                records.push((hit.timestamp_ms, hit.client_ip));
-            }
-        }
-    }
-    Ok(records)
-}
-
-fn is_gzip(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "gz")
+    let hits = FileSource::new(paths)?
+        .hits_blocking(|hit| (from_ms..=to_ms).contains(&hit.timestamp_ms))?;
+    Ok(hits
+        .into_iter()
+        .map(|hit| (hit.timestamp_ms, hit.client_ip))
+        .collect())
 }
 
 fn summary_json(result: &Backtest) -> serde_json::Value {

@@ -7,18 +7,16 @@
 //! it. Exit codes as for `run`: 0 converged, 1 bad input (nothing written),
 //! 2 some target failed.
 
-use std::sync::Arc;
-
 use floodgate_rules::Policy;
 use ipnet::IpNet;
 
-use super::run::{apply, capacity};
+use super::run::{apply, capacity, shared_targets};
 use super::{BlockArgs, CliError, Status, UnblockArgs, load_policy, plural, write_stdout};
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::ledger::file::FileLedger;
 use crate::ledger::{Ledger, LedgerEntry, LedgerState};
 use crate::plan::plan;
-use crate::target::{ConfiguredTarget, Outcome};
+use crate::target::Outcome;
 
 /// The longest manual block: a year. Longer belongs in the WAF's own rules.
 const MAX_BLOCK_MINUTES: u32 = 525_600;
@@ -125,11 +123,7 @@ fn override_ledger(
             .map_err(|e| CliError::Input(e.to_string()))?;
         let done = change(&mut ledger, policy, now_ms)?;
         let planned = plan(&[], policy, &ledger, now_ms, MANUAL, capacity(policy));
-        let targets: Vec<Arc<ConfiguredTarget>> = ConfiguredTarget::from_policy(policy)
-            .await
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let targets = shared_targets(policy).await;
         let reports = apply(policy, targets, &planned).await?;
         let mut out = format!("{done}\n");
         if planned.observe_only {

@@ -91,7 +91,7 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
     let responder = &policy.responder;
     let schedule =
         Schedule::new(&responder.schedule, responder.jitter_seconds).map_err(CliError::Input)?;
-    let listener = crate::daemon::bind(responder.listen)
+    let listener = tokio::net::TcpListener::bind(responder.listen)
         .await
         .map_err(|e| CliError::Input(format!("responder.listen {}: {e}", responder.listen)))?;
     tracing::info!(schedule = %responder.schedule, listen = %responder.listen, "responder daemon started");
@@ -193,11 +193,7 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
         .load()
         .await
         .map_err(|e| CliError::Input(e.to_string()))?;
-    let targets: Vec<Arc<ConfiguredTarget>> = ConfiguredTarget::from_policy(policy)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let targets = shared_targets(policy).await;
     // With no ledger (first run, or a lost state file), take in what the
     // sets already hold, so no active attacker is unblocked. With a ledger,
     // the sets are not read twice: apply's own read and diff remove
@@ -317,6 +313,15 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     } else {
         Status::Success
     })
+}
+
+/// Every target of the policy, shareable across the tasks that write them.
+pub(super) async fn shared_targets(policy: &Policy) -> Vec<Arc<ConfiguredTarget>> {
+    ConfiguredTarget::from_policy(policy)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect()
 }
 
 /// Writes the plan to every target and saves the ledger; in observe mode,

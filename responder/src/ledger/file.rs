@@ -4,8 +4,7 @@
 //! it over the ledger and syncs the directory: a crash at any point leaves
 //! either the old ledger or the new one, never a mix.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{Ledger, LedgerError, LedgerState};
@@ -55,24 +54,9 @@ impl FileLedger {
 
     /// [`Ledger::save`], synchronously.
     pub fn save_blocking(&self, state: &LedgerState) -> Result<(), LedgerError> {
-        let path = self.path();
-        fs::create_dir_all(&self.dir).map_err(Self::io_error(&self.dir))?;
-        let temporary = self
-            .dir
-            .join(format!(".{LEDGER_FILE}.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(state).expect("the ledger serializes");
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(&temporary)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &path)?;
-            // The rename is durable once the directory is synced.
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&temporary);
-            Self::io_error(&path)(e)
-        })
+        crate::atomic_file::write_atomically(&self.dir, LEDGER_FILE, &bytes)
+            .map_err(Self::io_error(&self.path()))
     }
 }
 

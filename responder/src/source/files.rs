@@ -147,6 +147,22 @@ impl FileSource {
         Ok(merged.finish())
     }
 
+    /// Every usable record that `keep` accepts, in no particular order:
+    /// for replaying logs rather than counting them.
+    pub fn hits_blocking(
+        &self,
+        keep: impl Fn(&Hit) -> bool + Sync,
+    ) -> Result<Vec<Hit>, SourceError> {
+        let per_worker = self.scan(Vec::new, |hits, line| {
+            if let Ok(hit) = waflog::parse_hit(line)
+                && keep(&hit)
+            {
+                hits.push(hit);
+            }
+        })?;
+        Ok(per_worker.into_iter().flat_map(|(hits, _)| hits).collect())
+    }
+
     /// [`LogSource::newest_timestamp`], synchronously.
     pub fn newest_timestamp_blocking(&self) -> Result<Option<i64>, SourceError> {
         let per_worker = self.scan(

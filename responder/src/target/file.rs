@@ -90,12 +90,9 @@ impl FileTarget {
                     ip_address_version: version.into(),
                     addresses: list.iter().map(ToString::to_string).collect(),
                 };
-                let path = self.path(name);
-                let temporary = self.dir.join(format!(".{name}.json.tmp"));
                 let bytes = serde_json::to_vec_pretty(&file).expect("IP set files serialize");
-                std::fs::write(&temporary, bytes)
-                    .and_then(|()| std::fs::rename(&temporary, &path))
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                crate::atomic_file::write_atomically(&self.dir, &format!("{name}.json"), &bytes)
+                    .map_err(|e| format!("{}: {e}", self.path(name).display()))?;
             }
         }
         Ok((added, removed))

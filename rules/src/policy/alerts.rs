@@ -23,18 +23,11 @@ pub struct Alerts {
 /// Checks `[alerts]`.
 pub(crate) fn check_alerts(checker: &mut Checker<'_>, raw: &Spanned<RawAlerts>) -> Option<Alerts> {
     let raw = raw.get_ref();
-    let name = raw.webhook_url_env.get_ref();
-    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        let help = Some("name a variable such as FLOODGATE_WEBHOOK_URL".to_owned());
-        let message = format!("\"{name}\" is not an environment variable name");
-        checker.error(
-            raw.webhook_url_env.span(),
-            "alerts.webhook_url_env",
-            message,
-            help,
-        );
-    }
+    let webhook_url_env = checker.env_var_name(
+        &raw.webhook_url_env,
+        "alerts.webhook_url_env",
+        "FLOODGATE_WEBHOOK_URL",
+    );
     let repeat_minutes = match &raw.repeat_minutes {
         Some(minutes) => checker.positive(minutes, "alerts.repeat_minutes"),
         None => NonZeroU32::new(60),
@@ -44,7 +37,7 @@ pub(crate) fn check_alerts(checker: &mut Checker<'_>, raw: &Spanned<RawAlerts>) 
         None => NonZeroU32::new(3),
     };
     Some(Alerts {
-        webhook_url_env: valid.then(|| name.clone())?,
+        webhook_url_env: webhook_url_env?,
         repeat_minutes: repeat_minutes?,
         target_failure_cycles: target_failure_cycles?,
     })

@@ -17,6 +17,18 @@ pub(crate) struct Checker<'a> {
     pub(crate) today: Date,
 }
 
+/// What a URL key accepts.
+pub(crate) struct UrlRules {
+    /// Accepted prefixes, such as `http://`.
+    pub schemes: &'static [&'static str],
+    /// How the error names the kind: "an http(s)".
+    pub kind: &'static str,
+    /// A URL to suggest.
+    pub example: &'static str,
+    /// Where credentials come from instead.
+    pub credentials: &'static str,
+}
+
 impl Checker<'_> {
     pub(crate) fn error(
         &mut self,
@@ -122,6 +134,55 @@ impl Checker<'_> {
             help,
         );
         None
+    }
+
+    /// A URL with one of `rules.schemes`, a host, and no credentials.
+    pub(crate) fn url(
+        &mut self,
+        value: &Spanned<String>,
+        path: &str,
+        rules: &UrlRules,
+    ) -> Option<String> {
+        let url = value.get_ref();
+        let Some(rest) = rules.schemes.iter().find_map(|s| url.strip_prefix(s)) else {
+            let help = Some(format!("write a URL such as \"{}\"", rules.example));
+            let message = format!("\"{url}\" is not {} URL", rules.kind);
+            self.error(value.span(), path, message, help);
+            return None;
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.contains('@') {
+            let help = Some(format!(
+                "remove the user and password; {}",
+                rules.credentials
+            ));
+            let message = "the URL contains credentials".to_owned();
+            self.error(value.span(), path, message, help);
+            return None;
+        }
+        if authority.is_empty() {
+            self.error(value.span(), path, format!("\"{url}\" has no host"), None);
+            return None;
+        }
+        Some(url.clone())
+    }
+
+    /// The name of an environment variable that holds a secret, such as
+    /// `example`.
+    pub(crate) fn env_var_name(
+        &mut self,
+        value: &Spanned<String>,
+        path: &str,
+        example: &str,
+    ) -> Option<String> {
+        let name = value.get_ref();
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            let help = Some(format!("name a variable such as {example}"));
+            let message = format!("\"{name}\" is not an environment variable name");
+            self.error(value.span(), path, message, help);
+        }
+        valid.then(|| name.clone())
     }
 
     /// A calendar date, written as a TOML date (`2027-03-31`) or a string

@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use time::Date;
 use toml::Spanned;
 
-use super::check::Checker;
+use super::check::{Checker, UrlRules};
 use super::raw::{RawLimit, RawOverride, RawPlan, RawQuotas, RawRedis};
 use crate::diagnostic::closest;
 
@@ -319,19 +319,13 @@ fn check_backend(checker: &mut Checker<'_>, raw: &RawQuotas) -> Option<QuotaBack
 }
 
 fn check_redis(checker: &mut Checker<'_>, raw: &RawRedis) -> Option<RedisBackend> {
-    let url = check_redis_url(checker, &raw.url);
+    let url = checker.url(&raw.url, "quotas.redis.url", &REDIS_URL);
     let password_env = raw.password_env.as_ref().and_then(|name| {
-        let valid = !name.get_ref().is_empty()
-            && name
-                .get_ref()
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            let help = Some("name a variable such as FLOODGATE_REDIS_PASSWORD".to_owned());
-            let message = format!("\"{}\" is not an environment variable name", name.get_ref());
-            checker.error(name.span(), "quotas.redis.password_env", message, help);
-        }
-        valid.then(|| name.get_ref().clone())
+        checker.env_var_name(
+            name,
+            "quotas.redis.password_env",
+            "FLOODGATE_REDIS_PASSWORD",
+        )
     });
     let timeout_ms = match &raw.timeout_ms {
         Some(ms) => checker.in_range(ms, "quotas.redis.timeout_ms", 1, 1000),
@@ -353,34 +347,13 @@ fn check_redis(checker: &mut Checker<'_>, raw: &RawRedis) -> Option<RedisBackend
     })
 }
 
-fn check_redis_url(checker: &mut Checker<'_>, value: &Spanned<String>) -> Option<String> {
-    let path = "quotas.redis.url";
-    let url = value.get_ref();
-    let Some(rest) = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-    else {
-        let help = Some("write a URL such as \"redis://10.0.0.5:6379\"".to_owned());
-        let message = format!("\"{url}\" is not a redis:// or rediss:// URL");
-        checker.error(value.span(), path, message, help);
-        return None;
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        let help = Some(
-            "remove the user and password; name the variable that holds the password with password_env"
-                .to_owned(),
-        );
-        let message = "the URL contains credentials".to_owned();
-        checker.error(value.span(), path, message, help);
-        return None;
-    }
-    if authority.is_empty() {
-        checker.error(value.span(), path, format!("\"{url}\" has no host"), None);
-        return None;
-    }
-    Some(url.clone())
-}
+/// The middleware's Redis: the password comes from `password_env`.
+const REDIS_URL: UrlRules = UrlRules {
+    schemes: &["redis://", "rediss://"],
+    kind: "a redis:// or rediss://",
+    example: "redis://10.0.0.5:6379",
+    credentials: "name the variable that holds the password with password_env",
+};
 
 fn check_plan(checker: &mut Checker<'_>, raw: &RawPlan, path: &str) -> Option<Plan> {
     let name_text = raw.name.get_ref();

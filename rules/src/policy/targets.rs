@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::check::Checker;
+use super::check::{Checker, UrlRules};
 use super::raw::{RawSource, RawTarget};
 
 /// An AWS region name such as `eu-west-1`.
@@ -241,11 +241,9 @@ fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Optio
                 "ipv6_sets",
             );
             let endpoint_url = match &raw.endpoint_url {
-                Some(url) => Some(check_endpoint_url(
-                    checker,
-                    url,
-                    &format!("{path}.endpoint_url"),
-                )?),
+                Some(url) => {
+                    Some(checker.url(url, &format!("{path}.endpoint_url"), &ENDPOINT_URL)?)
+                }
                 None => None,
             };
             Some(Target::Wafv2(Wafv2Target {
@@ -351,43 +349,13 @@ fn check_ip_sets(
     (names.len() == value.get_ref().len()).then_some(names)
 }
 
-/// An http(s) URL with no credentials in it: secrets never go in the policy.
-fn check_endpoint_url(
-    checker: &mut Checker<'_>,
-    value: &Spanned<String>,
-    path: &str,
-) -> Option<String> {
-    let url = value.get_ref();
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        let help = Some("write a URL such as \"http://127.0.0.1:5000\"".to_owned());
-        checker.error(
-            value.span(),
-            path,
-            format!("\"{url}\" is not an http(s) URL"),
-            help,
-        );
-        return None;
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        let help = Some("remove the user and password; credentials come from the AWS environment, never from the policy file".to_owned());
-        checker.error(
-            value.span(),
-            path,
-            "the URL contains credentials".to_owned(),
-            help,
-        );
-        return None;
-    }
-    if authority.is_empty() {
-        checker.error(value.span(), path, format!("\"{url}\" has no host"), None);
-        return None;
-    }
-    Some(url.clone())
-}
+/// An emulator's URL, such as moto's: AWS credentials never go in it.
+const ENDPOINT_URL: UrlRules = UrlRules {
+    schemes: &["http://", "https://"],
+    kind: "an http(s)",
+    example: "http://127.0.0.1:5000",
+    credentials: "credentials come from the AWS environment, never from the policy file",
+};
 
 /// Checks `[source]`.
 pub(crate) fn check_source(
@@ -447,7 +415,7 @@ pub(crate) fn check_source(
             };
             let log_groups = check_log_groups(checker, raw);
             let endpoint_url = match &raw.endpoint_url {
-                Some(url) => Some(check_endpoint_url(checker, url, "source.endpoint_url")?),
+                Some(url) => Some(checker.url(url, "source.endpoint_url", &ENDPOINT_URL)?),
                 None => None,
             };
             let max_concurrent_queries = match &raw.max_concurrent_queries {
