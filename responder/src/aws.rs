@@ -89,3 +89,8 @@ pub async fn region_logs(
 pub async fn wafv2_client(region: &str, endpoint_url: Option<&str>) -> aws_sdk_wafv2::Client {
     aws_sdk_wafv2::Client::new(&sdk_config(region, endpoint_url).await)
 }
+
+/// A DynamoDB client for the shared ledger and lease.
+pub async fn dynamodb_client(region: &str, endpoint_url: Option<&str>) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sdk_config(region, endpoint_url).await)
+}

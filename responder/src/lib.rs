@@ -6,7 +6,8 @@
 //! - [`traffic`]: requests per client IP per window.
 //! - [`detect`]: tiers and the allow-list applied to the counts.
 //! - [`infra`]: CloudFormation from the policy.
-//! - [`ledger`]: the `Ledger` seam and its file backend.
+//! - [`ledger`]: the `Ledger` seam, with file and DynamoDB backends.
+//! - [`lease`]: which responder of a primary/standby pair may apply.
 //! - [`plan`]: the pure block plan.
 //! - [`target`]: the `WafTarget` seam: WAFv2 IP sets and files.
 //! - [`loggen`]: synthetic WAF logs.
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod daemon;
 pub mod detect;
 pub mod infra;
+pub mod lease;
 pub mod ledger;
 pub mod loggen;
 pub mod plan;

@@ -164,6 +164,48 @@ impl MotoServer {
         aws_sdk_wafv2::Client::from_conf(config)
     }
 
+    /// A DynamoDB client for this server, in `region`, with the fake
+    /// credentials moto accepts.
+    pub fn dynamodb_client(&self, region: &str) -> aws_sdk_dynamodb::Client {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    /// Creates the ledger and lease table as `infra/responder.yaml` does:
+    /// a string partition key `pk`, billed per request.
+    pub async fn create_ledger_table(&self, region: &str, table: &str) {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        self.dynamodb_client(region)
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .expect("moto creates the ledger table");
+    }
+
     /// Forgets every resource (`POST /moto-api/reset`).
     pub fn reset(&self) {
         self.http("POST", "/moto-api/reset").expect("moto reset");

@@ -13,10 +13,11 @@ use ipnet::IpNet;
 use super::run::{apply, capacity, shared_targets};
 use super::{BlockArgs, CliError, Status, UnblockArgs, load_policy, plural, write_stdout};
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
-use crate::ledger::file::FileLedger;
-use crate::ledger::{Ledger, LedgerEntry, LedgerState};
+use std::sync::Arc;
+
+use crate::ledger::{ConfiguredLedger, Ledger, LedgerEntry, LedgerState, UpdateError};
 use crate::plan::plan;
-use crate::target::Outcome;
+use crate::target::{Outcome, Unguarded};
 
 /// The longest manual block: a year. Longer belongs in the WAF's own rules.
 const MAX_BLOCK_MINUTES: u32 = 525_600;
@@ -104,7 +105,7 @@ const MANUAL: &str = "manual";
 /// saves. Nothing is written when `change` fails.
 fn override_ledger(
     args: &super::PolicyArgs,
-    change: impl FnOnce(&mut LedgerState, &Policy, i64) -> Result<String, CliError>,
+    change: impl Fn(&mut LedgerState, &Policy, i64) -> Result<String, CliError>,
 ) -> Result<Status, CliError> {
     let Some(loaded) = load_policy(args)? else {
         return Ok(Status::Invalid);
@@ -117,14 +118,35 @@ fn override_ledger(
     }
     let now_ms = unix_ms(clock_at(args.now).now());
     tokio::runtime::Runtime::new()?.block_on(async {
-        let mut ledger = FileLedger::new(&policy.responder.state_dir)
-            .load()
-            .await
-            .map_err(|e| CliError::Input(e.to_string()))?;
-        let done = change(&mut ledger, policy, now_ms)?;
-        let planned = plan(&[], policy, &ledger, now_ms, MANUAL, capacity(policy));
+        let ledger = ConfiguredLedger::from_policy(policy).await;
+        let loaded = ledger.load().await?;
+        // On a conflict the change is made again to the fresh ledger; the
+        // message describes the change that was saved.
+        let mut done = String::new();
+        let mut replan = |state: &LedgerState| {
+            let mut state = state.clone();
+            done = change(&mut state, policy, now_ms)?;
+            Ok(plan(&[], policy, &state, now_ms, MANUAL, capacity(policy)))
+        };
+        let planned = replan(&loaded)?;
         let targets = shared_targets(policy).await;
-        let reports = apply(policy, targets, &planned).await?;
+        // An operator's override is not a responder's cycle: it needs no lease.
+        let guard = Arc::new(Unguarded);
+        let (planned, reports) = match apply(
+            policy,
+            &ledger,
+            loaded,
+            targets,
+            guard,
+            planned,
+            &mut replan,
+        )
+        .await
+        {
+            Ok(applied) => applied,
+            Err(UpdateError::Attempt(error)) => return Err(error),
+            Err(UpdateError::Save(error, _)) => return Err(error.into()),
+        };
         let mut out = format!("{done}\n");
         if planned.observe_only {
             out.push_str("mode observe: nothing was written (set [safety] mode = \"enforce\")\n");

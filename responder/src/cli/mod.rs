@@ -172,6 +172,14 @@ pub struct RunArgs {
     /// Output format of the run report.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Overrides `[responder] role`, so the primary and the standby can
+    /// run one reviewed policy file.
+    #[arg(long, value_parser = ["primary", "standby"])]
+    pub role: Option<String>,
+    /// Overrides `[responder] lease.holder_id`: this responder's name in the
+    /// lease, different on every responder.
+    #[arg(long, value_name = "ID")]
+    pub holder_id: Option<String>,
 }
 
 /// `floodgate plan`.
@@ -399,6 +407,12 @@ pub enum CliError {
     /// The input is unusable, such as a log file of garbage.
     #[error("{0}")]
     Input(String),
+    /// The ledger could not be read or saved.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// The lease could not be read or written.
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
 }
 
 /// Runs a parsed command line.

@@ -17,16 +17,20 @@ use super::{CliError, PolicyArgs, RunArgs, Status, load_policy, write_stdout};
 use crate::clock::{Stopwatch, clock_at, unix_ms};
 use crate::daemon::{CycleResult, Health, Schedule, schedule_loop};
 use crate::detect::{count_spec, detect};
-use crate::ledger::Ledger;
-use crate::ledger::file::FileLedger;
-use crate::plan::{Capacity, WAF_IP_SET_CAPACITY, adopt, plan};
+use crate::lease::{ConfiguredLease, Standing};
+use crate::ledger::{ConfiguredLedger, Ledger, LedgerError, LedgerState, UpdateError, update};
+use crate::plan::{BlockPlan, Capacity, WAF_IP_SET_CAPACITY, adopt, plan};
 use crate::source::{ConfiguredSource, LogSource};
-use crate::target::{ConfiguredTarget, Outcome, WafTarget, apply_all};
+use crate::target::{
+    ConfiguredTarget, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard, apply_all_guarded,
+};
 
 /// The run report, printed as JSON with `--format json`.
 #[derive(Debug, Serialize)]
 struct RunReport {
     mode: &'static str,
+    /// When the cycle started (its `now`), RFC 3339.
+    started: String,
     records: u64,
     malformed: u64,
     offenders_per_tier: Vec<(String, usize)>,
@@ -37,6 +41,9 @@ struct RunReport {
     dropped: Vec<String>,
     suppressed: Vec<String>,
     adopted: Vec<String>,
+    /// With a lease: where this cycle stood with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<LeaseLine>,
     targets: Vec<TargetLine>,
     api_calls: u32,
     /// Bytes the source read, or Logs Insights scanned.
@@ -74,16 +81,46 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
     let Some(loaded) = load_policy(&args.policy)? else {
         return Ok(Status::Invalid);
     };
+    let policy = with_overrides(loaded.policy, args)?;
     let runtime = tokio::runtime::Runtime::new()?;
     if args.once {
-        return runtime.block_on(cycle(args, &loaded.policy));
+        return runtime.block_on(cycle(args, &policy));
     }
     if args.policy.now.is_some() {
         return Err(CliError::Input(
             "--now places one cycle in time; use it with --once".to_owned(),
         ));
     }
-    runtime.block_on(daemon(args, loaded.policy))
+    runtime.block_on(daemon(args, policy))
+}
+
+/// The policy with `--role` and `--holder-id` applied.
+fn with_overrides(mut policy: Policy, args: &RunArgs) -> Result<Policy, CliError> {
+    use floodgate_rules::policy::Role;
+    match args.role.as_deref() {
+        Some("standby") => policy.responder.role = Role::Standby,
+        Some(_) => policy.responder.role = Role::Primary,
+        None => {}
+    }
+    if let Some(id) = &args.holder_id {
+        let Some(lease) = policy.responder.lease.as_mut() else {
+            return Err(CliError::Input(
+                "--holder-id names this responder in the lease, but the policy has no [responder] lease".to_owned(),
+            ));
+        };
+        if !floodgate_rules::policy::is_holder_id(id) {
+            return Err(CliError::Input(format!(
+                "--holder-id \"{id}\": use 1 to 128 letters, digits, '_', '-', '.', ':' or '@'"
+            )));
+        }
+        lease.holder_id = id.clone();
+    }
+    if policy.responder.role == Role::Standby && policy.responder.lease.is_none() {
+        return Err(CliError::Input(
+            "a standby needs [responder] lease: without one it cannot tell when the primary is down".to_owned(),
+        ));
+    }
+    Ok(policy)
 }
 
 /// Cycles on `[responder] schedule` until SIGTERM or SIGINT; exit 0.
@@ -120,6 +157,8 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
                 },
                 once: true,
                 format,
+                role: None,
+                holder_id: None,
             };
             match cycle(&args, &policy).await {
                 Ok(Status::Success) => CycleResult::Success,
@@ -148,7 +187,10 @@ pub(super) struct Prepared {
     pub offenders: Vec<crate::detect::Offender>,
     pub targets: Vec<Arc<ConfiguredTarget>>,
     pub adopted: Vec<ipnet::IpNet>,
-    pub planned: crate::plan::BlockPlan,
+    /// The ledger, and its state as loaded (with anything adopted).
+    pub ledger: ConfiguredLedger,
+    pub loaded: LedgerState,
+    pub planned: BlockPlan,
 }
 
 /// Reads the logs, detects, loads the ledger (adopting what the sets hold
@@ -189,10 +231,8 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
     phases.push(Phase::end("read", &mut phase));
     let offenders = detect(&traffic, policy, widest);
     phases.push(Phase::end("detect", &mut phase));
-    let mut ledger = FileLedger::new(&policy.responder.state_dir)
-        .load()
-        .await
-        .map_err(|e| CliError::Input(e.to_string()))?;
+    let store = ConfiguredLedger::from_policy(policy).await;
+    let mut ledger = store.load().await?;
     let targets = shared_targets(policy).await;
     // With no ledger (first run, or a lost state file), take in what the
     // sets already hold, so no active attacker is unblocked. With a ledger,
@@ -216,14 +256,7 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
     };
 
     phases.push(Phase::end("ledger", &mut phase));
-    let planned = plan(
-        &offenders,
-        policy,
-        &ledger,
-        now_ms,
-        &source_label(policy),
-        capacity(policy),
-    );
+    let planned = plan_cycle(&offenders, policy, &ledger, now_ms);
     phases.push(Phase::end("plan", &mut phase));
     Ok(Prepared {
         started,
@@ -233,8 +266,27 @@ pub(super) async fn prepare(args: &PolicyArgs, policy: &Policy) -> Result<Prepar
         offenders,
         targets,
         adopted,
+        ledger: store,
+        loaded: ledger,
         planned,
     })
+}
+
+/// A cycle's plan for `offenders` against `ledger`.
+fn plan_cycle(
+    offenders: &[crate::detect::Offender],
+    policy: &Policy,
+    ledger: &LedgerState,
+    now_ms: i64,
+) -> BlockPlan {
+    plan(
+        offenders,
+        policy,
+        ledger,
+        now_ms,
+        &source_label(policy),
+        capacity(policy),
+    )
 }
 
 async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
@@ -246,24 +298,76 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         offenders,
         targets,
         adopted,
+        ledger,
+        loaded,
         planned,
-        ..
     } = prepare(&args.policy, policy).await?;
+    let ledger_label = ledger.label();
     let mut phase = Stopwatch::start();
-    let reports = apply(policy, targets, &planned).await?;
+    let lease = ConfiguredLease::from_policy(policy).await;
+    let clock = clock_at(args.policy.now);
+    let standing = match &lease {
+        Some(lease) => Some(lease.acquire(unix_ms(clock.now())).await?),
+        None => None,
+    };
+    let replan = |state: &LedgerState| Ok(plan_cycle(&offenders, policy, state, now_ms));
+    let mut lease_lost = None;
+    let applied = match (&lease, &standing) {
+        (Some(lease), Some(Standing::Holding { fence, .. })) => {
+            phases.push(Phase::end("lease", &mut phase));
+            let ledger = ledger.fenced_by(lease.fence(*fence));
+            let guard = Arc::new(lease.guard(*fence, clock));
+            apply(policy, &ledger, loaded, targets, guard, planned, replan).await
+        }
+        (Some(_), Some(Standing::Waiting { .. })) => {
+            // A standby (or a primary waiting for a handback): plan only.
+            phases.push(Phase::end("lease", &mut phase));
+            Ok((planned, Vec::new()))
+        }
+        _ => {
+            apply(
+                policy,
+                &ledger,
+                loaded,
+                targets,
+                Arc::new(Unguarded),
+                planned,
+                replan,
+            )
+            .await
+        }
+    };
+    let (planned, reports) = match applied {
+        Ok(done) => done,
+        Err(UpdateError::Save(error @ LedgerError::LeaseLost { .. }, (planned, reports))) => {
+            tracing::error!(%error, "lost the lease mid-cycle; stopped writing");
+            lease_lost = Some(error);
+            (planned, reports)
+        }
+        Err(UpdateError::Save(error, _)) => return Err(error.into()),
+        Err(UpdateError::Attempt(error)) => return Err(error),
+    };
     phases.push(Phase::end("apply", &mut phase));
-    crate::alert::notify(policy, &offenders, &planned, &reports, now_ms).await;
+    let waiting = matches!(standing, Some(Standing::Waiting { .. }));
+    if !waiting {
+        // Only the lease holder alerts, so a pair does not alert twice.
+        crate::alert::notify(policy, &offenders, &planned, &reports, now_ms).await;
+    }
 
-    let failed = reports
-        .iter()
-        .any(|r| matches!(r.outcome, Outcome::Failed(_)));
+    let failed = lease_lost.is_some()
+        || reports
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Failed(_)));
     let text = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
     let report = RunReport {
-        mode: if planned.observe_only {
+        mode: if waiting {
+            "standby"
+        } else if planned.observe_only {
             "observe"
         } else {
             "enforce"
         },
+        started: crate::clock::rfc3339_from_ms(now_ms),
         records: stats.records,
         malformed: stats.malformed,
         offenders_per_tier: policy
@@ -286,6 +390,9 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         dropped: text(&planned.dropped),
         suppressed: text(&planned.suppressed),
         adopted: text(&adopted),
+        lease: standing
+            .as_ref()
+            .map(|s| LeaseLine::new(s, lease_lost.as_ref())),
         api_calls: reports.iter().map(|r| r.calls.total()).sum(),
         targets: reports
             .iter()
@@ -305,7 +412,7 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
         super::Format::Json => {
             serde_json::to_string_pretty(&report).expect("reports serialize") + "\n"
         }
-        super::Format::Table => summary(&report, policy),
+        super::Format::Table => summary(&report, policy, &ledger_label),
     };
     write_stdout(&output)?;
     Ok(if failed {
@@ -324,23 +431,94 @@ pub(super) async fn shared_targets(policy: &Policy) -> Vec<Arc<ConfiguredTarget>
         .collect()
 }
 
-/// Writes the plan to every target and saves the ledger; in observe mode,
-/// neither.
-pub(super) async fn apply(
+/// What [`apply`] wrote: the plan it wrote and each target's outcome.
+pub(super) type Applied = (BlockPlan, Vec<TargetReport>);
+
+/// Writes `planned` to every target (asking `guard` before each) and saves
+/// the ledger. When the save finds that someone else saved since `loaded`
+/// was read, it plans again with `replan` on the fresh ledger and writes
+/// again. In observe mode it writes and saves nothing.
+pub(super) async fn apply<G: WriteGuard>(
     policy: &Policy,
+    ledger: &ConfiguredLedger,
+    loaded: LedgerState,
     targets: Vec<Arc<ConfiguredTarget>>,
-    planned: &crate::plan::BlockPlan,
-) -> Result<Vec<crate::target::TargetReport>, CliError> {
+    guard: Arc<G>,
+    planned: BlockPlan,
+    mut replan: impl FnMut(&LedgerState) -> Result<BlockPlan, CliError>,
+) -> Result<Applied, UpdateError<Applied, CliError>> {
     if planned.observe_only {
-        return Ok(Vec::new());
+        return Ok((planned, Vec::new()));
     }
     let concurrency = policy.responder.concurrency.get() as usize;
-    let reports = apply_all(targets, &planned.desired(), concurrency).await;
-    FileLedger::new(&policy.responder.state_dir)
-        .save(&planned.ledger)
-        .await
-        .map_err(|e| CliError::Input(e.to_string()))?;
-    Ok(reports)
+    let mut first = Some(planned);
+    update(ledger, loaded, |state| {
+        let planned = match first.take() {
+            Some(planned) => Ok(planned),
+            None => replan(&state),
+        };
+        let (targets, guard) = (targets.clone(), guard.clone());
+        async move {
+            let planned = planned?;
+            let reports = apply_all_guarded(targets, &planned.desired(), concurrency, guard).await;
+            Ok((planned.ledger.clone(), (planned, reports)))
+        }
+    })
+    .await
+}
+
+/// Where a cycle stood with the lease.
+#[derive(Debug, Serialize)]
+struct LeaseLine {
+    /// `held` (this cycle applied under it), `waiting` (planned only) or
+    /// `lost` (it ended mid-cycle; the ledger was not saved).
+    state: &'static str,
+    /// The holder: us when held, else who has it (empty if nobody).
+    holder: String,
+    /// Our fence, when held or lost.
+    fence: Option<u64>,
+    /// When the holder's lease ends, RFC 3339.
+    expires: String,
+    /// Why it was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl LeaseLine {
+    fn new(standing: &Standing, lost: Option<&LedgerError>) -> LeaseLine {
+        let (state, holder, fence, expires_at_ms) = match standing {
+            Standing::Holding {
+                fence,
+                expires_at_ms,
+            } => ("held", String::new(), Some(*fence), *expires_at_ms),
+            Standing::Waiting {
+                holder,
+                expires_at_ms,
+            } => ("waiting", holder.clone(), None, *expires_at_ms),
+        };
+        LeaseLine {
+            state: if lost.is_some() { "lost" } else { state },
+            holder,
+            fence,
+            expires: crate::clock::rfc3339_from_ms(expires_at_ms),
+            error: lost.map(ToString::to_string),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.state, self.fence) {
+            ("held", Some(fence)) => format!("held (fence {fence}) until {}", self.expires),
+            ("waiting", _) if self.holder.is_empty() => "waiting: nobody holds it".to_owned(),
+            ("waiting", _) => format!(
+                "waiting: held by {} until {}; planning only",
+                self.holder, self.expires
+            ),
+            _ => format!(
+                "lost mid-cycle: {}",
+                self.error.as_deref().unwrap_or_default()
+            ),
+        }
+    }
 }
 
 /// Whether the source is Logs Insights, which is billed by bytes scanned.
@@ -390,7 +568,7 @@ pub(super) fn capacity(policy: &Policy) -> Capacity {
 }
 
 /// A short summary for people.
-fn summary(report: &RunReport, policy: &Policy) -> String {
+fn summary(report: &RunReport, policy: &Policy, ledger: &str) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "read {} records ({} malformed) in {:.2} s; mode {}\n",
@@ -432,13 +610,9 @@ fn summary(report: &RunReport, policy: &Policy) -> String {
             out.push_str(&format!("IP set files in {}\n", dir.display()));
         }
     }
-    out.push_str(&format!(
-        "ledger: {}\n",
-        policy
-            .responder
-            .state_dir
-            .join(crate::ledger::file::LEDGER_FILE)
-            .display()
-    ));
+    if let Some(lease) = &report.lease {
+        out.push_str(&format!("lease: {}\n", lease.describe()));
+    }
+    out.push_str(&format!("ledger: {ledger}\n"));
     out
 }

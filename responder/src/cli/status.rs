@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::{CliError, Format, Status, StatusArgs, load_policy, plural, write_stdout};
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
-use crate::ledger::Ledger;
-use crate::ledger::file::{FileLedger, LEDGER_FILE};
+use crate::lease::{ConfiguredLease, LeaseStore as _};
+use crate::ledger::{ConfiguredLedger, Ledger};
 use crate::target::{ConfiguredTarget, WafTarget as _};
 
 /// A block in force.
@@ -39,10 +39,28 @@ struct TargetStatus {
     error: Option<String>,
 }
 
+/// The lease of a primary/standby pair.
+#[derive(Debug, Serialize)]
+struct LeaseStatus {
+    /// The holder, or empty when nobody holds it.
+    holder: String,
+    role: String,
+    /// When the holder's lease ends.
+    expires: String,
+    /// Whether it has ended (by this host's clock).
+    lapsed: bool,
+    fence: u64,
+    /// A primary that asked the standby holder for the lease back.
+    handback_to: Option<String>,
+}
+
 /// The status, printed as JSON with `--format json`.
 #[derive(Debug, Serialize)]
 struct StatusReport {
     ledger: String,
+    /// With `[responder] lease`: who holds it; `null` if nobody ever has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease: Option<Option<LeaseStatus>>,
     last_run: Option<String>,
     active: Vec<Block>,
     targets: Vec<TargetStatus>,
@@ -72,10 +90,19 @@ pub(super) fn run(args: &StatusArgs) -> Result<Status, CliError> {
 }
 
 async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> {
-    let ledger = FileLedger::new(&policy.responder.state_dir)
-        .load()
-        .await
-        .map_err(|e| CliError::Input(e.to_string()))?;
+    let store = ConfiguredLedger::from_policy(policy).await;
+    let ledger = store.load().await?;
+    let lease = match ConfiguredLease::from_policy(policy).await {
+        Some(lease) => Some(lease.store.read().await?.map(|r| LeaseStatus {
+            lapsed: r.holder.is_empty() || now_ms >= r.expires_at_ms,
+            holder: r.holder,
+            role: r.role.as_str().to_owned(),
+            expires: rfc3339_from_ms(r.expires_at_ms),
+            fence: r.fence,
+            handback_to: r.handback_to,
+        })),
+        None => None,
+    };
     let active: Vec<_> = ledger.active(now_ms).collect();
     let active_nets: Vec<IpNet> = active.iter().map(|e| e.net).collect();
     let mut targets = Vec::new();
@@ -98,12 +125,8 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
         });
     }
     Ok(StatusReport {
-        ledger: policy
-            .responder
-            .state_dir
-            .join(LEDGER_FILE)
-            .display()
-            .to_string(),
+        ledger: store.label(),
+        lease,
         last_run: ledger.last_run_ms.map(rfc3339_from_ms),
         active: active
             .iter()
@@ -133,6 +156,25 @@ fn table(report: &StatusReport) -> String {
         report.ledger,
         report.last_run.as_deref().unwrap_or("never")
     );
+    match &report.lease {
+        Some(Some(lease)) if !lease.holder.is_empty() => {
+            let state = if lease.lapsed { "lapsed" } else { "until" };
+            out.push_str(&format!(
+                "lease: held by {} ({}, fence {}) {state} {}\n",
+                lease.holder, lease.role, lease.fence, lease.expires
+            ));
+            if let Some(primary) = &lease.handback_to {
+                out.push_str(&format!("  {primary} has asked for it back\n"));
+            }
+        }
+        Some(Some(lease)) => out.push_str(&format!(
+            "lease: released (fence {}), waiting for {}\n",
+            lease.fence,
+            lease.handback_to.as_deref().unwrap_or("any responder")
+        )),
+        Some(None) => out.push_str("lease: never taken\n"),
+        None => {}
+    }
     if !report.active.is_empty() {
         out.push_str(&format!(
             "  {:<43} {:<12} {:<20} {:>8} {:>9}  {}\n",

@@ -52,8 +52,19 @@ impl FileLedger {
         })
     }
 
-    /// [`Ledger::save`], synchronously.
+    /// [`Ledger::save`], synchronously. The version check guards against a
+    /// concurrent `floodgate block` on the same host between a cycle's load
+    /// and save; it is not a lock, which is what the DynamoDB ledger is for.
     pub fn save_blocking(&self, state: &LedgerState) -> Result<(), LedgerError> {
+        let stored = self.load_blocking()?.version;
+        let expected = state.version.saturating_sub(1);
+        if stored != expected {
+            return Err(LedgerError::Conflict {
+                path: self.path().display().to_string(),
+                stored,
+                expected,
+            });
+        }
         let bytes = serde_json::to_vec_pretty(state).expect("the ledger serializes");
         crate::atomic_file::write_atomically(&self.dir, LEDGER_FILE, &bytes)
             .map_err(Self::io_error(&self.path()))
@@ -103,7 +114,7 @@ mod tests {
         let ledger = FileLedger::new(dir.path().join("state"));
         assert_eq!(ledger.load_blocking().unwrap(), LedgerState::default());
         let mut state = LedgerState {
-            version: 7,
+            version: 1,
             ..LedgerState::default()
         };
         for e in [entry("203.0.113.66/32", 10), entry("2001:db8:bad::/64", 20)] {
@@ -111,6 +122,19 @@ mod tests {
         }
         ledger.save_blocking(&state).unwrap();
         assert_eq!(ledger.load_blocking().unwrap(), state);
+        // A save planned from the old version is refused.
+        let err = ledger.save_blocking(&state).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::Conflict {
+                    stored: 1,
+                    expected: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path().join("state"))
             .unwrap()
@@ -123,7 +147,10 @@ mod tests {
     fn a_crash_before_the_rename_leaves_the_old_ledger() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = FileLedger::new(dir.path());
-        let mut old = LedgerState::default();
+        let mut old = LedgerState {
+            version: 1,
+            ..LedgerState::default()
+        };
         old.entries
             .insert("192.0.2.1/32".parse().unwrap(), entry("192.0.2.1/32", 5));
         ledger.save_blocking(&old).unwrap();

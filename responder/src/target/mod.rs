@@ -107,6 +107,23 @@ pub trait WafTarget: Send + Sync + 'static {
     fn apply(&self, desired: &DesiredSets) -> impl Future<Output = TargetReport> + Send;
 }
 
+/// Asked right before each target is written: with a lease, whether it is
+/// still ours.
+pub trait WriteGuard: Send + Sync + 'static {
+    /// `Ok` to write, or why not.
+    fn may_write(&self) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// No lease: every write may go ahead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unguarded;
+
+impl WriteGuard for Unguarded {
+    async fn may_write(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Applies `desired` to every target, `concurrency` at a time, and returns
 /// their reports in target order. A failing target never stops the others.
 pub async fn apply_all<T: WafTarget>(
@@ -114,15 +131,34 @@ pub async fn apply_all<T: WafTarget>(
     desired: &DesiredSets,
     concurrency: usize,
 ) -> Vec<TargetReport> {
+    apply_all_guarded(targets, desired, concurrency, Arc::new(Unguarded)).await
+}
+
+/// [`apply_all`], asking `guard` before each target: a target it refuses
+/// is not written and reports why.
+pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
+    targets: Vec<Arc<T>>,
+    desired: &DesiredSets,
+    concurrency: usize,
+    guard: Arc<G>,
+) -> Vec<TargetReport> {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     for (index, target) in targets.into_iter().enumerate() {
-        let (slots, desired) = (slots.clone(), desired.clone());
+        let (slots, desired, guard) = (slots.clone(), desired.clone(), guard.clone());
         tasks.spawn(async move {
             let _slot = slots
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
+            if let Err(reason) = guard.may_write().await {
+                let report = TargetReport {
+                    target: target.label(),
+                    outcome: Outcome::Failed(format!("not written: {reason}")),
+                    calls: ApiCalls::default(),
+                };
+                return (index, report);
+            }
             (index, target.apply(&desired).await)
         });
     }

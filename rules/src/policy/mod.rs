@@ -50,7 +50,10 @@ pub use quotas::{
     DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
     Quotas, RedisBackend, TenantId, TenantOverride,
 };
-pub use responder::{DEFAULT_SCHEDULE, Responder};
+pub use responder::{
+    DEFAULT_MAX_CLOCK_SKEW_SECONDS, DEFAULT_SCHEDULE, DynamoDbTable, Lease, LedgerStore, Responder,
+    Role, is_holder_id, schedule_period_seconds,
+};
 pub use safety::{Mode, Safety};
 pub use targets::{
     CloudWatchApi, IpSetName, LogGroup, LogSourceConfig, Region, Target, WafScope, Wafv2Target,

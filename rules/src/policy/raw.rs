@@ -174,4 +174,25 @@ pub(crate) struct RawResponder {
     pub schedule: Option<Spanned<String>>,
     pub jitter_seconds: Option<Spanned<i64>>,
     pub listen: Option<Spanned<String>>,
+    pub role: Option<Spanned<String>>,
+    pub ledger: Option<Spanned<RawLedger>>,
+    pub lease: Option<Spanned<RawLease>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLedger {
+    pub backend: Spanned<String>,
+    pub table: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub endpoint_url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLease {
+    pub table: Option<Spanned<String>>,
+    pub holder_id: Spanned<String>,
+    pub ttl_seconds: Spanned<i64>,
+    pub max_clock_skew_seconds: Option<Spanned<i64>>,
 }

@@ -8,7 +8,8 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::check::Checker;
-use super::raw::RawResponder;
+use super::raw::{RawLease, RawLedger, RawResponder};
+use super::targets::{ENDPOINT_URL, Region, check_region};
 
 /// The `[responder]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,72 @@ pub struct Responder {
     pub jitter_seconds: u32,
     /// Where the daemon serves `/healthz` and `/metrics`.
     pub listen: SocketAddr,
+    /// Whether this responder applies whenever it can take the lease
+    /// (primary) or only once the primary's lease has lapsed (standby).
+    pub role: Role,
+    /// Where the ledger is kept (default a file in `state_dir`).
+    pub ledger: LedgerStore,
+    /// The lease a responder must hold to apply; none for a lone responder.
+    pub lease: Option<Lease>,
+}
+
+/// A responder's part in a primary/standby pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Applies whenever it holds the lease; a standby hands the lease back
+    /// to it.
+    Primary,
+    /// Detects and plans every cycle, but applies only after the lease has
+    /// lapsed, and hands it back when a primary asks.
+    Standby,
+}
+
+impl Role {
+    /// The word the policy file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
+/// Where the ledger is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerStore {
+    /// `<state_dir>/ledger.json`: one responder on one host.
+    File,
+    /// A DynamoDB table, shared by every responder and operator.
+    DynamoDb(DynamoDbTable),
+}
+
+/// A DynamoDB table the responder keeps its ledger (and lease) in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoDbTable {
+    /// The table name.
+    pub table: String,
+    /// Its region.
+    pub region: Region,
+    /// Another endpoint, such as a local moto server, instead of AWS.
+    pub endpoint_url: Option<String>,
+}
+
+/// `[responder] lease`: who may apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The table holding the lease item (default the ledger's table, in the
+    /// ledger's region).
+    pub table: String,
+    /// This responder's name in the lease; different on every responder.
+    pub holder_id: String,
+    /// How long a take or renewal holds the lease. At least twice the
+    /// schedule's period, so the holder renews before it lapses.
+    pub ttl_seconds: NonZeroU32,
+    /// How far any responder's clock may be from the true time (default 5).
+    /// A holder stops writing this long before its lease ends by its clock,
+    /// and a taker waits this long after it by its own, so two holders never
+    /// overlap.
+    pub max_clock_skew_seconds: u32,
 }
 
 /// Every minute, on the minute.
@@ -38,6 +105,9 @@ impl Default for Responder {
             schedule: DEFAULT_SCHEDULE.to_owned(),
             jitter_seconds: 0,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            role: Role::Primary,
+            ledger: LedgerStore::File,
+            lease: None,
         }
     }
 }
@@ -89,5 +159,227 @@ pub(crate) fn check_responder(
             }
         }
     }
+    if let Some(role) = &raw.role {
+        match checker.choice(role, "responder.role", &["primary", "standby"]) {
+            Some("standby") => responder.role = Role::Standby,
+            _ => responder.role = Role::Primary,
+        }
+    }
+    if let Some(ledger) = &raw.ledger {
+        responder.ledger = check_ledger(checker, ledger).unwrap_or(LedgerStore::File);
+    }
+    if let Some(lease) = &raw.lease {
+        // A DynamoDB ledger with errors of its own is already reported.
+        let ledger_written = raw
+            .ledger
+            .as_ref()
+            .is_some_and(|l| l.get_ref().backend.get_ref() == "dynamodb");
+        responder.lease = check_lease(checker, lease, &responder, ledger_written);
+    }
+    if responder.role == Role::Standby
+        && responder.lease.is_none()
+        && let Some(role) = &raw.role
+    {
+        let help = Some(
+            "add lease = { holder_id = \"standby-1\", ttl_seconds = 180 } with a dynamodb ledger"
+                .to_owned(),
+        );
+        let message =
+            "a standby needs a lease: without one it cannot tell when the primary is down"
+                .to_owned();
+        checker.error(role.span(), "responder.role", message, help);
+    }
     responder
+}
+
+/// Checks `ledger = { backend = ..., table = ..., region = ... }`.
+fn check_ledger(checker: &mut Checker<'_>, raw: &Spanned<RawLedger>) -> Option<LedgerStore> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    match checker.choice(
+        &raw.backend,
+        "responder.ledger.backend",
+        &["file", "dynamodb"],
+    )? {
+        "file" => {
+            for (key, value) in [
+                ("table", &raw.table),
+                ("region", &raw.region),
+                ("endpoint_url", &raw.endpoint_url),
+            ] {
+                if let Some(value) = value {
+                    let message = format!("{key} does not apply to backend = \"file\"");
+                    let help = Some(format!("remove {key}, or set backend = \"dynamodb\""));
+                    checker.error(
+                        value.span(),
+                        &format!("responder.ledger.{key}"),
+                        message,
+                        help,
+                    );
+                }
+            }
+            Some(LedgerStore::File)
+        }
+        _ => {
+            let mut missing = |key: &str, example: &str| {
+                let message = format!("backend = \"dynamodb\" needs {key}");
+                let help = Some(format!("add {key} = {example}"));
+                checker.error(span.clone(), "responder.ledger", message, help);
+            };
+            if raw.table.is_none() {
+                missing("table", "\"floodgate-ledger\"");
+            }
+            if raw.region.is_none() {
+                missing("region", "\"eu-west-1\"");
+            }
+            let table = check_table_name(checker, raw.table.as_ref()?, "responder.ledger.table");
+            let region = check_region(checker, raw.region.as_ref()?, "responder.ledger.region");
+            let endpoint_url = match &raw.endpoint_url {
+                Some(url) => {
+                    Some(checker.url(url, "responder.ledger.endpoint_url", &ENDPOINT_URL)?)
+                }
+                None => None,
+            };
+            Some(LedgerStore::DynamoDb(DynamoDbTable {
+                table: table?,
+                region: region?,
+                endpoint_url,
+            }))
+        }
+    }
+}
+
+/// Checks `lease = { holder_id = ..., ttl_seconds = ... }` against the
+/// ledger and schedule already checked.
+fn check_lease(
+    checker: &mut Checker<'_>,
+    raw: &Spanned<RawLease>,
+    responder: &Responder,
+    ledger_written: bool,
+) -> Option<Lease> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let ledger = match &responder.ledger {
+        LedgerStore::DynamoDb(ledger) => Some(ledger),
+        LedgerStore::File => {
+            if !ledger_written {
+                let message =
+                    "a lease needs the shared ledger: a file ledger is not seen by the other responder"
+                        .to_owned();
+                let help = Some(
+                    "add ledger = { backend = \"dynamodb\", table = \"floodgate-ledger\", region = \"eu-west-1\" }"
+                        .to_owned(),
+                );
+                checker.error(span, "responder.lease", message, help);
+            }
+            None
+        }
+    };
+    let table = match &raw.table {
+        Some(table) => check_table_name(checker, table, "responder.lease.table"),
+        None => ledger.map(|l| l.table.clone()),
+    };
+    let holder_id = check_holder_id(checker, &raw.holder_id);
+    let max_clock_skew_seconds = match &raw.max_clock_skew_seconds {
+        Some(skew) => checker.in_range(skew, "responder.lease.max_clock_skew_seconds", 0, 300),
+        None => Some(DEFAULT_MAX_CLOCK_SKEW_SECONDS),
+    };
+    let ttl_seconds = checker.in_range(&raw.ttl_seconds, "responder.lease.ttl_seconds", 10, 86_400);
+    let period = schedule_period_seconds(&responder.schedule);
+    if let (Some(ttl), Some(skew), Some(period)) = (ttl_seconds, max_clock_skew_seconds, period) {
+        // The holder renews once per cycle and stops writing `skew` early,
+        // so the lease must outlast two periods plus the skew margin.
+        let least = 2 * period + 2 * u64::from(skew);
+        if u64::from(ttl) < least {
+            let message = format!(
+                "{ttl} s lapses between renewals: the schedule runs every {period} s and each clock may be {skew} s off"
+            );
+            let help = Some(format!("set ttl_seconds to at least {least}"));
+            checker.error(
+                raw.ttl_seconds.span(),
+                "responder.lease.ttl_seconds",
+                message,
+                help,
+            );
+            return None;
+        }
+    }
+    ledger?;
+    Some(Lease {
+        table: table?,
+        holder_id: holder_id?,
+        ttl_seconds: NonZeroU32::new(ttl_seconds?)?,
+        max_clock_skew_seconds: max_clock_skew_seconds?,
+    })
+}
+
+/// The default bound on how far a responder's clock is from the true time.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECONDS: u32 = 5;
+
+/// A DynamoDB table name: 3 to 255 letters, digits, `_`, `-` or `.`.
+fn check_table_name(
+    checker: &mut Checker<'_>,
+    value: &Spanned<String>,
+    path: &str,
+) -> Option<String> {
+    let name = value.get_ref();
+    let valid = (3..=255).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        let message = format!("\"{name}\" is not a DynamoDB table name");
+        let help = Some("use 3 to 255 letters, digits, '_', '-' or '.'".to_owned());
+        checker.error(value.span(), path, message, help);
+    }
+    valid.then(|| name.clone())
+}
+
+/// A holder id: 1 to 128 letters, digits, `_`, `-`, `.`, `:` or `@`.
+fn check_holder_id(checker: &mut Checker<'_>, value: &Spanned<String>) -> Option<String> {
+    let id = value.get_ref();
+    let valid = is_holder_id(id);
+    if !valid {
+        let message = format!("\"{id}\" is not a holder id");
+        let help = Some(
+            "use 1 to 128 letters, digits, '_', '-', '.', ':' or '@', such as \"primary-eu-west-1\""
+                .to_owned(),
+        );
+        checker.error(value.span(), "responder.lease.holder_id", message, help);
+    }
+    valid.then(|| id.clone())
+}
+
+/// Whether `id` is a holder id: 1 to 128 letters, digits, `_`, `-`, `.`,
+/// `:` or `@`.
+pub fn is_holder_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@'))
+}
+
+/// The longest gap between two runs of a cron schedule, in seconds, over
+/// its next 500 runs; `None` when it does not parse.
+pub fn schedule_period_seconds(schedule: &str) -> Option<u64> {
+    let schedule = cron::Schedule::from_str(schedule).ok()?;
+    // A fixed start keeps `check` deterministic.
+    let start = chrono::DateTime::<chrono::Utc>::from_timestamp(1_767_225_600, 0)?;
+    let runs: Vec<_> = schedule.after(&start).take(500).collect();
+    runs.windows(2)
+        .map(|pair| (pair[1] - pair[0]).num_seconds().unsigned_abs())
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schedule_period_seconds;
+
+    #[test]
+    fn the_period_is_the_longest_gap_between_runs() {
+        assert_eq!(schedule_period_seconds("0 * * * * *"), Some(60));
+        assert_eq!(schedule_period_seconds("*/5 * * * * *"), Some(5));
+        assert_eq!(schedule_period_seconds("0 0,10 * * * *"), Some(50 * 60));
+        assert_eq!(schedule_period_seconds("not cron"), None);
+    }
 }

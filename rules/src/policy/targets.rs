@@ -293,7 +293,11 @@ fn check_scope(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Option
     }
 }
 
-fn check_region(checker: &mut Checker<'_>, value: &Spanned<String>, path: &str) -> Option<Region> {
+pub(crate) fn check_region(
+    checker: &mut Checker<'_>,
+    value: &Spanned<String>,
+    path: &str,
+) -> Option<Region> {
     let region = Region::new(value.get_ref());
     if region.is_none() {
         let message = format!("\"{}\" is not an AWS region name", value.get_ref());
@@ -350,7 +354,7 @@ fn check_ip_sets(
 }
 
 /// An emulator's URL, such as moto's: AWS credentials never go in it.
-const ENDPOINT_URL: UrlRules = UrlRules {
+pub(crate) const ENDPOINT_URL: UrlRules = UrlRules {
     schemes: &["http://", "https://"],
     kind: "an http(s)",
     example: "http://127.0.0.1:5000",
