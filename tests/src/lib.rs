@@ -206,6 +206,86 @@ impl MotoServer {
             .expect("moto creates the ledger table");
     }
 
+    /// Creates a WAF log group, with one stream `waf`, in `region`.
+    pub async fn create_waf_log_group(&self, region: &str, group: &str) {
+        let client = self.logs_client(region);
+        client
+            .create_log_group()
+            .log_group_name(group)
+            .send()
+            .await
+            .expect("moto creates the log group");
+        client
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name("waf")
+            .send()
+            .await
+            .expect("moto creates the log stream");
+    }
+
+    /// Puts `(timestamp, record)` events into the group's `waf` stream.
+    pub async fn put_waf_logs(&self, region: &str, group: &str, mut events: Vec<(i64, String)>) {
+        use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+        let client = self.logs_client(region);
+        events.sort();
+        for chunk in events.chunks(5_000) {
+            let batch = chunk
+                .iter()
+                .map(|(ts, message)| {
+                    InputLogEvent::builder()
+                        .timestamp(*ts)
+                        .message(message)
+                        .build()
+                        .expect("an event has a timestamp and a message")
+                })
+                .collect();
+            client
+                .put_log_events()
+                .log_group_name(group)
+                .log_stream_name("waf")
+                .set_log_events(Some(batch))
+                .send()
+                .await
+                .expect("moto takes the log events");
+        }
+    }
+
+    /// Every address in the IP set `name` of `scope` in `region`.
+    pub async fn ip_set(
+        &self,
+        region: &str,
+        scope: aws_sdk_wafv2::types::Scope,
+        name: &str,
+    ) -> std::collections::BTreeSet<String> {
+        let client = self.wafv2_client(region);
+        let sets = client
+            .list_ip_sets()
+            .scope(scope.clone())
+            .send()
+            .await
+            .expect("moto lists IP sets");
+        let summary = sets
+            .ip_sets()
+            .iter()
+            .find(|s| s.name() == Some(name))
+            .unwrap_or_else(|| panic!("{region} {scope:?} has no IP set {name}"));
+        let set = client
+            .get_ip_set()
+            .scope(scope)
+            .name(name)
+            .id(summary.id().expect("a listed set has an id"))
+            .send()
+            .await
+            .expect("moto gets the IP set");
+        set.ip_set()
+            .expect("GetIPSet returns the set")
+            .addresses()
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Forgets every resource (`POST /moto-api/reset`).
     pub fn reset(&self) {
         self.http("POST", "/moto-api/reset").expect("moto reset");
@@ -235,4 +315,21 @@ impl Drop for MotoServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One WAF log record: a request from `ip` at `ts` (ms since the epoch).
+pub fn waf_record(ts: i64, ip: &str) -> String {
+    format!(
+        r#"{{"timestamp":{ts},"action":"ALLOW","terminatingRuleId":"Default_Action","httpRequest":{{"clientIp":"{ip}","country":"NL","headers":[],"uri":"/login","httpMethod":"POST"}}}}"#
+    )
+}
+
+/// `count` requests from `ip`, spread over the four minutes before `now_ms`.
+pub fn burst(ip: &str, count: i64, now_ms: i64) -> Vec<(i64, String)> {
+    (0..count)
+        .map(|i| {
+            let ts = now_ms - 240_000 + i * 240_000 / count;
+            (ts, waf_record(ts, ip))
+        })
+        .collect()
 }

@@ -6,94 +6,13 @@
 
 use std::collections::BTreeSet;
 
-use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::rfc3339_from_ms;
-use floodgate_tests::{MotoServer, floodgate_bin, wall_clock_ms, workspace_root};
+use floodgate_tests::{MotoServer, burst, floodgate_bin, wall_clock_ms, workspace_root};
 use serde_json::Value;
 
 const REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "ap-southeast-2"];
 const GROUP: &str = "aws-waf-logs-app";
-
-/// One WAF log record.
-fn record(ts: i64, ip: &str) -> String {
-    format!(
-        r#"{{"timestamp":{ts},"action":"ALLOW","terminatingRuleId":"Default_Action","httpRequest":{{"clientIp":"{ip}","country":"NL","headers":[],"uri":"/login","httpMethod":"POST"}}}}"#
-    )
-}
-
-/// `count` requests from `ip`, spread over the four minutes before `now_ms`.
-fn burst(ip: &str, count: i64, now_ms: i64) -> Vec<(i64, String)> {
-    (0..count)
-        .map(|i| {
-            let ts = now_ms - 240_000 + i * 240_000 / count;
-            (ts, record(ts, ip))
-        })
-        .collect()
-}
-
-async fn put_logs(moto: &MotoServer, region: &str, mut events: Vec<(i64, String)>) {
-    let client = moto.logs_client(region);
-    client
-        .create_log_group()
-        .log_group_name(GROUP)
-        .send()
-        .await
-        .unwrap();
-    client
-        .create_log_stream()
-        .log_group_name(GROUP)
-        .log_stream_name("waf")
-        .send()
-        .await
-        .unwrap();
-    events.sort();
-    for chunk in events.chunks(5_000) {
-        let batch = chunk
-            .iter()
-            .map(|(ts, message)| {
-                InputLogEvent::builder()
-                    .timestamp(*ts)
-                    .message(message)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        client
-            .put_log_events()
-            .log_group_name(GROUP)
-            .log_stream_name("waf")
-            .set_log_events(Some(batch))
-            .send()
-            .await
-            .unwrap();
-    }
-}
-
-/// Every address in the named IP set of `scope` in `region`.
-async fn ip_set(moto: &MotoServer, region: &str, scope: Scope, name: &str) -> BTreeSet<String> {
-    let client = moto.wafv2_client(region);
-    let sets = client
-        .list_ip_sets()
-        .scope(scope.clone())
-        .send()
-        .await
-        .unwrap();
-    let summary = sets
-        .ip_sets()
-        .iter()
-        .find(|s| s.name() == Some(name))
-        .unwrap_or_else(|| panic!("{region} {scope:?} has no IP set {name}"));
-    let set = client
-        .get_ip_set()
-        .scope(scope)
-        .name(name)
-        .id(summary.id().unwrap())
-        .send()
-        .await
-        .unwrap();
-    set.ip_set().unwrap().addresses().iter().cloned().collect()
-}
 
 async fn run_once(policy: &std::path::Path, dir: &std::path::Path, now: &str) -> Value {
     let output = tokio::process::Command::new(floodgate_bin())
@@ -131,7 +50,8 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
         events.extend(burst(&format!("192.0.2.{}", i + 1), 50, now_ms));
     }
     for (region, events) in REGIONS.iter().zip(traffic) {
-        put_logs(&moto, region, events).await;
+        moto.create_waf_log_group(region, GROUP).await;
+        moto.put_waf_logs(region, GROUP, events).await;
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -162,34 +82,26 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
     let v6 = BTreeSet::from(["2001:db8:bad::1/128".to_owned()]);
     for region in REGIONS {
         assert_eq!(
-            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v4").await,
+            moto.ip_set(region, Scope::Regional, "floodgate-blocked-v4")
+                .await,
             v4,
             "{region}"
         );
         assert_eq!(
-            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v6").await,
+            moto.ip_set(region, Scope::Regional, "floodgate-blocked-v6")
+                .await,
             v6,
             "{region}"
         );
     }
     assert_eq!(
-        ip_set(
-            &moto,
-            "us-east-1",
-            Scope::Cloudfront,
-            "floodgate-blocked-v4"
-        )
-        .await,
+        moto.ip_set("us-east-1", Scope::Cloudfront, "floodgate-blocked-v4")
+            .await,
         v4
     );
     assert_eq!(
-        ip_set(
-            &moto,
-            "us-east-1",
-            Scope::Cloudfront,
-            "floodgate-blocked-v6"
-        )
-        .await,
+        moto.ip_set("us-east-1", Scope::Cloudfront, "floodgate-blocked-v6")
+            .await,
         v6
     );
 
@@ -198,24 +110,19 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
     assert_eq!(later["expired"].as_array().unwrap().len(), 3, "{later}");
     for region in REGIONS {
         assert!(
-            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v4")
+            moto.ip_set(region, Scope::Regional, "floodgate-blocked-v4")
                 .await
                 .is_empty()
         );
         assert!(
-            ip_set(&moto, region, Scope::Regional, "floodgate-blocked-v6")
+            moto.ip_set(region, Scope::Regional, "floodgate-blocked-v6")
                 .await
                 .is_empty()
         );
     }
     assert!(
-        ip_set(
-            &moto,
-            "us-east-1",
-            Scope::Cloudfront,
-            "floodgate-blocked-v4"
-        )
-        .await
-        .is_empty()
+        moto.ip_set("us-east-1", Scope::Cloudfront, "floodgate-blocked-v4")
+            .await
+            .is_empty()
     );
 }

@@ -1,0 +1,288 @@
+//! A primary and a standby responder, as two real `floodgate run` daemons,
+//! sharing a DynamoDB ledger and lease in moto:
+//!
+//! 1. only the primary applies while it lives;
+//! 2. after it is SIGKILLed, the standby takes over within the lease's ttl
+//!    (plus the clock margin and one cycle) and blocks a new attacker;
+//! 3. a restarted primary gets the lease back through a handback and blocks
+//!    the next attacker;
+//! 4. across the whole run, no two cycles of different responders applied
+//!    at overlapping times, and each holder applied under a new fence.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_wafv2::types::Scope;
+use floodgate_responder::clock::{parse_instant, unix_ms};
+use floodgate_tests::{MotoServer, burst, floodgate_bin, wall_clock_ms};
+use serde_json::Value;
+
+const REGION: &str = "eu-west-1";
+const GROUP: &str = "aws-waf-logs-app";
+const TTL_SECONDS: i64 = 10;
+const SKEW_SECONDS: i64 = 1;
+const CYCLE_SECONDS: i64 = 1;
+
+/// One side's policy: the same reviewed rules, its own role, name and port.
+fn policy(dir: &Path, moto: &MotoServer, role: &str, name: &str) -> PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = moto.endpoint();
+    let text = format!(
+        r#"
+[responder]
+role = "{role}"
+state_dir = "state-{name}"
+schedule = "* * * * * *"
+listen = "127.0.0.1:{port}"
+ledger = {{ backend = "dynamodb", table = "floodgate-ledger", region = "{REGION}", endpoint_url = "{endpoint}" }}
+lease = {{ holder_id = "{name}", ttl_seconds = {TTL_SECONDS}, max_clock_skew_seconds = {SKEW_SECONDS} }}
+
+[[tiers]]
+name = "block"
+requests = 1000
+window_seconds = 300
+action = "block"
+block_minutes = 15
+
+[source]
+type = "cloudwatch"
+api = "events"
+endpoint_url = "{endpoint}"
+log_groups = [{{ region = "{REGION}", name = "{GROUP}" }}]
+
+[[targets]]
+type = "wafv2"
+scope = "regional"
+region = "{REGION}"
+ipv4_sets = ["floodgate-blocked-v4"]
+ipv6_sets = ["floodgate-blocked-v6"]
+endpoint_url = "{endpoint}"
+create_missing = true
+"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running daemon and the run reports it has printed so far.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    reports: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Daemon {
+    fn start(dir: &Path, policy: &Path, name: &'static str) -> Daemon {
+        let mut child = Command::new(floodgate_bin())
+            .args(["run", "--format", "json", "--config"])
+            .arg(policy)
+            .current_dir(dir)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env("FLOODGATE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(BufReader::new(stdout));
+            for report in stream.into_iter::<Value>() {
+                match report {
+                    Ok(report) => sink.lock().unwrap().push(report),
+                    Err(_) => break,
+                }
+            }
+        });
+        Daemon {
+            name,
+            child,
+            reports,
+        }
+    }
+
+    fn reports(&self) -> Vec<Value> {
+        self.reports.lock().unwrap().clone()
+    }
+
+    /// Waits until some report satisfies `done`; returns it.
+    fn wait_for(&self, what: &str, seconds: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(report) = self.reports().into_iter().find(|r| done(r)) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {seconds} s; reports: {:#?}",
+                self.name,
+                self.reports()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status must be 0.
+    fn stop(mut self) -> Vec<Value> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "{} exits 0",
+            self.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        self.reports()
+    }
+}
+
+fn lease_state(report: &Value) -> &str {
+    report["lease"]["state"].as_str().unwrap_or_default()
+}
+
+fn ms(text: &Value) -> i64 {
+    unix_ms(parse_instant(text.as_str().unwrap()).unwrap())
+}
+
+/// An applying cycle's window: from taking or renewing the lease (its end
+/// minus the ttl) to the end of the cycle.
+fn window(report: &Value) -> (i64, i64) {
+    let from = ms(&report["lease"]["expires"]) - TTL_SECONDS * 1000;
+    let to = ms(&report["started"]) + (report["seconds"].as_f64().unwrap() * 1000.0) as i64;
+    (from, to)
+}
+
+async fn blocked(moto: &MotoServer) -> std::collections::BTreeSet<String> {
+    moto.ip_set(REGION, Scope::Regional, "floodgate-blocked-v4")
+        .await
+}
+
+/// Waits until `ip` is in the set. The attackers' addresses are far apart,
+/// so the set never aggregates them into one range.
+async fn wait_blocked(moto: &MotoServer, ip: &str, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !blocked(moto).await.contains(&format!("{ip}/32")) {
+        assert!(
+            Instant::now() < deadline,
+            "{ip} not blocked within {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_returns() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    moto.create_ledger_table(REGION, "floodgate-ledger").await;
+    moto.create_waf_log_group(REGION, GROUP).await;
+    moto.put_waf_logs(REGION, GROUP, burst("203.0.113.10", 1500, wall_clock_ms()))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let primary_policy = policy(dir.path(), &moto, "primary", "primary");
+    let standby_policy = policy(dir.path(), &moto, "standby", "standby");
+
+    // 1. The primary takes the lease and blocks; the standby only plans.
+    let primary = Daemon::start(dir.path(), &primary_policy, "primary");
+    primary.wait_for("held cycle", 60, |r| lease_state(r) == "held");
+    wait_blocked(&moto, "203.0.113.10", 30).await;
+    let standby = Daemon::start(dir.path(), &standby_policy, "standby");
+    standby.wait_for("third cycle", 60, |_| standby.reports().len() >= 3);
+    for report in standby.reports() {
+        assert_eq!(report["mode"], "standby", "{report}");
+        assert_eq!(lease_state(&report), "waiting", "{report}");
+        assert_eq!(report["lease"]["holder"], "primary", "{report}");
+        assert_eq!(report["targets"], Value::Array(vec![]), "{report}");
+    }
+
+    // 2. The primary dies without a word; a new attacker arrives.
+    let mut primary = primary;
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    let killed_ms = wall_clock_ms();
+    let first_primary = primary.reports();
+    moto.put_waf_logs(REGION, GROUP, burst("203.0.113.20", 1500, wall_clock_ms()))
+        .await;
+    let took = standby.wait_for("takeover", 60, |r| lease_state(r) == "held");
+    let takeover_ms = window(&took).0 - killed_ms;
+    let bound_ms = (TTL_SECONDS + SKEW_SECONDS + CYCLE_SECONDS) * 1000 + 2_000;
+    assert!(
+        takeover_ms <= bound_ms,
+        "took over {takeover_ms} ms after the kill; the bound is {bound_ms} ms"
+    );
+    wait_blocked(&moto, "203.0.113.20", 30).await;
+    assert!(blocked(&moto).await.contains("203.0.113.10/32"));
+
+    // 3. The primary comes back, asks, and gets the lease handed back.
+    let primary = Daemon::start(dir.path(), &primary_policy, "primary-again");
+    primary.wait_for("handback", 60, |r| lease_state(r) == "held");
+    moto.put_waf_logs(REGION, GROUP, burst("203.0.113.30", 1500, wall_clock_ms()))
+        .await;
+    wait_blocked(&moto, "203.0.113.30", 30).await;
+    let second_primary = primary.stop();
+    let standby_reports = standby.stop();
+
+    // 4. Who applied, under which fence, and never two at once.
+    let mut applied: Vec<(&str, u64, (i64, i64))> = Vec::new();
+    for (name, reports) in [
+        ("primary", &first_primary),
+        ("standby", &standby_reports),
+        ("primary-again", &second_primary),
+    ] {
+        for report in reports {
+            match lease_state(report) {
+                "held" => {
+                    assert_eq!(report["mode"], "enforce", "{report}");
+                    assert!(!report["targets"].as_array().unwrap().is_empty());
+                    let fence = report["lease"]["fence"].as_u64().unwrap();
+                    applied.push((name, fence, window(report)));
+                }
+                "waiting" => {
+                    assert_eq!(report["targets"], Value::Array(vec![]), "{report}");
+                }
+                other => panic!("{name}: lease state {other}: {report}"),
+            }
+        }
+    }
+    let fences = |who: &str| {
+        let mut fences: Vec<u64> = applied
+            .iter()
+            .filter(|(name, ..)| *name == who)
+            .map(|(_, fence, _)| *fence)
+            .collect();
+        fences.dedup();
+        fences
+    };
+    assert_eq!(fences("primary"), [1]);
+    assert_eq!(fences("standby"), [2]);
+    assert_eq!(fences("primary-again"), [3]);
+    for (a, fa, (a_from, a_to)) in &applied {
+        for (b, fb, (b_from, b_to)) in &applied {
+            if a != b {
+                assert!(
+                    a_to < b_from || b_to < a_from,
+                    "{a} (fence {fa}) applied during {a_from}..{a_to} and {b} (fence {fb}) during {b_from}..{b_to}"
+                );
+            }
+        }
+    }
+    println!(
+        "takeover {takeover_ms} ms after SIGKILL (bound {bound_ms} ms); {} applying cycles",
+        applied.len()
+    );
+}
