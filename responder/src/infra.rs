@@ -21,7 +21,8 @@
 use floodgate_rules::Policy;
 use floodgate_rules::cidr::aggregate;
 use floodgate_rules::policy::{
-    Infra, LogSourceConfig, Target, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS, WafScope,
+    DynamoDbTable, Infra, LedgerStore, LogSourceConfig, Target, WAF_MIN_RATE_LIMIT,
+    WAF_RATE_WINDOWS, WafScope,
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -484,6 +485,26 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
             "Resource": arns,
         }));
     }
+    if let LedgerStore::DynamoDb(table) = &policy.responder.ledger {
+        let mut tables = vec![table.table.clone()];
+        if let Some(lease) = &policy.responder.lease
+            && lease.table != table.table
+        {
+            tables.push(lease.table.clone());
+        }
+        let arns: Vec<Value> = tables
+            .iter()
+            .map(|t| json!({ "Fn::Sub": format!("arn:${{AWS::Partition}}:dynamodb:{}:${{AWS::AccountId}}:table/{t}", table.region) }))
+            .collect();
+        // Conditional puts and the transaction's condition check; no scans,
+        // no table administration.
+        statements.push(json!({
+            "Sid": "LedgerTable",
+            "Effect": "Allow",
+            "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"],
+            "Resource": arns,
+        }));
+    }
     statements.push(json!({
         "Sid": "LedgerVolume",
         "Effect": "Allow",
@@ -497,7 +518,7 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
         "FileSystemId": { "Ref": "LedgerFileSystem" }, "SubnetId": { "Ref": subnet }, "SecurityGroups": [{ "Ref": "LedgerSecurityGroup" }],
     } })
     };
-    json!({
+    let mut template = json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!("{name} responder: `floodgate run --once` on a schedule (ECS Fargate), its role and its ledger volume; generated from the Floodgate policy"),
         "Parameters": {
@@ -606,7 +627,64 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
             "ResponderRoleArn": { "Value": { "Fn::GetAtt": ["ResponderRole", "Arn"] } },
             "LedgerFileSystemId": { "Value": { "Ref": "LedgerFileSystem" } },
         },
-    })
+    });
+    if let LedgerStore::DynamoDb(table) = &policy.responder.ledger {
+        add_ledger_table(&mut template, policy, table);
+    }
+    template
+}
+
+/// The shared ledger's DynamoDB table, created by the stack that says so
+/// (a standby's stack, in another region or not, uses the primary's), and
+/// with a lease, the role and holder id each stack runs as.
+fn add_ledger_table(template: &mut Value, policy: &Policy, table: &DynamoDbTable) {
+    template["Parameters"]["CreateLedgerTable"] = json!({
+        "Type": "String", "AllowedValues": ["true", "false"], "Default": "true",
+        "Description": format!("Create the ledger table {} (in {}): true in exactly one stack, the primary's", table.table, table.region),
+    });
+    template["Conditions"] = json!({
+        "CreatesLedgerTable": { "Fn::And": [
+            { "Fn::Equals": [{ "Ref": "CreateLedgerTable" }, "true"] },
+            { "Fn::Equals": [{ "Ref": "AWS::Region" }, table.region.as_str()] },
+        ] },
+    });
+    // One string key: the meta item, the snapshot chunks and the lease.
+    template["Resources"]["LedgerTable"] = json!({
+        "Type": "AWS::DynamoDB::Table",
+        "Condition": "CreatesLedgerTable",
+        "DeletionPolicy": "Retain",
+        "UpdateReplacePolicy": "Retain",
+        "Properties": {
+            "TableName": table.table,
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [{ "AttributeName": "pk", "AttributeType": "S" }],
+            "KeySchema": [{ "AttributeName": "pk", "KeyType": "HASH" }],
+            "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
+            "SSESpecification": { "SSEEnabled": true },
+            "DeletionProtectionEnabled": true,
+        },
+    });
+    let Some(lease) = &policy.responder.lease else {
+        return;
+    };
+    template["Parameters"]["LeaseRole"] = json!({
+        "Type": "String", "AllowedValues": ["primary", "standby"], "Default": policy.responder.role.as_str(),
+        "Description": "primary applies whenever it holds the lease; standby only once the primary's has lapsed",
+    });
+    template["Parameters"]["HolderId"] = json!({
+        "Type": "String", "Default": lease.holder_id, "AllowedPattern": "[A-Za-z0-9_.:@-]{1,128}",
+        "Description": "This responder's name in the lease: different in every stack",
+    });
+    let command = &mut template["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+        [0]["Command"];
+    if let Some(args) = command.as_array_mut() {
+        args.extend([
+            json!("--role"),
+            json!({ "Ref": "LeaseRole" }),
+            json!("--holder-id"),
+            json!({ "Ref": "HolderId" }),
+        ]);
+    }
 }
 
 /// One web ACL stack per regional target and one for CloudFront (in

@@ -278,6 +278,70 @@ fn iam_policies_name_their_actions_and_resources() {
 }
 
 #[test]
+fn the_shared_ledger_table_is_retained_and_the_role_reaches_only_it() {
+    let responder = template("responder.yaml");
+    let table = &responder["Resources"]["LedgerTable"];
+    assert_eq!(table["Type"], "AWS::DynamoDB::Table");
+    assert_eq!(table["Condition"], "CreatesLedgerTable");
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    let properties = &table["Properties"];
+    assert_eq!(properties["TableName"], "floodgate-ledger");
+    assert_eq!(
+        properties["KeySchema"],
+        serde_json::json!([{ "AttributeName": "pk", "KeyType": "HASH" }])
+    );
+    assert_eq!(
+        properties["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+    // The table is created only in its own region, by the stack told to.
+    assert_eq!(
+        responder["Conditions"]["CreatesLedgerTable"]["Fn::And"][1]["Fn::Equals"][1],
+        "eu-west-1"
+    );
+    let statements = responder["Resources"]["ResponderRole"]["Properties"]["Policies"][0]
+        ["PolicyDocument"]["Statement"]
+        .as_array()
+        .unwrap();
+    let ledger = statements
+        .iter()
+        .find(|s| s["Sid"] == "LedgerTable")
+        .expect("a statement for the ledger table");
+    assert_eq!(
+        ledger["Action"],
+        serde_json::json!([
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:ConditionCheckItem"
+        ])
+    );
+    assert_eq!(
+        ledger["Resource"],
+        serde_json::json!([{ "Fn::Sub": "arn:${AWS::Partition}:dynamodb:eu-west-1:${AWS::AccountId}:table/floodgate-ledger" }])
+    );
+    // Each stack runs as the role and holder id it is deployed with.
+    let command = responder["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+        ["Command"]
+        .as_array()
+        .unwrap();
+    let tail: Vec<&serde_json::Value> = command.iter().rev().take(4).rev().collect();
+    assert_eq!(
+        tail,
+        [
+            &serde_json::json!("--role"),
+            &serde_json::json!({ "Ref": "LeaseRole" }),
+            &serde_json::json!("--holder-id"),
+            &serde_json::json!({ "Ref": "HolderId" }),
+        ]
+    );
+    assert_eq!(
+        responder["Parameters"]["HolderId"]["Default"],
+        "primary-eu-west-1"
+    );
+}
+
+#[test]
 fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
     let output = Command::new(workspace_root().join("infra/deploy.sh"))
         .arg("--dry-run")
