@@ -1,10 +1,12 @@
 //! The DynamoDB ledger and lease against moto: real SDK calls, real
 //! conditional writes and transactions.
 
+use floodgate_responder::clock::{Clock, ManualClock};
 use floodgate_responder::lease::dynamodb::DynamoDbLease;
-use floodgate_responder::lease::{Contender, LeaseStore, Standing, acquire};
+use floodgate_responder::lease::{Contender, LeaseGuard, LeaseStore, Standing, acquire};
 use floodgate_responder::ledger::dynamodb::{DynamoDbLedger, Fence};
 use floodgate_responder::ledger::{Ledger, LedgerEntry, LedgerError, LedgerState, update};
+use floodgate_responder::target::WriteGuard;
 use floodgate_rules::policy::Role;
 use floodgate_tests::MotoServer;
 
@@ -189,6 +191,24 @@ async fn a_save_fenced_by_a_lease_that_was_taken_over_is_refused() {
         matches!(took, Standing::Holding { fence: 2, .. }),
         "{took:?}"
     );
+
+    // Back from a pause, the primary may not write to a target any more;
+    // the standby may.
+    let clock_at = |ms: i64| -> Box<dyn Clock> {
+        Box::new(ManualClock::new(
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap(),
+        ))
+    };
+    let now = t0 + TTL_MS + SKEW_MS + 2;
+    let primary_guard = LeaseGuard::new(lease.clone(), &primary, 1, clock_at(now));
+    let refused = primary_guard.may_write().await.unwrap_err();
+    assert!(refused.contains("no longer ours"), "{refused}");
+    let standby_guard = LeaseGuard::new(lease.clone(), &standby, 2, clock_at(now));
+    standby_guard.may_write().await.unwrap();
+    // Nor may the standby, once too little of its own lease is left.
+    let late = LeaseGuard::new(lease.clone(), &standby, 2, clock_at(now + TTL_MS - SKEW_MS));
+    let refused = late.may_write().await.unwrap_err();
+    assert!(refused.contains("ends too soon"), "{refused}");
 
     // The primary, back from a pause, tries to save under fence 1.
     let refused = primary_ledger

@@ -279,3 +279,62 @@ async fn throttling_is_retried_by_the_shared_retry_policy() {
     assert_eq!(report.outcome, Outcome::Unchanged);
     assert_eq!(get.num_calls(), 3);
 }
+
+/// A guard that lets through the first `allowed` writes, then refuses:
+/// a lease lost part way through a cycle.
+struct LeaseLostAfter {
+    allowed: std::sync::atomic::AtomicUsize,
+}
+
+impl floodgate_responder::target::WriteGuard for LeaseLostAfter {
+    async fn may_write(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let left = self.allowed.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err("the lease is no longer ours".to_owned());
+        }
+        self.allowed.store(left - 1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_target_is_written_once_the_guard_refuses() {
+    let (list_a, list_b) = (listed("id-1"), listed("id-1"));
+    let get_a = mock!(Client::get_ip_set).then_output(|| set_with(&[], "t1"));
+    let get_b = mock!(Client::get_ip_set).then_output(|| set_with(&[], "t1"));
+    let update_a = mock!(Client::update_ip_set)
+        .then_output(|| UpdateIpSetOutput::builder().next_lock_token("t2").build());
+    let update_b = mock!(Client::update_ip_set)
+        .then_output(|| UpdateIpSetOutput::builder().next_lock_token("t2").build());
+    let targets = vec![
+        Arc::new(target(&[&list_a, &get_a, &update_a], "us-east-1")),
+        Arc::new(target(&[&list_b, &get_b, &update_b], "eu-west-1")),
+    ];
+    // One at a time, so the first target is written before the lease is lost.
+    let guard = Arc::new(LeaseLostAfter { allowed: 1.into() });
+    let reports = floodgate_responder::target::apply_all_guarded(
+        targets,
+        &desired(&["203.0.113.66/32"]),
+        1,
+        guard,
+    )
+    .await;
+    assert_eq!(
+        reports[0].outcome,
+        Outcome::Updated {
+            added: 1,
+            removed: 0
+        }
+    );
+    assert_eq!(
+        reports[1].outcome,
+        Outcome::Failed("not written: the lease is no longer ours".to_owned())
+    );
+    assert_eq!(reports[1].calls.total(), 0);
+    assert_eq!(
+        (list_b.num_calls(), get_b.num_calls(), update_b.num_calls()),
+        (0, 0, 0),
+        "the refused target saw no call at all"
+    );
+}

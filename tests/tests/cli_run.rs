@@ -181,6 +181,25 @@ fn bad_input_exits_1_and_writes_nothing() {
     );
     assert_eq!(output.status.code(), Some(1));
     assert!(!dir.path().join("state").exists());
+
+    // A lease override on a policy without a lease, or a standby without
+    // one, is refused before anything is read or written.
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    for (args, expected) in [
+        (
+            &["--holder-id", "standby-1"][..],
+            "--holder-id names this responder in the lease, but the policy has no [responder] lease",
+        ),
+        (
+            &["--role", "standby"][..],
+            "a standby needs [responder] lease",
+        ),
+    ] {
+        let output = run_with(dir.path(), &policy, "2026-11-20T10:05:00Z", args);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{}", stderr(&output));
+        assert!(!dir.path().join("state").exists());
+    }
 }
 
 #[test]

@@ -201,6 +201,32 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
     let primary = Daemon::start(dir.path(), &primary_policy, "primary");
     primary.wait_for("held cycle", 60, |r| lease_state(r) == "held");
     wait_blocked(&moto, "203.0.113.10", 30).await;
+    let status = Command::new(floodgate_bin())
+        .args(["status", "--format", "json", "--config"])
+        .arg(&standby_policy)
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["ledger"], "dynamodb://floodgate-ledger", "{status}");
+    let lease = &status["lease"];
+    assert_eq!(
+        (
+            &lease["holder"],
+            &lease["role"],
+            &lease["fence"],
+            &lease["lapsed"]
+        ),
+        (
+            &Value::from("primary"),
+            &Value::from("primary"),
+            &Value::from(1),
+            &Value::from(false)
+        ),
+        "{status}"
+    );
     let standby = Daemon::start(dir.path(), &standby_policy, "standby");
     standby.wait_for("third cycle", 60, |_| standby.reports().len() >= 3);
     for report in standby.reports() {
