@@ -133,7 +133,8 @@ impl Policy {
             .infra
             .as_ref()
             .and_then(|i| infra::check_infra(&mut checker, i));
-        let responder = responder::check_responder(&mut checker, raw.responder.as_ref());
+        let responder =
+            responder::check_responder(&mut checker, raw.responder.as_ref(), infra.as_ref());
         let alerts = raw
             .alerts
             .as_ref()

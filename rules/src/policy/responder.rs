@@ -8,6 +8,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::check::Checker;
+use super::infra::Infra;
 use super::raw::{RawLease, RawLedger, RawResponder};
 use super::targets::{ENDPOINT_URL, Region, check_region};
 
@@ -116,6 +117,7 @@ impl Default for Responder {
 pub(crate) fn check_responder(
     checker: &mut Checker<'_>,
     raw: Option<&Spanned<RawResponder>>,
+    infra: Option<&Infra>,
 ) -> Responder {
     let mut responder = Responder::default();
     let Some(raw) = raw.map(Spanned::get_ref) else {
@@ -174,7 +176,7 @@ pub(crate) fn check_responder(
             .ledger
             .as_ref()
             .is_some_and(|l| l.get_ref().backend.get_ref() == "dynamodb");
-        responder.lease = check_lease(checker, lease, &responder, ledger_written);
+        responder.lease = check_lease(checker, lease, &responder, ledger_written, infra);
     }
     if responder.role == Role::Standby
         && responder.lease.is_none()
@@ -256,6 +258,7 @@ fn check_lease(
     raw: &Spanned<RawLease>,
     responder: &Responder,
     ledger_written: bool,
+    infra: Option<&Infra>,
 ) -> Option<Lease> {
     let span = raw.span();
     let raw = raw.get_ref();
@@ -285,14 +288,22 @@ fn check_lease(
         None => Some(DEFAULT_MAX_CLOCK_SKEW_SECONDS),
     };
     let ttl_seconds = checker.in_range(&raw.ttl_seconds, "responder.lease.ttl_seconds", 10, 86_400);
-    let period = schedule_period_seconds(&responder.schedule);
-    if let (Some(ttl), Some(skew), Some(period)) = (ttl_seconds, max_clock_skew_seconds, period) {
+    // The daemon runs on `schedule`; the deployed task on the infra's
+    // EventBridge rate. Either may be how the lease is renewed.
+    let daemon = schedule_period_seconds(&responder.schedule).map(|p| (p, "the schedule runs"));
+    let task = infra
+        .and_then(|i| rate_period_seconds(&i.schedule_expression))
+        .map(|p| (p, "the scheduled task runs"));
+    let period = daemon.into_iter().chain(task).max();
+    if let (Some(ttl), Some(skew), Some((period, what))) =
+        (ttl_seconds, max_clock_skew_seconds, period)
+    {
         // The holder renews once per cycle and stops writing `skew` early,
         // so the lease must outlast two periods plus the skew margin.
         let least = 2 * period + 2 * u64::from(skew);
         if u64::from(ttl) < least {
             let message = format!(
-                "{ttl} s lapses between renewals: the schedule runs every {period} s and each clock may be {skew} s off"
+                "{ttl} s lapses between renewals: {what} every {period} s and each clock may be {skew} s off"
             );
             let help = Some(format!("set ttl_seconds to at least {least}"));
             checker.error(
@@ -359,6 +370,21 @@ pub fn is_holder_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@'))
 }
 
+/// The period of an EventBridge `rate(N unit)` expression, in seconds;
+/// `None` for `cron(...)`, `at(...)` or anything else.
+pub fn rate_period_seconds(expression: &str) -> Option<u64> {
+    let inner = expression.strip_prefix("rate(")?.strip_suffix(')')?;
+    let (count, unit) = inner.trim().split_once(' ')?;
+    let count: u64 = count.parse().ok()?;
+    let unit_seconds = match unit.trim() {
+        "minute" | "minutes" => 60,
+        "hour" | "hours" => 3600,
+        "day" | "days" => 86_400,
+        _ => return None,
+    };
+    Some(count * unit_seconds)
+}
+
 /// The longest gap between two runs of a cron schedule, in seconds, over
 /// its next 500 runs; `None` when it does not parse.
 pub fn schedule_period_seconds(schedule: &str) -> Option<u64> {
@@ -374,6 +400,16 @@ pub fn schedule_period_seconds(schedule: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::schedule_period_seconds;
+
+    #[test]
+    fn a_rate_expression_has_a_period() {
+        use super::rate_period_seconds;
+        assert_eq!(rate_period_seconds("rate(1 minute)"), Some(60));
+        assert_eq!(rate_period_seconds("rate(5 minutes)"), Some(300));
+        assert_eq!(rate_period_seconds("rate(2 hours)"), Some(7200));
+        assert_eq!(rate_period_seconds("cron(0/5 * * * ? *)"), None);
+        assert_eq!(rate_period_seconds("rate(often)"), None);
+    }
 
     #[test]
     fn the_period_is_the_longest_gap_between_runs() {
