@@ -277,7 +277,10 @@ impl Ledger for DynamoDbLedger {
         let chunks: Vec<&[u8]> = gzipped.chunks(CHUNK_BYTES).collect();
         let count = u32::try_from(chunks.len()).expect("fewer than 4 billion chunks");
         for (index, chunk) in (0..).zip(&chunks) {
-            self.put_chunk(chunk_key(&write_id, index), chunk).await?;
+            if let Err(error) = self.put_chunk(chunk_key(&write_id, index), chunk).await {
+                self.delete_chunks(&write_id, index).await;
+                return Err(error);
+            }
         }
         if let Err(error) = self.flip(state, &write_id, count).await {
             self.delete_chunks(&write_id, count).await;
