@@ -305,7 +305,9 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     let ledger_label = ledger.label();
     let mut phase = Stopwatch::start();
     let lease = ConfiguredLease::from_policy(policy).await;
-    let clock = clock_at(args.policy.now);
+    // The lease is about who writes now, so it runs on the real clock even
+    // when `--now` replays another time.
+    let clock = clock_at(None);
     let standing = match &lease {
         Some(lease) => Some(lease.acquire(unix_ms(clock.now())).await?),
         None => None,

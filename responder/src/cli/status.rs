@@ -92,9 +92,11 @@ pub(super) fn run(args: &StatusArgs) -> Result<Status, CliError> {
 async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> {
     let store = ConfiguredLedger::from_policy(policy).await;
     let ledger = store.load().await?;
+    // The lease is judged on the real clock, whatever `--now` says.
+    let real_now_ms = unix_ms(clock_at(None).now());
     let lease = match ConfiguredLease::from_policy(policy).await {
         Some(lease) => Some(lease.store.read().await?.map(|r| LeaseStatus {
-            lapsed: r.holder.is_empty() || now_ms >= r.expires_at_ms,
+            lapsed: r.holder.is_empty() || real_now_ms >= r.expires_at_ms,
             holder: r.holder,
             role: r.role.as_str().to_owned(),
             expires: rfc3339_from_ms(r.expires_at_ms),
