@@ -131,8 +131,10 @@ pub fn next_record(
                 ..current.clone()
             });
         }
-        // Renew: the fence stays, so our writes stay valid.
+        // Renew: the fence stays, so our writes stay valid. The role is
+        // ours now, should we have restarted as the other one.
         return Some(LeaseRecord {
+            role: me.role,
             expires_at_ms: now_ms + me.ttl_ms,
             handback_to: None,
             handback_at_ms: 0,
