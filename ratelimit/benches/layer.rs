@@ -10,6 +10,9 @@
 // criterion_group! generates public functions without docs.
 #![allow(missing_docs)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
@@ -22,7 +25,6 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use floodgate_ratelimit::{ClientIp, DEFAULT_MAX_KEYS, TenantRateLimitLayer};
-use floodgate_rules::Policy;
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -104,12 +106,7 @@ fn max_keys(clients: usize) -> NonZeroUsize {
 }
 
 fn layers(c: &mut Criterion) {
-    let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(POLICY, "bench.toml", today)
-        .unwrap()
-        .policy
-        .quotas
-        .unwrap();
+    let quotas = common::quotas(POLICY);
     for clients in [1, 10_000, 1_000_000] {
         let group = format!("layer/{clients}");
         measure(c, &group, "no_layer", clients, noop());
@@ -177,12 +174,7 @@ plans = [{ name = "daily", limits = [{ requests = 1, per_seconds = 86400 }] }]
 /// visited): the request path only ever sweeps one shard, so its longest
 /// pause is this time divided by the shard count, printed alongside.
 fn sweep(c: &mut Criterion) {
-    let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(BUSY_FOR_A_DAY, "bench.toml", today)
-        .unwrap()
-        .policy
-        .quotas
-        .unwrap();
+    let quotas = common::quotas(BUSY_FOR_A_DAY);
     let layer = TenantRateLimitLayer::builder(&quotas)
         .key(ClientIp::peer_only())
         .max_keys(NonZeroUsize::new(1_100_000).unwrap())

@@ -9,13 +9,15 @@
 //! Arguments: keys to spray (default 10M), the key cap (default 1M). Exits
 //! 1 if resident memory grows past the cap's budget of 128 bytes a key.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::task::{Context, Poll, Waker};
 
 use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
-use floodgate_rules::Policy;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
@@ -46,12 +48,7 @@ fn argument(index: usize, default: usize) -> usize {
 fn main() {
     let keys = argument(1, 10_000_000);
     let cap = argument(2, 1_000_000);
-    let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(POLICY, "spray.toml", today)
-        .unwrap()
-        .policy
-        .quotas
-        .unwrap();
+    let quotas = common::quotas(POLICY);
     let layer = TenantRateLimitLayer::builder(&quotas)
         .max_keys(NonZeroUsize::new(cap).expect("a cap above 0"))
         .headers(false)

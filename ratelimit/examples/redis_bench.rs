@@ -9,12 +9,14 @@
 //!
 //! `scripts/bench-redis.sh` runs it next to `redis-benchmark` on the same script.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use floodgate_ratelimit::{Backend, RedisSettings, SCRIPT, Tenant, TenantRateLimitLayer};
-use floodgate_rules::Policy;
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
@@ -48,12 +50,7 @@ fn main() {
 }
 
 async fn run(seconds: f64, url: String) {
-    let today = time::macros::date!(2026 - 11 - 22);
-    let quotas = Policy::from_toml(POLICY, "bench.toml", today)
-        .unwrap()
-        .policy
-        .quotas
-        .unwrap();
+    let quotas = common::quotas(POLICY);
     let backend = Backend::Redis(RedisSettings {
         url,
         password: None,

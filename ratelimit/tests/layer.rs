@@ -9,7 +9,7 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{RateLimitBody, Tenant, TenantRateLimitLayer};
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -50,6 +50,22 @@ where
     (response.status(), response.headers().clone())
 }
 
+/// The layer on the `[quotas]` of `text` around [`ok_service`], on a fake
+/// clock the test moves.
+fn on_fake_clock(
+    text: &str,
+) -> (
+    impl Service<Request<()>, Response = Response<RateLimitBody<String>>, Error = Infallible>,
+    FakeRelativeClock,
+) {
+    let clock = FakeRelativeClock::default();
+    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (layer.layer(ok_service()), clock)
+}
+
 fn retry_after(headers: &HeaderMap) -> u64 {
     headers["retry-after"].to_str().unwrap().parse().unwrap()
 }
@@ -62,12 +78,7 @@ fn retry_after_rounds_up_never_reads_zero_and_is_honoured() {
 default_plan = "slow"
 plans = [{ name = "slow", limits = [{ requests = 2, per_seconds = 3, burst = 1 }] }]
 "#;
-    let clock = FakeRelativeClock::default();
-    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let mut service = layer.layer(ok_service());
+    let (mut service, clock) = on_fake_clock(text);
     assert_eq!(send(&mut service, "acme").0, StatusCode::OK);
     clock.advance(Duration::from_millis(1_499));
     let (status, headers) = send(&mut service, "acme");
@@ -86,12 +97,7 @@ fn a_request_refused_by_the_daily_budget_does_not_spend_the_burst() {
 default_plan = "free"
 plans = [{ name = "free", limits = [{ requests = 3, per_seconds = 1 }, { requests = 4, per_seconds = 86400 }] }]
 "#;
-    let clock = FakeRelativeClock::default();
-    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let mut service = layer.layer(ok_service());
+    let (mut service, clock) = on_fake_clock(text);
     let statuses: Vec<u16> = (0..5)
         .map(|_| send(&mut service, "acme").0.as_u16())
         .collect();
@@ -245,9 +251,7 @@ proptest! {
     fn admissions_match_the_model_and_stay_within_the_gcra_bound(
         steps in prop::collection::vec((0usize..3, 0u64..400), 1..300)
     ) {
-        let clock = FakeRelativeClock::default();
-        let layer = TenantRateLimitLayer::builder(&common::quotas(MODEL_PLAN)).clock(clock.clone()).build().unwrap();
-        let mut service = layer.layer(ok_service());
+        let (mut service, clock) = on_fake_clock(MODEL_PLAN);
         // (interval, burst) for 5/s burst 3 and 20/min.
         let limits = [(200_000_000u64, 3u64), (3_000_000_000, 20)];
         let mut models: Vec<Vec<Bucket>> = (0..3)

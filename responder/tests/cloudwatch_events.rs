@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use aws_sdk_cloudwatchlogs::Client;
-use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use floodgate_responder::aws::{RegionLogs, retry_config};
 use floodgate_responder::loggen::{LogSpec, records};
 use floodgate_responder::source::LogSource;
@@ -25,42 +24,17 @@ fn client(moto: &MotoServer, region: &str) -> Client {
     Client::from_conf(config)
 }
 
-/// Writes generated WAF records into a log group, in batches of 500 events.
-async fn put_records(client: &Client, group: &str, records: &[Vec<u8>]) {
-    client
-        .create_log_group()
-        .log_group_name(group)
-        .send()
-        .await
-        .unwrap();
-    client
-        .create_log_stream()
-        .log_group_name(group)
-        .log_stream_name("waf")
-        .send()
-        .await
-        .unwrap();
-    for batch in records.chunks(500) {
-        let events = batch
-            .iter()
-            .map(|line| {
-                let timestamp = parse_hit_full_only(line).unwrap().timestamp_ms;
-                InputLogEvent::builder()
-                    .timestamp(timestamp)
-                    .message(String::from_utf8(line.clone()).unwrap())
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        client
-            .put_log_events()
-            .log_group_name(group)
-            .log_stream_name("waf")
-            .set_log_events(Some(events))
-            .send()
-            .await
-            .unwrap();
-    }
+/// Writes generated WAF records into a new log group in `region`.
+async fn put_records(moto: &MotoServer, region: &str, group: &str, records: &[Vec<u8>]) {
+    let events = records
+        .iter()
+        .map(|line| {
+            let timestamp = parse_hit_full_only(line).unwrap().timestamp_ms;
+            (timestamp, String::from_utf8(line.clone()).unwrap())
+        })
+        .collect();
+    moto.create_waf_log_group(region, group).await;
+    moto.put_waf_logs(region, group, events).await;
 }
 
 fn sample(seed: u64, start_ms: i64) -> Vec<Vec<u8>> {
@@ -85,8 +59,14 @@ async fn counts_events_across_regions_like_a_naive_count() {
     let (eu, us) = (client(&moto, "eu-west-1"), client(&moto, "us-east-1"));
     let eu_records = sample(1, start_ms);
     let us_records = sample(2, start_ms);
-    put_records(&eu, "aws-waf-logs-app", &eu_records).await;
-    put_records(&us, "aws-waf-logs-app-cloudfront", &us_records).await;
+    put_records(&moto, "eu-west-1", "aws-waf-logs-app", &eu_records).await;
+    put_records(
+        &moto,
+        "us-east-1",
+        "aws-waf-logs-app-cloudfront",
+        &us_records,
+    )
+    .await;
 
     let source = CloudWatchEventsSource::new(vec![
         RegionLogs {

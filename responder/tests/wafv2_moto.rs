@@ -50,40 +50,16 @@ fn target(moto: &MotoServer, region: &str) -> Wafv2Target {
     )
 }
 
-/// What a set holds, read with a separate client.
+/// What a set holds, read with a separate client, sorted.
 async fn addresses(moto: &MotoServer, region: &str, name: &str) -> Vec<String> {
     let scope = scope_of(region);
-    let client = moto.wafv2_client(scope.api_region());
     let sdk_scope = if matches!(scope, WafScope::CloudFront) {
         Scope::Cloudfront
     } else {
         Scope::Regional
     };
-    let list = client
-        .list_ip_sets()
-        .scope(sdk_scope.clone())
-        .send()
-        .await
-        .unwrap();
-    let id = list
-        .ip_sets()
-        .iter()
-        .find(|s| s.name() == Some(name))
-        .unwrap()
-        .id()
-        .unwrap()
-        .to_owned();
-    let got = client
-        .get_ip_set()
-        .name(name)
-        .scope(sdk_scope)
-        .id(id)
-        .send()
-        .await
-        .unwrap();
-    let mut addresses = got.ip_set().unwrap().addresses().to_vec();
-    addresses.sort();
-    addresses
+    let set = moto.ip_set(scope.api_region(), sdk_scope, name).await;
+    set.into_iter().collect()
 }
 
 fn nets(list: &[&str]) -> Vec<IpNet> {

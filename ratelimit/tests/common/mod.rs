@@ -1,4 +1,4 @@
-//! Shared by the integration tests.
+//! Shared by the integration tests, the benches and the examples.
 
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;

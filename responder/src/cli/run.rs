@@ -304,28 +304,28 @@ async fn cycle(args: &RunArgs, policy: &Policy) -> Result<Status, CliError> {
     } = prepare(&args.policy, policy).await?;
     let ledger_label = ledger.label();
     let mut phase = Stopwatch::start();
-    let lease = ConfiguredLease::from_policy(policy).await;
+    let lease = ConfiguredLease::from_policy(policy, &ledger);
     // The lease is about who writes now, so it runs on the real clock even
     // when `--now` replays another time.
     let clock = clock_at(None);
     let standing = match &lease {
-        Some(lease) => Some(lease.acquire(unix_ms(clock.now())).await?),
+        Some(lease) => {
+            let standing = lease.acquire(unix_ms(clock.now())).await?;
+            phases.push(Phase::end("lease", &mut phase));
+            Some(standing)
+        }
         None => None,
     };
     let replan = |state: &LedgerState| Ok(plan_cycle(&offenders, policy, state, now_ms));
     let mut lease_lost = None;
     let applied = match (&lease, &standing) {
         (Some(lease), Some(Standing::Holding { fence, .. })) => {
-            phases.push(Phase::end("lease", &mut phase));
             let ledger = ledger.fenced_by(lease.fence(*fence));
             let guard = Arc::new(lease.guard(*fence, clock));
             apply(policy, &ledger, loaded, targets, guard, planned, replan).await
         }
-        (Some(_), Some(Standing::Waiting { .. })) => {
-            // A standby (or a primary waiting for a handback): plan only.
-            phases.push(Phase::end("lease", &mut phase));
-            Ok((planned, Vec::new()))
-        }
+        // A standby (or a primary waiting for a handback): plan only.
+        (Some(_), Some(Standing::Waiting { .. })) => Ok((planned, Vec::new())),
         _ => {
             apply(
                 policy,

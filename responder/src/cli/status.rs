@@ -94,7 +94,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     let ledger = store.load().await?;
     // The lease is judged on the real clock, whatever `--now` says.
     let real_now_ms = unix_ms(clock_at(None).now());
-    let lease = match ConfiguredLease::from_policy(policy).await {
+    let lease = match ConfiguredLease::from_policy(policy, &store) {
         Some(lease) => Some(lease.store.read().await?.map(|r| LeaseStatus {
             lapsed: r.holder.is_empty() || real_now_ms >= r.expires_at_ms,
             holder: r.holder,

@@ -48,17 +48,10 @@ impl DynamoDbLease {
 
 impl LeaseStore for DynamoDbLease {
     async fn read(&self) -> Result<Option<LeaseRecord>, LeaseError> {
-        let got = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(LEASE_KEY.to_owned()))
-            .consistent_read(true)
-            .send()
+        let item = get_item(&self.client, &self.table, LEASE_KEY)
             .await
-            .map_err(|e| self.error(describe_error(&e)))?;
-        got.item()
-            .map(|item| record_from_item(item).map_err(|m| self.error(m)))
+            .map_err(|m| self.error(m))?;
+        item.map(|item| record_from_item(&item).map_err(|m| self.error(m)))
             .transpose()
     }
 
@@ -89,6 +82,23 @@ impl LeaseStore for DynamoDbLease {
             Err(e) => Err(self.error(describe_error(&e))),
         }
     }
+}
+
+/// The item whose partition key is `key`, read consistently.
+pub(crate) async fn get_item(
+    client: &Client,
+    table: &str,
+    key: &str,
+) -> Result<Option<HashMap<String, AttributeValue>>, String> {
+    let got = client
+        .get_item()
+        .table_name(table)
+        .key(PARTITION_KEY, AttributeValue::S(key.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| describe_error(&e))?;
+    Ok(got.item)
 }
 
 /// A DynamoDB number.

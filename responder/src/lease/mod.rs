@@ -317,17 +317,19 @@ pub struct ConfiguredLease {
 
 impl ConfiguredLease {
     /// The policy's lease, or `None` when it has none (a lone responder).
-    pub async fn from_policy(policy: &floodgate_rules::Policy) -> Option<Self> {
-        use floodgate_rules::policy::LedgerStore;
+    /// It lives in the region of the policy's DynamoDB `ledger`, and uses
+    /// its client.
+    pub fn from_policy(
+        policy: &floodgate_rules::Policy,
+        ledger: &crate::ledger::ConfiguredLedger,
+    ) -> Option<Self> {
         let lease = policy.responder.lease.as_ref()?;
         // `floodgate check` refuses a lease without a DynamoDB ledger.
-        let LedgerStore::DynamoDb(table) = &policy.responder.ledger else {
+        let crate::ledger::ConfiguredLedger::DynamoDb(ledger) = ledger else {
             return None;
         };
-        let client =
-            crate::aws::dynamodb_client(table.region.as_str(), table.endpoint_url.as_deref()).await;
         Some(ConfiguredLease {
-            store: dynamodb::DynamoDbLease::new(client, &lease.table),
+            store: dynamodb::DynamoDbLease::new(ledger.client().clone(), &lease.table),
             holder_id: lease.holder_id.clone(),
             role: policy.responder.role,
             ttl_ms: i64::from(lease.ttl_seconds.get()) * 1000,

@@ -25,7 +25,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWrite
 
 use super::{Ledger, LedgerError, LedgerState};
 use crate::aws::describe_error;
-use crate::lease::dynamodb::{LEASE_KEY, PARTITION_KEY, number, read_number, read_string};
+use crate::lease::dynamodb::{
+    LEASE_KEY, PARTITION_KEY, get_item, number, read_number, read_string,
+};
 
 /// The meta item's partition key.
 pub const META_KEY: &str = "ledger";
@@ -77,6 +79,11 @@ impl DynamoDbLedger {
         self
     }
 
+    /// Its client, for the lease in the same region.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// A name for messages: `dynamodb://<table>`.
     pub fn label(&self) -> String {
         format!("dynamodb://{}", self.table)
@@ -97,16 +104,9 @@ impl DynamoDbLedger {
     }
 
     async fn get(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, LedgerError> {
-        let got = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(key.to_owned()))
-            .consistent_read(true)
-            .send()
+        get_item(&self.client, &self.table, key)
             .await
-            .map_err(|e| self.store_error(describe_error(&e)))?;
-        Ok(got.item)
+            .map_err(|m| self.store_error(m))
     }
 
     async fn meta(&self) -> Result<Option<Meta>, LedgerError> {
