@@ -13,80 +13,32 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::convert::Infallible;
-use std::future::Future;
+mod contenders;
+
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use contenders::{call, client, noop, request, warm};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use floodgate_ratelimit::{ClientIp, DEFAULT_MAX_KEYS, TenantRateLimitLayer};
+use floodgate_ratelimit::{ClientIp, TenantRateLimitLayer};
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
 use tower::{Layer, Service};
-use tower_governor::GovernorLayer;
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::PeerIpKeyExtractor;
-
-/// A limit no benchmark reaches: one request per nanosecond, bursts of 10⁹.
-const POLICY: &str = r#"
-[quotas]
-default_plan = "bench"
-plans = [{ name = "bench", limits = [{ requests = 1000000000, per_seconds = 1 }] }]
-"#;
-
-fn noop() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_: Request<Body>| std::future::ready(Ok(Response::new(Body::empty()))))
-}
-
-fn client(i: usize) -> SocketAddr {
-    let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
-    SocketAddr::new(IpAddr::V4(ip), 443)
-}
-
-fn request(addr: SocketAddr) -> Request<Body> {
-    let mut request = Request::new(Body::empty());
-    request.extensions_mut().insert(ConnectInfo(addr));
-    request
-}
-
-/// Calls and polls once: every service here answers at once.
-fn call<S, B>(service: &mut S, request: Request<Body>) -> Response<B>
-where
-    S: Service<Request<Body>, Response = Response<B>>,
-{
-    let mut future = std::pin::pin!(service.call(request));
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(Ok(response)) => response,
-        _ => panic!("a no-op service answers at once"),
-    }
-}
 
 /// Measures `service` over `clients` keys, after touching each key once.
 fn measure<S, B>(c: &mut Criterion, group: &str, name: &str, clients: usize, mut service: S)
 where
     S: Service<Request<Body>, Response = Response<B>>,
 {
-    let (mut next, mut warm) = (0usize, false);
+    let (mut next, mut warmed) = (0usize, false);
     c.benchmark_group(group)
         .bench_function(BenchmarkId::new(name, clients), |b| {
             // Warm up inside, so a filtered-out benchmark costs nothing.
-            if !warm {
-                for i in 0..clients {
-                    let response = call(&mut service, request(client(i)));
-                    assert!(response.status().is_success(), "{name} refused a warm-up");
-                }
-                warm = true;
+            if !warmed {
+                warm(&mut service, clients);
+                warmed = true;
             }
             b.iter_batched(
                 || {
@@ -99,47 +51,16 @@ where
         });
 }
 
-/// The default cap, or room for every client with headroom for the spread
-/// over shards.
-fn max_keys(clients: usize) -> NonZeroUsize {
-    DEFAULT_MAX_KEYS.max(NonZeroUsize::new(clients * 2).unwrap())
-}
-
 fn layers(c: &mut Criterion) {
-    let quotas = common::quotas(POLICY);
     for clients in [1, 10_000, 1_000_000] {
         let group = format!("layer/{clients}");
         measure(c, &group, "no_layer", clients, noop());
-
-        let ours = TenantRateLimitLayer::builder(&quotas)
-            .key(ClientIp::peer_only())
-            .max_keys(max_keys(clients))
-            .headers(false)
-            .build()
-            .unwrap();
-        measure(c, &group, "floodgate", clients, ours.layer(noop()));
-
-        let with_headers = TenantRateLimitLayer::builder(&quotas)
-            .key(ClientIp::peer_only())
-            .max_keys(max_keys(clients))
-            .build()
-            .unwrap();
-        measure(
-            c,
-            &group,
-            "floodgate_headers",
-            clients,
-            with_headers.layer(noop()),
-        );
-
-        let config = GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000_000)
-            .key_extractor(PeerIpKeyExtractor)
-            .finish()
-            .unwrap();
-        let theirs = GovernorLayer::new(Arc::new(config));
-        measure(c, &group, "tower_governor", clients, theirs.layer(noop()));
+        let floodgate = contenders::floodgate(clients, false);
+        measure(c, &group, "floodgate", clients, floodgate);
+        let with_headers = contenders::floodgate(clients, true);
+        measure(c, &group, "floodgate_headers", clients, with_headers);
+        let tower_governor = contenders::tower_governor();
+        measure(c, &group, "tower_governor", clients, tower_governor);
 
         // The anchor: governor's keyed check alone, no tower, no key extraction.
         let quota = Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap());

@@ -95,25 +95,37 @@ impl ClientIp {
     #[inline]
     pub fn client_ip(&self, head: RequestHead<'_>) -> Option<IpAddr> {
         let peer = peer_addr(head)?.ip().to_canonical();
-        let Some(header) = self.header else {
-            return Some(peer);
-        };
-        if !self.trusted.contains(peer) {
-            return Some(peer);
+        match self.header {
+            Some(header) if self.trusted.contains(peer) => {
+                Some(self.forwarded_client(head, header, peer))
+            }
+            _ => Some(peer),
         }
+    }
+
+    /// The rightmost untrusted hop of `header`, for a request that came
+    /// through the trusted proxy `peer`. Kept out of line: the direct path
+    /// above runs on every request.
+    #[inline(never)]
+    fn forwarded_client(
+        &self,
+        head: RequestHead<'_>,
+        header: ForwardedHeader,
+        peer: IpAddr,
+    ) -> IpAddr {
         let mut client = peer;
         for hop in hops_right_to_left(head, header) {
             // A hop we can't read ends the walk at the last proxy we trust:
             // anything to its left is the client's to invent.
             let Some(ip) = hop else {
-                return Some(client);
+                return client;
             };
             client = ip;
             if !self.trusted.contains(ip) {
-                return Some(ip);
+                return ip;
             }
         }
-        Some(client)
+        client
     }
 
     /// The address rate-limits key on: IPv6 cut to its prefix.
@@ -133,7 +145,15 @@ impl ClientIp {
 impl TenantKey for ClientIp {
     #[inline]
     fn key<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
-        self.client_ip(head).map(|ip| Key::Ip(self.bucket(ip)))
+        if self.header.is_some() {
+            return self.client_ip(head).map(|ip| Key::Ip(self.bucket(ip)));
+        }
+        // The direct path, by address family: an `IpAddr` passed through
+        // memory is reloaded wider than it was stored, which stalls.
+        Some(match peer_addr(head)? {
+            SocketAddr::V4(peer) => Key::Ip(IpAddr::V4(*peer.ip())),
+            SocketAddr::V6(peer) => Key::Ip(self.bucket(peer.ip().to_canonical())),
+        })
     }
 }
 

@@ -29,7 +29,7 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            headers: Option<RateHeaders>,
+            headers: Option<Box<RateHeaders>>,
         },
         // Boxed: a rejection is the rare path, and a small future is cheap to move.
         Rejected {
@@ -43,7 +43,7 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inner(future: F, headers: Option<RateHeaders>) -> Self {
+    pub(crate) fn inner(future: F, headers: Option<Box<RateHeaders>>) -> Self {
         ResponseFuture {
             state: State::Inner { future, headers },
         }
@@ -75,7 +75,7 @@ where
             StateProjection::Inner { future, headers } => {
                 let mut response = ready!(future.poll(cx))?;
                 if let Some(headers) = headers.take() {
-                    headers.insert_into(response.headers_mut());
+                    (*headers).insert_into(response.headers_mut());
                 }
                 Poll::Ready(Ok(response.map(RateLimitBody::inner)))
             }

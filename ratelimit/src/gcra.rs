@@ -103,22 +103,26 @@ pub(crate) enum Verdict {
 #[inline]
 pub(crate) fn check(limits: &[Gcra], tats: &mut Tats, now: u64) -> Verdict {
     let mut refused: Option<(u64, usize)> = None;
-    for (i, limit) in limits.iter().enumerate() {
-        let ahead = tats[i].max(now).saturating_add(limit.interval) - now;
+    // Worked out on a copy and stored whole: a fixed trip count keeps the
+    // copy in registers, and the caller that reads the TATs back right away
+    // then doesn't stall on forwarding one store per limit.
+    let mut next = *tats;
+    for (i, tat) in next.iter_mut().enumerate() {
+        let Some(limit) = limits.get(i) else { break };
+        let ahead = (*tat).max(now).saturating_add(limit.interval) - now;
         if ahead > limit.tolerance {
             let wait = ahead - limit.tolerance;
             if refused.is_none_or(|(longest, _)| wait > longest) {
                 refused = Some((wait, i));
             }
         }
+        *tat = now.saturating_add(ahead);
     }
     if let Some((wait, limit)) = refused {
         return Verdict::Refuse { wait, limit };
     }
     // Every limit admits: only now charge them all.
-    for (tat, limit) in tats.iter_mut().zip(limits) {
-        *tat = (*tat).max(now).saturating_add(limit.interval);
-    }
+    *tats = next;
     Verdict::Admit
 }
 

@@ -4,7 +4,6 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use floodgate_rules::policy::Quotas;
 use governor::clock::{Clock, QuantaClock, Reference};
 use time::OffsetDateTime;
@@ -12,9 +11,10 @@ use tower_layer::Layer;
 
 use crate::client_ip::ClientIp;
 use crate::key::{TenantExtension, TenantKey};
-use crate::limiter::{Limiter, MissingKey, PolicyCell, Settings};
+use crate::limiter::{Limiter, MissingKey, Settings};
 use crate::observe::{Counters, EventLog};
 use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher};
+use crate::policy_cell::PolicyCell;
 use crate::redis::{Backend, BuildError, RedisBackend};
 use crate::service::TenantRateLimit;
 use crate::store::Store;
@@ -181,11 +181,8 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
         };
         let policy = CompiledPolicy::compile(&self.quotas, &hasher, at);
         let clock = self.clock.clone();
-        let cell = PolicyCell {
-            policy: ArcSwap::from_pointee(policy),
-            hasher,
-            nanos: Box::new(move || clock.now().duration_since(start).as_u64()),
-        };
+        let nanos = Box::new(move || clock.now().duration_since(start).as_u64());
+        let cell = PolicyCell::new(policy, hasher, nanos);
         let limiter = Limiter {
             key: self.key,
             settings: self.settings,

@@ -56,6 +56,7 @@ mod layer;
 mod limiter;
 mod observe;
 mod policy;
+mod policy_cell;
 mod redis;
 mod response;
 mod service;

@@ -3,19 +3,17 @@
 
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Guard};
 use bytes::Bytes;
-use floodgate_rules::policy::Quotas;
 use governor::clock::{Clock, Reference};
 use http::{Response, StatusCode};
 use metrics::Counter;
-use time::OffsetDateTime;
 
 use crate::client_ip::ClientIp;
 use crate::gcra::{Verdict, ceil_seconds};
 use crate::key::{Key, RequestHead, TenantKey};
 use crate::observe::{Event, EventLog};
-use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher, LimitSet};
+use crate::policy::{CompiledPolicy, LimitSet};
+use crate::policy_cell::PolicyCell;
 use crate::redis::RedisBackend;
 use crate::response::{self, RateHeaders};
 use crate::store::{Checked, Store};
@@ -41,32 +39,12 @@ pub(crate) struct Settings {
     pub shadow: bool,
 }
 
-/// The policy and the clock it is compiled against; shared with
-/// [`crate::RateLimitHandle`] for reloads.
-pub(crate) struct PolicyCell {
-    pub policy: ArcSwap<CompiledPolicy>,
-    pub hasher: KeyHasher,
-    /// Reads the limiter's clock in nanoseconds since the layer was built.
-    pub nanos: Box<dyn Fn() -> u64 + Send + Sync>,
-}
-
-impl PolicyCell {
-    /// Compiles `quotas` as of `wall` (the real wall clock when `None`) and
-    /// swaps it in. Keys whose limits are unchanged keep their state.
-    pub fn reload(&self, quotas: &Quotas, wall: Option<OffsetDateTime>) {
-        let at = CompiledAt {
-            wall: wall.unwrap_or_else(crate::clock::wall_now),
-            nanos: (self.nanos)(),
-        };
-        let compiled = CompiledPolicy::compile(quotas, &self.hasher, at);
-        self.policy.store(Arc::new(compiled));
-    }
-}
-
 /// What the layer does with one request.
 pub(crate) enum Decision {
     /// Pass it to the inner service, adding these headers to its response.
-    Pass(Option<RateHeaders>),
+    /// Boxed: most services turn the headers off, and a small decision and
+    /// future are cheaper to move.
+    Pass(Option<Box<RateHeaders>>),
     /// Answer it with this response.
     Reject(Box<Response<Bytes>>),
     /// Ask Redis first, under this policy: [`Limiter::decide_remote`].
@@ -100,18 +78,19 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             Err(answer) => return answer,
         };
         let now = self.now();
-        let policy = self.cell.policy.load();
         let hash = self.cell.hasher.hash(&key);
-        let set = self.resolve(&policy, &key, hash, now);
-        let checked = match &self.redis {
-            None => self.store.check(hash, set.fingerprint, &set.limits, now),
-            Some(redis) => match redis.near_cache(hash, set, now) {
-                Some(checked) => checked,
-                None if redis.connected() => return Decision::Remote(Guard::into_inner(policy)),
-                None => redis.fallback(hash, set, now),
-            },
-        };
-        self.settle(head, &key, set, checked, now)
+        self.cell.with(|policy| {
+            let set = self.resolve(policy, &key, hash, now);
+            let checked = match &self.redis {
+                None => self.store.check(hash, set.fingerprint, &set.limits, now),
+                Some(redis) => match redis.near_cache(hash, set, now) {
+                    Some(checked) => checked,
+                    None if redis.connected() => return Decision::Remote(Arc::clone(policy)),
+                    None => redis.fallback(hash, set, now),
+                },
+            };
+            self.settle(head, &key, set, checked, now)
+        })
     }
 
     /// Finishes a [`Decision::Remote`]: asks Redis, or decides locally if it
@@ -136,10 +115,12 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         self.settle(head, &key, set, checked, now)
     }
 
+    #[inline]
     fn now(&self) -> u64 {
         self.clock.now().duration_since(self.start).as_u64()
     }
 
+    #[inline]
     fn key_of<'r>(&self, head: RequestHead<'r>) -> Keyed<'r> {
         if let Some(key) = self.key.key(head) {
             return Ok(key);
@@ -151,6 +132,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         }
     }
 
+    #[inline]
     fn resolve<'p>(
         &self,
         policy: &'p CompiledPolicy,
@@ -169,7 +151,8 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         resolved.set
     }
 
-    /// Counts, logs and answers a checked request.
+    /// Counts and answers a checked request.
+    #[inline]
     fn settle(
         &self,
         head: RequestHead<'_>,
@@ -182,9 +165,24 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             set.counters.allowed.increment(1);
             let headers = self.settings.headers;
             return Decision::Pass(
-                headers.then(|| RateHeaders::new(set, &checked.tats, now, None)),
+                headers.then(|| Box::new(RateHeaders::new(set, &checked.tats, now, None))),
             );
         };
+        self.over_limit(head, key, set, checked, now, (wait, limit))
+    }
+
+    /// Counts, logs and answers a request over limit `refused.1`, which frees
+    /// up in `refused.0` nanoseconds.
+    #[cold]
+    fn over_limit(
+        &self,
+        head: RequestHead<'_>,
+        key: &Key<'_>,
+        set: &LimitSet,
+        checked: Checked,
+        now: u64,
+        (wait, limit): (u64, usize),
+    ) -> Decision {
         let retry_after = ceil_seconds(wait).max(1);
         let shadow = set.shadow || self.settings.shadow;
         self.events.emit(Event::OverLimit {
@@ -194,10 +192,14 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             shadow,
             overflow: checked.overflow,
         });
-        let headers = self
-            .settings
-            .headers
-            .then(|| RateHeaders::new(set, &checked.tats, now, Some((limit, retry_after))));
+        let headers = self.settings.headers.then(|| {
+            Box::new(RateHeaders::new(
+                set,
+                &checked.tats,
+                now,
+                Some((limit, retry_after)),
+            ))
+        });
         if shadow {
             set.counters.shadowed.increment(1);
             return Decision::Pass(headers);

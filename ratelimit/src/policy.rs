@@ -178,6 +178,12 @@ impl CompiledPolicy {
             unknown_plan,
         }
     }
+
+    /// The default plan's name.
+    #[cfg(test)]
+    pub fn default_label(&self) -> &str {
+        &self.sets[self.default_set].label
+    }
 }
 
 fn plan_set(plan: &Plan) -> LimitSet {

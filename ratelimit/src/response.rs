@@ -83,7 +83,7 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 pub(crate) fn too_many_requests(
     plan: &str,
     retry_after_seconds: u64,
-    rate: Option<RateHeaders>,
+    rate: Option<Box<RateHeaders>>,
     grpc: bool,
 ) -> Response<Bytes> {
     let detail =
@@ -101,7 +101,7 @@ pub(crate) fn too_many_requests(
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(retry_after_seconds));
     if let Some(rate) = rate {
-        rate.insert_into(response.headers_mut());
+        (*rate).insert_into(response.headers_mut());
     }
     response
 }

@@ -76,7 +76,7 @@ where
                 Decision::Pass(headers) => {
                     let mut response = inner.call(request).await?;
                     if let Some(headers) = headers {
-                        headers.insert_into(response.headers_mut());
+                        (*headers).insert_into(response.headers_mut());
                     }
                     Ok(response.map(RateLimitBody::inner))
                 }

@@ -47,11 +47,17 @@ impl Entry {
     }
 
     /// Checks against `limits`; a key whose limits changed starts afresh.
+    #[inline]
     fn check(&mut self, fingerprint: u64, limits: &[Gcra], now: u64) -> (Verdict, Tats) {
         if self.fingerprint != fingerprint {
             *self = Entry::fresh(fingerprint);
         }
-        (gcra::check(limits, &mut self.tats, now), self.tats)
+        // Returns the copy rather than re-reading the entry: loading the
+        // TATs just stored one at a time would stall on store forwarding.
+        let mut tats = self.tats;
+        let verdict = gcra::check(limits, &mut tats, now);
+        self.tats = tats;
+        (verdict, tats)
     }
 
     fn is_idle(&self, now: u64) -> bool {

@@ -1,0 +1,108 @@
+//! The services both layer benches compare: a no-op service alone, wrapped
+//! in Floodgate's layer, and wrapped in tower_governor with the same quota,
+//! all keyed by peer IP (the key both layers support as is).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use floodgate_ratelimit::{ClientIp, DEFAULT_MAX_KEYS, TenantRateLimitLayer};
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::PeerIpKeyExtractor;
+
+/// A limit no benchmark reaches: one request per nanosecond, bursts of 10⁹.
+const POLICY: &str = r#"
+[quotas]
+default_plan = "bench"
+plans = [{ name = "bench", limits = [{ requests = 1000000000, per_seconds = 1 }] }]
+"#;
+
+/// The service every contender wraps: answers at once, with an empty body.
+pub fn noop()
+-> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    tower::service_fn(|_: Request<Body>| std::future::ready(Ok(Response::new(Body::empty()))))
+}
+
+/// Floodgate's layer around [`noop`], keyed by peer IP, with or without the
+/// RateLimit header fields, with room for `clients` keys.
+pub fn floodgate(
+    clients: usize,
+    headers: bool,
+) -> impl Service<Request<Body>, Response = Response<impl Sized>> {
+    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(POLICY))
+        .key(ClientIp::peer_only())
+        .max_keys(max_keys(clients))
+        .headers(headers)
+        .build()
+        .unwrap();
+    layer.layer(noop())
+}
+
+/// tower_governor around [`noop`] with the same quota, keyed by peer IP.
+pub fn tower_governor() -> impl Service<Request<Body>, Response = Response<Body>> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(PeerIpKeyExtractor)
+        .finish()
+        .unwrap();
+    GovernorLayer::new(Arc::new(config)).layer(noop())
+}
+
+/// The default cap, or room for every client with headroom for the spread
+/// over shards.
+fn max_keys(clients: usize) -> NonZeroUsize {
+    DEFAULT_MAX_KEYS.max(NonZeroUsize::new(clients * 2).unwrap())
+}
+
+/// The address of client number `i`.
+pub fn client(i: usize) -> SocketAddr {
+    let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
+    SocketAddr::new(IpAddr::V4(ip), 443)
+}
+
+/// A request from `addr`, as axum's server would hand it over.
+pub fn request(addr: SocketAddr) -> Request<Body> {
+    let mut request = Request::new(Body::empty());
+    request.extensions_mut().insert(ConnectInfo(addr));
+    request
+}
+
+/// Calls and polls once: every service here answers at once. Never inlined,
+/// so `scripts/bench-instructions.sh` can count what one call costs.
+#[inline(never)]
+pub fn call<S, B>(service: &mut S, request: Request<Body>) -> Response<B>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+{
+    let mut future = std::pin::pin!(service.call(request));
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(Ok(response)) => response,
+        _ => panic!("a no-op service answers at once"),
+    }
+}
+
+/// Sends one request from each of `clients` clients, so every key exists.
+pub fn warm<S, B>(service: &mut S, clients: usize)
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+{
+    for i in 0..clients {
+        let response = call(service, request(client(i)));
+        assert!(response.status().is_success(), "refused a warm-up request");
+    }
+}
