@@ -143,7 +143,9 @@ impl ClientIp {
 }
 
 impl TenantKey for ClientIp {
-    #[inline]
+    // Always inlined: returned through memory, the key's 17-byte address
+    // is reloaded in wider pieces than it was stored, which stalls.
+    #[inline(always)]
     fn key<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
         if self.header.is_some() {
             return self.client_ip(head).map(|ip| Key::Ip(self.bucket(ip)));

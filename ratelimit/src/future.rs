@@ -73,11 +73,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProjection::Inner { future, headers } => {
-                let mut response = ready!(future.poll(cx))?;
+                let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
                 if let Some(headers) = headers.take() {
-                    (*headers).insert_into(response.headers_mut());
+                    (*headers).insert_into(&mut parts.headers);
                 }
-                Poll::Ready(Ok(response.map(RateLimitBody::inner)))
+                Poll::Ready(Ok(Response::from_parts(parts, RateLimitBody::inner(body))))
             }
             StateProjection::Rejected { response } => {
                 let response = response.take().expect("polled after completion");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use governor::clock::{Clock, Reference};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use metrics::Counter;
 
 use crate::client_ip::ClientIp;
@@ -65,22 +65,24 @@ pub(crate) struct Limiter<K, C: Clock> {
     pub unidentified: Counter,
 }
 
-/// The request's key, or the answer to a request without one.
-type Keyed<'r> = Result<Key<'r>, Decision>;
-
 impl<K: TenantKey, C: Clock> Limiter<K, C> {
-    /// Decides what happens to the request with head `head`: at once for
+    /// Decides what happens to `request`: at once for
     /// the local backend, and for Redis when the near-cache or the fallback
     /// can answer; otherwise [`Decision::Remote`].
-    pub fn decide(&self, head: RequestHead<'_>) -> Decision {
-        let key = match self.key_of(head) {
-            Ok(key) => key,
-            Err(answer) => return answer,
+    pub fn decide<B>(&self, request: &Request<B>) -> Decision {
+        // Built here rather than by the caller: copying a just-built head
+        // across the call reloads it wider than it was stored, which stalls.
+        let head = RequestHead::of(request);
+        // Used where it lies: moving a key out reloads its address in wider
+        // pieces than it was stored, which stalls too.
+        let key = self.key_of(head);
+        let Some(key) = key.as_ref() else {
+            return self.unidentified(head);
         };
         let now = self.now();
-        let hash = self.cell.hasher.hash(&key);
+        let hash = self.cell.hasher.hash(key);
         self.cell.with(|policy| {
-            let set = self.resolve(policy, &key, hash, now);
+            let set = self.resolve(policy, key, hash, now);
             let checked = match &self.redis {
                 None => self.store.check(hash, set.fingerprint, &set.limits, now),
                 Some(redis) => match redis.near_cache(hash, set, now) {
@@ -89,7 +91,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
                     None => redis.fallback(hash, set, now),
                 },
             };
-            self.settle(head, &key, set, checked, now)
+            self.settle(head.headers, key, set, checked, now)
         })
     }
 
@@ -101,9 +103,8 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         policy: Arc<CompiledPolicy>,
         redis: &Arc<RedisBackend>,
     ) -> Decision {
-        let key = match self.key_of(head) {
-            Ok(key) => key,
-            Err(answer) => return answer,
+        let Some(key) = self.key_of(head) else {
+            return self.unidentified(head);
         };
         let now = self.now();
         let hash = self.cell.hasher.hash(&key);
@@ -112,7 +113,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             Some(checked) => checked,
             None => redis.fallback(hash, set, now),
         };
-        self.settle(head, &key, set, checked, now)
+        self.settle(head.headers, &key, set, checked, now)
     }
 
     #[inline]
@@ -120,15 +121,15 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         self.clock.now().duration_since(self.start).as_u64()
     }
 
+    /// The request's key; `None` when it has none and the layer refuses those.
     #[inline]
-    fn key_of<'r>(&self, head: RequestHead<'r>) -> Keyed<'r> {
+    fn key_of<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
         if let Some(key) = self.key.key(head) {
-            return Ok(key);
+            return Some(key);
         }
         match self.settings.missing_key {
-            MissingKey::Anonymous => Ok(self.anonymous_key(head)),
-            MissingKey::Unauthorized => Err(self.unidentified(head, StatusCode::UNAUTHORIZED)),
-            MissingKey::BadRequest => Err(self.unidentified(head, StatusCode::BAD_REQUEST)),
+            MissingKey::Anonymous => Some(self.anonymous_key(head)),
+            MissingKey::Unauthorized | MissingKey::BadRequest => None,
         }
     }
 
@@ -155,7 +156,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
     #[inline]
     fn settle(
         &self,
-        head: RequestHead<'_>,
+        request_headers: &HeaderMap,
         key: &Key<'_>,
         set: &LimitSet,
         checked: Checked,
@@ -168,7 +169,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
                 headers.then(|| Box::new(RateHeaders::new(set, &checked.tats, now, None))),
             );
         };
-        self.over_limit(head, key, set, checked, now, (wait, limit))
+        self.over_limit(request_headers, key, set, checked, now, (wait, limit))
     }
 
     /// Counts, logs and answers a request over limit `refused.1`, which frees
@@ -176,7 +177,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
     #[cold]
     fn over_limit(
         &self,
-        head: RequestHead<'_>,
+        request_headers: &HeaderMap,
         key: &Key<'_>,
         set: &LimitSet,
         checked: Checked,
@@ -205,7 +206,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             return Decision::Pass(headers);
         }
         set.counters.limited.increment(1);
-        let grpc = response::is_grpc(head.headers);
+        let grpc = response::is_grpc(request_headers);
         Decision::Reject(Box::new(response::too_many_requests(
             &set.label,
             retry_after,
@@ -223,7 +224,13 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         })
     }
 
-    fn unidentified(&self, head: RequestHead<'_>, status: StatusCode) -> Decision {
+    /// The answer to a request without a key, when the layer refuses those.
+    #[cold]
+    fn unidentified(&self, head: RequestHead<'_>) -> Decision {
+        let status = match self.settings.missing_key {
+            MissingKey::BadRequest => StatusCode::BAD_REQUEST,
+            MissingKey::Unauthorized | MissingKey::Anonymous => StatusCode::UNAUTHORIZED,
+        };
         self.unidentified.increment(1);
         let grpc = response::is_grpc(head.headers);
         Decision::Reject(Box::new(response::unidentified(status, grpc)))

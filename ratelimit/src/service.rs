@@ -54,7 +54,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let policy = match self.limiter.decide(RequestHead::of(&request)) {
+        let policy = match self.limiter.decide(&request) {
             Decision::Pass(headers) => {
                 return ResponseFuture::inner(self.inner.call(request), headers);
             }

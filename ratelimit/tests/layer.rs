@@ -9,7 +9,7 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use floodgate_ratelimit::{RateLimitBody, Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{MissingKey, PeerAddr, RateLimitBody, Tenant, TenantRateLimitLayer};
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -287,4 +287,37 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_request_without_a_key_gets_the_configured_answer() {
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 5, per_seconds = 1 }] }]
+"#;
+    let quotas = common::quotas(text);
+    let keyless = |missing_key| {
+        let layer = TenantRateLimitLayer::builder(&quotas)
+            .missing_key(missing_key)
+            .build()
+            .unwrap();
+        let mut service = layer.layer(ok_service());
+        // No tenant, and a peer address for the anonymous plan to key on.
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.7:4000".parse().unwrap()));
+        let mut future = std::pin::pin!(service.call(request));
+        let Poll::Ready(Ok(response)) = future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        else {
+            panic!("the layer answers at once");
+        };
+        response.status()
+    };
+    assert_eq!(keyless(MissingKey::Anonymous), StatusCode::OK);
+    assert_eq!(keyless(MissingKey::Unauthorized), StatusCode::UNAUTHORIZED);
+    assert_eq!(keyless(MissingKey::BadRequest), StatusCode::BAD_REQUEST);
 }
