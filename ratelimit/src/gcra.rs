@@ -101,7 +101,8 @@ pub(crate) enum Verdict {
 /// Admits a request at `now` only if every limit has room, and only then
 /// advances `tats`.
 #[inline]
-pub(crate) fn check(limits: &[Gcra], tats: &mut Tats, now: u64) -> Verdict {
+pub(crate) fn check<const N: usize>(limits: &[Gcra], tats: &mut [u64; N], now: u64) -> Verdict {
+    debug_assert!(limits.len() <= N, "a TAT per limit");
     let mut refused: Option<(u64, usize)> = None;
     // Worked out on a copy and stored whole: a fixed trip count keeps the
     // copy in registers, and the caller that reads the TATs back right away

@@ -9,8 +9,11 @@
 //!
 //! Past the cap, a new key is charged to one overflow state per limit set:
 //! a key-spraying client shares a single tenant's budget and cannot grow
-//! memory. Each tracked key costs one 48-byte bucket plus a control byte,
-//! at a load factor between 7/16 and 7/8 (56 to 112 bytes; see BENCHMARKS.md).
+//! memory. A key on a plan of one or two limits (the usual) costs one 32-byte
+//! bucket plus a control byte, at a load factor between 7/16 and 7/8 (37 to
+//! 75 bytes; see BENCHMARKS.md). A plan of three or four limits keeps its
+//! last two TATs in a second bucket, and its keys count twice against the
+//! cap.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -30,38 +33,91 @@ const SWEEP_EVERY_CHECKS_PER_KEY: usize = 4;
 /// A shard smaller than this is still swept only once per this many checks.
 const MIN_SWEEP_INTERVAL: usize = 4096;
 
-/// The state of one key: the limits it was last checked against, and a TAT
-/// per limit.
+/// TATs one bucket holds. Two keep a bucket at 32 bytes, so a cache line
+/// holds two keys and a key never spans three lines.
+const TATS_PER_BUCKET: usize = 2;
+/// Keys a key's second bucket: only low bits, so it shares the key's shard
+/// (picked by the high bits) but not its slot.
+const SECOND_BUCKET: u64 = 0x5bd1_e995;
+
+/// Part of one key's state: the limits it was last checked against, and the
+/// TATs of up to two of them.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     fingerprint: u64,
-    tats: Tats,
+    tats: [u64; TATS_PER_BUCKET],
 }
 
 impl Entry {
     fn fresh(fingerprint: u64) -> Entry {
         Entry {
             fingerprint,
-            tats: Tats::default(),
+            tats: [0; TATS_PER_BUCKET],
         }
     }
 
-    /// Checks against `limits`; a key whose limits changed starts afresh.
+    /// The TATs for limits `fingerprint`: fresh ones if the limits changed.
     #[inline]
-    fn check(&mut self, fingerprint: u64, limits: &[Gcra], now: u64) -> (Verdict, Tats) {
-        if self.fingerprint != fingerprint {
-            *self = Entry::fresh(fingerprint);
+    fn tats_for(&self, fingerprint: u64) -> [u64; TATS_PER_BUCKET] {
+        if self.fingerprint == fingerprint {
+            self.tats
+        } else {
+            [0; TATS_PER_BUCKET]
         }
-        // Returns the copy rather than re-reading the entry: loading the
-        // TATs just stored one at a time would stall on store forwarding.
-        let mut tats = self.tats;
-        let verdict = gcra::check(limits, &mut tats, now);
-        self.tats = tats;
-        (verdict, tats)
+    }
+
+    #[inline]
+    fn store(&mut self, fingerprint: u64, tats: [u64; TATS_PER_BUCKET]) {
+        *self = Entry { fingerprint, tats };
     }
 
     fn is_idle(&self, now: u64) -> bool {
         self.tats.iter().all(|&tat| tat <= now)
+    }
+}
+
+/// Checks the key `key` of `map` against `limits`, if its buckets exist.
+/// Works on a copy of the TATs, written back whole and returned from
+/// registers: reading TATs back right after storing them one at a time
+/// stalls on store forwarding.
+#[inline]
+fn check_in(
+    map: &mut KeyMap,
+    key: u64,
+    fingerprint: u64,
+    limits: &[Gcra],
+    now: u64,
+) -> Option<(Verdict, Tats)> {
+    if limits.len() <= TATS_PER_BUCKET {
+        let entry = map.get_mut(&key)?;
+        let mut tats = entry.tats_for(fingerprint);
+        let verdict = gcra::check(limits, &mut tats, now);
+        entry.store(fingerprint, tats);
+        let [first, second] = tats;
+        return Some((verdict, [first, second, 0, 0]));
+    }
+    let [Some(low), Some(high)] = map.get_disjoint_mut([&key, &(key ^ SECOND_BUCKET)]) else {
+        return None;
+    };
+    let ([a, b], [c, d]) = (low.tats_for(fingerprint), high.tats_for(fingerprint));
+    let mut tats = [a, b, c, d];
+    let verdict = gcra::check(limits, &mut tats, now);
+    low.store(fingerprint, [tats[0], tats[1]]);
+    high.store(fingerprint, [tats[2], tats[3]]);
+    Some((verdict, tats))
+}
+
+/// Buckets a key on `limits` takes.
+fn buckets_for(limits: &[Gcra]) -> usize {
+    limits.len().div_ceil(TATS_PER_BUCKET).max(1)
+}
+
+/// Adds fresh buckets for `key` where it has none.
+fn insert_fresh(map: &mut KeyMap, key: u64, fingerprint: u64, limits: &[Gcra]) {
+    map.entry(key).or_insert(Entry::fresh(fingerprint));
+    if buckets_for(limits) > 1 {
+        map.entry(key ^ SECOND_BUCKET)
+            .or_insert(Entry::fresh(fingerprint));
     }
 }
 
@@ -167,23 +223,25 @@ impl Store {
         if state.checks_since_sweep >= interval.max(MIN_SWEEP_INTERVAL) {
             state.sweep(now);
         }
-        if let Some(entry) = state.keys.get_mut(&hash) {
-            let (verdict, tats) = entry.check(fingerprint, limits, now);
+        if let Some((verdict, tats)) = check_in(&mut state.keys, hash, fingerprint, limits, now) {
             return Checked {
                 verdict,
                 tats,
                 overflow: false,
             };
         }
-        // Full: sweep early, but at most once per an eighth of the shard's
-        // checks, so a spray of new keys can't make every check a full sweep.
-        let full = state.keys.len() >= self.shard_capacity;
+        // A new key. Full: sweep early, but at most once per an eighth of
+        // the shard's checks, so a spray of new keys can't make every check
+        // a full sweep.
+        let needed = buckets_for(limits);
+        let full = state.keys.len() + needed > self.shard_capacity;
         if full && state.checks_since_sweep >= self.shard_capacity / 8 {
             state.sweep(now);
         }
-        if state.keys.len() < self.shard_capacity {
-            let entry = state.keys.entry(hash).or_insert(Entry::fresh(fingerprint));
-            let (verdict, tats) = entry.check(fingerprint, limits, now);
+        if state.keys.len() + needed <= self.shard_capacity {
+            insert_fresh(&mut state.keys, hash, fingerprint, limits);
+            let (verdict, tats) = check_in(&mut state.keys, hash, fingerprint, limits, now)
+                .expect("its buckets were just added");
             return Checked {
                 verdict,
                 tats,
@@ -192,10 +250,9 @@ impl Store {
         }
         drop(state);
         let mut overflow = self.overflow.lock();
-        let entry = overflow
-            .entry(fingerprint)
-            .or_insert(Entry::fresh(fingerprint));
-        let (verdict, tats) = entry.check(fingerprint, limits, now);
+        insert_fresh(&mut overflow, fingerprint, fingerprint, limits);
+        let (verdict, tats) = check_in(&mut overflow, fingerprint, fingerprint, limits, now)
+            .expect("its buckets were just added");
         Checked {
             verdict,
             tats,
@@ -203,7 +260,8 @@ impl Store {
         }
     }
 
-    /// How many keys have state now.
+    /// How many buckets hold state now: one per key, two for a key on a
+    /// plan of more than two limits.
     pub fn tracked_keys(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().keys.len()).sum()
     }
@@ -285,6 +343,39 @@ mod tests {
         }
         let later = store.check(1_000, 7, &limits, 10 * SECOND);
         assert!(!later.overflow, "idle keys made room");
+    }
+
+    #[test]
+    fn a_plan_of_four_limits_spans_two_buckets_and_enforces_all_four() {
+        let store = Store::new(100);
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let limit = |requests, per_seconds| {
+            Gcra::new(&Limit {
+                requests: n(requests),
+                per_seconds: n(per_seconds),
+                burst: n(requests),
+            })
+        };
+        // The fourth limit, one a minute, is the tightest.
+        let limits = [limit(10, 1), limit(10, 1), limit(10, 1), limit(1, 60)];
+        assert_eq!(store.check(1, 7, &limits, 0).verdict, Verdict::Admit);
+        assert_eq!(store.tracked_keys(), 2, "one key, two buckets");
+        let Verdict::Refuse { limit, .. } = store.check(1, 7, &limits, 0).verdict else {
+            panic!("the fourth limit is spent");
+        };
+        assert_eq!(limit, 3);
+        // The first bucket is idle after a second and may be swept; the key
+        // is still held by the fourth limit in its second bucket.
+        store.evict_idle(SECOND);
+        assert_eq!(store.tracked_keys(), 1);
+        assert!(matches!(
+            store.check(1, 7, &limits, SECOND).verdict,
+            Verdict::Refuse { limit: 3, .. }
+        ));
+        assert_eq!(
+            store.check(1, 7, &limits, 60 * SECOND).verdict,
+            Verdict::Admit
+        );
     }
 
     #[test]

@@ -240,52 +240,101 @@ const MODEL_PLAN: &str = r#"
 default_plan = "free"
 plans = [{ name = "free", limits = [{ requests = 5, per_seconds = 1, burst = 3 }, { requests = 20, per_seconds = 60 }] }]
 "#;
+/// (interval in ns, burst) of each limit of [`MODEL_PLAN`].
+const MODEL_LIMITS: &[(u64, u64)] = &[(200_000_000, 3), (3_000_000_000, 20)];
+
+/// Four limits: their TATs span two of the store's buckets.
+const FOUR_LIMIT_PLAN: &str = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [
+  { requests = 5, per_seconds = 1, burst = 3 },
+  { requests = 20, per_seconds = 60 },
+  { requests = 25, per_seconds = 150 },
+  { requests = 30, per_seconds = 360 },
+] }]
+"#;
+const FOUR_LIMITS: &[(u64, u64)] = &[
+    (200_000_000, 3),
+    (3_000_000_000, 20),
+    (6_000_000_000, 25),
+    (12_000_000_000, 30),
+];
+
+/// Sends `steps` (tenant, milliseconds to advance first) through the layer
+/// on `plan` and checks that it admits exactly what a token bucket per limit
+/// admits, and never more than burst + elapsed / interval per limit in any
+/// stretch of time.
+fn matches_the_model(
+    plan: &str,
+    limits: &[(u64, u64)],
+    steps: Vec<(usize, u64)>,
+) -> Result<(), TestCaseError> {
+    let (mut service, clock) = on_fake_clock(plan);
+    let mut models: Vec<Vec<Bucket>> = (0..3)
+        .map(|_| {
+            limits
+                .iter()
+                .map(|&(interval, burst)| Bucket {
+                    interval,
+                    capacity: interval * burst,
+                    credit: interval * burst,
+                    at: 0,
+                })
+                .collect()
+        })
+        .collect();
+    let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 3];
+    let mut now = 0u64;
+    for (tenant, advance_ms) in steps {
+        clock.advance(Duration::from_millis(advance_ms));
+        now += advance_ms * 1_000_000;
+        let model = &mut models[tenant];
+        model.iter_mut().for_each(|b| b.refill(now));
+        let expected = model.iter().all(|b| b.credit >= b.interval);
+        if expected {
+            model.iter_mut().for_each(|b| b.credit -= b.interval);
+        }
+        let status = send(&mut service, &format!("tenant-{tenant}")).0;
+        prop_assert_eq!(
+            status == StatusCode::OK,
+            expected,
+            "tenant {} at {} ns",
+            tenant,
+            now
+        );
+        if expected {
+            admitted[tenant].push(now);
+        }
+    }
+    for times in &admitted {
+        for (i, start) in times.iter().enumerate() {
+            for (j, end) in times.iter().enumerate().skip(i) {
+                let count = (j - i + 1) as u64;
+                for &(interval, burst) in limits {
+                    prop_assert!(count <= burst + (end - start) / interval);
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Over any request sequence the layer admits exactly what the token
-    /// bucket model admits, and never more than burst + elapsed / interval
-    /// per limit in any stretch of time.
     #[test]
     fn admissions_match_the_model_and_stay_within_the_gcra_bound(
         steps in prop::collection::vec((0usize..3, 0u64..400), 1..300)
     ) {
-        let (mut service, clock) = on_fake_clock(MODEL_PLAN);
-        // (interval, burst) for 5/s burst 3 and 20/min.
-        let limits = [(200_000_000u64, 3u64), (3_000_000_000, 20)];
-        let mut models: Vec<Vec<Bucket>> = (0..3)
-            .map(|_| limits.iter().map(|&(interval, burst)| Bucket {
-                interval, capacity: interval * burst, credit: interval * burst, at: 0,
-            }).collect())
-            .collect();
-        let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 3];
-        let mut now = 0u64;
-        for (tenant, advance_ms) in steps {
-            clock.advance(Duration::from_millis(advance_ms));
-            now += advance_ms * 1_000_000;
-            let model = &mut models[tenant];
-            model.iter_mut().for_each(|b| b.refill(now));
-            let expected = model.iter().all(|b| b.credit >= b.interval);
-            if expected {
-                model.iter_mut().for_each(|b| b.credit -= b.interval);
-            }
-            let status = send(&mut service, &format!("tenant-{tenant}")).0;
-            prop_assert_eq!(status == StatusCode::OK, expected, "tenant {} at {} ns", tenant, now);
-            if expected {
-                admitted[tenant].push(now);
-            }
-        }
-        for times in &admitted {
-            for (i, start) in times.iter().enumerate() {
-                for (j, end) in times.iter().enumerate().skip(i) {
-                    let count = (j - i + 1) as u64;
-                    for &(interval, burst) in &limits {
-                        prop_assert!(count <= burst + (end - start) / interval);
-                    }
-                }
-            }
-        }
+        matches_the_model(MODEL_PLAN, MODEL_LIMITS, steps)?;
+    }
+
+    #[test]
+    fn four_limits_split_over_two_buckets_match_the_model(
+        steps in prop::collection::vec((0usize..3, 0u64..1500), 1..300)
+    ) {
+        matches_the_model(FOUR_LIMIT_PLAN, FOUR_LIMITS, steps)?;
     }
 }
 
