@@ -88,14 +88,27 @@ fn check_in(
     limits: &[Gcra],
     now: u64,
 ) -> Option<(Verdict, Tats)> {
-    if limits.len() <= TATS_PER_BUCKET {
-        let entry = map.get_mut(&key)?;
-        let mut tats = entry.tats_for(fingerprint);
-        let verdict = gcra::check(limits, &mut tats, now);
-        entry.store(fingerprint, tats);
-        let [first, second] = tats;
-        return Some((verdict, [first, second, 0, 0]));
+    if limits.len() > TATS_PER_BUCKET {
+        return check_split(map, key, fingerprint, limits, now);
     }
+    let entry = map.get_mut(&key)?;
+    let mut tats = entry.tats_for(fingerprint);
+    let verdict = gcra::check(limits, &mut tats, now);
+    entry.store(fingerprint, tats);
+    let [first, second] = tats;
+    Some((verdict, [first, second, 0, 0]))
+}
+
+/// [`check_in`] for a plan of three or four limits, whose TATs span two
+/// buckets. Out of line: the usual plans fit one.
+#[inline(never)]
+fn check_split(
+    map: &mut KeyMap,
+    key: u64,
+    fingerprint: u64,
+    limits: &[Gcra],
+    now: u64,
+) -> Option<(Verdict, Tats)> {
     let [Some(low), Some(high)] = map.get_disjoint_mut([&key, &(key ^ SECOND_BUCKET)]) else {
         return None;
     };
