@@ -11,6 +11,7 @@ use crate::body::RateLimitBody;
 use crate::future::ResponseFuture;
 use crate::key::{RequestHead, TenantKey};
 use crate::limiter::{Decision, Limiter};
+use crate::policy::CompiledPolicy;
 
 /// Rate-limits requests per tenant before they reach `S`. A refused request
 /// gets a response (429, or a gRPC status), never a service error.
@@ -53,14 +54,36 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Inlined into the caller: small enough once the Redis path is out of
+    // line, and the request then isn't copied once more into this call.
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let policy = match self.limiter.decide(&request) {
-            Decision::Pass(headers) => {
-                return ResponseFuture::inner(self.inner.call(request), headers);
-            }
-            Decision::Reject(response) => return ResponseFuture::rejected(response),
-            Decision::Remote(policy) => policy,
-        };
+        match self.limiter.decide(&request) {
+            Decision::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
+            Decision::Reject(response) => ResponseFuture::rejected(response),
+            Decision::Remote(policy) => self.ask_redis(request, policy),
+        }
+    }
+}
+
+impl<S, K: TenantKey, C: Clock + Send + Sync + 'static> TenantRateLimit<S, K, C>
+where
+    C::Instant: Send + Sync,
+{
+    /// Decides `request` after Redis answers, then calls the inner service.
+    #[inline(never)]
+    fn ask_redis<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        policy: Arc<CompiledPolicy>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: 'static,
+        ReqBody: Send + 'static,
+        ResBody: 'static,
+    {
         // Redis answers later: take the service that poll_ready made ready,
         // and leave a clone for the next call.
         let clone = self.inner.clone();
