@@ -77,9 +77,6 @@ impl Entry {
 }
 
 /// Checks the key `key` of `map` against `limits`, if its buckets exist.
-/// Works on a copy of the TATs, written back whole and returned from
-/// registers: reading TATs back right after storing them one at a time
-/// stalls on store forwarding.
 #[inline]
 fn check_in(
     map: &mut KeyMap,
@@ -92,11 +89,37 @@ fn check_in(
         return check_split(map, key, fingerprint, limits, now);
     }
     let entry = map.get_mut(&key)?;
+    Some(check_bucket(entry, fingerprint, limits, now))
+}
+
+/// Adds `key` to `map`, where it is missing a bucket, and checks it.
+fn insert_and_check(
+    map: &mut KeyMap,
+    key: u64,
+    fingerprint: u64,
+    limits: &[Gcra],
+    now: u64,
+) -> (Verdict, Tats) {
+    if limits.len() <= TATS_PER_BUCKET {
+        let entry = map.entry(key).or_insert(Entry::fresh(fingerprint));
+        return check_bucket(entry, fingerprint, limits, now);
+    }
+    for bucket in [key, key ^ SECOND_BUCKET] {
+        map.entry(bucket).or_insert(Entry::fresh(fingerprint));
+    }
+    check_split(map, key, fingerprint, limits, now).expect("both buckets were just added")
+}
+
+/// Checks a key whose limits fit in its one bucket. Works on a copy of the
+/// TATs, written back whole and returned from registers: reading TATs back
+/// right after storing them one at a time stalls on store forwarding.
+#[inline]
+fn check_bucket(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) -> (Verdict, Tats) {
     let mut tats = entry.tats_for(fingerprint);
     let verdict = gcra::check(limits, &mut tats, now);
     entry.store(fingerprint, tats);
     let [first, second] = tats;
-    Some((verdict, [first, second, 0, 0]))
+    (verdict, [first, second, 0, 0])
 }
 
 /// [`check_in`] for a plan of three or four limits, whose TATs span two
@@ -123,15 +146,6 @@ fn check_split(
 /// Buckets a key on `limits` takes.
 fn buckets_for(limits: &[Gcra]) -> usize {
     limits.len().div_ceil(TATS_PER_BUCKET).max(1)
-}
-
-/// Adds fresh buckets for `key` where it has none.
-fn insert_fresh(map: &mut KeyMap, key: u64, fingerprint: u64, limits: &[Gcra]) {
-    map.entry(key).or_insert(Entry::fresh(fingerprint));
-    if buckets_for(limits) > 1 {
-        map.entry(key ^ SECOND_BUCKET)
-            .or_insert(Entry::fresh(fingerprint));
-    }
 }
 
 /// Keys are already uniformly distributed hashes; hashing them again is waste.
@@ -176,9 +190,14 @@ struct ShardState {
 
 impl ShardState {
     fn sweep(&mut self, now: u64) {
+        // Sized by the keys held since the last sweep, idle now or not: the
+        // idle ones are likely back soon, and shrinking to what is left would
+        // free memory only to grow it again. After a spray, the memory comes
+        // back one sweep later.
+        let recent = self.keys.len();
         self.keys.retain(|_, entry| !entry.is_idle(now));
         self.checks_since_sweep = 0;
-        if self.keys.capacity() > 64 && self.keys.len() < self.keys.capacity() / 4 {
+        if self.keys.capacity() > 64 && recent < self.keys.capacity() / 4 {
             self.keys.shrink_to_fit();
         }
     }
@@ -252,9 +271,7 @@ impl Store {
             state.sweep(now);
         }
         if state.keys.len() + needed <= self.shard_capacity {
-            insert_fresh(&mut state.keys, hash, fingerprint, limits);
-            let (verdict, tats) = check_in(&mut state.keys, hash, fingerprint, limits, now)
-                .expect("its buckets were just added");
+            let (verdict, tats) = insert_and_check(&mut state.keys, hash, fingerprint, limits, now);
             return Checked {
                 verdict,
                 tats,
@@ -263,9 +280,8 @@ impl Store {
         }
         drop(state);
         let mut overflow = self.overflow.lock();
-        insert_fresh(&mut overflow, fingerprint, fingerprint, limits);
-        let (verdict, tats) = check_in(&mut overflow, fingerprint, fingerprint, limits, now)
-            .expect("its buckets were just added");
+        let (verdict, tats) =
+            insert_and_check(&mut overflow, fingerprint, fingerprint, limits, now);
         Checked {
             verdict,
             tats,

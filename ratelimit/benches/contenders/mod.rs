@@ -18,12 +18,49 @@ use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 
-/// A limit no benchmark reaches: one request per nanosecond, bursts of 10⁹.
-const POLICY: &str = r#"
+/// What the benchmark's quota, which no request ever reaches, does to a key
+/// between its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// One request a second, bursts of 10⁹: a key stays busy for the whole
+    /// run, so both layers keep its state. This is the known tenant of the
+    /// goal.
+    Busy,
+    /// One request a nanosecond: a key is idle a nanosecond after each
+    /// request. Floodgate's store drops idle keys as it sweeps and takes
+    /// them back on their next request; governor keeps every key forever.
+    IdleAtOnce,
+}
+
+impl Keys {
+    /// The `[quotas]` of this quota.
+    fn policy(self) -> &'static str {
+        match self {
+            Keys::Busy => {
+                r#"
+[quotas]
+default_plan = "bench"
+plans = [{ name = "bench", limits = [{ requests = 1, per_seconds = 1, burst = 1000000000 }] }]
+"#
+            }
+            Keys::IdleAtOnce => {
+                r#"
 [quotas]
 default_plan = "bench"
 plans = [{ name = "bench", limits = [{ requests = 1000000000, per_seconds = 1 }] }]
-"#;
+"#
+            }
+        }
+    }
+
+    /// The name the benches print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Keys::Busy => "busy keys",
+            Keys::IdleAtOnce => "keys idle at once",
+        }
+    }
+}
 
 /// The service every contender wraps: answers at once, with an empty body.
 pub fn noop()
@@ -39,8 +76,9 @@ pub fn noop()
 pub fn floodgate(
     clients: usize,
     headers: bool,
+    keys: Keys,
 ) -> impl Service<Request<Body>, Response = Response<impl Sized>> {
-    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(POLICY))
+    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(keys.policy()))
         .key(ClientIp::peer_only())
         .max_keys(max_keys(clients))
         .headers(headers)
@@ -50,9 +88,13 @@ pub fn floodgate(
 }
 
 /// tower_governor around [`noop`] with the same quota, keyed by peer IP.
-pub fn tower_governor() -> impl Service<Request<Body>, Response = Response<Body>> {
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
+pub fn tower_governor(keys: Keys) -> impl Service<Request<Body>, Response = Response<Body>> {
+    let mut config = GovernorConfigBuilder::default();
+    match keys {
+        Keys::Busy => config.per_second(1),
+        Keys::IdleAtOnce => config.per_nanosecond(1),
+    };
+    let config = config
         .burst_size(1_000_000_000)
         .key_extractor(PeerIpKeyExtractor)
         .finish()
