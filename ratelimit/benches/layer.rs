@@ -69,7 +69,7 @@ fn layers(c: &mut Criterion) {
         // The anchor: governor's keyed check alone, no tower, no key
         // extraction, on the same quota.
         let quota =
-            Quota::per_second(NonZeroU32::MIN).allow_burst(NonZeroU32::new(1_000_000_000).unwrap());
+            Quota::per_minute(NonZeroU32::MIN).allow_burst(NonZeroU32::new(100_000_000).unwrap());
         let limiter = RateLimiter::<IpAddr, _, _>::dashmap(quota);
         let (mut next, mut warm) = (0usize, false);
         c.benchmark_group(&group).bench_function(
