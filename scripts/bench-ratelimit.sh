@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end load test of the rate-limit layer: the example axum service on
 # loopback, driven by wrk at saturation with and without the layer, in one
-# run, with 100k tenants picked at random per request. Then the key
-# spray memory check. Figures go in BENCHMARKS.md.
+# run, with 100k tenants picked at random per request: alternating runs,
+# then the two servers side by side on one core. Then the key spray memory
+# check. Figures go in BENCHMARKS.md.
 #
 #   scripts/bench-ratelimit.sh
 #
@@ -69,6 +70,40 @@ for kind in ("layer", "no_headers"):
           f"median {statistics.median(ratios):.1%}, min {min(ratios):.1%}, max {max(ratios):.1%}")
 print(f"unlimited: mean {statistics.mean(rps(f'unlimited{r}') for r in range(1, rounds + 1)):,.0f} req/s")
 PY
+
+# Side by side: both servers share core 0 and run at once, each driven by its
+# own wrk on core 1. The machine's drift then hits both alike, and since the
+# scheduler gives each half the core, the throughput ratio is the cost ratio.
+side_by_side() {
+    local label=$1; shift
+    taskset -c 0 target/release/examples/tenant_service --policy "$work/policy.toml" \
+        --addr 127.0.0.1:3917 --no-limit 2>"$work/unlimited.log" &
+    local unlimited=$!
+    taskset -c 0 target/release/examples/tenant_service --policy "$work/policy.toml" \
+        --addr 127.0.0.1:3918 "$@" 2>"$work/layer.log" &
+    local layer=$!
+    for _ in $(seq 100); do
+        curl -s -o /dev/null http://127.0.0.1:3917/ && curl -s -o /dev/null http://127.0.0.1:3918/ && break
+        sleep 0.1
+    done
+    local seconds=${SIDE_SECONDS:-10}
+    taskset -c 1 wrk -t1 -c32 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3917/ > "$work/a.txt" &
+    local wrk_a=$!
+    taskset -c 1 wrk -t1 -c32 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3918/ > "$work/b.txt" &
+    local wrk_b=$!
+    wait "$wrk_a" "$wrk_b"
+    kill "$unlimited" "$layer"; wait "$unlimited" "$layer" 2>/dev/null || true
+    local a b
+    a=$(awk '/Requests\/sec/ {print $2}' "$work/a.txt")
+    b=$(awk '/Requests\/sec/ {print $2}' "$work/b.txt")
+    python3 -c "print(f'$label: unlimited {$a:,.0f} req/s, layer {$b:,.0f} req/s, ratio {$b / $a:.1%}')"
+}
+
+echo "== side by side on one core, ${SIDE_SECONDS:-10} s per round"
+for round in $(seq "${SIDE_ROUNDS:-4}"); do
+    side_by_side "round $round, headers on"
+    side_by_side "round $round, --no-headers" --no-headers
+done
 
 echo "== key spray: 10M distinct tenants, cap 1M keys"
 target/release/examples/key_spray 10000000 1000000

@@ -19,7 +19,7 @@ use crate::redis::{Backend, BuildError, RedisBackend};
 use crate::service::TenantRateLimit;
 use crate::store::Store;
 
-/// The default cap on tracked keys: about 100 MB of state at most.
+/// The default cap on tracked keys: about 70 MB of state at most.
 pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(1_000_000).expect("non-zero");
 
 /// Applies per-tenant limits from the policy's `[quotas]` to a service.
@@ -130,7 +130,8 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
     }
 
     /// The most keys tracked at once (default [`DEFAULT_MAX_KEYS`]). Past
-    /// it, new keys share one overflow state per plan.
+    /// it, new keys share one overflow state per plan. A key on a plan of
+    /// three or four limits counts twice.
     pub fn max_keys(mut self, max_keys: NonZeroUsize) -> Self {
         self.max_keys = max_keys;
         self
@@ -227,7 +228,8 @@ impl RateLimitHandle {
         self.redis.as_ref().map(|redis| redis.connected())
     }
 
-    /// How many keys have state now.
+    /// How many keys have state now; a key on a plan of three or four
+    /// limits counts twice.
     pub fn tracked_keys(&self) -> usize {
         self.store.tracked_keys()
     }
