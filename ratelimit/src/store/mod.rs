@@ -10,17 +10,20 @@
 //! Past the cap, a new key is charged to one overflow state per limit set:
 //! a key-spraying client shares a single tenant's budget and cannot grow
 //! memory. A key on a plan of one or two limits (the usual) costs one 32-byte
-//! bucket plus a control byte, at a load factor between 7/16 and 7/8 (37 to
-//! 75 bytes; see BENCHMARKS.md). A plan of three or four limits keeps its
-//! last two TATs in a second bucket, and its keys count twice against the
-//! cap.
+//! slot of a shard's [`table`], at a load between 3/8 and 3/4 (43 to 85
+//! bytes; about 70 measured, see BENCHMARKS.md). A plan of three or four
+//! limits keeps its last two TATs in a second slot, and its keys count twice
+//! against the cap.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 
 use parking_lot::Mutex;
 
 use crate::gcra::{self, Gcra, Tats, Verdict};
+
+mod table;
+
+use table::KeyTable;
 
 /// Keys per shard the shard count aims for. A sweep of one shard stays
 /// around a tenth of a millisecond, and the shards stay few enough (64 at
@@ -51,7 +54,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn fresh(fingerprint: u64) -> Entry {
+    const fn fresh(fingerprint: u64) -> Entry {
         Entry {
             fingerprint,
             tats: [0; TATS_PER_BUCKET],
@@ -81,7 +84,7 @@ impl Entry {
 /// Checks the key `key` of `map` against `limits`, if its buckets exist.
 #[inline]
 fn check_in(
-    map: &mut KeyMap,
+    map: &mut KeyTable,
     key: u64,
     fingerprint: u64,
     limits: &[Gcra],
@@ -90,24 +93,24 @@ fn check_in(
     if limits.len() > TATS_PER_BUCKET {
         return check_split(map, key, fingerprint, limits, now);
     }
-    let entry = map.get_mut(&key)?;
+    let entry = map.get_mut(key)?;
     Some(check_bucket(entry, fingerprint, limits, now))
 }
 
 /// Adds `key` to `map`, where it is missing a bucket, and checks it.
 fn insert_and_check(
-    map: &mut KeyMap,
+    map: &mut KeyTable,
     key: u64,
     fingerprint: u64,
     limits: &[Gcra],
     now: u64,
 ) -> (Verdict, Tats) {
     if limits.len() <= TATS_PER_BUCKET {
-        let entry = map.entry(key).or_insert(Entry::fresh(fingerprint));
+        let entry = map.get_or_insert(key, Entry::fresh(fingerprint));
         return check_bucket(entry, fingerprint, limits, now);
     }
     for bucket in [key, key ^ SECOND_BUCKET] {
-        map.entry(bucket).or_insert(Entry::fresh(fingerprint));
+        map.get_or_insert(bucket, Entry::fresh(fingerprint));
     }
     check_split(map, key, fingerprint, limits, now).expect("both buckets were just added")
 }
@@ -128,15 +131,13 @@ fn check_bucket(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) 
 /// buckets. Out of line: the usual plans fit one.
 #[inline(never)]
 fn check_split(
-    map: &mut KeyMap,
+    map: &mut KeyTable,
     key: u64,
     fingerprint: u64,
     limits: &[Gcra],
     now: u64,
 ) -> Option<(Verdict, Tats)> {
-    let [Some(low), Some(high)] = map.get_disjoint_mut([&key, &(key ^ SECOND_BUCKET)]) else {
-        return None;
-    };
+    let [low, high] = map.get_pair_mut(key, key ^ SECOND_BUCKET)?;
     let ([a, b], [c, d]) = (low.tats_for(fingerprint), high.tats_for(fingerprint));
     let mut tats = [a, b, c, d];
     let verdict = gcra::check(limits, &mut tats, now);
@@ -182,26 +183,21 @@ impl BuildHasher for IdentityHash {
     }
 }
 
-type KeyMap = HashMap<u64, Entry, IdentityHash>;
-
 #[derive(Debug, Default)]
 struct ShardState {
-    keys: KeyMap,
+    keys: KeyTable,
     checks_since_sweep: usize,
 }
 
 impl ShardState {
     fn sweep(&mut self, now: u64) {
-        // Sized by the keys held since the last sweep, idle now or not: the
-        // idle ones are likely back soon, and shrinking to what is left would
-        // free memory only to grow it again. After a spray, the memory comes
-        // back one sweep later.
+        // Room stays for the keys held since the last sweep, idle now or
+        // not: the idle ones are likely back soon, and shrinking to what is
+        // left would free memory only to grow it again. After a spray, the
+        // memory comes back one sweep later.
         let recent = self.keys.len();
-        self.keys.retain(|_, entry| !entry.is_idle(now));
+        self.keys.retain(recent, |entry| !entry.is_idle(now));
         self.checks_since_sweep = 0;
-        if self.keys.capacity() > 64 && recent < self.keys.capacity() / 4 {
-            self.keys.shrink_to_fit();
-        }
     }
 }
 
@@ -227,7 +223,7 @@ pub(crate) struct Store {
     shards: Box<[Shard]>,
     shard_mask: usize,
     shard_capacity: usize,
-    overflow: Mutex<KeyMap>,
+    overflow: Mutex<KeyTable>,
 }
 
 impl Store {
