@@ -66,9 +66,9 @@ pub(crate) struct Limiter<K, C: Clock> {
 }
 
 impl<K: TenantKey, C: Clock> Limiter<K, C> {
-    /// Decides what happens to `request`: at once for
-    /// the local backend, and for Redis when the near-cache or the fallback
-    /// can answer; otherwise [`Decision::Remote`].
+    /// Decides what happens to `request`: at once for the local backend,
+    /// and for Redis when the near-cache or the fallback can answer;
+    /// otherwise [`Decision::Remote`].
     pub fn decide<B>(&self, request: &Request<B>) -> Decision {
         // Built here rather than by the caller: copying a just-built head
         // across the call reloads it wider than it was stored, which stalls.

@@ -245,7 +245,7 @@ impl Store {
     /// charges it if every limit admits.
     #[inline]
     pub fn check(&self, hash: u64, fingerprint: u64, limits: &[Gcra], now: u64) -> Checked {
-        // The low bits pick the bucket inside a shard; use others for the shard.
+        // The low bits pick the slot inside a shard; use others for the shard.
         let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
         let mut state = shard.0.lock();
         state.checks_since_sweep += 1;

@@ -111,7 +111,7 @@ impl KeyTable {
 
     /// Keeps the entries `keep` accepts, in a table sized for at least
     /// `room_for` keys, so that keys likely to return don't make it grow
-    /// again.
+    /// again. `keep` may see an entry twice: once to count, once to move.
     pub fn retain(&mut self, room_for: usize, mut keep: impl FnMut(&Entry) -> bool) {
         let kept = self
             .slots
