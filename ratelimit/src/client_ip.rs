@@ -143,15 +143,14 @@ impl ClientIp {
 }
 
 impl TenantKey for ClientIp {
-    // Always inlined: returned through memory, the key's 17-byte address
-    // is reloaded in wider pieces than it was stored, which stalls.
+    // Always inlined, and the direct path built by address family: an
+    // `IpAddr` passed through memory is reloaded in wider pieces than it was
+    // stored, which stalls.
     #[inline(always)]
     fn key<'r>(&self, head: RequestHead<'r>) -> Option<Key<'r>> {
         if self.header.is_some() {
             return self.client_ip(head).map(|ip| Key::Ip(self.bucket(ip)));
         }
-        // The direct path, by address family: an `IpAddr` passed through
-        // memory is reloaded wider than it was stored, which stalls.
         Some(match peer_addr(head)? {
             SocketAddr::V4(peer) => Key::Ip(IpAddr::V4(*peer.ip())),
             SocketAddr::V6(peer) => Key::Ip(self.bucket(peer.ip().to_canonical())),

@@ -42,8 +42,6 @@ pub(crate) struct Settings {
 /// What the layer does with one request.
 pub(crate) enum Decision {
     /// Pass it to the inner service, adding these headers to its response.
-    /// Boxed: most services turn the headers off, and a small decision and
-    /// future are cheaper to move.
     Pass(Option<Box<RateHeaders>>),
     /// Answer it with this response.
     Reject(Box<Response<Bytes>>),
@@ -166,7 +164,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             set.counters.allowed.increment(1);
             let headers = self.settings.headers;
             return Decision::Pass(
-                headers.then(|| Box::new(RateHeaders::new(set, &checked.tats, now, None))),
+                headers.then(|| RateHeaders::new(set, &checked.tats, now, None)),
             );
         };
         self.over_limit(request_headers, key, set, checked, now, (wait, limit))
@@ -193,14 +191,10 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             shadow,
             overflow: checked.overflow,
         });
-        let headers = self.settings.headers.then(|| {
-            Box::new(RateHeaders::new(
-                set,
-                &checked.tats,
-                now,
-                Some((limit, retry_after)),
-            ))
-        });
+        let headers = self
+            .settings
+            .headers
+            .then(|| RateHeaders::new(set, &checked.tats, now, Some((limit, retry_after))));
         if shadow {
             set.counters.shadowed.increment(1);
             return Decision::Pass(headers);

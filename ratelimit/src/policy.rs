@@ -14,7 +14,6 @@ use time::OffsetDateTime;
 use crate::gcra::{Gcra, NANOS_PER_SECOND};
 use crate::key::Key;
 use crate::observe::Counters;
-use crate::store::IdentityHash;
 
 /// The limits one tenant is held to, ready for the request path.
 #[derive(Debug)]
@@ -76,6 +75,39 @@ impl KeyHasher {
             }
         }
         hasher.finish()
+    }
+}
+
+/// Keys maps by a [`KeyHasher`] hash, which is already uniformly
+/// distributed: hashing it again would be waste.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IdentityHash;
+
+/// The hasher of [`IdentityHash`].
+#[derive(Debug, Default)]
+pub(crate) struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+impl BuildHasher for IdentityHash {
+    type Hasher = IdentityHasher;
+
+    fn build_hasher(&self) -> IdentityHasher {
+        IdentityHasher::default()
     }
 }
 

@@ -36,8 +36,10 @@ pub(crate) struct RateHeaders {
 
 impl RateHeaders {
     /// The header values for `set` with the key's TATs at `now`; `refused`
-    /// is the refusing limit and its Retry-After in seconds.
-    pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Self {
+    /// is the refusing limit and its Retry-After in seconds. Boxed: most
+    /// services turn the headers off, and the decision and the future that
+    /// carry them are cheaper to move small.
+    pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Box<Self> {
         // Built by hand: `write!` costs more than the rest of the request path.
         let mut state = Vec::with_capacity(40 * set.limits.len());
         let mut digits = itoa::Buffer::new();
@@ -59,11 +61,11 @@ impl RateHeaders {
             state.extend_from_slice(b";t=");
             state.extend_from_slice(digits.format(reset).as_bytes());
         }
-        RateHeaders {
+        Box::new(RateHeaders {
             policy: set.policy_header.clone(),
             state: HeaderValue::from_maybe_shared(Bytes::from(state))
                 .expect("names are header-safe"),
-        }
+        })
     }
 
     pub fn insert_into(self, headers: &mut HeaderMap) {

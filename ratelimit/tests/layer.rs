@@ -40,6 +40,14 @@ where
 {
     let mut request = Request::new(());
     request.extensions_mut().insert(tenant);
+    send_request(service, request)
+}
+
+/// Sends `request`; one poll answers it.
+fn send_request<S, B>(service: &mut S, request: Request<()>) -> (StatusCode, HeaderMap)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
     let mut future = std::pin::pin!(service.call(request));
     let Poll::Ready(Ok(response)) = future
         .as_mut()
@@ -243,7 +251,7 @@ plans = [{ name = "free", limits = [{ requests = 5, per_seconds = 1, burst = 3 }
 /// (interval in ns, burst) of each limit of [`MODEL_PLAN`].
 const MODEL_LIMITS: &[(u64, u64)] = &[(200_000_000, 3), (3_000_000_000, 20)];
 
-/// Four limits: their TATs span two of the store's buckets.
+/// Four limits: their TATs span two of the store's slots.
 const FOUR_LIMIT_PLAN: &str = r#"
 [quotas]
 default_plan = "free"
@@ -331,7 +339,7 @@ proptest! {
     }
 
     #[test]
-    fn four_limits_split_over_two_buckets_match_the_model(
+    fn four_limits_split_over_two_slots_match_the_model(
         steps in prop::collection::vec((0usize..3, 0u64..1500), 1..300)
     ) {
         matches_the_model(FOUR_LIMIT_PLAN, FOUR_LIMITS, steps)?;
@@ -357,14 +365,7 @@ plans = [{ name = "free", limits = [{ requests = 5, per_seconds = 1 }] }]
         request
             .extensions_mut()
             .insert(PeerAddr("192.0.2.7:4000".parse().unwrap()));
-        let mut future = std::pin::pin!(service.call(request));
-        let Poll::Ready(Ok(response)) = future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        else {
-            panic!("the layer answers at once");
-        };
-        response.status()
+        send_request(&mut service, request).0
     };
     assert_eq!(keyless(MissingKey::Anonymous), StatusCode::OK);
     assert_eq!(keyless(MissingKey::Unauthorized), StatusCode::UNAUTHORIZED);

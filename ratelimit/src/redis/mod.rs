@@ -35,8 +35,8 @@ use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 
 use crate::gcra::{Gcra, Tats, Verdict};
 use crate::key::Key;
-use crate::policy::LimitSet;
-use crate::store::{Checked, IdentityHash, Store};
+use crate::policy::{IdentityHash, LimitSet};
+use crate::store::{Checked, Store};
 
 /// The GCRA script the backend runs.
 pub const SCRIPT: &str = include_str!("gcra.lua");

@@ -15,8 +15,6 @@
 //! limits keeps its last two TATs in a second slot, and its keys count twice
 //! against the cap.
 
-use std::hash::{BuildHasher, Hasher};
-
 use parking_lot::Mutex;
 
 use crate::gcra::{self, Gcra, Tats, Verdict};
@@ -38,41 +36,41 @@ const SWEEP_EVERY_CHECKS_PER_KEY: usize = 4;
 /// A shard smaller than this is still swept only once per this many checks.
 const MIN_SWEEP_INTERVAL: usize = 4096;
 
-/// TATs one bucket holds. Two keep a bucket at 32 bytes, so a cache line
-/// holds two keys and a key never spans three lines.
-const TATS_PER_BUCKET: usize = 2;
-/// Keys a key's second bucket: only low bits, so it shares the key's shard
-/// (picked by the high bits) but not its slot.
-const SECOND_BUCKET: u64 = 0x5bd1_e995;
+/// TATs one slot holds. Two keep a slot at 32 bytes, so a cache line holds
+/// two keys and a key never spans two lines.
+const TATS_PER_SLOT: usize = 2;
+/// Turns a key into the key of its second slot: only low bits, so it shares
+/// the key's shard (picked by the high bits) but not its slot.
+const SECOND_SLOT: u64 = 0x5bd1_e995;
 
 /// Part of one key's state: the limits it was last checked against, and the
 /// TATs of up to two of them.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     fingerprint: u64,
-    tats: [u64; TATS_PER_BUCKET],
+    tats: [u64; TATS_PER_SLOT],
 }
 
 impl Entry {
     const fn fresh(fingerprint: u64) -> Entry {
         Entry {
             fingerprint,
-            tats: [0; TATS_PER_BUCKET],
+            tats: [0; TATS_PER_SLOT],
         }
     }
 
     /// The TATs for limits `fingerprint`: fresh ones if the limits changed.
     #[inline]
-    fn tats_for(&self, fingerprint: u64) -> [u64; TATS_PER_BUCKET] {
+    fn tats_for(&self, fingerprint: u64) -> [u64; TATS_PER_SLOT] {
         if self.fingerprint == fingerprint {
             self.tats
         } else {
-            [0; TATS_PER_BUCKET]
+            [0; TATS_PER_SLOT]
         }
     }
 
     #[inline]
-    fn store(&mut self, fingerprint: u64, tats: [u64; TATS_PER_BUCKET]) {
+    fn store(&mut self, fingerprint: u64, tats: [u64; TATS_PER_SLOT]) {
         *self = Entry { fingerprint, tats };
     }
 
@@ -81,7 +79,7 @@ impl Entry {
     }
 }
 
-/// Checks the key `key` of `map` against `limits`, if its buckets exist.
+/// Checks the key `key` of `map` against `limits`, if its slots exist.
 #[inline]
 fn check_in(
     map: &mut KeyTable,
@@ -90,14 +88,14 @@ fn check_in(
     limits: &[Gcra],
     now: u64,
 ) -> Option<(Verdict, Tats)> {
-    if limits.len() > TATS_PER_BUCKET {
+    if limits.len() > TATS_PER_SLOT {
         return check_split(map, key, fingerprint, limits, now);
     }
     let entry = map.get_mut(key)?;
-    Some(check_bucket(entry, fingerprint, limits, now))
+    Some(check_slot(entry, fingerprint, limits, now))
 }
 
-/// Adds `key` to `map`, where it is missing a bucket, and checks it.
+/// Adds `key` to `map`, where it is missing a slot, and checks it.
 fn insert_and_check(
     map: &mut KeyTable,
     key: u64,
@@ -105,21 +103,21 @@ fn insert_and_check(
     limits: &[Gcra],
     now: u64,
 ) -> (Verdict, Tats) {
-    if limits.len() <= TATS_PER_BUCKET {
+    if limits.len() <= TATS_PER_SLOT {
         let entry = map.get_or_insert(key, Entry::fresh(fingerprint));
-        return check_bucket(entry, fingerprint, limits, now);
+        return check_slot(entry, fingerprint, limits, now);
     }
-    for bucket in [key, key ^ SECOND_BUCKET] {
-        map.get_or_insert(bucket, Entry::fresh(fingerprint));
+    for slot in [key, key ^ SECOND_SLOT] {
+        map.get_or_insert(slot, Entry::fresh(fingerprint));
     }
-    check_split(map, key, fingerprint, limits, now).expect("both buckets were just added")
+    check_split(map, key, fingerprint, limits, now).expect("both slots were just added")
 }
 
-/// Checks a key whose limits fit in its one bucket. Works on a copy of the
+/// Checks a key whose limits fit in its one slot. Works on a copy of the
 /// TATs, written back whole and returned from registers: reading TATs back
 /// right after storing them one at a time stalls on store forwarding.
 #[inline]
-fn check_bucket(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) -> (Verdict, Tats) {
+fn check_slot(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) -> (Verdict, Tats) {
     let mut tats = entry.tats_for(fingerprint);
     let verdict = gcra::check(limits, &mut tats, now);
     entry.store(fingerprint, tats);
@@ -128,7 +126,7 @@ fn check_bucket(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) 
 }
 
 /// [`check_in`] for a plan of three or four limits, whose TATs span two
-/// buckets. Out of line: the usual plans fit one.
+/// slots. Out of line: the usual plans fit one.
 #[inline(never)]
 fn check_split(
     map: &mut KeyTable,
@@ -137,7 +135,7 @@ fn check_split(
     limits: &[Gcra],
     now: u64,
 ) -> Option<(Verdict, Tats)> {
-    let [low, high] = map.get_pair_mut(key, key ^ SECOND_BUCKET)?;
+    let [low, high] = map.get_pair_mut(key, key ^ SECOND_SLOT)?;
     let ([a, b], [c, d]) = (low.tats_for(fingerprint), high.tats_for(fingerprint));
     let mut tats = [a, b, c, d];
     let verdict = gcra::check(limits, &mut tats, now);
@@ -146,41 +144,9 @@ fn check_split(
     Some((verdict, tats))
 }
 
-/// Buckets a key on `limits` takes.
-fn buckets_for(limits: &[Gcra]) -> usize {
-    limits.len().div_ceil(TATS_PER_BUCKET).max(1)
-}
-
-/// Keys are already uniformly distributed hashes; hashing them again is waste.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct IdentityHash;
-
-/// The hasher of [`IdentityHash`].
-#[derive(Debug, Default)]
-pub(crate) struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-impl BuildHasher for IdentityHash {
-    type Hasher = IdentityHasher;
-
-    fn build_hasher(&self) -> IdentityHasher {
-        IdentityHasher::default()
-    }
+/// Slots a key on `limits` takes.
+fn slots_per_key(limits: &[Gcra]) -> usize {
+    limits.len().div_ceil(TATS_PER_SLOT).max(1)
 }
 
 #[derive(Debug, Default)]
@@ -191,12 +157,7 @@ struct ShardState {
 
 impl ShardState {
     fn sweep(&mut self, now: u64) {
-        // Room stays for the keys held since the last sweep, idle now or
-        // not: the idle ones are likely back soon, and shrinking to what is
-        // left would free memory only to grow it again. After a spray, the
-        // memory comes back one sweep later.
-        let recent = self.keys.len();
-        self.keys.retain(recent, |entry| !entry.is_idle(now));
+        self.keys.retain(|entry| !entry.is_idle(now));
         self.checks_since_sweep = 0;
     }
 }
@@ -263,7 +224,7 @@ impl Store {
         // A new key. Full: sweep early, but at most once per an eighth of
         // the shard's checks, so a spray of new keys can't make every check
         // a full sweep.
-        let needed = buckets_for(limits);
+        let needed = slots_per_key(limits);
         let full = state.keys.len() + needed > self.shard_capacity;
         if full && state.checks_since_sweep >= self.shard_capacity / 8 {
             state.sweep(now);
@@ -287,8 +248,8 @@ impl Store {
         }
     }
 
-    /// How many buckets hold state now: one per key, two for a key on a
-    /// plan of more than two limits.
+    /// How many slots hold state now: one per key, two for a key on a plan
+    /// of more than two limits.
     pub fn tracked_keys(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().keys.len()).sum()
     }
@@ -373,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_of_four_limits_spans_two_buckets_and_enforces_all_four() {
+    fn a_plan_of_four_limits_spans_two_slots_and_enforces_all_four() {
         let store = Store::new(100);
         let n = |v| NonZeroU32::new(v).unwrap();
         let limit = |requests, per_seconds| {
@@ -386,13 +347,13 @@ mod tests {
         // The fourth limit, one a minute, is the tightest.
         let limits = [limit(10, 1), limit(10, 1), limit(10, 1), limit(1, 60)];
         assert_eq!(store.check(1, 7, &limits, 0).verdict, Verdict::Admit);
-        assert_eq!(store.tracked_keys(), 2, "one key, two buckets");
+        assert_eq!(store.tracked_keys(), 2, "one key, two slots");
         let Verdict::Refuse { limit, .. } = store.check(1, 7, &limits, 0).verdict else {
             panic!("the fourth limit is spent");
         };
         assert_eq!(limit, 3);
-        // The first bucket is idle after a second and may be swept; the key
-        // is still held by the fourth limit in its second bucket.
+        // The first slot is idle after a second and may be swept; the key
+        // is still held by the fourth limit in its second slot.
         store.evict_idle(SECOND);
         assert_eq!(store.tracked_keys(), 1);
         assert!(matches!(

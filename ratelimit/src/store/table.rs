@@ -109,16 +109,18 @@ impl KeyTable {
         &mut self.slots[i].entry
     }
 
-    /// Keeps the entries `keep` accepts, in a table sized for at least
-    /// `room_for` keys, so that keys likely to return don't make it grow
-    /// again. `keep` may see an entry twice: once to count, once to move.
-    pub fn retain(&mut self, room_for: usize, mut keep: impl FnMut(&Entry) -> bool) {
+    /// Keeps the entries `keep` accepts. The table keeps room for as many
+    /// keys as it held before: those that left are likely back soon, and
+    /// shrinking to what is left would free memory only to grow it again.
+    /// After a spray, the memory comes back at the next call. `keep` may see
+    /// an entry twice: once to count, once to move.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
         let kept = self
             .slots
             .iter()
             .filter(|slot| slot.key != EMPTY && keep(&slot.entry))
             .count();
-        let slots = slots_for(kept.max(room_for));
+        let slots = slots_for(self.len);
         if kept == self.len && slots == self.slots.len() {
             return;
         }
@@ -176,8 +178,8 @@ mod tests {
         Insert(u64, u64),
         Get(u64),
         Pair(u64, u64),
-        /// Keep entries whose TAT is at least this, with room for this many.
-        Retain(u64, usize),
+        /// Keep entries whose TAT is at least this.
+        Retain(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -187,7 +189,7 @@ mod tests {
             4 => (key.clone(), 0u64..100).prop_map(|(k, t)| Op::Insert(k, t)),
             2 => key.clone().prop_map(Op::Get),
             1 => (key.clone(), key).prop_map(|(a, b)| Op::Pair(a, b)),
-            1 => (0u64..100, 0usize..80).prop_map(|(t, r)| Op::Retain(t, r)),
+            1 => (0u64..100).prop_map(Op::Retain),
         ]
     }
 
@@ -222,10 +224,11 @@ mod tests {
                         };
                         prop_assert_eq!(got, want);
                     }
-                    Op::Retain(min_tat, room_for) => {
-                        table.retain(room_for, |e| e.tats[0] >= min_tat);
+                    Op::Retain(min_tat) => {
+                        let held = table.len();
+                        table.retain(|e| e.tats[0] >= min_tat);
                         model.retain(|_, e| e.tats[0] >= min_tat);
-                        prop_assert!(table.slots() >= slots_for(room_for));
+                        prop_assert!(table.slots() >= slots_for(held));
                     }
                 }
                 prop_assert_eq!(table.len(), model.len());
@@ -242,10 +245,10 @@ mod tests {
             table.get_or_insert(key, entry(key - 2));
         }
         let full = table.slots();
-        table.retain(1000, |e| e.tats[0] < 10);
+        table.retain(|e| e.tats[0] < 10);
         assert_eq!(table.len(), 10);
         assert_eq!(table.slots(), full, "room kept for the keys just seen");
-        table.retain(10, |_| true);
+        table.retain(|_| true);
         assert_eq!(table.slots(), slots_for(10));
     }
 }
