@@ -2,11 +2,13 @@
 //! override becomes a [`LimitSet`] with its GCRA parameters, header values and
 //! counters, and each request's [`Key`] resolves to one of them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
 
+use bytes::Bytes;
 use floodgate_rules::policy::{Grant, Limit, Plan, Quotas};
 use http::HeaderValue;
 use time::OffsetDateTime;
@@ -29,7 +31,7 @@ pub(crate) struct LimitSet {
     pub names: Vec<Box<str>>,
     /// Count would-be rejections and let the requests through.
     pub shadow: bool,
-    /// The `RateLimit-Policy` value, built once.
+    /// The `RateLimit-Policy` value, built once and interned.
     pub policy_header: HeaderValue,
     /// Allowed, shadowed and limited requests.
     pub counters: Counters,
@@ -238,10 +240,30 @@ fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet {
         label: label.into(),
         names,
         shadow,
-        policy_header: HeaderValue::try_from(policy).expect("names are header-safe"),
+        policy_header: interned_header_value(policy),
         counters: Counters::new(label),
         limits: gcra,
     }
+}
+
+/// `text` as a header value over a `'static` copy of it. Cloning such a
+/// value, once per response, copies a pointer; a shared one would bump a
+/// reference count that every worker thread writes. Each distinct text is
+/// leaked once, however often a reload compiles it again, so memory is
+/// bounded by the plans and overrides a policy ever had.
+fn interned_header_value(text: String) -> HeaderValue {
+    static INTERNED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    let text: &'static str = match interned.get(text.as_str()) {
+        Some(text) => text,
+        None => {
+            let leaked = Box::leak(text.into_boxed_str());
+            interned.insert(leaked);
+            leaked
+        }
+    };
+    HeaderValue::from_maybe_shared(Bytes::from_static(text.as_bytes()))
+        .expect("names are header-safe")
 }
 
 /// Names limits by plan and window: `free` alone, or `free-1s`, `free-86400s`.
@@ -389,6 +411,16 @@ expires = 2026-12-15
         );
         let ip = Key::Ip("192.0.2.1".parse().unwrap());
         assert!(policy.resolve(&ip, hasher.hash(&ip), 0).set.shadow);
+    }
+
+    #[test]
+    fn a_recompiled_policy_header_reuses_the_interned_text() {
+        let first = interned_header_value("\"a\";q=1;w=1".to_owned());
+        let again = interned_header_value("\"a\";q=1;w=1".to_owned());
+        let other = interned_header_value("\"b\";q=1;w=1".to_owned());
+        assert_eq!(first, again);
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        assert_ne!(first.as_bytes().as_ptr(), other.as_bytes().as_ptr());
     }
 
     #[test]
