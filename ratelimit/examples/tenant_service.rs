@@ -11,15 +11,20 @@
 //! The fake auth layer trusts the bearer token as the tenant id; tokens that
 //! start with `pro-` are on the `pro` plan. Requests without a token are
 //! anonymous and charged to their peer address.
+//!
+//! Both layers wrap the whole `Router`. `Router::layer` would wrap each
+//! route instead, and axum then clones and boxes the layered route for every
+//! request: four more allocations a request, which cost more than the rate
+//! limit itself (BENCHMARKS.md, "End to end").
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use axum::Router;
 use axum::extract::Request;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Router, ServiceExt};
 use floodgate_ratelimit::{RateLimitHandle, Tenant, TenantRateLimitLayer};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
@@ -70,7 +75,7 @@ fn load_quotas(path: &Path) -> Result<Quotas, String> {
 }
 
 /// Stands in for the service's real authentication.
-async fn fake_auth(mut request: Request, next: Next) -> Response {
+fn fake_auth(mut request: Request) -> Request {
     let token = request
         .headers()
         .get("authorization")
@@ -85,7 +90,7 @@ async fn fake_auth(mut request: Request, next: Next) -> Response {
         };
         request.extensions_mut().insert(tenant);
     }
-    next.run(request).await
+    request
 }
 
 /// Reloads the policy file on SIGHUP.
@@ -119,24 +124,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let mut app = Router::new().route("/", get(|| async { "ok\n" }));
-    if args.limit {
-        let quotas = load_quotas(&args.policy).unwrap_or_else(|message| {
-            eprintln!("error: {message}");
-            std::process::exit(1);
-        });
-        let layer = TenantRateLimitLayer::builder(&quotas)
-            .headers(args.headers)
-            .build()
-            .unwrap_or_else(|error| {
-                eprintln!("error: {error}");
-                std::process::exit(1);
-            });
-        reload_on_hangup(layer.handle(), args.policy.clone());
-        app = app.layer(layer);
-    }
-    // The auth layer runs first, so the rate limit sees the tenant.
-    let app = app.layer(middleware::from_fn(fake_auth));
+    let router = Router::new().route("/", get(|| async { "ok\n" }));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .unwrap_or_else(|e| {
@@ -144,6 +132,37 @@ async fn main() {
             std::process::exit(1);
         });
     eprintln!("listening on http://{}", args.addr);
+    // The auth layer runs first, so the rate limit sees the tenant.
+    let auth = tower::ServiceBuilder::new().map_request(fake_auth);
+    if !args.limit {
+        return serve(listener, auth.service(router)).await;
+    }
+    let quotas = load_quotas(&args.policy).unwrap_or_else(|message| {
+        eprintln!("error: {message}");
+        std::process::exit(1);
+    });
+    let layer = TenantRateLimitLayer::builder(&quotas)
+        .headers(args.headers)
+        .build()
+        .unwrap_or_else(|error| {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        });
+    reload_on_hangup(layer.handle(), args.policy.clone());
+    let app = auth
+        .map_response(IntoResponse::into_response)
+        .layer(layer)
+        .service(router);
+    serve(listener, app).await;
+}
+
+/// Serves `app` with each request's peer address in `ConnectInfo`.
+async fn serve<S>(listener: tokio::net::TcpListener, app: S)
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync,
+    S::Future: Send,
+    S: 'static,
+{
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(error) = axum::serve(listener, service).await {
         eprintln!("error: {error}");

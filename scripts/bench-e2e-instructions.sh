@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# User-space instructions per request of the example service end to end,
+# counted by callgrind while wrk drives it: unlimited, with the layer, and
+# with the layer's RateLimit headers off. Wall-clock end-to-end figures move
+# by more than the few percent the layer costs; instruction counts don't, so
+# they tell which part of the server's work a change cut. The kernel's share
+# (about half of the server's time) is not counted. Figures go in
+# BENCHMARKS.md.
+#
+#   scripts/bench-e2e-instructions.sh [TENANTS]     # default: 10000
+#
+# Each server first serves WARMUP_SECONDS (default 10) of traffic uncounted,
+# so most tenants are known, then MEASURE_SECONDS (default 10) counted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in wrk valgrind; do
+    command -v "$tool" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
+done
+cargo build --release --quiet -p floodgate-ratelimit --example tenant_service
+tenants=${1:-10000}
+
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+cat > "$work/policy.toml" <<'TOML'
+[quotas]
+default_plan = "load"
+plans = [{ name = "load", limits = [{ requests = 1000000, per_seconds = 1 }, { requests = 100000000, per_seconds = 86400 }] }]
+TOML
+cat > "$work/tenants.lua" <<LUA
+math.randomseed(42)
+request = function()
+  local tenant = "tenant-" .. math.random(0, $((tenants - 1)))
+  return wrk.format("GET", "/", { ["authorization"] = "Bearer " .. tenant })
+end
+LUA
+
+count() {
+    local label=$1; shift
+    local out=$work/$label.callgrind
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" \
+        target/release/examples/tenant_service --policy "$work/policy.toml" \
+        --addr 127.0.0.1:3919 "$@" 2>/dev/null &
+    local pid=$!
+    for _ in $(seq 300); do
+        curl -s -o /dev/null http://127.0.0.1:3919/ && break
+        sleep 0.2
+    done
+    taskset -c 1 wrk -t1 -c16 -d"${WARMUP_SECONDS:-10}"s -s "$work/tenants.lua" http://127.0.0.1:3919/ >/dev/null
+    # Dump (and zero) the warm-up's counts while the server is idle, so the
+    # counts at exit are the measured run's alone.
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    for _ in $(seq 100); do
+        [ -s "$out.1" ] && break
+        sleep 0.2
+    done
+    [ -s "$out.1" ] || { echo "callgrind did not dump the warm-up" >&2; exit 1; }
+    taskset -c 1 wrk -t1 -c16 -d"${MEASURE_SECONDS:-10}"s -s "$work/tenants.lua" http://127.0.0.1:3919/ > "$work/$label.wrk"
+    # valgrind's server ignores SIGINT; SIGTERM ends it and writes the counts.
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    local requests instructions
+    requests=$(awk '/requests in/ {print $1}' "$work/$label.wrk")
+    instructions=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    printf '%-12s %10d requests %10d instr/req\n' "$label" "$requests" $((instructions / requests))
+    cp "$out" "${KEEP:-$work}/$label.callgrind" 2>/dev/null || true
+}
+
+echo "== user-space instructions per request, $tenants tenants"
+count unlimited --no-limit
+count layer
+count no_headers --no-headers
