@@ -4,14 +4,19 @@
 # run, with 100k tenants picked at random per request. Then the key spray
 # memory check. Figures go in BENCHMARKS.md.
 #
-#   scripts/bench-ratelimit.sh      # ROUNDS (20), SECONDS_PER_RUN (2), CPU_SHARE (50)
+#   scripts/bench-ratelimit.sh      # ROUNDS (6), SECONDS_PER_RUN (5), CPU_SHARE (35)
 #
-# The server runs on core 0 and wrk on core 1 (this machine has 2). wrk
-# spends more CPU per request than the server, so a server with a whole core
-# is not saturated, and the ratio would partly measure wrk. The server
-# therefore gets CPU_SHARE percent of core 0 through a cgroup: it saturates,
-# wrk has room to spare, and the throughput ratio is the inverse ratio of the
-# server's cost per request. Needs root, for the cgroup.
+# Each round runs two servers side by side, without the layer and with it,
+# both on core 0, each driven by its own wrk on core 1 (this machine has 2).
+# Running them at once makes the machine's drift, which is larger than the
+# few percent being measured, hit both alike.
+#
+# Each server gets CPU_SHARE percent of core 0 through its own cgroup. wrk
+# spends more CPU per request than the server does, so an uncapped server is
+# not saturated and the ratio would partly measure wrk. Capped, both servers
+# saturate at the same CPU, wrk has room to spare, and the throughput ratio
+# is the inverse ratio of the servers' costs per request. Needs root, for
+# the cgroups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null; then
@@ -20,8 +25,14 @@ fi
 cargo build --release --quiet -p floodgate-ratelimit --example tenant_service --example key_spray
 
 work=$(mktemp -d)
-cap=""
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; [ -z "$cap" ] || rmdir "$cap" 2>/dev/null || true' EXIT
+caps=()
+cleanup() {
+    kill $(jobs -p) 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+    for cap in "${caps[@]}"; do rmdir "$cap" 2>/dev/null || true; done
+}
+trap cleanup EXIT
 # Limits no tenant reaches at these rates: the layer's cost, not its refusals.
 cat > "$work/policy.toml" <<'TOML'
 [quotas]
@@ -36,70 +47,86 @@ request = function()
 end
 LUA
 
-# The server's CPU cap, in 10 ms periods: cgroup v1 or v2.
-share=${CPU_SHARE:-50}
-if [ -w /sys/fs/cgroup/cpu ]; then
-    cap=/sys/fs/cgroup/cpu/floodgate-bench
-    mkdir -p "$cap"
-    echo 10000 > "$cap/cpu.cfs_period_us"
-    echo $((share * 100)) > "$cap/cpu.cfs_quota_us"
-elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
-    echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
-    cap=/sys/fs/cgroup/floodgate-bench
-    mkdir -p "$cap"
-    echo "$((share * 100)) 10000" > "$cap/cpu.max"
-else
-    echo "no writable cgroup cpu controller: run as root on Linux" >&2
-    exit 1
-fi
+# A cgroup holding CPU_SHARE percent of a core, in 10 ms periods (v1 or v2).
+share=${CPU_SHARE:-35}
+make_cap() {
+    local cap
+    if [ -w /sys/fs/cgroup/cpu ]; then
+        cap=/sys/fs/cgroup/cpu/floodgate-bench-$1
+        mkdir -p "$cap"
+        echo 10000 > "$cap/cpu.cfs_period_us"
+        echo $((share * 100)) > "$cap/cpu.cfs_quota_us"
+    elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+        cap=/sys/fs/cgroup/floodgate-bench-$1
+        mkdir -p "$cap"
+        echo "$((share * 100)) 10000" > "$cap/cpu.max"
+    else
+        echo "no writable cgroup cpu controller: run as root on Linux" >&2
+        exit 1
+    fi
+    caps+=("$cap")
+}
+make_cap unlimited
+make_cap layer
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-run() {
-    local label=$1; shift
+start_server() {
+    local port=$1 cap=$2; shift 2
     taskset -c 0 target/release/examples/tenant_service --policy "$work/policy.toml" \
-        --addr 127.0.0.1:3917 "$@" 2>"$work/server.log" &
-    local pid=$!
-    echo "$pid" > "$cap/cgroup.procs"
+        --addr "127.0.0.1:$port" "$@" 2>>"$work/server.log" &
+    echo $! > "$cap/cgroup.procs"
     for _ in $(seq 100); do
-        curl -s -o /dev/null http://127.0.0.1:3917/ && break
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
         sleep 0.1
     done
-    local seconds=${SECONDS_PER_RUN:-2} before after
-    before=$(cpu_ticks "$pid")
-    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3917/ > "$work/$label.txt"
-    after=$(cpu_ticks "$pid")
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    local rps non2xx
-    rps=$(awk '/Requests\/sec/ {print $2}' "$work/$label.txt")
-    non2xx=$(awk '/Non-2xx/ {print $5}' "$work/$label.txt")
-    # Ticks are 10 ms, so ticks / seconds is the server's CPU in percent of
-    # a core: at the cap, the server was the bottleneck.
-    printf '%-14s %10s req/s   server CPU %3d%%   non-2xx: %s\n' "$label" "$rps" \
-        $(((after - before) / seconds)) "${non2xx:-0}"
-    echo "$rps" > "$work/$label.rps"
 }
 
-rounds=${ROUNDS:-20}
-echo "== wrk: $rounds rounds of ${SECONDS_PER_RUN:-2} s runs, 64 connections, 100k tenants, server capped at $share% of a core"
-# Alternating short runs: this machine's speed drifts by more than the 5%
-# being measured, so each round compares runs made seconds apart.
+# One round: the unlimited server on 3917 and the layer on 3918, at once.
+side_by_side() {
+    local label=$1; shift
+    start_server 3917 "${caps[0]}" --no-limit
+    local unlimited=$!
+    start_server 3918 "${caps[1]}" "$@"
+    local layer=$!
+    local seconds=${SECONDS_PER_RUN:-5}
+    local ticks_a ticks_b
+    ticks_a=$(cpu_ticks "$unlimited")
+    ticks_b=$(cpu_ticks "$layer")
+    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3917/ > "$work/a.txt" &
+    local wrk_a=$!
+    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3918/ > "$work/b.txt" &
+    local wrk_b=$!
+    wait "$wrk_a" "$wrk_b"
+    # Ticks are 10 ms, so ticks / seconds is each server's CPU in percent of
+    # a core: at the cap, that server was the bottleneck.
+    ticks_a=$((($(cpu_ticks "$unlimited") - ticks_a) / seconds))
+    ticks_b=$((($(cpu_ticks "$layer") - ticks_b) / seconds))
+    kill "$unlimited" "$layer"; wait "$unlimited" "$layer" 2>/dev/null || true
+    local a b
+    a=$(awk '/Requests\/sec/ {print $2}' "$work/a.txt")
+    b=$(awk '/Requests\/sec/ {print $2}' "$work/b.txt")
+    if grep -q Non-2xx "$work/b.txt"; then
+        echo "the layer refused requests: the load policy is too tight" >&2
+        exit 1
+    fi
+    python3 -c "print(f'$label: unlimited {$a:>8,.0f} req/s (CPU $ticks_a%), layer {$b:>8,.0f} req/s (CPU $ticks_b%), ratio {$b / $a:.1%}')"
+    echo "$b / $a" | bc -l >> "$work/$label.ratios"
+}
+
+rounds=${ROUNDS:-6}
+echo "== side by side: $rounds rounds of ${SECONDS_PER_RUN:-5} s, 64 connections each, 100k tenants, each server capped at $share% of core 0"
 for round in $(seq "$rounds"); do
-    run "unlimited$round" --no-limit
-    run "layer$round"
-    run "no_headers$round" --no-headers
+    side_by_side "headers on"
+    side_by_side "--no-headers" --no-headers
 done
-python3 - "$work" "$rounds" <<'PY'
+python3 - "$work" <<'PY'
 import sys, pathlib, statistics
-w, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
-rps = lambda name: float((w / f"{name}.rps").read_text())
-mean = lambda kind: statistics.mean(rps(f"{kind}{r}") for r in range(1, rounds + 1))
-for kind in ("layer", "no_headers"):
-    ratios = [rps(f"{kind}{r}") / rps(f"unlimited{r}") for r in range(1, rounds + 1)]
-    print(f"{kind}: mean {mean(kind):,.0f} req/s, {mean(kind) / mean('unlimited'):.1%} of unlimited; "
-          f"per-round ratio median {statistics.median(ratios):.1%}, "
-          f"min {min(ratios):.1%}, max {max(ratios):.1%}")
-print(f"unlimited: mean {mean('unlimited'):,.0f} req/s")
+for label in ("headers on", "--no-headers"):
+    ratios = [float(x) for x in (pathlib.Path(sys.argv[1]) / f"{label}.ratios").read_text().split()]
+    print(f"{label}: median ratio {statistics.median(ratios):.1%} "
+          f"(min {min(ratios):.1%}, max {max(ratios):.1%}, {len(ratios)} rounds)")
 PY
 
 echo "== key spray: 10M distinct tenants, cap 1M keys"

@@ -14,8 +14,7 @@
 //!
 //! Both layers wrap the whole `Router`. `Router::layer` would wrap each
 //! route instead, and axum then clones and boxes the layered route for every
-//! request: four more allocations a request, which cost more than the rate
-//! limit itself (BENCHMARKS.md, "End to end").
+//! request: four more allocations a request (BENCHMARKS.md, "End to end").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
