@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end load test of the rate-limit layer: the example axum service on
 # loopback, driven by wrk at saturation with and without the layer, in one
-# run, with 100k tenants picked at random per request. Then the key spray
-# memory check. Figures go in BENCHMARKS.md.
+# run, with 100k tenants picked at random per request, and tower_governor in
+# the layer's place as the anchor. Then the key spray memory check. Figures
+# go in BENCHMARKS.md.
 #
 #   scripts/bench-ratelimit.sh      # ROUNDS (6), SECONDS_PER_RUN (5), CPU_SHARE (35)
 #
-# Each round runs two servers side by side, without the layer and with it,
+# Each pair runs two servers side by side, without the layer and with it,
 # both on core 0, each driven by its own wrk on core 1 (this machine has 2).
 # Running them at once makes the machine's drift, which is larger than the
 # few percent being measured, hit both alike.
@@ -83,7 +84,7 @@ start_server() {
     done
 }
 
-# One round: the unlimited server on 3917 and the layer on 3918, at once.
+# One pair: the unlimited server on 3917 and a limited one on 3918, at once.
 side_by_side() {
     local label=$1; shift
     start_server 3917 "${caps[0]}" --no-limit
@@ -108,24 +109,30 @@ side_by_side() {
     a=$(awk '/Requests\/sec/ {print $2}' "$work/a.txt")
     b=$(awk '/Requests\/sec/ {print $2}' "$work/b.txt")
     if grep -q Non-2xx "$work/b.txt"; then
-        echo "the layer refused requests: the load policy is too tight" >&2
+        echo "$label refused requests: the load's quota is too tight" >&2
         exit 1
     fi
-    python3 -c "print(f'$label: unlimited {$a:>8,.0f} req/s (CPU $ticks_a%), layer {$b:>8,.0f} req/s (CPU $ticks_b%), ratio {$b / $a:.1%}')"
-    echo "$b / $a" | bc -l >> "$work/$label.ratios"
+    python3 -c "print(f'{\"$label\":30} unlimited {$a:>8,.0f} req/s (CPU $ticks_a%), limited {$b:>8,.0f} req/s (CPU $ticks_b%), ratio {$b / $a:.1%}')"
+    echo "$b / $a" | bc -l >> "$work/${label//[ ,]/_}.ratios"
 }
 
 rounds=${ROUNDS:-6}
 echo "== side by side: $rounds rounds of ${SECONDS_PER_RUN:-5} s, 64 connections each, 100k tenants, each server capped at $share% of core 0"
+# tower_governor, keyed by the same tenant, is the anchor: with headers it
+# sends its x-ratelimit-limit and x-ratelimit-remaining.
 for round in $(seq "$rounds"); do
-    side_by_side "headers on"
-    side_by_side "--no-headers" --no-headers
+    side_by_side "floodgate, headers on"
+    side_by_side "floodgate, --no-headers" --no-headers
+    side_by_side "tower_governor, headers on" --tower-governor
+    side_by_side "tower_governor, --no-headers" --tower-governor --no-headers
 done
 python3 - "$work" <<'PY'
 import sys, pathlib, statistics
-for label in ("headers on", "--no-headers"):
-    ratios = [float(x) for x in (pathlib.Path(sys.argv[1]) / f"{label}.ratios").read_text().split()]
-    print(f"{label}: median ratio {statistics.median(ratios):.1%} "
+for label in ("floodgate, headers on", "floodgate, --no-headers",
+              "tower_governor, headers on", "tower_governor, --no-headers"):
+    name = label.replace(" ", "_").replace(",", "_")
+    ratios = [float(x) for x in (pathlib.Path(sys.argv[1]) / f"{name}.ratios").read_text().split()]
+    print(f"{label:30} median ratio {statistics.median(ratios):.1%} "
           f"(min {min(ratios):.1%}, max {max(ratios):.1%}, {len(ratios)} rounds)")
 PY
 

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run -p floodgate-ratelimit --example tenant_service -- \
-//!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 [--no-limit] [--no-headers]
+//!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 \
+//!     [--no-limit | --tower-governor] [--no-headers]
 //! curl -i -H 'authorization: Bearer acme-corp' http://127.0.0.1:3000/
 //! kill -HUP <pid>   # reloads the policy file
 //! ```
@@ -11,6 +12,10 @@
 //! The fake auth layer trusts the bearer token as the tenant id; tokens that
 //! start with `pro-` are on the `pro` plan. Requests without a token are
 //! anonymous and charged to their peer address.
+//!
+//! `--tower-governor` puts tower_governor in the layer's place, keyed by the
+//! same tenant, with a quota no tenant reaches: the load test's anchor.
+//! With headers on it sends tower_governor's `x-ratelimit-*` headers.
 //!
 //! Both layers wrap the whole `Router`. `Router::layer` would wrap each
 //! route instead, and axum then clones and boxes the layered route for every
@@ -27,19 +32,30 @@ use axum::{Router, ServiceExt};
 use floodgate_ratelimit::{RateLimitHandle, Tenant, TenantRateLimitLayer};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
+use tower_governor::GovernorLayer;
+use tower_governor::errors::GovernorError;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
 
 struct Args {
     policy: PathBuf,
     addr: SocketAddr,
-    limit: bool,
+    limiter: Limiter,
     headers: bool,
+}
+
+#[derive(PartialEq)]
+enum Limiter {
+    None,
+    Floodgate,
+    TowerGovernor,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         policy: PathBuf::from("examples/floodgate.toml"),
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
-        limit: true,
+        limiter: Limiter::Floodgate,
         headers: true,
     };
     let mut argv = std::env::args().skip(1);
@@ -50,11 +66,12 @@ fn parse_args() -> Result<Args, String> {
                 let addr = argv.next().ok_or("--addr needs host:port")?;
                 args.addr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
             }
-            "--no-limit" => args.limit = false,
+            "--no-limit" => args.limiter = Limiter::None,
+            "--tower-governor" => args.limiter = Limiter::TowerGovernor,
             "--no-headers" => args.headers = false,
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit] [--no-headers]"
+                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit | --tower-governor] [--no-headers]"
                 ));
             }
         }
@@ -133,8 +150,12 @@ async fn main() {
     eprintln!("listening on http://{}", args.addr);
     // The auth layer runs first, so the rate limit sees the tenant.
     let auth = tower::ServiceBuilder::new().map_request(fake_auth);
-    if !args.limit {
-        return serve(listener, auth.service(router)).await;
+    match args.limiter {
+        Limiter::None => return serve(listener, auth.service(router)).await,
+        Limiter::TowerGovernor => {
+            return serve_tower_governor(listener, router, args.headers).await;
+        }
+        Limiter::Floodgate => {}
     }
     let quotas = load_quotas(&args.policy).unwrap_or_else(|message| {
         eprintln!("error: {message}");
@@ -153,6 +174,45 @@ async fn main() {
         .layer(layer)
         .service(router);
     serve(listener, app).await;
+}
+
+/// tower_governor's key: the tenant the auth layer set.
+#[derive(Clone)]
+struct TenantId;
+
+impl KeyExtractor for TenantId {
+    type Key = String;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
+        let tenant = request.extensions().get::<Tenant>();
+        tenant
+            .map(|tenant| tenant.id().to_owned())
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+/// Serves `router` behind tower_governor: a burst of a million, refilled at
+/// one request a nanosecond.
+async fn serve_tower_governor(listener: tokio::net::TcpListener, router: Router, headers: bool) {
+    let auth = tower::ServiceBuilder::new().map_request(fake_auth);
+    let mut config = GovernorConfigBuilder::default();
+    config.per_nanosecond(1).burst_size(1_000_000);
+    let mut config = config.key_extractor(TenantId);
+    if headers {
+        let config = config.use_headers().finish().expect("a valid quota");
+        serve(
+            listener,
+            auth.layer(GovernorLayer::new(config)).service(router),
+        )
+        .await
+    } else {
+        let config = config.finish().expect("a valid quota");
+        serve(
+            listener,
+            auth.layer(GovernorLayer::new(config)).service(router),
+        )
+        .await
+    }
 }
 
 /// Serves `app` with each request's peer address in `ConnectInfo`.
