@@ -25,11 +25,12 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Router, ServiceExt};
-use floodgate_ratelimit::{RateLimitHandle, Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{RateLimitBody, RateLimitHandle, Tenant, TenantRateLimitLayer};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
 use tower_governor::GovernorLayer;
@@ -169,8 +170,9 @@ async fn main() {
             std::process::exit(1);
         });
     reload_on_hangup(layer.handle(), args.policy.clone());
+    // Back to axum's body type without boxing the layer's body once more.
     let app = auth
-        .map_response(IntoResponse::into_response)
+        .map_response(|response: Response<RateLimitBody<Body>>| response.map(Body::from))
         .layer(layer)
         .service(router);
     serve(listener, app).await;

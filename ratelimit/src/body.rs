@@ -84,6 +84,20 @@ where
     }
 }
 
+/// Unwraps to axum's own body, for `axum::serve`, which takes no other:
+/// `.map_response(|response| response.map(Body::from))` around the layer.
+/// An admitted response gives back the inner body as it was, where
+/// `IntoResponse` would box the wrapper once more on every request.
+#[cfg(feature = "axum")]
+impl From<RateLimitBody<axum::body::Body>> for axum::body::Body {
+    fn from(body: RateLimitBody<axum::body::Body>) -> axum::body::Body {
+        match body.kind {
+            Kind::Inner { body } => body,
+            Kind::Rejection { data } => axum::body::Body::from(*data),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +118,16 @@ mod tests {
         let empty = RateLimitBody::<axum::body::Body>::rejection(Bytes::new());
         assert!(empty.is_end_stream());
         assert!(empty.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn axum_gets_back_the_inner_body_or_the_rejection() {
+        let inner = RateLimitBody::inner(axum::body::Body::from("ok"));
+        let inner = axum::body::Body::from(inner);
+        assert_eq!(inner.collect().await.unwrap().to_bytes(), "ok");
+        let rejection = RateLimitBody::<axum::body::Body>::rejection(Bytes::from_static(b"{}"));
+        let rejection = axum::body::Body::from(rejection);
+        assert_eq!(rejection.size_hint().exact(), Some(2));
+        assert_eq!(rejection.collect().await.unwrap().to_bytes(), "{}");
     }
 }
