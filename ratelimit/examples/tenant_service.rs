@@ -45,7 +45,7 @@ struct Args {
     headers: bool,
 }
 
-#[derive(PartialEq)]
+/// What stands between the auth layer and the router.
 enum Limiter {
     None,
     Floodgate,

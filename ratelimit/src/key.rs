@@ -205,6 +205,7 @@ fn valid_tenant_id(id: &str) -> bool {
     (printable_ascii && !id.is_empty()) || valid_tenant_id_slow(id)
 }
 
+/// The full rule, for ids the shortcut cannot settle.
 #[cold]
 fn valid_tenant_id_slow(id: &str) -> bool {
     !id.is_empty()
