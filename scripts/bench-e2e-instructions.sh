@@ -19,35 +19,23 @@ for tool in wrk valgrind; do
     command -v "$tool" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
 done
 cargo build --release --quiet -p floodgate-ratelimit --example tenant_service
-tenants=${1:-10000}
+export TENANTS=${1:-10000}
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/policy.toml" <<'TOML'
-[quotas]
-default_plan = "load"
-plans = [{ name = "load", limits = [{ requests = 1000000, per_seconds = 1 }, { requests = 100000000, per_seconds = 86400 }] }]
-TOML
-cat > "$work/tenants.lua" <<LUA
-math.randomseed(42)
-request = function()
-  local tenant = "tenant-" .. math.random(0, $((tenants - 1)))
-  return wrk.format("GET", "/", { ["authorization"] = "Bearer " .. tenant })
-end
-LUA
 
 count() {
     local label=$1; shift
     local out=$work/$label.callgrind
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" \
-        target/release/examples/tenant_service --policy "$work/policy.toml" \
+        target/release/examples/tenant_service --policy scripts/load/policy.toml \
         --addr 127.0.0.1:3919 "$@" 2>/dev/null &
     local pid=$!
     for _ in $(seq 300); do
         curl -s -o /dev/null http://127.0.0.1:3919/ && break
         sleep 0.2
     done
-    taskset -c 1 wrk -t1 -c16 -d"${WARMUP_SECONDS:-10}"s -s "$work/tenants.lua" http://127.0.0.1:3919/ >/dev/null
+    taskset -c 1 wrk -t1 -c16 -d"${WARMUP_SECONDS:-10}"s -s scripts/load/tenants.lua http://127.0.0.1:3919/ >/dev/null
     # Dump (and zero) the warm-up's counts while the server is idle, so the
     # counts at exit are the measured run's alone.
     callgrind_control -d "$pid" >/dev/null 2>&1
@@ -56,7 +44,7 @@ count() {
         sleep 0.2
     done
     [ -s "$out.1" ] || { echo "callgrind did not dump the warm-up" >&2; exit 1; }
-    taskset -c 1 wrk -t1 -c16 -d"${MEASURE_SECONDS:-10}"s -s "$work/tenants.lua" http://127.0.0.1:3919/ > "$work/$label.wrk"
+    taskset -c 1 wrk -t1 -c16 -d"${MEASURE_SECONDS:-10}"s -s scripts/load/tenants.lua http://127.0.0.1:3919/ > "$work/$label.wrk"
     # valgrind's server ignores SIGINT; SIGTERM ends it and writes the counts.
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
     local requests instructions
@@ -66,7 +54,7 @@ count() {
     [ -z "${KEEP:-}" ] || cp "$out" "$KEEP/$label.callgrind"
 }
 
-echo "== user-space instructions per request, $tenants tenants"
+echo "== user-space instructions per request, $TENANTS tenants"
 count unlimited --no-limit
 count layer
 count no_headers --no-headers

@@ -34,19 +34,6 @@ cleanup() {
     for cap in "${caps[@]}"; do rmdir "$cap" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-# Limits no tenant reaches at these rates: the layer's cost, not its refusals.
-cat > "$work/policy.toml" <<'TOML'
-[quotas]
-default_plan = "load"
-plans = [{ name = "load", limits = [{ requests = 1000000, per_seconds = 1 }, { requests = 100000000, per_seconds = 86400 }] }]
-TOML
-cat > "$work/tenants.lua" <<'LUA'
-math.randomseed(42)
-request = function()
-  local tenant = "tenant-" .. math.random(0, 99999)
-  return wrk.format("GET", "/", { ["authorization"] = "Bearer " .. tenant })
-end
-LUA
 
 # A cgroup holding CPU_SHARE percent of a core, in 10 ms periods (v1 or v2).
 share=${CPU_SHARE:-35}
@@ -75,7 +62,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 start_server() {
     local port=$1 cap=$2; shift 2
-    taskset -c 0 target/release/examples/tenant_service --policy "$work/policy.toml" \
+    taskset -c 0 target/release/examples/tenant_service --policy scripts/load/policy.toml \
         --addr "127.0.0.1:$port" "$@" 2>>"$work/server.log" &
     echo $! > "$cap/cgroup.procs"
     for _ in $(seq 100); do
@@ -95,9 +82,9 @@ side_by_side() {
     local ticks_a ticks_b
     ticks_a=$(cpu_ticks "$unlimited")
     ticks_b=$(cpu_ticks "$layer")
-    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3917/ > "$work/a.txt" &
+    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s scripts/load/tenants.lua http://127.0.0.1:3917/ > "$work/a.txt" &
     local wrk_a=$!
-    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s "$work/tenants.lua" http://127.0.0.1:3918/ > "$work/b.txt" &
+    taskset -c 1 wrk -t1 -c64 -d"$seconds"s -s scripts/load/tenants.lua http://127.0.0.1:3918/ > "$work/b.txt" &
     local wrk_b=$!
     wait "$wrk_a" "$wrk_b"
     # Ticks are 10 ms, so ticks / seconds is each server's CPU in percent of

@@ -6,11 +6,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use floodgate_rules::policy::{Grant, Limit, Plan, Quotas};
 use http::HeaderValue;
+use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use crate::gcra::{Gcra, NANOS_PER_SECOND};
@@ -253,7 +253,7 @@ fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet {
 /// bounded by the plans and overrides a policy ever had.
 fn interned_header_value(text: String) -> HeaderValue {
     static INTERNED: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-    let mut interned = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut interned = INTERNED.lock();
     let text: &'static str = match interned.get(text.as_str()) {
         Some(text) => text,
         None => {

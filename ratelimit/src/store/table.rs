@@ -124,6 +124,17 @@ impl KeyTable {
         if kept == self.len && slots == self.slots.len() {
             return;
         }
+        self.rebuild(slots, keep);
+    }
+
+    /// Moves every key into a table of `slots` slots.
+    fn resize(&mut self, slots: usize) {
+        self.rebuild(slots, |_| true);
+    }
+
+    /// Moves the keys whose entries `keep` accepts into a new table of
+    /// `slots` slots.
+    fn rebuild(&mut self, slots: usize, mut keep: impl FnMut(&Entry) -> bool) {
         let old = std::mem::replace(&mut self.slots, vec![FREE; slots]);
         self.len = 0;
         for slot in old {
@@ -131,14 +142,6 @@ impl KeyTable {
                 self.place(slot.key, slot.entry);
                 self.len += 1;
             }
-        }
-    }
-
-    /// Moves every key into a table of `slots` slots.
-    fn resize(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![FREE; slots]);
-        for slot in old.into_iter().filter(|slot| slot.key != EMPTY) {
-            self.place(slot.key, slot.entry);
         }
     }
 
