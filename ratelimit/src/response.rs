@@ -27,6 +27,11 @@ const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 const GRPC_UNAUTHENTICATED: &str = "16";
 const GRPC_INVALID_ARGUMENT: &str = "3";
 
+/// Bytes of a `RateLimit` value built without a heap buffer: enough for two
+/// limits of any plan (names of up to 86 bytes and numbers of up to 20
+/// digits); longer values move to the heap.
+const STATE_ON_STACK: usize = 272;
+
 /// The two RateLimit header values of one response.
 #[derive(Debug, Clone)]
 pub(crate) struct RateHeaders {
@@ -40,37 +45,94 @@ impl RateHeaders {
     /// services turn the headers off, and the decision and the future that
     /// carry them are cheaper to move small.
     pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Box<Self> {
-        // Built by hand: `write!` costs more than the rest of the request path.
-        let mut state = Vec::with_capacity(40 * set.limits.len());
-        let mut digits = itoa::Buffer::new();
-        for (i, (limit, name)) in set.limits.iter().zip(&set.names).enumerate() {
-            if i > 0 {
-                state.extend_from_slice(b", ");
+        // Written on the stack, then copied into one allocation of the exact
+        // length: a heap `Vec` costs an allocation of its own, and `Bytes`
+        // another for its shared header when the `Vec` has spare capacity.
+        let mut stack = StackBuffer::new();
+        write_state(set, tats, now, refused, |piece| stack.push(piece));
+        let state = match stack.as_slice() {
+            Some(state) => HeaderValue::from_bytes(state),
+            None => {
+                let mut state = Vec::new();
+                write_state(set, tats, now, refused, |piece| {
+                    state.extend_from_slice(piece)
+                });
+                HeaderValue::from_maybe_shared(Bytes::from(state))
             }
-            let (remaining, reset) = match refused {
-                Some((limit_index, retry_after)) if limit_index == i => (0, retry_after),
-                _ => (
-                    limit.remaining(tats[i], now),
-                    ceil_seconds(tats[i].saturating_sub(now)),
-                ),
-            };
-            state.push(b'"');
-            state.extend_from_slice(name.as_bytes());
-            state.extend_from_slice(b"\";r=");
-            state.extend_from_slice(digits.format(remaining).as_bytes());
-            state.extend_from_slice(b";t=");
-            state.extend_from_slice(digits.format(reset).as_bytes());
-        }
+        };
         Box::new(RateHeaders {
             policy: set.policy_header.clone(),
-            state: HeaderValue::from_maybe_shared(Bytes::from(state))
-                .expect("names are header-safe"),
+            state: state.expect("names are header-safe"),
         })
     }
 
     pub fn insert_into(self, headers: &mut HeaderMap) {
         headers.insert(RATELIMIT_POLICY, self.policy);
         headers.insert(RATELIMIT, self.state);
+    }
+}
+
+/// Writes the `RateLimit` value for `set` piece by piece into `out`. By
+/// hand: `write!` costs more than the rest of the request path.
+#[inline(always)]
+fn write_state(
+    set: &LimitSet,
+    tats: &Tats,
+    now: u64,
+    refused: Option<(usize, u64)>,
+    mut out: impl FnMut(&[u8]),
+) {
+    let mut digits = itoa::Buffer::new();
+    for (i, (limit, name)) in set.limits.iter().zip(&set.names).enumerate() {
+        if i > 0 {
+            out(b", ");
+        }
+        let (remaining, reset) = match refused {
+            Some((limit_index, retry_after)) if limit_index == i => (0, retry_after),
+            _ => (
+                limit.remaining(tats[i], now),
+                ceil_seconds(tats[i].saturating_sub(now)),
+            ),
+        };
+        out(b"\"");
+        out(name.as_bytes());
+        out(b"\";r=");
+        out(digits.format(remaining).as_bytes());
+        out(b";t=");
+        out(digits.format(reset).as_bytes());
+    }
+}
+
+/// A fixed buffer on the stack that notes when a write did not fit.
+struct StackBuffer {
+    bytes: [u8; STATE_ON_STACK],
+    len: usize,
+    overflowed: bool,
+}
+
+impl StackBuffer {
+    fn new() -> Self {
+        StackBuffer {
+            bytes: [0; STATE_ON_STACK],
+            len: 0,
+            overflowed: false,
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, piece: &[u8]) {
+        match self.bytes.get_mut(self.len..self.len + piece.len()) {
+            Some(free) => {
+                free.copy_from_slice(piece);
+                self.len += piece.len();
+            }
+            None => self.overflowed = true,
+        }
+    }
+
+    /// What was written, or `None` if some of it did not fit.
+    fn as_slice(&self) -> Option<&[u8]> {
+        (!self.overflowed).then(|| &self.bytes[..self.len])
     }
 }
 

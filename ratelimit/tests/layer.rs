@@ -120,6 +120,30 @@ plans = [{ name = "free", limits = [{ requests = 3, per_seconds = 1 }, { request
 }
 
 #[test]
+fn a_ratelimit_value_longer_than_its_stack_buffer_is_whole() {
+    // Four limits on a plan with the longest name: over 300 bytes of value.
+    let name = "p".repeat(64);
+    let text = format!(
+        r#"
+[quotas]
+default_plan = "{name}"
+plans = [{{ name = "{name}", limits = [
+    {{ requests = 9999999, per_seconds = 1 }}, {{ requests = 9999999, per_seconds = 60 }},
+    {{ requests = 9999999, per_seconds = 3600 }}, {{ requests = 9999999, per_seconds = 86400 }},
+] }}]
+"#
+    );
+    let (mut service, _clock) = on_fake_clock(&text);
+    let (status, headers) = send(&mut service, "acme");
+    assert_eq!(status, StatusCode::OK);
+    let expected = [(1, 1), (60, 1), (3600, 1), (86400, 1)]
+        .map(|(window, reset)| format!("\"{name}-{window}s\";r=9999998;t={reset}"))
+        .join(", ");
+    assert!(expected.len() > 300, "{}", expected.len());
+    assert_eq!(headers["ratelimit"], expected.as_str());
+}
+
+#[test]
 fn an_override_applies_until_the_end_of_its_day_then_the_plan_does() {
     let text = r#"
 [quotas]
