@@ -110,14 +110,15 @@ echo "== side by side: $rounds rounds of ${SECONDS_PER_RUN:-5} s, 64 connections
 for round in $(seq "$rounds"); do
     side_by_side "floodgate, headers on"
     side_by_side "floodgate, --no-headers" --no-headers
+    side_by_side "floodgate, near limit (10%)" --headers-near-limit 10
     side_by_side "tower_governor, headers on" --tower-governor
     side_by_side "tower_governor, --no-headers" --tower-governor --no-headers
 done
 python3 - "$work" <<'PY'
 import sys, pathlib, statistics
-for label in ("floodgate, headers on", "floodgate, --no-headers",
+for label in ("floodgate, headers on", "floodgate, --no-headers", "floodgate, near limit (10%)",
               "tower_governor, headers on", "tower_governor, --no-headers"):
-    name = label.replace(" ", "_").replace(",", "_")
+    name = "".join("_" if c in " ," else c for c in label)
     ratios = [float(x) for x in (pathlib.Path(sys.argv[1]) / f"{name}.ratios").read_text().split()]
     print(f"{label:30} median ratio {statistics.median(ratios):.1%} "
           f"(min {min(ratios):.1%}, max {max(ratios):.1%}, {len(ratios)} rounds)")

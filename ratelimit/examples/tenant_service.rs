@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run -p floodgate-ratelimit --example tenant_service -- \
 //!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 \
-//!     [--no-limit | --tower-governor] [--no-headers]
+//!     [--no-limit | --tower-governor] [--no-headers | --headers-near-limit PERCENT]
 //! curl -i -H 'authorization: Bearer acme-corp' http://127.0.0.1:3000/
 //! kill -HUP <pid>   # reloads the policy file
 //! ```
@@ -30,7 +30,9 @@ use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Router, ServiceExt};
-use floodgate_ratelimit::{RateLimitBody, RateLimitHandle, Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{
+    HeaderMode, RateLimitBody, RateLimitHandle, Tenant, TenantRateLimitLayer,
+};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
 use tower_governor::GovernorLayer;
@@ -42,7 +44,7 @@ struct Args {
     policy: PathBuf,
     addr: SocketAddr,
     limiter: Limiter,
-    headers: bool,
+    headers: HeaderMode,
 }
 
 /// What stands between the auth layer and the router.
@@ -57,7 +59,7 @@ fn parse_args() -> Result<Args, String> {
         policy: PathBuf::from("examples/floodgate.toml"),
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         limiter: Limiter::Floodgate,
-        headers: true,
+        headers: HeaderMode::Always,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
@@ -69,13 +71,27 @@ fn parse_args() -> Result<Args, String> {
             }
             "--no-limit" => args.limiter = Limiter::None,
             "--tower-governor" => args.limiter = Limiter::TowerGovernor,
-            "--no-headers" => args.headers = false,
+            "--no-headers" => args.headers = HeaderMode::Never,
+            "--headers-near-limit" => {
+                let percent = argv.next().ok_or("--headers-near-limit needs a percent")?;
+                let percent = percent
+                    .parse()
+                    .map_err(|e| format!("--headers-near-limit {percent}: {e}"))?;
+                args.headers = HeaderMode::NearLimit { percent };
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit | --tower-governor] [--no-headers]"
+                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit | --tower-governor] [--no-headers | --headers-near-limit PERCENT]"
                 ));
             }
         }
+    }
+    if matches!(args.limiter, Limiter::TowerGovernor)
+        && matches!(args.headers, HeaderMode::NearLimit { .. })
+    {
+        return Err(
+            "--headers-near-limit is the Floodgate layer's; tower_governor has no such mode".into(),
+        );
     }
     Ok(args)
 }
@@ -154,7 +170,8 @@ async fn main() {
     match args.limiter {
         Limiter::None => return serve(listener, auth.service(router)).await,
         Limiter::TowerGovernor => {
-            return serve_tower_governor(listener, router, args.headers).await;
+            let headers = args.headers == HeaderMode::Always;
+            return serve_tower_governor(listener, router, headers).await;
         }
         Limiter::Floodgate => {}
     }

@@ -16,6 +16,7 @@ use crate::observe::{Counters, EventLog};
 use crate::policy::{CompiledAt, CompiledPolicy, KeyHasher};
 use crate::policy_cell::PolicyCell;
 use crate::redis::{Backend, BuildError, RedisBackend};
+use crate::response::HeaderMode;
 use crate::service::TenantRateLimit;
 use crate::store::Store;
 
@@ -49,7 +50,7 @@ impl TenantRateLimitLayer {
             settings: Settings {
                 missing_key: MissingKey::default(),
                 client_ip: ClientIp::default(),
-                headers: true,
+                headers: HeaderMode::Always,
                 shadow: false,
             },
             max_keys: DEFAULT_MAX_KEYS,
@@ -116,9 +117,11 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
         self
     }
 
-    /// Whether responses carry the RateLimit header fields (default: yes).
-    pub fn headers(mut self, enabled: bool) -> Self {
-        self.settings.headers = enabled;
+    /// Which responses carry the RateLimit header fields (default: all):
+    /// `true`, `false`, or a [`HeaderMode`] such as
+    /// `HeaderMode::NearLimit { percent: 10 }`.
+    pub fn headers(mut self, mode: impl Into<HeaderMode>) -> Self {
+        self.settings.headers = mode.into();
         self
     }
 

@@ -71,5 +71,5 @@ pub use layer::{Builder, DEFAULT_MAX_KEYS, RateLimitHandle, TenantRateLimitLayer
 pub use limiter::MissingKey;
 pub use observe::REQUESTS_TOTAL;
 pub use redis::{Backend, BuildError, FALLBACKS_TOTAL, RedisSettings, SCRIPT};
-pub use response::{RATELIMIT, RATELIMIT_POLICY};
+pub use response::{HeaderMode, RATELIMIT, RATELIMIT_POLICY};
 pub use service::TenantRateLimit;

@@ -15,7 +15,7 @@ use crate::observe::{Event, EventLog};
 use crate::policy::{CompiledPolicy, LimitSet};
 use crate::policy_cell::PolicyCell;
 use crate::redis::RedisBackend;
-use crate::response::{self, RateHeaders};
+use crate::response::{self, HeaderMode, RateHeaders};
 use crate::store::{Checked, Store};
 
 /// What to do with a request that carries no tenant key.
@@ -35,7 +35,7 @@ pub enum MissingKey {
 pub(crate) struct Settings {
     pub missing_key: MissingKey,
     pub client_ip: ClientIp,
-    pub headers: bool,
+    pub headers: HeaderMode,
     pub shadow: bool,
 }
 
@@ -162,7 +162,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
     ) -> Decision {
         let Verdict::Refuse { wait, limit } = checked.verdict else {
             set.counters.allowed.increment(1);
-            let headers = self.settings.headers;
+            let headers = self.settings.headers.on_pass(set, &checked.tats, now);
             return Decision::Pass(
                 headers.then(|| RateHeaders::new(set, &checked.tats, now, None)),
             );
@@ -191,9 +191,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             shadow,
             overflow: checked.overflow,
         });
-        let headers = self
-            .settings
-            .headers
+        let headers = (self.settings.headers != HeaderMode::Never)
             .then(|| RateHeaders::new(set, &checked.tats, now, Some((limit, retry_after))));
         if shadow {
             set.counters.shadowed.increment(1);

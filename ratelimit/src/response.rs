@@ -27,6 +27,61 @@ const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 const GRPC_UNAUTHENTICATED: &str = "16";
 const GRPC_INVALID_ARGUMENT: &str = "3";
 
+/// Which responses carry the RateLimit header fields.
+///
+/// `.headers(true)` and `.headers(false)` on the builder mean
+/// [`HeaderMode::Always`] and [`HeaderMode::Never`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderMode {
+    /// Every response the layer passes or refuses.
+    #[default]
+    Always,
+    /// Refused and shadowed responses, and responses where some limit has
+    /// at most `percent` percent of its burst left. Draft 10 (section 6.2)
+    /// names this for servers concerned with performance: while a tenant is
+    /// far from its limits, the layer costs about what it costs with the
+    /// fields off. Clients must not expect the fields on every response
+    /// (section 7), and a percent above 100 acts as 100.
+    NearLimit {
+        /// The share of a limit's burst left at or below which the fields
+        /// are sent: 0 sends them only once a limit is spent.
+        percent: u8,
+    },
+    /// No response.
+    Never,
+}
+
+impl From<bool> for HeaderMode {
+    fn from(enabled: bool) -> HeaderMode {
+        if enabled {
+            HeaderMode::Always
+        } else {
+            HeaderMode::Never
+        }
+    }
+}
+
+impl HeaderMode {
+    /// Whether a passed request whose key has `tats` under `set` at `now`
+    /// gets the fields.
+    #[inline]
+    pub(crate) fn on_pass(self, set: &LimitSet, tats: &Tats, now: u64) -> bool {
+        match self {
+            HeaderMode::Always => true,
+            HeaderMode::Never => false,
+            // In time rather than requests, which needs no division: a limit
+            // with p% of its burst left has its TAT (100 - p)% of the
+            // burst's window ahead of now.
+            HeaderMode::NearLimit { percent } => {
+                let spent = u128::from(100u8.saturating_sub(percent));
+                set.limits.iter().zip(tats).any(|(limit, &tat)| {
+                    u128::from(tat.saturating_sub(now)) * 100 >= u128::from(limit.tolerance) * spent
+                })
+            }
+        }
+    }
+}
+
 /// Bytes of a `RateLimit` value built without a heap buffer: enough for two
 /// limits of any plan (names of up to 86 bytes and numbers of up to 20
 /// digits); longer values move to the heap.

@@ -9,7 +9,9 @@ use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use floodgate_ratelimit::{MissingKey, PeerAddr, RateLimitBody, Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{
+    HeaderMode, MissingKey, PeerAddr, RateLimitBody, Tenant, TenantRateLimitLayer,
+};
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -117,6 +119,79 @@ plans = [{ name = "free", limits = [{ requests = 3, per_seconds = 1 }, { request
         headers["ratelimit"], "\"free-1s\";r=2;t=1, \"free-86400s\";r=0;t=86399",
         "the refusals spent nothing of the per-second burst"
     );
+}
+
+#[test]
+fn near_limit_headers_come_only_once_a_limit_runs_low_and_on_refusals() {
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 10, per_seconds = 60 }, { requests = 1000, per_seconds = 86400 }] }]
+"#;
+    // Eleven requests at once for each percent: the statuses and the
+    // RateLimit values they got.
+    let send_eleven = |percent| {
+        let layer = TenantRateLimitLayer::builder(&common::quotas(text))
+            .clock(FakeRelativeClock::default())
+            .headers(HeaderMode::NearLimit { percent })
+            .build()
+            .unwrap();
+        let mut service = layer.layer(ok_service());
+        (0..11)
+            .map(|_| {
+                let (status, headers) = send(&mut service, "acme");
+                let state = headers
+                    .get("ratelimit")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                assert_eq!(state.is_some(), headers.contains_key("ratelimit-policy"));
+                (status.as_u16(), state)
+            })
+            .collect::<Vec<_>>()
+    };
+    // The first response with the fields: after it, every one has them.
+    for (percent, first) in [(0, 10), (20, 8), (100, 1), (255, 1)] {
+        let sent = send_eleven(percent);
+        let with_fields: Vec<bool> = sent.iter().map(|(_, state)| state.is_some()).collect();
+        let expected: Vec<bool> = (1..=11).map(|n| n >= first).collect();
+        assert_eq!(with_fields, expected, "at {percent}%");
+        assert_eq!(sent[10].0, 429);
+    }
+    // After n requests: one per 6 s and one per 86.4 s are spent.
+    let state = |n: u64| {
+        let daily_reset = (n * 864).div_ceil(10);
+        let (minute_left, daily_left) = (10 - n, 1000 - n);
+        format!(
+            "\"free-60s\";r={minute_left};t={}, \"free-86400s\";r={daily_left};t={daily_reset}",
+            6 * n
+        )
+    };
+    let sent = send_eleven(20);
+    assert_eq!(sent[7], (200, Some(state(8))), "2 left of 10 is 20%");
+    assert_eq!(sent[9], (200, Some(state(10))));
+    let refused = sent[10].1.as_deref().unwrap();
+    assert!(refused.starts_with("\"free-60s\";r=0;t=6, "), "{refused}");
+}
+
+#[test]
+fn headers_true_and_false_are_always_and_never() {
+    assert_eq!(HeaderMode::from(true), HeaderMode::Always);
+    assert_eq!(HeaderMode::from(false), HeaderMode::Never);
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
+"#;
+    let layer = TenantRateLimitLayer::builder(&common::quotas(text))
+        .headers(false)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    for expected in [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        let (status, headers) = send(&mut service, "acme");
+        assert_eq!(status, expected);
+        assert!(!headers.contains_key("ratelimit"), "{headers:?}");
+        assert!(!headers.contains_key("ratelimit-policy"), "{headers:?}");
+    }
 }
 
 #[test]
