@@ -25,14 +25,11 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Router, ServiceExt};
-use floodgate_ratelimit::{
-    HeaderMode, RateLimitBody, RateLimitHandle, Tenant, TenantRateLimitLayer,
-};
+use floodgate_ratelimit::{HeaderMode, RateLimitHandle, Tenant, TenantRateLimitLayer};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
 use tower_governor::GovernorLayer;
@@ -187,11 +184,8 @@ async fn main() {
             std::process::exit(1);
         });
     reload_on_hangup(layer.handle(), args.policy.clone());
-    // Back to axum's body type without boxing the layer's body once more.
-    let app = auth
-        .map_response(|response: Response<RateLimitBody<Body>>| response.map(Body::from))
-        .layer(layer)
-        .service(router);
+    // Responses in axum's own body type, which axum::serve requires.
+    let app = auth.layer(layer.keep_body_type()).service(router);
     serve(listener, app).await;
 }
 

@@ -1,4 +1,10 @@
 //! The response body: the inner service's, or the layer's own rejection.
+//!
+//! [`ResponseBody`] picks the body type of the layer's responses. The
+//! default, [`WrapBody`], wraps any inner body in a [`RateLimitBody`].
+//! [`KeepBody`] keeps the inner service's own body type, for types that can
+//! be built from `Bytes` such as axum's `Body`: `axum::serve` then takes the
+//! service as it is, with no conversion layer around it.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -84,10 +90,59 @@ where
     }
 }
 
-/// Unwraps to axum's own body, for `axum::serve`, which takes no other:
-/// `.map_response(|response| response.map(Body::from))` around the layer.
-/// An admitted response gives back the inner body as it was, where
-/// `IntoResponse` would box the wrapper once more on every request.
+/// The body type of the layer's responses, given the inner service's `B`.
+pub trait ResponseBody<B> {
+    /// The body of every response the layer returns.
+    type Body;
+    /// The body of a response from the inner service.
+    fn inner(body: B) -> Self::Body;
+    /// The body of the layer's own answer: a problem+json document, or
+    /// nothing for gRPC.
+    fn rejection(data: Bytes) -> Self::Body;
+}
+
+/// Responses carry a [`RateLimitBody`], whatever the inner body is: the
+/// default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WrapBody;
+
+impl<B> ResponseBody<B> for WrapBody {
+    type Body = RateLimitBody<B>;
+
+    #[inline]
+    fn inner(body: B) -> RateLimitBody<B> {
+        RateLimitBody::inner(body)
+    }
+
+    fn rejection(data: Bytes) -> RateLimitBody<B> {
+        RateLimitBody::rejection(data)
+    }
+}
+
+/// Responses keep the inner service's body type, and the layer builds its
+/// own answers with `B::from(Bytes)`. Chosen with
+/// [`crate::TenantRateLimitLayer::keep_body_type`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeepBody;
+
+impl<B: From<Bytes>> ResponseBody<B> for KeepBody {
+    type Body = B;
+
+    #[inline]
+    fn inner(body: B) -> B {
+        body
+    }
+
+    fn rejection(data: Bytes) -> B {
+        B::from(data)
+    }
+}
+
+/// Unwraps to axum's own body, where a wrapped body must become one (with
+/// `.map_response(|response| response.map(Body::from))`). An admitted
+/// response gives back the inner body as it was, where `IntoResponse` would
+/// box the wrapper once more. A layer built for axum is simpler with
+/// [`crate::TenantRateLimitLayer::keep_body_type`], which needs neither.
 #[cfg(feature = "axum")]
 impl From<RateLimitBody<axum::body::Body>> for axum::body::Body {
     fn from(body: RateLimitBody<axum::body::Body>) -> axum::body::Body {
@@ -118,6 +173,15 @@ mod tests {
         let empty = RateLimitBody::<axum::body::Body>::rejection(Bytes::new());
         assert!(empty.is_end_stream());
         assert!(empty.collect().await.unwrap().to_bytes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn kept_bodies_pass_as_they_are_and_rejections_are_built_from_bytes() {
+        let inner = <KeepBody as ResponseBody<axum::body::Body>>::inner("ok".into());
+        assert_eq!(inner.collect().await.unwrap().to_bytes(), "ok");
+        let rejection: axum::body::Body = KeepBody::rejection(Bytes::from_static(b"{}"));
+        assert_eq!(rejection.size_hint().exact(), Some(2));
+        assert_eq!(rejection.collect().await.unwrap().to_bytes(), "{}");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! header fields added, or the layer's own rejection.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -9,23 +10,29 @@ use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::RateLimitBody;
+use crate::body::{ResponseBody, WrapBody};
 use crate::response::RateHeaders;
 
 /// The answer of a check that waits for Redis.
-type Remote<B, E> = Pin<Box<dyn Future<Output = Result<Response<RateLimitBody<B>>, E>> + Send>>;
+type Remote<Out, E> = Pin<Box<dyn Future<Output = Result<Response<Out>, E>> + Send>>;
 
 pin_project! {
     /// The future of [`crate::TenantRateLimit`].
-    pub struct ResponseFuture<F, B, E> {
+    pub struct ResponseFuture<F, B, E, R = WrapBody>
+    where
+        R: ResponseBody<B>,
+    {
         #[pin]
-        state: State<F, B, E>,
+        state: State<F, R::Body, E>,
+        // The inner body and the choice of body type, which the state
+        // names only through `R::Body`.
+        body: PhantomData<fn(B) -> R>,
     }
 }
 
 pin_project! {
     #[project = StateProjection]
-    enum State<F, B, E> {
+    enum State<F, Out, E> {
         Inner {
             #[pin]
             future: F,
@@ -37,38 +44,40 @@ pin_project! {
         },
         // The Redis backend: check, then call the inner service.
         Remote {
-            future: Remote<B, E>,
+            future: Remote<Out, E>,
         },
     }
 }
 
-impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inner(future: F, headers: Option<Box<RateHeaders>>) -> Self {
+impl<F, B, E, R: ResponseBody<B>> ResponseFuture<F, B, E, R> {
+    fn new(state: State<F, R::Body, E>) -> Self {
         ResponseFuture {
-            state: State::Inner { future, headers },
+            state,
+            body: PhantomData,
         }
     }
 
-    pub(crate) fn remote(future: Remote<B, E>) -> Self {
-        ResponseFuture {
-            state: State::Remote { future },
-        }
+    pub(crate) fn inner(future: F, headers: Option<Box<RateHeaders>>) -> Self {
+        Self::new(State::Inner { future, headers })
+    }
+
+    pub(crate) fn remote(future: Remote<R::Body, E>) -> Self {
+        Self::new(State::Remote { future })
     }
 
     pub(crate) fn rejected(response: Box<Response<Bytes>>) -> Self {
-        ResponseFuture {
-            state: State::Rejected {
-                response: Some(response),
-            },
-        }
+        Self::new(State::Rejected {
+            response: Some(response),
+        })
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F, B, E>
+impl<F, B, E, R> Future for ResponseFuture<F, B, E, R>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    R: ResponseBody<B>,
 {
-    type Output = Result<Response<RateLimitBody<B>>, E>;
+    type Output = Result<Response<R::Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -77,11 +86,11 @@ where
                 if let Some(headers) = headers.take() {
                     (*headers).insert_into(&mut parts.headers);
                 }
-                Poll::Ready(Ok(Response::from_parts(parts, RateLimitBody::inner(body))))
+                Poll::Ready(Ok(Response::from_parts(parts, R::inner(body))))
             }
             StateProjection::Rejected { response } => {
                 let response = response.take().expect("polled after completion");
-                Poll::Ready(Ok((*response).map(RateLimitBody::rejection)))
+                Poll::Ready(Ok((*response).map(R::rejection)))
             }
             StateProjection::Remote { future } => future.as_mut().poll(cx),
         }

@@ -62,7 +62,7 @@ mod response;
 mod service;
 mod store;
 
-pub use body::RateLimitBody;
+pub use body::{KeepBody, RateLimitBody, ResponseBody, WrapBody};
 pub use client_ip::{ClientIp, ForwardedHeader, PeerAddr};
 pub use future::ResponseFuture;
 pub use gcra::quota;

@@ -1,5 +1,6 @@
 //! [`TenantRateLimit`], the service the layer wraps around another.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -7,35 +8,38 @@ use governor::clock::Clock;
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::body::RateLimitBody;
+use crate::body::{ResponseBody, WrapBody};
 use crate::future::ResponseFuture;
 use crate::key::{RequestHead, TenantKey};
 use crate::limiter::{Decision, Limiter};
 use crate::policy::CompiledPolicy;
 
 /// Rate-limits requests per tenant before they reach `S`. A refused request
-/// gets a response (429, or a gRPC status), never a service error.
-pub struct TenantRateLimit<S, K, C: Clock> {
+/// gets a response (429, or a gRPC status), never a service error. `R`
+/// picks the responses' body type ([`ResponseBody`]).
+pub struct TenantRateLimit<S, K, C: Clock, R = WrapBody> {
     inner: S,
     limiter: Arc<Limiter<K, C>>,
+    body: PhantomData<fn() -> R>,
 }
 
-impl<S, K, C: Clock> TenantRateLimit<S, K, C> {
+impl<S, K, C: Clock, R> TenantRateLimit<S, K, C, R> {
     pub(crate) fn new(inner: S, limiter: Arc<Limiter<K, C>>) -> Self {
-        TenantRateLimit { inner, limiter }
-    }
-}
-
-impl<S: Clone, K, C: Clock> Clone for TenantRateLimit<S, K, C> {
-    fn clone(&self) -> Self {
         TenantRateLimit {
-            inner: self.inner.clone(),
-            limiter: Arc::clone(&self.limiter),
+            inner,
+            limiter,
+            body: PhantomData,
         }
     }
 }
 
-impl<S, K, C, ReqBody, ResBody> Service<Request<ReqBody>> for TenantRateLimit<S, K, C>
+impl<S: Clone, K, C: Clock, R> Clone for TenantRateLimit<S, K, C, R> {
+    fn clone(&self) -> Self {
+        TenantRateLimit::new(self.inner.clone(), Arc::clone(&self.limiter))
+    }
+}
+
+impl<S, K, C, R, ReqBody, ResBody> Service<Request<ReqBody>> for TenantRateLimit<S, K, C, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -45,10 +49,12 @@ where
     ReqBody: Send + 'static,
     ResBody: 'static,
     S::Error: 'static,
+    R: ResponseBody<ResBody>,
+    R::Body: 'static,
 {
-    type Response = Response<RateLimitBody<ResBody>>;
+    type Response = Response<R::Body>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -66,7 +72,7 @@ where
     }
 }
 
-impl<S, K: TenantKey, C: Clock + Send + Sync + 'static> TenantRateLimit<S, K, C>
+impl<S, K: TenantKey, C: Clock + Send + Sync + 'static, R> TenantRateLimit<S, K, C, R>
 where
     C::Instant: Send + Sync,
 {
@@ -76,13 +82,15 @@ where
         &mut self,
         request: Request<ReqBody>,
         policy: Arc<CompiledPolicy>,
-    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    ) -> ResponseFuture<S::Future, ResBody, S::Error, R>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: 'static,
         ReqBody: Send + 'static,
         ResBody: 'static,
+        R: ResponseBody<ResBody>,
+        R::Body: 'static,
     {
         // Redis answers later: take the service that poll_ready made ready,
         // and leave a clone for the next call.
@@ -101,9 +109,9 @@ where
                     if let Some(headers) = headers {
                         (*headers).insert_into(response.headers_mut());
                     }
-                    Ok(response.map(RateLimitBody::inner))
+                    Ok(response.map(R::inner))
                 }
-                Decision::Reject(response) => Ok((*response).map(RateLimitBody::rejection)),
+                Decision::Reject(response) => Ok((*response).map(R::rejection)),
                 Decision::Remote(_) => unreachable!("decide_remote always decides"),
             }
         }))

@@ -7,8 +7,8 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use axum::Router;
 use axum::routing::get;
+use axum::{Router, ServiceExt};
 use floodgate_ratelimit::{
     ClientIp, ForwardedHeader, MissingKey, TenantHeader, TenantRateLimitLayer,
 };
@@ -44,10 +44,21 @@ fn tenant_header() -> TenantHeader {
 }
 
 /// Serves `app` on an ephemeral loopback port, with peer addresses recorded.
-async fn serve(app: Router) -> SocketAddr {
+async fn serve<S>(app: S) -> SocketAddr
+where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S: tower::Service<axum::extract::Request, Error = std::convert::Infallible>,
+    S::Future: Send,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let service = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+        SocketAddr,
+    >(app);
     tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
     addr
 }
@@ -118,6 +129,35 @@ async fn the_third_request_gets_429_with_retry_after_ratelimit_fields_and_a_prob
 
     let other = get_with(addr, &[("x-tenant-id", "globex")]).await;
     assert_eq!(other.status, StatusCode::OK, "tenants don't share limits");
+}
+
+#[tokio::test]
+async fn with_its_body_type_kept_the_wrapped_router_goes_to_axum_serve_as_it_is() {
+    let layer = TenantRateLimitLayer::builder(&common::quotas(TWO_A_MINUTE))
+        .key(tenant_header())
+        .build()
+        .unwrap()
+        .keep_body_type();
+    // No conversion layer: the responses are axum's own.
+    let addr = serve(tower::ServiceBuilder::new().layer(layer).service(app())).await;
+    let tenant = [("x-tenant-id", "acme")];
+    for _ in 0..2 {
+        let admitted = get_with(addr, &tenant).await;
+        assert_eq!(
+            (admitted.status, admitted.body.as_str()),
+            (StatusCode::OK, "ok")
+        );
+        assert!(admitted.headers.contains_key("ratelimit"));
+    }
+    let refused = get_with(addr, &tenant).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "content-type"), "application/problem+json");
+    assert_eq!(
+        header(&refused, "content-length"),
+        refused.body.len().to_string()
+    );
+    let problem: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(problem["plan"], "free");
 }
 
 #[tokio::test]
