@@ -79,48 +79,47 @@ impl Entry {
     }
 }
 
-/// Checks the key `key` of `map` against `limits`, if its slots exist.
-#[inline]
-fn check_in(
-    map: &mut KeyTable,
+/// One check: a key's first slot, the limits it is checked against and
+/// their fingerprint, and now.
+#[derive(Clone, Copy)]
+struct Charge<'l> {
     key: u64,
     fingerprint: u64,
-    limits: &[Gcra],
+    limits: &'l [Gcra],
     now: u64,
-) -> Option<(Verdict, Tats)> {
-    if limits.len() > TATS_PER_SLOT {
-        return check_split(map, key, fingerprint, limits, now);
-    }
-    let entry = map.get_mut(key)?;
-    Some(check_slot(entry, fingerprint, limits, now))
 }
 
-/// Adds `key` to `map`, where it is missing a slot, and checks it.
-fn insert_and_check(
-    map: &mut KeyTable,
-    key: u64,
-    fingerprint: u64,
-    limits: &[Gcra],
-    now: u64,
-) -> (Verdict, Tats) {
-    if limits.len() <= TATS_PER_SLOT {
-        let entry = map.get_or_insert(key, Entry::fresh(fingerprint));
-        return check_slot(entry, fingerprint, limits, now);
+/// Checks `charge.key` of `map`, if its slots exist.
+#[inline]
+fn check_in(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)> {
+    if charge.limits.len() > TATS_PER_SLOT {
+        return check_split(map, charge);
     }
-    for slot in [key, key ^ SECOND_SLOT] {
-        map.get_or_insert(slot, Entry::fresh(fingerprint));
+    let entry = map.get_mut(charge.key)?;
+    Some(check_slot(entry, charge))
+}
+
+/// Adds `charge.key` to `map`, where it is missing a slot, and checks it.
+fn insert_and_check(map: &mut KeyTable, charge: Charge<'_>) -> (Verdict, Tats) {
+    let fresh = Entry::fresh(charge.fingerprint);
+    if charge.limits.len() <= TATS_PER_SLOT {
+        let entry = map.get_or_insert(charge.key, fresh);
+        return check_slot(entry, charge);
     }
-    check_split(map, key, fingerprint, limits, now).expect("both slots were just added")
+    for slot in [charge.key, charge.key ^ SECOND_SLOT] {
+        map.get_or_insert(slot, fresh);
+    }
+    check_split(map, charge).expect("both slots were just added")
 }
 
 /// Checks a key whose limits fit in its one slot. Works on a copy of the
 /// TATs, written back whole and returned from registers: reading TATs back
 /// right after storing them one at a time stalls on store forwarding.
 #[inline]
-fn check_slot(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) -> (Verdict, Tats) {
-    let mut tats = entry.tats_for(fingerprint);
-    let verdict = gcra::check(limits, &mut tats, now);
-    entry.store(fingerprint, tats);
+fn check_slot(entry: &mut Entry, charge: Charge<'_>) -> (Verdict, Tats) {
+    let mut tats = entry.tats_for(charge.fingerprint);
+    let verdict = gcra::check(charge.limits, &mut tats, charge.now);
+    entry.store(charge.fingerprint, tats);
     let [first, second] = tats;
     (verdict, [first, second, 0, 0])
 }
@@ -128,13 +127,13 @@ fn check_slot(entry: &mut Entry, fingerprint: u64, limits: &[Gcra], now: u64) ->
 /// [`check_in`] for a plan of three or four limits, whose TATs span two
 /// slots. Out of line: the usual plans fit one.
 #[inline(never)]
-fn check_split(
-    map: &mut KeyTable,
-    key: u64,
-    fingerprint: u64,
-    limits: &[Gcra],
-    now: u64,
-) -> Option<(Verdict, Tats)> {
+fn check_split(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)> {
+    let Charge {
+        key,
+        fingerprint,
+        limits,
+        now,
+    } = charge;
     let [low, high] = map.get_pair_mut(key, key ^ SECOND_SLOT)?;
     let ([a, b], [c, d]) = (low.tats_for(fingerprint), high.tats_for(fingerprint));
     let mut tats = [a, b, c, d];
@@ -214,7 +213,13 @@ impl Store {
         if state.checks_since_sweep >= interval.max(MIN_SWEEP_INTERVAL) {
             state.sweep(now);
         }
-        if let Some((verdict, tats)) = check_in(&mut state.keys, hash, fingerprint, limits, now) {
+        let charge = Charge {
+            key: hash,
+            fingerprint,
+            limits,
+            now,
+        };
+        if let Some((verdict, tats)) = check_in(&mut state.keys, charge) {
             return Checked {
                 verdict,
                 tats,
@@ -230,7 +235,7 @@ impl Store {
             state.sweep(now);
         }
         if state.keys.len() + needed <= self.shard_capacity {
-            let (verdict, tats) = insert_and_check(&mut state.keys, hash, fingerprint, limits, now);
+            let (verdict, tats) = insert_and_check(&mut state.keys, charge);
             return Checked {
                 verdict,
                 tats,
@@ -239,8 +244,12 @@ impl Store {
         }
         drop(state);
         let mut overflow = self.overflow.lock();
-        let (verdict, tats) =
-            insert_and_check(&mut overflow, fingerprint, fingerprint, limits, now);
+        // One overflow state per set of limits, keyed by their fingerprint.
+        let charge = Charge {
+            key: fingerprint,
+            ..charge
+        };
+        let (verdict, tats) = insert_and_check(&mut overflow, charge);
         Checked {
             verdict,
             tats,
