@@ -11,6 +11,11 @@
 //! an `application/problem+json` body, or for gRPC a `RESOURCE_EXHAUSTED`
 //! status. The policy can be swapped at runtime with a [`RateLimitHandle`].
 //!
+//! Responses carry a [`RateLimitBody`] around the inner body by default.
+//! With axum, [`TenantRateLimitLayer::keep_body_type`] keeps axum's own
+//! `Body`, which `axum::serve` requires. [`HeaderMode`] picks which
+//! responses carry the RateLimit fields.
+//!
 //! # Examples
 //!
 //! ```
