@@ -224,7 +224,7 @@ fn plan_set(plan: &Plan) -> LimitSet {
     limit_set(plan.name.as_str(), &plan.limits, plan.shadow)
 }
 
-fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet {
+pub(crate) fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet {
     let gcra: Vec<Gcra> = limits.iter().map(Gcra::new).collect();
     let names = limit_names(label, &gcra);
     let mut policy = String::new();

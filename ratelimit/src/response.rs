@@ -266,3 +266,49 @@ fn grpc_status(code: &'static str, message: &str) -> Response<Bytes> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::limit_set;
+    use floodgate_rules::policy::Limit;
+    use proptest::prelude::*;
+    use std::num::NonZeroU32;
+
+    fn limit(requests: u32, per_seconds: u32) -> Limit {
+        let n = |v: u32| NonZeroU32::new(v.max(1)).unwrap();
+        Limit {
+            requests: n(requests),
+            per_seconds: n(per_seconds),
+            burst: n(requests),
+        }
+    }
+
+    proptest! {
+        /// Short values are built on the stack and long ones on the heap;
+        /// both must read as `write!` would have written them.
+        #[test]
+        fn the_ratelimit_value_reads_as_formatted_text(
+            name in "[a-z0-9_-]{1,64}",
+            limits in proptest::collection::vec((1u32..10_000_000, 1u32..100_000), 1..=4),
+            leads in proptest::collection::vec(0u64..200_000_000_000_000, 4),
+            now in 0u64..1_000_000_000_000,
+        ) {
+            let limits: Vec<Limit> = limits.into_iter().map(|(r, w)| limit(r, w)).collect();
+            let set = limit_set(&name, &limits, false);
+            let tats: Tats = [0, 1, 2, 3].map(|i| now + leads[i]);
+            let expected: Vec<String> = set
+                .limits
+                .iter()
+                .zip(&set.names)
+                .enumerate()
+                .map(|(i, (limit, name))| {
+                    let reset = ceil_seconds(tats[i] - now);
+                    format!("\"{name}\";r={};t={reset}", limit.remaining(tats[i], now))
+                })
+                .collect();
+            let headers = RateHeaders::new(&set, &tats, now, None);
+            prop_assert_eq!(headers.state.to_str().unwrap(), expected.join(", "));
+        }
+    }
+}
