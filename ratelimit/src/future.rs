@@ -82,11 +82,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProjection::Inner { future, headers } => {
-                let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
-                if let Some(headers) = headers.take() {
-                    (*headers).insert_into(&mut parts.headers);
-                }
-                Poll::Ready(Ok(Response::from_parts(parts, R::inner(body))))
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(passed::<B, R>(response, headers.take())))
             }
             StateProjection::Rejected { response } => {
                 let response = response.take().expect("polled after completion");
@@ -95,4 +92,17 @@ where
             StateProjection::Remote { future } => future.as_mut().poll(cx),
         }
     }
+}
+
+/// The inner service's answer to a passed request, with `headers` added and
+/// its body as `R` has it.
+#[inline]
+pub(crate) fn passed<B, R: ResponseBody<B>>(
+    mut response: Response<B>,
+    headers: Option<Box<RateHeaders>>,
+) -> Response<R::Body> {
+    if let Some(headers) = headers {
+        (*headers).insert_into(response.headers_mut());
+    }
+    response.map(R::inner)
 }

@@ -191,7 +191,10 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             shadow,
             overflow: checked.overflow,
         });
-        let headers = (self.settings.headers != HeaderMode::Never)
+        let headers = self
+            .settings
+            .headers
+            .on_refusal()
             .then(|| RateHeaders::new(set, &checked.tats, now, Some((limit, retry_after))));
         if shadow {
             set.counters.shadowed.increment(1);

@@ -62,6 +62,12 @@ impl From<bool> for HeaderMode {
 }
 
 impl HeaderMode {
+    /// Whether a refused or shadowed request gets the fields: in every
+    /// mode but `Never`, as its refusing limit is spent.
+    pub(crate) fn on_refusal(self) -> bool {
+        self != HeaderMode::Never
+    }
+
     /// Whether a passed request whose key has `tats` under `set` at `now`
     /// gets the fields.
     #[inline]

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::{ResponseBody, WrapBody};
-use crate::future::ResponseFuture;
+use crate::future::{ResponseFuture, passed};
 use crate::key::{RequestHead, TenantKey};
 use crate::limiter::{Decision, Limiter};
 use crate::policy::CompiledPolicy;
@@ -105,11 +105,7 @@ where
             let head = RequestHead::of(&request);
             match limiter.decide_remote(head, policy, redis).await {
                 Decision::Pass(headers) => {
-                    let mut response = inner.call(request).await?;
-                    if let Some(headers) = headers {
-                        (*headers).insert_into(response.headers_mut());
-                    }
-                    Ok(response.map(R::inner))
+                    Ok(passed::<ResBody, R>(inner.call(request).await?, headers))
                 }
                 Decision::Reject(response) => Ok((*response).map(R::rejection)),
                 Decision::Remote(_) => unreachable!("decide_remote always decides"),
