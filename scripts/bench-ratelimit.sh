@@ -106,18 +106,20 @@ side_by_side() {
 rounds=${ROUNDS:-6}
 echo "== side by side: $rounds rounds of ${SECONDS_PER_RUN:-5} s, 64 connections each, 100k tenants, each server capped at $share% of core 0"
 # tower_governor, keyed by the same tenant, is the anchor: with headers it
-# sends its x-ratelimit-limit and x-ratelimit-remaining.
+# sends its x-ratelimit-limit and x-ratelimit-remaining. Each layer's
+# default: Floodgate's RateLimit fields near a limit (which the load's
+# tenants never come to), tower_governor's no headers.
 for round in $(seq "$rounds"); do
-    side_by_side "floodgate, headers on"
+    side_by_side "floodgate, default"
+    side_by_side "floodgate, --headers-always" --headers-always
     side_by_side "floodgate, --no-headers" --no-headers
-    side_by_side "floodgate, near limit (10%)" --headers-near-limit 10
-    side_by_side "tower_governor, headers on" --tower-governor
-    side_by_side "tower_governor, --no-headers" --tower-governor --no-headers
+    side_by_side "tower_governor, default" --tower-governor
+    side_by_side "tower_governor, --headers-always" --tower-governor --headers-always
 done
 python3 - "$work" <<'PY'
 import sys, pathlib, statistics
-for label in ("floodgate, headers on", "floodgate, --no-headers", "floodgate, near limit (10%)",
-              "tower_governor, headers on", "tower_governor, --no-headers"):
+for label in ("floodgate, default", "floodgate, --headers-always", "floodgate, --no-headers",
+              "tower_governor, default", "tower_governor, --headers-always"):
     name = "".join("_" if c in " ," else c for c in label)
     ratios = [float(x) for x in (pathlib.Path(sys.argv[1]) / f"{name}.ratios").read_text().split()]
     print(f"{label:30} median ratio {statistics.median(ratios):.1%} "

@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run -p floodgate-ratelimit --example tenant_service -- \
 //!     --policy examples/floodgate.toml --addr 127.0.0.1:3000 \
-//!     [--no-limit | --tower-governor] [--no-headers | --headers-near-limit PERCENT]
+//!     [--no-limit | --tower-governor]
+//!     [--headers-always | --headers-near-limit PERCENT | --no-headers]
 //! curl -i -H 'authorization: Bearer acme-corp' http://127.0.0.1:3000/
 //! kill -HUP <pid>   # reloads the policy file
 //! ```
@@ -15,7 +16,9 @@
 //!
 //! `--tower-governor` puts tower_governor in the layer's place, keyed by the
 //! same tenant, with a quota no tenant reaches: the load test's anchor.
-//! With headers on it sends tower_governor's `x-ratelimit-*` headers.
+//! Each layer sends its headers as it does by default (Floodgate's near a
+//! limit, tower_governor's none) unless a headers flag says otherwise; with
+//! `--headers-always` tower_governor sends its `x-ratelimit-*` headers.
 //!
 //! Both layers wrap the whole `Router`. `Router::layer` would wrap each
 //! route instead, and axum then clones and boxes the layered route for every
@@ -41,7 +44,8 @@ struct Args {
     policy: PathBuf,
     addr: SocketAddr,
     limiter: Limiter,
-    headers: HeaderMode,
+    /// `None`: the layer's own default.
+    headers: Option<HeaderMode>,
 }
 
 /// What stands between the auth layer and the router.
@@ -56,7 +60,7 @@ fn parse_args() -> Result<Args, String> {
         policy: PathBuf::from("examples/floodgate.toml"),
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         limiter: Limiter::Floodgate,
-        headers: HeaderMode::Always,
+        headers: None,
     };
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
@@ -68,23 +72,24 @@ fn parse_args() -> Result<Args, String> {
             }
             "--no-limit" => args.limiter = Limiter::None,
             "--tower-governor" => args.limiter = Limiter::TowerGovernor,
-            "--no-headers" => args.headers = HeaderMode::Never,
+            "--headers-always" => args.headers = Some(HeaderMode::Always),
+            "--no-headers" => args.headers = Some(HeaderMode::Never),
             "--headers-near-limit" => {
                 let percent = argv.next().ok_or("--headers-near-limit needs a percent")?;
                 let percent = percent
                     .parse()
                     .map_err(|e| format!("--headers-near-limit {percent}: {e}"))?;
-                args.headers = HeaderMode::NearLimit { percent };
+                args.headers = Some(HeaderMode::NearLimit { percent });
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit | --tower-governor] [--no-headers | --headers-near-limit PERCENT]"
+                    "unknown argument {other}; use --policy FILE --addr HOST:PORT [--no-limit | --tower-governor] [--headers-always | --headers-near-limit PERCENT | --no-headers]"
                 ));
             }
         }
     }
     if matches!(args.limiter, Limiter::TowerGovernor)
-        && matches!(args.headers, HeaderMode::NearLimit { .. })
+        && matches!(args.headers, Some(HeaderMode::NearLimit { .. }))
     {
         return Err(
             "--headers-near-limit is the Floodgate layer's; tower_governor has no such mode".into(),
@@ -167,7 +172,7 @@ async fn main() {
     match args.limiter {
         Limiter::None => return serve(listener, auth.service(router)).await,
         Limiter::TowerGovernor => {
-            let headers = args.headers == HeaderMode::Always;
+            let headers = args.headers == Some(HeaderMode::Always);
             return serve_tower_governor(listener, router, headers).await;
         }
         Limiter::Floodgate => {}
@@ -177,7 +182,7 @@ async fn main() {
         std::process::exit(1);
     });
     let layer = TenantRateLimitLayer::builder(&quotas)
-        .headers(args.headers)
+        .headers(args.headers.unwrap_or_default())
         .build()
         .unwrap_or_else(|error| {
             eprintln!("error: {error}");

@@ -56,7 +56,7 @@ impl TenantRateLimitLayer {
             settings: Settings {
                 missing_key: MissingKey::default(),
                 client_ip: ClientIp::default(),
-                headers: HeaderMode::Always,
+                headers: HeaderMode::default(),
                 shadow: false,
             },
             max_keys: DEFAULT_MAX_KEYS,
@@ -136,9 +136,10 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
         self
     }
 
-    /// Which responses carry the RateLimit header fields (default: all):
-    /// `true`, `false`, or a [`HeaderMode`] such as
-    /// `HeaderMode::NearLimit { percent: 10 }`.
+    /// Which responses carry the RateLimit header fields (default:
+    /// `HeaderMode::NearLimit { percent: 10 }`, refusals and responses near
+    /// a limit): `true` for every response, `false` for none, or a
+    /// [`HeaderMode`].
     pub fn headers(mut self, mode: impl Into<HeaderMode>) -> Self {
         self.settings.headers = mode.into();
         self

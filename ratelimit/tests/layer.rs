@@ -173,9 +173,10 @@ plans = [{ name = "free", limits = [{ requests = 10, per_seconds = 60 }, { reque
 }
 
 #[test]
-fn headers_true_and_false_are_always_and_never() {
+fn headers_true_and_false_are_always_and_never_and_near_limit_is_the_default() {
     assert_eq!(HeaderMode::from(true), HeaderMode::Always);
     assert_eq!(HeaderMode::from(false), HeaderMode::Never);
+    assert_eq!(HeaderMode::default(), HeaderMode::NearLimit { percent: 10 });
     let text = r#"
 [quotas]
 default_plan = "free"
@@ -208,8 +209,12 @@ plans = [{{ name = "{name}", limits = [
 ] }}]
 "#
     );
-    let (mut service, _clock) = on_fake_clock(&text);
-    let (status, headers) = send(&mut service, "acme");
+    let layer = TenantRateLimitLayer::builder(&common::quotas(&text))
+        .clock(FakeRelativeClock::default())
+        .headers(true)
+        .build()
+        .unwrap();
+    let (status, headers) = send(&mut layer.layer(ok_service()), "acme");
     assert_eq!(status, StatusCode::OK);
     let expected = [(1, 1), (60, 1), (3600, 1), (86400, 1)]
         .map(|(window, reset)| format!("\"{name}-{window}s\";r=9999998;t={reset}"))

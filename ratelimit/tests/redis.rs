@@ -53,8 +53,10 @@ fn ok(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
 }
 
 fn service(quotas: &Quotas, backend: Backend) -> (Limited, RateLimitHandle) {
+    // Fields on every response: the tests read Redis's state from them.
     let layer = TenantRateLimitLayer::builder(quotas)
         .backend(backend)
+        .headers(true)
         .build()
         .unwrap();
     let handle = layer.handle();
