@@ -3,7 +3,9 @@
 //! `check_key`, with 1, 10k and 1M distinct clients (keyed by peer IP, the
 //! key both layers support as is), each of them a known tenant: a busy key
 //! both layers keep. `benches/paired.rs` also times keys that go idle at
-//! once, and alternates the contenders.
+//! once, and alternates the contenders. `floodgate` has the default headers (the
+//! RateLimit fields only near a limit, which no client here comes to) and
+//! `floodgate_headers` the fields on every response.
 //!
 //! ```text
 //! cargo bench -p floodgate-ratelimit --bench layer
@@ -26,7 +28,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use axum::body::Body;
 use contenders::{Keys, call, client, noop, request, warm};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use floodgate_ratelimit::{ClientIp, TenantRateLimitLayer};
+use floodgate_ratelimit::{ClientIp, HeaderMode, TenantRateLimitLayer};
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -59,9 +61,9 @@ fn layers(c: &mut Criterion) {
     for clients in [1, 10_000, 1_000_000] {
         let group = format!("layer/{clients}");
         measure(c, &group, "no_layer", clients, noop());
-        let floodgate = contenders::floodgate(clients, false, Keys::Busy);
+        let floodgate = contenders::floodgate(clients, HeaderMode::default(), Keys::Busy);
         measure(c, &group, "floodgate", clients, floodgate);
-        let with_headers = contenders::floodgate(clients, true, Keys::Busy);
+        let with_headers = contenders::floodgate(clients, HeaderMode::Always, Keys::Busy);
         measure(c, &group, "floodgate_headers", clients, with_headers);
         let tower_governor = contenders::tower_governor(Keys::Busy);
         measure(c, &group, "tower_governor", clients, tower_governor);

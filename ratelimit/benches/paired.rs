@@ -16,6 +16,9 @@
 //! client count runs twice: with busy keys, which both layers keep, and with
 //! keys that go idle at once, which Floodgate's store evicts and takes back
 //! (see `contenders::Keys`).
+//!
+//! Each layer runs with its default headers: Floodgate's RateLimit fields
+//! only near a limit, which no client here comes to; tower_governor's none.
 
 // A bench binary, not a library.
 #![allow(missing_docs)]
@@ -29,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use contenders::{Keys, call, client, request, warm};
+use floodgate_ratelimit::HeaderMode;
 use http::{Request, Response};
 use tower::Service;
 
@@ -90,7 +94,10 @@ fn main() {
 fn compare(clients: usize, keys: Keys, rounds: usize) {
     let mut services: [Timed; 3] = [
         timed(contenders::noop(), clients),
-        timed(contenders::floodgate(clients, false, keys), clients),
+        timed(
+            contenders::floodgate(clients, HeaderMode::default(), keys),
+            clients,
+        ),
         timed(contenders::tower_governor(keys), clients),
     ];
     let mut nanos = vec![Vec::with_capacity(rounds); services.len()];

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use floodgate_ratelimit::{ClientIp, DEFAULT_MAX_KEYS, TenantRateLimitLayer};
+use floodgate_ratelimit::{ClientIp, DEFAULT_MAX_KEYS, HeaderMode, TenantRateLimitLayer};
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_governor::GovernorLayer;
@@ -71,11 +71,11 @@ pub fn noop()
     tower::service_fn(|_: Request<Body>| std::future::ready(Ok(Response::new(Body::empty()))))
 }
 
-/// Floodgate's layer around [`noop`], keyed by peer IP, with or without the
-/// RateLimit header fields, with room for `clients` keys.
+/// Floodgate's layer around [`noop`], keyed by peer IP, sending the
+/// RateLimit header fields as `headers` says, with room for `clients` keys.
 pub fn floodgate(
     clients: usize,
-    headers: bool,
+    headers: HeaderMode,
     keys: Keys,
 ) -> impl Service<Request<Body>, Response = Response<impl Sized>> {
     let layer = TenantRateLimitLayer::builder(&crate::common::quotas(keys.policy()))
