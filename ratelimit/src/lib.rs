@@ -14,7 +14,8 @@
 //! Responses carry a [`RateLimitBody`] around the inner body by default.
 //! With axum, [`TenantRateLimitLayer::keep_body_type`] keeps axum's own
 //! `Body`, which `axum::serve` requires. [`HeaderMode`] picks which
-//! responses carry the RateLimit fields.
+//! responses carry the RateLimit fields: by default refusals and responses
+//! near a limit, or every response with `.headers(true)`.
 //!
 //! # Examples
 //!
