@@ -2,12 +2,12 @@
 # User-space instructions per request of the example service end to end,
 # counted by callgrind while wrk drives it: unlimited, and with the layer
 # sending its RateLimit fields as by default (only near a limit, which the
-# load's tenants never come to), on every response, and never. Wall-clock end-to-end figures move
-# by more than the few percent the layer costs; instruction counts don't, so
-# they tell which part of the server's work a change cut. They leave out the
-# kernel's share (about half of the server's time) and cache misses, so the
-# goal itself is measured by scripts/bench-ratelimit.sh. Figures go in
-# BENCHMARKS.md.
+# load's tenants never come to), on every response, and never. Wall-clock
+# end-to-end figures move by more than the few percent the layer costs;
+# instruction counts don't, so they tell which part of the server's work a
+# change cut. They leave out the kernel's share (about half of the server's
+# time) and cache misses, so the goal itself is measured by
+# scripts/bench-ratelimit.sh. Figures go in BENCHMARKS.md.
 #
 #   scripts/bench-e2e-instructions.sh [TENANTS]     # default: 10000
 #

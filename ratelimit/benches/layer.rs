@@ -3,9 +3,9 @@
 //! `check_key`, with 1, 10k and 1M distinct clients (keyed by peer IP, the
 //! key both layers support as is), each of them a known tenant: a busy key
 //! both layers keep. `benches/paired.rs` also times keys that go idle at
-//! once, and alternates the contenders. `floodgate` has the default headers (the
-//! RateLimit fields only near a limit, which no client here comes to) and
-//! `floodgate_headers` the fields on every response.
+//! once, and alternates the contenders. `floodgate` has the default headers
+//! (the RateLimit fields only near a limit, which no client here comes to)
+//! and `floodgate_headers` the fields on every response.
 //!
 //! ```text
 //! cargo bench -p floodgate-ratelimit --bench layer

@@ -33,7 +33,7 @@ const GRPC_INVALID_ARGUMENT: &str = "3";
 /// [`HeaderMode::Always`] and [`HeaderMode::Never`]. The default is
 /// `NearLimit { percent: 10 }`: the fields reach every client that comes
 /// close to a limit, and a tenant far from its limits costs the layer about
-/// what it costs with them off (on every response they take about 4% of a
+/// what it costs with them off (on every response they take about 3% of a
 /// small service's throughput; BENCHMARKS.md, "End to end").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderMode {
