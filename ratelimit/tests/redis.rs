@@ -267,6 +267,39 @@ impl Fallbacks {
     }
 }
 
+#[tokio::test]
+async fn through_redis_the_default_sends_the_fields_near_the_limit_and_on_refusals() {
+    let quotas = common::quotas(EIGHT_A_MINUTE);
+    let layer = TenantRateLimitLayer::builder(&quotas)
+        .backend(redis_at(REDIS, Duration::from_millis(250), 1))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut service: Limited = layer.layer(tower::service_fn(ok as fn(_) -> _));
+    wait_until_connected(&handle, true).await;
+    let tenant = fresh_tenant("near");
+
+    // Eight a minute: 10% of the burst is under one request, so only the
+    // request that spends the burst carries the fields.
+    for _ in 0..7 {
+        let (status, headers) = send(&mut service, &tenant).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key("ratelimit"), "{headers:?}");
+    }
+    let (status, headers) = send(&mut service, &tenant).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["ratelimit-policy"], "\"free\";q=8;w=60");
+    assert_eq!(headers["ratelimit"], "\"free\";r=0;t=60");
+    let (status, headers) = send(&mut service, &tenant).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["ratelimit"], "\"free\";r=0;t=8");
+    assert_eq!(
+        handle.redis_connected(),
+        Some(true),
+        "Redis decided throughout"
+    );
+}
+
 /// 8 a minute; with 4 instances expected, 2 a minute each while Redis is out.
 const EIGHT_A_MINUTE: &str = r#"
 [quotas]
