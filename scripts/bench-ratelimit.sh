@@ -100,7 +100,7 @@ side_by_side() {
         exit 1
     fi
     python3 -c "print(f'{\"$label\":30} unlimited {$a:>8,.0f} req/s (CPU $ticks_a%), limited {$b:>8,.0f} req/s (CPU $ticks_b%), ratio {$b / $a:.1%}')"
-    echo "$b / $a" | bc -l >> "$work/${label//[ ,]/_}.ratios"
+    printf '%s\t%s\n' "$label" "$(echo "$b / $a" | bc -l)" >> "$work/ratios.tsv"
 }
 
 rounds=${ROUNDS:-6}
@@ -116,14 +116,16 @@ for round in $(seq "$rounds"); do
     side_by_side "tower_governor, default" --tower-governor
     side_by_side "tower_governor, --headers-always" --tower-governor --headers-always
 done
-python3 - "$work" <<'PY'
-import sys, pathlib, statistics
-for label in ("floodgate, default", "floodgate, --headers-always", "floodgate, --no-headers",
-              "tower_governor, default", "tower_governor, --headers-always"):
-    name = "".join("_" if c in " ," else c for c in label)
-    ratios = [float(x) for x in (pathlib.Path(sys.argv[1]) / f"{name}.ratios").read_text().split()]
-    print(f"{label:30} median ratio {statistics.median(ratios):.1%} "
-          f"(min {min(ratios):.1%}, max {max(ratios):.1%}, {len(ratios)} rounds)")
+# The medians per pair, in the order the pairs ran.
+python3 - "$work/ratios.tsv" <<'PY'
+import sys, statistics
+ratios = {}
+for line in open(sys.argv[1]):
+    label, ratio = line.rstrip("\n").split("\t")
+    ratios.setdefault(label, []).append(float(ratio))
+for label, values in ratios.items():
+    print(f"{label:30} median ratio {statistics.median(values):.1%} "
+          f"(min {min(values):.1%}, max {max(values):.1%}, {len(values)} rounds)")
 PY
 
 echo "== key spray: 10M distinct tenants, cap 1M keys"
