@@ -35,6 +35,8 @@ use axum::{Router, ServiceExt};
 use floodgate_ratelimit::{HeaderMode, RateLimitHandle, Tenant, TenantRateLimitLayer};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::Quotas;
+use tower::Layer;
+use tower::util::MapRequest;
 use tower_governor::GovernorLayer;
 use tower_governor::errors::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -167,10 +169,8 @@ async fn main() {
             std::process::exit(1);
         });
     eprintln!("listening on http://{}", args.addr);
-    // The auth layer runs first, so the rate limit sees the tenant.
-    let auth = tower::ServiceBuilder::new().map_request(fake_auth);
     match args.limiter {
-        Limiter::None => return serve(listener, auth.service(router)).await,
+        Limiter::None => return serve(listener, authenticated(router)).await,
         Limiter::TowerGovernor => {
             let headers = args.headers == Some(HeaderMode::Always);
             return serve_tower_governor(listener, router, headers).await;
@@ -190,8 +190,17 @@ async fn main() {
         });
     reload_on_hangup(layer.handle(), args.policy.clone());
     // Responses in axum's own body type, which axum::serve requires.
-    let app = auth.layer(layer.keep_body_type()).service(router);
-    serve(listener, app).await;
+    serve(
+        listener,
+        authenticated(layer.keep_body_type().layer(router)),
+    )
+    .await;
+}
+
+/// `service` behind the fake auth layer, which runs first so that the rate
+/// limit sees the tenant.
+fn authenticated<S>(service: S) -> MapRequest<S, fn(Request) -> Request> {
+    MapRequest::new(service, fake_auth)
 }
 
 /// tower_governor's key: the tenant the auth layer set.
@@ -212,24 +221,16 @@ impl KeyExtractor for TenantId {
 /// Serves `router` behind tower_governor: a burst of a million, refilled at
 /// one request a nanosecond.
 async fn serve_tower_governor(listener: tokio::net::TcpListener, router: Router, headers: bool) {
-    let auth = tower::ServiceBuilder::new().map_request(fake_auth);
     let mut config = GovernorConfigBuilder::default();
     config.per_nanosecond(1).burst_size(1_000_000);
     let mut config = config.key_extractor(TenantId);
+    // `use_headers` changes the layer's type, hence two calls.
     if headers {
-        let config = config.use_headers().finish().expect("a valid quota");
-        serve(
-            listener,
-            auth.layer(GovernorLayer::new(config)).service(router),
-        )
-        .await
+        let layer = GovernorLayer::new(config.use_headers().finish().expect("a valid quota"));
+        serve(listener, authenticated(layer.layer(router))).await
     } else {
-        let config = config.finish().expect("a valid quota");
-        serve(
-            listener,
-            auth.layer(GovernorLayer::new(config)).service(router),
-        )
-        .await
+        let layer = GovernorLayer::new(config.finish().expect("a valid quota"));
+        serve(listener, authenticated(layer.layer(router))).await
     }
 }
 
