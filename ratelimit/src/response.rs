@@ -111,9 +111,9 @@ pub(crate) struct RateHeaders {
 
 impl RateHeaders {
     /// The header values for `set` with the key's TATs at `now`; `refused`
-    /// is the refusing limit and its Retry-After in seconds. Boxed: most
-    /// services turn the headers off, and the decision and the future that
-    /// carry them are cheaper to move small.
+    /// is the refusing limit and its Retry-After in seconds. Boxed: by
+    /// default most responses carry no fields, and the decision and the
+    /// future that carry them are cheaper to move small.
     pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Box<Self> {
         // Written on the stack, then copied into one allocation of the exact
         // length: a heap `Vec` costs an allocation of its own, and `Bytes`
