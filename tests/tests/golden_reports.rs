@@ -1,0 +1,226 @@
+//! The responder's reports, byte for byte: a sequence of commands on the
+//! embedded default (the committed sample logs, file targets) whose output
+//! must not change when the code behind it is reorganised.
+//!
+//! Timings are the only part that differs between runs; they are written
+//! as 0 before comparing. Regenerate the golden file after an intended
+//! change with `FLOODGATE_BLESS=1 cargo test -p floodgate-tests --test
+//! golden_reports`, and review its diff.
+
+use std::path::Path;
+use std::process::Command;
+
+use floodgate_tests::{floodgate_bin, stderr, workspace_root};
+
+const GOLDEN: &str = "fixtures/golden/reports.txt";
+
+/// examples/local.toml reading the committed sample, with `extra` appended.
+fn policy_in(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml")).unwrap();
+    let logs = workspace_root().join("examples/logs");
+    let text = text.replace(
+        "paths = [\"examples/logs\"]",
+        &format!("paths = [\"{}\"]", logs.display()),
+    ) + extra;
+    let path = dir.join("local.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `floodgate <args> --config <policy> --now <now>` in `dir`: its exit code
+/// and standard output, with the timings zeroed.
+fn floodgate(dir: &Path, policy: &Path, now: &str, args: &[&str]) -> String {
+    let output = Command::new(floodgate_bin())
+        .args(args)
+        .args(["--config", policy.to_str().unwrap(), "--now", now])
+        .current_dir(dir)
+        .env_remove("FLOODGATE_LOG")
+        .output()
+        .unwrap();
+    let code = output.status.code().unwrap_or(-1);
+    assert!(code != 1, "{args:?} failed: {}", stderr(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    // Paths differ between machines and runs.
+    let command = args
+        .join(" ")
+        .replace(dir.to_str().unwrap(), "<dir>")
+        .replace(workspace_root().to_str().unwrap(), "<root>");
+    format!(
+        "$ floodgate {command} --now {now}\n(exit {code})\n{}",
+        zero_timings(&text)
+    )
+}
+
+/// Replaces each measured duration with 0: JSON `"seconds": 0.0123` and
+/// the table's `0.01 s`.
+fn zero_timings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if let Some(at) = line.find("\"seconds\": ") {
+            let end = line.ends_with(',');
+            out.push_str(&line[..at]);
+            out.push_str("\"seconds\": 0");
+            out.push_str(if end { ",\n" } else { "\n" });
+            continue;
+        }
+        let words: Vec<String> = line
+            .split(' ')
+            .collect::<Vec<_>>()
+            .windows(2)
+            .map(|pair| {
+                let is_duration = pair[1].starts_with('s')
+                    && pair[0].contains('.')
+                    && pair[0].chars().all(|c| c.is_ascii_digit() || c == '.');
+                if is_duration { "0" } else { pair[0] }.to_owned()
+            })
+            .collect();
+        let last = line.rsplit(' ').next().unwrap_or_default();
+        if words.is_empty() {
+            out.push_str(last);
+        } else {
+            out.push_str(&words.join(" "));
+            out.push(' ');
+            out.push_str(last);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn zero_timings_rewrites_durations_only() {
+    assert_eq!(
+        zero_timings("  \"seconds\": 0.1234,\nread 5 records in 1.25 s; mode x\nv 1.2.3\n"),
+        "  \"seconds\": 0,\nread 5 records in 0 s; mode x\nv 1.2.3\n"
+    );
+}
+
+/// Every report the cycle's steps feed: runs (adoption, adds, extension,
+/// suppression, the circuit breaker, expiry), plan, block/unblock, status
+/// and backtest.
+fn reports() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let policy = policy_in(dir, "");
+    let mut out = Vec::new();
+    let at = "2026-11-20T10:05:00Z";
+
+    // A set that already holds an address while the ledger is empty: adopted.
+    std::fs::create_dir_all(dir.join("state/ip-sets")).unwrap();
+    std::fs::write(
+        dir.join("state/ip-sets/floodgate-blocked-v4.json"),
+        r#"{"Name":"floodgate-blocked-v4","Scope":"REGIONAL","IPAddressVersion":"IPV4","Addresses":["192.0.2.77/32"]}"#,
+    )
+    .unwrap();
+    out.push(floodgate(dir, &policy, at, &["plan", "--format", "json"]));
+    out.push(floodgate(dir, &policy, at, &["plan"]));
+    out.push(floodgate(
+        dir,
+        &policy,
+        at,
+        &["run", "--once", "--format", "json"],
+    ));
+    out.push(floodgate(
+        dir,
+        &policy,
+        at,
+        &[
+            "block",
+            "192.0.2.200",
+            "--minutes",
+            "30",
+            "--reason",
+            "OPS-1",
+        ],
+    ));
+    out.push(floodgate(
+        dir,
+        &policy,
+        at,
+        &["unblock", "203.0.113.66", "--reason", "customer"],
+    ));
+    let later = "2026-11-20T10:06:00Z";
+    out.push(floodgate(
+        dir,
+        &policy,
+        later,
+        &["run", "--once", "--format", "json"],
+    ));
+    out.push(floodgate(dir, &policy, later, &["run", "--once"]));
+    out.push(floodgate(
+        dir,
+        &policy,
+        later,
+        &["status", "--format", "json"],
+    ));
+    let next_day = "2026-11-21T12:00:00Z";
+    out.push(floodgate(dir, &policy, next_day, &["plan"]));
+    out.push(floodgate(
+        dir,
+        &policy,
+        next_day,
+        &["run", "--once", "--format", "json"],
+    ));
+
+    // The circuit breaker, in a fresh state directory.
+    let breaker = tempfile::tempdir().unwrap();
+    let limited = policy_in(breaker.path(), "\n[safety]\nmax_new_blocks_per_run = 4\n");
+    out.push(floodgate(
+        breaker.path(),
+        &limited,
+        at,
+        &["run", "--once", "--format", "json"],
+    ));
+
+    let html = dir.join("backtest.html");
+    out.push(floodgate(
+        dir,
+        &policy,
+        at,
+        &[
+            "backtest",
+            "--logs",
+            workspace_root().join("examples/logs").to_str().unwrap(),
+            "--from",
+            "2026-11-20T10:00:00Z",
+            "--to",
+            "2026-11-20T10:05:00Z",
+            "--step",
+            "1m",
+            "--out",
+            html.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    ));
+    out.join("\n")
+}
+
+#[test]
+fn reports_match_the_golden_file() {
+    let actual = reports();
+    let path = workspace_root().join("tests").join(GOLDEN);
+    if std::env::var_os("FLOODGATE_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; create it with FLOODGATE_BLESS=1",
+            path.display()
+        )
+    });
+    if actual != expected {
+        let first = actual
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, e)| a != e)
+            .unwrap_or(actual.lines().count().min(expected.lines().count()));
+        panic!(
+            "reports differ from {GOLDEN} from line {}:\n  actual:   {:?}\n  expected: {:?}\n(FLOODGATE_BLESS=1 regenerates it)",
+            first + 1,
+            actual.lines().nth(first),
+            expected.lines().nth(first)
+        );
+    }
+}
