@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use floodgate_responder::target::wafv2::Wafv2Target;
-use floodgate_responder::target::{DesiredSets, apply_all};
+use floodgate_responder::sink::wafv2::Wafv2Target;
+use floodgate_responder::sink::{DesiredSets, apply_all};
 use floodgate_rules::policy::{Region, WafScope};
 use floodgate_tests::MotoServer;
 use ipnet::IpNet;

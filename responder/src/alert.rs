@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::Offender;
 use crate::plan::BlockPlan;
-use crate::target::{Outcome, TargetReport};
+use crate::sink::{Outcome, TargetReport};
 
 /// The file alert state is kept in, inside `[responder] state_dir`.
 pub const ALERTS_FILE: &str = "alerts.json";

@@ -17,6 +17,13 @@ pub trait Clock: Send + Sync {
     }
 }
 
+/// A shared clock is a clock, so one can be handed to several parts.
+impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
+    fn now(&self) -> OffsetDateTime {
+        (**self).now()
+    }
+}
+
 /// The real time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -1,6 +1,6 @@
 //! The Floodgate responder: the `floodgate` command's library.
 //!
-//! - [`cli`]: the commands (`check`, `review`, `top`, `gen-logs`, `render-infra`).
+//! - [`cli`]: the commands, a thin shell over the modules below.
 //! - [`waflog`]: AWS WAF log records, fast path and full parse.
 //! - [`source`]: the `LogSource` seam: files, Logs Insights, raw events.
 //! - [`traffic`]: requests per client IP per window.
@@ -9,7 +9,8 @@
 //! - [`ledger`]: the `Ledger` seam, with file and DynamoDB backends.
 //! - [`lease`]: which responder of a primary/standby pair may apply.
 //! - [`plan`]: the pure block plan.
-//! - [`target`]: the `WafTarget` seam: WAFv2 IP sets and files.
+//! - [`cycle`]: one responder cycle from its parts, and its report.
+//! - [`sink`]: where blocks go, the `WafTarget` seam: WAFv2 IP sets and files.
 //! - [`loggen`]: synthetic WAF logs.
 //! - [`aws`]: AWS clients and their retry policy.
 //! - [`clock`]: the only reader of the system time.
@@ -24,6 +25,7 @@ pub mod aws;
 pub mod backtest;
 pub mod cli;
 pub mod clock;
+pub mod cycle;
 pub mod daemon;
 pub mod detect;
 pub mod infra;
@@ -32,7 +34,7 @@ pub mod ledger;
 pub mod loggen;
 pub mod plan;
 pub mod policy_file;
+pub mod sink;
 pub mod source;
-pub mod target;
 pub mod traffic;
 pub mod waflog;

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 
 use floodgate_rules::Policy;
 use floodgate_rules::cidr::{aggregate, exclude};
-use floodgate_rules::policy::TierAction;
+use floodgate_rules::policy::{BlockRule, Target, Tier, TierAction};
 use ipnet::IpNet;
 
 use crate::detect::Offender;
@@ -42,8 +42,31 @@ pub struct Capacity {
     pub per_set: usize,
 }
 
+impl Capacity {
+    /// Room in the policy's targets: the fewest sets any WAFv2 target
+    /// declares, per family (one each without a WAFv2 target).
+    pub fn of(policy: &Policy) -> Capacity {
+        let sets = |family: fn(&floodgate_rules::policy::Wafv2Target) -> usize| {
+            policy
+                .targets
+                .iter()
+                .filter_map(|t| match t {
+                    Target::Wafv2(w) => Some(family(w)),
+                    Target::File { .. } => None,
+                })
+                .min()
+                .unwrap_or(1)
+        };
+        Capacity {
+            ipv4_sets: sets(|w| w.ipv4_sets.len()),
+            ipv6_sets: sets(|w| w.ipv6_sets.len()),
+            per_set: WAF_IP_SET_CAPACITY,
+        }
+    }
+}
+
 /// The outcome of planning.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BlockPlan {
     /// The ledger after this run.
     pub ledger: LedgerState,
@@ -72,8 +95,8 @@ pub struct BlockPlan {
 
 impl BlockPlan {
     /// What the targets' sets should hold.
-    pub fn desired(&self) -> crate::target::DesiredSets {
-        crate::target::DesiredSets {
+    pub fn desired(&self) -> crate::sink::DesiredSets {
+        crate::sink::DesiredSets {
             ipv4: self.ipv4.clone(),
             ipv6: self.ipv6.clone(),
         }
@@ -94,6 +117,32 @@ pub fn plan(
     source: &str,
     capacity: Capacity,
 ) -> BlockPlan {
+    let (mut next, expired) = expire(ledger, now_ms);
+    let ranked = rank_offenders(offenders, policy);
+    let blocks = block_offenders(&ranked, policy, &mut next, now_ms, source);
+    let exceptions = full_exceptions(policy);
+    let active = rank_active(&next, policy, now_ms);
+    let allow_listed = allow_listed(&active, &exceptions);
+    let (ipv4, dropped_v4) = pack(&active, &exceptions, true, capacity);
+    let (ipv6, dropped_v6) = pack(&active, &exceptions, false, capacity);
+    BlockPlan {
+        ledger: next,
+        ipv4,
+        ipv6,
+        added: blocks.added,
+        extended: blocks.extended,
+        expired,
+        held_back: blocks.held_back,
+        dropped: [dropped_v4, dropped_v6].concat(),
+        allow_listed,
+        suppressed: blocks.suppressed,
+        observe_only: policy.safety.mode == floodgate_rules::policy::Mode::Observe,
+    }
+}
+
+/// The next ledger, its version bumped and its history trimmed to
+/// [`HISTORY_DAYS`], and the blocks that ended since the last run.
+fn expire(ledger: &LedgerState, now_ms: i64) -> (LedgerState, Vec<IpNet>) {
     let mut next = ledger.clone();
     next.version += 1;
     let since = ledger.last_run_ms.unwrap_or(i64::MIN);
@@ -107,104 +156,174 @@ pub fn plan(
     let history_ms = HISTORY_DAYS * 86_400_000;
     next.entries
         .retain(|_, e| e.expires_at_ms + history_ms > now_ms);
+    (next, expired)
+}
 
-    // Offenders in a block tier, the most severe and most active first.
-    let severity = |tier: &str| {
-        policy
-            .tiers
-            .iter()
-            .position(|t| t.name.as_str() == tier)
-            .unwrap_or(usize::MAX)
-    };
-    let mut blocking: Vec<(&Offender, usize)> = offenders
+/// A tier's severity: its place in the policy (later tiers are worse).
+fn severity(policy: &Policy, tier: &str) -> usize {
+    policy
+        .tiers
         .iter()
-        .filter_map(|o| {
-            let tier = policy.tier(o.tier.as_ref()?.as_str())?;
-            let full_exception = o
+        .position(|t| t.name.as_str() == tier)
+        .unwrap_or(usize::MAX)
+}
+
+/// An offender in a block tier, with that tier and its block rule.
+struct Offence<'a> {
+    offender: &'a Offender,
+    tier: &'a Tier,
+    rule: &'a BlockRule,
+}
+
+/// Offenders in a block tier and not fully excepted, the most severe and
+/// most active first.
+fn rank_offenders<'a>(offenders: &'a [Offender], policy: &'a Policy) -> Vec<Offence<'a>> {
+    let mut ranked: Vec<Offence> = offenders
+        .iter()
+        .filter_map(|offender| {
+            let tier = policy.tier(offender.tier.as_ref()?.as_str())?;
+            let TierAction::Block(rule) = &tier.action else {
+                return None;
+            };
+            let full_exception = offender
                 .allow_entry
                 .is_some_and(|i| policy.allow.entries()[i].requests.is_none());
-            (tier.blocks() && !full_exception).then(|| (o, severity(tier.name.as_str())))
+            (!full_exception).then_some(Offence {
+                offender,
+                tier,
+                rule,
+            })
         })
         .collect();
-    blocking.sort_by_key(|&(o, severity)| (Reverse(severity), Reverse(o.requests), o.ip));
+    ranked.sort_by_key(|o| {
+        let severity = severity(policy, o.tier.name.as_str());
+        (
+            Reverse(severity),
+            Reverse(o.offender.requests),
+            o.offender.ip,
+        )
+    });
+    ranked
+}
 
-    let (mut added, mut extended, mut held_back) = (Vec::new(), Vec::new(), Vec::new());
-    let mut suppressed = Vec::new();
+/// What detection did to the ledger this run.
+#[derive(Default)]
+struct Blocks {
+    added: Vec<IpNet>,
+    extended: Vec<IpNet>,
+    held_back: Vec<IpNet>,
+    suppressed: Vec<IpNet>,
+}
+
+/// Records the ranked offences in `next`: an active block is extended, a
+/// new or returning offender is blocked (for longer, by escalation), until
+/// the circuit breaker's `max_new_blocks_per_run`; an offender an operator
+/// unblocked is left alone while the unblock holds.
+fn block_offenders(
+    ranked: &[Offence],
+    policy: &Policy,
+    next: &mut LedgerState,
+    now_ms: i64,
+    source: &str,
+) -> Blocks {
+    let mut blocks = Blocks::default();
     let max_new = policy.safety.max_new_blocks_per_run.get() as usize;
-    for (offender, _) in blocking {
-        let tier = policy
-            .tier(offender.tier.as_ref().expect("filtered above").as_str())
-            .expect("filtered above");
-        let TierAction::Block(rule) = &tier.action else {
-            continue;
-        };
-        let net = IpNet::from(offender.ip);
-        if next
-            .entries
-            .get(&net)
-            .is_some_and(|e| e.is_suppressed(now_ms))
-        {
-            suppressed.push(net);
-            continue;
-        }
-        let minutes = |offences: u32| i64::from(rule.minutes_for_offence(offences)) * 60_000;
+    for offence in ranked {
+        let net = IpNet::from(offence.offender.ip);
         match next.entries.get_mut(&net) {
+            Some(entry) if entry.is_suppressed(now_ms) => blocks.suppressed.push(net),
             Some(entry) if entry.is_active(now_ms) => {
-                entry.last_seen_ms = now_ms;
-                entry.requests = offender.requests;
-                entry.expires_at_ms = entry.expires_at_ms.max(now_ms + minutes(entry.offences));
-                if severity(tier.name.as_str()) >= severity(&entry.tier) {
-                    entry.tier = tier.name.to_string();
-                }
-                extended.push(net);
+                extend(entry, offence, policy, now_ms);
+                blocks.extended.push(net);
             }
-            _ if added.len() >= max_new => held_back.push(net),
+            _ if blocks.added.len() >= max_new => blocks.held_back.push(net),
             history => {
-                let (first_seen_ms, offences) =
-                    history.map_or((now_ms, 1), |e| (e.first_seen_ms, e.offences + 1));
-                next.entries.insert(
-                    net,
-                    LedgerEntry {
-                        net,
-                        tier: tier.name.to_string(),
-                        first_seen_ms,
-                        last_seen_ms: now_ms,
-                        blocked_at_ms: now_ms,
-                        expires_at_ms: now_ms + minutes(offences),
-                        offences,
-                        requests: offender.requests,
-                        source: source.to_owned(),
-                        reason: format!(
-                            "{} requests in {} s (tier {})",
-                            offender.requests, tier.window_seconds, tier.name
-                        ),
-                        suppressed_until_ms: None,
-                    },
-                );
-                added.push(net);
+                let entry = new_block(net, history.as_deref(), offence, now_ms, source);
+                next.entries.insert(net, entry);
+                blocks.added.push(net);
             }
         }
     }
-    if !held_back.is_empty() {
+    if !blocks.held_back.is_empty() {
         tracing::error!(
-            held_back = held_back.len(),
+            held_back = blocks.held_back.len(),
             max_new,
             "circuit breaker: more new blocks than max_new_blocks_per_run; applying the worst {max_new} only"
         );
     }
+    blocks
+}
 
-    // The sets: active blocks, most severe and most active first, minus the
-    // full exceptions of the allow-list.
-    let exceptions: Vec<IpNet> = policy
+/// Extends an active block by its offence's duration; a worse tier
+/// replaces the entry's tier.
+fn extend(entry: &mut LedgerEntry, offence: &Offence, policy: &Policy, now_ms: i64) {
+    let minutes = i64::from(offence.rule.minutes_for_offence(entry.offences)) * 60_000;
+    entry.last_seen_ms = now_ms;
+    entry.requests = offence.offender.requests;
+    entry.expires_at_ms = entry.expires_at_ms.max(now_ms + minutes);
+    let tier = offence.tier.name.as_str();
+    if severity(policy, tier) >= severity(policy, &entry.tier) {
+        entry.tier = tier.to_owned();
+    }
+}
+
+/// A new block; an offender with an ended block in `history` is blocked
+/// again for its next offence's (escalated) duration.
+fn new_block(
+    net: IpNet,
+    history: Option<&LedgerEntry>,
+    offence: &Offence,
+    now_ms: i64,
+    source: &str,
+) -> LedgerEntry {
+    let (first_seen_ms, offences) =
+        history.map_or((now_ms, 1), |e| (e.first_seen_ms, e.offences + 1));
+    let (requests, tier) = (offence.offender.requests, offence.tier);
+    LedgerEntry {
+        net,
+        tier: tier.name.to_string(),
+        first_seen_ms,
+        last_seen_ms: now_ms,
+        blocked_at_ms: now_ms,
+        expires_at_ms: now_ms + i64::from(offence.rule.minutes_for_offence(offences)) * 60_000,
+        offences,
+        requests,
+        source: source.to_owned(),
+        reason: format!(
+            "{requests} requests in {} s (tier {})",
+            tier.window_seconds, tier.name
+        ),
+        suppressed_until_ms: None,
+    }
+}
+
+/// The allow-list's full exceptions in force: never in a set.
+fn full_exceptions(policy: &Policy) -> Vec<IpNet> {
+    policy
         .allow
         .entries()
         .iter()
         .filter(|e| !e.is_expired(policy.evaluated_on) && e.requests.is_none())
         .map(|e| e.cidr)
-        .collect();
+        .collect()
+}
+
+/// The active blocks, most severe and most active first.
+fn rank_active<'a>(next: &'a LedgerState, policy: &Policy, now_ms: i64) -> Vec<&'a LedgerEntry> {
     let mut active: Vec<&LedgerEntry> = next.active(now_ms).collect();
-    active.sort_by_key(|e| (Reverse(severity(&e.tier)), Reverse(e.requests), e.net));
-    let allow_listed: Vec<IpNet> = active
+    active.sort_by_key(|e| {
+        (
+            Reverse(severity(policy, &e.tier)),
+            Reverse(e.requests),
+            e.net,
+        )
+    });
+    active
+}
+
+/// Active blocks that an exception covers, in whole or in part.
+fn allow_listed(active: &[&LedgerEntry], exceptions: &[IpNet]) -> Vec<IpNet> {
+    active
         .iter()
         .filter(|e| {
             exceptions
@@ -212,48 +331,46 @@ pub fn plan(
                 .any(|x| x.contains(&e.net) || e.net.contains(x))
         })
         .map(|e| e.net)
+        .collect()
+}
+
+/// One family's sets (IPv4 with `v4`, else IPv6): the longest prefix of
+/// the ranking that fits the target's sets once the exceptions are cut
+/// out and the rest aggregated, in set order (the first filled first); and
+/// the blocks that did not fit.
+fn pack(
+    active: &[&LedgerEntry],
+    exceptions: &[IpNet],
+    v4: bool,
+    capacity: Capacity,
+) -> (Vec<Vec<IpNet>>, Vec<IpNet>) {
+    let family: Vec<IpNet> = active
+        .iter()
+        .map(|e| e.net)
+        .filter(|n| matches!(n, IpNet::V4(_)) == v4)
         .collect();
-    let mut dropped = Vec::new();
-    let mut fill = |v4: bool, sets: usize| -> Vec<Vec<IpNet>> {
-        let family: Vec<IpNet> = active
-            .iter()
-            .map(|e| e.net)
-            .filter(|n| matches!(n, IpNet::V4(_)) == v4)
-            .collect();
-        let room = sets * capacity.per_set;
-        let fits = |k: usize| exclude(&family[..k], &exceptions).len() <= room;
-        // A long prefix of the ranking that fits, by bisection. Aggregation
-        // can merge a newcomer with its sibling, so the count is not quite
-        // monotone: this finds a prefix that fits, near the longest.
-        let (mut low, mut high) = (0, family.len());
-        while low < high {
-            let mid = (low + high).div_ceil(2);
-            if fits(mid) { low = mid } else { high = mid - 1 }
-        }
-        dropped.extend_from_slice(&family[low..]);
-        let addresses = aggregate(&exclude(&family[..low], &exceptions));
-        let mut chunks: Vec<Vec<IpNet>> = addresses
-            .chunks(capacity.per_set.max(1))
-            .map(<[IpNet]>::to_vec)
-            .collect();
-        chunks.resize(sets, Vec::new());
-        chunks
+    let sets = if v4 {
+        capacity.ipv4_sets
+    } else {
+        capacity.ipv6_sets
     };
-    let ipv4 = fill(true, capacity.ipv4_sets);
-    let ipv6 = fill(false, capacity.ipv6_sets);
-    BlockPlan {
-        ledger: next,
-        ipv4,
-        ipv6,
-        added,
-        extended,
-        expired,
-        held_back,
-        dropped,
-        allow_listed,
-        suppressed,
-        observe_only: policy.safety.mode == floodgate_rules::policy::Mode::Observe,
+    let room = sets * capacity.per_set;
+    let fits = |k: usize| exclude(&family[..k], exceptions).len() <= room;
+    // Aggregation can merge a newcomer with its sibling, so the count is
+    // not quite monotone: bisection finds a prefix that fits, near the
+    // longest.
+    let (mut low, mut high) = (0, family.len());
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        if fits(mid) { low = mid } else { high = mid - 1 }
     }
+    let addresses = aggregate(&exclude(&family[..low], exceptions));
+    let mut chunks: Vec<Vec<IpNet>> = addresses
+        .chunks(capacity.per_set.max(1))
+        .map(<[IpNet]>::to_vec)
+        .collect();
+    chunks.resize(sets, Vec::new());
+    (chunks, family[low..].to_vec())
 }
 
 /// Takes in what the targets already hold when the ledger knows nothing

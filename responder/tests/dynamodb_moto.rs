@@ -6,7 +6,7 @@ use floodgate_responder::lease::dynamodb::DynamoDbLease;
 use floodgate_responder::lease::{Contender, LeaseGuard, LeaseStore, Standing, acquire};
 use floodgate_responder::ledger::dynamodb::{DynamoDbLedger, Fence};
 use floodgate_responder::ledger::{Ledger, LedgerEntry, LedgerError, LedgerState, update};
-use floodgate_responder::target::WriteGuard;
+use floodgate_responder::sink::WriteGuard;
 use floodgate_rules::policy::Role;
 use floodgate_tests::MotoServer;
 

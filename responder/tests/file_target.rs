@@ -1,7 +1,7 @@
 //! The file target: UpdateIPSet-shaped JSON per set, written only on change.
 
-use floodgate_responder::target::file::{FileTarget, IpSetFile};
-use floodgate_responder::target::{DesiredSets, Outcome, WafTarget};
+use floodgate_responder::sink::file::{FileTarget, IpSetFile};
+use floodgate_responder::sink::{DesiredSets, Outcome, WafTarget};
 use ipnet::IpNet;
 
 #[tokio::test]

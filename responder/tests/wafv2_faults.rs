@@ -15,8 +15,8 @@ use aws_sdk_wafv2::types::error::{
 use aws_sdk_wafv2::types::{IpAddressVersion, IpSet, IpSetSummary};
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use floodgate_responder::aws::retry_config;
-use floodgate_responder::target::wafv2::Wafv2Target;
-use floodgate_responder::target::{DesiredSets, Outcome, WafTarget, apply_all};
+use floodgate_responder::sink::wafv2::Wafv2Target;
+use floodgate_responder::sink::{DesiredSets, Outcome, WafTarget, apply_all};
 use floodgate_rules::policy::{Region, WafScope};
 use ipnet::IpNet;
 
@@ -286,7 +286,7 @@ struct LeaseLostAfter {
     allowed: std::sync::atomic::AtomicUsize,
 }
 
-impl floodgate_responder::target::WriteGuard for LeaseLostAfter {
+impl floodgate_responder::sink::WriteGuard for LeaseLostAfter {
     async fn may_write(&self) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         let left = self.allowed.load(Ordering::SeqCst);
@@ -313,7 +313,7 @@ async fn no_target_is_written_once_the_guard_refuses() {
     ];
     // One at a time, so the first target is written before the lease is lost.
     let guard = Arc::new(LeaseLostAfter { allowed: 1.into() });
-    let reports = floodgate_responder::target::apply_all_guarded(
+    let reports = floodgate_responder::sink::apply_all_guarded(
         targets,
         &desired(&["203.0.113.66/32"]),
         1,

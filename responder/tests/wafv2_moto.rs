@@ -15,8 +15,8 @@ use floodgate_responder::clock::{Clock, ManualClock, unix_ms};
 use floodgate_responder::detect::Offender;
 use floodgate_responder::ledger::LedgerState;
 use floodgate_responder::plan::{Capacity, WAF_IP_SET_CAPACITY, plan};
-use floodgate_responder::target::wafv2::Wafv2Target;
-use floodgate_responder::target::{DesiredSets, Outcome, WafTarget, apply_all};
+use floodgate_responder::sink::wafv2::Wafv2Target;
+use floodgate_responder::sink::{DesiredSets, Outcome, WafTarget, apply_all};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::{Region, WafScope};
 use floodgate_tests::MotoServer;
@@ -372,7 +372,7 @@ async fn targets_are_built_from_the_policy() {
     let policy = Policy::from_toml(&text, "p.toml", date!(2026 - 11 - 22))
         .unwrap()
         .policy;
-    let targets = floodgate_responder::target::ConfiguredTarget::from_policy(&policy).await;
+    let targets = floodgate_responder::sink::ConfiguredTarget::from_policy(&policy).await;
     let labels: Vec<String> = targets.iter().map(WafTarget::label).collect();
     assert_eq!(
         labels,

@@ -204,12 +204,8 @@ fn reports_match_the_golden_file() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; create it with FLOODGATE_BLESS=1",
-            path.display()
-        )
-    });
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; create it with FLOODGATE_BLESS=1", path.display()));
     if actual != expected {
         let first = actual
             .lines()

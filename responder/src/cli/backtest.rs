@@ -9,10 +9,10 @@ use std::path::Path;
 
 use floodgate_rules::Policy;
 
-use super::run::capacity;
 use super::{BacktestArgs, CliError, Format, Status, load_policy, write_stdout};
 use crate::backtest::{self, Backtest, Record};
 use crate::clock::{rfc3339_from_ms, unix_ms};
+use crate::plan::Capacity;
 use crate::source::files::FileSource;
 
 /// Charted addresses.
@@ -47,7 +47,7 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
         from_ms,
         to_ms,
         step_ms,
-        capacity(policy),
+        Capacity::of(policy),
         CHARTED,
     )
     .map_err(|e| CliError::Input(format!("too many tier windows: {}", e.0)))?;

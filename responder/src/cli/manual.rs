@@ -10,14 +10,14 @@
 use floodgate_rules::Policy;
 use ipnet::IpNet;
 
-use super::run::{apply, capacity, shared_targets};
-use super::{BlockArgs, CliError, Status, UnblockArgs, load_policy, plural, write_stdout};
-use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use std::sync::Arc;
 
+use super::{BlockArgs, CliError, Status, UnblockArgs, load_policy, plural, write_stdout};
+use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
+use crate::cycle::{apply, shared_targets};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerEntry, LedgerState, UpdateError};
-use crate::plan::plan;
-use crate::target::{Outcome, Unguarded};
+use crate::plan::{Capacity, plan};
+use crate::sink::{Outcome, Unguarded};
 
 /// The longest manual block: a year. Longer belongs in the WAF's own rules.
 const MAX_BLOCK_MINUTES: u32 = 525_600;
@@ -126,7 +126,14 @@ fn override_ledger(
         let mut replan = |state: &LedgerState| {
             let mut state = state.clone();
             done = change(&mut state, policy, now_ms)?;
-            Ok(plan(&[], policy, &state, now_ms, MANUAL, capacity(policy)))
+            Ok(plan(
+                &[],
+                policy,
+                &state,
+                now_ms,
+                MANUAL,
+                Capacity::of(policy),
+            ))
         };
         let planned = replan(&loaded)?;
         let targets = shared_targets(policy).await;

@@ -413,6 +413,9 @@ pub enum CliError {
     /// The lease could not be read or written.
     #[error(transparent)]
     Lease(#[from] crate::lease::LeaseError),
+    /// A responder cycle could not run; nothing was written.
+    #[error(transparent)]
+    Cycle(#[from] crate::cycle::CycleError),
 }
 
 /// Runs a parsed command line.

@@ -7,16 +7,17 @@
 //! be read.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use floodgate_rules::Policy;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::run::prepare;
 use super::{CliError, Format, PlanArgs, Status, load_policy, plural, write_stdout};
-use crate::clock::rfc3339_from_ms;
+use crate::clock::{clock_at, rfc3339_from_ms};
+use crate::cycle::{Parts, prepare};
 use crate::ledger::LedgerEntry;
-use crate::target::WafTarget as _;
+use crate::sink::WafTarget as _;
 
 /// One address a target would gain or lose.
 #[derive(Debug, Serialize)]
@@ -64,7 +65,9 @@ pub(super) fn run(args: &PlanArgs) -> Result<Status, CliError> {
 }
 
 async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliError> {
-    let prepared = prepare(&args.policy, policy).await?;
+    let clock = Arc::from(args.policy.clock());
+    let parts = Parts::from_policy(policy, clock, Arc::from(clock_at(None))).await?;
+    let prepared = prepare(&parts).await?;
     let planned = &prepared.planned;
     let desired: BTreeSet<IpNet> = planned
         .ipv4
@@ -76,7 +79,7 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
     let expired: BTreeSet<IpNet> = planned.expired.iter().copied().collect();
     let allow_listed: BTreeSet<IpNet> = planned.allow_listed.iter().copied().collect();
     let mut targets = Vec::new();
-    for target in &prepared.targets {
+    for target in &parts.targets {
         let label = target.label();
         let current: BTreeSet<IpNet> = target
             .read()

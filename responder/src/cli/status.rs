@@ -13,7 +13,7 @@ use super::{CliError, Format, Status, StatusArgs, load_policy, plural, write_std
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::lease::{ConfiguredLease, LeaseStore as _};
 use crate::ledger::{ConfiguredLedger, Ledger};
-use crate::target::{ConfiguredTarget, WafTarget as _};
+use crate::sink::{ConfiguredTarget, WafTarget as _};
 
 /// A block in force.
 #[derive(Debug, Serialize)]

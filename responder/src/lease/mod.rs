@@ -41,7 +41,7 @@ use std::future::Future;
 use floodgate_rules::policy::Role;
 
 use crate::clock::{Clock, unix_ms};
-use crate::target::WriteGuard;
+use crate::sink::WriteGuard;
 
 /// The lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

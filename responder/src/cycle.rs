@@ -1,0 +1,601 @@
+//! One responder cycle, run from its parts: read the log source, detect
+//! offenders, load the ledger, plan, take the lease, write every target and
+//! save the ledger, alert, and report.
+//!
+//! No printing and no exit codes here: `floodgate run --once` and the daemon
+//! both call [`run`] and format the [`CycleReport`] it returns; `floodgate
+//! plan` stops after [`prepare`]; `floodgate block` and `unblock` write
+//! through [`apply`].
+//!
+//! Everything that can fail on bad input fails before anything is written.
+
+use std::sync::Arc;
+
+use floodgate_rules::Policy;
+use floodgate_rules::policy::{CloudWatchApi, LogSourceConfig};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::clock::{Clock, Stopwatch, rfc3339_from_ms, unix_ms};
+use crate::detect::{Offender, count_spec, detect};
+use crate::lease::{ConfiguredLease, LeaseError, Standing};
+use crate::ledger::{ConfiguredLedger, Ledger, LedgerError, LedgerState, UpdateError, update};
+use crate::plan::{BlockPlan, Capacity, adopt, plan};
+use crate::sink::{
+    ConfiguredTarget, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard, apply_all_guarded,
+};
+use crate::source::{ConfiguredSource, LogSource, SourceError};
+use crate::traffic::{Stats, Traffic};
+
+/// What a cycle runs on.
+pub struct Parts<'p, S> {
+    /// The policy: tiers, allow-list, safety limits.
+    pub policy: &'p Policy,
+    /// Where the WAF logs are read.
+    pub source: S,
+    /// Where blocks are recorded.
+    pub ledger: ConfiguredLedger,
+    /// Where blocks are written.
+    pub targets: Vec<Arc<ConfiguredTarget>>,
+    /// With a primary and a standby: who may write.
+    pub lease: Option<ConfiguredLease>,
+    /// When the cycle is: the real time, or a replayed one (`--now`).
+    pub clock: Arc<dyn Clock>,
+    /// The lease is about who writes now, so it always runs on the real
+    /// time, even when `clock` replays another.
+    pub lease_clock: Arc<dyn Clock>,
+}
+
+impl<'p> Parts<'p, ConfiguredSource> {
+    /// The parts `policy` configures, with AWS clients from the standard
+    /// credential chain, for a cycle at `clock`'s time.
+    pub async fn from_policy(
+        policy: &'p Policy,
+        clock: Arc<dyn Clock>,
+        lease_clock: Arc<dyn Clock>,
+    ) -> Result<Self, CycleError> {
+        let source = policy.source.as_ref().ok_or(CycleError::NoSource)?;
+        if policy.targets.is_empty() {
+            return Err(CycleError::NoTargets);
+        }
+        widest_window(policy)?;
+        let source = ConfiguredSource::from_config(source).await?;
+        let ledger = ConfiguredLedger::from_policy(policy).await;
+        let lease = ConfiguredLease::from_policy(policy, &ledger);
+        Ok(Parts {
+            policy,
+            source,
+            ledger,
+            targets: shared_targets(policy).await,
+            lease,
+            clock,
+            lease_clock,
+        })
+    }
+}
+
+/// Every target of the policy, shareable across the tasks that write them.
+pub async fn shared_targets(policy: &Policy) -> Vec<Arc<ConfiguredTarget>> {
+    ConfiguredTarget::from_policy(policy)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+}
+
+/// Why a cycle could not run. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// The policy has no `[source]`.
+    #[error("the policy has no [source]: nothing to read")]
+    NoSource,
+    /// The policy has no `[[targets]]`.
+    #[error("the policy has no [[targets]]: nowhere to block")]
+    NoTargets,
+    /// The policy has no `[[tiers]]`.
+    #[error("the policy has no [[tiers]]")]
+    NoTiers,
+    /// The source could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Every line read was malformed: the wrong files, or not WAF logs.
+    #[error("no usable WAF log records: all {malformed} lines are malformed")]
+    AllMalformed {
+        /// The malformed lines.
+        malformed: u64,
+    },
+    /// A target's sets could not be read, to adopt what they hold.
+    #[error("{target}: {message}")]
+    TargetRead {
+        /// The target's label.
+        target: String,
+        /// Why.
+        message: String,
+    },
+    /// The ledger could not be read or saved.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The lease could not be read or written.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+/// The report of one cycle: what `floodgate run --format json` prints.
+#[derive(Debug, Serialize)]
+pub struct CycleReport {
+    /// `enforce`, `observe` (nothing written) or `standby` (not holding the
+    /// lease; nothing written).
+    pub mode: &'static str,
+    /// When the cycle ran (its `now`), RFC 3339.
+    pub started: String,
+    /// Records read.
+    pub records: u64,
+    /// Lines that were not WAF log records.
+    pub malformed: u64,
+    /// Offenders per tier, in the policy's tier order.
+    pub offenders_per_tier: Vec<(String, usize)>,
+    /// New blocks.
+    pub added: Vec<String>,
+    /// Blocks extended because the offender is still active.
+    pub extended: usize,
+    /// Blocks that ended since the last cycle.
+    pub expired: Vec<String>,
+    /// New blocks the circuit breaker held back.
+    pub held_back: Vec<String>,
+    /// Active blocks left out for lack of room in the sets.
+    pub dropped: Vec<String>,
+    /// Offenders an operator's unblock keeps unblocked.
+    pub suppressed: Vec<String>,
+    /// What the sets held while the ledger was empty, taken in.
+    pub adopted: Vec<String>,
+    /// With a lease: where this cycle stood with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseLine>,
+    /// Each target's outcome.
+    pub targets: Vec<TargetLine>,
+    /// API calls the targets made.
+    pub api_calls: u32,
+    /// Bytes the source read, or Logs Insights scanned.
+    pub bytes_read: u64,
+    /// With Logs Insights: what scanning `bytes_read` cost, in US dollars.
+    pub insights_estimated_cost_usd: Option<f64>,
+    /// How long each phase took, in order.
+    pub phases: Vec<Phase>,
+    /// How long the cycle took.
+    pub seconds: f64,
+}
+
+impl CycleReport {
+    /// Whether every target converged and the ledger was saved (or, in
+    /// observe mode or as a standby, whether nothing needed writing).
+    pub fn converged(&self) -> bool {
+        let lost = self.lease.as_ref().is_some_and(|l| l.error.is_some());
+        !lost && !self.targets.iter().any(|t| t.failed)
+    }
+}
+
+/// How long one phase of a cycle took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// `read`, `detect`, `ledger`, `plan`, `lease` or `apply`.
+    pub phase: &'static str,
+    /// Its duration.
+    pub seconds: f64,
+}
+
+/// The phases of a cycle as they end.
+#[derive(Debug)]
+pub struct Phases {
+    done: Vec<Phase>,
+    watch: Stopwatch,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            done: Vec::new(),
+            watch: Stopwatch::start(),
+        }
+    }
+
+    /// Ends the running phase as `phase`, and starts the next.
+    fn end(&mut self, phase: &'static str) {
+        let seconds = self.watch.elapsed().as_secs_f64();
+        self.watch = Stopwatch::start();
+        self.done.push(Phase { phase, seconds });
+    }
+}
+
+/// One target's outcome, for the report.
+#[derive(Debug, Serialize)]
+pub struct TargetLine {
+    /// The target's label.
+    pub target: String,
+    /// `unchanged`, `updated +a −r` or `failed: reason`.
+    pub outcome: String,
+    #[serde(skip)]
+    failed: bool,
+}
+
+/// Where a cycle stood with the lease.
+#[derive(Debug, Serialize)]
+pub struct LeaseLine {
+    /// `held` (this cycle applied under it), `waiting` (planned only) or
+    /// `lost` (it ended mid-cycle; the ledger was not saved).
+    pub state: &'static str,
+    /// The holder: us when held, else who has it (empty if nobody).
+    pub holder: String,
+    /// Our fence, when held or lost.
+    pub fence: Option<u64>,
+    /// When the holder's lease ends, RFC 3339.
+    pub expires: String,
+    /// Why it was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LeaseLine {
+    fn new(standing: &Standing, lost: Option<&LedgerError>) -> LeaseLine {
+        let (state, holder, fence, expires_at_ms) = match standing {
+            Standing::Holding {
+                fence,
+                expires_at_ms,
+            } => ("held", String::new(), Some(*fence), *expires_at_ms),
+            Standing::Waiting {
+                holder,
+                expires_at_ms,
+            } => ("waiting", holder.clone(), None, *expires_at_ms),
+        };
+        LeaseLine {
+            state: if lost.is_some() { "lost" } else { state },
+            holder,
+            fence,
+            expires: rfc3339_from_ms(expires_at_ms),
+            error: lost.map(ToString::to_string),
+        }
+    }
+}
+
+/// A cycle up to its plan: everything `run` and `floodgate plan` share.
+/// Nothing has been written.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The cycle's time, ms since the epoch.
+    pub now_ms: i64,
+    /// The phases so far.
+    pub phases: Phases,
+    /// What the source read.
+    pub stats: Stats,
+    /// Every counted client, with the tier it reached.
+    pub offenders: Vec<Offender>,
+    /// What the sets held while the ledger was empty, taken in.
+    pub adopted: Vec<IpNet>,
+    /// The ledger as loaded, with anything adopted ([`run`] hands it on
+    /// to the write).
+    pub loaded: LedgerState,
+    /// The plan against it (likewise handed on).
+    pub planned: BlockPlan,
+}
+
+/// Runs one cycle.
+pub async fn run<S: LogSource>(parts: Parts<'_, S>) -> Result<CycleReport, CycleError> {
+    let started = Stopwatch::start();
+    let mut prepared = prepare(&parts).await?;
+    let standing = take_lease(&parts, &mut prepared.phases).await?;
+    let applied = apply_as(&parts, standing.as_ref(), &mut prepared).await?;
+    prepared.phases.end("apply");
+    let waiting = matches!(standing, Some(Standing::Waiting { .. }));
+    if !waiting {
+        // Only the lease holder alerts, so a pair does not alert twice.
+        crate::alert::notify(
+            parts.policy,
+            &prepared.offenders,
+            &applied.planned,
+            &applied.reports,
+            prepared.now_ms,
+        )
+        .await;
+    }
+    Ok(report(
+        parts.policy,
+        prepared,
+        standing.as_ref(),
+        applied,
+        started,
+    ))
+}
+
+/// Reads the source, detects, loads the ledger (adopting what the sets
+/// hold when it is empty) and plans. Writes nothing.
+pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, CycleError> {
+    let policy = parts.policy;
+    let widest = widest_window(policy)?;
+    let now_ms = unix_ms(parts.clock.now());
+    let mut phases = Phases::start();
+    let traffic = read(parts, now_ms, widest).await?;
+    let stats = traffic.stats();
+    phases.end("read");
+    let offenders = detect(&traffic, policy, widest);
+    phases.end("detect");
+    let (loaded, adopted) = load_ledger(parts, now_ms).await?;
+    phases.end("ledger");
+    let planned = plan_against(&offenders, policy, &loaded, now_ms);
+    phases.end("plan");
+    Ok(Prepared {
+        now_ms,
+        phases,
+        stats,
+        offenders,
+        adopted,
+        loaded,
+        planned,
+    })
+}
+
+/// The longest tier window: how far back the source is read.
+fn widest_window(policy: &Policy) -> Result<u32, CycleError> {
+    policy
+        .tiers
+        .iter()
+        .map(|t| t.window_seconds.get())
+        .max()
+        .ok_or(CycleError::NoTiers)
+}
+
+/// Counts the source's requests per window ending at `now_ms`.
+async fn read<S: LogSource>(
+    parts: &Parts<'_, S>,
+    now_ms: i64,
+    widest: u32,
+) -> Result<Traffic, CycleError> {
+    let spec = count_spec(parts.policy, now_ms, widest).map_err(SourceError::from)?;
+    let traffic = parts.source.count(&spec).await?;
+    let stats = traffic.stats();
+    if stats.records > 0 && stats.records == stats.malformed {
+        return Err(CycleError::AllMalformed {
+            malformed: stats.malformed,
+        });
+    }
+    Ok(traffic)
+}
+
+/// Loads the ledger. With no ledger (first run, or a lost state file), it
+/// takes in what the sets already hold, so no active attacker is unblocked;
+/// with one, the sets are not read twice: apply's own read and diff remove
+/// anything the ledger does not explain.
+async fn load_ledger<S>(
+    parts: &Parts<'_, S>,
+    now_ms: i64,
+) -> Result<(LedgerState, Vec<IpNet>), CycleError> {
+    let mut ledger = parts.ledger.load().await?;
+    if !ledger.entries.is_empty() {
+        return Ok((ledger, Vec::new()));
+    }
+    let mut found = Vec::new();
+    for target in &parts.targets {
+        found.extend(
+            target
+                .read()
+                .await
+                .map_err(|message| CycleError::TargetRead {
+                    target: target.label(),
+                    message,
+                })?,
+        );
+    }
+    found.sort();
+    found.dedup();
+    let adopted = adopt(&mut ledger, &found, parts.policy, now_ms);
+    Ok((ledger, adopted))
+}
+
+/// The cycle's plan for `offenders` against `ledger`.
+fn plan_against(
+    offenders: &[Offender],
+    policy: &Policy,
+    ledger: &LedgerState,
+    now_ms: i64,
+) -> BlockPlan {
+    plan(
+        offenders,
+        policy,
+        ledger,
+        now_ms,
+        &source_label(policy),
+        Capacity::of(policy),
+    )
+}
+
+/// Takes or renews the lease, when there is one.
+async fn take_lease<S>(
+    parts: &Parts<'_, S>,
+    phases: &mut Phases,
+) -> Result<Option<Standing>, CycleError> {
+    let Some(lease) = &parts.lease else {
+        return Ok(None);
+    };
+    let standing = lease.acquire(unix_ms(parts.lease_clock.now())).await?;
+    phases.end("lease");
+    Ok(Some(standing))
+}
+
+/// What a cycle wrote, and whether it lost the lease doing so.
+struct Written {
+    planned: BlockPlan,
+    reports: Vec<TargetReport>,
+    lease_lost: Option<LedgerError>,
+}
+
+/// Writes the plan: under the lease's fence when it holds one, unguarded
+/// without a lease, and not at all while waiting for the lease.
+async fn apply_as<S>(
+    parts: &Parts<'_, S>,
+    standing: Option<&Standing>,
+    prepared: &mut Prepared,
+) -> Result<Written, CycleError> {
+    let (policy, now_ms) = (parts.policy, prepared.now_ms);
+    let offenders = &prepared.offenders;
+    let replan = |state: &LedgerState| Ok(plan_against(offenders, policy, state, now_ms));
+    let loaded = std::mem::take(&mut prepared.loaded);
+    let planned = std::mem::take(&mut prepared.planned);
+    let targets = parts.targets.clone();
+    let applied = match (&parts.lease, standing) {
+        (Some(lease), Some(Standing::Holding { fence, .. })) => {
+            let ledger = parts.ledger.clone().fenced_by(lease.fence(*fence));
+            let clock = Box::new(Arc::clone(&parts.lease_clock));
+            let guard = Arc::new(lease.guard(*fence, clock));
+            apply(policy, &ledger, loaded, targets, guard, planned, replan).await
+        }
+        // A standby (or a primary waiting for a handback): plan only.
+        (Some(_), Some(Standing::Waiting { .. })) => Ok((planned, Vec::new())),
+        _ => {
+            let guard = Arc::new(Unguarded);
+            apply(
+                policy,
+                &parts.ledger,
+                loaded,
+                targets,
+                guard,
+                planned,
+                replan,
+            )
+            .await
+        }
+    };
+    match applied {
+        Ok((planned, reports)) => Ok(Written {
+            planned,
+            reports,
+            lease_lost: None,
+        }),
+        Err(UpdateError::Save(error @ LedgerError::LeaseLost { .. }, (planned, reports))) => {
+            tracing::error!(%error, "lost the lease mid-cycle; stopped writing");
+            Ok(Written {
+                planned,
+                reports,
+                lease_lost: Some(error),
+            })
+        }
+        Err(UpdateError::Save(error, _)) => Err(error.into()),
+        Err(UpdateError::Attempt(error)) => Err(error),
+    }
+}
+
+/// What [`apply`] wrote: the plan it wrote and each target's outcome.
+pub type Applied = (BlockPlan, Vec<TargetReport>);
+
+/// Writes `planned` to every target (asking `guard` before each) and saves
+/// the ledger. When the save finds that someone else saved since `loaded`
+/// was read, it plans again with `replan` on the fresh ledger and writes
+/// again. In observe mode it writes and saves nothing.
+pub async fn apply<G: WriteGuard, E>(
+    policy: &Policy,
+    ledger: &ConfiguredLedger,
+    loaded: LedgerState,
+    targets: Vec<Arc<ConfiguredTarget>>,
+    guard: Arc<G>,
+    planned: BlockPlan,
+    mut replan: impl FnMut(&LedgerState) -> Result<BlockPlan, E>,
+) -> Result<Applied, UpdateError<Applied, E>> {
+    if planned.observe_only {
+        return Ok((planned, Vec::new()));
+    }
+    let concurrency = policy.responder.concurrency.get() as usize;
+    let mut first = Some(planned);
+    update(ledger, loaded, |state| {
+        let planned = match first.take() {
+            Some(planned) => Ok(planned),
+            None => replan(&state),
+        };
+        let (targets, guard) = (targets.clone(), guard.clone());
+        async move {
+            let planned = planned?;
+            let reports = apply_all_guarded(targets, &planned.desired(), concurrency, guard).await;
+            Ok((planned.ledger.clone(), (planned, reports)))
+        }
+    })
+    .await
+}
+
+/// The report of a finished cycle.
+fn report(
+    policy: &Policy,
+    prepared: Prepared,
+    standing: Option<&Standing>,
+    written: Written,
+    started: Stopwatch,
+) -> CycleReport {
+    let Written {
+        planned,
+        reports,
+        lease_lost,
+    } = written;
+    let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let offenders = &prepared.offenders;
+    let stats = prepared.stats;
+    CycleReport {
+        mode: match standing {
+            Some(Standing::Waiting { .. }) => "standby",
+            _ if planned.observe_only => "observe",
+            _ => "enforce",
+        },
+        started: rfc3339_from_ms(prepared.now_ms),
+        records: stats.records,
+        malformed: stats.malformed,
+        offenders_per_tier: policy
+            .tiers
+            .iter()
+            .map(|t| {
+                let reached = offenders
+                    .iter()
+                    .filter(|o| o.tier.as_ref() == Some(&t.name));
+                (t.name.to_string(), reached.count())
+            })
+            .collect(),
+        added: text(&planned.added),
+        extended: planned.extended.len(),
+        expired: text(&planned.expired),
+        held_back: text(&planned.held_back),
+        dropped: text(&planned.dropped),
+        suppressed: text(&planned.suppressed),
+        adopted: text(&prepared.adopted),
+        lease: standing.map(|s| LeaseLine::new(s, lease_lost.as_ref())),
+        api_calls: reports.iter().map(|r| r.calls.total()).sum(),
+        targets: reports
+            .iter()
+            .map(|r| TargetLine {
+                target: r.target.clone(),
+                outcome: r.outcome.to_string(),
+                failed: matches!(r.outcome, Outcome::Failed(_)),
+            })
+            .collect(),
+        bytes_read: stats.bytes,
+        insights_estimated_cost_usd: uses_insights(policy)
+            .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
+        phases: prepared.phases.done,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Whether the source is Logs Insights, which is billed by bytes scanned.
+fn uses_insights(policy: &Policy) -> bool {
+    matches!(
+        &policy.source,
+        Some(LogSourceConfig::CloudWatch {
+            api: CloudWatchApi::Insights,
+            ..
+        })
+    )
+}
+
+/// Where the offenders were seen, for the ledger.
+fn source_label(policy: &Policy) -> String {
+    match &policy.source {
+        Some(LogSourceConfig::CloudWatch { log_groups, .. }) => log_groups
+            .iter()
+            .map(|g| format!("{}/{}", g.region, g.name))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "files".to_owned(),
+    }
+}
