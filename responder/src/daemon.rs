@@ -17,9 +17,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -85,23 +91,97 @@ impl Schedule {
 }
 
 /// What `/healthz` and `/metrics` report.
-#[derive(Debug, Default)]
 pub struct Health {
     inner: Mutex<HealthState>,
+    metrics: Metrics,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            inner: Mutex::default(),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/healthz` decides on.
 #[derive(Debug, Default)]
 struct HealthState {
     running: bool,
-    success: u64,
-    partial: u64,
-    error: u64,
-    skipped: u64,
     last_result: Option<CycleResult>,
     last_end_ms: Option<i64>,
-    last_success_ms: Option<i64>,
-    last_duration: Duration,
     period: Duration,
+}
+
+/// The daemon's metrics, in a Prometheus registry of its own (so two
+/// daemons in one test process do not share counts).
+struct Metrics {
+    recorder: PrometheusRecorder,
+    cycles: [Counter; 3],
+    skipped: Counter,
+    running: Gauge,
+    last_duration: Gauge,
+    /// Registered at the first success, so the series is absent until then.
+    last_success: std::sync::OnceLock<Gauge>,
+}
+
+const LAST_SUCCESS: &str = "floodgate_responder_last_success_timestamp_seconds";
+
+impl Metrics {
+    fn new() -> Self {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let (cycles, skipped, running, last_duration) =
+            metrics::with_local_recorder(&recorder, || {
+                describe_counter!(
+                    "floodgate_responder_cycles_total",
+                    "Responder cycles by result."
+                );
+                describe_counter!(
+                    "floodgate_responder_skipped_ticks_total",
+                    "Ticks skipped because a cycle was still running."
+                );
+                describe_gauge!("floodgate_responder_cycle_running", "1 while a cycle runs.");
+                describe_gauge!(
+                    "floodgate_responder_last_cycle_duration_seconds",
+                    "How long the last cycle took."
+                );
+                describe_gauge!(LAST_SUCCESS, "When the last successful cycle ended.");
+                let cycles = ["success", "partial", "error"].map(|result| {
+                    let counter = counter!("floodgate_responder_cycles_total", "result" => result);
+                    counter.absolute(0);
+                    counter
+                });
+                let skipped = counter!("floodgate_responder_skipped_ticks_total");
+                skipped.absolute(0);
+                let running = gauge!("floodgate_responder_cycle_running");
+                running.set(0.0);
+                let last_duration = gauge!("floodgate_responder_last_cycle_duration_seconds");
+                last_duration.set(0.0);
+                (cycles, skipped, running, last_duration)
+            });
+        Metrics {
+            recorder,
+            cycles,
+            skipped,
+            running,
+            last_duration,
+            last_success: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn last_success(&self) -> &Gauge {
+        self.last_success
+            .get_or_init(|| metrics::with_local_recorder(&self.recorder, || gauge!(LAST_SUCCESS)))
+    }
 }
 
 impl Health {
@@ -109,27 +189,31 @@ impl Health {
     fn try_start(&self) -> bool {
         let mut state = self.inner.lock();
         if state.running {
-            state.skipped += 1;
+            self.metrics.skipped.increment(1);
             return false;
         }
         state.running = true;
+        self.metrics.running.set(1.0);
         true
     }
 
     fn finish(&self, result: CycleResult, end_ms: i64, took: Duration) {
         let mut state = self.inner.lock();
         state.running = false;
-        match result {
-            CycleResult::Success => {
-                state.success += 1;
-                state.last_success_ms = Some(end_ms);
-            }
-            CycleResult::Partial => state.partial += 1,
-            CycleResult::Error => state.error += 1,
-        }
         state.last_result = Some(result);
         state.last_end_ms = Some(end_ms);
-        state.last_duration = took;
+        let metrics = &self.metrics;
+        metrics.running.set(0.0);
+        metrics.last_duration.set(took.as_secs_f64());
+        let counted = match result {
+            CycleResult::Success => {
+                metrics.last_success().set(end_ms as f64 / 1000.0);
+                0
+            }
+            CycleResult::Partial => 1,
+            CycleResult::Error => 2,
+        };
+        metrics.cycles[counted].increment(1);
     }
 
     fn running(&self) -> bool {
@@ -162,46 +246,7 @@ impl Health {
 
     /// Prometheus text exposition.
     pub fn metrics(&self) -> String {
-        let state = self.inner.lock();
-        let mut out = String::new();
-        out.push_str("# HELP floodgate_responder_cycles_total Responder cycles by result.\n");
-        out.push_str("# TYPE floodgate_responder_cycles_total counter\n");
-        for (result, count) in [
-            ("success", state.success),
-            ("partial", state.partial),
-            ("error", state.error),
-        ] {
-            out.push_str(&format!(
-                "floodgate_responder_cycles_total{{result=\"{result}\"}} {count}\n"
-            ));
-        }
-        out.push_str("# HELP floodgate_responder_skipped_ticks_total Ticks skipped because a cycle was still running.\n");
-        out.push_str("# TYPE floodgate_responder_skipped_ticks_total counter\n");
-        out.push_str(&format!(
-            "floodgate_responder_skipped_ticks_total {}\n",
-            state.skipped
-        ));
-        out.push_str("# HELP floodgate_responder_cycle_running 1 while a cycle runs.\n");
-        out.push_str("# TYPE floodgate_responder_cycle_running gauge\n");
-        out.push_str(&format!(
-            "floodgate_responder_cycle_running {}\n",
-            u8::from(state.running)
-        ));
-        out.push_str("# HELP floodgate_responder_last_cycle_duration_seconds How long the last cycle took.\n");
-        out.push_str("# TYPE floodgate_responder_last_cycle_duration_seconds gauge\n");
-        out.push_str(&format!(
-            "floodgate_responder_last_cycle_duration_seconds {:.3}\n",
-            state.last_duration.as_secs_f64()
-        ));
-        if let Some(ms) = state.last_success_ms {
-            out.push_str("# HELP floodgate_responder_last_success_timestamp_seconds When the last successful cycle ended.\n");
-            out.push_str("# TYPE floodgate_responder_last_success_timestamp_seconds gauge\n");
-            out.push_str(&format!(
-                "floodgate_responder_last_success_timestamp_seconds {:.3}\n",
-                ms as f64 / 1000.0
-            ));
-        }
-        out
+        self.metrics.recorder.handle().render()
     }
 }
 
@@ -263,46 +308,41 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
-        };
-        let Ok((mut stream, _)) = accepted else {
-            continue;
-        };
-        let (health, clock) = (Arc::clone(&health), Arc::clone(&clock));
-        tokio::spawn(async move {
-            let mut head = vec![0; 2048];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await;
-            let Ok(Ok(read)) = read else {
-                return;
-            };
-            let request = String::from_utf8_lossy(&head[..read]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (status, content_type, body) = match path {
-                "/healthz" => match health.check(unix_ms(clock.now())) {
-                    Ok(summary) => ("200 OK", "text/plain", format!("ok: {summary}\n")),
-                    Err(reason) => (
-                        "503 Service Unavailable",
-                        "text/plain",
-                        format!("unhealthy: {reason}\n"),
-                    ),
-                },
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", health.metrics()),
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /healthz or /metrics\n".to_owned(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /healthz or /metrics\n") })
+        .with_state((health, clock));
+    let stopped = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(%error, "the /healthz and /metrics server stopped");
     }
+}
+
+type ServerState = State<(Arc<Health>, Arc<dyn Clock>)>;
+
+/// 200 with a summary when the last cycle is recent and succeeded, else 503
+/// with the reason.
+async fn healthz(State((health, clock)): ServerState) -> (StatusCode, String) {
+    match health.check(unix_ms(clock.now())) {
+        Ok(summary) => (StatusCode::OK, format!("ok: {summary}\n")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
+}
+
+async fn prometheus(State((health, _)): ServerState) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        health.metrics(),
+    )
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -407,6 +447,50 @@ mod tests {
         assert!(health.try_start());
         health.finish(CycleResult::Partial, 2_000, Duration::from_millis(5));
         assert!(health.check(3_000).unwrap_err().contains("every target"));
+    }
+
+    #[test]
+    fn metrics_keep_their_names_and_the_last_success_appears_with_the_first() {
+        let health = Health::default();
+        let before = health.metrics();
+        for line in [
+            "# TYPE floodgate_responder_cycles_total counter",
+            "floodgate_responder_cycles_total{result=\"success\"} 0",
+            "floodgate_responder_cycles_total{result=\"partial\"} 0",
+            "floodgate_responder_cycles_total{result=\"error\"} 0",
+            "# HELP floodgate_responder_skipped_ticks_total Ticks skipped because a cycle was still running.",
+            "floodgate_responder_skipped_ticks_total 0",
+            "# TYPE floodgate_responder_cycle_running gauge",
+            "floodgate_responder_cycle_running 0",
+            "floodgate_responder_last_cycle_duration_seconds 0",
+        ] {
+            assert!(before.lines().any(|l| l == line), "{line:?} in:\n{before}");
+        }
+        assert!(!before.contains("last_success"), "{before}");
+
+        assert!(health.try_start());
+        assert!(!health.try_start(), "a second start is a skipped tick");
+        assert!(
+            health
+                .metrics()
+                .contains("floodgate_responder_cycle_running 1\n")
+        );
+        health.finish(
+            CycleResult::Success,
+            1_795_168_800_250,
+            Duration::from_millis(1500),
+        );
+        let after = health.metrics();
+        for line in [
+            "floodgate_responder_cycles_total{result=\"success\"} 1",
+            "floodgate_responder_skipped_ticks_total 1",
+            "floodgate_responder_cycle_running 0",
+            "floodgate_responder_last_cycle_duration_seconds 1.5",
+            "# TYPE floodgate_responder_last_success_timestamp_seconds gauge",
+            "floodgate_responder_last_success_timestamp_seconds 1795168800.25",
+        ] {
+            assert!(after.lines().any(|l| l == line), "{line:?} in:\n{after}");
+        }
     }
 
     #[test]

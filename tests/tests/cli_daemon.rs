@@ -1,5 +1,6 @@
 //! `floodgate run` as a daemon: cycles on a one-second schedule against the
-//! embedded default, serves /healthz and /metrics, stops cleanly on SIGTERM.
+//! embedded default, serves /healthz and /metrics, stops cleanly on SIGTERM;
+//! and `floodgate healthcheck` asking it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,21 +12,28 @@ use floodgate_tests::{floodgate_bin, workspace_root};
 /// GET `path` on the daemon: the status line and the body.
 fn get(port: u16, path: &str) -> Option<(String, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     Some((head.lines().next()?.to_owned(), body.to_owned()))
 }
 
-#[test]
-fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// examples/local.toml in `dir`, on `schedule`, listening on `port`.
+fn daemon_policy(dir: &std::path::Path, schedule: &str, port: u16) -> std::path::PathBuf {
     let logs = workspace_root().join("examples/logs");
     let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
         .unwrap()
@@ -35,10 +43,41 @@ fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm
         )
         .replace(
             "[responder]\n",
-            &format!("[responder]\nschedule = \"* * * * * *\"\nlisten = \"127.0.0.1:{port}\"\n"),
+            &format!("[responder]\nschedule = \"{schedule}\"\nlisten = \"127.0.0.1:{port}\"\n"),
         );
-    let policy = dir.path().join("local.toml");
+    let policy = dir.join("local.toml");
     std::fs::write(&policy, text).unwrap();
+    policy
+}
+
+/// `floodgate healthcheck` with `args`: exit code, stdout, stderr.
+fn healthcheck(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(floodgate_bin())
+        .arg("healthcheck")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Waits until `port` accepts connections.
+fn wait_for_listener(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the daemon never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = daemon_policy(dir.path(), "* * * * * *", port);
     let daemon = Command::new(floodgate_bin())
         .args(["run", "--config", policy.to_str().unwrap()])
         .current_dir(dir.path())
@@ -81,6 +120,14 @@ fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm
     let (status, _) = get(port, "/nothing").unwrap();
     assert!(status.contains("404"));
 
+    // The health check the container and Kubernetes probes run: the URL
+    // from the policy's listen, or given.
+    let (code, out, err) = healthcheck(&["--config", policy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("ok: last cycle succeeded"), "{out}");
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    assert_eq!(healthcheck(&["--url", &url]).0, Some(0));
+
     let terminated = Command::new("kill")
         .args(["-TERM", &daemon.id().to_string()])
         .status()
@@ -93,4 +140,39 @@ fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm
         log.contains("responder daemon started") && log.contains("responder daemon stopped"),
         "{log}"
     );
+
+    let (code, _, err) = healthcheck(&["--url", &url, "--timeout-seconds", "2"]);
+    assert_eq!(code, Some(1), "nothing listens any more");
+    assert!(
+        err.contains(&url) && err.contains("Connection refused"),
+        "{err}"
+    );
+}
+
+#[test]
+fn healthcheck_fails_until_a_cycle_has_succeeded_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // A yearly schedule: no cycle runs during the test.
+    let policy = daemon_policy(dir.path(), "0 0 0 1 1 *", port);
+    let mut daemon = Command::new(floodgate_bin())
+        .args(["run", "--config", policy.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_listener(port);
+    let (code, out, err) = healthcheck(&["--config", policy.to_str().unwrap()]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        err.contains("answered 503") && err.contains("unhealthy: no cycle has finished yet"),
+        "{err}"
+    );
+
+    let (code, _, err) = healthcheck(&["--url", "https://127.0.0.1:1/healthz"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("use an http:// URL"), "{err}");
 }

@@ -8,6 +8,7 @@
 mod backtest;
 mod check;
 mod gen_logs;
+mod healthcheck;
 mod manual;
 mod plan;
 mod render_infra;
@@ -103,6 +104,10 @@ pub enum Command {
     /// Write realistic synthetic AWS WAF logs (benign traffic mixed with
     /// attacks), deterministically, for tests, benchmarks and demos.
     GenLogs(GenLogsArgs),
+    /// Ask a running daemon's /healthz whether its last cycle succeeded
+    /// recently: exit 0 on 200, 1 otherwise with the reason. For container
+    /// health checks and Kubernetes probes.
+    Healthcheck(HealthcheckArgs),
     /// Write the CloudFormation templates under infra/ from the policy (web
     /// ACL rules from the tiers and allow-list, the responder's role,
     /// schedule and ledger), so no threshold or range is typed twice.
@@ -318,6 +323,21 @@ pub struct GenLogsArgs {
     pub no_attacks: bool,
 }
 
+/// `floodgate healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The URL to ask; default: /healthz on the policy's `[responder]
+    /// listen` (on loopback when it listens on every address).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The policy whose `listen` to ask, when --url is not given.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// How long to wait for the answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub timeout_seconds: u16,
+}
+
 /// `floodgate render-infra`.
 #[derive(Debug, Args)]
 pub struct RenderInfraArgs {
@@ -379,6 +399,8 @@ pub enum Status {
     Partial,
     /// Exit 2: `plan --detailed-exitcode` found changes to make.
     Changes,
+    /// Exit 1: `healthcheck` found the daemon unhealthy or not answering.
+    Unhealthy,
 }
 
 impl Status {
@@ -386,7 +408,7 @@ impl Status {
     pub fn code(self) -> u8 {
         match self {
             Status::Success => 0,
-            Status::Invalid => 1,
+            Status::Invalid | Status::Unhealthy => 1,
             Status::Partial | Status::Changes => 2,
         }
     }
@@ -431,6 +453,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Backtest(args) => backtest::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
+        Command::Healthcheck(args) => healthcheck::run(&args),
         Command::RenderInfra(args) => render_infra::run(&args),
     }
 }
