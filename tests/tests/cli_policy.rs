@@ -262,3 +262,23 @@ fn help_is_complete_and_bad_usage_exits_1_not_2() {
         stderr(&bad_now)
     );
 }
+
+#[test]
+fn version_names_the_release_and_the_commit_it_was_built_from() {
+    let output = floodgate(&["--version"]);
+    assert_eq!(output.status.code(), Some(0));
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(floodgate_tests::workspace_root())
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout);
+    assert_eq!(
+        stdout(&output).trim(),
+        format!(
+            "floodgate {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            &head.trim()[..12]
+        )
+    );
+}

@@ -34,7 +34,7 @@ use crate::policy_file::LoadError;
 #[derive(Debug, Parser)]
 #[command(
     name = "floodgate",
-    version,
+    version = env!("FLOODGATE_VERSION"),
     propagate_version = true,
     max_term_width = 100
 )]
