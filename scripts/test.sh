@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (a Python venv with pinned moto and cfn-lint, a Redis server if none is
-# running), then runs the format and lint gates and every test.
+# (a Python venv with pinned moto, cfn-lint and kubernetes-validate, a Redis
+# server if none is running, debootstrap), checks the container image's
+# runtime stage, then runs the format and lint gates and every test.
 #
 #   scripts/test.sh
 #
@@ -50,6 +51,19 @@ if ! redis_up; then
     redis_up || { echo "redis-server did not start; see /tmp/floodgate-test-redis.log" >&2; exit 1; }
 fi
 echo "redis answers PONG"
+
+# --- The container image's runtime stage -----------------------------------
+# No container engine runs here: scripts/verify-image.sh builds the runtime
+# stage's root filesystem with debootstrap (from the Debian mirror) and runs
+# the release binary in it as uid 10001.
+step "Container runtime stage (scripts/verify-image.sh)"
+command -v debootstrap >/dev/null || apt_install debootstrap
+command -v openssl >/dev/null || apt_install openssl
+if command -v debootstrap >/dev/null; then
+    scripts/verify-image.sh
+else
+    echo "debootstrap could not be installed: the runtime stage is not checked"
+fi
 
 # --- Rust gates and tests ---------------------------------------------------
 step "cargo fmt --check"
