@@ -21,8 +21,8 @@
 use floodgate_rules::Policy;
 use floodgate_rules::cidr::aggregate;
 use floodgate_rules::policy::{
-    DynamoDbTable, Infra, LedgerStore, LogSourceConfig, Target, WAF_MIN_RATE_LIMIT,
-    WAF_RATE_WINDOWS, WafScope,
+    DynamoDbTable, Infra, InfraMode, LedgerStore, LogSourceConfig, Target, WAF_MIN_RATE_LIMIT,
+    WAF_RATE_WINDOWS, WafScope, schedule_period_seconds,
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -182,7 +182,7 @@ pub fn render(policy: &Policy) -> Result<Rendered, InfraError> {
     Ok(Rendered {
         waf: waf_template(policy, infra, &targets, &log_groups),
         responder: responder_template(policy, infra, &targets),
-        deployments: deployments(infra, &targets.scopes),
+        deployments: deployments(policy, infra, &targets.scopes),
     })
 }
 
@@ -459,8 +459,9 @@ fn ip_set_arns(names: &[String], scopes: &[WafScope]) -> Vec<Value> {
     arns
 }
 
-fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Value {
-    let name = &infra.name;
+/// The responder's role: its IP sets, its WAF log groups, its ledger table
+/// (and in the scheduled mode its state volume); no wildcard actions.
+fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Vec<Value> {
     let names: Vec<String> = targets
         .ipv4_sets
         .iter()
@@ -505,24 +506,60 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
             "Resource": arns,
         }));
     }
-    statements.push(json!({
-        "Sid": "LedgerVolume",
-        "Effect": "Allow",
-        "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
-        "Resource": { "Fn::GetAtt": ["LedgerFileSystem", "Arn"] },
-        "Condition": { "StringEquals": { "elasticfilesystem:AccessPointArn": { "Fn::GetAtt": ["LedgerAccessPoint", "Arn"] } } },
-    }));
-    let assume = |service: &str| json!({ "Version": "2012-10-17", "Statement": [{ "Effect": "Allow", "Principal": { "Service": service }, "Action": "sts:AssumeRole" }] });
-    let mount_target = |subnet: &str| {
-        json!({ "Type": "AWS::EFS::MountTarget", "Properties": {
-        "FileSystemId": { "Ref": "LedgerFileSystem" }, "SubnetId": { "Ref": subnet }, "SecurityGroups": [{ "Ref": "LedgerSecurityGroup" }],
-    } })
+    if infra.mode == InfraMode::Scheduled {
+        statements.push(json!({
+            "Sid": "LedgerVolume",
+            "Effect": "Allow",
+            "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+            "Resource": { "Fn::GetAtt": ["LedgerFileSystem", "Arn"] },
+            "Condition": { "StringEquals": { "elasticfilesystem:AccessPointArn": { "Fn::GetAtt": ["LedgerAccessPoint", "Arn"] } } },
+        }));
+    }
+    statements
+}
+
+fn assume_role(service: &str) -> Value {
+    json!({ "Version": "2012-10-17", "Statement": [{ "Effect": "Allow", "Principal": { "Service": service }, "Action": "sts:AssumeRole" }] })
+}
+
+/// The policy file's path in the image.
+const POLICY_IN_IMAGE: &str = "/etc/floodgate/floodgate.toml";
+
+fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Value {
+    let name = &infra.name;
+    let (what, command) = match infra.mode {
+        InfraMode::Service => (
+            "the `floodgate run` daemon as an always-on ECS Fargate service",
+            vec![
+                "run",
+                "--config",
+                POLICY_IN_IMAGE,
+                "--format",
+                "json",
+                "--log-format",
+                "json",
+                "--emf-metrics",
+            ],
+        ),
+        InfraMode::Scheduled => (
+            "`floodgate run --once` on a schedule (ECS Fargate)",
+            vec![
+                "run",
+                "--once",
+                "--config",
+                POLICY_IN_IMAGE,
+                "--format",
+                "json",
+                "--log-format",
+                "json",
+            ],
+        ),
     };
     let mut template = json!({
         "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": format!("{name} responder: `floodgate run --once` on a schedule (ECS Fargate), its role and its ledger volume; generated from the Floodgate policy"),
+        "Description": format!("{name} responder: {what}, its role and its state; generated from the Floodgate policy"),
         "Parameters": {
-            "ContainerImage": { "Type": "String", "Description": "The floodgate image, with the policy at /etc/floodgate/floodgate.toml" },
+            "ContainerImage": { "Type": "String", "Description": "The floodgate image (see the Dockerfile), with the policy at /etc/floodgate/floodgate.toml" },
             "VpcId": { "Type": "AWS::EC2::VPC::Id", "Description": "VPC of the responder task" },
             "SubnetA": { "Type": "AWS::EC2::Subnet::Id", "Description": "Private subnet with a route to the AWS APIs" },
             "SubnetB": { "Type": "AWS::EC2::Subnet::Id", "Description": "A second private subnet, in another availability zone" },
@@ -534,39 +571,19 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
                 "VpcId": { "Ref": "VpcId" },
                 "SecurityGroupEgress": [
                     { "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIp": "0.0.0.0/0", "Description": "AWS APIs" },
-                    { "IpProtocol": "tcp", "FromPort": 2049, "ToPort": 2049, "CidrIp": "0.0.0.0/0", "Description": "Ledger volume (EFS)" },
                 ],
-            } },
-            "LedgerSecurityGroup": { "Type": "AWS::EC2::SecurityGroup", "Properties": {
-                "GroupDescription": "floodgate ledger volume: NFS from the responder task only",
-                "VpcId": { "Ref": "VpcId" },
-                "SecurityGroupIngress": [{ "IpProtocol": "tcp", "FromPort": 2049, "ToPort": 2049, "SourceSecurityGroupId": { "Ref": "TaskSecurityGroup" } }],
-            } },
-            // The ledger lives on an encrypted EFS volume, so blocks and their
-            // expiry survive the task that wrote them.
-            "LedgerFileSystem": { "Type": "AWS::EFS::FileSystem", "Properties": {
-                "Encrypted": true,
-                "BackupPolicy": { "Status": "ENABLED" },
-                "FileSystemTags": [{ "Key": "Name", "Value": format!("{name}-ledger") }],
-            } },
-            "LedgerMountTargetA": mount_target("SubnetA"),
-            "LedgerMountTargetB": mount_target("SubnetB"),
-            "LedgerAccessPoint": { "Type": "AWS::EFS::AccessPoint", "Properties": {
-                "FileSystemId": { "Ref": "LedgerFileSystem" },
-                "PosixUser": { "Uid": "10001", "Gid": "10001" },
-                "RootDirectory": { "Path": "/floodgate", "CreationInfo": { "OwnerUid": "10001", "OwnerGid": "10001", "Permissions": "750" } },
             } },
             "ResponderLogGroup": { "Type": "AWS::Logs::LogGroup", "Properties": {
                 "LogGroupName": format!("/{name}/responder"), "RetentionInDays": infra.log_retention_days,
             } },
             "ExecutionRole": { "Type": "AWS::IAM::Role", "Properties": {
-                "AssumeRolePolicyDocument": assume("ecs-tasks.amazonaws.com"),
+                "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
                 "ManagedPolicyArns": [{ "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy" }],
             } },
             "ResponderRole": { "Type": "AWS::IAM::Role", "Properties": {
-                "Description": "floodgate responder: its IP sets, its WAF log groups, its ledger volume; nothing else",
-                "AssumeRolePolicyDocument": assume("ecs-tasks.amazonaws.com"),
-                "Policies": [{ "PolicyName": "responder", "PolicyDocument": { "Version": "2012-10-17", "Statement": statements } }],
+                "Description": "floodgate responder: its IP sets, its WAF log groups, its ledger; nothing else",
+                "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
+                "Policies": [{ "PolicyName": "responder", "PolicyDocument": { "Version": "2012-10-17", "Statement": responder_statements(policy, infra, targets) } }],
             } },
             "TaskDefinition": { "Type": "AWS::ECS::TaskDefinition", "Properties": {
                 "Family": format!("{name}-responder"),
@@ -576,62 +593,186 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
                 "Memory": "512",
                 "ExecutionRoleArn": { "Fn::GetAtt": ["ExecutionRole", "Arn"] },
                 "TaskRoleArn": { "Fn::GetAtt": ["ResponderRole", "Arn"] },
-                "Volumes": [{ "Name": "ledger", "EFSVolumeConfiguration": {
-                    "FilesystemId": { "Ref": "LedgerFileSystem" },
-                    "TransitEncryption": "ENABLED",
-                    "AuthorizationConfig": { "AccessPointId": { "Ref": "LedgerAccessPoint" }, "IAM": "ENABLED" },
-                } }],
                 "ContainerDefinitions": [{
                     "Name": "floodgate",
                     "Image": { "Ref": "ContainerImage" },
-                    "Command": ["run", "--once", "--config", "/etc/floodgate/floodgate.toml", "--format", "json", "--log-format", "json"],
+                    "Command": command,
                     "Essential": true,
                     "ReadonlyRootFilesystem": true,
                     "User": "10001:10001",
-                    "MountPoints": [{ "SourceVolume": "ledger", "ContainerPath": "/var/lib/floodgate" }],
+                    "MountPoints": [{ "SourceVolume": "state", "ContainerPath": "/var/lib/floodgate" }],
                     "LogConfiguration": { "LogDriver": "awslogs", "Options": {
                         "awslogs-group": { "Ref": "ResponderLogGroup" }, "awslogs-region": { "Ref": "AWS::Region" }, "awslogs-stream-prefix": "responder",
                     } },
                 }],
             } },
-            "SchedulerRole": { "Type": "AWS::IAM::Role", "Properties": {
-                "AssumeRolePolicyDocument": assume("scheduler.amazonaws.com"),
-                "Policies": [{ "PolicyName": "run-responder", "PolicyDocument": { "Version": "2012-10-17", "Statement": [
-                    { "Effect": "Allow", "Action": ["ecs:RunTask"], "Resource": [{ "Ref": "TaskDefinition" }] },
-                    { "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": [
-                        { "Fn::GetAtt": ["ExecutionRole", "Arn"] }, { "Fn::GetAtt": ["ResponderRole", "Arn"] },
-                    ] },
-                ] } }],
-            } },
-            "Schedule": { "Type": "AWS::Scheduler::Schedule", "Properties": {
-                "Description": "Runs one floodgate responder cycle",
-                "ScheduleExpression": infra.schedule_expression,
-                "FlexibleTimeWindow": { "Mode": "OFF" },
-                "Target": {
-                    "Arn": { "Fn::GetAtt": ["Cluster", "Arn"] },
-                    "RoleArn": { "Fn::GetAtt": ["SchedulerRole", "Arn"] },
-                    "RetryPolicy": { "MaximumRetryAttempts": 0 },
-                    "EcsParameters": {
-                        "TaskDefinitionArn": { "Ref": "TaskDefinition" },
-                        "LaunchType": "FARGATE",
-                        "NetworkConfiguration": { "AwsvpcConfiguration": {
-                            "Subnets": [{ "Ref": "SubnetA" }, { "Ref": "SubnetB" }],
-                            "SecurityGroups": [{ "Ref": "TaskSecurityGroup" }],
-                            "AssignPublicIp": "DISABLED",
-                        } },
-                    },
-                },
-            } },
         },
         "Outputs": {
             "ResponderRoleArn": { "Value": { "Fn::GetAtt": ["ResponderRole", "Arn"] } },
-            "LedgerFileSystemId": { "Value": { "Ref": "LedgerFileSystem" } },
         },
     });
+    match infra.mode {
+        InfraMode::Service => add_service(&mut template, policy, infra),
+        InfraMode::Scheduled => add_schedule(&mut template, infra),
+    }
     if let LedgerStore::DynamoDb(table) = &policy.responder.ledger {
         add_ledger_table(&mut template, policy, table);
     }
     template
+}
+
+/// The service mode: the daemon in an ECS service of one task, replaced
+/// when `floodgate healthcheck` fails, deployments rolled back by the
+/// circuit breaker; its state (alerts.json) on the task's own storage, as
+/// the ledger is in DynamoDB; alarms when no task runs and when no cycle
+/// has succeeded for three schedule periods.
+fn add_service(template: &mut Value, policy: &Policy, infra: &Infra) {
+    let name = &infra.name;
+    let resources = &mut template["Resources"];
+    resources["Cluster"]["Properties"]["ClusterSettings"] =
+        json!([{ "Name": "containerInsights", "Value": "enabled" }]);
+    let task = &mut resources["TaskDefinition"]["Properties"];
+    task["Volumes"] = json!([{ "Name": "state" }]);
+    task["ContainerDefinitions"][0]["HealthCheck"] = json!({
+        "Command": ["CMD", "floodgate", "healthcheck", "--config", POLICY_IN_IMAGE],
+        "Interval": 30, "Timeout": 10, "Retries": 3, "StartPeriod": 120,
+    });
+    resources["Service"] = json!({ "Type": "AWS::ECS::Service", "Properties": {
+        "ServiceName": format!("{name}-responder"),
+        "Cluster": { "Ref": "Cluster" },
+        "TaskDefinition": { "Ref": "TaskDefinition" },
+        "LaunchType": "FARGATE",
+        "DesiredCount": 1,
+        // Never two tasks at once: they would share a holder id in the lease.
+        "DeploymentConfiguration": {
+            "MinimumHealthyPercent": 0,
+            "MaximumPercent": 100,
+            "DeploymentCircuitBreaker": { "Enable": true, "Rollback": true },
+        },
+        "NetworkConfiguration": { "AwsvpcConfiguration": {
+            "Subnets": [{ "Ref": "SubnetA" }, { "Ref": "SubnetB" }],
+            "SecurityGroups": [{ "Ref": "TaskSecurityGroup" }],
+            "AssignPublicIp": "DISABLED",
+        } },
+    } });
+    template["Parameters"]["AlarmTopicArn"] = json!({
+        "Type": "String", "Default": "",
+        "Description": "SNS topic the responder's alarms notify; empty for none",
+    });
+    template["Conditions"]["HasAlarmTopic"] =
+        json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "AlarmTopicArn" }, ""] }] });
+    let actions = json!({ "Fn::If": ["HasAlarmTopic", [{ "Ref": "AlarmTopicArn" }], { "Ref": "AWS::NoValue" }] });
+    let resources = &mut template["Resources"];
+    resources["ServiceNotRunningAlarm"] = json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": {
+        "AlarmDescription": "No floodgate responder task has run for 3 minutes: nothing is being blocked or expired",
+        "Namespace": "ECS/ContainerInsights",
+        "MetricName": "RunningTaskCount",
+        "Dimensions": [
+            { "Name": "ClusterName", "Value": { "Ref": "Cluster" } },
+            { "Name": "ServiceName", "Value": { "Fn::GetAtt": ["Service", "Name"] } },
+        ],
+        "Statistic": "Maximum",
+        "Period": 60,
+        "EvaluationPeriods": 3,
+        "Threshold": 1,
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": "breaching",
+        "AlarmActions": actions.clone(),
+    } });
+    let period = stale_alarm_period_seconds(policy);
+    resources["NoSuccessfulCycleAlarm"] = json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": {
+        "AlarmDescription": format!("No floodgate responder cycle has succeeded for three schedule periods ({} s): its /healthz is failing too", 3 * period),
+        "Namespace": EMF_NAMESPACE,
+        "MetricName": "SuccessfulCycles",
+        "Dimensions": [{ "Name": "Responder", "Value": name }],
+        "Statistic": "Sum",
+        "Period": period,
+        "EvaluationPeriods": 3,
+        "Threshold": 1,
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": "breaching",
+        "AlarmActions": actions,
+    } });
+}
+
+/// The namespace of the metrics `floodgate run --emf-metrics` writes.
+pub const EMF_NAMESPACE: &str = "Floodgate";
+
+/// One schedule period as a CloudWatch alarm period: whole minutes, at
+/// least one.
+fn stale_alarm_period_seconds(policy: &Policy) -> u64 {
+    let period = schedule_period_seconds(&policy.responder.schedule).unwrap_or(60);
+    period.div_ceil(60).max(1) * 60
+}
+
+/// The scheduled mode: one `run --once` task per EventBridge Scheduler
+/// tick, its state (the file ledger and alerts.json) on an encrypted EFS
+/// volume that outlives every task.
+fn add_schedule(template: &mut Value, infra: &Infra) {
+    let name = &infra.name;
+    let mount_target = |subnet: &str| {
+        json!({ "Type": "AWS::EFS::MountTarget", "Properties": {
+            "FileSystemId": { "Ref": "LedgerFileSystem" }, "SubnetId": { "Ref": subnet }, "SecurityGroups": [{ "Ref": "LedgerSecurityGroup" }],
+        } })
+    };
+    let resources = &mut template["Resources"];
+    resources["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]
+        .as_array_mut()
+        .expect("the egress rules are a list")
+        .push(json!({ "IpProtocol": "tcp", "FromPort": 2049, "ToPort": 2049, "CidrIp": "0.0.0.0/0", "Description": "Ledger volume (EFS)" }));
+    resources["TaskDefinition"]["Properties"]["Volumes"] = json!([{ "Name": "state", "EFSVolumeConfiguration": {
+        "FilesystemId": { "Ref": "LedgerFileSystem" },
+        "TransitEncryption": "ENABLED",
+        "AuthorizationConfig": { "AccessPointId": { "Ref": "LedgerAccessPoint" }, "IAM": "ENABLED" },
+    } }]);
+    resources["LedgerSecurityGroup"] = json!({ "Type": "AWS::EC2::SecurityGroup", "Properties": {
+        "GroupDescription": "floodgate ledger volume: NFS from the responder task only",
+        "VpcId": { "Ref": "VpcId" },
+        "SecurityGroupIngress": [{ "IpProtocol": "tcp", "FromPort": 2049, "ToPort": 2049, "SourceSecurityGroupId": { "Ref": "TaskSecurityGroup" } }],
+    } });
+    // The ledger lives on an encrypted EFS volume, so blocks and their
+    // expiry survive the task that wrote them.
+    resources["LedgerFileSystem"] = json!({ "Type": "AWS::EFS::FileSystem", "Properties": {
+        "Encrypted": true,
+        "BackupPolicy": { "Status": "ENABLED" },
+        "FileSystemTags": [{ "Key": "Name", "Value": format!("{name}-ledger") }],
+    } });
+    resources["LedgerMountTargetA"] = mount_target("SubnetA");
+    resources["LedgerMountTargetB"] = mount_target("SubnetB");
+    resources["LedgerAccessPoint"] = json!({ "Type": "AWS::EFS::AccessPoint", "Properties": {
+        "FileSystemId": { "Ref": "LedgerFileSystem" },
+        "PosixUser": { "Uid": "10001", "Gid": "10001" },
+        "RootDirectory": { "Path": "/floodgate", "CreationInfo": { "OwnerUid": "10001", "OwnerGid": "10001", "Permissions": "750" } },
+    } });
+    resources["SchedulerRole"] = json!({ "Type": "AWS::IAM::Role", "Properties": {
+        "AssumeRolePolicyDocument": assume_role("scheduler.amazonaws.com"),
+        "Policies": [{ "PolicyName": "run-responder", "PolicyDocument": { "Version": "2012-10-17", "Statement": [
+            { "Effect": "Allow", "Action": ["ecs:RunTask"], "Resource": [{ "Ref": "TaskDefinition" }] },
+            { "Effect": "Allow", "Action": ["iam:PassRole"], "Resource": [
+                { "Fn::GetAtt": ["ExecutionRole", "Arn"] }, { "Fn::GetAtt": ["ResponderRole", "Arn"] },
+            ] },
+        ] } }],
+    } });
+    resources["Schedule"] = json!({ "Type": "AWS::Scheduler::Schedule", "Properties": {
+        "Description": "Runs one floodgate responder cycle",
+        "ScheduleExpression": infra.schedule_expression,
+        "FlexibleTimeWindow": { "Mode": "OFF" },
+        "Target": {
+            "Arn": { "Fn::GetAtt": ["Cluster", "Arn"] },
+            "RoleArn": { "Fn::GetAtt": ["SchedulerRole", "Arn"] },
+            "RetryPolicy": { "MaximumRetryAttempts": 0 },
+            "EcsParameters": {
+                "TaskDefinitionArn": { "Ref": "TaskDefinition" },
+                "LaunchType": "FARGATE",
+                "NetworkConfiguration": { "AwsvpcConfiguration": {
+                    "Subnets": [{ "Ref": "SubnetA" }, { "Ref": "SubnetB" }],
+                    "SecurityGroups": [{ "Ref": "TaskSecurityGroup" }],
+                    "AssignPublicIp": "DISABLED",
+                } },
+            },
+        },
+    } });
+    template["Outputs"]["LedgerFileSystemId"] = json!({ "Value": { "Ref": "LedgerFileSystem" } });
 }
 
 /// The shared ledger's DynamoDB table, created by the stack that says so
@@ -642,12 +783,10 @@ fn add_ledger_table(template: &mut Value, policy: &Policy, table: &DynamoDbTable
         "Type": "String", "AllowedValues": ["true", "false"], "Default": "true",
         "Description": format!("Create the ledger table {} (in {}): true in exactly one stack, the primary's", table.table, table.region),
     });
-    template["Conditions"] = json!({
-        "CreatesLedgerTable": { "Fn::And": [
-            { "Fn::Equals": [{ "Ref": "CreateLedgerTable" }, "true"] },
-            { "Fn::Equals": [{ "Ref": "AWS::Region" }, table.region.as_str()] },
-        ] },
-    });
+    template["Conditions"]["CreatesLedgerTable"] = json!({ "Fn::And": [
+        { "Fn::Equals": [{ "Ref": "CreateLedgerTable" }, "true"] },
+        { "Fn::Equals": [{ "Ref": "AWS::Region" }, table.region.as_str()] },
+    ] });
     // One string key: the meta item, the snapshot chunks and the lease.
     template["Resources"]["LedgerTable"] = json!({
         "Type": "AWS::DynamoDB::Table",
@@ -688,8 +827,10 @@ fn add_ledger_table(template: &mut Value, policy: &Policy, table: &DynamoDbTable
 }
 
 /// One web ACL stack per regional target and one for CloudFront (in
-/// us-east-1), then the responder in the first region.
-fn deployments(infra: &Infra, scopes: &[WafScope]) -> Vec<Deployment> {
+/// us-east-1), then the responder in its home region: the DynamoDB
+/// ledger's, else the first target's. With a lease, a standby responder in
+/// `[infra] standby_region`, else the first other target region.
+fn deployments(policy: &Policy, infra: &Infra, scopes: &[WafScope]) -> Vec<Deployment> {
     let mut list = Vec::new();
     for scope in scopes {
         let (stack, scope_parameter) = match scope {
@@ -703,19 +844,50 @@ fn deployments(infra: &Infra, scopes: &[WafScope]) -> Vec<Deployment> {
             parameters: vec![format!("Scope={scope_parameter}")],
         });
     }
-    let home = scopes.first().map_or("us-east-1", WafScope::api_region);
+    let home = match &policy.responder.ledger {
+        LedgerStore::DynamoDb(table) => table.region.as_str(),
+        LedgerStore::File => scopes.first().map_or("us-east-1", WafScope::api_region),
+    };
+    let parameters = [
+        "ContainerImage=$FLOODGATE_IMAGE",
+        "VpcId=$FLOODGATE_VPC",
+        "SubnetA=$FLOODGATE_SUBNET_A",
+        "SubnetB=$FLOODGATE_SUBNET_B",
+    ]
+    .map(String::from)
+    .to_vec();
     list.push(Deployment {
         stack: format!("{}-responder", infra.name),
         region: home.to_owned(),
         template: "responder.yaml",
-        parameters: [
-            "ContainerImage=$FLOODGATE_IMAGE",
-            "VpcId=$FLOODGATE_VPC",
-            "SubnetA=$FLOODGATE_SUBNET_A",
-            "SubnetB=$FLOODGATE_SUBNET_B",
-        ]
-        .map(String::from)
-        .to_vec(),
+        parameters: parameters.clone(),
     });
+    let standby = infra
+        .standby_region
+        .as_ref()
+        .map(|r| r.as_str())
+        .or_else(|| {
+            scopes
+                .iter()
+                .map(WafScope::api_region)
+                .find(|region| *region != home)
+        });
+    if let (Some(_), Some(region)) = (&policy.responder.lease, standby) {
+        // The standby's network is its own region's.
+        let network = |p: &String| p.replace("$FLOODGATE_", "$FLOODGATE_STANDBY_");
+        let mut parameters: Vec<String> = parameters.iter().map(network).collect();
+        parameters[0] = "ContainerImage=$FLOODGATE_IMAGE".to_owned();
+        parameters.extend([
+            "CreateLedgerTable=false".to_owned(),
+            "LeaseRole=standby".to_owned(),
+            format!("HolderId=standby-{region}"),
+        ]);
+        list.push(Deployment {
+            stack: format!("{}-responder-standby", infra.name),
+            region: region.to_owned(),
+            template: "responder.yaml",
+            parameters,
+        });
+    }
     list
 }

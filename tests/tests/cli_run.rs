@@ -550,3 +550,33 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
         "a backtest writes no target and no ledger"
     );
 }
+
+#[test]
+fn emf_metrics_add_one_cloudwatch_embedded_metric_line_after_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let output = run_with(
+        dir.path(),
+        &policy,
+        "2026-11-20T10:05:00Z",
+        &["--format", "json", "--emf-metrics"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    let (report, emf) = text.trim_end().rsplit_once('\n').unwrap();
+    let report: Value = serde_json::from_str(report).unwrap();
+    assert_eq!(report["added"].as_array().unwrap().len(), 18);
+    let emf: Value = serde_json::from_str(emf).unwrap();
+    let directive = &emf["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "Floodgate");
+    assert_eq!(directive["Dimensions"], serde_json::json!([["Responder"]]));
+    // Every metric and dimension the directive names is a member of the
+    // record, as the embedded metric format requires.
+    for metric in directive["Metrics"].as_array().unwrap() {
+        let name = metric["Name"].as_str().unwrap();
+        assert!(emf[name].is_number(), "{name} missing in {emf}");
+    }
+    assert_eq!(emf["Responder"], "floodgate");
+    assert_eq!(emf["SuccessfulCycles"], 1);
+    assert!(emf["_aws"]["Timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+}

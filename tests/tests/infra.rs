@@ -19,6 +19,45 @@ fn template(name: &str) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
+/// The example policy in the scheduled mode, with the file ledger (no
+/// lease): rendered into a temporary directory.
+fn scheduled_mode() -> (tempfile::TempDir, Value) {
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap();
+    let policy = example
+        .replace(
+            "ledger = { backend = \"dynamodb\", table = \"floodgate-ledger\", region = \"eu-west-1\" }\n",
+            "",
+        )
+        .replace(
+            "lease = { holder_id = \"primary-eu-west-1\", ttl_seconds = 180, max_clock_skew_seconds = 5 }\n",
+            "",
+        )
+        .replace("mode = \"service\"", "mode = \"scheduled\"\nschedule_expression = \"rate(2 minutes)\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scheduled.toml");
+    std::fs::write(&path, policy).unwrap();
+    let out = dir.path().join("out");
+    let output = floodgate(&[
+        "render-infra",
+        "--config",
+        path.to_str().unwrap(),
+        "--now",
+        NOW,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(out.join("responder.yaml")).unwrap();
+    let responder = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
+    (dir, responder)
+}
+
 fn cfn_lint(paths: &[&str]) -> std::process::Output {
     Command::new(venv_bin("cfn-lint"))
         .args(paths)
@@ -81,6 +120,15 @@ fn cfn_lint_passes_every_template_with_no_warnings() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "");
+}
+
+#[test]
+fn cfn_lint_passes_the_scheduled_mode_with_no_warnings() {
+    let (dir, _) = scheduled_mode();
+    let path = dir.path().join("out/responder.yaml");
+    let output = cfn_lint(&[path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&output.stdout), "");
 }
 
@@ -233,11 +281,10 @@ fn cloudfront_is_only_allowed_in_us_east_1() {
     );
 }
 
-#[test]
-fn iam_policies_name_their_actions_and_resources() {
-    let responder = template("responder.yaml");
-    let mut statements = 0;
-    for (id, resource) in responder["Resources"].as_object().unwrap() {
+/// Every IAM statement of a template's roles, by role.
+fn iam_statements(template: &Value) -> Vec<(String, Value)> {
+    let mut statements = Vec::new();
+    for (id, resource) in template["Resources"].as_object().unwrap() {
         if resource["Type"] != "AWS::IAM::Role" {
             continue;
         }
@@ -247,21 +294,57 @@ fn iam_policies_name_their_actions_and_resources() {
             .flatten()
         {
             for statement in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
-                statements += 1;
-                for action in statement["Action"].as_array().unwrap() {
-                    assert!(
-                        !action.as_str().unwrap().contains('*'),
-                        "{id}: wildcard action {action}"
-                    );
-                }
-                assert_ne!(
-                    statement["Resource"], "*",
-                    "{id}: statement on every resource"
-                );
+                statements.push((id.clone(), statement.clone()));
             }
         }
     }
-    assert!(statements >= 5, "only {statements} statements found");
+    statements
+}
+
+#[test]
+fn iam_policies_name_their_actions_and_resources() {
+    let responder = template("responder.yaml");
+    let (_dir, scheduled) = scheduled_mode();
+    let service = iam_statements(&responder);
+    let scheduled = iam_statements(&scheduled);
+    for (id, statement) in service.iter().chain(&scheduled) {
+        for action in statement["Action"].as_array().unwrap() {
+            assert!(
+                !action.as_str().unwrap().contains('*'),
+                "{id}: wildcard action {action}"
+            );
+        }
+        assert_ne!(
+            statement["Resource"], "*",
+            "{id}: statement on every resource"
+        );
+    }
+    let sids = |statements: &[(String, Value)]| -> Vec<String> {
+        statements
+            .iter()
+            .map(|(id, s)| format!("{id}/{}", s["Sid"].as_str().unwrap_or("-")))
+            .collect()
+    };
+    // The service keeps its ledger in DynamoDB and needs no volume and no
+    // scheduler; the scheduled task has the file ledger on EFS.
+    assert_eq!(
+        sids(&service),
+        [
+            "ResponderRole/ResponderIpSets",
+            "ResponderRole/WafLogGroups",
+            "ResponderRole/LedgerTable"
+        ]
+    );
+    assert_eq!(
+        sids(&scheduled),
+        [
+            "ResponderRole/ResponderIpSets",
+            "ResponderRole/WafLogGroups",
+            "ResponderRole/LedgerVolume",
+            "SchedulerRole/-",
+            "SchedulerRole/-"
+        ]
+    );
     // The responder may touch exactly its IP sets in every target region and
     // CloudFront (global, in us-east-1).
     let role = &responder["Resources"]["ResponderRole"]["Properties"]["Policies"][0]["PolicyDocument"]
@@ -357,7 +440,7 @@ fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines.len(), 6, "{stdout}");
     for region in ["us-east-1", "eu-west-1", "ap-southeast-2"] {
         assert!(
             lines.iter().any(|l| l
@@ -370,10 +453,98 @@ fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
         lines[3].contains("--stack-name floodgate-waf-cloudfront --region us-east-1")
             && lines[3].ends_with("Scope=CLOUDFRONT")
     );
+    // The primary in the ledger's region, the standby in the other one.
     assert!(
-        lines[4].contains("responder.yaml")
-            && lines[4].contains("ContainerImage=<FLOODGATE_IMAGE>")
+        lines[4].contains("--stack-name floodgate-responder --region eu-west-1")
+            && lines[4].contains("responder.yaml")
+            && lines[4].contains("ContainerImage=<FLOODGATE_IMAGE>"),
+        "{}",
+        lines[4]
     );
+    assert!(
+        lines[5].contains("--stack-name floodgate-responder-standby --region us-east-1")
+            && lines[5].contains("VpcId=<FLOODGATE_STANDBY_VPC>")
+            && lines[5]
+                .ends_with("CreateLedgerTable=false LeaseRole=standby HolderId=standby-us-east-1"),
+        "{}",
+        lines[5]
+    );
+}
+
+#[test]
+fn the_service_runs_one_health_checked_daemon_and_alarms_when_it_stops_succeeding() {
+    let responder = template("responder.yaml");
+    let resources = &responder["Resources"];
+    let service = &resources["Service"]["Properties"];
+    assert_eq!(resources["Service"]["Type"], "AWS::ECS::Service");
+    assert_eq!(service["DesiredCount"], 1);
+    assert_eq!(service["LaunchType"], "FARGATE");
+    let deployment = &service["DeploymentConfiguration"];
+    assert_eq!(
+        deployment["DeploymentCircuitBreaker"],
+        serde_json::json!({ "Enable": true, "Rollback": true })
+    );
+    assert_eq!(deployment["MaximumPercent"], 100, "never two tasks at once");
+    assert!(resources.get("Schedule").is_none() && resources.get("LedgerFileSystem").is_none());
+
+    let container = &resources["TaskDefinition"]["Properties"]["ContainerDefinitions"][0];
+    let command: Vec<&str> = container["Command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(command[0], "run");
+    assert!(!command.contains(&"--once"), "the daemon, not one cycle");
+    for flag in ["--log-format", "json", "--emf-metrics"] {
+        assert!(command.contains(&flag), "{command:?}");
+    }
+    assert_eq!(
+        container["HealthCheck"]["Command"],
+        serde_json::json!([
+            "CMD",
+            "floodgate",
+            "healthcheck",
+            "--config",
+            "/etc/floodgate/floodgate.toml"
+        ])
+    );
+    assert_eq!(container["LogConfiguration"]["LogDriver"], "awslogs");
+    assert_eq!(container["User"], "10001:10001");
+
+    let stale = &resources["NoSuccessfulCycleAlarm"]["Properties"];
+    assert_eq!(stale["Namespace"], "Floodgate");
+    assert_eq!(stale["MetricName"], "SuccessfulCycles");
+    assert_eq!(stale["TreatMissingData"], "breaching");
+    // The example's schedule is every minute: three one-minute periods.
+    assert_eq!(
+        (&stale["Period"], &stale["EvaluationPeriods"]),
+        (&serde_json::json!(60), &serde_json::json!(3))
+    );
+    let running = &resources["ServiceNotRunningAlarm"]["Properties"];
+    assert_eq!(running["MetricName"], "RunningTaskCount");
+    assert_eq!(
+        resources["Cluster"]["Properties"]["ClusterSettings"],
+        serde_json::json!([{ "Name": "containerInsights", "Value": "enabled" }])
+    );
+}
+
+#[test]
+fn the_scheduled_mode_runs_one_cycle_per_tick_with_its_ledger_on_efs() {
+    let (_dir, responder) = scheduled_mode();
+    let resources = &responder["Resources"];
+    assert!(resources.get("Service").is_none());
+    assert_eq!(
+        resources["Schedule"]["Properties"]["ScheduleExpression"],
+        "rate(2 minutes)"
+    );
+    let command = &resources["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Command"];
+    assert_eq!(command[1], "--once");
+    assert_eq!(
+        resources["TaskDefinition"]["Properties"]["Volumes"][0]["EFSVolumeConfiguration"]["FilesystemId"],
+        serde_json::json!({ "Ref": "LedgerFileSystem" })
+    );
+    assert!(resources.get("LedgerTable").is_none(), "the file ledger");
 }
 
 #[test]

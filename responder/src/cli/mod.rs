@@ -185,6 +185,13 @@ pub struct RunArgs {
     /// lease, different on every responder.
     #[arg(long, value_name = "ID")]
     pub holder_id: Option<String>,
+    /// After each cycle, print one line of CloudWatch embedded metric format
+    /// on stdout: SuccessfulCycles (1 or 0) and CycleSeconds in the
+    /// `Floodgate` namespace, dimension Responder = `[infra] name`. The
+    /// awslogs driver ships it and CloudWatch extracts the metrics, with no
+    /// agent; render-infra's service mode alarms on them.
+    #[arg(long)]
+    pub emf_metrics: bool,
 }
 
 /// `floodgate plan`.

@@ -14,7 +14,7 @@ use floodgate_rules::policy::Target;
 use time::OffsetDateTime;
 
 use super::{CliError, Format, RunArgs, Status, load_policy, write_stdout};
-use crate::clock::{Clock, clock_at};
+use crate::clock::{Clock, Stopwatch, clock_at, unix_ms};
 use crate::cycle::{self, CycleReport, LeaseLine, Parts};
 use crate::daemon::{CycleResult, Health, Schedule, schedule_loop};
 
@@ -26,7 +26,12 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
     let policy = with_overrides(loaded.policy, args)?;
     let runtime = tokio::runtime::Runtime::new()?;
     if args.once {
-        return runtime.block_on(once(&policy, args.policy.now, args.format));
+        let output = Output {
+            format: args.format,
+            one_line: false,
+            emf_metrics: args.emf_metrics,
+        };
+        return runtime.block_on(once(&policy, args.policy.now, output));
     }
     if args.policy.now.is_some() {
         return Err(CliError::Input(
@@ -88,11 +93,16 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         let _ = stop.send(true);
     });
     let policy = Arc::new(policy);
-    let format = args.format;
+    // One line per report, as log pipelines read them.
+    let output = Output {
+        format: args.format,
+        one_line: true,
+        emf_metrics: args.emf_metrics,
+    };
     let cycle = || {
         let policy = Arc::clone(&policy);
         async move {
-            match once(&policy, None, format).await {
+            match once(&policy, None, output).await {
                 Ok(Status::Success) => CycleResult::Success,
                 Ok(_) => CycleResult::Partial,
                 Err(error) => {
@@ -108,28 +118,82 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
     Ok(Status::Success)
 }
 
+/// How a cycle's report is printed.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    format: Format,
+    /// JSON reports on one line each (the daemon), or indented (`--once`).
+    one_line: bool,
+    /// Also a CloudWatch embedded-metric-format line.
+    emf_metrics: bool,
+}
+
 /// Runs one cycle at `now` (the real time without it) and prints its
 /// report: the daemon's cycle, and `run --once`.
 async fn once(
     policy: &Policy,
     now: Option<OffsetDateTime>,
-    format: Format,
+    output: Output,
+) -> Result<Status, CliError> {
+    let started = Stopwatch::start();
+    let result = report_cycle(policy, now, output).await;
+    if output.emf_metrics {
+        let succeeded = matches!(result, Ok(Status::Success));
+        let now_ms = unix_ms(clock_at(None).now());
+        let name = policy
+            .infra
+            .as_ref()
+            .map_or("floodgate", |i| i.name.as_str());
+        let line = emf_line(name, succeeded, started.elapsed().as_secs_f64(), now_ms);
+        write_stdout(&(line + "\n"))?;
+    }
+    result
+}
+
+async fn report_cycle(
+    policy: &Policy,
+    now: Option<OffsetDateTime>,
+    output: Output,
 ) -> Result<Status, CliError> {
     let real: Arc<dyn Clock> = Arc::from(clock_at(None));
     let parts = Parts::from_policy(policy, Arc::from(clock_at(now)), real).await?;
     let ledger = parts.ledger.label();
     let report = cycle::run(parts).await?;
-    tracing::info!(report = %serde_json::to_string(&report).expect("reports serialize"), "run finished");
-    let output = match format {
+    let json = serde_json::to_string(&report).expect("reports serialize");
+    tracing::info!(report = %json, "run finished");
+    let text = match output.format {
+        Format::Json if output.one_line => json + "\n",
         Format::Json => serde_json::to_string_pretty(&report).expect("reports serialize") + "\n",
         Format::Table => summary(&report, policy, &ledger),
     };
-    write_stdout(&output)?;
+    write_stdout(&text)?;
     Ok(if report.converged() {
         Status::Success
     } else {
         Status::Partial
     })
+}
+
+/// One CloudWatch embedded-metric-format record: whether the cycle
+/// succeeded, and how long it took.
+fn emf_line(responder: &str, succeeded: bool, seconds: f64, now_ms: i64) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": crate::infra::EMF_NAMESPACE,
+                "Dimensions": [["Responder"]],
+                "Metrics": [
+                    { "Name": "SuccessfulCycles", "Unit": "Count" },
+                    { "Name": "CycleSeconds", "Unit": "Seconds" },
+                ],
+            }],
+        },
+        "Responder": responder,
+        "SuccessfulCycles": u8::from(succeeded),
+        "CycleSeconds": seconds,
+    })
+    .to_string()
 }
 
 /// Where a cycle stood with the lease, for people.

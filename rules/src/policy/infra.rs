@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::check::Checker;
 use super::raw::RawInfra;
+use super::targets::{Region, check_region};
 
 /// AWS WAF rate-based rules: the smallest limit and the evaluation windows.
 pub const WAF_MIN_RATE_LIMIT: u32 = 10;
@@ -29,12 +30,36 @@ pub struct Infra {
     pub emergency_block_window_seconds: u32,
     /// Retention of the WAF log groups, in days (default 30).
     pub log_retention_days: u32,
-    /// EventBridge Scheduler expression for the responder (default `rate(1 minute)`).
+    /// EventBridge Scheduler expression for the responder's task, in the
+    /// scheduled mode (default `rate(1 minute)`).
     pub schedule_expression: String,
+    /// How the responder runs on AWS.
+    pub mode: InfraMode,
+    /// Where a standby responder's stack goes, with a lease (default: the
+    /// first target region other than the primary's).
+    pub standby_region: Option<Region>,
 }
 
-/// Checks `[infra]`.
-pub(crate) fn check_infra(checker: &mut Checker<'_>, raw: &Spanned<RawInfra>) -> Option<Infra> {
+/// How `render-infra` runs the responder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InfraMode {
+    /// The daemon as an always-on ECS service (the default): cycles on
+    /// `[responder] schedule`, health-checked; needs the DynamoDB ledger.
+    #[default]
+    Service,
+    /// One `run --once` task per EventBridge Scheduler tick, the file
+    /// ledger on EFS.
+    Scheduled,
+}
+
+/// Checks `[infra]`; `shared_ledger` tells whether `[responder]` names
+/// the DynamoDB ledger, which the service mode needs.
+pub(crate) fn check_infra(
+    checker: &mut Checker<'_>,
+    raw: &Spanned<RawInfra>,
+    shared_ledger: bool,
+) -> Option<Infra> {
+    let section = raw.span();
     let raw = raw.get_ref();
     let name = match &raw.name {
         None => Some("floodgate".to_owned()),
@@ -111,7 +136,39 @@ pub(crate) fn check_infra(checker: &mut Checker<'_>, raw: &Spanned<RawInfra>) ->
             valid.then(|| text.clone())
         }
     };
+    let mode = match &raw.mode {
+        None => Some(InfraMode::Service),
+        Some(mode) => checker
+            .choice(mode, "infra.mode", &["service", "scheduled"])
+            .map(|mode| match mode {
+                "scheduled" => InfraMode::Scheduled,
+                _ => InfraMode::Service,
+            }),
+    };
+    if mode == Some(InfraMode::Service) && !shared_ledger {
+        let span = raw.mode.as_ref().map_or(section, Spanned::span);
+        let message = "the service mode (the default) runs the responder as an always-on ECS service, which keeps its ledger in DynamoDB".to_owned();
+        let help = Some("add [responder] ledger = { backend = \"dynamodb\", table = \"floodgate-ledger\", region = \"eu-west-1\" }, or set mode = \"scheduled\" for a task per tick with the file ledger on EFS".to_owned());
+        checker.error(span, "infra.mode", message, help);
+    }
+    if mode == Some(InfraMode::Service)
+        && let Some(expression) = &raw.schedule_expression
+    {
+        let message = "the service mode cycles on [responder] schedule; this applies only to mode = \"scheduled\"".to_owned();
+        checker.warn(
+            expression.span(),
+            "infra.schedule_expression",
+            message,
+            Some("remove it, or set mode = \"scheduled\"".to_owned()),
+        );
+    }
+    let standby_region = match &raw.standby_region {
+        None => Some(None),
+        Some(region) => check_region(checker, region, "infra.standby_region").map(Some),
+    };
     Some(Infra {
+        mode: mode?,
+        standby_region: standby_region?,
         name: name?,
         emergency_block_requests: emergency.filter(|r| r.get() >= WAF_MIN_RATE_LIMIT)?,
         emergency_block_window_seconds: window?,

@@ -45,7 +45,7 @@ mod tiers;
 
 pub use alerts::Alerts;
 pub use allow::{AllowEntry, AllowList};
-pub use infra::{Infra, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
+pub use infra::{Infra, InfraMode, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
     DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
     Quotas, RedisBackend, TenantId, TenantOverride,
@@ -129,10 +129,15 @@ impl Policy {
             .source
             .as_ref()
             .and_then(|s| targets::check_source(&mut checker, s));
+        let shared_ledger = raw
+            .responder
+            .as_ref()
+            .and_then(|r| r.get_ref().ledger.as_ref())
+            .is_some_and(|l| l.get_ref().backend.get_ref() == "dynamodb");
         let infra = raw
             .infra
             .as_ref()
-            .and_then(|i| infra::check_infra(&mut checker, i));
+            .and_then(|i| infra::check_infra(&mut checker, i, shared_ledger));
         let responder =
             responder::check_responder(&mut checker, raw.responder.as_ref(), infra.as_ref());
         let alerts = raw

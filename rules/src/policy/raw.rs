@@ -164,6 +164,8 @@ pub(crate) struct RawInfra {
     pub emergency_block_window_seconds: Option<Spanned<i64>>,
     pub log_retention_days: Option<Spanned<i64>>,
     pub schedule_expression: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub standby_region: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use toml::Spanned;
 
 use super::check::Checker;
-use super::infra::Infra;
+use super::infra::{Infra, InfraMode};
 use super::raw::{RawLease, RawLedger, RawResponder};
 use super::targets::{ENDPOINT_URL, Region, check_region};
 
@@ -292,6 +292,7 @@ fn check_lease(
     // EventBridge rate. Either may be how the lease is renewed.
     let daemon = schedule_period_seconds(&responder.schedule).map(|p| (p, "the schedule runs"));
     let task = infra
+        .filter(|i| i.mode == InfraMode::Scheduled)
         .and_then(|i| rate_period_seconds(&i.schedule_expression))
         .map(|p| (p, "the scheduled task runs"));
     let period = daemon.into_iter().chain(task).max();
