@@ -2,7 +2,8 @@
 # Deploys Floodgate's stacks in the order infra/cloudformation/deployments.tsv
 # lists them (that file is written by `floodgate render-infra` from the
 # policy): the web ACL in every region of the policy's targets, the web ACL
-# for CloudFront in us-east-1, then the responder.
+# for CloudFront in us-east-1, then the responder (and with a lease, its
+# standby in a second region, FLOODGATE_STANDBY_VPC / _SUBNET_A / _SUBNET_B).
 #
 #   infra/deploy.sh --dry-run     # print the commands, run nothing
 #   FLOODGATE_IMAGE=... FLOODGATE_VPC=vpc-... FLOODGATE_SUBNET_A=subnet-... \

@@ -10,10 +10,13 @@
 //!   level; the rate rules skip labelled (allow-listed) requests. Logging to
 //!   an `aws-waf-logs-` group with `authorization` and `cookie` redacted,
 //!   and an alarm per tier rule.
-//! - `responder.yaml`: the responder as a scheduled ECS Fargate task, its
-//!   least-privilege role, and its ledger on an encrypted EFS volume.
+//! - `responder.yaml`: the responder, by `[infra] mode`: the daemon as an
+//!   always-on ECS Fargate service with its alarms (the default), or a
+//!   `run --once` task per EventBridge Scheduler tick with its file ledger
+//!   on an encrypted EFS volume; its least-privilege role; the DynamoDB
+//!   ledger table.
 //! - `deployments.tsv`: the stacks to deploy, one per line, read by
-//!   `infra/deploy.sh`.
+//!   `infra/deploy.sh`: with a lease, a standby responder in a second region.
 //!
 //! Templates are written as JSON, which is YAML, so tools and tests read them
 //! without a YAML parser.
