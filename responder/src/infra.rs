@@ -530,34 +530,26 @@ const POLICY_IN_IMAGE: &str = "/etc/floodgate/floodgate.toml";
 
 fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Value {
     let name = &infra.name;
-    let (what, command) = match infra.mode {
+    let (what, mode_flag) = match infra.mode {
         InfraMode::Service => (
             "the `floodgate run` daemon as an always-on ECS Fargate service",
-            vec![
-                "run",
-                "--config",
-                POLICY_IN_IMAGE,
-                "--format",
-                "json",
-                "--log-format",
-                "json",
-                "--emf-metrics",
-            ],
+            "--emf-metrics",
         ),
         InfraMode::Scheduled => (
             "`floodgate run --once` on a schedule (ECS Fargate)",
-            vec![
-                "run",
-                "--once",
-                "--config",
-                POLICY_IN_IMAGE,
-                "--format",
-                "json",
-                "--log-format",
-                "json",
-            ],
+            "--once",
         ),
     };
+    let command = [
+        "run",
+        mode_flag,
+        "--config",
+        POLICY_IN_IMAGE,
+        "--format",
+        "json",
+        "--log-format",
+        "json",
+    ];
     let mut template = json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!("{name} responder: {what}, its role and its state; generated from the Floodgate policy"),

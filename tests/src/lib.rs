@@ -47,6 +47,20 @@ pub fn floodgate_bin() -> &'static Path {
     })
 }
 
+/// examples/local.toml (the embedded default) with its log paths pointing
+/// at `logs` and `extra` appended, written to `dir/local.toml`.
+pub fn local_policy(dir: &Path, logs: &Path, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
+        .expect("examples/local.toml is readable");
+    let text = text.replace(
+        "paths = [\"examples/logs\"]",
+        &format!("paths = [\"{}\"]", logs.display()),
+    ) + extra;
+    let path = dir.join("local.toml");
+    std::fs::write(&path, text).expect("the policy is written");
+    path
+}
+
 /// Runs `floodgate` with `args` from the workspace root.
 pub fn floodgate(args: &[&str]) -> Output {
     Command::new(floodgate_bin())

@@ -4,20 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use floodgate_tests::{floodgate_bin, stderr, stdout, workspace_root};
+use floodgate_tests::{floodgate_bin, local_policy as policy_in, stderr, stdout, workspace_root};
 use serde_json::Value;
-
-/// examples/local.toml with its paths pointing at `logs`, run in `dir`.
-fn policy_in(dir: &Path, logs: &Path, extra: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml")).unwrap();
-    let text = text.replace(
-        "paths = [\"examples/logs\"]",
-        &format!("paths = [\"{}\"]", logs.display()),
-    ) + extra;
-    let path = dir.join("local.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn run_at(dir: &Path, policy: &Path, now: &str) -> std::process::Output {
     run_with(dir, policy, now, &["--format", "json"])

@@ -10,21 +10,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use floodgate_tests::{floodgate_bin, stderr, workspace_root};
+use floodgate_tests::{floodgate_bin, local_policy, stderr, workspace_root};
 
 const GOLDEN: &str = "fixtures/golden/reports.txt";
 
 /// examples/local.toml reading the committed sample, with `extra` appended.
 fn policy_in(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml")).unwrap();
-    let logs = workspace_root().join("examples/logs");
-    let text = text.replace(
-        "paths = [\"examples/logs\"]",
-        &format!("paths = [\"{}\"]", logs.display()),
-    ) + extra;
-    let path = dir.join("local.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    local_policy(dir, &workspace_root().join("examples/logs"), extra)
 }
 
 /// `floodgate <args> --config <policy> --now <now>` in `dir`: its exit code

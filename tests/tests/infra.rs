@@ -19,6 +19,19 @@ fn template(name: &str) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
+/// `floodgate render-infra` of `policy` into `out`.
+fn render_infra(policy: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    floodgate(&[
+        "render-infra",
+        "--config",
+        policy.to_str().unwrap(),
+        "--now",
+        NOW,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 /// The example policy in the scheduled mode, with the file ledger (no
 /// lease): rendered into a temporary directory.
 fn scheduled_mode() -> (tempfile::TempDir, Value) {
@@ -38,15 +51,7 @@ fn scheduled_mode() -> (tempfile::TempDir, Value) {
     let path = dir.path().join("scheduled.toml");
     std::fs::write(&path, policy).unwrap();
     let out = dir.path().join("out");
-    let output = floodgate(&[
-        "render-infra",
-        "--config",
-        path.to_str().unwrap(),
-        "--now",
-        NOW,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = render_infra(&path, &out);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -566,13 +571,7 @@ fn policies_waf_cannot_mirror_are_refused() {
         let path = dir.path().join(format!("p{i}.toml"));
         std::fs::write(&path, policy).unwrap();
         let out = dir.path().join("out");
-        let output = floodgate(&[
-            "render-infra",
-            "--config",
-            path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let output = render_infra(&path, &out);
         assert_eq!(output.status.code(), Some(1));
         assert!(
             String::from_utf8_lossy(&output.stderr).contains(expected),

@@ -52,7 +52,11 @@ fn the_manifest_passes_the_kubernetes_schemas_and_a_broken_one_does_not() {
     );
     let broken = validate("tests/fixtures/kubernetes/broken.yaml");
     assert_ne!(broken.status.code(), Some(0));
-    let report = format!("{}{}", String::from_utf8_lossy(&broken.stdout), stderr(&broken));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&broken.stdout),
+        stderr(&broken)
+    );
     assert!(report.contains("replicas"), "{report}");
 }
 
