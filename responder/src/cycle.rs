@@ -351,7 +351,7 @@ async fn read<S: LogSource>(
     let spec = count_spec(parts.policy, now_ms, widest).map_err(SourceError::from)?;
     let traffic = parts.source.count(&spec).await?;
     let stats = traffic.stats();
-    if stats.records > 0 && stats.records == stats.malformed {
+    if stats.records == 0 && stats.malformed > 0 {
         return Err(CycleError::AllMalformed {
             malformed: stats.malformed,
         });

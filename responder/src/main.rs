@@ -32,12 +32,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines go to stderr, so stdout stays the command's result.
+/// Log lines go to stderr, so stdout stays the command's result; colour
+/// only on a terminal, never into a file or a log pipeline.
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter =
         EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

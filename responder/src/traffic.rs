@@ -118,7 +118,7 @@ pub struct TrafficCounter {
 /// What a count saw besides the per-IP numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Records read, usable or not.
+    /// Usable records read (malformed lines are not records).
     pub records: u64,
     /// Lines that were not usable records (counted, then skipped).
     pub malformed: u64,
@@ -163,10 +163,7 @@ impl TrafficCounter {
     pub fn add_parsed(&mut self, parsed: Result<Hit, BadLine>) {
         match parsed {
             Ok(hit) => self.add_hit(hit),
-            Err(_) => {
-                self.stats.records += 1;
-                self.stats.malformed += 1;
-            }
+            Err(_) => self.stats.malformed += 1,
         }
     }
 
@@ -267,7 +264,7 @@ impl Traffic {
         &self.counter.spec
     }
 
-    /// Records read, malformed lines, bytes.
+    /// Usable records read, malformed lines, bytes.
     pub fn stats(&self) -> Stats {
         self.counter.stats
     }

@@ -223,6 +223,16 @@ fn the_circuit_breaker_is_logged_at_error_level_as_json() {
         .expect("a breaker event");
     assert_eq!(breaker["level"], "ERROR");
     assert_eq!(breaker["fields"]["held_back"], 16);
+
+    // Text log lines into a pipe carry no colour codes (issue 18).
+    let fresh = tempfile::tempdir().unwrap();
+    let text = run_with(fresh.path(), &policy, "2026-11-20T10:05:00Z", &[]);
+    let log = stderr(&text);
+    assert!(
+        log.contains("ERROR") && log.contains("circuit breaker"),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "colour codes in {log:?}");
 }
 
 /// `floodgate plan` in `dir`, at `now`, with `extra` arguments.

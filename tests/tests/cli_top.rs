@@ -97,6 +97,26 @@ fn top_without_a_policy_ranks_only_and_defaults_to_the_newest_record() {
 }
 
 #[test]
+fn records_counts_the_valid_records_only_issue_18() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("mixed.log");
+    let record =
+        r#"{"timestamp":1795168800000,"action":"ALLOW","httpRequest":{"clientIp":"192.0.2.1"}}"#;
+    std::fs::write(
+        &log,
+        format!("{record}\nnot a record\n{record}\n{{\"timestamp\":1}}\n"),
+    )
+    .unwrap();
+    let output = floodgate(&["top", "--logs", log.to_str().unwrap(), "--format", "json"]);
+    let report = json(&output);
+    assert_eq!(
+        (&report["records"], &report["malformed"]),
+        (&Value::from(2), &Value::from(2))
+    );
+    assert_eq!(report["offenders"][0]["requests"], 2);
+}
+
+#[test]
 fn bad_log_input_exits_1_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");

@@ -84,7 +84,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
     let traffic = source.count(&spec).await?;
     report_read(&traffic, started);
     let stats = traffic.stats();
-    if stats.records > 0 && stats.records == stats.malformed {
+    if stats.records == 0 && stats.malformed > 0 {
         return Err(CliError::Input(format!(
             "no usable WAF log records: all {} lines are malformed",
             stats.malformed
