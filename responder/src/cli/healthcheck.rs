@@ -13,14 +13,18 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::{CliError, HealthcheckArgs, Status, load_policy, write_stdout};
+use super::{CliError, HealthcheckArgs, PolicyArgs, Status, load_policy, write_stdout};
 
 /// Runs `floodgate healthcheck`.
 pub(super) fn run(args: &HealthcheckArgs) -> Result<Status, CliError> {
     let url = match &args.url {
         Some(url) => url.clone(),
         None => {
-            let Some(loaded) = load_policy(&args.policy)? else {
+            let policy = PolicyArgs {
+                config: args.config.clone(),
+                now: None,
+            };
+            let Some(loaded) = load_policy(&policy)? else {
                 return Ok(Status::Invalid);
             };
             healthz_url(loaded.policy.responder.listen)

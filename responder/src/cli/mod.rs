@@ -337,9 +337,15 @@ pub struct HealthcheckArgs {
     /// listen` (on loopback when it listens on every address).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// The policy whose `listen` to ask, when --url is not given.
-    #[command(flatten)]
-    pub policy: PolicyArgs,
+    /// The policy whose `[responder] listen` to ask, when --url is not given.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "FLOODGATE_CONFIG",
+        default_value = "floodgate.toml"
+    )]
+    pub config: PathBuf,
     /// How long to wait for the answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     pub timeout_seconds: u16,
