@@ -25,7 +25,7 @@ use crate::sink::{
     ConfiguredTarget, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard, apply_all_guarded,
 };
 use crate::source::{ConfiguredSource, LogSource, SourceError};
-use crate::traffic::{Stats, Traffic};
+use crate::traffic::{SecondPass, Stats, Traffic};
 
 /// What a cycle runs on.
 pub struct Parts<'p, S> {
@@ -159,6 +159,11 @@ pub struct CycleReport {
     pub bytes_read: u64,
     /// With Logs Insights: what scanning `bytes_read` cost, in US dollars.
     pub insights_estimated_cost_usd: Option<f64>,
+    /// With Logs Insights over several regions or log-group chunks: the
+    /// second pass that made each count exact (its bytes are in
+    /// `bytes_read` and the cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insights_second_pass: Option<SecondPass>,
     /// How long each phase took, in order.
     pub phases: Vec<Phase>,
     /// How long the cycle took.
@@ -572,6 +577,7 @@ fn report(
         bytes_read: stats.bytes,
         insights_estimated_cost_usd: uses_insights(policy)
             .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
+        insights_second_pass: uses_insights(policy).then_some(stats.second_pass),
         phases: prepared.phases.done,
         seconds: started.elapsed().as_secs_f64(),
     }

@@ -129,6 +129,20 @@ pub struct Stats {
     /// Server-side queries that hit their row limit. Their results hold
     /// every IP above the lowest count returned, and may miss IPs at it.
     pub truncated_queries: u64,
+    /// What the second pass of a server-side count over several query
+    /// partitions added (its bytes are in `bytes` too).
+    pub second_pass: SecondPass,
+}
+
+/// The exact second pass of a count split over several queries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SecondPass {
+    /// Queries run.
+    pub queries: u64,
+    /// Rows they returned.
+    pub rows: u64,
+    /// Bytes they scanned.
+    pub bytes: u64,
 }
 
 impl TrafficCounter {
@@ -202,6 +216,9 @@ impl TrafficCounter {
         self.stats.outside_window += stats.outside_window;
         self.stats.bytes += stats.bytes;
         self.stats.truncated_queries += stats.truncated_queries;
+        self.stats.second_pass.queries += stats.second_pass.queries;
+        self.stats.second_pass.rows += stats.second_pass.rows;
+        self.stats.second_pass.bytes += stats.second_pass.bytes;
     }
 
     /// Adds another counter's counts (same spec) into this one.

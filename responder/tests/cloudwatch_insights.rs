@@ -2,6 +2,8 @@
 //! (`aws-smithy-mocks`): the emulator cannot aggregate, and cannot produce
 //! throttling, failed or timed-out queries.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::Client;
@@ -16,11 +18,12 @@ use floodgate_responder::source::cloudwatch_insights::{
     CloudWatchInsightsSource, MAX_ROWS, Polling, estimated_cost_usd, query_text,
 };
 use floodgate_responder::traffic::CountSpec;
+use proptest::prelude::*;
 
 #[test]
 fn the_query_text_is_stable() {
     assert_eq!(
-        query_text(2000),
+        query_text(2000, &[]),
         "stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 2000\n| sort requests desc\n| limit 10000"
     );
 }
@@ -60,7 +63,7 @@ fn results(status: QueryStatus, rows: Vec<Vec<ResultField>>) -> GetQueryResultsO
 fn start_ok() -> Rule {
     mock!(Client::start_query)
         .match_requests(|r| {
-            r.query_string() == Some(query_text(2000).as_str())
+            r.query_string() == Some(query_text(2000, &[]).as_str())
                 && r.end_time().zip(r.start_time()).map(|(e, s)| e - s) == Some(300)
         })
         .then_output(|| StartQueryOutput::builder().query_id("q-1").build())
@@ -245,4 +248,210 @@ async fn a_full_result_is_reported_as_truncated() {
         .unwrap();
     assert_eq!(traffic.stats().truncated_queries, 1);
     assert_eq!(traffic.distinct_ips(), MAX_ROWS);
+}
+
+#[test]
+fn the_second_pass_query_names_its_addresses() {
+    assert_eq!(
+        query_text(1, &["203.0.113.9".to_owned(), "2001:db8::1".to_owned()]),
+        "filter httpRequest.clientIp in [\"203.0.113.9\", \"2001:db8::1\"]\n| stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 1\n| sort requests desc\n| limit 10000"
+    );
+}
+
+/// The end of the counted windows, as in `spec()`.
+const END_SECONDS: i64 = 1_700_000_300;
+
+/// One request: the client IP as the logs write it, and its time (s).
+type Event = (String, i64);
+
+/// Runs a Logs Insights query over `events` as Insights would, from its
+/// text alone: an optional `filter httpRequest.clientIp in [...]`, then
+/// `stats count(*) as requests by httpRequest.clientIp`,
+/// `filter requests >= N`, `sort requests desc`, `limit N`. The time range
+/// is inclusive at both ends (StartQuery's documentation). Any other stage
+/// fails the test.
+fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<ResultField>> {
+    let mut only: Option<Vec<String>> = None;
+    let (mut min, mut limit, mut grouped) = (0u32, usize::MAX, false);
+    for stage in query.split("\n| ") {
+        if let Some(list) = stage
+            .strip_prefix("filter httpRequest.clientIp in [")
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            assert!(!grouped, "the address filter must come before stats");
+            only = Some(
+                list.split(", ")
+                    .map(|quoted| quoted.trim_matches('"').to_owned())
+                    .collect(),
+            );
+        } else if stage == "stats count(*) as requests by httpRequest.clientIp" {
+            grouped = true;
+        } else if let Some(n) = stage.strip_prefix("filter requests >= ") {
+            min = n.parse().unwrap();
+        } else if stage == "sort requests desc" {
+        } else if let Some(n) = stage.strip_prefix("limit ") {
+            limit = n.parse().unwrap();
+        } else {
+            panic!("the fake does not know the stage {stage:?} of {query:?}");
+        }
+    }
+    assert!(grouped, "{query}");
+    let mut counts: HashMap<&str, u32> = HashMap::new();
+    for (ip, ts) in events {
+        let wanted = only.as_ref().is_none_or(|only| only.contains(ip));
+        if wanted && (start..=end).contains(ts) {
+            *counts.entry(ip).or_default() += 1;
+        }
+    }
+    let mut rows: Vec<(&str, u32)> = counts.into_iter().filter(|&(_, n)| n >= min).collect();
+    rows.sort_by_key(|&(ip, n)| (std::cmp::Reverse(n), ip));
+    rows.truncate(limit);
+    rows.into_iter().map(|(ip, n)| row(ip, n)).collect()
+}
+
+/// A region's Logs Insights, faked over its `events`.
+fn insights_over(events: Vec<Event>) -> (Rule, Rule) {
+    let queries: Arc<Mutex<HashMap<String, Vec<Vec<ResultField>>>>> = Arc::default();
+    let stored = Arc::clone(&queries);
+    let start = mock!(Client::start_query).then_compute_output(move |input| {
+        let rows = evaluate(
+            input.query_string().unwrap(),
+            input.start_time().unwrap(),
+            input.end_time().unwrap(),
+            &events,
+        );
+        let mut queries = stored.lock().unwrap();
+        let id = format!("q-{}", queries.len());
+        queries.insert(id.clone(), rows);
+        StartQueryOutput::builder().query_id(id).build()
+    });
+    let poll = mock!(Client::get_query_results).then_compute_output(move |input| {
+        let rows = queries.lock().unwrap()[input.query_id().unwrap()].clone();
+        results(QueryStatus::Complete, rows)
+    });
+    (start, poll)
+}
+
+/// Counts `regions`' events through the Insights source (one log group
+/// per region) with windows of 60 s (floor `floor_60`) and 300 s (floor
+/// `floor_300`) ending at END_SECONDS.
+fn count_by_insights(
+    regions: &[Vec<Event>],
+    floor_60: u32,
+    floor_300: u32,
+) -> floodgate_responder::traffic::Traffic {
+    let sources: Vec<RegionLogs> = regions
+        .iter()
+        .enumerate()
+        .map(|(i, events)| {
+            let (start, poll) = insights_over(events.clone());
+            let client = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, &[&start, &poll]);
+            RegionLogs {
+                region: format!("region-{i}"),
+                client,
+                log_groups: vec!["aws-waf-logs-app".into()],
+            }
+        })
+        .collect();
+    let spec = CountSpec::new(END_SECONDS * 1000, &[60, 300])
+        .unwrap()
+        .with_floor(60, floor_60)
+        .with_floor(300, floor_300);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime
+        .block_on(CloudWatchInsightsSource::new(sources, 30, fast_polling()).count(&spec))
+        .unwrap()
+}
+
+/// `per_ip` requests from each of `ips`, `age` seconds before the end.
+fn burst(ips: &[&str], per_ip: usize, age: i64) -> Vec<Event> {
+    ips.iter()
+        .flat_map(|ip| std::iter::repeat_n(((*ip).to_owned(), END_SECONDS - age), per_ip))
+        .collect()
+}
+
+#[test]
+fn an_address_spread_over_five_regions_is_counted_in_full() {
+    // 900 requests in each of 4 regions and 100 in a fifth: under a
+    // per-region floor of 2000, 3700 in all; the fifth region's share is
+    // below even the first pass's floor (2000 / 5), so only the second
+    // pass finds it. A local client stays under every floor.
+    let regions: Vec<Vec<Event>> = (0..5)
+        .map(|i| {
+            let per_region = if i == 4 { 100 } else { 900 };
+            let mut events = burst(&["203.0.113.9"], per_region, 30);
+            events.extend(burst(&[&format!("192.0.2.{i}")], 10, 30));
+            events
+        })
+        .collect();
+    let traffic = count_by_insights(&regions, 1000, 2000);
+    let ip: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    let (_, counts) = traffic
+        .iter()
+        .find(|(i, _)| *i == ip)
+        .expect("the spread attacker");
+    assert_eq!(counts.requests(300), Some(3700));
+    assert_eq!(counts.requests(60), Some(3700));
+    let second = traffic.stats().second_pass;
+    assert!(second.queries > 0 && second.rows > 0, "{second:?}");
+}
+
+/// Each client's requests per window, counted in-process from the events:
+/// the model the Insights path must agree with.
+fn model(regions: &[Vec<Event>]) -> HashMap<(String, u32), u32> {
+    let mut counts = HashMap::new();
+    for (ip, ts) in regions.iter().flatten() {
+        for window in [60, 300] {
+            if END_SECONDS - ts < window {
+                *counts.entry((ip.clone(), window as u32)).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// For any spread of requests over 1 to 6 regions, every client whose
+    /// total reaches a window's floor gets its exact total, and every count
+    /// reported is exact.
+    #[test]
+    fn insights_counts_agree_with_counting_the_events(
+        regions in prop::collection::vec(
+            prop::collection::vec((0..6usize, prop_oneof![1..60i64, 61..300i64]), 0..120),
+            1..=6,
+        ),
+        floor_60 in 1..30u32,
+        floor_300 in 1..60u32,
+    ) {
+        let ips = ["203.0.113.1", "203.0.113.2", "198.51.100.3", "2001:db8::4", "2001:db8:1::5", "192.0.2.6"];
+        let regions: Vec<Vec<Event>> = regions
+            .iter()
+            .map(|events| events.iter().map(|&(i, age)| (ips[i].to_owned(), END_SECONDS - age)).collect())
+            .collect();
+        let expected = model(&regions);
+        let traffic = count_by_insights(&regions, floor_60, floor_300);
+        let reported: HashMap<(String, u32), u32> = traffic
+            .iter()
+            .flat_map(|(ip, counts)| {
+                [60u32, 300].into_iter().filter_map(move |w| {
+                    counts.requests(w).filter(|&n| n > 0).map(|n| ((ip.to_string(), w), n))
+                })
+            })
+            .collect();
+        for (key, &n) in &reported {
+            prop_assert_eq!(Some(&n), expected.get(key), "{:?} reported {}", key, n);
+        }
+        for ((ip, window), &n) in &expected {
+            let floor = if *window == 60 { floor_60 } else { floor_300 };
+            if n >= floor {
+                prop_assert_eq!(reported.get(&(ip.clone(), *window)), Some(&n), "{} in {} s", ip, window);
+            }
+        }
+    }
 }

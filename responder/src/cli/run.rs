@@ -231,6 +231,12 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
             report.bytes_read
         ));
     }
+    if let Some(second) = report.insights_second_pass.filter(|s| s.queries > 0) {
+        out.push_str(&format!(
+            "  of which the exact second pass: {} queries, {} rows, {} bytes\n",
+            second.queries, second.rows, second.bytes
+        ));
+    }
     let tiers: Vec<String> = report
         .offenders_per_tier
         .iter()

@@ -1,11 +1,23 @@
 //! CloudWatch Logs Insights: AWS counts, we read the counts.
 //!
-//! One query per region (up to 50 log groups each) and per distinct window:
-//! StartQuery, then GetQueryResults with backoff until the query completes.
-//! - Insights returns at most 10,000 rows. Each query keeps only IPs at or
-//!   above the window's floor (its lowest tier threshold) and sorts by
-//!   requests, so a truncated result still holds every IP above its lowest
-//!   count; truncation is reported in the stats, never silent.
+//! One query per partition (a region's log groups, 50 at most) and per
+//! distinct window: StartQuery, then GetQueryResults with backoff until the
+//! query completes.
+//! - **Exact across partitions.** A floor filtered per query and then summed
+//!   is not a count: an address spread over regions can be under every
+//!   query's floor while its total crosses a tier. So the first pass keeps,
+//!   in each of the `n` partitions, the IPs at or above the window's floor
+//!   divided by `n` (rounded up): an address whose total reaches the floor
+//!   reaches that share in at least one partition. Every IP some partition
+//!   returned is a candidate, and a second pass counts exactly the
+//!   candidates each partition did not return (`filter httpRequest.clientIp
+//!   in [...]`, in chunks that fit a query). Each candidate's count is then
+//!   the exact sum over all partitions. With one partition, or a floor of
+//!   0 or 1, the first pass is exact and no second pass runs.
+//! - Insights returns at most 10,000 rows. Each query sorts by requests, so
+//!   a truncated result still holds every IP above its lowest count;
+//!   truncation is reported in the stats, never silent, and the second pass
+//!   asks a truncated partition for every candidate.
 //! - At most `max_concurrent_queries` run at once (the account limit is 30
 //!   in the API reference, 100 in newer guides).
 //! - A query past its deadline, or whose caller gave up, is stopped with
@@ -15,6 +27,8 @@
 //! Insights query bounds are whole seconds, so windows are counted to the
 //! second.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,24 +39,51 @@ use tokio::task::JoinSet;
 
 use super::{LogSource, SourceError};
 use crate::aws::{RegionLogs, describe_error};
-use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
+use crate::traffic::{CountSpec, SecondPass, Stats, Traffic, TrafficCounter};
 
 /// Rows Insights returns at most.
 pub const MAX_ROWS: usize = 10_000;
+/// The longest query string StartQuery accepts.
+pub const MAX_QUERY_LENGTH: usize = 10_000;
 /// Log groups one query may name.
 const MAX_GROUPS_PER_QUERY: usize = 50;
 /// Logs Insights price per GB scanned (US East), for the cost estimate.
 const USD_PER_GB_SCANNED: f64 = 0.005;
 
 /// The query that counts requests per client IP, with at least
-/// `min_requests`, most first. Built in one place and golden-tested.
-pub fn query_text(min_requests: u32) -> String {
+/// `min_requests`, most first; with `only`, just those client IPs, written
+/// as the logs wrote them. Built in one place and golden-tested.
+pub fn query_text(min_requests: u32, only: &[String]) -> String {
+    let filter = if only.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = only.iter().map(|ip| format!("\"{ip}\"")).collect();
+        format!("filter httpRequest.clientIp in [{}]\n| ", quoted.join(", "))
+    };
     format!(
-        "stats count(*) as requests by httpRequest.clientIp\n\
+        "{filter}stats count(*) as requests by httpRequest.clientIp\n\
          | filter requests >= {min_requests}\n\
          | sort requests desc\n\
          | limit {MAX_ROWS}"
     )
+}
+
+/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`].
+fn fitting_chunks(ips: Vec<String>, min_requests: u32) -> Vec<Vec<String>> {
+    let room = MAX_QUERY_LENGTH - query_text(min_requests, &["".to_owned()]).len();
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut used = room;
+    for ip in ips {
+        // The address, its quotes, and ", " before it.
+        let cost = ip.len() + 4;
+        if used + cost > room {
+            chunks.push(Vec::new());
+            used = 0;
+        }
+        used += cost;
+        chunks.last_mut().expect("a chunk was pushed").push(ip);
+    }
+    chunks
 }
 
 /// What scanning `bytes` costs, in US dollars.
@@ -90,24 +131,44 @@ impl CloudWatchInsightsSource {
     }
 }
 
+/// One region's log groups that one query can name.
+#[derive(Debug, Clone)]
+struct Partition {
+    client: Client,
+    region: String,
+    log_groups: Vec<String>,
+}
+
 /// One query to run.
 #[derive(Debug, Clone)]
 struct Query {
+    partition: usize,
     client: Client,
     region: String,
     log_groups: Vec<String>,
     window_seconds: u32,
     min_requests: u32,
+    /// Only these client IPs (the second pass), or all.
+    only: Vec<String>,
     start_seconds: i64,
     end_seconds: i64,
 }
 
 /// Rows of one finished query.
 struct QueryResult {
+    partition: usize,
     window_seconds: u32,
-    rows: Vec<(std::net::IpAddr, u32)>,
+    /// Each client IP, as the logs wrote it, and its requests.
+    rows: Vec<(IpAddr, String, u32)>,
     bytes_scanned: u64,
     malformed_rows: u64,
+}
+
+impl QueryResult {
+    /// Whether Insights' row limit may have cut the result.
+    fn truncated(&self) -> bool {
+        self.rows.len() + self.malformed_rows as usize >= MAX_ROWS
+    }
 }
 
 impl Query {
@@ -126,7 +187,7 @@ impl Query {
             .set_log_group_names(Some(self.log_groups.clone()))
             .start_time(self.start_seconds)
             .end_time(self.end_seconds)
-            .query_string(query_text(self.min_requests))
+            .query_string(query_text(self.min_requests, &self.only))
             .limit(MAX_ROWS as i32)
             .send()
             .await
@@ -182,14 +243,18 @@ impl Query {
                     .find(|f| f.field() == Some(name))
                     .and_then(|f| f.value())
             };
-            let ip = field("httpRequest.clientIp").and_then(|v| v.parse().ok());
+            let text = field("httpRequest.clientIp");
+            let ip = text.and_then(|v| v.parse::<IpAddr>().ok());
             let requests = field("requests").and_then(|v| v.parse::<u32>().ok());
-            match (ip, requests) {
-                (Some(ip), Some(requests)) => rows.push((ip, requests)),
+            match (text, ip, requests) {
+                (Some(text), Some(ip), Some(requests)) => {
+                    rows.push((ip, text.to_owned(), requests))
+                }
                 _ => malformed_rows += 1,
             }
         }
         QueryResult {
+            partition: self.partition,
             window_seconds: self.window_seconds,
             rows,
             bytes_scanned: results
@@ -221,55 +286,167 @@ impl Drop for StopOnDrop {
     }
 }
 
-impl LogSource for CloudWatchInsightsSource {
-    async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
-        let end_seconds = spec.end_ms().div_euclid(1000);
-        let mut tasks = JoinSet::new();
-        for region in &self.regions {
-            for groups in region.log_groups.chunks(MAX_GROUPS_PER_QUERY) {
-                for &window_seconds in spec.windows() {
-                    let query = Query {
+impl CloudWatchInsightsSource {
+    /// Every region's log groups, in queries of at most 50 groups.
+    fn partitions(&self) -> Vec<Partition> {
+        self.regions
+            .iter()
+            .flat_map(|region| {
+                region
+                    .log_groups
+                    .chunks(MAX_GROUPS_PER_QUERY)
+                    .map(|groups| Partition {
                         client: region.client.clone(),
                         region: region.region.clone(),
                         log_groups: groups.to_vec(),
-                        window_seconds,
-                        min_requests: spec.floor(window_seconds),
-                        start_seconds: end_seconds - i64::from(window_seconds),
-                        end_seconds,
-                    };
-                    let (queries, polling) = (self.queries.clone(), self.polling);
-                    tasks.spawn(async move {
-                        let _slot = queries
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed");
-                        query.run(polling).await
-                    });
-                }
+                    })
+            })
+            .collect()
+    }
+
+    /// Runs `queries`, at most `max_concurrent_queries` at once; the first
+    /// error stops the rest (their guards stop their Insights queries).
+    async fn run_all(&self, queries: Vec<Query>) -> Result<Vec<QueryResult>, SourceError> {
+        let mut tasks = JoinSet::new();
+        for query in queries {
+            let (slots, polling) = (self.queries.clone(), self.polling);
+            tasks.spawn(async move {
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                query.run(polling).await
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            results.push(done.expect("query task panicked")?);
+        }
+        Ok(results)
+    }
+}
+
+/// The second pass: per partition and window, the candidates (every IP
+/// some partition returned in the first pass) that this partition did not
+/// return. A partition whose floor was 0 or 1 returned every IP it has,
+/// unless truncated.
+fn second_pass_queries(
+    first: &[QueryResult],
+    partitions: &[Partition],
+    floors: &HashMap<u32, u32>,
+    spec: &CountSpec,
+) -> Vec<Query> {
+    let end_seconds = spec.end_ms().div_euclid(1000);
+    let mut queries = Vec::new();
+    for &window_seconds in spec.windows() {
+        let results: Vec<&QueryResult> = first
+            .iter()
+            .filter(|r| r.window_seconds == window_seconds)
+            .collect();
+        let candidates: BTreeMap<IpAddr, BTreeSet<&str>> = results
+            .iter()
+            .flat_map(|r| &r.rows)
+            .fold(BTreeMap::new(), |mut all, (ip, text, _)| {
+                all.entry(*ip).or_default().insert(text.as_str());
+                all
+            });
+        for result in results {
+            if floors[&window_seconds] <= 1 && !result.truncated() {
+                continue;
+            }
+            let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
+            let missing: Vec<String> = candidates
+                .iter()
+                .filter(|(ip, _)| !returned.contains(ip))
+                .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
+                .collect();
+            let partition = &partitions[result.partition];
+            for only in fitting_chunks(missing, 1) {
+                queries.push(Query {
+                    partition: result.partition,
+                    client: partition.client.clone(),
+                    region: partition.region.clone(),
+                    log_groups: partition.log_groups.clone(),
+                    window_seconds,
+                    min_requests: 1,
+                    only,
+                    start_seconds: end_seconds - i64::from(window_seconds),
+                    end_seconds,
+                });
             }
         }
+    }
+    queries
+}
+
+/// Adds a pass's rows to the counts and its work to the stats.
+fn add_results(counter: &mut TrafficCounter, results: &[QueryResult]) -> Stats {
+    let mut stats = Stats::default();
+    for result in results {
+        if result.truncated() {
+            let lowest = result.rows.last().map_or(0, |&(_, _, n)| n);
+            tracing::warn!(
+                window_seconds = result.window_seconds,
+                lowest,
+                "Logs Insights returned {MAX_ROWS} rows: IPs at {lowest} requests may be missing"
+            );
+        }
+        for &(ip, _, requests) in &result.rows {
+            counter.add_requests(ip, result.window_seconds, requests);
+        }
+        stats.records += result.rows.len() as u64;
+        stats.malformed += result.malformed_rows;
+        stats.bytes += result.bytes_scanned;
+        stats.truncated_queries += u64::from(result.truncated());
+    }
+    stats
+}
+
+impl LogSource for CloudWatchInsightsSource {
+    async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
+        let end_seconds = spec.end_ms().div_euclid(1000);
+        let partitions = self.partitions();
+        let shares = partitions.len().max(1) as u32;
+        // A total at the floor is at least this share of it somewhere.
+        let floors: HashMap<u32, u32> = spec
+            .windows()
+            .iter()
+            .map(|&w| (w, spec.floor(w).div_ceil(shares)))
+            .collect();
+        let mut first = Vec::new();
+        for (index, partition) in partitions.iter().enumerate() {
+            for &window_seconds in spec.windows() {
+                first.push(Query {
+                    partition: index,
+                    client: partition.client.clone(),
+                    region: partition.region.clone(),
+                    log_groups: partition.log_groups.clone(),
+                    window_seconds,
+                    min_requests: floors[&window_seconds],
+                    only: Vec::new(),
+                    start_seconds: end_seconds - i64::from(window_seconds),
+                    end_seconds,
+                });
+            }
+        }
+        let first = self.run_all(first).await?;
         let mut counter = TrafficCounter::new(spec.clone());
-        while let Some(done) = tasks.join_next().await {
-            // Returning early drops the other tasks, whose guards stop their queries.
-            let result = done.expect("query task panicked")?;
-            let truncated = result.rows.len() + result.malformed_rows as usize >= MAX_ROWS;
-            if truncated {
-                let lowest = result.rows.last().map_or(0, |&(_, n)| n);
-                tracing::warn!(
-                    window_seconds = result.window_seconds,
-                    lowest,
-                    "Logs Insights returned {MAX_ROWS} rows: IPs at {lowest} requests may be missing"
-                );
-            }
-            for &(ip, requests) in &result.rows {
-                counter.add_requests(ip, result.window_seconds, requests);
-            }
+        let stats = add_results(&mut counter, &first);
+        counter.add_stats(stats);
+        if partitions.len() > 1 {
+            let second = second_pass_queries(&first, &partitions, &floors, spec);
+            let queries = second.len() as u64;
+            let second = self.run_all(second).await?;
+            let extra = add_results(&mut counter, &second);
             counter.add_stats(Stats {
-                records: result.rows.len() as u64,
-                malformed: result.malformed_rows,
-                bytes: result.bytes_scanned,
-                truncated_queries: u64::from(truncated),
-                ..Stats::default()
+                // The second pass refines the counts of rows already read.
+                records: 0,
+                second_pass: SecondPass {
+                    queries,
+                    rows: extra.records,
+                    bytes: extra.bytes,
+                },
+                ..extra
             });
         }
         Ok(counter.finish())
