@@ -578,3 +578,45 @@ fn emf_metrics_add_one_cloudwatch_embedded_metric_line_after_the_report() {
     assert_eq!(emf["SuccessfulCycles"], 1);
     assert!(emf["_aws"]["Timestamp"].as_i64().unwrap() > 1_700_000_000_000);
 }
+
+#[test]
+fn a_block_that_starts_at_the_last_step_is_not_called_0_minutes_issue_18() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let backtest = |format: &str| {
+        Command::new(floodgate_bin())
+            .args(["backtest", "--config", policy.to_str().unwrap(), "--logs"])
+            .arg(workspace_root().join("examples/logs"))
+            .args([
+                "--from",
+                "2026-11-20T10:00:00Z",
+                "--to",
+                "2026-11-20T10:05:00Z",
+            ])
+            .args(["--format", format, "--out"])
+            .arg(dir.path().join("report.html"))
+            .output()
+            .unwrap()
+    };
+    let text = stdout(&backtest("table"));
+    // The distributed flood fills its 5-minute window at the last step.
+    assert!(
+        text.contains("203.0.113.128/32                            blocked from the last step"),
+        "{text}"
+    );
+    assert!(!text.contains("blocked 0 min"), "{text}");
+    assert!(
+        text.contains("203.0.113.66/32                             blocked 3 min"),
+        "{text}"
+    );
+    let summary: Value = serde_json::from_slice(&backtest("json").stdout).unwrap();
+    let late = summary["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["net"] == "203.0.113.128/32")
+        .unwrap();
+    assert_eq!(late["from"], "2026-11-20T10:05:00Z");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<td>from the last step</td>"));
+}

@@ -76,8 +76,14 @@ fn read_records(paths: &[String], from_ms: i64, to_ms: i64) -> Result<Vec<Record
 fn summary_json(result: &Backtest) -> serde_json::Value {
     let blocked: Vec<serde_json::Value> = result
         .blocked
-        .keys()
-        .map(|net| serde_json::json!({ "net": net.to_string(), "minutes": result.minutes_blocked(net) }))
+        .iter()
+        .map(|(net, spans)| {
+            serde_json::json!({
+                "net": net.to_string(),
+                "minutes": result.minutes_blocked(net),
+                "from": spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
+            })
+        })
         .collect();
     serde_json::json!({
         "from": rfc3339_from_ms(result.from_ms),
@@ -102,11 +108,8 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
         percent(result.stopped, result.requests),
     );
     for net in result.blocked.keys() {
-        let _ = writeln!(
-            text,
-            "  {net:<43} blocked {:.0} min",
-            result.minutes_blocked(net)
-        );
+        let address = net.to_string();
+        let _ = writeln!(text, "  {address:<43} blocked {}", blocked_for(result, net));
     }
     let _ = writeln!(
         text,
@@ -117,6 +120,17 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
     );
     let _ = writeln!(text, "report: {}", out.display());
     text
+}
+
+/// How long `net` was blocked, for people: a block that starts at the last
+/// step has no minutes inside the period yet.
+fn blocked_for(result: &Backtest, net: &ipnet::IpNet) -> String {
+    let minutes = result.minutes_blocked(net);
+    if minutes > 0.0 {
+        format!("{minutes:.0} min")
+    } else {
+        "from the last step".to_owned()
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -157,7 +171,7 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         result.breaker_steps.len()
     );
     page.push_str(
-        "<h2>Blocks</h2>\n<table><tr><th>address</th><th>minutes blocked</th><th>spans</th></tr>\n",
+        "<h2>Blocks</h2>\n<table><tr><th>address</th><th>blocked</th><th>spans</th></tr>\n",
     );
     for (net, spans) in &result.blocked {
         let spans: Vec<String> = spans
@@ -166,9 +180,9 @@ fn html(result: &Backtest, policy: &Policy) -> String {
             .collect();
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{:.0}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&net.to_string()),
-            result.minutes_blocked(net),
+            blocked_for(result, net),
             escape(&spans.join(", "))
         );
     }
