@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The floodgate responder as a container image.
 #
 #   docker build --build-arg FLOODGATE_GIT_COMMIT=$(git rev-parse HEAD) -t floodgate .
@@ -21,17 +19,26 @@
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
-FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS chef
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
+
+# The dependency recipe: the manifests and lock file, with every target
+# (benches and examples included) as a skeleton.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+# The dependencies, compiled in a layer of their own: rebuilt only when a
+# manifest or Cargo.lock changes, and reusable from a registry cache.
+RUN cargo chef cook --release --locked --recipe-path recipe.json \
+    -p floodgate-responder --bin floodgate
 COPY . .
 # Without .git in the context, --version names the commit given here.
 ARG FLOODGATE_GIT_COMMIT=unknown
-# The crate registry and the compiled dependencies live in cache mounts
-# between builds, so a source change recompiles only the workspace's own
-# crates (BuildKit, the default builder since Docker 23).
-RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,target=/src/target,sharing=locked \
-    FLOODGATE_GIT_COMMIT=${FLOODGATE_GIT_COMMIT} \
+RUN FLOODGATE_GIT_COMMIT=${FLOODGATE_GIT_COMMIT} \
     cargo build --release --locked -p floodgate-responder --bin floodgate \
     && install -D target/release/floodgate /out/floodgate
 
