@@ -22,7 +22,8 @@ use crate::lease::{ConfiguredLease, LeaseError, Standing};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerError, LedgerState, UpdateError, update};
 use crate::plan::{BlockPlan, Capacity, adopt, plan};
 use crate::sink::{
-    ConfiguredTarget, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard, apply_all_guarded,
+    ApiCalls, ConfiguredTarget, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard,
+    apply_all_guarded,
 };
 use crate::source::{ConfiguredSource, LogSource, SourceError};
 use crate::traffic::{SecondPass, Stats, Traffic};
@@ -275,6 +276,8 @@ pub struct Prepared {
     pub offenders: Vec<Offender>,
     /// What the sets held while the ledger was empty, taken in.
     pub adopted: Vec<IpNet>,
+    /// API calls made reading the sets to adopt them.
+    pub read_calls: ApiCalls,
     /// The ledger as loaded, with anything adopted ([`run`] hands it on
     /// to the write).
     pub loaded: LedgerState,
@@ -322,7 +325,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     phases.end("read");
     let offenders = detect(&traffic, policy, widest);
     phases.end("detect");
-    let (loaded, adopted) = load_ledger(parts, now_ms).await?;
+    let (loaded, adopted, read_calls) = load_ledger(parts, now_ms).await?;
     phases.end("ledger");
     let planned = plan_against(&offenders, policy, &loaded, now_ms);
     phases.end("plan");
@@ -332,6 +335,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         stats,
         offenders,
         adopted,
+        read_calls,
         loaded,
         planned,
     })
@@ -371,27 +375,28 @@ async fn read<S: LogSource>(
 async fn load_ledger<S>(
     parts: &Parts<'_, S>,
     now_ms: i64,
-) -> Result<(LedgerState, Vec<IpNet>), CycleError> {
+) -> Result<(LedgerState, Vec<IpNet>, ApiCalls), CycleError> {
     let mut ledger = parts.ledger.load().await?;
+    let mut calls = ApiCalls::default();
     if !ledger.entries.is_empty() {
-        return Ok((ledger, Vec::new()));
+        return Ok((ledger, Vec::new(), calls));
     }
     let mut found = Vec::new();
     for target in &parts.targets {
-        found.extend(
-            target
-                .read()
-                .await
-                .map_err(|message| CycleError::TargetRead {
-                    target: target.label(),
-                    message,
-                })?,
-        );
+        let contents = target
+            .read()
+            .await
+            .map_err(|message| CycleError::TargetRead {
+                target: target.label(),
+                message,
+            })?;
+        found.extend(contents.nets);
+        calls += contents.calls;
     }
     found.sort();
     found.dedup();
     let adopted = adopt(&mut ledger, &found, parts.policy, now_ms);
-    Ok((ledger, adopted))
+    Ok((ledger, adopted, calls))
 }
 
 /// The cycle's plan for `offenders` against `ledger`.
@@ -565,7 +570,9 @@ fn report(
         suppressed: text(&planned.suppressed),
         adopted: text(&prepared.adopted),
         lease: standing.map(|s| LeaseLine::new(s, lease_lost.as_ref())),
-        api_calls: reports.iter().map(|r| r.calls.total()).sum(),
+        // Every call of the cycle: the adoption reads, then the writes.
+        api_calls: prepared.read_calls.total()
+            + reports.iter().map(|r| r.calls.total()).sum::<u32>(),
         targets: reports
             .iter()
             .map(|r| TargetLine {

@@ -52,7 +52,7 @@ async fn writes_update_ip_set_shaped_files_only_when_they_change() {
             .unwrap(),
         modified
     );
-    let mut read = target.read().await.unwrap();
+    let mut read = target.read().await.unwrap().nets;
     read.sort();
     assert_eq!(read.len(), 2);
     assert_eq!(

@@ -85,6 +85,7 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
             .read()
             .await
             .map_err(|e| CliError::Input(format!("{label}: cannot read its IP sets: {e}")))?
+            .nets
             .into_iter()
             .collect();
         let add = desired

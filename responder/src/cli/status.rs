@@ -113,8 +113,8 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
         let (unexpected, missing, error) = match target.read().await {
             // Sets hold aggregated ranges: compare what they cover.
             Ok(found) => (
-                text(&exclude(&found, &active_nets)),
-                text(&exclude(&active_nets, &found)),
+                text(&exclude(&found.nets, &active_nets)),
+                text(&exclude(&active_nets, &found.nets)),
                 None,
             ),
             Err(error) => (Vec::new(), Vec::new(), Some(error)),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiCalls, DesiredSets, Outcome, TargetReport, WafTarget};
+use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetReport, WafTarget};
 
 /// A directory of IP set files.
 #[derive(Debug, Clone)]
@@ -104,12 +104,15 @@ impl WafTarget for FileTarget {
         format!("file {}", self.dir.display())
     }
 
-    async fn read(&self) -> Result<Vec<IpNet>, String> {
-        let mut all = Vec::new();
+    async fn read(&self) -> Result<Contents, String> {
+        let mut nets = Vec::new();
         for name in self.ipv4_sets.iter().chain(&self.ipv6_sets) {
-            all.extend(self.read_set(name)?);
+            nets.extend(self.read_set(name)?);
         }
-        Ok(all)
+        Ok(Contents {
+            nets,
+            calls: ApiCalls::default(),
+        })
     }
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {

@@ -42,11 +42,29 @@ pub struct ApiCalls {
     pub create: u32,
 }
 
+impl std::ops::AddAssign for ApiCalls {
+    fn add_assign(&mut self, other: ApiCalls) {
+        self.list += other.list;
+        self.get += other.get;
+        self.update += other.update;
+        self.create += other.create;
+    }
+}
+
 impl ApiCalls {
     /// All calls together.
     pub fn total(&self) -> u32 {
         self.list + self.get + self.update + self.create
     }
+}
+
+/// What a target's sets hold, and the API calls reading them took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contents {
+    /// Every address or range in the target's sets.
+    pub nets: Vec<IpNet>,
+    /// API calls made to read them.
+    pub calls: ApiCalls,
 }
 
 /// How applying to one target ended.
@@ -102,7 +120,7 @@ pub trait WafTarget: Send + Sync + 'static {
     /// A name for reports.
     fn label(&self) -> String;
     /// Every address currently in the target's sets.
-    fn read(&self) -> impl Future<Output = Result<Vec<IpNet>, String>> + Send;
+    fn read(&self) -> impl Future<Output = Result<Contents, String>> + Send;
     /// Makes the sets hold `desired`, writing only what changed.
     fn apply(&self, desired: &DesiredSets) -> impl Future<Output = TargetReport> + Send;
 }
@@ -237,7 +255,7 @@ impl WafTarget for ConfiguredTarget {
         }
     }
 
-    async fn read(&self) -> Result<Vec<IpNet>, String> {
+    async fn read(&self) -> Result<Contents, String> {
         match self {
             ConfiguredTarget::Wafv2(t) => t.read().await,
             ConfiguredTarget::File(t) => t.read().await,

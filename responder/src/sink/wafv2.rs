@@ -27,7 +27,7 @@ use aws_sdk_wafv2::types::{IpAddressVersion, Scope};
 use floodgate_rules::policy::WafScope;
 use ipnet::IpNet;
 
-use super::{ApiCalls, DesiredSets, Outcome, TargetReport, WafTarget};
+use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetReport, WafTarget};
 use crate::aws::describe_error;
 
 /// Attempts per set write before the target is reported failed.
@@ -308,7 +308,7 @@ impl WafTarget for Wafv2Target {
         format!("wafv2 {}", self.scope)
     }
 
-    async fn read(&self) -> Result<Vec<IpNet>, String> {
+    async fn read(&self) -> Result<Contents, String> {
         let mut calls = ApiCalls::default();
         let mut all = Vec::new();
         for (names, version) in [
@@ -326,7 +326,7 @@ impl WafTarget for Wafv2Target {
                 }
             }
         }
-        Ok(all)
+        Ok(Contents { nets: all, calls })
     }
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
