@@ -146,7 +146,7 @@ pub fn raise(
 ) -> Vec<Alert> {
     let mut raised = Vec::new();
     for offender in offenders {
-        let ip = offender.ip.to_string();
+        let ip = offender.key_text();
         // An exception keeps its address below the block tiers; say when
         // the traffic would have reached one without it.
         if let Some(index) = offender.allow_entry {
@@ -172,7 +172,7 @@ pub fn raise(
         let blocked = planned
             .ledger
             .entries
-            .get(&ipnet::IpNet::from(offender.ip))
+            .get(&offender.net)
             .is_some_and(|e| e.is_active(now_ms));
         if matches!(tier.action, TierAction::Observe) && !blocked {
             raised.push(Alert::ObserveTier {

@@ -15,7 +15,7 @@ use floodgate_rules::Policy;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::detect::{count_spec, detect};
+use crate::detect::{count_spec, detect, key_prefixes};
 use crate::ledger::LedgerState;
 use crate::plan::{Capacity, plan};
 use crate::traffic::{TooManyWindows, TrafficCounter};
@@ -39,6 +39,9 @@ pub struct Backtest {
     pub requests: u64,
     /// Every address or range blocked at some point, with its spans.
     pub blocked: BTreeMap<IpNet, Spans>,
+    /// For each blocked range wider than one address, the addresses seen
+    /// in it during the period, ascending.
+    pub seen_in: BTreeMap<IpNet, Vec<IpAddr>>,
     /// Requests in the period from addresses while they were blocked.
     pub stopped: u64,
     /// Requests from allow-listed addresses.
@@ -48,8 +51,9 @@ pub struct Backtest {
     pub allow_listed_offenders: usize,
     /// Steps at which the circuit breaker held blocks back.
     pub breaker_steps: Vec<i64>,
-    /// Requests per step for the busiest addresses, for the charts.
-    pub top: Vec<(IpAddr, Vec<u32>)>,
+    /// Requests per step for the busiest keys (addresses, or prefixes by
+    /// the policy-wide prefix lengths), for the charts.
+    pub top: Vec<(IpNet, Vec<u32>)>,
 }
 
 impl Backtest {
@@ -86,7 +90,7 @@ pub fn run(
     let mut ledger = LedgerState::default();
     let mut blocked: BTreeMap<IpNet, Spans> = BTreeMap::new();
     let mut breaker_steps = Vec::new();
-    let mut allow_listed: std::collections::BTreeSet<IpAddr> = Default::default();
+    let mut allow_listed: std::collections::BTreeSet<IpNet> = Default::default();
     let mut now = from_ms;
     while now <= to_ms {
         let spec = count_spec(policy, now, widest)?;
@@ -119,7 +123,7 @@ pub fn run(
             for (&ip, &count) in counts.iter() {
                 counter.add_requests(ip, *window, count);
                 if count >= lowest && policy.allow.find(ip).is_some() {
-                    allow_listed.insert(ip);
+                    allow_listed.insert(ip.into());
                 }
             }
         }
@@ -128,7 +132,7 @@ pub fn run(
             offenders
                 .iter()
                 .filter(|o| o.allow_entry.is_some())
-                .map(|o| o.ip),
+                .map(|o| o.net),
         );
         let planned = plan(&offenders, policy, &ledger, now, "backtest", capacity);
         if planned.breaker_tripped() {
@@ -150,12 +154,32 @@ pub fn run(
 
     let in_period = |ts: i64| ts > from_ms - step_ms && ts <= to_ms;
     let period: Vec<&Record> = records.iter().filter(|(ts, _)| in_period(*ts)).collect();
-    // Detection blocks single addresses, so an exact lookup finds them.
+    // Detection blocks keys, so a lookup of each of an address's keys finds
+    // its blocks; a full exception is cut out of every block.
+    let keys = key_prefixes(policy);
     let blocked_at = |ip: IpAddr, ts: i64| {
-        blocked
-            .get(&IpNet::from(ip))
-            .is_some_and(|spans| spans.iter().any(|&(a, b)| a <= ts && ts < b))
+        let fully_excepted = policy.allow.find(ip).is_some_and(|e| e.requests.is_none());
+        !fully_excepted
+            && keys.iter().any(|key| {
+                blocked
+                    .get(&key.key(ip))
+                    .is_some_and(|spans| spans.iter().any(|&(a, b)| a <= ts && ts < b))
+            })
     };
+    let mut seen_in: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
+    for net in blocked
+        .keys()
+        .filter(|n| n.prefix_len() < n.max_prefix_len())
+    {
+        let mut inside: Vec<IpAddr> = period
+            .iter()
+            .map(|(_, ip)| *ip)
+            .filter(|ip| net.contains(ip))
+            .collect();
+        inside.sort_unstable();
+        inside.dedup();
+        seen_in.insert(*net, inside);
+    }
     let stopped = period
         .iter()
         .filter(|(ts, ip)| blocked_at(*ip, *ts))
@@ -169,8 +193,9 @@ pub fn run(
         to_ms,
         step_ms,
         requests: period.len() as u64,
-        top: busiest(&period, from_ms, step_ms, to_ms, top),
+        top: busiest(&period, policy, from_ms, step_ms, to_ms, top),
         blocked,
+        seen_in,
         stopped,
         allow_listed_requests,
         allow_listed_offenders: allow_listed.len(),
@@ -178,34 +203,36 @@ pub fn run(
     })
 }
 
-/// Requests per step of the `top` busiest addresses.
+/// Requests per step of the `top` busiest keys of the policy-wide prefixes.
 fn busiest(
     period: &[&Record],
+    policy: &Policy,
     from_ms: i64,
     step_ms: i64,
     to_ms: i64,
     top: usize,
-) -> Vec<(IpAddr, Vec<u32>)> {
+) -> Vec<(IpNet, Vec<u32>)> {
     let steps = ((to_ms - from_ms) / step_ms + 1) as usize;
-    let mut totals: HashMap<IpAddr, u64> = HashMap::new();
+    let key = |ip: IpAddr| policy.prefixes.key(ip);
+    let mut totals: HashMap<IpNet, u64> = HashMap::new();
     for (_, ip) in period {
-        *totals.entry(*ip).or_default() += 1;
+        *totals.entry(key(*ip)).or_default() += 1;
     }
-    let mut ranked: Vec<(IpAddr, u64)> = totals.into_iter().collect();
-    ranked.sort_by_key(|&(ip, n)| (std::cmp::Reverse(n), ip));
+    let mut ranked: Vec<(IpNet, u64)> = totals.into_iter().collect();
+    ranked.sort_by_key(|&(net, n)| (std::cmp::Reverse(n), net));
     ranked.truncate(top);
     ranked
         .into_iter()
-        .map(|(ip, _)| {
+        .map(|(net, _)| {
             let mut series = vec![0u32; steps];
-            for (ts, _) in period.iter().filter(|(_, i)| *i == ip) {
+            for (ts, _) in period.iter().filter(|(_, ip)| key(*ip) == net) {
                 // A record belongs to the step that ends at or after it.
                 let index = ((ts - from_ms).max(0) + step_ms - 1) / step_ms;
                 if let Some(slot) = series.get_mut(index as usize) {
                     *slot += 1;
                 }
             }
-            (ip, series)
+            (net, series)
         })
         .collect()
 }
@@ -262,7 +289,7 @@ expires = 2099-01-01
         assert_eq!(result.stopped, 27 * 100, "every request after 3 min");
         assert_eq!(result.allow_listed_offenders, 1);
         assert_eq!(result.allow_listed_requests, 200 * 30);
-        assert_eq!(result.top[0].0, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(result.top[0].0, "198.51.100.7/32".parse::<IpNet>().unwrap());
         assert_eq!(result.top[0].1[1], 200, "requests per one-minute step");
     }
 }

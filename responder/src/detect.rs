@@ -1,10 +1,13 @@
-//! Offender detection: which client IPs crossed which tier.
+//! Offender detection: which clients crossed which tier.
 //!
-//! For each tier, an IP's requests are counted over the tier's own window
-//! ending at the same instant; it qualifies with `requests >= threshold` and
-//! is classed into the highest tier it reaches. An allow-listed address
-//! never qualifies for a block tier, except past the raised `requests` of its
-//! exception; it is still reported, with its counts, for review.
+//! Each tier counts requests per aggregation key (a client address cut to
+//! the tier's prefixes: by default an IPv4 address, or an IPv6 /64) over
+//! its own window, all ending at the same instant; a key qualifies with
+//! `requests >= threshold` and is classed into the highest tier of its
+//! prefixes that it reaches. A key inside an allow-list exception never
+//! qualifies for a block tier, except past the raised `requests` of its
+//! exception; it is still reported, with its counts, for review. (An
+//! exception inside a key is cut out of the key's block by the plan.)
 //!
 //! # Examples
 //!
@@ -22,36 +25,68 @@
 //! counter.add_requests(ip, 60, 5);
 //! let offenders = detect(&counter.finish(), &policy, 60);
 //! assert_eq!(offenders[0].tier.as_ref().unwrap().as_str(), "block");
+//! assert_eq!(offenders[0].net.to_string(), "192.0.2.1/32");
 //! ```
 
 use std::cmp::Reverse;
-use std::net::IpAddr;
 
 use floodgate_rules::Policy;
-use floodgate_rules::policy::{Tier, TierName};
+use floodgate_rules::policy::{Prefixes, Tier, TierName};
+use ipnet::IpNet;
 
 use crate::traffic::{CountSpec, IpCounts, TooManyWindows, Traffic};
 use crate::waflog::Action;
 
-/// One client IP, with what it did and what the policy makes of it.
+/// One client key (an address or a prefix), with what it did and what the
+/// policy makes of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offender {
-    /// The client.
-    pub ip: IpAddr,
+    /// The key: an address (/32 or /128) or a prefix such as an IPv6 /64.
+    pub net: IpNet,
+    /// Distinct addresses seen in it (1 for an address).
+    pub addresses: u32,
     /// Requests in the report window.
     pub requests: u32,
     /// The highest tier it reached, if any.
     pub tier: Option<TierName>,
     /// Requests per action over the widest counted window.
     pub actions: Vec<(Action, u32)>,
-    /// The allow-list entry (index into the policy's entries) covering it.
+    /// The allow-list entry (index into the policy's entries) containing it.
     pub allow_entry: Option<usize>,
 }
 
+impl Offender {
+    /// The key as people read it: an address alone, a prefix with its length.
+    pub fn key_text(&self) -> String {
+        key_text(&self.net)
+    }
+}
+
+/// An address alone (`192.0.2.7`), a prefix with its length (`2001:db8::/64`).
+pub fn key_text(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// The prefix pairs `policy`'s tiers count by, the policy-wide one first.
+pub fn key_prefixes(policy: &Policy) -> Vec<Prefixes> {
+    let mut keys = vec![policy.prefixes];
+    for tier in &policy.tiers {
+        if !keys.contains(&tier.prefixes) {
+            keys.push(tier.prefixes);
+        }
+    }
+    keys
+}
+
 /// What to count for `policy`'s tiers plus a report window, all ending at
-/// `end_ms`. A tier window's floor is its lowest threshold, so server-side
-/// sources may leave out IPs that cannot reach any tier; the report window
-/// keeps every IP.
+/// `end_ms`, by every key the tiers use. A tier window's floor is its
+/// lowest threshold, so server-side sources may leave out keys that cannot
+/// reach any tier; the report window keeps every key of the policy-wide
+/// prefixes.
 pub fn count_spec(
     policy: &Policy,
     end_ms: i64,
@@ -63,30 +98,38 @@ pub fn count_spec(
         .map(|t| t.window_seconds.get())
         .collect();
     windows.push(report_window_seconds);
-    let mut spec = CountSpec::new(end_ms, &windows)?;
-    for &window in &windows {
-        let lowest = policy
-            .tiers
-            .iter()
-            .filter(|t| t.window_seconds.get() == window)
-            .map(|t| t.requests.get())
-            .min();
-        if let (Some(lowest), false) = (lowest, window == report_window_seconds) {
-            spec = spec.with_floor(window, lowest);
+    let keys = key_prefixes(policy);
+    let mut spec = CountSpec::new(end_ms, &windows)?.with_keys(&keys);
+    for &key in &keys {
+        for &window in &windows {
+            let lowest = policy
+                .tiers
+                .iter()
+                .filter(|t| t.prefixes == key && t.window_seconds.get() == window)
+                .map(|t| t.requests.get())
+                .min();
+            let reported = key == policy.prefixes && window == report_window_seconds;
+            // A window no tier of this key uses is never read for it.
+            spec = spec.with_floor(key, window, lowest.unwrap_or(u32::MAX));
+            if reported {
+                spec = spec.with_floor(key, window, 1);
+            }
         }
     }
     Ok(spec)
 }
 
-/// The highest tier `counts` reaches under `policy`, honouring `ip`'s
-/// allow-list exception.
+/// The highest tier of `prefixes` that a key's `counts` reach under
+/// `policy`, honouring the key's allow-list exception.
 pub fn classify<'p>(
     policy: &'p Policy,
+    prefixes: Prefixes,
     counts: &IpCounts<'_>,
     allow_entry: Option<usize>,
 ) -> Option<&'p Tier> {
     let exception = allow_entry.map(|i| &policy.allow.entries()[i]);
-    policy.tiers.iter().rev().find(|tier| {
+    let tiers = policy.tiers.iter().filter(|t| t.prefixes == prefixes);
+    tiers.rev().find(|tier| {
         let mut threshold = tier.requests.get();
         if let (true, Some(exception)) = (tier.blocks(), exception) {
             match exception.requests {
@@ -100,24 +143,28 @@ pub fn classify<'p>(
     })
 }
 
-/// Every IP in `traffic`, classified, sorted by requests in the report
-/// window (descending), ties by IP (IPv4 before IPv6). `traffic` must have
-/// counted the windows of [`count_spec`].
+/// Every key of the policy-wide prefixes in `traffic`, and every key of a
+/// tier's own prefixes that reached a tier, classified, sorted by requests
+/// in the report window (descending), ties by key (IPv4 before IPv6).
+/// `traffic` must have counted the windows and keys of [`count_spec`].
 pub fn rank(traffic: &Traffic, policy: &Policy, report_window_seconds: u32) -> Vec<Offender> {
+    let keys = traffic.spec().keys();
     let mut ranked: Vec<Offender> = traffic
         .iter()
-        .map(|(ip, counts)| {
-            let allow_entry = policy.allow.find_index(ip);
-            Offender {
-                ip,
+        .filter_map(|(key, net, counts)| {
+            let allow_entry = policy.allow.find_containing(net);
+            let tier = classify(policy, keys[key], &counts, allow_entry);
+            (key == 0 || tier.is_some()).then(|| Offender {
+                net,
+                addresses: counts.addresses(),
                 requests: counts.requests(report_window_seconds).unwrap_or(0),
-                tier: classify(policy, &counts, allow_entry).map(|t| t.name.clone()),
+                tier: tier.map(|t| t.name.clone()),
                 actions: counts.actions().collect(),
                 allow_entry,
-            }
+            })
         })
         .collect();
-    ranked.sort_unstable_by_key(|o| (Reverse(o.requests), o.ip));
+    ranked.sort_unstable_by_key(|o| (Reverse(o.requests), o.net));
     ranked
 }
 

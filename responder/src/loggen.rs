@@ -7,6 +7,9 @@
 //! - a single-IP flood;
 //! - a distributed flood (many IPs at a moderate rate each);
 //! - an IPv6 flood;
+//! - an IPv6 rotation: 60 addresses of one /64, each far below any tier;
+//! - a login flood: one address at 5 `POST /login` a second, below the
+//!   tiers sized for the whole API;
 //! - a heavy NATed corporate range, which the example policy allow-lists.
 //!
 //! The same [`LogSpec`] always produces the same bytes.
@@ -71,6 +74,15 @@ pub mod scenario {
     /// The IPv6 flood: 10 requests a second.
     pub const IPV6_FLOOD_IP: IpAddr =
         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0x66));
+    /// The IPv6 rotation's /64: 8 requests a second in all, spread over
+    /// [`ROTATION_ADDRESSES`] addresses `2001:db8:64:64::1` and up.
+    pub const ROTATION_PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0x64, 0, 0, 0, 0);
+    /// How many addresses of its /64 the rotation uses.
+    pub const ROTATION_ADDRESSES: u16 = 60;
+    /// The login flood: 5 `POST /login` a second.
+    pub const LOGIN_FLOOD_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 44));
+    /// The path the login flood hammers.
+    pub const LOGIN_PATH: &str = "/login";
     /// The NATed corporate range (allow-listed in the example policy):
     /// 198.51.100.1 to .5, 8 requests a second each.
     pub const CORPORATE_FIRST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -141,6 +153,8 @@ struct Request {
     ip: IpAddr,
     action: Action,
     tenant: u32,
+    /// A fixed method and path, or a random one.
+    route: Option<(&'static str, &'static str)>,
 }
 
 /// Writes the logs of `spec` to `out`, in time order.
@@ -163,6 +177,7 @@ pub fn generate(spec: &LogSpec, out: &mut impl Write) -> io::Result<Summary> {
                 ip,
                 action: Action::Allow,
                 tenant: rng.below(500) as u32,
+                route: None,
             });
         }
         if spec.attacks {
@@ -223,6 +238,7 @@ fn attack_second(rng: &mut Rng, second: u64, second_start: i64, batch: &mut Vec<
                     Action::Allow
                 },
                 tenant: 7,
+                route: None,
             });
         }
     };
@@ -234,6 +250,27 @@ fn attack_second(rng: &mut Rng, second: u64, second_start: i64, batch: &mut Vec<
         burst(ip, 7, batch, rng);
     }
     burst(scenario::IPV6_FLOOD_IP, 10, batch, rng);
+    for _ in 0..8 {
+        let host = 1 + rng.below(u64::from(scenario::ROTATION_ADDRESSES)) as u128;
+        batch.push(Request {
+            timestamp_ms: second_start + rng.below(1000) as i64,
+            ip: IpAddr::V6(Ipv6Addr::from_bits(
+                scenario::ROTATION_PREFIX.to_bits() | host,
+            )),
+            action: Action::Allow,
+            tenant: 9,
+            route: None,
+        });
+    }
+    for _ in 0..5 {
+        batch.push(Request {
+            timestamp_ms: second_start + rng.below(1000) as i64,
+            ip: scenario::LOGIN_FLOOD_IP,
+            action: Action::Allow,
+            tenant: 11,
+            route: Some(("POST", scenario::LOGIN_PATH)),
+        });
+    }
     for i in 0..scenario::CORPORATE_IPS {
         let ip = IpAddr::V4(Ipv4Addr::from_bits(
             scenario::CORPORATE_FIRST.to_bits() + u32::from(i),
@@ -244,6 +281,7 @@ fn attack_second(rng: &mut Rng, second: u64, second_start: i64, batch: &mut Vec<
                 ip,
                 action: Action::Allow,
                 tenant: 1,
+                route: None,
             });
         }
     }
@@ -262,6 +300,13 @@ fn write_record(rng: &mut Rng, request: &Request, line: &mut String) {
         r#"[{"rateBasedRuleId":"arn:aws:wafv2:us-east-1:111122223333:regional/ratebasedrule/RateLimit-Block/7c5e2f1a","rateBasedRuleName":"RateLimit-Block","limitKey":"IP","maxRateAllowed":2000,"evaluationWindowSec":"300"}]"#
     } else {
         "[]"
+    };
+    let (method, uri) = match request.route {
+        Some(route) => route,
+        None => {
+            let uri = *rng.pick(&URIS);
+            (*rng.pick(&METHODS), uri)
+        }
     };
     let labels = if blocked {
         r#","labels":[{"name":"awswaf:111122223333:webacl:floodgate-demo:rule:RateLimit-Block"}]"#
@@ -290,9 +335,9 @@ fn write_record(rng: &mut Rng, request: &Request, line: &mut String) {
         rng.pick(&COUNTRIES),
         rng.pick(&AGENTS),
         request.tenant,
-        rng.pick(&URIS),
+        uri,
         rng.below(20),
-        rng.pick(&METHODS),
+        method,
         request.timestamp_ms / 1000,
         u128::from(rng.next()) << 32 | u128::from(rng.next() as u32),
         labels,

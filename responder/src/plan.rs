@@ -200,7 +200,7 @@ fn rank_offenders<'a>(offenders: &'a [Offender], policy: &'a Policy) -> Vec<Offe
         (
             Reverse(severity),
             Reverse(o.offender.requests),
-            o.offender.ip,
+            o.offender.net,
         )
     });
     ranked
@@ -229,7 +229,7 @@ fn block_offenders(
     let mut blocks = Blocks::default();
     let max_new = policy.safety.max_new_blocks_per_run.get() as usize;
     for offence in ranked {
-        let net = IpNet::from(offence.offender.ip);
+        let net = offence.offender.net;
         match next.entries.get_mut(&net) {
             Some(entry) if entry.is_suppressed(now_ms) => blocks.suppressed.push(net),
             Some(entry) if entry.is_active(now_ms) => {
@@ -260,6 +260,7 @@ fn extend(entry: &mut LedgerEntry, offence: &Offence, policy: &Policy, now_ms: i
     let minutes = i64::from(offence.rule.minutes_for_offence(entry.offences)) * 60_000;
     entry.last_seen_ms = now_ms;
     entry.requests = offence.offender.requests;
+    entry.addresses = offence.offender.addresses;
     entry.expires_at_ms = entry.expires_at_ms.max(now_ms + minutes);
     let tier = offence.tier.name.as_str();
     if severity(policy, tier) >= severity(policy, &entry.tier) {
@@ -279,6 +280,11 @@ fn new_block(
     let (first_seen_ms, offences) =
         history.map_or((now_ms, 1), |e| (e.first_seen_ms, e.offences + 1));
     let (requests, tier) = (offence.offender.requests, offence.tier);
+    let from = match offence.offender.addresses {
+        1 if net.prefix_len() == net.max_prefix_len() => String::new(),
+        1 => " from 1 address".to_owned(),
+        n => format!(" from {n} addresses"),
+    };
     LedgerEntry {
         net,
         tier: tier.name.to_string(),
@@ -288,9 +294,10 @@ fn new_block(
         expires_at_ms: now_ms + i64::from(offence.rule.minutes_for_offence(offences)) * 60_000,
         offences,
         requests,
+        addresses: offence.offender.addresses,
         source: source.to_owned(),
         reason: format!(
-            "{requests} requests in {} s (tier {})",
+            "{requests} requests{from} in {} s (tier {})",
             tier.window_seconds, tier.name
         ),
         suppressed_until_ms: None,
@@ -407,6 +414,7 @@ pub fn adopt(
                 expires_at_ms: now_ms + i64::from(minutes) * 60_000,
                 offences: 1,
                 requests: 0,
+                addresses: 1,
                 source: "adopted".to_owned(),
                 reason: "found in an IP set while the ledger was empty".to_owned(),
                 suppressed_until_ms: None,

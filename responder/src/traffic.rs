@@ -1,8 +1,15 @@
-//! Requests per client IP over windows that end at one instant: the counts
-//! every log source produces and detection reads.
+//! Requests per aggregation key over windows that end at one instant: the
+//! counts every log source produces and detection reads.
 //!
-//! Memory grows with the number of distinct IPs, never with the number of
-//! records: each IP holds one counter per window and per action.
+//! A key is a client address cut to a prefix ([`Prefixes`]): by default an
+//! IPv4 address is its own key and an IPv6 address counts under its /64. A
+//! count may group by several prefix pairs at once (tiers may set their
+//! own); each hit then counts once under each.
+//!
+//! Memory grows with the number of distinct keys and addresses, never with
+//! the number of records: each key holds one counter per window and per
+//! action, and a key wider than one address remembers the addresses seen in
+//! it, to tell how many there were.
 //!
 //! # Examples
 //!
@@ -18,28 +25,35 @@
 //!     counter.add_hit(Hit { timestamp_ms: ts, client_ip: ip, action: Action::Allow });
 //! }
 //! let traffic = counter.finish();
-//! let counts = traffic.get(ip).unwrap();
+//! let counts = traffic.get(0, ip.into()).unwrap();
 //! assert_eq!(counts.requests(300), Some(3)); // 250 s is outside (300, 600]
 //! assert_eq!(counts.requests(60), Some(2));
 //! ```
 
 use std::net::IpAddr;
 
-use rustc_hash::FxHashMap;
+use floodgate_rules::policy::Prefixes;
+use ipnet::IpNet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::waflog::{Action, BadLine, Hit};
 
 /// The most distinct windows one count can carry.
 pub const MAX_WINDOWS: usize = 8;
 
-/// Which windows to count: each covers `(end - window, end]`.
+/// Which windows to count, each covering `(end - window, end]`, and by
+/// which keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountSpec {
     end_ms: i64,
     /// Distinct window lengths in seconds, ascending.
     windows: Vec<u32>,
-    /// Per window: IPs with fewer requests may be left out by server-side
-    /// sources, to keep their results small (1 keeps every IP).
+    /// The prefix pairs keys are cut by, distinct; the first is the
+    /// report's.
+    keys: Vec<Prefixes>,
+    /// Per key and window (`key * windows + window`): keys with fewer
+    /// requests may be left out by server-side sources, to keep their
+    /// results small (1 keeps every key).
     floors: Vec<u32>,
 }
 
@@ -49,7 +63,9 @@ pub struct CountSpec {
 pub struct TooManyWindows(pub usize);
 
 impl CountSpec {
-    /// Windows of these lengths (seconds; duplicates merged) ending at `end_ms`.
+    /// Windows of these lengths (seconds; duplicates merged) ending at
+    /// `end_ms`, keyed by the default prefixes (IPv4 per address, IPv6 per
+    /// /64).
     pub fn new(end_ms: i64, windows: &[u32]) -> Result<CountSpec, TooManyWindows> {
         let mut windows: Vec<u32> = windows.iter().copied().filter(|&w| w > 0).collect();
         windows.sort_unstable();
@@ -61,25 +77,62 @@ impl CountSpec {
         Ok(CountSpec {
             end_ms,
             windows,
+            keys: vec![Prefixes::default()],
             floors,
         })
     }
 
-    /// Lets server-side sources leave out IPs with fewer than `min_requests`
-    /// in the window of `window_seconds` (the lowest threshold that matters).
-    pub fn with_floor(mut self, window_seconds: u32, min_requests: u32) -> Self {
-        if let Some(i) = self.windows.iter().position(|&w| w == window_seconds) {
+    /// Keys by these prefix pairs (duplicates merged; the first is the
+    /// report's), instead of the default. Floors set before are reset.
+    pub fn with_keys(mut self, keys: &[Prefixes]) -> Self {
+        self.keys.clear();
+        for &key in keys {
+            if !self.keys.contains(&key) {
+                self.keys.push(key);
+            }
+        }
+        if self.keys.is_empty() {
+            self.keys.push(Prefixes::default());
+        }
+        self.floors = vec![1; self.keys.len() * self.windows.len()];
+        self
+    }
+
+    /// Lets server-side sources leave out keys of `prefixes` with fewer
+    /// than `min_requests` in the window of `window_seconds` (the lowest
+    /// threshold that matters).
+    pub fn with_floor(
+        mut self,
+        prefixes: Prefixes,
+        window_seconds: u32,
+        min_requests: u32,
+    ) -> Self {
+        if let Some(i) = self.floor_index(prefixes, window_seconds) {
             self.floors[i] = min_requests.max(1);
         }
         self
     }
 
-    /// The floor of a window (1 when none was set).
-    pub fn floor(&self, window_seconds: u32) -> u32 {
-        self.windows
-            .iter()
-            .position(|&w| w == window_seconds)
+    /// The floor of a key's window (1 when none was set).
+    pub fn floor(&self, prefixes: Prefixes, window_seconds: u32) -> u32 {
+        self.floor_index(prefixes, window_seconds)
             .map_or(1, |i| self.floors[i])
+    }
+
+    fn floor_index(&self, prefixes: Prefixes, window_seconds: u32) -> Option<usize> {
+        let key = self.key_index(prefixes)?;
+        let window = self.windows.iter().position(|&w| w == window_seconds)?;
+        Some(key * self.windows.len() + window)
+    }
+
+    /// The prefix pairs keys are cut by; the first is the report's.
+    pub fn keys(&self) -> &[Prefixes] {
+        &self.keys
+    }
+
+    /// The index of `prefixes` among [`CountSpec::keys`].
+    pub fn key_index(&self, prefixes: Prefixes) -> Option<usize> {
+        self.keys.iter().position(|&k| k == prefixes)
     }
 
     /// End of every window, in ms since the epoch (inclusive).
@@ -109,9 +162,13 @@ pub struct TrafficCounter {
     spec: CountSpec,
     /// Window lengths in ms, ascending, for the hot loop.
     windows_ms: Vec<i64>,
-    slots: FxHashMap<IpAddr, u32>,
-    /// Per slot: one counter per window, then one per action.
+    /// By key index (into the spec's keys) and key.
+    slots: FxHashMap<(u8, IpNet), u32>,
+    /// Per slot: one counter per window, one per action, then the number
+    /// of distinct addresses seen in the key.
     counts: Vec<u32>,
+    /// The addresses seen in keys wider than one address, by key index.
+    members: FxHashSet<(u8, IpAddr)>,
     stats: Stats,
 }
 
@@ -153,24 +210,42 @@ impl TrafficCounter {
             spec,
             slots: FxHashMap::default(),
             counts: Vec::new(),
+            members: FxHashSet::default(),
             stats: Stats::default(),
         }
     }
 
     fn stride(&self) -> usize {
-        self.spec.windows.len() + Action::ALL.len()
+        self.spec.windows.len() + Action::ALL.len() + 1
     }
 
-    fn slot(&mut self, ip: IpAddr) -> usize {
-        // An IPv4-mapped IPv6 address is the IPv4 client it carries.
-        let ip = ip.to_canonical();
+    /// The base of the slot of key `key` (a key index) and `net`, created
+    /// empty if new.
+    fn slot(&mut self, key: u8, net: IpNet) -> usize {
         let stride = self.stride();
         let next = self.slots.len() as u32;
-        let slot = *self.slots.entry(ip).or_insert(next) as usize;
+        let slot = *self.slots.entry((key, net)).or_insert(next) as usize;
         if slot == next as usize {
             self.counts.resize(self.counts.len() + stride, 0);
+            if net.prefix_len() == net.max_prefix_len() {
+                self.counts[slot * stride + stride - 1] = 1;
+            }
         }
         slot * stride
+    }
+
+    /// The slot of `ip`'s key under key index `key`, with `ip` recorded as
+    /// seen in it.
+    fn slot_of(&mut self, key: usize, ip: IpAddr) -> usize {
+        // An IPv4-mapped IPv6 address is the IPv4 client it carries.
+        let ip = ip.to_canonical();
+        let net = self.spec.keys[key].key(ip);
+        let base = self.slot(key as u8, net);
+        if net.prefix_len() < net.max_prefix_len() && self.members.insert((key as u8, ip)) {
+            let addresses = base + self.stride() - 1;
+            self.counts[addresses] += 1;
+        }
+        base
     }
 
     /// Counts one line: a record, or a malformed line.
@@ -190,22 +265,26 @@ impl TrafficCounter {
             self.stats.outside_window += 1;
             return;
         }
-        let base = self.slot(hit.client_ip);
         let windows = self.windows_ms.len();
-        for (i, &window) in self.windows_ms.iter().enumerate() {
-            if age_ms < window {
-                self.counts[base + i] += 1;
+        for key in 0..self.spec.keys.len() {
+            let base = self.slot_of(key, hit.client_ip);
+            for (i, &window) in self.windows_ms.iter().enumerate() {
+                if age_ms < window {
+                    self.counts[base + i] += 1;
+                }
             }
+            self.counts[base + windows + hit.action as usize] += 1;
         }
-        self.counts[base + windows + hit.action as usize] += 1;
     }
 
     /// Adds `requests` for `ip` in the window of `window_seconds`, as a
-    /// server-side aggregate reports them.
+    /// server-side aggregate reports them, under each of its keys.
     pub fn add_requests(&mut self, ip: IpAddr, window_seconds: u32, requests: u32) {
         if let Some(i) = self.spec.windows.iter().position(|&w| w == window_seconds) {
-            let base = self.slot(ip);
-            self.counts[base + i] = self.counts[base + i].saturating_add(requests);
+            for key in 0..self.spec.keys.len() {
+                let base = self.slot_of(key, ip);
+                self.counts[base + i] = self.counts[base + i].saturating_add(requests);
+            }
         }
     }
 
@@ -225,12 +304,20 @@ impl TrafficCounter {
     pub fn merge(&mut self, other: TrafficCounter) {
         debug_assert_eq!(self.spec, other.spec);
         let stride = self.stride();
-        for (ip, other_slot) in other.slots {
-            let base = self.slot(ip);
+        for ((key, net), other_slot) in other.slots {
+            let base = self.slot(key, net);
             let from = other_slot as usize * stride;
-            for i in 0..stride {
+            // The address count is merged below, from the members.
+            for i in 0..stride - 1 {
                 self.counts[base + i] =
                     self.counts[base + i].saturating_add(other.counts[from + i]);
+            }
+        }
+        for (key, ip) in other.members {
+            if self.members.insert((key, ip)) {
+                let net = self.spec.keys[key as usize].key(ip);
+                let addresses = self.slots[&(key, net)] as usize * stride + stride - 1;
+                self.counts[addresses] += 1;
             }
         }
         self.add_stats(other.stats);
@@ -248,7 +335,7 @@ pub struct Traffic {
     counter: TrafficCounter,
 }
 
-/// One IP's counts.
+/// One key's counts.
 #[derive(Debug, Clone, Copy)]
 pub struct IpCounts<'a> {
     windows: &'a [u32],
@@ -256,6 +343,11 @@ pub struct IpCounts<'a> {
 }
 
 impl IpCounts<'_> {
+    /// Distinct addresses seen in the key (1 for a single address).
+    pub fn addresses(&self) -> u32 {
+        *self.counts.last().expect("the address count")
+    }
+
     /// Requests in the window of that many seconds, if it was counted.
     pub fn requests(&self, window_seconds: u32) -> Option<u32> {
         self.windows
@@ -267,7 +359,7 @@ impl IpCounts<'_> {
     /// Requests per action over the widest window (none for server-side
     /// aggregates, which count requests only).
     pub fn actions(&self) -> impl Iterator<Item = (Action, u32)> + '_ {
-        let actions = &self.counts[self.windows.len()..];
+        let actions = &self.counts[self.windows.len()..self.counts.len() - 1];
         Action::ALL
             .into_iter()
             .zip(actions.iter().copied())
@@ -286,25 +378,47 @@ impl Traffic {
         self.counter.stats
     }
 
-    /// Number of distinct client IPs seen in the widest window.
-    pub fn distinct_ips(&self) -> usize {
-        self.counter.slots.len()
-    }
-
-    /// One IP's counts.
-    pub fn get(&self, ip: IpAddr) -> Option<IpCounts<'_>> {
+    /// Number of distinct keys of the report's prefixes seen in the widest
+    /// window.
+    pub fn distinct_keys(&self) -> usize {
         self.counter
             .slots
-            .get(&ip)
+            .keys()
+            .filter(|(key, _)| *key == 0)
+            .count()
+    }
+
+    /// The counts of `net` under key index `key` (0 is the report's).
+    pub fn get(&self, key: usize, net: IpNet) -> Option<IpCounts<'_>> {
+        self.counter
+            .slots
+            .get(&(key as u8, net))
             .map(|&slot| self.counts_at(slot))
     }
 
-    /// Every IP with its counts, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, IpCounts<'_>)> + '_ {
+    /// Every key with its key index and counts, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, IpNet, IpCounts<'_>)> + '_ {
         self.counter
             .slots
             .iter()
-            .map(|(&ip, &slot)| (ip, self.counts_at(slot)))
+            .map(|(&(key, net), &slot)| (key as usize, net, self.counts_at(slot)))
+    }
+
+    /// The addresses seen in `net` under key index `key`, ascending (just
+    /// `net`'s address for a single-address key).
+    pub fn addresses_in(&self, key: usize, net: IpNet) -> Vec<IpAddr> {
+        if net.prefix_len() == net.max_prefix_len() {
+            return vec![net.addr()];
+        }
+        let mut found: Vec<IpAddr> = self
+            .counter
+            .members
+            .iter()
+            .filter(|&&(k, ip)| k as usize == key && net.contains(&ip))
+            .map(|&(_, ip)| ip)
+            .collect();
+        found.sort_unstable();
+        found
     }
 
     fn counts_at(&self, slot: u32) -> IpCounts<'_> {

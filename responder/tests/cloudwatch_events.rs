@@ -11,6 +11,7 @@ use floodgate_responder::source::LogSource;
 use floodgate_responder::source::cloudwatch_events::CloudWatchEventsSource;
 use floodgate_responder::traffic::CountSpec;
 use floodgate_responder::waflog::parse_hit_full_only;
+use floodgate_rules::policy::Prefixes;
 use floodgate_tests::{MotoServer, wall_clock_ms};
 
 fn client(moto: &MotoServer, region: &str) -> Client {
@@ -91,7 +92,9 @@ async fn counts_events_across_regions_like_a_naive_count() {
         .unwrap();
     assert_eq!(newest, newest_record);
 
-    let spec = CountSpec::new(newest, &[60, 300]).unwrap();
+    let spec = CountSpec::new(newest, &[60, 300])
+        .unwrap()
+        .with_keys(&[Prefixes::PER_ADDRESS]);
     let traffic = source.count(&spec).await.unwrap();
     assert_eq!(
         traffic.stats().records,
@@ -108,7 +111,11 @@ async fn counts_events_across_regions_like_a_naive_count() {
         }
         let actual: HashMap<IpAddr, u32> = traffic
             .iter()
-            .filter_map(|(ip, c)| c.requests(window).filter(|&n| n > 0).map(|n| (ip, n)))
+            .filter_map(|(_, net, c)| {
+                c.requests(window)
+                    .filter(|&n| n > 0)
+                    .map(|n| (net.addr(), n))
+            })
             .collect();
         assert_eq!(actual, expected, "window {window}");
     }

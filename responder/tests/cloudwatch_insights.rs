@@ -15,17 +15,33 @@ use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use floodgate_responder::aws::{RegionLogs, retry_config};
 use floodgate_responder::source::LogSource;
 use floodgate_responder::source::cloudwatch_insights::{
-    CloudWatchInsightsSource, MAX_ROWS, Polling, estimated_cost_usd, query_text,
+    CloudWatchInsightsSource, Floors, MAX_ROWS, Polling, estimated_cost_usd, query_text,
 };
 use floodgate_responder::traffic::CountSpec;
+use floodgate_rules::policy::Prefixes;
+use ipnet::IpNet;
 use proptest::prelude::*;
 
 #[test]
 fn the_query_text_is_stable() {
     assert_eq!(
-        query_text(2000, &[]),
+        query_text(Floors::both(2000), &[]),
         "stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 2000\n| sort requests desc\n| limit 10000"
     );
+}
+
+#[test]
+fn a_family_counted_by_prefix_keeps_every_address() {
+    let floors = Floors { ipv4: 400, ipv6: 1 };
+    assert_eq!(
+        query_text(floors, &[]),
+        "stats count(*) as requests by httpRequest.clientIp\n| filter (isValidIpV4(httpRequest.clientIp) and requests >= 400) or (isValidIpV6(httpRequest.clientIp) and requests >= 1)\n| sort requests desc\n| limit 10000"
+    );
+}
+
+/// An address as its own key.
+fn host(ip: &str) -> IpNet {
+    ip.parse::<std::net::IpAddr>().unwrap().into()
 }
 
 #[test]
@@ -63,7 +79,7 @@ fn results(status: QueryStatus, rows: Vec<Vec<ResultField>>) -> GetQueryResultsO
 fn start_ok() -> Rule {
     mock!(Client::start_query)
         .match_requests(|r| {
-            r.query_string() == Some(query_text(2000, &[]).as_str())
+            r.query_string() == Some(query_text(Floors::both(2000), &[]).as_str())
                 && r.end_time().zip(r.start_time()).map(|(e, s)| e - s) == Some(300)
         })
         .then_output(|| StartQueryOutput::builder().query_id("q-1").build())
@@ -81,10 +97,11 @@ fn source(rules: &[&Rule], polling: Polling) -> CloudWatchInsightsSource {
 }
 
 fn spec() -> CountSpec {
-    // One 300 s window whose lowest tier threshold is 2000.
+    // One 300 s window whose lowest tier threshold is 2000, per address.
     CountSpec::new(1_700_000_300_000, &[300])
         .unwrap()
-        .with_floor(300, 2000)
+        .with_keys(&[Prefixes::PER_ADDRESS])
+        .with_floor(Prefixes::PER_ADDRESS, 300, 2000)
 }
 
 fn fast_polling() -> Polling {
@@ -121,15 +138,12 @@ async fn polls_until_complete_and_reads_the_counts() {
     assert_eq!(poll.num_calls(), 4);
     assert_eq!(start.num_calls(), 1);
     assert_eq!(
-        traffic
-            .get("203.0.113.66".parse().unwrap())
-            .unwrap()
-            .requests(300),
+        traffic.get(0, host("203.0.113.66")).unwrap().requests(300),
         Some(6000)
     );
     assert_eq!(
         traffic
-            .get("2001:db8:bad::66".parse().unwrap())
+            .get(0, host("2001:db8:bad::66"))
             .unwrap()
             .requests(300),
         Some(3000)
@@ -194,10 +208,7 @@ async fn throttling_is_retried() {
     assert_eq!(start.num_calls(), 3);
     assert_eq!(poll.num_calls(), 2);
     assert_eq!(
-        traffic
-            .get("192.0.2.1".parse().unwrap())
-            .unwrap()
-            .requests(300),
+        traffic.get(0, host("192.0.2.1")).unwrap().requests(300),
         Some(2500)
     );
 }
@@ -247,13 +258,16 @@ async fn a_full_result_is_reported_as_truncated() {
         .await
         .unwrap();
     assert_eq!(traffic.stats().truncated_queries, 1);
-    assert_eq!(traffic.distinct_ips(), MAX_ROWS);
+    assert_eq!(traffic.distinct_keys(), MAX_ROWS);
 }
 
 #[test]
 fn the_second_pass_query_names_its_addresses() {
     assert_eq!(
-        query_text(1, &["203.0.113.9".to_owned(), "2001:db8::1".to_owned()]),
+        query_text(
+            Floors::both(1),
+            &["203.0.113.9".to_owned(), "2001:db8::1".to_owned()]
+        ),
         "filter httpRequest.clientIp in [\"203.0.113.9\", \"2001:db8::1\"]\n| stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 1\n| sort requests desc\n| limit 10000"
     );
 }
@@ -267,12 +281,15 @@ type Event = (String, i64);
 /// Runs a Logs Insights query over `events` as Insights would, from its
 /// text alone: an optional `filter httpRequest.clientIp in [...]`, then
 /// `stats count(*) as requests by httpRequest.clientIp`,
-/// `filter requests >= N`, `sort requests desc`, `limit N`. The time range
+/// `filter requests >= N` (or one floor per family, as `filter
+/// (isValidIpV4(httpRequest.clientIp) and requests >= N) or
+/// (isValidIpV6(httpRequest.clientIp) and requests >= M)`), `sort requests
+/// desc`, `limit N`. The time range
 /// is inclusive at both ends (StartQuery's documentation). Any other stage
 /// fails the test.
 fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<ResultField>> {
     let mut only: Option<Vec<String>> = None;
-    let (mut min, mut limit, mut grouped) = (0u32, usize::MAX, false);
+    let (mut min_v4, mut min_v6, mut limit, mut grouped) = (0u32, 0u32, usize::MAX, false);
     for stage in query.split("\n| ") {
         if let Some(list) = stage
             .strip_prefix("filter httpRequest.clientIp in [")
@@ -287,7 +304,18 @@ fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<Resu
         } else if stage == "stats count(*) as requests by httpRequest.clientIp" {
             grouped = true;
         } else if let Some(n) = stage.strip_prefix("filter requests >= ") {
-            min = n.parse().unwrap();
+            min_v4 = n.parse().unwrap();
+            min_v6 = min_v4;
+        } else if let Some(rest) =
+            stage.strip_prefix("filter (isValidIpV4(httpRequest.clientIp) and requests >= ")
+        {
+            let (v4, v6) = rest
+                .strip_suffix(')')
+                .and_then(|r| {
+                    r.split_once(") or (isValidIpV6(httpRequest.clientIp) and requests >= ")
+                })
+                .unwrap_or_else(|| panic!("the fake cannot read {stage:?}"));
+            (min_v4, min_v6) = (v4.parse().unwrap(), v6.parse().unwrap());
         } else if stage == "sort requests desc" {
         } else if let Some(n) = stage.strip_prefix("limit ") {
             limit = n.parse().unwrap();
@@ -303,7 +331,14 @@ fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<Resu
             *counts.entry(ip).or_default() += 1;
         }
     }
-    let mut rows: Vec<(&str, u32)> = counts.into_iter().filter(|&(_, n)| n >= min).collect();
+    let at_floor = |ip: &str, n: u32| {
+        let v4 = ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_ipv4());
+        n >= if v4 { min_v4 } else { min_v6 }
+    };
+    let mut rows: Vec<(&str, u32)> = counts
+        .into_iter()
+        .filter(|&(ip, n)| at_floor(ip, n))
+        .collect();
     rows.sort_by_key(|&(ip, n)| (std::cmp::Reverse(n), ip));
     rows.truncate(limit);
     rows.into_iter().map(|(ip, n)| row(ip, n)).collect()
@@ -333,10 +368,11 @@ fn insights_over(events: Vec<Event>) -> (Rule, Rule) {
 }
 
 /// Counts `regions`' events through the Insights source (one log group
-/// per region) with windows of 60 s (floor `floor_60`) and 300 s (floor
-/// `floor_300`) ending at END_SECONDS.
+/// per region) by `keys`, with windows of 60 s (floor `floor_60`) and 300 s
+/// (floor `floor_300`) ending at END_SECONDS.
 fn count_by_insights(
     regions: &[Vec<Event>],
+    keys: Prefixes,
     floor_60: u32,
     floor_300: u32,
 ) -> floodgate_responder::traffic::Traffic {
@@ -355,8 +391,9 @@ fn count_by_insights(
         .collect();
     let spec = CountSpec::new(END_SECONDS * 1000, &[60, 300])
         .unwrap()
-        .with_floor(60, floor_60)
-        .with_floor(300, floor_300);
+        .with_keys(&[keys])
+        .with_floor(keys, 60, floor_60)
+        .with_floor(keys, 300, floor_300);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -388,11 +425,9 @@ fn an_address_spread_over_five_regions_is_counted_in_full() {
             events
         })
         .collect();
-    let traffic = count_by_insights(&regions, 1000, 2000);
-    let ip: std::net::IpAddr = "203.0.113.9".parse().unwrap();
-    let (_, counts) = traffic
-        .iter()
-        .find(|(i, _)| *i == ip)
+    let traffic = count_by_insights(&regions, Prefixes::default(), 1000, 2000);
+    let counts = traffic
+        .get(0, host("203.0.113.9"))
         .expect("the spread attacker");
     assert_eq!(counts.requests(300), Some(3700));
     assert_eq!(counts.requests(60), Some(3700));
@@ -400,14 +435,37 @@ fn an_address_spread_over_five_regions_is_counted_in_full() {
     assert!(second.queries > 0 && second.rows > 0, "{second:?}");
 }
 
-/// Each client's requests per window, counted in-process from the events:
-/// the model the Insights path must agree with.
-fn model(regions: &[Vec<Event>]) -> HashMap<(String, u32), u32> {
+#[test]
+fn an_ipv6_rotation_over_regions_is_counted_per_64() {
+    // 60 addresses of one /64, 40 requests each, spread over 3 regions: no
+    // address comes near the floor of 2000, their /64 does (2400).
+    let regions: Vec<Vec<Event>> = (0..3)
+        .map(|region| {
+            (0..60)
+                .filter(|i| i % 3 == region)
+                .flat_map(|i| burst(&[&format!("2001:db8:6:4::{i:x}")], 40, 30))
+                .collect()
+        })
+        .collect();
+    let traffic = count_by_insights(&regions, Prefixes::default(), 2000, 2000);
+    let net: IpNet = "2001:db8:6:4::/64".parse().unwrap();
+    let counts = traffic.get(0, net).expect("the rotating /64");
+    assert_eq!(counts.requests(300), Some(2400));
+    assert_eq!(counts.addresses(), 60);
+}
+
+/// Each key's requests per window, counted in-process from the events:
+/// the model the Insights path must agree with. Independent of the
+/// source's key code: the prefix is cut with ipnet's `trunc`.
+fn model(regions: &[Vec<Event>], keys: Prefixes) -> HashMap<(IpNet, u32), u32> {
     let mut counts = HashMap::new();
     for (ip, ts) in regions.iter().flatten() {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let length = if ip.is_ipv4() { keys.ipv4 } else { keys.ipv6 };
+        let key = IpNet::new(ip, length).unwrap().trunc();
         for window in [60, 300] {
             if END_SECONDS - ts < window {
-                *counts.entry((ip.clone(), window as u32)).or_default() += 1;
+                *counts.entry((key, window as u32)).or_default() += 1;
             }
         }
     }
@@ -417,40 +475,49 @@ fn model(regions: &[Vec<Event>]) -> HashMap<(String, u32), u32> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// For any spread of requests over 1 to 6 regions, every client whose
-    /// total reaches a window's floor gets its exact total, and every count
-    /// reported is exact.
+    /// For any spread of requests over 1 to 6 regions and any of the key
+    /// kinds (per address, the default IPv6 /64, IPv4 /24), every key whose
+    /// total reaches a window's floor gets its exact total, and every
+    /// count reported is exact.
     #[test]
     fn insights_counts_agree_with_counting_the_events(
         regions in prop::collection::vec(
-            prop::collection::vec((0..6usize, prop_oneof![1..60i64, 61..300i64]), 0..120),
+            prop::collection::vec((0..8usize, prop_oneof![1..60i64, 61..300i64]), 0..120),
             1..=6,
         ),
+        keys in prop_oneof![
+            Just(Prefixes::PER_ADDRESS),
+            Just(Prefixes::default()),
+            Just(Prefixes { ipv4: 24, ipv6: 64 }),
+        ],
         floor_60 in 1..30u32,
         floor_300 in 1..60u32,
     ) {
-        let ips = ["203.0.113.1", "203.0.113.2", "198.51.100.3", "2001:db8::4", "2001:db8:1::5", "192.0.2.6"];
+        let ips = [
+            "203.0.113.1", "203.0.113.2", "198.51.100.3", "2001:db8::4",
+            "2001:db8:1::5", "192.0.2.6", "2001:db8::a:b:c:d", "2001:db8:0:0:1::7",
+        ];
         let regions: Vec<Vec<Event>> = regions
             .iter()
             .map(|events| events.iter().map(|&(i, age)| (ips[i].to_owned(), END_SECONDS - age)).collect())
             .collect();
-        let expected = model(&regions);
-        let traffic = count_by_insights(&regions, floor_60, floor_300);
-        let reported: HashMap<(String, u32), u32> = traffic
+        let expected = model(&regions, keys);
+        let traffic = count_by_insights(&regions, keys, floor_60, floor_300);
+        let reported: HashMap<(IpNet, u32), u32> = traffic
             .iter()
-            .flat_map(|(ip, counts)| {
+            .flat_map(|(_, net, counts)| {
                 [60u32, 300].into_iter().filter_map(move |w| {
-                    counts.requests(w).filter(|&n| n > 0).map(|n| ((ip.to_string(), w), n))
+                    counts.requests(w).filter(|&n| n > 0).map(|n| ((net, w), n))
                 })
             })
             .collect();
         for (key, &n) in &reported {
             prop_assert_eq!(Some(&n), expected.get(key), "{:?} reported {}", key, n);
         }
-        for ((ip, window), &n) in &expected {
+        for ((net, window), &n) in &expected {
             let floor = if *window == 60 { floor_60 } else { floor_300 };
             if n >= floor {
-                prop_assert_eq!(reported.get(&(ip.clone(), *window)), Some(&n), "{} in {} s", ip, window);
+                prop_assert_eq!(reported.get(&(*net, *window)), Some(&n), "{} in {} s", net, window);
             }
         }
     }

@@ -31,6 +31,7 @@ fn entry(net: &str) -> LedgerEntry {
         expires_at_ms: 900_000,
         offences: 1,
         requests: 2000,
+        addresses: 1,
         source: "test".into(),
         reason: "test".into(),
         suppressed_until_ms: None,

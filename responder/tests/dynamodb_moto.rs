@@ -39,6 +39,7 @@ fn entry(index: u32) -> LedgerEntry {
         expires_at_ms: 1_790_000_000_000 + i64::from(index) * 15_485_863,
         offences: index % 7 + 1,
         requests: index.wrapping_mul(2_654_435_761) % 100_000,
+        addresses: 1,
         source: "eu-west-1/aws-waf-logs-app".into(),
         reason: format!("{} requests in 300 s", index.wrapping_mul(40_503)),
         suppressed_until_ms: None,

@@ -13,6 +13,7 @@ use floodgate_responder::source::files::FileSource;
 use floodgate_responder::traffic::CountSpec;
 use floodgate_responder::waflog::parse_hit_full_only;
 use floodgate_rules::Policy;
+use floodgate_rules::policy::Prefixes;
 use time::macros::date;
 
 fn write_logs(path: &Path, spec: &LogSpec) -> Vec<u8> {
@@ -68,13 +69,19 @@ fn counts_agree_with_a_naive_count_across_files_chunks_and_gzip() {
         .with_chunk_bytes(4096);
     assert_eq!(source.files().len(), 2);
     let newest = source.newest_timestamp_blocking().unwrap().unwrap();
-    let spec = CountSpec::new(newest, &[60, 120]).unwrap();
+    let spec = CountSpec::new(newest, &[60, 120])
+        .unwrap()
+        .with_keys(&[Prefixes::PER_ADDRESS]);
     let traffic = source.count_blocking(&spec).unwrap();
     for window in [60, 120] {
         let expected = naive_counts(&all, newest, window);
         let actual: HashMap<IpAddr, u32> = traffic
             .iter()
-            .filter_map(|(ip, c)| c.requests(window).filter(|&n| n > 0).map(|n| (ip, n)))
+            .filter_map(|(_, net, c)| {
+                c.requests(window)
+                    .filter(|&n| n > 0)
+                    .map(|n| (net.addr(), n))
+            })
             .collect();
         assert_eq!(actual, expected, "window {window}");
     }
@@ -181,7 +188,7 @@ fn detection_finds_the_attack_scenarios_and_spares_the_allow_list() {
     let tier_of = |ip: IpAddr| {
         offenders
             .iter()
-            .find(|o| o.ip == ip)
+            .find(|o| o.net.contains(&ip))
             .and_then(|o| o.tier.as_ref())
             .map(|t| t.as_str().to_owned())
     };
@@ -203,21 +210,33 @@ fn detection_finds_the_attack_scenarios_and_spares_the_allow_list() {
         let ip = IpAddr::V4(std::net::Ipv4Addr::from_bits(
             scenario::CORPORATE_FIRST.to_bits() + u32::from(i),
         ));
-        let offender = offenders.iter().find(|o| o.ip == ip).unwrap();
+        let offender = offenders.iter().find(|o| o.net.contains(&ip)).unwrap();
         assert!(offender.requests >= 2000);
         assert_eq!(offender.tier.as_ref().unwrap().as_str(), "watch");
         assert!(offender.allow_entry.is_some());
     }
+    // The IPv6 rotation: each address far below every tier, their /64 in
+    // the block tier, with every address counted (issue 18).
+    let rotation = offenders
+        .iter()
+        .find(|o| o.net.contains(&IpAddr::V6(scenario::ROTATION_PREFIX)))
+        .expect("the rotating /64");
+    assert_eq!(rotation.net.prefix_len(), 64);
+    assert_eq!(rotation.tier.as_ref().unwrap().as_str(), "block");
+    assert_eq!(rotation.addresses, u32::from(scenario::ROTATION_ADDRESSES));
+    // The login flood, at 1500 in 5 minutes, is only watched by tiers
+    // sized for the whole API.
+    assert_eq!(tier_of(scenario::LOGIN_FLOOD_IP).as_deref(), Some("watch"));
     // No benign client reaches a tier.
     assert_eq!(
         offenders.len(),
-        2 + usize::from(scenario::DISTRIBUTED_IPS) + usize::from(scenario::CORPORATE_IPS)
+        4 + usize::from(scenario::DISTRIBUTED_IPS) + usize::from(scenario::CORPORATE_IPS)
     );
     // Ranking: requests descending, then IP ascending with IPv4 first.
     let ranked = rank(&traffic, &policy, 300);
     assert!(
         ranked
             .windows(2)
-            .all(|w| (w[0].requests, w[1].ip) >= (w[1].requests, w[0].ip))
+            .all(|w| (w[0].requests, w[1].net) >= (w[1].requests, w[0].net))
     );
 }

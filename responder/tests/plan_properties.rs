@@ -20,6 +20,11 @@ const POLICY: &str = r#"
 [safety]
 max_new_blocks_per_run = MAX_NEW
 
+# IPv6 keys of 1024 addresses: four in the generated range, one of them
+# around the v6 office's /120, which its blocks must cut out.
+[detection]
+ipv6_prefix = 118
+
 [[tiers]]
 name = "watch"
 requests = 1000
@@ -88,13 +93,16 @@ fn ip(v4: bool, offset: u32) -> IpAddr {
     }
 }
 
+/// The offender that `ip`'s key is, as detection reports it.
 fn offender(policy: &Policy, ip: IpAddr, requests: u32, tier: Option<usize>) -> Offender {
+    let net = policy.prefixes.key(ip);
     Offender {
-        ip,
+        net,
+        addresses: 1,
         requests,
         tier: tier.map(|t| policy.tiers[t].name.clone()),
         actions: Vec::new(),
-        allow_entry: policy.allow.find_index(ip),
+        allow_entry: policy.allow.find_containing(net),
     }
 }
 
@@ -111,7 +119,7 @@ fn offenders(policy: &Policy) -> impl Strategy<Value = Vec<Offender>> + '_ {
     .prop_map(move |list| {
         let mut seen = BTreeSet::new();
         list.into_iter()
-            .filter(|&(v4, offset, _, _)| seen.insert(ip(v4, offset)))
+            .filter(|&(v4, offset, _, _)| seen.insert(policy.prefixes.key(ip(v4, offset))))
             .map(|(v4, offset, requests, tier)| offender(policy, ip(v4, offset), requests, tier))
             .collect()
     })

@@ -285,7 +285,8 @@ async fn blocks_leave_every_set_when_the_clock_passes_their_expiry() {
     .policy;
     let clock = ManualClock::new(datetime!(2026-11-22 10:00 UTC));
     let attacker = Offender {
-        ip: "203.0.113.66".parse().unwrap(),
+        net: "203.0.113.66/32".parse().unwrap(),
+        addresses: 1,
         requests: 500,
         tier: Some(policy.tiers[0].name.clone()),
         actions: Vec::new(),

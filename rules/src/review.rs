@@ -95,6 +95,9 @@ pub struct ReviewItem {
     /// Requests from inside the entry in the reviewed logs; `None` when no
     /// logs were given (and for tenant overrides, which WAF logs do not show).
     pub requests: Option<u64>,
+    /// Distinct client addresses seen inside the entry in the reviewed
+    /// logs; `None` when no logs were given.
+    pub addresses: Option<u64>,
 }
 
 /// Every allow entry, then every tenant override, in file order, as of the
@@ -129,6 +132,7 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
                 line: entry.line,
                 flags,
                 requests: None,
+                addresses: None,
             }
         })
         .collect();
@@ -163,6 +167,7 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
                 Vec::new()
             },
             requests: None,
+            addresses: None,
         }));
     }
     items
@@ -176,6 +181,7 @@ pub fn add_usage(
     policy: &Policy,
     traffic: impl IntoIterator<Item = (IpAddr, u64)>,
 ) {
+    // `traffic` holds one row per address.
     let entries = policy.allow.entries();
     let nets: Vec<IpNet> = entries.iter().map(|e| e.cidr).collect();
     let map = PrefixMap::new(&nets);
@@ -186,16 +192,19 @@ pub fn add_usage(
         container[inner] = Some(outer);
     }
     let mut requests = vec![0u64; entries.len()];
+    let mut addresses = vec![0u64; entries.len()];
     for (ip, count) in traffic {
         let mut entry = map.lookup(ip);
         while let Some(index) = entry {
             requests[index] += count;
+            addresses[index] += 1;
             entry = container[index];
         }
     }
     let allow_items = items.iter_mut().filter(|item| item.kind == ItemKind::Allow);
-    for (item, count) in allow_items.zip(requests) {
+    for ((item, count), seen) in allow_items.zip(requests).zip(addresses) {
         item.requests = Some(count);
+        item.addresses = Some(seen);
         if count == 0 {
             item.flags.push(Flag::Unused);
         }

@@ -33,12 +33,12 @@ fn top_ranks_the_sample_logs_with_tiers_and_allow_list() {
     ]));
     assert_eq!(report["window"]["start"], "2026-11-20T10:00:00Z");
     assert_eq!(report["window"]["end"], "2026-11-20T10:05:00Z");
-    assert_eq!(report["records"], 64600);
+    assert_eq!(report["records"], 68500);
     assert_eq!(report["malformed"], 0);
     let offenders = report["offenders"].as_array().unwrap();
     assert_eq!(offenders.len(), 30);
     let first = &offenders[0];
-    assert_eq!(first["ip"], "203.0.113.66");
+    assert_eq!(first["key"], "203.0.113.66");
     assert_eq!(first["requests"], 6000);
     assert_eq!(first["tier"], "block-24h");
     assert_eq!(first["allow_listed"], false);
@@ -48,7 +48,7 @@ fn top_ranks_the_sample_logs_with_tiers_and_allow_list() {
     );
     let corporate: Vec<&Value> = offenders
         .iter()
-        .filter(|o| o["ip"].as_str().unwrap().starts_with("198.51.100."))
+        .filter(|o| o["key"].as_str().unwrap().starts_with("198.51.100."))
         .collect();
     assert_eq!(corporate.len(), 5);
     for o in corporate {
@@ -58,6 +58,25 @@ fn top_ranks_the_sample_logs_with_tiers_and_allow_list() {
             "{o}"
         );
     }
+    // The IPv6 rotation: 60 addresses far below every tier, counted as
+    // their /64 (issue 18).
+    let rotation = offenders
+        .iter()
+        .find(|o| o["key"] == "2001:db8:64:64::/64")
+        .expect("the /64 rotation is ranked");
+    assert_eq!(
+        (
+            &rotation["addresses"],
+            &rotation["requests"],
+            &rotation["tier"]
+        ),
+        (
+            &serde_json::json!(60),
+            &serde_json::json!(2400),
+            &serde_json::json!("block")
+        )
+    );
+    assert_eq!(report["offenders"][0]["addresses"], 1);
     // Sorted by requests, then IP with IPv4 first.
     let requests: Vec<u64> = offenders
         .iter()
@@ -87,7 +106,7 @@ fn top_without_a_policy_ranks_only_and_defaults_to_the_newest_record() {
             .starts_with("2026-11-20T10:04:59."),
         "{report}"
     );
-    assert_eq!(report["offenders"][0]["ip"], "203.0.113.66");
+    assert_eq!(report["offenders"][0]["key"], "203.0.113.66");
     // 20 a second; the minute ends mid-second, so the edges hold a
     // request more or less (exact counts are checked against a naive count
     // in the responder's tests).
@@ -242,7 +261,7 @@ async fn top_reads_the_policy_source_from_cloudwatch_logs() {
         .unwrap();
     let report = json(&output);
     assert_eq!(report["records"], 30);
-    assert_eq!(report["offenders"][0]["ip"], "203.0.113.9");
+    assert_eq!(report["offenders"][0]["key"], "203.0.113.9");
     assert_eq!(report["offenders"][0]["requests"], 30);
     assert_eq!(report["offenders"][0]["tier"], "block");
 }

@@ -1,10 +1,14 @@
 //! The responder end to end against moto, as a user runs it: attack logs go
 //! into CloudWatch Logs in three regions, `floodgate run --once` (the real
 //! binary, `examples/moto.toml`) blocks the attackers in every region and at
-//! the CloudFront edge, never the allow-listed partner, and a day later the
-//! blocks are gone.
+//! the CloudFront edge (one attacker spread over the three regions, and an
+//! IPv6 /64 rotating its addresses, among them), never the allow-listed
+//! partner nor the allow-listed address inside the rotating /64, nor a
+//! spread over an IPv4 /24 (counted per address by default), and a day
+//! later the blocks are gone.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::rfc3339_from_ms;
@@ -48,6 +52,18 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
     traffic[0].extend(burst("198.51.100.7", 4000, now_ms));
     for (i, events) in traffic.iter_mut().enumerate() {
         events.extend(burst(&format!("192.0.2.{}", i + 1), 50, now_ms));
+        // 400 in each region: under the tier of 1000 everywhere, 1200 in all.
+        events.extend(burst("203.0.113.77", 400, now_ms));
+    }
+    // 30 addresses of one /64, 40 requests each, rotating over the regions;
+    // one of them (::7) is allow-listed.
+    for host in 1..=30 {
+        traffic[host % 3].extend(burst(&format!("2001:db8:64:64::{host:x}"), 40, now_ms));
+    }
+    // 100 addresses of one IPv4 /24, 20 requests each: 2000 in the /24, but
+    // IPv4 counts per address unless a tier says otherwise.
+    for host in 1..=100 {
+        traffic[host % 3].extend(burst(&format!("198.18.0.{host}"), 20, now_ms));
     }
     for (region, events) in REGIONS.iter().zip(traffic) {
         moto.create_waf_log_group(region, GROUP).await;
@@ -58,13 +74,14 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
     let policy = dir.path().join("moto.toml");
     let text = std::fs::read_to_string(workspace_root().join("examples/moto.toml"))
         .unwrap()
-        .replace("http://127.0.0.1:5000", &moto.endpoint());
+        .replace("http://127.0.0.1:5000", &moto.endpoint())
+        + "\n[[allow]]\ncidr = \"2001:db8:64:64::7\"\nreason = \"a monitoring probe\"\nowner = \"sre@example.com\"\nexpires = 2099-12-31\n";
     std::fs::write(&policy, text).unwrap();
 
     let report = run_once(&policy, dir.path(), &rfc3339_from_ms(now_ms)).await;
     assert_eq!(
         report["records"],
-        1500 + 1200 + 1100 + 4000 + 150,
+        1500 + 1200 + 1100 + 4000 + 150 + 1200 + 30 * 40 + 100 * 20,
         "{report}"
     );
     let added: BTreeSet<&str> = report["added"]
@@ -75,11 +92,37 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
         .collect();
     assert_eq!(
         added,
-        BTreeSet::from(["203.0.113.9/32", "203.0.113.10/32", "2001:db8:bad::1/128"]),
-        "every attacker, wherever it was seen; never the partner"
+        BTreeSet::from([
+            "203.0.113.9/32",
+            "203.0.113.10/32",
+            "203.0.113.77/32",
+            "2001:db8:bad::/64",
+            "2001:db8:64:64::/64"
+        ]),
+        "every attacker, wherever it was seen; never the partner nor the /24"
     );
-    let v4 = BTreeSet::from(["203.0.113.9/32".to_owned(), "203.0.113.10/32".to_owned()]);
-    let v6 = BTreeSet::from(["2001:db8:bad::1/128".to_owned()]);
+    let v4 = BTreeSet::from([
+        "203.0.113.9/32".to_owned(),
+        "203.0.113.10/32".to_owned(),
+        "203.0.113.77/32".to_owned(),
+    ]);
+    let v6 = moto
+        .ip_set("eu-west-1", Scope::Regional, "floodgate-blocked-v6")
+        .await;
+    let blocked = |ip: &str| {
+        let ip: IpAddr = ip.parse().unwrap();
+        v6.iter()
+            .any(|net| net.parse::<ipnet::IpNet>().unwrap().contains(&ip))
+    };
+    assert!(blocked("2001:db8:bad::1") && blocked("2001:db8:bad::ffff"));
+    for host in (1..=30).filter(|&h| h != 7) {
+        assert!(blocked(&format!("2001:db8:64:64::{host:x}")), "::{host:x}");
+    }
+    assert!(blocked("2001:db8:64:64:ffff::1"), "the whole /64");
+    assert!(
+        !blocked("2001:db8:64:64::7"),
+        "the allow-listed address is cut out of its /64: {v6:?}"
+    );
     for region in REGIONS {
         assert_eq!(
             moto.ip_set(region, Scope::Regional, "floodgate-blocked-v4")
@@ -107,7 +150,7 @@ async fn attacks_in_three_regions_are_blocked_everywhere_and_expire_on_time() {
 
     // A day later the logs are old news and every 15-minute block has ended.
     let later = run_once(&policy, dir.path(), &rfc3339_from_ms(now_ms + 86_400_000)).await;
-    assert_eq!(later["expired"].as_array().unwrap().len(), 3, "{later}");
+    assert_eq!(later["expired"].as_array().unwrap().len(), 5, "{later}");
     for region in REGIONS {
         assert!(
             moto.ip_set(region, Scope::Regional, "floodgate-blocked-v4")

@@ -4,7 +4,6 @@
 //! prints a summary. Writes nothing to any target or ledger.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::path::Path;
 
 use floodgate_rules::Policy;
@@ -12,11 +11,14 @@ use floodgate_rules::Policy;
 use super::{BacktestArgs, CliError, Format, Status, load_policy, write_stdout};
 use crate::backtest::{self, Backtest, Record};
 use crate::clock::{rfc3339_from_ms, unix_ms};
+use crate::detect::key_text;
 use crate::plan::Capacity;
 use crate::source::files::FileSource;
 
-/// Charted addresses.
+/// Charted keys.
 const CHARTED: usize = 6;
+/// Addresses listed per blocked prefix.
+const LISTED: usize = 8;
 
 /// Runs `floodgate backtest`.
 pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
@@ -78,10 +80,12 @@ fn summary_json(result: &Backtest) -> serde_json::Value {
         .blocked
         .iter()
         .map(|(net, spans)| {
+            let seen = result.seen_in.get(net);
             serde_json::json!({
                 "net": net.to_string(),
                 "minutes": result.minutes_blocked(net),
                 "from": spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
+                "addresses_seen": seen.map_or(1, Vec::len),
             })
         })
         .collect();
@@ -108,8 +112,13 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
         percent(result.stopped, result.requests),
     );
     for net in result.blocked.keys() {
-        let address = net.to_string();
-        let _ = writeln!(text, "  {address:<43} blocked {}", blocked_for(result, net));
+        let _ = writeln!(
+            text,
+            "  {:<43} blocked {}{}",
+            key_text(net),
+            blocked_for(result, net),
+            seen_text(result, net)
+        );
     }
     let _ = writeln!(
         text,
@@ -131,6 +140,25 @@ fn blocked_for(result: &Backtest, net: &ipnet::IpNet) -> String {
     } else {
         "from the last step".to_owned()
     }
+}
+
+/// For a blocked prefix, the addresses seen in it: `; 60 addresses seen:
+/// 2001:db8::1, ... (52 more)`; nothing for an address.
+fn seen_text(result: &Backtest, net: &ipnet::IpNet) -> String {
+    let Some(seen) = result.seen_in.get(net) else {
+        return String::new();
+    };
+    let listed: Vec<String> = seen.iter().take(LISTED).map(ToString::to_string).collect();
+    let more = match seen.len().saturating_sub(LISTED) {
+        0 => String::new(),
+        n => format!(", … ({n} more)"),
+    };
+    let noun = if seen.len() == 1 {
+        "address"
+    } else {
+        "addresses"
+    };
+    format!("; {} {noun} seen: {}{more}", seen.len(), listed.join(", "))
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -171,31 +199,33 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         result.breaker_steps.len()
     );
     page.push_str(
-        "<h2>Blocks</h2>\n<table><tr><th>address</th><th>blocked</th><th>spans</th></tr>\n",
+        "<h2>Blocks</h2>\n<table><tr><th>address or prefix</th><th>blocked</th><th>spans</th><th>addresses seen</th></tr>\n",
     );
     for (net, spans) in &result.blocked {
         let spans: Vec<String> = spans
             .iter()
             .map(|&(a, b)| format!("{} – {}", rfc3339_from_ms(a), rfc3339_from_ms(b)))
             .collect();
+        let seen = seen_text(result, net);
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&net.to_string()),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&key_text(net)),
             blocked_for(result, net),
-            escape(&spans.join(", "))
+            escape(&spans.join(", ")),
+            escape(seen.trim_start_matches("; "))
         );
     }
-    page.push_str("</table>\n<h2>Busiest addresses</h2>\n");
-    for (ip, series) in &result.top {
-        page.push_str(&chart(result, *ip, series));
+    page.push_str("</table>\n<h2>Busiest clients</h2>\n");
+    for (net, series) in &result.top {
+        page.push_str(&chart(result, *net, series));
     }
     page.push_str("</body></html>\n");
     page
 }
 
 /// One SVG chart: requests per step as a line, block spans shaded red.
-fn chart(result: &Backtest, ip: IpAddr, series: &[u32]) -> String {
+fn chart(result: &Backtest, net: ipnet::IpNet, series: &[u32]) -> String {
     let (width, height, left, bottom) = (800.0, 200.0, 50.0, 20.0);
     let span_ms = (result.to_ms - result.from_ms).max(1) as f64;
     let x = |ms: i64| left + (ms - result.from_ms) as f64 / span_ms * (width - left - 10.0);
@@ -203,10 +233,10 @@ fn chart(result: &Backtest, ip: IpAddr, series: &[u32]) -> String {
     let y = |v: u32| (height - bottom) - f64::from(v) / peak * (height - bottom - 10.0);
     let mut svg = format!(
         "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"requests per step from {}\">\n",
-        escape(&ip.to_string()),
-        escape(&ip.to_string())
+        escape(&key_text(&net)),
+        escape(&key_text(&net))
     );
-    if let Some(spans) = result.blocked.get(&ipnet::IpNet::from(ip)) {
+    if let Some(spans) = result.blocked.get(&net) {
         for &(a, b) in spans {
             let _ = writeln!(
                 svg,

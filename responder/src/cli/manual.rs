@@ -49,6 +49,7 @@ pub(super) fn block(args: &BlockArgs) -> Result<Status, CliError> {
             expires_at_ms: now_ms,
             offences: 0,
             requests: 0,
+            addresses: 1,
             source: MANUAL.to_owned(),
             reason: String::new(),
             suppressed_until_ms: None,

@@ -148,6 +148,10 @@ fn block_reason(net: &IpNet, entries: &Entries) -> String {
     let requests: u64 = inside.iter().map(|e| u64::from(e.requests)).sum();
     let until = rfc3339_from_ms(until);
     match inside.len() {
+        1 if inside[0].addresses > 1 => format!(
+            "tier {tiers}, {requests} requests from {} addresses, until {until}",
+            inside[0].addresses
+        ),
         1 => format!("tier {tiers}, {requests} requests, until {until}"),
         n => format!("{n} addresses: tier {tiers}, {requests} requests, until {until}"),
     }

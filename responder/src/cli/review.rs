@@ -4,6 +4,8 @@ use floodgate_rules::review::{ItemKind, ReviewItem, add_usage, review};
 
 use super::{CliError, Format, ReviewArgs, Status, load_policy, write_stdout};
 use crate::source::files::FileSource;
+use floodgate_rules::policy::Prefixes;
+
 use crate::traffic::{CountSpec, Traffic};
 
 /// Prints every allow entry and tenant override, as a table or JSON.
@@ -14,9 +16,10 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
     let mut items = review(&loaded.policy);
     if !args.logs.is_empty() {
         let traffic = whole_log_traffic(&args.logs)?;
-        let per_ip = traffic
-            .iter()
-            .map(|(ip, counts)| (ip, u64::from(counts.requests(WHOLE_LOG).unwrap_or(0))));
+        let per_ip = traffic.iter().map(|(_, net, counts)| {
+            let requests = counts.requests(WHOLE_LOG).unwrap_or(0);
+            (net.addr(), u64::from(requests))
+        });
         add_usage(&mut items, &loaded.policy, per_ip);
     }
     let output = match args.format {
@@ -38,11 +41,14 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
 /// A window long enough to hold every record.
 const WHOLE_LOG: u32 = u32::MAX;
 
-/// Requests per client IP over every record of the logs.
+/// Requests per client address over every record of the logs.
 fn whole_log_traffic(logs: &[String]) -> Result<Traffic, CliError> {
     let source = FileSource::new(logs)?;
     let newest = source.newest_timestamp_blocking()?.unwrap_or(0);
-    let spec = CountSpec::new(newest, &[WHOLE_LOG]).map_err(crate::source::SourceError::from)?;
+    // Per address, since an exception may be a single address in a /64.
+    let spec = CountSpec::new(newest, &[WHOLE_LOG])
+        .map_err(crate::source::SourceError::from)?
+        .with_keys(&[Prefixes::PER_ADDRESS]);
     let traffic = source.count_blocking(&spec)?;
     let stats = traffic.stats();
     eprintln!(
@@ -63,7 +69,7 @@ fn table(items: &[ReviewItem]) -> String {
     let with_requests = items.iter().any(|item| item.requests.is_some());
     let mut header = vec!["KIND", "SUBJECT", "GRANTS", "OWNER", "EXPIRES", "DAYS LEFT"];
     if with_requests {
-        header.push("REQUESTS");
+        header.extend(["REQUESTS", "ADDRESSES"]);
     }
     header.extend(["FLAGS", "LINE", "REASON"]);
     let mut rows: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
@@ -86,7 +92,9 @@ fn table(items: &[ReviewItem]) -> String {
             days_left,
         ];
         if with_requests {
-            row.push(item.requests.map_or("-".to_owned(), |n| n.to_string()));
+            let or_dash = |n: Option<u64>| n.map_or("-".to_owned(), |n| n.to_string());
+            row.push(or_dash(item.requests));
+            row.push(or_dash(item.addresses));
         }
         let flags: Vec<String> = item.flags.iter().map(ToString::to_string).collect();
         row.push(if flags.is_empty() {

@@ -23,6 +23,8 @@ struct Block {
     expires: String,
     offences: u32,
     requests: u32,
+    /// Distinct addresses seen in it (a prefix block may hold many).
+    addresses: u32,
     source: String,
     reason: String,
 }
@@ -138,6 +140,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
                 expires: rfc3339_from_ms(e.expires_at_ms),
                 offences: e.offences,
                 requests: e.requests,
+                addresses: e.addresses,
                 source: e.source.clone(),
                 reason: e.reason.clone(),
             })
@@ -179,14 +182,20 @@ fn table(report: &StatusReport) -> String {
     }
     if !report.active.is_empty() {
         out.push_str(&format!(
-            "  {:<43} {:<12} {:<20} {:>8} {:>9}  {}\n",
-            "NET", "TIER", "EXPIRES", "OFFENCES", "REQUESTS", "SOURCE"
+            "  {:<43} {:<12} {:<20} {:>8} {:>9} {:>9}  {}\n",
+            "NET", "TIER", "EXPIRES", "OFFENCES", "REQUESTS", "ADDRESSES", "SOURCE"
         ));
     }
     for block in &report.active {
         out.push_str(&format!(
-            "  {:<43} {:<12} {:<20} {:>8} {:>9}  {}\n",
-            block.net, block.tier, block.expires, block.offences, block.requests, block.source
+            "  {:<43} {:<12} {:<20} {:>8} {:>9} {:>9}  {}\n",
+            block.net,
+            block.tier,
+            block.expires,
+            block.offences,
+            block.requests,
+            block.addresses,
+            block.source
         ));
     }
     for target in &report.targets {

@@ -18,7 +18,7 @@ struct TopReport {
     window: WindowReport,
     records: u64,
     malformed: u64,
-    distinct_ips: usize,
+    distinct_keys: usize,
     offenders: Vec<OffenderReport>,
 }
 
@@ -30,7 +30,10 @@ struct WindowReport {
 
 #[derive(Debug, Serialize)]
 struct OffenderReport {
-    ip: String,
+    /// An address, or a prefix (IPv6 clients count per /64 by default).
+    key: String,
+    /// Distinct addresses seen in the key.
+    addresses: u32,
     requests: u32,
     tier: Option<String>,
     allow_listed: bool,
@@ -100,11 +103,12 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
         },
         records: stats.records,
         malformed: stats.malformed,
-        distinct_ips: traffic.distinct_ips(),
+        distinct_keys: traffic.distinct_keys(),
         offenders: ranked
             .into_iter()
             .map(|o| OffenderReport {
-                ip: o.ip.to_string(),
+                key: o.key_text(),
+                addresses: o.addresses,
                 requests: o.requests,
                 tier: o.tier.map(|t| t.to_string()),
                 allow_listed: o.allow_entry.is_some(),
@@ -142,14 +146,15 @@ fn report_read(traffic: &Traffic, started: Stopwatch) {
 fn table(report: &TopReport) -> String {
     let mut out = format!("window {} .. {}\n", report.window.start, report.window.end);
     out.push_str(&format!(
-        "{:<40} {:>10}  {:<12} {:<6} {}\n",
-        "IP", "REQUESTS", "TIER", "ALLOW", "ACTIONS"
+        "{:<43} {:>9} {:>10}  {:<12} {:<6} {}\n",
+        "CLIENT", "ADDRESSES", "REQUESTS", "TIER", "ALLOW", "ACTIONS"
     ));
     for o in &report.offenders {
         let actions: Vec<String> = o.actions.iter().map(|(a, n)| format!("{a}={n}")).collect();
         out.push_str(&format!(
-            "{:<40} {:>10}  {:<12} {:<6} {}\n",
-            o.ip,
+            "{:<43} {:>9} {:>10}  {:<12} {:<6} {}\n",
+            o.key,
+            o.addresses,
             o.requests,
             o.tier.as_deref().unwrap_or("-"),
             if o.allow_listed { "yes" } else { "no" },

@@ -102,6 +102,7 @@ mod tests {
             expires_at_ms,
             offences: 2,
             requests: 2500,
+            addresses: 1,
             source: "eu-west-1/aws-waf-logs-app".into(),
             reason: "test".into(),
             suppressed_until_ms: None,

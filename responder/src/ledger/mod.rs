@@ -30,6 +30,7 @@
 //!     expires_at_ms: 900_000,
 //!     offences: 1,
 //!     requests: 2400,
+//!     addresses: 1,
 //!     source: "eu-west-1/aws-waf-logs-app".into(),
 //!     reason: "2400 requests in 300 s".into(),
 //!     suppressed_until_ms: None,
@@ -70,6 +71,10 @@ pub struct LedgerEntry {
     pub offences: u32,
     /// Requests in the tier's window when last seen: how active it is.
     pub requests: u32,
+    /// Distinct addresses seen in it when last seen (1 for an address, or
+    /// for a block made by hand).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub addresses: u32,
     /// Where it was seen: region and log group, or `manual`.
     pub source: String,
     /// Why, for people: requests and window, or the operator's words.
@@ -77,6 +82,14 @@ pub struct LedgerEntry {
     /// After a manual unblock: detection may not block it again before this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed_until_ms: Option<i64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl LedgerEntry {

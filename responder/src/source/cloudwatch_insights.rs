@@ -24,10 +24,19 @@
 //!   StopQuery so it does not keep scanning (and costing).
 //! - Bytes scanned are reported; [`estimated_cost_usd`] prices them.
 //!
+//! - **Prefix keys.** Insights groups rows by the address as the logs wrote
+//!   it, and cannot cut an IPv6 address to its /64 from its text (the `::`
+//!   of the compressed form moves). So rows stay per address and are summed
+//!   into their keys here; a floor per address is only sound where the key
+//!   is the address, so for a family whose key is wider (IPv6 by default)
+//!   the first pass keeps every address (floor 1), and a truncated result
+//!   is reported as ever.
+//!
 //! Insights query bounds are whole seconds, so windows are counted to the
 //! second.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,27 +59,63 @@ const MAX_GROUPS_PER_QUERY: usize = 50;
 /// Logs Insights price per GB scanned (US East), for the cost estimate.
 const USD_PER_GB_SCANNED: f64 = 0.005;
 
-/// The query that counts requests per client IP, with at least
-/// `min_requests`, most first; with `only`, just those client IPs, written
-/// as the logs wrote them. Built in one place and golden-tested.
-pub fn query_text(min_requests: u32, only: &[String]) -> String {
-    let filter = if only.is_empty() {
-        String::new()
-    } else {
+/// The fewest requests a client address needs, per family, to be kept in a
+/// query's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floors {
+    /// For IPv4 addresses.
+    pub ipv4: u32,
+    /// For IPv6 addresses.
+    pub ipv6: u32,
+}
+
+impl Floors {
+    /// The same floor for both families.
+    pub fn both(min_requests: u32) -> Floors {
+        Floors {
+            ipv4: min_requests,
+            ipv6: min_requests,
+        }
+    }
+
+    fn of(&self, ip: IpAddr) -> u32 {
+        if ip.is_ipv4() { self.ipv4 } else { self.ipv6 }
+    }
+}
+
+/// The query that counts requests per client IP, keeping those at or
+/// above their family's floor, most first; with `only`, just those client
+/// IPs, written as the logs wrote them. Built in one place and
+/// golden-tested.
+pub fn query_text(floors: Floors, only: &[String]) -> String {
+    let mut query = String::new();
+    if !only.is_empty() {
         let quoted: Vec<String> = only.iter().map(|ip| format!("\"{ip}\"")).collect();
-        format!("filter httpRequest.clientIp in [{}]\n| ", quoted.join(", "))
-    };
-    format!(
-        "{filter}stats count(*) as requests by httpRequest.clientIp\n\
-         | filter requests >= {min_requests}\n\
-         | sort requests desc\n\
-         | limit {MAX_ROWS}"
-    )
+        let _ = writeln!(
+            query,
+            "filter httpRequest.clientIp in [{}]",
+            quoted.join(", ")
+        );
+        query.push_str("| ");
+    }
+    query.push_str("stats count(*) as requests by httpRequest.clientIp\n");
+    if floors.ipv4 == floors.ipv6 {
+        let _ = writeln!(query, "| filter requests >= {}", floors.ipv4);
+    } else {
+        let _ = writeln!(
+            query,
+            "| filter (isValidIpV4(httpRequest.clientIp) and requests >= {}) \
+             or (isValidIpV6(httpRequest.clientIp) and requests >= {})",
+            floors.ipv4, floors.ipv6
+        );
+    }
+    let _ = write!(query, "| sort requests desc\n| limit {MAX_ROWS}");
+    query
 }
 
 /// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`].
-fn fitting_chunks(ips: Vec<String>, min_requests: u32) -> Vec<Vec<String>> {
-    let room = MAX_QUERY_LENGTH - query_text(min_requests, &["".to_owned()]).len();
+fn fitting_chunks(ips: Vec<String>, floors: Floors) -> Vec<Vec<String>> {
+    let room = MAX_QUERY_LENGTH - query_text(floors, &["".to_owned()]).len();
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut used = room;
     for ip in ips {
@@ -147,7 +192,7 @@ struct Query {
     region: String,
     log_groups: Vec<String>,
     window_seconds: u32,
-    min_requests: u32,
+    floors: Floors,
     /// Only these client IPs (the second pass), or all.
     only: Vec<String>,
     start_seconds: i64,
@@ -187,7 +232,7 @@ impl Query {
             .set_log_group_names(Some(self.log_groups.clone()))
             .start_time(self.start_seconds)
             .end_time(self.end_seconds)
-            .query_string(query_text(self.min_requests, &self.only))
+            .query_string(query_text(self.floors, &self.only))
             .limit(MAX_ROWS as i32)
             .send()
             .await
@@ -328,12 +373,12 @@ impl CloudWatchInsightsSource {
 
 /// The second pass: per partition and window, the candidates (every IP
 /// some partition returned in the first pass) that this partition did not
-/// return. A partition whose floor was 0 or 1 returned every IP it has,
+/// return. A partition returned every IP of a family whose floor was 1,
 /// unless truncated.
 fn second_pass_queries(
     first: &[QueryResult],
     partitions: &[Partition],
-    floors: &HashMap<u32, u32>,
+    floors: &HashMap<u32, Floors>,
     spec: &CountSpec,
 ) -> Vec<Query> {
     let end_seconds = spec.end_ms().div_euclid(1000);
@@ -350,25 +395,27 @@ fn second_pass_queries(
                 all.entry(*ip).or_default().insert(text.as_str());
                 all
             });
+        let Some(&window_floors) = floors.get(&window_seconds) else {
+            continue;
+        };
         for result in results {
-            if floors[&window_seconds] <= 1 && !result.truncated() {
-                continue;
-            }
             let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
             let missing: Vec<String> = candidates
                 .iter()
-                .filter(|(ip, _)| !returned.contains(ip))
+                .filter(|(ip, _)| {
+                    !returned.contains(ip) && (window_floors.of(**ip) > 1 || result.truncated())
+                })
                 .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
                 .collect();
             let partition = &partitions[result.partition];
-            for only in fitting_chunks(missing, 1) {
+            for only in fitting_chunks(missing, Floors::both(1)) {
                 queries.push(Query {
                     partition: result.partition,
                     client: partition.client.clone(),
                     region: partition.region.clone(),
                     log_groups: partition.log_groups.clone(),
                     window_seconds,
-                    min_requests: 1,
+                    floors: Floors::both(1),
                     only,
                     start_seconds: end_seconds - i64::from(window_seconds),
                     end_seconds,
@@ -377,6 +424,35 @@ fn second_pass_queries(
         }
     }
     queries
+}
+
+/// The first pass's floors for the window of `window_seconds` over
+/// `shares` partitions: per family, the lowest floor of the keys that read
+/// the window (a total at the floor is at least its share of it in some
+/// partition), or 1 where a key is wider than one address; `None` when no
+/// key reads the window.
+fn first_pass_floors(spec: &CountSpec, window_seconds: u32, shares: u32) -> Option<Floors> {
+    let used: Vec<_> = spec
+        .keys()
+        .iter()
+        .map(|&key| (key, spec.floor(key, window_seconds)))
+        .filter(|&(_, floor)| floor < u32::MAX)
+        .collect();
+    let family = |per_address: fn(&floodgate_rules::policy::Prefixes) -> bool| {
+        used.iter()
+            .map(|(key, floor)| {
+                if per_address(key) {
+                    floor.div_ceil(shares)
+                } else {
+                    1
+                }
+            })
+            .min()
+    };
+    Some(Floors {
+        ipv4: family(|k| k.ipv4 == 32)?,
+        ipv6: family(|k| k.ipv6 == 128)?,
+    })
 }
 
 /// Adds a pass's rows to the counts and its work to the stats.
@@ -407,22 +483,21 @@ impl LogSource for CloudWatchInsightsSource {
         let end_seconds = spec.end_ms().div_euclid(1000);
         let partitions = self.partitions();
         let shares = partitions.len().max(1) as u32;
-        // A total at the floor is at least this share of it somewhere.
-        let floors: HashMap<u32, u32> = spec
+        let floors: HashMap<u32, Floors> = spec
             .windows()
             .iter()
-            .map(|&w| (w, spec.floor(w).div_ceil(shares)))
+            .filter_map(|&w| Some((w, first_pass_floors(spec, w, shares)?)))
             .collect();
         let mut first = Vec::new();
         for (index, partition) in partitions.iter().enumerate() {
-            for &window_seconds in spec.windows() {
+            for (&window_seconds, &floors) in &floors {
                 first.push(Query {
                     partition: index,
                     client: partition.client.clone(),
                     region: partition.region.clone(),
                     log_groups: partition.log_groups.clone(),
                     window_seconds,
-                    min_requests: floors[&window_seconds],
+                    floors,
                     only: Vec::new(),
                     start_seconds: end_seconds - i64::from(window_seconds),
                     end_seconds,

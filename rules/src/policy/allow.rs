@@ -86,6 +86,21 @@ impl AllowList {
     pub fn find_index(&self, ip: IpAddr) -> Option<usize> {
         self.map.lookup(ip).map(|i| self.active[i])
     }
+
+    /// The most specific unexpired entry that contains all of `net`, as an
+    /// index into [`AllowList::entries`]. Entries inside `net` do not
+    /// count: a block of `net` cuts those out instead.
+    pub fn find_containing(&self, net: IpNet) -> Option<usize> {
+        let found = self.find_index(net.network())?;
+        if self.entries[found].cidr.contains(&net) {
+            return Some(found);
+        }
+        self.active
+            .iter()
+            .copied()
+            .filter(|&i| self.entries[i].cidr.contains(&net))
+            .max_by_key(|&i| self.entries[i].cidr.prefix_len())
+    }
 }
 
 /// Checks every entry, then duplicates and overlaps between them.

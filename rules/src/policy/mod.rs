@@ -35,6 +35,7 @@
 mod alerts;
 pub(crate) mod allow;
 mod check;
+mod detection;
 mod infra;
 mod quotas;
 mod raw;
@@ -45,6 +46,7 @@ mod tiers;
 
 pub use alerts::Alerts;
 pub use allow::{AllowEntry, AllowList};
+pub use detection::{MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, Prefixes};
 pub use infra::{Infra, InfraMode, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
     DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
@@ -71,6 +73,9 @@ use raw::RawPolicy;
 pub struct Policy {
     /// Responder tiers, from the lowest request rate to the highest.
     pub tiers: Vec<Tier>,
+    /// The aggregation key of tiers that do not set their own
+    /// (`[detection]`; IPv4 per address and IPv6 per /64 by default).
+    pub prefixes: Prefixes,
     /// Allow-list exceptions.
     pub allow: AllowList,
     /// Tenant quotas for the middleware, if the file has `[quotas]`.
@@ -118,7 +123,8 @@ impl Policy {
             }
         };
         let safety = safety::check_safety(&mut checker, raw.safety.as_ref());
-        let tiers = tiers::check_tiers(&mut checker, &raw.tiers);
+        let prefixes = detection::check_detection(&mut checker, raw.detection.as_ref());
+        let tiers = tiers::check_tiers(&mut checker, &raw.tiers, prefixes);
         let allow = allow::check_allow_list(&mut checker, &raw.allow, &safety, &tiers);
         let quotas = raw
             .quotas
@@ -150,6 +156,7 @@ impl Policy {
         }
         let policy = Policy {
             tiers,
+            prefixes,
             allow,
             quotas,
             targets,

@@ -22,6 +22,14 @@ pub(crate) struct RawPolicy {
     pub infra: Option<Spanned<RawInfra>>,
     pub responder: Option<Spanned<RawResponder>>,
     pub alerts: Option<Spanned<RawAlerts>>,
+    pub detection: Option<Spanned<RawDetection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDetection {
+    pub ipv4_prefix: Option<Spanned<i64>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,6 +49,8 @@ pub(crate) struct RawTier {
     pub action: Spanned<String>,
     pub block_minutes: Option<Spanned<i64>>,
     pub escalation: Option<Spanned<RawEscalation>>,
+    pub ipv4_prefix: Option<Spanned<i64>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ use std::num::NonZeroU32;
 use toml::Spanned;
 
 use super::check::Checker;
+use super::detection::{Prefixes, check_prefixes};
 use super::raw::RawTier;
 
 /// A tier's name, such as `watch` or `block`: letters, digits, `_` and `-`,
@@ -39,6 +40,8 @@ pub struct Tier {
     pub window_seconds: NonZeroU32,
     /// What qualifying does.
     pub action: TierAction,
+    /// The aggregation key this tier counts and blocks by.
+    pub prefixes: Prefixes,
 }
 
 /// What crossing a tier does.
@@ -94,11 +97,15 @@ impl Tier {
 }
 
 /// Checks every tier, then their order.
-pub(crate) fn check_tiers(checker: &mut Checker<'_>, raw: &[Spanned<RawTier>]) -> Vec<Tier> {
+pub(crate) fn check_tiers(
+    checker: &mut Checker<'_>,
+    raw: &[Spanned<RawTier>],
+    prefixes: Prefixes,
+) -> Vec<Tier> {
     let mut tiers: Vec<Tier> = Vec::new();
     for (i, entry) in raw.iter().enumerate() {
         let path = format!("tiers[{i}]");
-        let Some(tier) = check_tier(checker, entry.get_ref(), &path) else {
+        let Some(tier) = check_tier(checker, entry.get_ref(), &path, prefixes) else {
             continue;
         };
         if let Some(earlier) = tiers.iter().find(|t| t.name == tier.name) {
@@ -119,7 +126,12 @@ pub(crate) fn check_tiers(checker: &mut Checker<'_>, raw: &[Spanned<RawTier>]) -
     tiers
 }
 
-fn check_tier(checker: &mut Checker<'_>, raw: &RawTier, path: &str) -> Option<Tier> {
+fn check_tier(
+    checker: &mut Checker<'_>,
+    raw: &RawTier,
+    path: &str,
+    prefixes: Prefixes,
+) -> Option<Tier> {
     let name = check_name(checker, &raw.name, &format!("{path}.name"));
     let requests = checker.positive(&raw.requests, &format!("{path}.requests"));
     let window_seconds = checker.positive(&raw.window_seconds, &format!("{path}.window_seconds"));
@@ -148,11 +160,19 @@ fn check_tier(checker: &mut Checker<'_>, raw: &RawTier, path: &str) -> Option<Ti
         }
         _ => check_block_rule(checker, raw, path).map(TierAction::Block),
     };
+    let prefixes = check_prefixes(
+        checker,
+        raw.ipv4_prefix.as_ref(),
+        raw.ipv6_prefix.as_ref(),
+        path,
+        prefixes,
+    );
     Some(Tier {
         name: name?,
         requests: requests?,
         window_seconds: window_seconds?,
         action: action?,
+        prefixes,
     })
 }
 
