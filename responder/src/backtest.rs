@@ -54,6 +54,8 @@ pub struct Backtest {
     /// Requests per step for the busiest keys (addresses, or prefixes by
     /// the policy-wide prefix lengths), for the charts.
     pub top: Vec<(IpNet, Vec<u32>)>,
+    /// Per step: all requests, and those the blocks would have stopped.
+    pub per_step: Vec<(u32, u32)>,
 }
 
 impl Backtest {
@@ -180,10 +182,16 @@ pub fn run(
         inside.dedup();
         seen_in.insert(*net, inside);
     }
-    let stopped = period
-        .iter()
-        .filter(|(ts, ip)| blocked_at(*ip, *ts))
-        .count() as u64;
+    let mut per_step = vec![(0u32, 0u32); steps(from_ms, to_ms, step_ms)];
+    let mut stopped = 0;
+    for (ts, ip) in &period {
+        let blocked = blocked_at(*ip, *ts);
+        stopped += u64::from(blocked);
+        if let Some(step) = per_step.get_mut(step_of(*ts, from_ms, step_ms)) {
+            step.0 += 1;
+            step.1 += u32::from(blocked);
+        }
+    }
     let allow_listed_requests = period
         .iter()
         .filter(|(_, ip)| policy.allow.find(*ip).is_some())
@@ -194,6 +202,7 @@ pub fn run(
         step_ms,
         requests: period.len() as u64,
         top: busiest(&period, policy, from_ms, step_ms, to_ms, top),
+        per_step,
         blocked,
         seen_in,
         stopped,
@@ -212,7 +221,6 @@ fn busiest(
     to_ms: i64,
     top: usize,
 ) -> Vec<(IpNet, Vec<u32>)> {
-    let steps = ((to_ms - from_ms) / step_ms + 1) as usize;
     let key = |ip: IpAddr| policy.prefixes.key(ip);
     let mut totals: HashMap<IpNet, u64> = HashMap::new();
     for (_, ip) in period {
@@ -224,17 +232,25 @@ fn busiest(
     ranked
         .into_iter()
         .map(|(net, _)| {
-            let mut series = vec![0u32; steps];
+            let mut series = vec![0u32; steps(from_ms, to_ms, step_ms)];
             for (ts, _) in period.iter().filter(|(_, ip)| key(*ip) == net) {
-                // A record belongs to the step that ends at or after it.
-                let index = ((ts - from_ms).max(0) + step_ms - 1) / step_ms;
-                if let Some(slot) = series.get_mut(index as usize) {
+                if let Some(slot) = series.get_mut(step_of(*ts, from_ms, step_ms)) {
                     *slot += 1;
                 }
             }
             (net, series)
         })
         .collect()
+}
+
+/// How many steps the period has.
+fn steps(from_ms: i64, to_ms: i64, step_ms: i64) -> usize {
+    ((to_ms - from_ms) / step_ms + 1) as usize
+}
+
+/// The step a record at `ts` belongs to: the one that ends at or after it.
+fn step_of(ts: i64, from_ms: i64, step_ms: i64) -> usize {
+    (((ts - from_ms).max(0) + step_ms - 1) / step_ms) as usize
 }
 
 #[cfg(test)]
@@ -291,5 +307,8 @@ expires = 2099-01-01
         assert_eq!(result.allow_listed_requests, 200 * 30);
         assert_eq!(result.top[0].0, "198.51.100.7/32".parse::<IpNet>().unwrap());
         assert_eq!(result.top[0].1[1], 200, "requests per one-minute step");
+        // All three clients' minute at 5 min; the attacker's 100 stopped.
+        assert_eq!(result.per_step[5], (310, 100));
+        assert_eq!(result.per_step[2], (310, 0), "not blocked yet");
     }
 }

@@ -561,6 +561,26 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
     );
     assert!(html.contains("<figcaption>203.0.113.66</figcaption>"));
     assert!(html.contains("class=\"blocked\""), "block spans are shaded");
+    // It opens with the overview, and each chart draws its tiers' thresholds.
+    let overview = html.find("<figcaption>Overview: requests per step</figcaption>");
+    assert!(overview.is_some_and(|at| at < html.find("<h2>Blocks</h2>").unwrap()));
+    assert!(html.contains("<title>stopped by the blocks</title>"));
+    assert!(
+        html.contains(">block: 2000 per 300 s</text>"),
+        "thresholds drawn"
+    );
+    // A prefix block lists the addresses seen in it (issue 18).
+    let rotation = summary["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["net"] == "2001:db8:64:64::/64")
+        .expect("the /64 rotation is blocked");
+    assert_eq!(rotation["addresses_seen"], 60);
+    assert!(
+        html.contains("<td>60 addresses seen: 2001:db8:64:64::1, 2001:db8:64:64::2,"),
+        "the addresses seen in a blocked prefix are listed"
+    );
     assert!(
         !dir.path().join("state").exists(),
         "a backtest writes no target and no ledger"

@@ -103,11 +103,11 @@ fn summary_json(result: &Backtest) -> serde_json::Value {
 
 fn summary_text(result: &Backtest, out: &Path) -> String {
     let mut text = format!(
-        "{} to {}: {} requests; {} addresses blocked; {} requests ({:.1}%) would have been stopped\n",
+        "{} to {}: {} requests; {}; {} requests ({:.1}%) would have been stopped\n",
         rfc3339_from_ms(result.from_ms),
         rfc3339_from_ms(result.to_ms),
         result.requests,
-        result.blocked.len(),
+        blocked_count(result),
         result.stopped,
         percent(result.stopped, result.requests),
     );
@@ -129,6 +129,19 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
     );
     let _ = writeln!(text, "report: {}", out.display());
     text
+}
+
+/// `19 blocked (17 addresses, 2 prefixes)`.
+fn blocked_count(result: &Backtest) -> String {
+    let prefixes = result.seen_in.len();
+    let addresses = result.blocked.len() - prefixes;
+    let plural = |n: usize, noun: &str| format!("{n} {noun}{}", if n == 1 { "" } else { "es" });
+    format!(
+        "{} blocked ({}, {})",
+        result.blocked.len(),
+        plural(addresses, "address"),
+        plural(prefixes, "prefix")
+    )
 }
 
 /// How long `net` was blocked, for people: a block that starts at the last
@@ -181,23 +194,24 @@ fn escape(text: &str) -> String {
 /// busy address with its block spans shaded.
 fn html(result: &Backtest, policy: &Policy) -> String {
     let mut page = String::from(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Floodgate backtest</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}figcaption{font-weight:600}</style></head><body>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Floodgate backtest</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}figcaption{font-weight:600}.legend{font-size:.85em;color:#444;margin:.2em 0 0}td.spans{white-space:nowrap}</style></head><body>\n",
     );
     let _ = writeln!(
         page,
-        "<h1>Floodgate backtest</h1>\n<p>{} to {}, one step every {} s, {} tiers. {} requests; <strong>{} addresses blocked</strong>; <strong>{} requests ({:.1}%) would have been stopped</strong>. Allow-list: {} requests, {} allow-listed addresses reached a tier. Circuit breaker: tripped at {} steps.</p>",
+        "<h1>Floodgate backtest</h1>\n<p>{} to {}, one step every {} s, {} tiers. {} requests; <strong>{}</strong>; <strong>{} requests ({:.1}%) would have been stopped</strong>. Allow-list: {} requests, {} allow-listed addresses reached a tier. Circuit breaker: tripped at {} steps.</p>",
         rfc3339_from_ms(result.from_ms),
         rfc3339_from_ms(result.to_ms),
         result.step_ms / 1000,
         policy.tiers.len(),
         result.requests,
-        result.blocked.len(),
+        blocked_count(result),
         result.stopped,
         percent(result.stopped, result.requests),
         result.allow_listed_requests,
         result.allow_listed_offenders,
         result.breaker_steps.len()
     );
+    page.push_str(&overview_chart(result));
     page.push_str(
         "<h2>Blocks</h2>\n<table><tr><th>address or prefix</th><th>blocked</th><th>spans</th><th>addresses seen</th></tr>\n",
     );
@@ -209,71 +223,171 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         let seen = seen_text(result, net);
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"spans\">{}</td><td>{}</td></tr>",
             escape(&key_text(net)),
             blocked_for(result, net),
-            escape(&spans.join(", ")),
+            spans
+                .iter()
+                .map(|s| escape(s))
+                .collect::<Vec<_>>()
+                .join("<br>"),
             escape(seen.trim_start_matches("; "))
         );
     }
     page.push_str("</table>\n<h2>Busiest clients</h2>\n");
     for (net, series) in &result.top {
-        page.push_str(&chart(result, *net, series));
+        page.push_str(&key_chart(result, policy, *net, series));
     }
     page.push_str("</body></html>\n");
     page
 }
 
-/// One SVG chart: requests per step as a line, block spans shaded red.
-fn chart(result: &Backtest, net: ipnet::IpNet, series: &[u32]) -> String {
+/// One line of a chart.
+struct Line<'a> {
+    label: &'a str,
+    color: &'a str,
+    values: Vec<u32>,
+}
+
+/// A horizontal dashed line: a tier's threshold as requests per step.
+struct Threshold {
+    label: String,
+    per_step: f64,
+}
+
+/// The overview: all requests per step, and those the blocks stopped.
+fn overview_chart(result: &Backtest) -> String {
+    let lines = [
+        Line {
+            label: "all requests",
+            color: "#1a73e8",
+            values: result.per_step.iter().map(|s| s.0).collect(),
+        },
+        Line {
+            label: "stopped by the blocks",
+            color: "#d93025",
+            values: result.per_step.iter().map(|s| s.1).collect(),
+        },
+    ];
+    svg_chart(result, "Overview: requests per step", &lines, &[], &[])
+}
+
+/// One key's chart: its requests per step, its block spans shaded, and the
+/// thresholds of the tiers that count by its prefixes.
+fn key_chart(result: &Backtest, policy: &Policy, net: ipnet::IpNet, series: &[u32]) -> String {
+    let thresholds: Vec<Threshold> = policy
+        .tiers
+        .iter()
+        .filter(|t| t.prefixes == policy.prefixes)
+        .map(|t| {
+            let window_ms = f64::from(t.window_seconds.get()) * 1000.0;
+            Threshold {
+                label: format!("{}: {} per {} s", t.name, t.requests, t.window_seconds),
+                per_step: f64::from(t.requests.get()) * result.step_ms as f64 / window_ms,
+            }
+        })
+        .collect();
+    let line = Line {
+        label: "requests",
+        color: "#1a73e8",
+        values: series.to_vec(),
+    };
+    let spans = result.blocked.get(&net).map_or(&[][..], Vec::as_slice);
+    svg_chart(result, &key_text(&net), &[line], spans, &thresholds)
+}
+
+/// An SVG chart over the period: `lines` per step, `spans` shaded red,
+/// `thresholds` dashed, with a legend.
+fn svg_chart(
+    result: &Backtest,
+    title: &str,
+    lines: &[Line],
+    spans: &[(i64, i64)],
+    thresholds: &[Threshold],
+) -> String {
     let (width, height, left, bottom) = (800.0, 200.0, 50.0, 20.0);
     let span_ms = (result.to_ms - result.from_ms).max(1) as f64;
     let x = |ms: i64| left + (ms - result.from_ms) as f64 / span_ms * (width - left - 10.0);
-    let peak = series.iter().copied().max().unwrap_or(0).max(1) as f64;
-    let y = |v: u32| (height - bottom) - f64::from(v) / peak * (height - bottom - 10.0);
+    let highest_line = lines.iter().flat_map(|l| l.values.iter().copied()).max();
+    let highest_threshold = thresholds.iter().map(|t| t.per_step).fold(0.0, f64::max);
+    let peak = f64::from(highest_line.unwrap_or(0).max(1)).max(highest_threshold);
+    let y = |v: f64| (height - bottom) - v / peak * (height - bottom - 10.0);
     let mut svg = format!(
-        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"requests per step from {}\">\n",
-        escape(&key_text(&net)),
-        escape(&key_text(&net))
+        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"requests per step: {}\">\n",
+        escape(title),
+        escape(title)
     );
-    if let Some(spans) = result.blocked.get(&net) {
-        for &(a, b) in spans {
-            let _ = writeln!(
-                svg,
-                "<rect class=\"blocked\" x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#f4c7c3\"><title>blocked {} – {}</title></rect>",
-                x(a),
-                (x(b) - x(a)).max(1.0),
-                height - bottom,
-                rfc3339_from_ms(a),
-                rfc3339_from_ms(b)
-            );
-        }
+    for &(a, b) in spans {
+        let _ = writeln!(
+            svg,
+            "<rect class=\"blocked\" x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#f4c7c3\"><title>blocked {} – {}</title></rect>",
+            x(a),
+            (x(b) - x(a)).max(1.0),
+            height - bottom,
+            rfc3339_from_ms(a),
+            rfc3339_from_ms(b)
+        );
     }
-    let points: Vec<String> = series
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            format!(
-                "{:.1},{:.1}",
-                x(result.from_ms + i as i64 * result.step_ms),
-                y(v)
-            )
-        })
-        .collect();
+    for threshold in thresholds {
+        let at = y(threshold.per_step);
+        let _ = writeln!(
+            svg,
+            "<line class=\"threshold\" x1=\"{left}\" y1=\"{at:.1}\" x2=\"{0}\" y2=\"{at:.1}\" stroke=\"#e37400\" stroke-dasharray=\"6 4\"/><text x=\"{0}\" y=\"{1:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#e37400\">{2}</text>",
+            width - 10.0,
+            at - 3.0,
+            escape(&threshold.label)
+        );
+    }
+    for line in lines {
+        let points: Vec<String> = line
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let at = result.from_ms + i as i64 * result.step_ms;
+                format!("{:.1},{:.1}", x(at), y(f64::from(v)))
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>",
+            line.color,
+            points.join(" "),
+            escape(line.label)
+        );
+    }
     let _ = writeln!(
         svg,
-        "<polyline fill=\"none\" stroke=\"#1a73e8\" stroke-width=\"2\" points=\"{}\"/>",
-        points.join(" ")
-    );
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#444\"/><text x=\"4\" y=\"14\" font-size=\"11\">{peak} req/step</text><text x=\"{left}\" y=\"{height}\" font-size=\"11\">{2}</text><text x=\"{3}\" y=\"{height}\" font-size=\"11\" text-anchor=\"end\">{4}</text>",
+        "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#444\"/><text x=\"4\" y=\"14\" font-size=\"11\">{peak:.0} req/step</text><text x=\"{left}\" y=\"{height}\" font-size=\"11\">{2}</text><text x=\"{3}\" y=\"{height}\" font-size=\"11\" text-anchor=\"end\">{4}</text>",
         height - bottom,
         width - 10.0,
         rfc3339_from_ms(result.from_ms),
         width - 10.0,
         rfc3339_from_ms(result.to_ms)
     );
-    svg.push_str("</svg></figure>\n");
+    svg.push_str("</svg>");
+    let legend: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "<span style=\"color:{}\">━</span> {}",
+                l.color,
+                escape(l.label)
+            )
+        })
+        .chain(
+            (!spans.is_empty())
+                .then(|| "<span style=\"color:#f4c7c3\">█</span> blocked".to_owned()),
+        )
+        .chain((!thresholds.is_empty()).then(|| {
+            "<span style=\"color:#e37400\">┅</span> tier thresholds, as requests per step"
+                .to_owned()
+        }))
+        .collect();
+    let _ = writeln!(
+        svg,
+        "<p class=\"legend\">{}</p></figure>",
+        legend.join(" &nbsp; ")
+    );
     svg
 }
