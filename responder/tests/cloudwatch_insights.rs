@@ -63,12 +63,16 @@ fn row(ip: &str, requests: u32) -> Vec<ResultField> {
 }
 
 fn results(status: QueryStatus, rows: Vec<Vec<ResultField>>) -> GetQueryResultsOutput {
+    scanned(status, rows, 3.5e9)
+}
+
+fn scanned(status: QueryStatus, rows: Vec<Vec<ResultField>>, bytes: f64) -> GetQueryResultsOutput {
     GetQueryResultsOutput::builder()
         .status(status)
         .set_results(Some(rows))
         .statistics(
             QueryStatistics::builder()
-                .bytes_scanned(3.5e9)
+                .bytes_scanned(bytes)
                 .records_matched(1e6)
                 .records_scanned(2e6)
                 .build(),
@@ -344,25 +348,28 @@ fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<Resu
     rows.into_iter().map(|(ip, n)| row(ip, n)).collect()
 }
 
-/// A region's Logs Insights, faked over its `events`.
+/// Bytes of one WAF record, as `gen-logs` writes them.
+const RECORD_BYTES: f64 = 1_200.0;
+
+/// A region's Logs Insights, faked over its `events`. A query scans (and
+/// is billed for) every event of its time range, whatever its filters.
 fn insights_over(events: Vec<Event>) -> (Rule, Rule) {
-    let queries: Arc<Mutex<HashMap<String, Vec<Vec<ResultField>>>>> = Arc::default();
+    type Stored = HashMap<String, (Vec<Vec<ResultField>>, f64)>;
+    let queries: Arc<Mutex<Stored>> = Arc::default();
     let stored = Arc::clone(&queries);
     let start = mock!(Client::start_query).then_compute_output(move |input| {
-        let rows = evaluate(
-            input.query_string().unwrap(),
-            input.start_time().unwrap(),
-            input.end_time().unwrap(),
-            &events,
-        );
+        let (from, to) = (input.start_time().unwrap(), input.end_time().unwrap());
+        let rows = evaluate(input.query_string().unwrap(), from, to, &events);
+        let in_range = events.iter().filter(|(_, ts)| (from..=to).contains(ts));
+        let bytes = in_range.count() as f64 * RECORD_BYTES;
         let mut queries = stored.lock().unwrap();
         let id = format!("q-{}", queries.len());
-        queries.insert(id.clone(), rows);
+        queries.insert(id.clone(), (rows, bytes));
         StartQueryOutput::builder().query_id(id).build()
     });
     let poll = mock!(Client::get_query_results).then_compute_output(move |input| {
-        let rows = queries.lock().unwrap()[input.query_id().unwrap()].clone();
-        results(QueryStatus::Complete, rows)
+        let (rows, bytes) = queries.lock().unwrap()[input.query_id().unwrap()].clone();
+        scanned(QueryStatus::Complete, rows, bytes)
     });
     (start, poll)
 }
@@ -452,6 +459,48 @@ fn an_ipv6_rotation_over_regions_is_counted_per_64() {
     let counts = traffic.get(0, net).expect("the rotating /64");
     assert_eq!(counts.requests(300), Some(2400));
     assert_eq!(counts.addresses(), 60);
+}
+
+/// What the second pass adds on a 5-region example: 2,000 benign clients
+/// a region and one attacker spread over all five, with a 1-minute and a
+/// 5-minute tier. Prints the
+/// figures for BENCHMARKS.md:
+/// `cargo test -p floodgate-responder --test cloudwatch_insights
+/// second_pass_cost -- --nocapture`.
+#[test]
+fn second_pass_cost_on_five_regions() {
+    let regions: Vec<Vec<Event>> = (0..5)
+        .map(|region| {
+            let mut events: Vec<Event> = (0..2_000)
+                .flat_map(|client| {
+                    let ip = format!("10.{region}.{}.{}", client / 250, client % 250);
+                    // 1 to 40 requests each over the 5 minutes.
+                    (0..1 + client % 40).map(move |i| (ip.clone(), END_SECONDS - (i * 7 + client) % 300))
+                })
+                .collect();
+            // The spread attacker: 900 requests in two regions and 200 in
+            // three, 2,400 in all; the three are under the first pass's floor.
+            let share = if region < 2 { 900 } else { 200 };
+            events.extend((0..share).map(|i| ("203.0.113.9".to_owned(), END_SECONDS - i % 300)));
+            events
+        })
+        .collect();
+    let traffic = count_by_insights(&regions, Prefixes::default(), 1_000, 2_000);
+    let counts = traffic.get(0, host("203.0.113.9")).unwrap();
+    assert_eq!(counts.requests(300), Some(2_400), "the spread attacker, in full");
+    let stats = traffic.stats();
+    let second = stats.second_pass;
+    let first_bytes = stats.bytes - second.bytes;
+    assert!(second.queries > 0 && second.bytes <= first_bytes);
+    println!(
+        "5 regions, windows 60 s and 300 s: first pass 10 queries, {:.1} MB scanned; \
+         second pass {} queries, {} rows, {:.1} MB scanned (+{:.0}% bytes and cost)",
+        first_bytes as f64 / 1e6,
+        second.queries,
+        second.rows,
+        second.bytes as f64 / 1e6,
+        second.bytes as f64 * 100.0 / first_bytes as f64
+    );
 }
 
 /// Each key's requests per window, counted in-process from the events:
