@@ -39,6 +39,8 @@ pub struct Backtest {
     pub requests: u64,
     /// Every address or range blocked at some point, with its spans.
     pub blocked: BTreeMap<IpNet, Spans>,
+    /// The tier that blocked each of them (the last one, when several did).
+    pub tiers: BTreeMap<IpNet, String>,
     /// For each blocked range wider than one address, the addresses seen
     /// in it during the period, ascending.
     pub seen_in: BTreeMap<IpNet, Vec<IpAddr>>,
@@ -91,6 +93,7 @@ pub fn run(
         windows.iter().map(|&w| (w, HashMap::new(), 0, 0)).collect();
     let mut ledger = LedgerState::default();
     let mut blocked: BTreeMap<IpNet, Spans> = BTreeMap::new();
+    let mut tiers: BTreeMap<IpNet, String> = BTreeMap::new();
     let mut breaker_steps = Vec::new();
     let mut allow_listed: std::collections::BTreeSet<IpNet> = Default::default();
     let mut now = from_ms;
@@ -144,6 +147,7 @@ pub fn run(
         let exempt = |net: &IpNet| planned.allow_listed.contains(net);
         for entry in planned.ledger.active(now).filter(|e| !exempt(&e.net)) {
             let end = entry.expires_at_ms.min(now + step_ms).min(to_ms);
+            tiers.insert(entry.net, entry.tier.clone());
             let spans = blocked.entry(entry.net).or_default();
             match spans.last_mut() {
                 Some(last) if last.1 >= now => last.1 = last.1.max(end),
@@ -204,6 +208,7 @@ pub fn run(
         top: busiest(&period, policy, from_ms, step_ms, to_ms, top),
         per_step,
         blocked,
+        tiers,
         seen_in,
         stopped,
         allow_listed_requests,
@@ -302,6 +307,7 @@ expires = 2099-01-01
         // block after block, to the end.
         assert_eq!(result.blocked[&attacker], [(3 * MINUTE, 30 * MINUTE)]);
         assert_eq!(result.minutes_blocked(&attacker), 27.0);
+        assert_eq!(result.tiers[&attacker], "block");
         assert_eq!(result.stopped, 27 * 100, "every request after 3 min");
         assert_eq!(result.allow_listed_offenders, 1);
         assert_eq!(result.allow_listed_requests, 200 * 30);

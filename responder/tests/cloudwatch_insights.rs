@@ -475,7 +475,8 @@ fn second_pass_cost_on_five_regions() {
                 .flat_map(|client| {
                     let ip = format!("10.{region}.{}.{}", client / 250, client % 250);
                     // 1 to 40 requests each over the 5 minutes.
-                    (0..1 + client % 40).map(move |i| (ip.clone(), END_SECONDS - (i * 7 + client) % 300))
+                    (0..1 + client % 40)
+                        .map(move |i| (ip.clone(), END_SECONDS - (i * 7 + client) % 300))
                 })
                 .collect();
             // The spread attacker: 900 requests in two regions and 200 in
@@ -487,7 +488,11 @@ fn second_pass_cost_on_five_regions() {
         .collect();
     let traffic = count_by_insights(&regions, Prefixes::default(), 1_000, 2_000);
     let counts = traffic.get(0, host("203.0.113.9")).unwrap();
-    assert_eq!(counts.requests(300), Some(2_400), "the spread attacker, in full");
+    assert_eq!(
+        counts.requests(300),
+        Some(2_400),
+        "the spread attacker, in full"
+    );
     let stats = traffic.stats();
     let second = stats.second_pass;
     let first_bytes = stats.bytes - second.bytes;

@@ -639,12 +639,14 @@ fn a_block_that_starts_at_the_last_step_is_not_called_0_minutes_issue_18() {
     let text = stdout(&backtest("table"));
     // The distributed flood fills its 5-minute window at the last step.
     assert!(
-        text.contains("203.0.113.128                               blocked from the last step"),
+        text.contains(
+            "203.0.113.128                               blocked from the last step by block"
+        ),
         "{text}"
     );
     assert!(!text.contains("blocked 0 min"), "{text}");
     assert!(
-        text.contains("203.0.113.66                                blocked 3 min"),
+        text.contains("203.0.113.66                                blocked 3 min by block-24h"),
         "{text}"
     );
     let summary: Value = serde_json::from_slice(&backtest("json").stdout).unwrap();

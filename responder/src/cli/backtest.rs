@@ -83,6 +83,7 @@ fn summary_json(result: &Backtest) -> serde_json::Value {
             let seen = result.seen_in.get(net);
             serde_json::json!({
                 "net": net.to_string(),
+                "tier": result.tiers.get(net),
                 "minutes": result.minutes_blocked(net),
                 "from": spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
                 "addresses_seen": seen.map_or(1, Vec::len),
@@ -114,9 +115,10 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
     for net in result.blocked.keys() {
         let _ = writeln!(
             text,
-            "  {:<43} blocked {}{}",
+            "  {:<43} blocked {} by {}{}",
             key_text(net),
             blocked_for(result, net),
+            tier_of(result, net),
             seen_text(result, net)
         );
     }
@@ -129,6 +131,11 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
     );
     let _ = writeln!(text, "report: {}", out.display());
     text
+}
+
+/// The tier that blocked `net`.
+fn tier_of<'r>(result: &'r Backtest, net: &ipnet::IpNet) -> &'r str {
+    result.tiers.get(net).map_or("-", String::as_str)
 }
 
 /// `19 blocked (17 addresses, 2 prefixes)`.
@@ -213,7 +220,7 @@ fn html(result: &Backtest, policy: &Policy) -> String {
     );
     page.push_str(&overview_chart(result));
     page.push_str(
-        "<h2>Blocks</h2>\n<table><tr><th>address or prefix</th><th>blocked</th><th>spans</th><th>addresses seen</th></tr>\n",
+        "<h2>Blocks</h2>\n<table><tr><th>address or prefix</th><th>tier</th><th>blocked</th><th>spans</th><th>addresses seen</th></tr>\n",
     );
     for (net, spans) in &result.blocked {
         let spans: Vec<String> = spans
@@ -223,8 +230,9 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         let seen = seen_text(result, net);
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td class=\"spans\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"spans\">{}</td><td>{}</td></tr>",
             escape(&key_text(net)),
+            escape(tier_of(result, net)),
             blocked_for(result, net),
             spans
                 .iter()
