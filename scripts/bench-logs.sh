@@ -6,6 +6,8 @@
 #   scripts/bench-logs.sh            # data under /tmp/floodgate-bench
 #   BENCH_DIR=/path scripts/bench-logs.sh
 #   DUCKDB_ALSO="2.0.1" scripts/bench-logs.sh   # other DuckDB releases too
+#   BASELINE_FLOODGATE=/path/to/older/floodgate scripts/bench-logs.sh
+#                                    # and the cost of client keys against it
 #
 # The anchor is the DuckDB release pinned in requirements-test.txt (the
 # fastest on this query here); DUCKDB_ALSO lists other releases to time in

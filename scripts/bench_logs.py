@@ -42,8 +42,16 @@ def timed(args, runs=RUNS):
     return min(times), statistics.median(times), out.stdout
 
 
-def floodgate_top(path, limit):
-    return [FLOODGATE, "top", "--logs", path, "--now", END, "--window", "2h", "--limit", str(limit), "--format", "json"]
+# DuckDB's query counts per address, so floodgate is timed doing the same:
+# every address its own key (by default an IPv6 address counts under its /64).
+PER_ADDRESS = os.path.join(DATA, "per-address.toml")
+with open(PER_ADDRESS, "w") as policy:
+    policy.write("[detection]\nipv4_prefix = 32\nipv6_prefix = 128\n")
+
+
+def floodgate_top(path, limit, config=PER_ADDRESS, binary=FLOODGATE):
+    args = [binary, "top", "--logs", path, "--now", END, "--window", "2h", "--limit", str(limit), "--format", "json"]
+    return args + (["--config", config] if config else [])
 
 
 # Runs in each DuckDB release's own interpreter: the query RUNS times, then
@@ -77,7 +85,7 @@ def time_duckdb(python, path, runs=RUNS):
 
 def top100(stdout):
     offenders = json.loads(stdout)["offenders"]
-    ranked = sorted(((o["ip"], o["requests"]) for o in offenders), key=lambda r: (-r[1], r[0]))
+    ranked = sorted(((o["key"], o["requests"]) for o in offenders), key=lambda r: (-r[1], r[0]))
     return ranked[:100]
 
 
@@ -109,6 +117,39 @@ def compare(label, path, floor_name, floor_args, runs, goal):
 
 
 compare("plain", plain, "wc -l", ["wc", "-l", plain], RUNS, 2.5)
+
+
+def keys(baseline):
+    """The cost of client keys on the plain file: `baseline` (a floodgate
+    from before keys, counting per address) against this one per address,
+    with its defaults (IPv6 per /64) and with a second key (an IPv4 /24
+    tier), runs interleaved so the machine's drift hits all alike."""
+    subnet = os.path.join(DATA, "subnet-tier.toml")
+    with open(subnet, "w") as policy:
+        policy.write('[[tiers]]\nname = "subnets"\nrequests = 50000\nwindow_seconds = 7200\n'
+                     'action = "observe"\nipv4_prefix = 24\n')
+    contenders = [
+        ("baseline, per address", floodgate_top(plain, 1000, config=None, binary=baseline)),
+        ("per address", floodgate_top(plain, 1000)),
+        ("default keys (IPv6 /64)", floodgate_top(plain, 1000, config=None)),
+        ("default keys + a /24 tier", floodgate_top(plain, 1000, config=subnet)),
+    ]
+    times = {name: [] for name, _ in contenders}
+    for _ in range(RUNS):
+        for name, args in contenders:
+            started = time.perf_counter()
+            subprocess.run(args, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - started)
+    base = min(times["baseline, per address"])
+    print(f"keys: {plain}, best of {RUNS} interleaved runs")
+    print(f"{'contender':<28}{'best s':>8}{'median s':>10}{'vs baseline':>13}")
+    for name, _ in contenders:
+        best = min(times[name])
+        print(f"{name:<28}{best:>8.3f}{statistics.median(times[name]):>10.3f}{best / base:>12.2f}x")
+
+
+if os.environ.get("BASELINE_FLOODGATE"):
+    keys(os.environ["BASELINE_FLOODGATE"])
 gz = generate("waf-1gib.jsonl.gz", benign_records=250_000, benign_ips=100_000)
 compare("gzip", gz, "zcat (1 core)", ["sh", "-c", f"zcat {gz} > /dev/null"], 3, 1.2)
 
@@ -134,5 +175,5 @@ def peak_anonymous_kib(args):
 
 for name, path in [("1 GiB, ~100k IPs", plain), ("1M distinct IPs", generate("waf-1m-ips.jsonl", benign_records=2_000_000, benign_ips=1_000_000, no_attacks=True))]:
     peak, out = peak_anonymous_kib(floodgate_top(path, 10))
-    print(f"memory ({name}): {json.loads(out)['distinct_ips']} distinct IPs in {os.path.getsize(path) / 1e9:.2f} GB: "
+    print(f"memory ({name}): {json.loads(out)['distinct_keys']} distinct IPs in {os.path.getsize(path) / 1e9:.2f} GB: "
           f"peak anonymous RSS {peak / 1024:.0f} MiB")
