@@ -11,8 +11,11 @@
 //!   severe and most active first; the rest are held back and reported, and
 //!   are considered again next run.
 //! - The allow-list is applied last, to the sets themselves: no address a
-//!   full exception covers is ever in a set, whatever the ledger says
-//!   (exceptions with a raised `requests` threshold are decided by detection).
+//!   full exception covers is ever in a set, whatever the ledger says.
+//!   Exceptions with a raised `requests` threshold are decided by detection
+//!   for the keys they contain; one strictly inside a blocked prefix (a
+//!   partner's /128 in an IPv6 /64) was never held to its own threshold, so
+//!   it is cut out of that block too.
 //! - Sets hold at most `per_set` addresses (10,000 in WAF). Past that the
 //!   entries spill into the further sets a target declares; past all of
 //!   them, the most severe and most active entries are kept and every
@@ -120,7 +123,7 @@ pub fn plan(
     let (mut next, expired) = expire(ledger, now_ms);
     let ranked = rank_offenders(offenders, policy);
     let blocks = block_offenders(&ranked, policy, &mut next, now_ms, source);
-    let exceptions = full_exceptions(policy);
+    let exceptions = Exceptions::of(policy);
     let active = rank_active(&next, policy, now_ms);
     let allow_listed = allow_listed(&active, &exceptions);
     let (ipv4, dropped_v4) = pack(&active, &exceptions, true, capacity);
@@ -304,15 +307,37 @@ fn new_block(
     }
 }
 
-/// The allow-list's full exceptions in force: never in a set.
-fn full_exceptions(policy: &Policy) -> Vec<IpNet> {
-    policy
-        .allow
-        .entries()
-        .iter()
-        .filter(|e| !e.is_expired(policy.evaluated_on) && e.requests.is_none())
-        .map(|e| e.cidr)
-        .collect()
+/// The allow-list exceptions in force.
+struct Exceptions {
+    /// Full exceptions: never in a set.
+    full: Vec<IpNet>,
+    /// Exceptions with a raised threshold: cut out of the blocks of wider
+    /// keys.
+    raised: Vec<IpNet>,
+}
+
+impl Exceptions {
+    fn of(policy: &Policy) -> Exceptions {
+        let (raised, full): (Vec<_>, Vec<_>) = policy
+            .allow
+            .entries()
+            .iter()
+            .filter(|e| !e.is_expired(policy.evaluated_on))
+            .partition(|e| e.requests.is_some());
+        Exceptions {
+            full: full.iter().map(|e| e.cidr).collect(),
+            raised: raised.iter().map(|e| e.cidr).collect(),
+        }
+    }
+
+    /// What a block of `net` must leave out.
+    fn cut_from(&self, net: &IpNet) -> Vec<IpNet> {
+        let nested = self
+            .raised
+            .iter()
+            .filter(|r| net.contains(*r) && r.prefix_len() > net.prefix_len());
+        self.full.iter().chain(nested).copied().collect()
+    }
 }
 
 /// The active blocks, most severe and most active first.
@@ -329,11 +354,12 @@ fn rank_active<'a>(next: &'a LedgerState, policy: &Policy, now_ms: i64) -> Vec<&
 }
 
 /// Active blocks that an exception covers, in whole or in part.
-fn allow_listed(active: &[&LedgerEntry], exceptions: &[IpNet]) -> Vec<IpNet> {
+fn allow_listed(active: &[&LedgerEntry], exceptions: &Exceptions) -> Vec<IpNet> {
     active
         .iter()
         .filter(|e| {
             exceptions
+                .cut_from(&e.net)
                 .iter()
                 .any(|x| x.contains(&e.net) || e.net.contains(x))
         })
@@ -347,7 +373,7 @@ fn allow_listed(active: &[&LedgerEntry], exceptions: &[IpNet]) -> Vec<IpNet> {
 /// the blocks that did not fit.
 fn pack(
     active: &[&LedgerEntry],
-    exceptions: &[IpNet],
+    exceptions: &Exceptions,
     v4: bool,
     capacity: Capacity,
 ) -> (Vec<Vec<IpNet>>, Vec<IpNet>) {
@@ -362,7 +388,12 @@ fn pack(
         capacity.ipv6_sets
     };
     let room = sets * capacity.per_set;
-    let fits = |k: usize| exclude(&family[..k], exceptions).len() <= room;
+    // Each block with its exceptions cut out.
+    let cut: Vec<Vec<IpNet>> = family
+        .iter()
+        .map(|net| exclude(&[*net], &exceptions.cut_from(net)))
+        .collect();
+    let fits = |k: usize| aggregate(&cut[..k].concat()).len() <= room;
     // Aggregation can merge a newcomer with its sibling, so the count is
     // not quite monotone: bisection finds a prefix that fits, near the
     // longest.
@@ -371,7 +402,7 @@ fn pack(
         let mid = (low + high).div_ceil(2);
         if fits(mid) { low = mid } else { high = mid - 1 }
     }
-    let addresses = aggregate(&exclude(&family[..low], exceptions));
+    let addresses = aggregate(&cut[..low].concat());
     let mut chunks: Vec<Vec<IpNet>> = addresses
         .chunks(capacity.per_set.max(1))
         .map(<[IpNet]>::to_vec)
