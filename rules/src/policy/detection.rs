@@ -84,25 +84,17 @@ pub(crate) fn check_prefixes(
     defaults: Prefixes,
 ) -> Prefixes {
     let mut prefixes = defaults;
-    if let Some(value) = ipv4
-        && let Some(length) = checker.in_range(
-            value,
-            &format!("{path}.ipv4_prefix"),
-            MIN_IPV4_PREFIX.into(),
-            32,
-        )
-    {
-        prefixes.ipv4 = length as u8;
-    }
-    if let Some(value) = ipv6
-        && let Some(length) = checker.in_range(
-            value,
-            &format!("{path}.ipv6_prefix"),
-            MIN_IPV6_PREFIX.into(),
-            128,
-        )
-    {
-        prefixes.ipv6 = length as u8;
+    let families = [
+        (ipv4, "ipv4", MIN_IPV4_PREFIX, 32, &mut prefixes.ipv4),
+        (ipv6, "ipv6", MIN_IPV6_PREFIX, 128, &mut prefixes.ipv6),
+    ];
+    for (value, family, min, max, length) in families {
+        let path = format!("{path}.{family}_prefix");
+        if let Some(value) = value
+            && let Some(checked) = checker.in_range(value, &path, min.into(), max)
+        {
+            *length = checked as u8;
+        }
     }
     prefixes
 }
