@@ -34,7 +34,7 @@ use floodgate_rules::Policy;
 use floodgate_rules::policy::{Prefixes, Tier, TierName};
 use ipnet::IpNet;
 
-use crate::traffic::{CountSpec, IpCounts, TooManyWindows, Traffic};
+use crate::traffic::{CountSpec, IpCounts, NOT_READ, TooManyWindows, Traffic};
 use crate::waflog::Action;
 
 /// One client key (an address or a prefix), with what it did and what the
@@ -109,11 +109,12 @@ pub fn count_spec(
                 .map(|t| t.requests.get())
                 .min();
             let reported = key == policy.prefixes && window == report_window_seconds;
-            // A window no tier of this key uses is never read for it.
-            spec = spec.with_floor(key, window, lowest.unwrap_or(u32::MAX));
-            if reported {
-                spec = spec.with_floor(key, window, 1);
-            }
+            let floor = match lowest {
+                _ if reported => 1,
+                Some(lowest) => lowest,
+                None => NOT_READ,
+            };
+            spec = spec.with_floor(key, window, floor);
         }
     }
     Ok(spec)

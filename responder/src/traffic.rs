@@ -41,6 +41,10 @@ use crate::waflog::{Action, BadLine, Hit};
 /// The most distinct windows one count can carry.
 pub const MAX_WINDOWS: usize = 8;
 
+/// The floor of a key's window that no tier reads: server-side sources
+/// need not count it.
+pub const NOT_READ: u32 = u32::MAX;
+
 /// Which windows to count, each covering `(end - window, end]`, and by
 /// which keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,7 +48,7 @@ use tokio::task::JoinSet;
 
 use super::{LogSource, SourceError};
 use crate::aws::{RegionLogs, describe_error};
-use crate::traffic::{CountSpec, SecondPass, Stats, Traffic, TrafficCounter};
+use crate::traffic::{CountSpec, NOT_READ, SecondPass, Stats, Traffic, TrafficCounter};
 
 /// Rows Insights returns at most.
 pub const MAX_ROWS: usize = 10_000;
@@ -436,7 +436,7 @@ fn first_pass_floors(spec: &CountSpec, window_seconds: u32, shares: u32) -> Opti
         .keys()
         .iter()
         .map(|&key| (key, spec.floor(key, window_seconds)))
-        .filter(|&(_, floor)| floor < u32::MAX)
+        .filter(|&(_, floor)| floor != NOT_READ)
         .collect();
     let family = |per_address: fn(&floodgate_rules::policy::Prefixes) -> bool| {
         used.iter()
