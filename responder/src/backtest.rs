@@ -15,13 +15,24 @@ use floodgate_rules::Policy;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::detect::{count_spec, detect, key_prefixes};
+use crate::detect::{aggregations, count_spec, detect};
 use crate::ledger::LedgerState;
 use crate::plan::{Capacity, plan};
 use crate::traffic::{TooManyWindows, TrafficCounter};
 
-/// One request: when, and from whom.
-pub type Record = (i64, IpAddr);
+/// One request: when, from whom, and which tier matches it meets (the
+/// bits of [`crate::waflog::Hit::scopes`], for the policy's count spec).
+pub type Record = (i64, IpAddr, u32);
+
+/// What a sliding window counts by: an address, over all its requests
+/// (`None`) or those of one tier match (its bit).
+type SlidingKey = (IpAddr, Option<u32>);
+
+/// The sliding keys a record counts under.
+fn sliding_keys(&(_, ip, scopes): &Record) -> impl Iterator<Item = SlidingKey> {
+    let bits = (0..32).filter(move |bit| scopes & (1 << bit) != 0);
+    std::iter::once((ip, None)).chain(bits.map(move |bit| (ip, Some(bit))))
+}
 
 /// When an address was blocked: `[from_ms, to_ms)` spans.
 pub type Spans = Vec<(i64, i64)>;
@@ -89,7 +100,7 @@ pub fn run(
     windows.dedup();
     let widest = windows.last().copied().unwrap_or(300);
     // Per window: the counts, and where its head and tail stand in `records`.
-    let mut sliding: Vec<(u32, HashMap<IpAddr, u32>, usize, usize)> =
+    let mut sliding: Vec<(u32, HashMap<SlidingKey, u32>, usize, usize)> =
         windows.iter().map(|&w| (w, HashMap::new(), 0, 0)).collect();
     let mut ledger = LedgerState::default();
     let mut blocked: BTreeMap<IpNet, Spans> = BTreeMap::new();
@@ -102,16 +113,19 @@ pub fn run(
         let mut counter = TrafficCounter::new(spec);
         for (window, counts, head, tail) in &mut sliding {
             while *head < records.len() && records[*head].0 <= now {
-                *counts.entry(records[*head].1).or_default() += 1;
+                for key in sliding_keys(&records[*head]) {
+                    *counts.entry(key).or_default() += 1;
+                }
                 *head += 1;
             }
             let start = now - i64::from(*window) * 1000;
             while *tail < *head && records[*tail].0 <= start {
-                let ip = records[*tail].1;
-                if let Some(count) = counts.get_mut(&ip) {
-                    *count -= 1;
-                    if *count == 0 {
-                        counts.remove(&ip);
+                for key in sliding_keys(&records[*tail]) {
+                    if let Some(count) = counts.get_mut(&key) {
+                        *count -= 1;
+                        if *count == 0 {
+                            counts.remove(&key);
+                        }
                     }
                 }
                 *tail += 1;
@@ -125,9 +139,9 @@ pub fn run(
                 .map(|t| t.requests.get())
                 .min()
                 .unwrap_or(u32::MAX);
-            for (&ip, &count) in counts.iter() {
-                counter.add_requests(ip, *window, count);
-                if count >= lowest && policy.allow.find(ip).is_some() {
+            for (&(ip, scope), &count) in counts.iter() {
+                counter.add_requests(ip, *window, count, scope);
+                if scope.is_none() && count >= lowest && policy.allow.find(ip).is_some() {
                     allow_listed.insert(ip.into());
                 }
             }
@@ -159,16 +173,16 @@ pub fn run(
     }
 
     let in_period = |ts: i64| ts > from_ms - step_ms && ts <= to_ms;
-    let period: Vec<&Record> = records.iter().filter(|(ts, _)| in_period(*ts)).collect();
+    let period: Vec<&Record> = records.iter().filter(|(ts, ..)| in_period(*ts)).collect();
     // Detection blocks keys, so a lookup of each of an address's keys finds
     // its blocks; a full exception is cut out of every block.
-    let keys = key_prefixes(policy);
+    let keys = aggregations(policy);
     let blocked_at = |ip: IpAddr, ts: i64| {
         let fully_excepted = policy.allow.find(ip).is_some_and(|e| e.requests.is_none());
         !fully_excepted
             && keys.iter().any(|key| {
                 blocked
-                    .get(&key.key(ip))
+                    .get(&key.prefixes.key(ip))
                     .is_some_and(|spans| spans.iter().any(|&(a, b)| a <= ts && ts < b))
             })
     };
@@ -179,7 +193,7 @@ pub fn run(
     {
         let mut inside: Vec<IpAddr> = period
             .iter()
-            .map(|(_, ip)| *ip)
+            .map(|(_, ip, _)| *ip)
             .filter(|ip| net.contains(ip))
             .collect();
         inside.sort_unstable();
@@ -188,7 +202,7 @@ pub fn run(
     }
     let mut per_step = vec![(0u32, 0u32); steps(from_ms, to_ms, step_ms)];
     let mut stopped = 0;
-    for (ts, ip) in &period {
+    for (ts, ip, _) in &period {
         let blocked = blocked_at(*ip, *ts);
         stopped += u64::from(blocked);
         if let Some(step) = per_step.get_mut(step_of(*ts, from_ms, step_ms)) {
@@ -198,7 +212,7 @@ pub fn run(
     }
     let allow_listed_requests = period
         .iter()
-        .filter(|(_, ip)| policy.allow.find(*ip).is_some())
+        .filter(|(_, ip, _)| policy.allow.find(*ip).is_some())
         .count() as u64;
     Ok(Backtest {
         from_ms,
@@ -228,7 +242,7 @@ fn busiest(
 ) -> Vec<(IpNet, Vec<u32>)> {
     let key = |ip: IpAddr| policy.prefixes.key(ip);
     let mut totals: HashMap<IpNet, u64> = HashMap::new();
-    for (_, ip) in period {
+    for (_, ip, _) in period {
         *totals.entry(key(*ip)).or_default() += 1;
     }
     let mut ranked: Vec<(IpNet, u64)> = totals.into_iter().collect();
@@ -238,7 +252,7 @@ fn busiest(
         .into_iter()
         .map(|(net, _)| {
             let mut series = vec![0u32; steps(from_ms, to_ms, step_ms)];
-            for (ts, _) in period.iter().filter(|(_, ip)| key(*ip) == net) {
+            for (ts, ..) in period.iter().filter(|(_, ip, _)| key(*ip) == net) {
                 if let Some(slot) = series.get_mut(step_of(*ts, from_ms, step_ms)) {
                     *slot += 1;
                 }
@@ -283,7 +297,7 @@ expires = 2099-01-01
     fn steady(ip: &str, per_minute: i64, minutes: i64) -> Vec<Record> {
         let ip: IpAddr = ip.parse().unwrap();
         (0..per_minute * minutes)
-            .map(|i| (1 + i * MINUTE / per_minute, ip))
+            .map(|i| (1 + i * MINUTE / per_minute, ip, 0))
             .collect()
     }
 

@@ -22,16 +22,17 @@
 //! let spec = count_spec(&policy, 60_000, 60).unwrap();
 //! let mut counter = TrafficCounter::new(spec);
 //! let ip = "192.0.2.1".parse().unwrap();
-//! counter.add_requests(ip, 60, 5);
+//! counter.add_requests(ip, 60, 5, None);
 //! let offenders = detect(&counter.finish(), &policy, 60);
 //! assert_eq!(offenders[0].tier.as_ref().unwrap().as_str(), "block");
 //! assert_eq!(offenders[0].net.to_string(), "192.0.2.1/32");
 //! ```
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 use floodgate_rules::Policy;
-use floodgate_rules::policy::{Prefixes, Tier, TierName};
+use floodgate_rules::policy::{Aggregation, Tier, TierName};
 use ipnet::IpNet;
 
 use crate::traffic::{CountSpec, IpCounts, NOT_READ, TooManyWindows, Traffic};
@@ -71,12 +72,14 @@ pub fn key_text(net: &IpNet) -> String {
     }
 }
 
-/// The prefix pairs `policy`'s tiers count by, the policy-wide one first.
-pub fn key_prefixes(policy: &Policy) -> Vec<Prefixes> {
-    let mut keys = vec![policy.prefixes];
+/// The ways `policy`'s tiers count, the policy-wide prefixes over every
+/// request first.
+pub fn aggregations(policy: &Policy) -> Vec<Aggregation> {
+    let mut keys = vec![Aggregation::from(policy.prefixes)];
     for tier in &policy.tiers {
-        if !keys.contains(&tier.prefixes) {
-            keys.push(tier.prefixes);
+        let aggregation = tier.aggregation();
+        if !keys.contains(&aggregation) {
+            keys.push(aggregation);
         }
     }
     keys
@@ -98,17 +101,17 @@ pub fn count_spec(
         .map(|t| t.window_seconds.get())
         .collect();
     windows.push(report_window_seconds);
-    let keys = key_prefixes(policy);
+    let keys = aggregations(policy);
     let mut spec = CountSpec::new(end_ms, &windows)?.with_keys(&keys);
-    for &key in &keys {
+    for (index, key) in keys.iter().enumerate() {
         for &window in &windows {
             let lowest = policy
                 .tiers
                 .iter()
-                .filter(|t| t.prefixes == key && t.window_seconds.get() == window)
+                .filter(|t| t.aggregation() == *key && t.window_seconds.get() == window)
                 .map(|t| t.requests.get())
                 .min();
-            let reported = key == policy.prefixes && window == report_window_seconds;
+            let reported = index == 0 && window == report_window_seconds;
             let floor = match lowest {
                 _ if reported => 1,
                 Some(lowest) => lowest,
@@ -120,16 +123,19 @@ pub fn count_spec(
     Ok(spec)
 }
 
-/// The highest tier of `prefixes` that a key's `counts` reach under
-/// `policy`, honouring the key's allow-list exception.
+/// The highest tier counting by `aggregation` that a key's `counts`
+/// reach under `policy`, honouring the key's allow-list exception.
 pub fn classify<'p>(
     policy: &'p Policy,
-    prefixes: Prefixes,
+    aggregation: &Aggregation,
     counts: &IpCounts<'_>,
     allow_entry: Option<usize>,
 ) -> Option<&'p Tier> {
     let exception = allow_entry.map(|i| &policy.allow.entries()[i]);
-    let tiers = policy.tiers.iter().filter(|t| t.prefixes == prefixes);
+    let tiers = policy
+        .tiers
+        .iter()
+        .filter(|t| t.prefixes == aggregation.prefixes && t.scope == aggregation.scope);
     tiers.rev().find(|tier| {
         let mut threshold = tier.requests.get();
         if let (true, Some(exception)) = (tier.blocks(), exception) {
@@ -145,26 +151,52 @@ pub fn classify<'p>(
 }
 
 /// Every key of the policy-wide prefixes in `traffic`, and every key of a
-/// tier's own prefixes that reached a tier, classified, sorted by requests
-/// in the report window (descending), ties by key (IPv4 before IPv6).
-/// `traffic` must have counted the windows and keys of [`count_spec`].
+/// tier's own prefixes or match that reached a tier, classified, sorted by
+/// requests in the report window (descending), ties by key (IPv4 before
+/// IPv6). A key that several ways of counting classify (an address over a
+/// scoped tier and a global one) is one offender, in the most severe tier
+/// it reached: a block tier before an observe tier, then the latest in the
+/// policy. `traffic` must have counted the
+/// windows and keys of [`count_spec`].
 pub fn rank(traffic: &Traffic, policy: &Policy, report_window_seconds: u32) -> Vec<Offender> {
     let keys = traffic.spec().keys();
-    let mut ranked: Vec<Offender> = traffic
-        .iter()
-        .filter_map(|(key, net, counts)| {
-            let allow_entry = policy.allow.find_containing(net);
-            let tier = classify(policy, keys[key], &counts, allow_entry);
-            (key == 0 || tier.is_some()).then(|| Offender {
-                net,
-                addresses: counts.addresses(),
-                requests: counts.requests(report_window_seconds).unwrap_or(0),
-                tier: tier.map(|t| t.name.clone()),
-                actions: counts.actions().collect(),
-                allow_entry,
-            })
+    // A block tier outranks every observe tier, then later tiers outrank earlier.
+    let severity = |tier: Option<&Tier>| {
+        tier.map(|t| {
+            (
+                t.blocks(),
+                policy.tiers.iter().position(|p| p.name == t.name),
+            )
         })
-        .collect();
+    };
+    // The policy-wide keys first, so the others only add or raise tiers.
+    let mut counted: Vec<_> = traffic.iter().collect();
+    counted.sort_by_key(|&(key, net, _)| (key != 0, net));
+    let mut by_net: HashMap<IpNet, (Offender, _)> = HashMap::new();
+    for (key, net, counts) in counted {
+        let allow_entry = policy.allow.find_containing(net);
+        let tier = classify(policy, &keys[key], &counts, allow_entry);
+        match by_net.get_mut(&net) {
+            Some((offender, worst)) if severity(tier) > *worst => {
+                offender.tier = tier.map(|t| t.name.clone());
+                *worst = severity(tier);
+            }
+            Some(_) => {}
+            None if key == 0 || tier.is_some() => {
+                let offender = Offender {
+                    net,
+                    addresses: counts.addresses(),
+                    requests: counts.requests(report_window_seconds).unwrap_or(0),
+                    tier: tier.map(|t| t.name.clone()),
+                    actions: counts.actions().collect(),
+                    allow_entry,
+                };
+                by_net.insert(net, (offender, severity(tier)));
+            }
+            None => {}
+        }
+    }
+    let mut ranked: Vec<Offender> = by_net.into_values().map(|(o, _)| o).collect();
     ranked.sort_unstable_by_key(|o| (Reverse(o.requests), o.net));
     ranked
 }

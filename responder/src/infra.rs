@@ -24,8 +24,8 @@
 use floodgate_rules::Policy;
 use floodgate_rules::cidr::aggregate;
 use floodgate_rules::policy::{
-    DynamoDbTable, Infra, InfraMode, LedgerStore, LogSourceConfig, Target, WAF_MIN_RATE_LIMIT,
-    WAF_RATE_WINDOWS, WafScope, schedule_period_seconds,
+    DynamoDbTable, Infra, InfraMode, LedgerStore, LogSourceConfig, PathMatch, RequestMatch, Target,
+    WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS, WafScope, schedule_period_seconds,
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -228,6 +228,52 @@ fn not_allow_listed() -> Value {
     json!({ "NotStatement": { "Statement": { "LabelMatchStatement": { "Scope": "LABEL", "Key": ALLOW_LABEL } } } })
 }
 
+/// The statements a scope-down adds for a tier's `match`, or `None` when
+/// WAF cannot express it: a rate-based rule is evaluated before the
+/// request's terminating action is known.
+fn scope_statements(scope: &RequestMatch) -> Option<Vec<Value>> {
+    if scope.action.is_some() {
+        return None;
+    }
+    let bytes = |field: Value, text: &str, position: &str, transform: &str| {
+        json!({ "ByteMatchStatement": {
+            "SearchString": text,
+            "FieldToMatch": field,
+            "TextTransformations": [{ "Priority": 0, "Type": transform }],
+            "PositionalConstraint": position,
+        } })
+    };
+    let mut statements = Vec::new();
+    match &scope.path {
+        Some(PathMatch::Exact(path)) => {
+            statements.push(bytes(json!({ "UriPath": {} }), path, "EXACTLY", "NONE"));
+        }
+        Some(PathMatch::Prefix(prefix)) => {
+            statements.push(bytes(
+                json!({ "UriPath": {} }),
+                prefix,
+                "STARTS_WITH",
+                "NONE",
+            ));
+        }
+        None => {}
+    }
+    if let Some(method) = &scope.method {
+        statements.push(bytes(json!({ "Method": {} }), method, "EXACTLY", "NONE"));
+    }
+    if let Some(host) = &scope.host {
+        let header = json!({ "SingleHeader": { "Name": "host" } });
+        statements.push(bytes(header, host, "EXACTLY", "LOWERCASE"));
+    }
+    if let Some(country) = &scope.country {
+        statements.push(json!({ "GeoMatchStatement": { "CountryCodes": [country] } }));
+    }
+    if let Some(label) = &scope.label {
+        statements.push(json!({ "LabelMatchStatement": { "Scope": "LABEL", "Key": label } }));
+    }
+    Some(statements)
+}
+
 fn rate_rule(
     name: &str,
     priority: usize,
@@ -235,7 +281,16 @@ fn rate_rule(
     window: u32,
     action: &str,
     label: Option<&str>,
+    scope: &[Value],
 ) -> Value {
+    let scope_down = if scope.is_empty() {
+        not_allow_listed()
+    } else {
+        let statements: Vec<Value> = std::iter::once(not_allow_listed())
+            .chain(scope.iter().cloned())
+            .collect();
+        json!({ "AndStatement": { "Statements": statements } })
+    };
     let mut rule = json!({
         "Name": name,
         "Priority": priority,
@@ -243,7 +298,7 @@ fn rate_rule(
             "Limit": limit,
             "EvaluationWindowSec": window,
             "AggregateKeyType": "IP",
-            "ScopeDownStatement": not_allow_listed(),
+            "ScopeDownStatement": scope_down,
         } },
         "Action": { action: {} },
         "VisibilityConfig": visibility(name),
@@ -351,6 +406,13 @@ fn waf_template(
     ];
     let mut alarms = Vec::new();
     for (i, tier) in policy.tiers.iter().enumerate() {
+        let scope = match &tier.scope {
+            None => Vec::new(),
+            Some(scope) => match scope_statements(scope) {
+                Some(statements) => statements,
+                None => continue,
+            },
+        };
         let rule_name = format!("{name}-tier-{}", tier.name);
         let label = format!("floodgate:tier:{}", tier.name);
         rules.push(rate_rule(
@@ -360,6 +422,7 @@ fn waf_template(
             tier.window_seconds.get(),
             "Count",
             Some(&label),
+            &scope,
         ));
         alarms.push((format!("Tier{i}Alarm"), rule_name, tier.name.to_string()));
     }
@@ -371,6 +434,7 @@ fn waf_template(
         infra.emergency_block_window_seconds,
         "Block",
         None,
+        &[],
     ));
 
     resources.insert(

@@ -22,7 +22,7 @@
 //! let mut counter = TrafficCounter::new(spec);
 //! let ip = "198.51.100.7".parse().unwrap();
 //! for ts in [250_000, 400_000, 599_999, 600_000] {
-//!     counter.add_hit(Hit { timestamp_ms: ts, client_ip: ip, action: Action::Allow });
+//!     counter.add_hit(Hit { timestamp_ms: ts, client_ip: ip, action: Action::Allow, scopes: 0 });
 //! }
 //! let traffic = counter.finish();
 //! let counts = traffic.get(0, ip.into()).unwrap();
@@ -32,7 +32,7 @@
 
 use std::net::IpAddr;
 
-use floodgate_rules::policy::Prefixes;
+use floodgate_rules::policy::{Aggregation, Prefixes, RequestMatch};
 use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -40,6 +40,9 @@ use crate::waflog::{Action, BadLine, Hit};
 
 /// The most distinct windows one count can carry.
 pub const MAX_WINDOWS: usize = 8;
+/// The most distinct request matches one count can carry (a bit each in
+/// [`Hit::scopes`]); a validated policy has no more.
+pub const MAX_SCOPES: usize = floodgate_rules::policy::MAX_MATCHES;
 
 /// The floor of a key's window that no tier reads: server-side sources
 /// need not count it.
@@ -52,9 +55,13 @@ pub struct CountSpec {
     end_ms: i64,
     /// Distinct window lengths in seconds, ascending.
     windows: Vec<u32>,
-    /// The prefix pairs keys are cut by, distinct; the first is the
-    /// report's.
-    keys: Vec<Prefixes>,
+    /// How keys are counted, distinct; the first is the report's.
+    keys: Vec<Aggregation>,
+    /// The distinct request matches of the keys: bit `i` of a hit's
+    /// `scopes` says it matches `scopes[i]`.
+    scopes: Vec<RequestMatch>,
+    /// Per key: the bit of its match, if it has one.
+    key_scopes: Vec<Option<u32>>,
     /// Per key and window (`key * windows + window`): keys with fewer
     /// requests may be left out by server-side sources, to keep their
     /// results small (1 keeps every key).
@@ -81,23 +88,52 @@ impl CountSpec {
         Ok(CountSpec {
             end_ms,
             windows,
-            keys: vec![Prefixes::default()],
+            keys: vec![Prefixes::default().into()],
+            scopes: Vec::new(),
+            key_scopes: vec![None],
             floors,
         })
     }
 
-    /// Keys by these prefix pairs (duplicates merged; the first is the
+    /// Keys counted these ways (duplicates merged; the first is the
     /// report's), instead of the default. Floors set before are reset.
-    pub fn with_keys(mut self, keys: &[Prefixes]) -> Self {
+    ///
+    /// # Panics
+    ///
+    /// With more than [`MAX_SCOPES`] distinct matches, which a validated
+    /// policy never has.
+    pub fn with_keys(mut self, keys: &[Aggregation]) -> Self {
         self.keys.clear();
-        for &key in keys {
-            if !self.keys.contains(&key) {
-                self.keys.push(key);
+        self.scopes.clear();
+        for key in keys {
+            if !self.keys.contains(key) {
+                self.keys.push(key.clone());
+            }
+            if let Some(scope) = &key.scope
+                && !self.scopes.contains(scope)
+            {
+                self.scopes.push(scope.clone());
             }
         }
+        assert!(
+            self.scopes.len() <= MAX_SCOPES,
+            "{} distinct tier matches; at most {MAX_SCOPES} are supported",
+            self.scopes.len()
+        );
         if self.keys.is_empty() {
-            self.keys.push(Prefixes::default());
+            self.keys.push(Prefixes::default().into());
         }
+        self.key_scopes = self
+            .keys
+            .iter()
+            .map(|key| {
+                let scope = key.scope.as_ref()?;
+                self.scopes
+                    .iter()
+                    .position(|s| s == scope)
+                    .map(|i| i as u32)
+            })
+            .collect();
         self.floors = vec![1; self.keys.len() * self.windows.len()];
         self
     }
@@ -105,38 +141,47 @@ impl CountSpec {
     /// Lets server-side sources leave out keys of `prefixes` with fewer
     /// than `min_requests` in the window of `window_seconds` (the lowest
     /// threshold that matters).
-    pub fn with_floor(
-        mut self,
-        prefixes: Prefixes,
-        window_seconds: u32,
-        min_requests: u32,
-    ) -> Self {
-        if let Some(i) = self.floor_index(prefixes, window_seconds) {
+    pub fn with_floor(mut self, key: &Aggregation, window_seconds: u32, min_requests: u32) -> Self {
+        if let Some(i) = self.floor_index(key, window_seconds) {
             self.floors[i] = min_requests.max(1);
         }
         self
     }
 
     /// The floor of a key's window (1 when none was set).
-    pub fn floor(&self, prefixes: Prefixes, window_seconds: u32) -> u32 {
-        self.floor_index(prefixes, window_seconds)
+    pub fn floor(&self, key: &Aggregation, window_seconds: u32) -> u32 {
+        self.floor_index(key, window_seconds)
             .map_or(1, |i| self.floors[i])
     }
 
-    fn floor_index(&self, prefixes: Prefixes, window_seconds: u32) -> Option<usize> {
-        let key = self.key_index(prefixes)?;
+    fn floor_index(&self, key: &Aggregation, window_seconds: u32) -> Option<usize> {
+        let key = self.key_index(key)?;
         let window = self.windows.iter().position(|&w| w == window_seconds)?;
         Some(key * self.windows.len() + window)
     }
 
-    /// The prefix pairs keys are cut by; the first is the report's.
-    pub fn keys(&self) -> &[Prefixes] {
+    /// How keys are counted; the first is the report's.
+    pub fn keys(&self) -> &[Aggregation] {
         &self.keys
     }
 
-    /// The index of `prefixes` among [`CountSpec::keys`].
-    pub fn key_index(&self, prefixes: Prefixes) -> Option<usize> {
-        self.keys.iter().position(|&k| k == prefixes)
+    /// The index of `key` among [`CountSpec::keys`].
+    pub fn key_index(&self, key: &Aggregation) -> Option<usize> {
+        self.keys.iter().position(|k| k == key)
+    }
+
+    /// The request matches a source must test each record against, in the
+    /// order of [`Hit::scopes`]' bits.
+    pub fn scopes(&self) -> &[RequestMatch] {
+        &self.scopes
+    }
+
+    /// The bit of `scope` in [`Hit::scopes`].
+    pub fn scope_bit(&self, scope: &RequestMatch) -> Option<u32> {
+        self.scopes
+            .iter()
+            .position(|s| s == scope)
+            .map(|i| i as u32)
     }
 
     /// End of every window, in ms since the epoch (inclusive).
@@ -243,7 +288,7 @@ impl TrafficCounter {
     fn slot_of(&mut self, key: usize, ip: IpAddr) -> usize {
         // An IPv4-mapped IPv6 address is the IPv4 client it carries.
         let ip = ip.to_canonical();
-        let net = self.spec.keys[key].key(ip);
+        let net = self.spec.keys[key].prefixes.key(ip);
         let base = self.slot(key as u8, net);
         if net.prefix_len() < net.max_prefix_len() && self.members.insert((key as u8, ip)) {
             let addresses = base + self.stride() - 1;
@@ -271,6 +316,11 @@ impl TrafficCounter {
         }
         let windows = self.windows_ms.len();
         for key in 0..self.spec.keys.len() {
+            if let Some(bit) = self.spec.key_scopes[key]
+                && hit.scopes & (1 << bit) == 0
+            {
+                continue;
+            }
             let base = self.slot_of(key, hit.client_ip);
             for (i, &window) in self.windows_ms.iter().enumerate() {
                 if age_ms < window {
@@ -282,10 +332,21 @@ impl TrafficCounter {
     }
 
     /// Adds `requests` for `ip` in the window of `window_seconds`, as a
-    /// server-side aggregate reports them, under each of its keys.
-    pub fn add_requests(&mut self, ip: IpAddr, window_seconds: u32, requests: u32) {
+    /// server-side aggregate reports them, under each of its keys that
+    /// count the requests of `scope` (a bit of [`Hit::scopes`], or `None`
+    /// for all requests).
+    pub fn add_requests(
+        &mut self,
+        ip: IpAddr,
+        window_seconds: u32,
+        requests: u32,
+        scope: Option<u32>,
+    ) {
         if let Some(i) = self.spec.windows.iter().position(|&w| w == window_seconds) {
             for key in 0..self.spec.keys.len() {
+                if self.spec.key_scopes[key] != scope {
+                    continue;
+                }
                 let base = self.slot_of(key, ip);
                 self.counts[base + i] = self.counts[base + i].saturating_add(requests);
             }
@@ -319,7 +380,7 @@ impl TrafficCounter {
         }
         for (key, ip) in other.members {
             if self.members.insert((key, ip)) {
-                let net = self.spec.keys[key as usize].key(ip);
+                let net = self.spec.keys[key as usize].prefixes.key(ip);
                 let addresses = self.slots[&(key, net)] as usize * stride + stride - 1;
                 self.counts[addresses] += 1;
             }

@@ -94,7 +94,7 @@ async fn counts_events_across_regions_like_a_naive_count() {
 
     let spec = CountSpec::new(newest, &[60, 300])
         .unwrap()
-        .with_keys(&[Prefixes::PER_ADDRESS]);
+        .with_keys(&[Prefixes::PER_ADDRESS.into()]);
     let traffic = source.count(&spec).await.unwrap();
     assert_eq!(
         traffic.stats().records,

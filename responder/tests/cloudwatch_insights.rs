@@ -25,7 +25,7 @@ use proptest::prelude::*;
 #[test]
 fn the_query_text_is_stable() {
     assert_eq!(
-        query_text(Floors::both(2000), &[]),
+        query_text(Floors::both(2000), None, &[]),
         "stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 2000\n| sort requests desc\n| limit 10000"
     );
 }
@@ -34,9 +34,88 @@ fn the_query_text_is_stable() {
 fn a_family_counted_by_prefix_keeps_every_address() {
     let floors = Floors { ipv4: 400, ipv6: 1 };
     assert_eq!(
-        query_text(floors, &[]),
+        query_text(floors, None, &[]),
         "stats count(*) as requests by httpRequest.clientIp\n| filter (isValidIpV4(httpRequest.clientIp) and requests >= 400) or (isValidIpV6(httpRequest.clientIp) and requests >= 1)\n| sort requests desc\n| limit 10000"
     );
+}
+
+#[test]
+fn a_scoped_tier_gets_its_match_as_a_filter() {
+    use floodgate_rules::policy::{PathMatch, RequestMatch};
+    let login = RequestMatch {
+        path: Some(PathMatch::Exact("/login".into())),
+        host: None,
+        method: Some("POST".into()),
+        country: None,
+        label: None,
+        action: None,
+    };
+    assert_eq!(
+        query_text(Floors::both(120), Some(&login), &[]),
+        "filter httpRequest.uri = \"/login\" and httpRequest.httpMethod = \"POST\"\n| stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 120\n| sort requests desc\n| limit 10000"
+    );
+    let every_field = RequestMatch {
+        path: Some(PathMatch::Prefix("/api/v1.2/".into())),
+        host: Some("api.example.com".into()),
+        method: None,
+        country: Some("NL".into()),
+        label: Some("awswaf:managed:aws:bot-control:bot:verified".into()),
+        action: Some("BLOCK".into()),
+    };
+    assert_eq!(
+        floodgate_responder::source::cloudwatch_insights::scope_filter(&every_field),
+        r#"httpRequest.uri like /^\/api\/v1\.2\// and httpRequest.country = "NL" and action = "BLOCK" and @message like /(?i)"name":"host","value":"api\.example\.com"/ and @message like /"labels":\[[^\]]*"name":"awswaf\:managed\:aws\:bot\-control\:bot\:verified"/"#
+    );
+}
+
+/// The rows of a scoped query go to the scoped tier's keys only, and the
+/// rows of the unscoped query to the others.
+#[tokio::test(start_paused = true)]
+async fn scoped_rows_count_for_the_scoped_tier_only() {
+    use floodgate_rules::policy::{Aggregation, PathMatch, RequestMatch};
+    let login = RequestMatch {
+        path: Some(PathMatch::Exact("/login".into())),
+        host: None,
+        method: None,
+        country: None,
+        label: None,
+        action: None,
+    };
+    let scoped_query = query_text(Floors::both(600), Some(&login), &[]);
+    let start = mock!(Client::start_query).then_compute_output(move |input| {
+        let id = if input.query_string() == Some(scoped_query.as_str()) {
+            "login"
+        } else {
+            "all"
+        };
+        StartQueryOutput::builder().query_id(id).build()
+    });
+    let poll = mock!(Client::get_query_results).then_compute_output(|input| {
+        let rows = match input.query_id() {
+            Some("login") => vec![row("192.0.2.44", 1500)],
+            _ => vec![row("192.0.2.44", 1600), row("203.0.113.66", 6000)],
+        };
+        results(QueryStatus::Complete, rows)
+    });
+    let all = Aggregation::from(Prefixes::PER_ADDRESS);
+    let scoped = Aggregation {
+        prefixes: Prefixes::PER_ADDRESS,
+        scope: Some(login),
+    };
+    let spec = CountSpec::new(1_700_000_300_000, &[300])
+        .unwrap()
+        .with_keys(&[all.clone(), scoped.clone()])
+        .with_floor(&all, 300, 2000)
+        .with_floor(&scoped, 300, 600);
+    let traffic = source(&[&start, &poll], fast_polling())
+        .count(&spec)
+        .await
+        .unwrap();
+    assert_eq!(start.num_calls(), 2, "one query per slice");
+    let attacker = host("192.0.2.44");
+    assert_eq!(traffic.get(0, attacker).unwrap().requests(300), Some(1600));
+    assert_eq!(traffic.get(1, attacker).unwrap().requests(300), Some(1500));
+    assert!(traffic.get(1, host("203.0.113.66")).is_none());
 }
 
 /// An address as its own key.
@@ -83,7 +162,7 @@ fn scanned(status: QueryStatus, rows: Vec<Vec<ResultField>>, bytes: f64) -> GetQ
 fn start_ok() -> Rule {
     mock!(Client::start_query)
         .match_requests(|r| {
-            r.query_string() == Some(query_text(Floors::both(2000), &[]).as_str())
+            r.query_string() == Some(query_text(Floors::both(2000), None, &[]).as_str())
                 && r.end_time().zip(r.start_time()).map(|(e, s)| e - s) == Some(300)
         })
         .then_output(|| StartQueryOutput::builder().query_id("q-1").build())
@@ -104,8 +183,8 @@ fn spec() -> CountSpec {
     // One 300 s window whose lowest tier threshold is 2000, per address.
     CountSpec::new(1_700_000_300_000, &[300])
         .unwrap()
-        .with_keys(&[Prefixes::PER_ADDRESS])
-        .with_floor(Prefixes::PER_ADDRESS, 300, 2000)
+        .with_keys(&[Prefixes::PER_ADDRESS.into()])
+        .with_floor(&Prefixes::PER_ADDRESS.into(), 300, 2000)
 }
 
 fn fast_polling() -> Polling {
@@ -270,6 +349,7 @@ fn the_second_pass_query_names_its_addresses() {
     assert_eq!(
         query_text(
             Floors::both(1),
+            None,
             &["203.0.113.9".to_owned(), "2001:db8::1".to_owned()]
         ),
         "filter httpRequest.clientIp in [\"203.0.113.9\", \"2001:db8::1\"]\n| stats count(*) as requests by httpRequest.clientIp\n| filter requests >= 1\n| sort requests desc\n| limit 10000"
@@ -398,9 +478,9 @@ fn count_by_insights(
         .collect();
     let spec = CountSpec::new(END_SECONDS * 1000, &[60, 300])
         .unwrap()
-        .with_keys(&[keys])
-        .with_floor(keys, 60, floor_60)
-        .with_floor(keys, 300, floor_300);
+        .with_keys(&[keys.into()])
+        .with_floor(&keys.into(), 60, floor_60)
+        .with_floor(&keys.into(), 300, floor_300);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)

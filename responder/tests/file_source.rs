@@ -71,7 +71,7 @@ fn counts_agree_with_a_naive_count_across_files_chunks_and_gzip() {
     let newest = source.newest_timestamp_blocking().unwrap().unwrap();
     let spec = CountSpec::new(newest, &[60, 120])
         .unwrap()
-        .with_keys(&[Prefixes::PER_ADDRESS]);
+        .with_keys(&[Prefixes::PER_ADDRESS.into()]);
     let traffic = source.count_blocking(&spec).unwrap();
     for window in [60, 120] {
         let expected = naive_counts(&all, newest, window);
@@ -224,9 +224,12 @@ fn detection_finds_the_attack_scenarios_and_spares_the_allow_list() {
     assert_eq!(rotation.net.prefix_len(), 64);
     assert_eq!(rotation.tier.as_ref().unwrap().as_str(), "block");
     assert_eq!(rotation.addresses, u32::from(scenario::ROTATION_ADDRESSES));
-    // The login flood, at 1500 in 5 minutes, is only watched by tiers
-    // sized for the whole API.
-    assert_eq!(tier_of(scenario::LOGIN_FLOOD_IP).as_deref(), Some("watch"));
+    // The login flood, at 1500 in 5 minutes, is only watched by the tiers
+    // sized for the whole API; the scoped /login tier blocks it.
+    assert_eq!(
+        tier_of(scenario::LOGIN_FLOOD_IP).as_deref(),
+        Some("login-flood")
+    );
     // No benign client reaches a tier.
     assert_eq!(
         offenders.len(),

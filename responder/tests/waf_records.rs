@@ -8,8 +8,10 @@ use std::sync::LazyLock;
 
 use floodgate_responder::loggen::{LogSpec, records};
 use floodgate_responder::waflog::{
-    Action, BadLine, parse_hit, parse_hit_fast_only, parse_hit_full_only, parse_record,
+    Action, BadLine, parse_hit, parse_hit_fast_only, parse_hit_full_only, parse_hit_scoped,
+    parse_record,
 };
+use floodgate_rules::policy::{PathMatch, RequestFields, RequestMatch};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -314,11 +316,92 @@ proptest! {
         prop_assert_eq!(parse_hit(&line).ok(), full.ok());
     }
 
+    /// Tier matches read the same from a mutated record on the fast path
+    /// (path, method, country, action) as from its full parse.
+    #[test]
+    fn scoped_hits_agree_with_the_full_record(index in any::<usize>(), mutations in prop::collection::vec(mutation(), 0..3)) {
+        let lines = sample_lines();
+        let mut line = lines[index % lines.len()].clone();
+        for m in &mutations {
+            if std::str::from_utf8(&line).is_err() || parse_hit_full_only(&line).is_err() {
+                break;
+            }
+            line = apply(&line, m);
+        }
+        let scopes = fast_scopes();
+        let expected = parse_record(&line, None).map(|record| {
+            let request = RequestFields {
+                uri: &record.uri,
+                method: &record.http_method,
+                country: &record.country,
+                host: record.host.as_deref(),
+                action: record.action.as_str(),
+                labels: &record.labels,
+            };
+            scopes.iter().enumerate().filter(|(_, s)| s.matches(&request)).fold(0u32, |bits, (i, _)| bits | 1 << i)
+        });
+        prop_assert_eq!(parse_hit_scoped(&line, &scopes).map(|hit| hit.scopes), expected);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         let _ = parse_hit(&bytes);
         let _ = parse_record(&bytes, Some("x-tenant-id"));
     }
+}
+
+/// Matches the fast path reads: path, method, country and action.
+fn fast_scopes() -> Vec<RequestMatch> {
+    let only = |path: Option<PathMatch>,
+                method: Option<&str>,
+                country: Option<&str>,
+                action: Option<&str>| RequestMatch {
+        path,
+        host: None,
+        method: method.map(str::to_owned),
+        country: country.map(str::to_owned),
+        label: None,
+        action: action.map(str::to_owned),
+    };
+    vec![
+        only(
+            Some(PathMatch::Exact("/login".into())),
+            Some("POST"),
+            None,
+            None,
+        ),
+        only(Some(PathMatch::Prefix("/v1/".into())), None, None, None),
+        only(None, None, Some("US"), None),
+        only(None, Some("GET"), None, Some("BLOCK")),
+    ]
+}
+
+#[test]
+fn tier_matches_select_the_generated_login_flood() {
+    let scopes = fast_scopes();
+    let mut login = 0;
+    for line in sample_lines() {
+        let hit = parse_hit_scoped(line, &scopes).unwrap();
+        let record = parse_record(line, None).unwrap();
+        assert_eq!(
+            hit.scopes & 1 != 0,
+            record.uri == "/login" && record.http_method == "POST"
+        );
+        assert_eq!(hit.scopes & 2 != 0, record.uri.starts_with("/v1/"));
+        login += usize::from(hit.scopes & 1 != 0);
+    }
+    assert!(login > 0, "the sample holds login attempts");
+    // A match on the host header goes through the full record.
+    let host = RequestMatch {
+        path: None,
+        host: Some("API.example.com".to_ascii_lowercase()),
+        method: None,
+        country: None,
+        label: None,
+        action: None,
+    };
+    let line = &sample_lines()[0];
+    assert_eq!(parse_hit_scoped(line, &[host]).unwrap().scopes, 1);
 }
 
 #[test]

@@ -137,7 +137,8 @@ fn the_documented_example_policy_loads_clean() {
     assert_eq!(loaded.warnings, []);
     let policy = loaded.policy;
     // The real-world setup the example mirrors: watch 1000, block 15 min at
-    // 2000, block 24 h at 5000 requests per 5 minutes.
+    // 2000, block 24 h at 5000 requests per 5 minutes; and a login flood
+    // caught by a tier scoped to POST /login.
     let tiers: Vec<(&str, u32, u32, bool)> = policy
         .tiers
         .iter()
@@ -153,11 +154,15 @@ fn the_documented_example_policy_loads_clean() {
     assert_eq!(
         tiers,
         [
+            ("login-flood", 600, 300, true),
             ("watch", 1000, 300, false),
             ("block", 2000, 300, true),
             ("block-24h", 5000, 300, true)
         ]
     );
+    let login = policy.tiers[0].scope.as_ref().expect("a scoped tier");
+    assert_eq!(login.to_string(), "POST /login");
+    assert!(policy.tiers[1..].iter().all(|t| t.scope.is_none()));
     assert_eq!(policy.targets.len(), 4);
     assert!(policy.targets.iter().any(|t| matches!(t, floodgate_rules::policy::Target::Wafv2(w) if w.scope == floodgate_rules::policy::WafScope::CloudFront)));
     let quotas = policy.quotas.unwrap();

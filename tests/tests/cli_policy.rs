@@ -12,7 +12,7 @@ fn check_accepts_the_example_policy() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
         stdout(&output),
-        "examples/floodgate.toml: valid: 3 tiers, 3 allow entries, 4 plans, 2 tenant overrides, 4 targets, source cloudwatch; 0 warnings\n"
+        "examples/floodgate.toml: valid: 4 tiers, 3 allow entries, 4 plans, 2 tenant overrides, 4 targets, source cloudwatch; 0 warnings\n"
     );
     assert_eq!(stderr(&output), "");
 }

@@ -50,15 +50,20 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
     let first = run_at(dir.path(), &policy, "2026-11-20T10:05:00Z");
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     let report: Value = serde_json::from_slice(&first.stdout).unwrap();
-    // The single-IP flood, 16 distributed flooders, the IPv6 flood's /64
-    // and the IPv6 rotation's /64; the login flood and the partner's five
-    // addresses are watched.
-    assert_eq!(report["added"].as_array().unwrap().len(), 19, "{report}");
+    // The single-IP flood, 16 distributed flooders, the IPv6 flood's /64,
+    // the IPv6 rotation's /64 and the login flood (by its scoped tier); the
+    // partner's five addresses are watched.
+    assert_eq!(report["added"].as_array().unwrap().len(), 20, "{report}");
     assert_eq!(
         report["offenders_per_tier"],
-        serde_json::json!([["watch", 6], ["block", 18], ["block-24h", 1]])
+        serde_json::json!([
+            ["login-flood", 1],
+            ["watch", 5],
+            ["block", 18],
+            ["block-24h", 1]
+        ])
     );
-    assert_eq!(report["targets"][0]["outcome"], "updated +4 −0");
+    assert_eq!(report["targets"][0]["outcome"], "updated +5 −0");
     let phases: Vec<&str> = report["phases"]
         .as_array()
         .unwrap()
@@ -77,7 +82,7 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
     // Aggregated exactly; the allow-listed corporate NAT is never there.
     assert_eq!(
         set_file(dir.path(), "floodgate-blocked-v4"),
-        ["203.0.113.66/32", "203.0.113.128/28"]
+        ["192.0.2.44/32", "203.0.113.66/32", "203.0.113.128/28"]
     );
     assert_eq!(
         set_file(dir.path(), "floodgate-blocked-v6"),
@@ -86,7 +91,11 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
     let ledger: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("state/ledger.json")).unwrap())
             .unwrap();
-    assert_eq!(ledger["entries"].as_object().unwrap().len(), 19);
+    assert_eq!(ledger["entries"].as_object().unwrap().len(), 20);
+    assert_eq!(
+        ledger["entries"]["192.0.2.44/32"]["reason"], "1500 requests in 300 s (tier login-flood)",
+        "the scoped tier's name is in the ledger's reason"
+    );
 
     // A minute later: still attacking, nothing to write.
     let again = run_at(dir.path(), &policy, "2026-11-20T10:06:00Z");
@@ -102,7 +111,7 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
     // The next day every block has expired, the 24 h one included.
     let later = run_at(dir.path(), &policy, "2026-11-21T12:00:00Z");
     let report: Value = serde_json::from_slice(&later.stdout).unwrap();
-    assert_eq!(report["expired"].as_array().unwrap().len(), 19, "{report}");
+    assert_eq!(report["expired"].as_array().unwrap().len(), 20, "{report}");
     assert!(set_file(dir.path(), "floodgate-blocked-v4").is_empty());
 }
 
@@ -113,9 +122,9 @@ fn the_table_report_is_a_short_summary() {
     let output = run_with(dir.path(), &policy, "2026-11-20T10:05:00Z", &[]);
     let text = stdout(&output);
     for line in [
-        "offenders per tier: watch 6, block 18, block-24h 1",
-        "blocks: 19 added, 0 extended, 0 expired",
-        "file state/ip-sets: updated +4 −0",
+        "offenders per tier: login-flood 1, watch 5, block 18, block-24h 1",
+        "blocks: 20 added, 0 extended, 0 expired",
+        "file state/ip-sets: updated +5 −0",
         "IP set files in state/ip-sets",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
@@ -134,7 +143,7 @@ fn observe_mode_writes_nothing() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["mode"], "observe");
-    assert_eq!(report["added"].as_array().unwrap().len(), 19);
+    assert_eq!(report["added"].as_array().unwrap().len(), 20);
     assert!(!dir.path().join("state").exists());
 }
 
@@ -210,7 +219,7 @@ fn the_circuit_breaker_is_logged_at_error_level_as_json() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     // The worst two: the 24 h flooder, then the busiest block-tier one.
     assert_eq!(report["added"].as_array().unwrap().len(), 2);
-    assert_eq!(report["held_back"].as_array().unwrap().len(), 17);
+    assert_eq!(report["held_back"].as_array().unwrap().len(), 18);
     let lines: Vec<Value> = stderr(&output)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -224,7 +233,7 @@ fn the_circuit_breaker_is_logged_at_error_level_as_json() {
         })
         .expect("a breaker event");
     assert_eq!(breaker["level"], "ERROR");
-    assert_eq!(breaker["fields"]["held_back"], 17);
+    assert_eq!(breaker["fields"]["held_back"], 18);
 
     // Text log lines into a pipe carry no colour codes (issue 18).
     let fresh = tempfile::tempdir().unwrap();
@@ -258,7 +267,11 @@ fn plan_shows_what_run_would_change_and_why_and_writes_nothing() {
         stderr(&before)
     );
     let text = stdout(&before);
-    assert!(text.contains("file state/ip-sets: +4 -0"), "{text}");
+    assert!(text.contains("file state/ip-sets: +5 -0"), "{text}");
+    assert!(
+        text.contains("+ 192.0.2.44/32") && text.contains("tier login-flood, 1500 requests,"),
+        "the login flood, by its scoped tier: {text}"
+    );
     assert!(
         text.contains("+ 203.0.113.66/32") && text.contains("tier block-24h"),
         "{text}"
@@ -272,7 +285,7 @@ fn plan_shows_what_run_would_change_and_why_and_writes_nothing() {
             && text.contains("tier block, 2400 requests from 60 addresses,"),
         "a prefix block tells how many addresses were seen in it: {text}"
     );
-    assert!(text.contains("Plan: 4 to add, 0 to remove"), "{text}");
+    assert!(text.contains("Plan: 5 to add, 0 to remove"), "{text}");
     assert!(!dir.path().join("state").exists(), "a plan writes nothing");
 
     assert_eq!(run_at(dir.path(), &policy, at).status.code(), Some(0));
@@ -288,12 +301,12 @@ fn plan_shows_what_run_would_change_and_why_and_writes_nothing() {
     );
     assert_eq!(next_day.status.code(), Some(0), "no --detailed-exitcode: 0");
     let report: Value = serde_json::from_slice(&next_day.stdout).unwrap();
-    assert_eq!(report["to_remove"], 4, "{report}");
+    assert_eq!(report["to_remove"], 5, "{report}");
     let why = report["targets"][0]["remove"][0]["why"].as_str().unwrap();
     assert!(why.starts_with("block expired at 2026-11-2"), "{why}");
     assert_eq!(
         set_file(dir.path(), "floodgate-blocked-v4"),
-        ["203.0.113.66/32", "203.0.113.128/28"],
+        ["192.0.2.44/32", "203.0.113.66/32", "203.0.113.128/28"],
         "still as the run left them"
     );
 }
@@ -314,7 +327,7 @@ fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
     let in_sync = status(at, &[]);
     assert_eq!(in_sync.status.code(), Some(0), "{}", stderr(&in_sync));
     let text = stdout(&in_sync);
-    assert!(text.starts_with("19 blocks in force"), "{text}");
+    assert!(text.starts_with("20 blocks in force"), "{text}");
     assert!(
         text.contains("203.0.113.66/32") && text.contains("block-24h"),
         "{text}"
@@ -335,7 +348,7 @@ fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
         report["targets"][0]["unexpected"],
         serde_json::json!(["192.0.2.1/32"])
     );
-    assert_eq!(report["active"].as_array().unwrap().len(), 19);
+    assert_eq!(report["active"].as_array().unwrap().len(), 20);
 
     // A day later every block has ended; the sets still hold them until the next run.
     let later = status("2026-11-22T00:00:00Z", &["--format", "json"]);
@@ -343,7 +356,7 @@ fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
     assert_eq!(report["active"].as_array().unwrap().len(), 0);
     assert_eq!(
         report["targets"][0]["unexpected"].as_array().unwrap().len(),
-        5
+        6
     );
 }
 
@@ -479,20 +492,10 @@ fn alerts_post_to_the_webhook_once_per_repeat_window() {
         .iter()
         .map(|a| a["kind"].as_str().unwrap())
         .collect();
-    // Five watch-tier addresses are the allow-listed partner's: their
-    // 2,400 requests would have reached the block tier without it. The
-    // sixth is the login flood, watched.
-    assert_eq!(
-        kinds,
-        [
-            "allow_listed_over_block_tier",
-            "allow_listed_over_block_tier",
-            "allow_listed_over_block_tier",
-            "allow_listed_over_block_tier",
-            "allow_listed_over_block_tier",
-            "observe_tier"
-        ]
-    );
+    // The five watch-tier addresses are the allow-listed partner's: their
+    // 2,400 requests would have reached the block tier without it. (The
+    // login flood is blocked by its scoped tier, so not merely watched.)
+    assert_eq!(kinds, ["allow_listed_over_block_tier"; 5]);
     let allow_listed = payload["alerts"]
         .as_array()
         .unwrap()
@@ -545,7 +548,7 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
         .iter()
         .map(|b| b["net"].as_str().unwrap())
         .collect();
-    assert_eq!(blocked.len(), 19, "{summary}");
+    assert_eq!(blocked.len(), 20, "{summary}");
     assert!(blocked.contains(&"203.0.113.66/32") && blocked.contains(&"2001:db8:bad::/64"));
     assert!(
         !blocked.iter().any(|b| b.starts_with("198.51.100.")),
@@ -601,7 +604,7 @@ fn emf_metrics_add_one_cloudwatch_embedded_metric_line_after_the_report() {
     let text = stdout(&output);
     let (report, emf) = text.trim_end().rsplit_once('\n').unwrap();
     let report: Value = serde_json::from_str(report).unwrap();
-    assert_eq!(report["added"].as_array().unwrap().len(), 19);
+    assert_eq!(report["added"].as_array().unwrap().len(), 20);
     let emf: Value = serde_json::from_str(emf).unwrap();
     let directive = &emf["_aws"]["CloudWatchMetrics"][0];
     assert_eq!(directive["Namespace"], "Floodgate");

@@ -168,6 +168,7 @@ fn web_acl_rules_come_in_the_designed_order() {
             "floodgate-allow-list",
             "AWS-AWSManagedRulesAmazonIpReputationList",
             "floodgate-dynamic-block",
+            "floodgate-tier-login-flood",
             "floodgate-tier-watch",
             "floodgate-tier-block",
             "floodgate-tier-block-24h",
@@ -182,16 +183,33 @@ fn web_acl_rules_come_in_the_designed_order() {
     // The allow-list labels, never allows outright.
     assert!(rules[0]["Action"].get("Count").is_some());
     assert_eq!(rules[0]["RuleLabels"][0]["Name"], "floodgate:allow-listed");
-    // Rate rules: the tiers' thresholds (1000 / 2000 / 5000 per 5 min) as
-    // COUNT with a label, then the emergency BLOCK; all skip the allow-list.
+    // Rate rules: the tiers' thresholds (600 scoped to POST /login, 1000 /
+    // 2000 / 5000 per 5 min) as COUNT with a label, then the emergency
+    // BLOCK; all skip the allow-list.
+    let skips_the_allow_list = |scope_down: &serde_json::Value| {
+        scope_down["NotStatement"]["Statement"]["LabelMatchStatement"]["Key"]
+            == "floodgate:allow-listed"
+    };
     let rate: Vec<(u64, u64, &str)> = rules
         .iter()
         .filter_map(|r| {
             let s = r["Statement"].get("RateBasedStatement")?;
-            assert_eq!(
-                s["ScopeDownStatement"]["NotStatement"]["Statement"]["LabelMatchStatement"]["Key"],
-                "floodgate:allow-listed"
-            );
+            let scope_down = &s["ScopeDownStatement"];
+            match scope_down["AndStatement"]["Statements"].as_array() {
+                // The scoped tier: the allow-list, then its match.
+                Some(all) => {
+                    assert!(skips_the_allow_list(&all[0]));
+                    let byte_match = |i: usize, field: &str| {
+                        let m = &all[i]["ByteMatchStatement"];
+                        assert_eq!(m["PositionalConstraint"], "EXACTLY");
+                        assert!(m["FieldToMatch"].get(field).is_some(), "{m}");
+                        m["SearchString"].as_str().unwrap().to_owned()
+                    };
+                    assert_eq!(byte_match(1, "UriPath"), "/login");
+                    assert_eq!(byte_match(2, "Method"), "POST");
+                }
+                None => assert!(skips_the_allow_list(scope_down)),
+            }
             let action = if r["Action"].get("Block").is_some() {
                 "Block"
             } else {
@@ -207,6 +225,7 @@ fn web_acl_rules_come_in_the_designed_order() {
     assert_eq!(
         rate,
         [
+            (600, 300, "Count"),
             (1000, 300, "Count"),
             (2000, 300, "Count"),
             (5000, 300, "Count"),
@@ -560,7 +579,7 @@ fn policies_waf_cannot_mirror_are_refused() {
     let cases = [
         (
             example.replacen("window_seconds = 300", "window_seconds = 200", 1),
-            "tier \"watch\": window_seconds = 200 cannot be an AWS WAF rate-based rule window",
+            "tier \"login-flood\": window_seconds = 200 cannot be an AWS WAF rate-based rule window",
         ),
         (
             example[..example.find("[infra]").unwrap()].to_owned(),

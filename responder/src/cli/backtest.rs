@@ -11,7 +11,7 @@ use floodgate_rules::Policy;
 use super::{BacktestArgs, CliError, Format, Status, load_policy, write_stdout};
 use crate::backtest::{self, Backtest, Record};
 use crate::clock::{rfc3339_from_ms, unix_ms};
-use crate::detect::key_text;
+use crate::detect::{count_spec, key_text};
 use crate::plan::Capacity;
 use crate::source::files::FileSource;
 
@@ -42,7 +42,7 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
         .map(|t| i64::from(t.window_seconds.get()))
         .max();
     let earliest = from_ms - widest.unwrap_or(300) * 1000;
-    let records = read_records(&args.logs, earliest, to_ms)?;
+    let records = read_records(policy, &args.logs, earliest, to_ms)?;
     let result = backtest::run(
         policy,
         records,
@@ -65,13 +65,21 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
     Ok(Status::Success)
 }
 
-/// Every usable record between `from_ms` and `to_ms` in the files.
-fn read_records(paths: &[String], from_ms: i64, to_ms: i64) -> Result<Vec<Record>, CliError> {
-    let hits = FileSource::new(paths)?
-        .hits_blocking(|hit| (from_ms..=to_ms).contains(&hit.timestamp_ms))?;
+/// Every usable record between `from_ms` and `to_ms` in the files, with
+/// the tier matches of `policy` it meets.
+fn read_records(
+    policy: &Policy,
+    paths: &[String],
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Record>, CliError> {
+    let spec = count_spec(policy, to_ms, 1).map_err(crate::source::SourceError::from)?;
+    let hits = FileSource::new(paths)?.hits_blocking(spec.scopes(), |hit| {
+        (from_ms..=to_ms).contains(&hit.timestamp_ms)
+    })?;
     Ok(hits
         .into_iter()
-        .map(|hit| (hit.timestamp_ms, hit.client_ip))
+        .map(|hit| (hit.timestamp_ms, hit.client_ip, hit.scopes))
         .collect())
 }
 

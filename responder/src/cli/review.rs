@@ -48,7 +48,7 @@ fn whole_log_traffic(logs: &[String]) -> Result<Traffic, CliError> {
     // Per address, since an exception may be a single address in a /64.
     let spec = CountSpec::new(newest, &[WHOLE_LOG])
         .map_err(crate::source::SourceError::from)?
-        .with_keys(&[Prefixes::PER_ADDRESS]);
+        .with_keys(&[Prefixes::PER_ADDRESS.into()]);
     let traffic = source.count_blocking(&spec)?;
     let stats = traffic.stats();
     eprintln!(

@@ -73,7 +73,7 @@ async fn count_group(
         for event in page.events() {
             let message = event.message().unwrap_or_default().as_bytes();
             bytes += message.len() as u64;
-            counter.add_parsed(waflog::parse_hit(message));
+            counter.add_parsed(waflog::parse_hit_scoped(message, spec.scopes()));
         }
     }
     counter.add_stats(Stats {

@@ -35,7 +35,7 @@
 //! Insights query bounds are whole seconds, so windows are counted to the
 //! second.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::Client;
 use aws_sdk_cloudwatchlogs::types::QueryStatus;
+use floodgate_rules::policy::{PathMatch, Prefixes, RequestMatch};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -87,8 +88,12 @@ impl Floors {
 /// above their family's floor, most first; with `only`, just those client
 /// IPs, written as the logs wrote them. Built in one place and
 /// golden-tested.
-pub fn query_text(floors: Floors, only: &[String]) -> String {
+pub fn query_text(floors: Floors, scope: Option<&RequestMatch>, only: &[String]) -> String {
     let mut query = String::new();
+    if let Some(scope) = scope {
+        let _ = writeln!(query, "filter {}", scope_filter(scope));
+        query.push_str("| ");
+    }
     if !only.is_empty() {
         let quoted: Vec<String> = only.iter().map(|ip| format!("\"{ip}\"")).collect();
         let _ = writeln!(
@@ -113,9 +118,59 @@ pub fn query_text(floors: Floors, only: &[String]) -> String {
     query
 }
 
-/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`].
-fn fitting_chunks(ips: Vec<String>, floors: Floors) -> Vec<Vec<String>> {
-    let room = MAX_QUERY_LENGTH - query_text(floors, &["".to_owned()]).len();
+/// The Insights filter that keeps the requests `scope` matches: the same
+/// test as [`RequestMatch::matches`] on the record's fields. The host
+/// header and labels sit in arrays, so they are matched in the raw
+/// record, as WAF writes them.
+pub fn scope_filter(scope: &RequestMatch) -> String {
+    let mut clauses = Vec::new();
+    match &scope.path {
+        Some(PathMatch::Exact(path)) => clauses.push(format!("httpRequest.uri = \"{path}\"")),
+        Some(PathMatch::Prefix(prefix)) => {
+            clauses.push(format!("httpRequest.uri like /^{}/", regex_literal(prefix)));
+        }
+        None => {}
+    }
+    if let Some(method) = &scope.method {
+        clauses.push(format!("httpRequest.httpMethod = \"{method}\""));
+    }
+    if let Some(country) = &scope.country {
+        clauses.push(format!("httpRequest.country = \"{country}\""));
+    }
+    if let Some(action) = &scope.action {
+        clauses.push(format!("action = \"{action}\""));
+    }
+    if let Some(host) = &scope.host {
+        clauses.push(format!(
+            "@message like /(?i)\"name\":\"host\",\"value\":\"{}\"/",
+            regex_literal(host)
+        ));
+    }
+    if let Some(label) = &scope.label {
+        clauses.push(format!(
+            "@message like /\"labels\":\\[[^\\]]*\"name\":\"{}\"/",
+            regex_literal(label)
+        ));
+    }
+    clauses.join(" and ")
+}
+
+/// `text` as a regular expression that matches it literally: every ASCII
+/// punctuation character escaped (policy validation admits no others).
+fn regex_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if c.is_ascii_punctuation() {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`] with `scope`.
+fn fitting_chunks(ips: Vec<String>, scope: Option<&RequestMatch>) -> Vec<Vec<String>> {
+    let room = MAX_QUERY_LENGTH - query_text(Floors::both(1), scope, &["".to_owned()]).len();
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut used = room;
     for ip in ips {
@@ -191,7 +246,9 @@ struct Query {
     client: Client,
     region: String,
     log_groups: Vec<String>,
-    window_seconds: u32,
+    slice: Slice,
+    /// The requests the slice counts, when it has a scope.
+    scope: Option<RequestMatch>,
     floors: Floors,
     /// Only these client IPs (the second pass), or all.
     only: Vec<String>,
@@ -199,10 +256,18 @@ struct Query {
     end_seconds: i64,
 }
 
+/// What one query counts: a window, over all requests or those of one
+/// tier match (its bit in the count spec's scopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Slice {
+    window_seconds: u32,
+    scope: Option<u32>,
+}
+
 /// Rows of one finished query.
 struct QueryResult {
     partition: usize,
-    window_seconds: u32,
+    slice: Slice,
     /// Each client IP, as the logs wrote it, and its requests.
     rows: Vec<(IpAddr, String, u32)>,
     bytes_scanned: u64,
@@ -232,7 +297,7 @@ impl Query {
             .set_log_group_names(Some(self.log_groups.clone()))
             .start_time(self.start_seconds)
             .end_time(self.end_seconds)
-            .query_string(query_text(self.floors, &self.only))
+            .query_string(query_text(self.floors, self.scope.as_ref(), &self.only))
             .limit(MAX_ROWS as i32)
             .send()
             .await
@@ -300,7 +365,7 @@ impl Query {
         }
         QueryResult {
             partition: self.partition,
-            window_seconds: self.window_seconds,
+            slice: self.slice,
             rows,
             bytes_scanned: results
                 .statistics()
@@ -378,16 +443,13 @@ impl CloudWatchInsightsSource {
 fn second_pass_queries(
     first: &[QueryResult],
     partitions: &[Partition],
-    floors: &HashMap<u32, Floors>,
+    floors: &BTreeMap<Slice, Floors>,
     spec: &CountSpec,
 ) -> Vec<Query> {
     let end_seconds = spec.end_ms().div_euclid(1000);
     let mut queries = Vec::new();
-    for &window_seconds in spec.windows() {
-        let results: Vec<&QueryResult> = first
-            .iter()
-            .filter(|r| r.window_seconds == window_seconds)
-            .collect();
+    for (&slice, &slice_floors) in floors {
+        let results: Vec<&QueryResult> = first.iter().filter(|r| r.slice == slice).collect();
         let candidates: BTreeMap<IpAddr, BTreeSet<&str>> = results
             .iter()
             .flat_map(|r| &r.rows)
@@ -395,29 +457,28 @@ fn second_pass_queries(
                 all.entry(*ip).or_default().insert(text.as_str());
                 all
             });
-        let Some(&window_floors) = floors.get(&window_seconds) else {
-            continue;
-        };
+        let scope = slice.scope.map(|bit| spec.scopes()[bit as usize].clone());
         for result in results {
             let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
             let missing: Vec<String> = candidates
                 .iter()
                 .filter(|(ip, _)| {
-                    !returned.contains(ip) && (window_floors.of(**ip) > 1 || result.truncated())
+                    !returned.contains(ip) && (slice_floors.of(**ip) > 1 || result.truncated())
                 })
                 .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
                 .collect();
             let partition = &partitions[result.partition];
-            for only in fitting_chunks(missing, Floors::both(1)) {
+            for only in fitting_chunks(missing, scope.as_ref()) {
                 queries.push(Query {
                     partition: result.partition,
                     client: partition.client.clone(),
                     region: partition.region.clone(),
                     log_groups: partition.log_groups.clone(),
-                    window_seconds,
+                    slice,
+                    scope: scope.clone(),
                     floors: Floors::both(1),
                     only,
-                    start_seconds: end_seconds - i64::from(window_seconds),
+                    start_seconds: end_seconds - i64::from(slice.window_seconds),
                     end_seconds,
                 });
             }
@@ -426,19 +487,19 @@ fn second_pass_queries(
     queries
 }
 
-/// The first pass's floors for the window of `window_seconds` over
-/// `shares` partitions: per family, the lowest floor of the keys that read
-/// the window (a total at the floor is at least its share of it in some
-/// partition), or 1 where a key is wider than one address; `None` when no
-/// key reads the window.
-fn first_pass_floors(spec: &CountSpec, window_seconds: u32, shares: u32) -> Option<Floors> {
+/// The first pass's floors for `slice` over `shares` partitions: per
+/// family, the lowest floor of the keys that read the slice (a total at the
+/// floor is at least its share of it in some partition), or 1 where a key
+/// is wider than one address; `None` when no key reads the slice.
+fn first_pass_floors(spec: &CountSpec, slice: Slice, shares: u32) -> Option<Floors> {
     let used: Vec<_> = spec
         .keys()
         .iter()
-        .map(|&key| (key, spec.floor(key, window_seconds)))
+        .filter(|key| key.scope.as_ref().and_then(|s| spec.scope_bit(s)) == slice.scope)
+        .map(|key| (key.prefixes, spec.floor(key, slice.window_seconds)))
         .filter(|&(_, floor)| floor != NOT_READ)
         .collect();
-    let family = |per_address: fn(&floodgate_rules::policy::Prefixes) -> bool| {
+    let family = |per_address: fn(&Prefixes) -> bool| {
         used.iter()
             .map(|(key, floor)| {
                 if per_address(key) {
@@ -462,13 +523,18 @@ fn add_results(counter: &mut TrafficCounter, results: &[QueryResult]) -> Stats {
         if result.truncated() {
             let lowest = result.rows.last().map_or(0, |&(_, _, n)| n);
             tracing::warn!(
-                window_seconds = result.window_seconds,
+                window_seconds = result.slice.window_seconds,
                 lowest,
                 "Logs Insights returned {MAX_ROWS} rows: IPs at {lowest} requests may be missing"
             );
         }
         for &(ip, _, requests) in &result.rows {
-            counter.add_requests(ip, result.window_seconds, requests);
+            counter.add_requests(
+                ip,
+                result.slice.window_seconds,
+                requests,
+                result.slice.scope,
+            );
         }
         stats.records += result.rows.len() as u64;
         stats.malformed += result.malformed_rows;
@@ -483,23 +549,29 @@ impl LogSource for CloudWatchInsightsSource {
         let end_seconds = spec.end_ms().div_euclid(1000);
         let partitions = self.partitions();
         let shares = partitions.len().max(1) as u32;
-        let floors: HashMap<u32, Floors> = spec
-            .windows()
-            .iter()
-            .filter_map(|&w| Some((w, first_pass_floors(spec, w, shares)?)))
+        let scopes = std::iter::once(None).chain((0..spec.scopes().len() as u32).map(Some));
+        let slices = scopes.flat_map(|scope| {
+            spec.windows().iter().map(move |&window_seconds| Slice {
+                window_seconds,
+                scope,
+            })
+        });
+        let floors: BTreeMap<Slice, Floors> = slices
+            .filter_map(|slice| Some((slice, first_pass_floors(spec, slice, shares)?)))
             .collect();
         let mut first = Vec::new();
         for (index, partition) in partitions.iter().enumerate() {
-            for (&window_seconds, &floors) in &floors {
+            for (&slice, &floors) in &floors {
                 first.push(Query {
                     partition: index,
                     client: partition.client.clone(),
                     region: partition.region.clone(),
                     log_groups: partition.log_groups.clone(),
-                    window_seconds,
+                    slice,
+                    scope: slice.scope.map(|bit| spec.scopes()[bit as usize].clone()),
                     floors,
                     only: Vec::new(),
-                    start_seconds: end_seconds - i64::from(window_seconds),
+                    start_seconds: end_seconds - i64::from(slice.window_seconds),
                     end_seconds,
                 });
             }

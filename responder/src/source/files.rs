@@ -15,6 +15,8 @@ use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
 
+use floodgate_rules::policy::RequestMatch;
+
 use super::{LogSource, SourceError};
 use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
 use crate::waflog::{self, Hit};
@@ -132,7 +134,7 @@ impl FileSource {
             || TrafficCounter::new(spec.clone()),
             |counter, line| {
                 if !line.trim_ascii().is_empty() {
-                    counter.add_parsed(waflog::parse_hit(line));
+                    counter.add_parsed(waflog::parse_hit_scoped(line, spec.scopes()));
                 }
             },
         )?;
@@ -151,10 +153,11 @@ impl FileSource {
     /// for replaying logs rather than counting them.
     pub fn hits_blocking(
         &self,
+        scopes: &[RequestMatch],
         keep: impl Fn(&Hit) -> bool + Sync,
     ) -> Result<Vec<Hit>, SourceError> {
         let per_worker = self.scan(Vec::new, |hits, line| {
-            if let Ok(hit) = waflog::parse_hit(line)
+            if let Ok(hit) = waflog::parse_hit_scoped(line, scopes)
                 && keep(&hit)
             {
                 hits.push(hit);

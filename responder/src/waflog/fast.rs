@@ -21,6 +21,21 @@ use super::{Action, Hit};
 static TIMESTAMP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""timestamp":"#));
 static ACTION: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""action":""#));
 static CLIENT_IP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""clientIp":""#));
+static URI: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""uri":""#));
+static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""httpMethod":""#));
+static COUNTRY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""country":""#));
+
+/// `httpRequest`'s `uri`, `httpMethod` and `country`, for tier matches,
+/// from a line [`extract_hit`] vouched for. Each key appears only in
+/// `httpRequest` in a WAF record; a value with escapes, or a missing key,
+/// is left to the full parse.
+pub(super) fn extract_request(line: &[u8]) -> Option<(&str, &str, &str)> {
+    let value = |finder: &Finder<'_>| {
+        let at = finder.find(line)? + finder.needle().len();
+        std::str::from_utf8(string_value(line, at)?).ok()
+    };
+    Some((value(&URI)?, value(&METHOD)?, value(&COUNTRY)?))
+}
 
 pub(super) fn extract_hit(line: &[u8]) -> Option<Hit> {
     let line = line.trim_ascii();
@@ -49,6 +64,7 @@ pub(super) fn extract_hit(line: &[u8]) -> Option<Hit> {
         timestamp_ms,
         client_ip,
         action,
+        scopes: 0,
     })
 }
 

@@ -112,6 +112,7 @@ fn checked_hit(raw: &RawRecord<'_>) -> Result<Hit, BadLine> {
         timestamp_ms: raw.timestamp,
         client_ip,
         action,
+        scopes: 0,
     })
 }
 

@@ -26,6 +26,8 @@ mod full;
 use std::fmt;
 use std::net::IpAddr;
 
+use floodgate_rules::policy::{RequestFields, RequestMatch};
+
 pub use full::{WafRecord, parse_record};
 
 /// A WAF record's terminating action.
@@ -92,6 +94,9 @@ pub struct Hit {
     pub client_ip: IpAddr,
     /// The terminating action.
     pub action: Action,
+    /// Bit `i` set: the request matches the count's `i`-th tier match
+    /// ([`crate::traffic::CountSpec::scopes`]); 0 when none was asked.
+    pub scopes: u32,
 }
 
 /// Why a line is not a usable record. Such lines are counted and skipped.
@@ -118,6 +123,58 @@ pub fn parse_hit(line: &[u8]) -> Result<Hit, BadLine> {
         Some(hit) => Ok(hit),
         None => full::parse_hit(line),
     }
+}
+
+/// The counting fields of one line, with the bits of the `scopes` it
+/// matches ([`Hit::scopes`]). Without scopes, [`parse_hit`]. With them,
+/// the fast path also reads the path, method and country; a match on the
+/// host header or a label, or a line the fast path cannot vouch for, is
+/// decided by the full parse.
+pub fn parse_hit_scoped(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, BadLine> {
+    if scopes.is_empty() {
+        return parse_hit(line);
+    }
+    let fast = if scopes.iter().any(RequestMatch::needs_full_record) {
+        None
+    } else {
+        fast::extract_hit(line).zip(fast::extract_request(line))
+    };
+    if let Some((mut hit, (uri, method, country))) = fast {
+        let request = RequestFields {
+            uri,
+            method,
+            country,
+            host: None,
+            action: hit.action.as_str(),
+            labels: &[],
+        };
+        hit.scopes = scope_bits(scopes, &request);
+        return Ok(hit);
+    }
+    let record = parse_record(line, None)?;
+    let request = RequestFields {
+        uri: &record.uri,
+        method: &record.http_method,
+        country: &record.country,
+        host: record.host.as_deref(),
+        action: record.action.as_str(),
+        labels: &record.labels,
+    };
+    Ok(Hit {
+        timestamp_ms: record.timestamp_ms,
+        client_ip: record.client_ip,
+        action: record.action,
+        scopes: scope_bits(scopes, &request),
+    })
+}
+
+/// Bit `i` set for each `scopes[i]` the request matches.
+fn scope_bits(scopes: &[RequestMatch], request: &RequestFields<'_>) -> u32 {
+    scopes
+        .iter()
+        .enumerate()
+        .filter(|(_, scope)| scope.matches(request))
+        .fold(0, |bits, (i, _)| bits | 1 << i)
 }
 
 /// The fast path alone, for tests and benchmarks: `None` when it would

@@ -13,6 +13,7 @@ use toml::Spanned;
 
 use super::check::Checker;
 use super::raw::RawDetection;
+use super::scope::RequestMatch;
 
 /// Shortest IPv4 prefix a key may have: wider would block whole providers.
 pub const MIN_IPV4_PREFIX: u8 = 16;
@@ -53,6 +54,25 @@ impl Prefixes {
     /// Whether keys are whole addresses (no key holds more than one).
     pub fn per_address(&self) -> bool {
         self.ipv4 == 32 && self.ipv6 == 128
+    }
+}
+
+/// How a tier counts: the key it cuts addresses to, and the requests it
+/// counts. Tiers with the same aggregation share their counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Aggregation {
+    /// The key's prefix lengths.
+    pub prefixes: Prefixes,
+    /// Only the requests this matches; all when `None`.
+    pub scope: Option<RequestMatch>,
+}
+
+impl From<Prefixes> for Aggregation {
+    fn from(prefixes: Prefixes) -> Aggregation {
+        Aggregation {
+            prefixes,
+            scope: None,
+        }
     }
 }
 

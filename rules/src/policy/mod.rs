@@ -41,12 +41,13 @@ mod quotas;
 mod raw;
 mod responder;
 mod safety;
+mod scope;
 mod targets;
 mod tiers;
 
 pub use alerts::Alerts;
 pub use allow::{AllowEntry, AllowList};
-pub use detection::{MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, Prefixes};
+pub use detection::{Aggregation, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, Prefixes};
 pub use infra::{Infra, InfraMode, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
     DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
@@ -57,10 +58,11 @@ pub use responder::{
     Role, is_holder_id, schedule_period_seconds,
 };
 pub use safety::{Mode, Safety};
+pub use scope::{PathMatch, RequestFields, RequestMatch};
 pub use targets::{
     CloudWatchApi, IpSetName, LogGroup, LogSourceConfig, Region, Target, WafScope, Wafv2Target,
 };
-pub use tiers::{BlockRule, Escalation, Tier, TierAction, TierName};
+pub use tiers::{BlockRule, Escalation, MAX_MATCHES, Tier, TierAction, TierName};
 
 use time::Date;
 

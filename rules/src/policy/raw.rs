@@ -51,6 +51,20 @@ pub(crate) struct RawTier {
     pub escalation: Option<Spanned<RawEscalation>>,
     pub ipv4_prefix: Option<Spanned<i64>>,
     pub ipv6_prefix: Option<Spanned<i64>>,
+    #[serde(rename = "match")]
+    pub scope: Option<Spanned<RawMatch>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub path: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub method: Option<Spanned<String>>,
+    pub country: Option<Spanned<String>>,
+    pub label: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

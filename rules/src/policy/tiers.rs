@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::check::Checker;
 use super::detection::{Prefixes, check_prefixes};
 use super::raw::RawTier;
+use super::scope::{RequestMatch, check_match};
 
 /// A tier's name, such as `watch` or `block`: letters, digits, `_` and `-`,
 /// so it can also serve as an AWS WAF label.
@@ -42,6 +43,8 @@ pub struct Tier {
     pub action: TierAction,
     /// The aggregation key this tier counts and blocks by.
     pub prefixes: Prefixes,
+    /// The requests it counts (`match`); all of them when `None`.
+    pub scope: Option<RequestMatch>,
 }
 
 /// What crossing a tier does.
@@ -90,6 +93,14 @@ impl BlockRule {
 }
 
 impl Tier {
+    /// How the tier counts.
+    pub fn aggregation(&self) -> super::Aggregation {
+        super::Aggregation {
+            prefixes: self.prefixes,
+            scope: self.scope.clone(),
+        }
+    }
+
     /// Whether the tier blocks.
     pub fn blocks(&self) -> bool {
         matches!(self.action, TierAction::Block(_))
@@ -118,12 +129,37 @@ pub(crate) fn check_tiers(
             );
             continue;
         }
-        if let Some(previous) = tiers.last() {
+        // A scoped tier counts its own requests: it is ordered among the
+        // tiers of the same scope only.
+        if let Some(previous) = tiers.iter().rev().find(|t| t.scope == tier.scope) {
             check_order(checker, previous, &tier, entry, &path);
+        }
+        if let Some(scope) = &tier.scope
+            && !tiers.iter().any(|t| t.scope.as_ref() == Some(scope))
+            && distinct_matches(&tiers) >= MAX_MATCHES
+        {
+            let message = format!("more than {MAX_MATCHES} different tier matches");
+            let help = Some("let tiers that count the same requests share one match".to_owned());
+            checker.error(entry.span(), &format!("{path}.match"), message, help);
+            continue;
         }
         tiers.push(tier);
     }
     tiers
+}
+
+/// The most different `match` tables the tiers may have: the responder
+/// tests each record against all of them at once.
+pub const MAX_MATCHES: usize = 32;
+
+fn distinct_matches(tiers: &[Tier]) -> usize {
+    let mut seen: Vec<&RequestMatch> = Vec::new();
+    for scope in tiers.iter().filter_map(|t| t.scope.as_ref()) {
+        if !seen.contains(&scope) {
+            seen.push(scope);
+        }
+    }
+    seen.len()
 }
 
 fn check_tier(
@@ -167,12 +203,17 @@ fn check_tier(
         path,
         prefixes,
     );
+    let scope = match &raw.scope {
+        Some(scope) => Some(check_match(checker, scope, &format!("{path}.match"))?),
+        None => None,
+    };
     Some(Tier {
         name: name?,
         requests: requests?,
         window_seconds: window_seconds?,
         action: action?,
         prefixes,
+        scope,
     })
 }
 
