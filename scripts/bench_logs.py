@@ -122,16 +122,22 @@ compare("plain", plain, "wc -l", ["wc", "-l", plain], RUNS, 2.5)
 def keys(baseline):
     """The cost of client keys on the plain file: `baseline` (a floodgate
     from before keys, counting per address) against this one per address,
-    with its defaults (IPv6 per /64) and with a second key (an IPv4 /24
-    tier), runs interleaved so the machine's drift hits all alike."""
+    with its defaults (IPv6 per /64), with a tier scoped to POST /login, and
+    with a second key (an IPv4 /24 tier), runs interleaved so the machine's
+    drift hits all alike."""
     subnet = os.path.join(DATA, "subnet-tier.toml")
     with open(subnet, "w") as policy:
         policy.write('[[tiers]]\nname = "subnets"\nrequests = 50000\nwindow_seconds = 7200\n'
                      'action = "observe"\nipv4_prefix = 24\n')
+    scoped = os.path.join(DATA, "scoped-tier.toml")
+    with open(scoped, "w") as policy:
+        policy.write('[[tiers]]\nname = "login"\nrequests = 600\nwindow_seconds = 7200\n'
+                     'action = "observe"\nmatch = { path = "/login", method = "POST" }\n')
     contenders = [
         ("baseline, per address", floodgate_top(plain, 1000, config=None, binary=baseline)),
         ("per address", floodgate_top(plain, 1000)),
         ("default keys (IPv6 /64)", floodgate_top(plain, 1000, config=None)),
+        ("default keys + a scoped tier", floodgate_top(plain, 1000, config=scoped)),
         ("default keys + a /24 tier", floodgate_top(plain, 1000, config=subnet)),
     ]
     times = {name: [] for name, _ in contenders}

@@ -156,49 +156,59 @@ pub fn classify<'p>(
 /// IPv6). A key that several ways of counting classify (an address over a
 /// scoped tier and a global one) is one offender, in the most severe tier
 /// it reached: a block tier before an observe tier, then the latest in the
-/// policy. `traffic` must have counted the
-/// windows and keys of [`count_spec`].
+/// policy. `traffic` must have counted the windows and keys of
+/// [`count_spec`].
 pub fn rank(traffic: &Traffic, policy: &Policy, report_window_seconds: u32) -> Vec<Offender> {
     let keys = traffic.spec().keys();
-    // A block tier outranks every observe tier, then later tiers outrank earlier.
-    let severity = |tier: Option<&Tier>| {
-        tier.map(|t| {
-            (
-                t.blocks(),
-                policy.tiers.iter().position(|p| p.name == t.name),
-            )
-        })
-    };
-    // The policy-wide keys first, so the others only add or raise tiers.
-    let mut counted: Vec<_> = traffic.iter().collect();
-    counted.sort_by_key(|&(key, net, _)| (key != 0, net));
-    let mut by_net: HashMap<IpNet, (Offender, _)> = HashMap::new();
-    for (key, net, counts) in counted {
+    let offender = |key: usize, net: IpNet, counts: IpCounts<'_>| {
         let allow_entry = policy.allow.find_containing(net);
         let tier = classify(policy, &keys[key], &counts, allow_entry);
-        match by_net.get_mut(&net) {
-            Some((offender, worst)) if severity(tier) > *worst => {
-                offender.tier = tier.map(|t| t.name.clone());
-                *worst = severity(tier);
-            }
-            Some(_) => {}
-            None if key == 0 || tier.is_some() => {
-                let offender = Offender {
-                    net,
-                    addresses: counts.addresses(),
-                    requests: counts.requests(report_window_seconds).unwrap_or(0),
-                    tier: tier.map(|t| t.name.clone()),
-                    actions: counts.actions().collect(),
-                    allow_entry,
-                };
-                by_net.insert(net, (offender, severity(tier)));
-            }
-            None => {}
+        (key == 0 || tier.is_some()).then(|| Offender {
+            net,
+            addresses: counts.addresses(),
+            requests: counts.requests(report_window_seconds).unwrap_or(0),
+            tier: tier.map(|t| t.name.clone()),
+            actions: counts.actions().collect(),
+            allow_entry,
+        })
+    };
+    let mut ranked = Vec::new();
+    // The keys of tiers with their own prefixes or match that reached a
+    // tier (usually few), the most severe per key.
+    let mut others: HashMap<IpNet, Offender> = HashMap::new();
+    for (key, net, counts) in traffic.iter() {
+        let Some(found) = offender(key, net, counts) else {
+            continue;
+        };
+        if key == 0 {
+            ranked.push(found);
+        } else if others
+            .get(&net)
+            .is_none_or(|known| severity(policy, &found) > severity(policy, known))
+        {
+            others.insert(net, found);
         }
     }
-    let mut ranked: Vec<Offender> = by_net.into_values().map(|(o, _)| o).collect();
+    if !others.is_empty() {
+        for known in &mut ranked {
+            if let Some(other) = others.remove(&known.net)
+                && severity(policy, &other) > severity(policy, known)
+            {
+                known.tier = other.tier;
+            }
+        }
+        ranked.extend(others.into_values());
+    }
     ranked.sort_unstable_by_key(|o| (Reverse(o.requests), o.net));
     ranked
+}
+
+/// How severe an offender's tier is: any block tier above every observe
+/// tier, then the later in the policy above the earlier; `None` for none.
+fn severity(policy: &Policy, offender: &Offender) -> Option<(bool, usize)> {
+    let name = offender.tier.as_ref()?;
+    let position = policy.tiers.iter().position(|t| &t.name == name)?;
+    Some((policy.tiers[position].blocks(), position))
 }
 
 /// The IPs that reached a tier, ranked as by [`rank`].

@@ -11,7 +11,7 @@ use floodgate_responder::waflog::{
     Action, BadLine, parse_hit, parse_hit_fast_only, parse_hit_full_only, parse_hit_scoped,
     parse_record,
 };
-use floodgate_rules::policy::{PathMatch, RequestFields, RequestMatch};
+use floodgate_rules::policy::{PathMatch, RequestMatch};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -330,14 +330,7 @@ proptest! {
         }
         let scopes = fast_scopes();
         let expected = parse_record(&line, None).map(|record| {
-            let request = RequestFields {
-                uri: &record.uri,
-                method: &record.http_method,
-                country: &record.country,
-                host: record.host.as_deref(),
-                action: record.action.as_str(),
-                labels: &record.labels,
-            };
+            let request = record.request_fields();
             scopes.iter().enumerate().filter(|(_, s)| s.matches(&request)).fold(0u32, |bits, (i, _)| bits | 1 << i)
         });
         prop_assert_eq!(parse_hit_scoped(&line, &scopes).map(|hit| hit.scopes), expected);

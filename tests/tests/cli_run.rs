@@ -580,6 +580,14 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
         .find(|b| b["net"] == "2001:db8:64:64::/64")
         .expect("the /64 rotation is blocked");
     assert_eq!(rotation["addresses_seen"], 60);
+    // The login flood, blocked by the tier scoped to POST /login.
+    let login = summary["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["net"] == "192.0.2.44/32")
+        .expect("the login flood is blocked");
+    assert_eq!(login["tier"], "login-flood");
     assert!(
         html.contains("<td>60 addresses seen: 2001:db8:64:64::1, 2001:db8:64:64::2,"),
         "the addresses seen in a blocked prefix are listed"

@@ -289,12 +289,12 @@ fn overview_chart(result: &Backtest) -> String {
 }
 
 /// One key's chart: its requests per step, its block spans shaded, and the
-/// thresholds of the tiers that count by its prefixes.
+/// thresholds of the tiers that count all its requests by its prefixes.
 fn key_chart(result: &Backtest, policy: &Policy, net: ipnet::IpNet, series: &[u32]) -> String {
     let thresholds: Vec<Threshold> = policy
         .tiers
         .iter()
-        .filter(|t| t.prefixes == policy.prefixes)
+        .filter(|t| t.prefixes == policy.prefixes && t.scope.is_none())
         .map(|t| {
             let window_ms = f64::from(t.window_seconds.get()) * 1000.0;
             Threshold {

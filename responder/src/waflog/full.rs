@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use floodgate_rules::policy::RequestFields;
 use serde::Deserialize;
 
 use super::{Action, BadLine, Hit};
@@ -34,6 +35,20 @@ pub struct WafRecord {
     pub http_source_name: String,
     /// Label names, in record order.
     pub labels: Vec<String>,
+}
+
+impl WafRecord {
+    /// The fields a tier's `match` reads.
+    pub fn request_fields(&self) -> RequestFields<'_> {
+        RequestFields {
+            uri: &self.uri,
+            method: &self.http_method,
+            country: &self.country,
+            host: self.host.as_deref(),
+            action: self.action.as_str(),
+            labels: &self.labels,
+        }
+    }
 }
 
 #[derive(Deserialize)]

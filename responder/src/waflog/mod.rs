@@ -152,19 +152,11 @@ pub fn parse_hit_scoped(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, Bad
         return Ok(hit);
     }
     let record = parse_record(line, None)?;
-    let request = RequestFields {
-        uri: &record.uri,
-        method: &record.http_method,
-        country: &record.country,
-        host: record.host.as_deref(),
-        action: record.action.as_str(),
-        labels: &record.labels,
-    };
     Ok(Hit {
         timestamp_ms: record.timestamp_ms,
         client_ip: record.client_ip,
         action: record.action,
-        scopes: scope_bits(scopes, &request),
+        scopes: scope_bits(scopes, &record.request_fields()),
     })
 }
 
