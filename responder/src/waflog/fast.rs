@@ -26,18 +26,34 @@ static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""htt
 static COUNTRY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""country":""#));
 
 /// `httpRequest`'s `uri`, `httpMethod` and `country`, for tier matches,
-/// from a line [`extract_hit`] vouched for. Each key appears only in
-/// `httpRequest` in a WAF record; a value with escapes, or a missing key,
-/// is left to the full parse.
-pub(super) fn extract_request(line: &[u8]) -> Option<(&str, &str, &str)> {
-    let value = |finder: &Finder<'_>| {
-        let at = finder.find(line)? + finder.needle().len();
-        std::str::from_utf8(string_value(line, at)?).ok()
+/// from a line [`extract_hit`] vouched for, whose client IP's value ends at
+/// `ip_end`. Each key appears only in `httpRequest` in a WAF record, so a
+/// key found is the field. WAF writes them after `clientIp`, in the order
+/// `country`, `uri`, `httpMethod`: each is searched from the end of the
+/// one before (a backward search from the end of the line, which would
+/// skip the headers, measured slower). A value with escapes, or a key not
+/// where WAF writes it, is left to the full parse.
+pub(super) fn extract_request(line: &[u8], ip_end: usize) -> Option<(&str, &str, &str)> {
+    let mut at = ip_end;
+    let mut next = |finder: &Finder<'_>| {
+        let start = at + finder.find(line.get(at..)?)? + finder.needle().len();
+        let value = string_value(line, start)?;
+        at = start + value.len();
+        std::str::from_utf8(value).ok()
     };
-    Some((value(&URI)?, value(&METHOD)?, value(&COUNTRY)?))
+    let country = next(&COUNTRY)?;
+    let uri = next(&URI)?;
+    let method = next(&METHOD)?;
+    Some((uri, method, country))
 }
 
 pub(super) fn extract_hit(line: &[u8]) -> Option<Hit> {
+    extract_hit_at(line).map(|(hit, _)| hit)
+}
+
+/// [`extract_hit`], with where the client IP's value ends in `line`.
+pub(super) fn extract_hit_at(line: &[u8]) -> Option<(Hit, usize)> {
+    let start = line.len() - line.trim_ascii_start().len();
     let line = line.trim_ascii();
     if line.first() != Some(&b'{') || line.last() != Some(&b'}') {
         return None;
@@ -56,16 +72,17 @@ pub(super) fn extract_hit(line: &[u8]) -> Option<Hit> {
     }
     let action = Action::from_bytes(string_value(line, action_key + ACTION.needle().len())?)?;
 
-    let ip_key = CLIENT_IP.find(line)?;
-    let ip_text = string_value(line, ip_key + CLIENT_IP.needle().len())?;
+    let ip_at = CLIENT_IP.find(line)? + CLIENT_IP.needle().len();
+    let ip_text = string_value(line, ip_at)?;
     let client_ip: IpAddr = std::str::from_utf8(ip_text).ok()?.parse().ok()?;
 
-    Some(Hit {
+    let hit = Hit {
         timestamp_ms,
         client_ip,
         action,
         scopes: 0,
-    })
+    };
+    Some((hit, start + ip_at + ip_text.len()))
 }
 
 /// Opening minus closing braces, and whether the line is pure ASCII (then

@@ -137,7 +137,8 @@ pub fn parse_hit_scoped(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, Bad
     let fast = if scopes.iter().any(RequestMatch::needs_full_record) {
         None
     } else {
-        fast::extract_hit(line).zip(fast::extract_request(line))
+        fast::extract_hit_at(line)
+            .and_then(|(hit, ip_end)| Some((hit, fast::extract_request(line, ip_end)?)))
     };
     if let Some((mut hit, (uri, method, country))) = fast {
         let request = RequestFields {
