@@ -209,7 +209,7 @@ fn escape(text: &str) -> String {
 /// busy address with its block spans shaded.
 fn html(result: &Backtest, policy: &Policy) -> String {
     let mut page = String::from(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Floodgate backtest</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}figcaption{font-weight:600}.legend{font-size:.85em;color:#444;margin:.2em 0 0}td.spans{white-space:nowrap}</style></head><body>\n",
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Floodgate backtest</title>\n<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}figure{margin:1.5em 0}figcaption{font-weight:600}.legend{font-size:.85em;color:#444;margin:.2em 0 0}td.spans,td.tier{white-space:nowrap}</style></head><body>\n",
     );
     let _ = writeln!(
         page,
@@ -238,7 +238,7 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         let seen = seen_text(result, net);
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"spans\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"tier\">{}</td><td>{}</td><td class=\"spans\">{}</td><td>{}</td></tr>",
             escape(&key_text(net)),
             escape(tier_of(result, net)),
             blocked_for(result, net),
