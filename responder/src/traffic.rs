@@ -284,10 +284,9 @@ impl TrafficCounter {
     }
 
     /// The slot of `ip`'s key under key index `key`, with `ip` recorded as
-    /// seen in it.
+    /// seen in it. `ip` is canonical: an IPv4-mapped IPv6 address is the
+    /// IPv4 client it carries.
     fn slot_of(&mut self, key: usize, ip: IpAddr) -> usize {
-        // An IPv4-mapped IPv6 address is the IPv4 client it carries.
-        let ip = ip.to_canonical();
         let net = self.spec.keys[key].prefixes.key(ip);
         let base = self.slot(key as u8, net);
         if net.prefix_len() < net.max_prefix_len() && self.members.insert((key as u8, ip)) {
@@ -315,13 +314,14 @@ impl TrafficCounter {
             return;
         }
         let windows = self.windows_ms.len();
+        let ip = hit.client_ip.to_canonical();
         for key in 0..self.spec.keys.len() {
             if let Some(bit) = self.spec.key_scopes[key]
                 && hit.scopes & (1 << bit) == 0
             {
                 continue;
             }
-            let base = self.slot_of(key, hit.client_ip);
+            let base = self.slot_of(key, ip);
             for (i, &window) in self.windows_ms.iter().enumerate() {
                 if age_ms < window {
                     self.counts[base + i] += 1;
@@ -343,6 +343,7 @@ impl TrafficCounter {
         scope: Option<u32>,
     ) {
         if let Some(i) = self.spec.windows.iter().position(|&w| w == window_seconds) {
+            let ip = ip.to_canonical();
             for key in 0..self.spec.keys.len() {
                 if self.spec.key_scopes[key] != scope {
                     continue;

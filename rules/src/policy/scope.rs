@@ -14,7 +14,7 @@ use super::check::Checker;
 use super::raw::RawMatch;
 
 /// What a scoped tier counts: requests matching every field set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RequestMatch {
     /// `httpRequest.uri` equals this, or starts with it.
     pub path: Option<PathMatch>,
@@ -156,15 +156,7 @@ pub(crate) fn check_match(
         label,
         action,
     };
-    let empty = RequestMatch {
-        path: None,
-        host: None,
-        method: None,
-        country: None,
-        label: None,
-        action: None,
-    };
-    if ok && scope == empty {
+    if ok && scope == RequestMatch::default() {
         let help = Some(
             "add path, path_prefix, host, method, country, label or action, or remove match"
                 .to_owned(),
