@@ -232,15 +232,17 @@ pub struct Stats {
     pub outside_window: u64,
     /// Bytes read (or scanned, for server-side queries).
     pub bytes: u64,
-    /// Server-side queries that hit their row limit. Their results hold
-    /// every IP above the lowest count returned, and may miss IPs at it.
+    /// Server-side queries cut by their row limit where no later pass
+    /// repaired the cut. Their results hold every key above the lowest
+    /// count returned, and may miss keys at it.
     pub truncated_queries: u64,
-    /// What the second pass of a server-side count over several query
-    /// partitions added (its bytes are in `bytes` too).
+    /// What the passes after the first added to a server-side count: the
+    /// exact counts of candidates across query partitions, and prefix
+    /// counts where a result was cut (their bytes are in `bytes` too).
     pub second_pass: SecondPass,
 }
 
-/// The exact second pass of a count split over several queries.
+/// The passes of a server-side count after the first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SecondPass {
     /// Queries run.
@@ -342,15 +344,68 @@ impl TrafficCounter {
         requests: u32,
         scope: Option<u32>,
     ) {
+        self.add_requests_where(ip, window_seconds, requests, scope, |_| true);
+    }
+
+    /// [`TrafficCounter::add_requests`], under only the keys whose
+    /// prefixes `wanted` accepts.
+    pub fn add_requests_where(
+        &mut self,
+        ip: IpAddr,
+        window_seconds: u32,
+        requests: u32,
+        scope: Option<u32>,
+        wanted: impl Fn(&Prefixes) -> bool,
+    ) {
         if let Some(i) = self.spec.windows.iter().position(|&w| w == window_seconds) {
             let ip = ip.to_canonical();
             for key in 0..self.spec.keys.len() {
-                if self.spec.key_scopes[key] != scope {
+                if self.spec.key_scopes[key] != scope || !wanted(&self.spec.keys[key].prefixes) {
                     continue;
                 }
                 let base = self.slot_of(key, ip);
                 self.counts[base + i] = self.counts[base + i].saturating_add(requests);
             }
+        }
+    }
+
+    /// Adds `requests` from `addresses` distinct addresses in `net`, in the
+    /// window of `window_seconds`, as a server-side aggregate by prefix
+    /// reports them, under each key of `scope` that groups `net`'s family
+    /// by a prefix wider than one address and no longer than `net`'s. The
+    /// keys' address counts take the largest reported (the addresses
+    /// themselves are not known).
+    pub fn add_prefix_requests(
+        &mut self,
+        net: IpNet,
+        window_seconds: u32,
+        requests: u32,
+        addresses: u32,
+        scope: Option<u32>,
+    ) {
+        let Some(i) = self.spec.windows.iter().position(|&w| w == window_seconds) else {
+            return;
+        };
+        for key in 0..self.spec.keys.len() {
+            let prefixes = self.spec.keys[key].prefixes;
+            let length = if net.addr().is_ipv4() {
+                prefixes.ipv4
+            } else {
+                prefixes.ipv6
+            };
+            if self.spec.key_scopes[key] != scope
+                || length == net.max_prefix_len()
+                || length > net.prefix_len()
+            {
+                continue;
+            }
+            let key_net = IpNet::new(net.addr(), length)
+                .expect("a prefix no longer than the net's")
+                .trunc();
+            let base = self.slot(key as u8, key_net);
+            self.counts[base + i] = self.counts[base + i].saturating_add(requests);
+            let seen = base + self.stride() - 1;
+            self.counts[seen] = self.counts[seen].max(addresses);
         }
     }
 

@@ -15,7 +15,8 @@ use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use floodgate_responder::aws::{RegionLogs, retry_config};
 use floodgate_responder::source::LogSource;
 use floodgate_responder::source::cloudwatch_insights::{
-    CloudWatchInsightsSource, Floors, MAX_ROWS, Polling, estimated_cost_usd, query_text,
+    CloudWatchInsightsSource, Floors, Head, MAX_ROWS, Polling, estimated_cost_usd, head_query_text,
+    query_text,
 };
 use floodgate_responder::traffic::CountSpec;
 use floodgate_rules::policy::Prefixes;
@@ -37,6 +38,81 @@ fn a_family_counted_by_prefix_keeps_every_address() {
         query_text(floors, None, &[]),
         "stats count(*) as requests by httpRequest.clientIp\n| filter (isValidIpV4(httpRequest.clientIp) and requests >= 400) or (isValidIpV6(httpRequest.clientIp) and requests >= 1)\n| sort requests desc\n| limit 10000"
     );
+}
+
+#[test]
+fn the_prefix_pass_groups_by_the_head_of_the_address() {
+    let head = Head::covering(true, 64).unwrap();
+    assert_eq!(
+        head,
+        Head {
+            ipv6: true,
+            groups: 4
+        }
+    );
+    assert_eq!(
+        head_query_text(head, None, false),
+        "filter isValidIpV6(httpRequest.clientIp)\n| parse httpRequest.clientIp /^(?<head>[0-9a-fA-F]{1,4}:[0-9a-fA-F]{1,4}:[0-9a-fA-F]{1,4}:[0-9a-fA-F]{1,4}):/\n| filter ispresent(head)\n| stats count(*) as requests, count_distinct(httpRequest.clientIp) as addresses by head\n| sort requests desc\n| limit 10000"
+    );
+    assert_eq!(
+        head_query_text(head, None, true),
+        "filter isValidIpV6(httpRequest.clientIp)\n| parse httpRequest.clientIp /^(?<head>[0-9a-fA-F]{1,4}:[0-9a-fA-F]{1,4}:[0-9a-fA-F]{1,4}:[0-9a-fA-F]{1,4}):/\n| filter not ispresent(head)\n| stats count(*) as requests by httpRequest.clientIp\n| sort requests desc\n| limit 10000"
+    );
+    let v4 = Head::covering(false, 20).unwrap();
+    assert_eq!(
+        head_query_text(v4, None, false),
+        "filter isValidIpV4(httpRequest.clientIp)\n| parse httpRequest.clientIp /^(?<head>[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3})\\./\n| filter ispresent(head)\n| stats count(*) as requests, count_distinct(httpRequest.clientIp) as addresses by head\n| sort requests desc\n| limit 10000"
+    );
+    // A key of the whole address needs no head.
+    assert_eq!(Head::covering(false, 32), None);
+    assert_eq!(Head::covering(true, 128), None);
+    assert_eq!(Head::covering(true, 113), None);
+}
+
+#[test]
+fn a_head_names_its_prefix() {
+    let v6 = Head::covering(true, 56).unwrap();
+    assert_eq!(
+        v6.net("2001:DB8:0a:ff00"),
+        Some("2001:db8:a:ff00::/64".parse().unwrap())
+    );
+    assert_eq!(v6.net("2001:db8:a"), None, "too few groups");
+    assert_eq!(v6.net("2001:db8:a:+f"), None);
+    assert_eq!(v6.net("2001:db8:a:12345"), None);
+    let v4 = Head::covering(false, 24).unwrap();
+    assert_eq!(v4.net("203.0.113"), Some("203.0.113.0/24".parse().unwrap()));
+    assert_eq!(v4.net("203.0.256"), None);
+    assert_eq!(v4.net("203.0"), None);
+}
+
+/// A rotation over 12,000 addresses of one /64, under a wall of 2,000
+/// single-request IPv6 clients: the first pass is cut at 10,000 rows, and
+/// the prefix pass counts the /64 in full.
+#[test]
+fn a_rotation_past_the_row_limit_is_counted_in_full() {
+    let mut events: Vec<Event> = (0..12_000u32)
+        .map(|i| {
+            (
+                format!("2001:db8:6:4:{:x}:{:x}::1", i >> 8, i & 0xff),
+                END_SECONDS - 30,
+            )
+        })
+        .collect();
+    events.extend((0..2_000u32).map(|i| (format!("2001:db8:{i:x}::9"), END_SECONDS - 30)));
+    let traffic = count_by_insights(&[events], Prefixes::default(), 2000, 2000, MAX_ROWS);
+    let net: IpNet = "2001:db8:6:4::/64".parse().unwrap();
+    let counts = traffic.get(0, net).expect("the rotating /64");
+    assert_eq!(counts.requests(300), Some(12_000));
+    assert_eq!(counts.addresses(), 12_000);
+    let other: IpNet = "2001:db8:7::/64".parse().unwrap();
+    assert_eq!(traffic.get(0, other).unwrap().requests(300), Some(1));
+    let stats = traffic.stats();
+    assert_eq!(
+        stats.truncated_queries, 0,
+        "the prefix pass repaired the cut"
+    );
+    // Per window: the heads, and the addresses written with `::` inside them.
+    assert_eq!(stats.second_pass.queries, 4);
 }
 
 #[test]
@@ -363,30 +439,64 @@ const END_SECONDS: i64 = 1_700_000_300;
 type Event = (String, i64);
 
 /// Runs a Logs Insights query over `events` as Insights would, from its
-/// text alone: an optional `filter httpRequest.clientIp in [...]`, then
-/// `stats count(*) as requests by httpRequest.clientIp`,
-/// `filter requests >= N` (or one floor per family, as `filter
+/// text alone, returning at most `max_rows` rows (StartQuery's `limit`).
+/// Before `stats`: `filter httpRequest.clientIp in [...]`,
+/// `filter isValidIpV4(httpRequest.clientIp)` (or `V6`), `parse
+/// httpRequest.clientIp /regex/` with a group `head`, and `filter
+/// [not] ispresent(head)`. Then `stats count(*) as requests by
+/// httpRequest.clientIp`, or `stats count(*) as requests,
+/// count_distinct(httpRequest.clientIp) as addresses by head`; `filter
+/// requests >= N` (or one floor per family, as `filter
 /// (isValidIpV4(httpRequest.clientIp) and requests >= N) or
 /// (isValidIpV6(httpRequest.clientIp) and requests >= M)`), `sort requests
-/// desc`, `limit N`. The time range
-/// is inclusive at both ends (StartQuery's documentation). Any other stage
-/// fails the test.
-fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<ResultField>> {
-    let mut only: Option<Vec<String>> = None;
-    let (mut min_v4, mut min_v6, mut limit, mut grouped) = (0u32, 0u32, usize::MAX, false);
+/// desc`, `limit N`. The time range is inclusive at both ends (StartQuery's
+/// documentation). Any other stage fails the test.
+fn evaluate(
+    query: &str,
+    start: i64,
+    end: i64,
+    max_rows: usize,
+    events: &[Event],
+) -> Vec<Vec<ResultField>> {
+    type Keep = Box<dyn Fn(&str, Option<&str>) -> bool>;
+    let mut keeps: Vec<Keep> = Vec::new();
+    let mut head: Option<regex::Regex> = None;
+    let (mut min_v4, mut min_v6, mut limit) = (0u32, 0u32, max_rows);
+    let mut grouped: Option<bool> = None; // Some(true): by head
+    let is_v4 = |ip: &str| ip.parse::<std::net::Ipv4Addr>().is_ok();
+    let is_v6 = |ip: &str| ip.parse::<std::net::Ipv6Addr>().is_ok();
     for stage in query.split("\n| ") {
+        let before_stats = grouped.is_none();
         if let Some(list) = stage
             .strip_prefix("filter httpRequest.clientIp in [")
             .and_then(|rest| rest.strip_suffix(']'))
         {
-            assert!(!grouped, "the address filter must come before stats");
-            only = Some(
-                list.split(", ")
-                    .map(|quoted| quoted.trim_matches('"').to_owned())
-                    .collect(),
-            );
+            assert!(before_stats, "the address filter must come before stats");
+            let only: Vec<String> = list
+                .split(", ")
+                .map(|quoted| quoted.trim_matches('"').to_owned())
+                .collect();
+            keeps.push(Box::new(move |ip, _| only.iter().any(|o| o == ip)));
+        } else if before_stats && stage == "filter isValidIpV4(httpRequest.clientIp)" {
+            keeps.push(Box::new(move |ip, _| is_v4(ip)));
+        } else if before_stats && stage == "filter isValidIpV6(httpRequest.clientIp)" {
+            keeps.push(Box::new(move |ip, _| is_v6(ip)));
+        } else if let Some(pattern) = stage
+            .strip_prefix("parse httpRequest.clientIp /")
+            .and_then(|rest| rest.strip_suffix('/'))
+        {
+            head = Some(regex::Regex::new(pattern).unwrap());
+        } else if stage == "filter ispresent(head)" {
+            keeps.push(Box::new(|_, head| head.is_some()));
+        } else if stage == "filter not ispresent(head)" {
+            keeps.push(Box::new(|_, head| head.is_none()));
         } else if stage == "stats count(*) as requests by httpRequest.clientIp" {
-            grouped = true;
+            grouped = Some(false);
+        } else if stage
+            == "stats count(*) as requests, count_distinct(httpRequest.clientIp) as addresses by head"
+        {
+            assert!(head.is_some(), "{query}");
+            grouped = Some(true);
         } else if let Some(n) = stage.strip_prefix("filter requests >= ") {
             min_v4 = n.parse().unwrap();
             min_v6 = min_v4;
@@ -402,30 +512,52 @@ fn evaluate(query: &str, start: i64, end: i64, events: &[Event]) -> Vec<Vec<Resu
             (min_v4, min_v6) = (v4.parse().unwrap(), v6.parse().unwrap());
         } else if stage == "sort requests desc" {
         } else if let Some(n) = stage.strip_prefix("limit ") {
-            limit = n.parse().unwrap();
+            limit = limit.min(n.parse().unwrap());
         } else {
             panic!("the fake does not know the stage {stage:?} of {query:?}");
         }
     }
-    assert!(grouped, "{query}");
-    let mut counts: HashMap<&str, u32> = HashMap::new();
+    let by_head = grouped.unwrap_or_else(|| panic!("no stats in {query}"));
+    // Per group: requests, and the distinct addresses.
+    let mut groups: HashMap<String, (u32, std::collections::HashSet<&str>)> = HashMap::new();
     for (ip, ts) in events {
-        let wanted = only.as_ref().is_none_or(|only| only.contains(ip));
-        if wanted && (start..=end).contains(ts) {
-            *counts.entry(ip).or_default() += 1;
+        let captured = head
+            .as_ref()
+            .and_then(|re| re.captures(ip))
+            .map(|c| c.name("head").expect("a group head").as_str());
+        if (start..=end).contains(ts) && keeps.iter().all(|keep| keep(ip, captured)) {
+            let group = if by_head { captured.unwrap() } else { ip };
+            let entry = groups.entry(group.to_owned()).or_default();
+            entry.0 += 1;
+            entry.1.insert(ip);
         }
     }
-    let at_floor = |ip: &str, n: u32| {
-        let v4 = ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_ipv4());
-        n >= if v4 { min_v4 } else { min_v6 }
-    };
-    let mut rows: Vec<(&str, u32)> = counts
+    let at_floor = |group: &str, n: u32| n >= if is_v4(group) { min_v4 } else { min_v6 };
+    let mut rows: Vec<(String, u32, usize)> = groups
         .into_iter()
-        .filter(|&(ip, n)| at_floor(ip, n))
+        .filter(|(group, (n, _))| by_head || at_floor(group, *n))
+        .map(|(group, (n, addresses))| (group, n, addresses.len()))
         .collect();
-    rows.sort_by_key(|&(ip, n)| (std::cmp::Reverse(n), ip));
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     rows.truncate(limit);
-    rows.into_iter().map(|(ip, n)| row(ip, n)).collect()
+    rows.into_iter()
+        .map(|(group, n, addresses)| {
+            if by_head {
+                head_row(&group, n, addresses)
+            } else {
+                row(&group, n)
+            }
+        })
+        .collect()
+}
+
+fn head_row(head: &str, requests: u32, addresses: usize) -> Vec<ResultField> {
+    let field = |name: &str, value: String| ResultField::builder().field(name).value(value).build();
+    vec![
+        field("head", head.to_owned()),
+        field("requests", requests.to_string()),
+        field("addresses", addresses.to_string()),
+    ]
 }
 
 /// Bytes of one WAF record, as `gen-logs` writes them.
@@ -439,7 +571,8 @@ fn insights_over(events: Vec<Event>) -> (Rule, Rule) {
     let stored = Arc::clone(&queries);
     let start = mock!(Client::start_query).then_compute_output(move |input| {
         let (from, to) = (input.start_time().unwrap(), input.end_time().unwrap());
-        let rows = evaluate(input.query_string().unwrap(), from, to, &events);
+        let max_rows = input.limit().map_or(MAX_ROWS, |n| n as usize);
+        let rows = evaluate(input.query_string().unwrap(), from, to, max_rows, &events);
         let in_range = events.iter().filter(|(_, ts)| (from..=to).contains(ts));
         let bytes = in_range.count() as f64 * RECORD_BYTES;
         let mut queries = stored.lock().unwrap();
@@ -456,12 +589,13 @@ fn insights_over(events: Vec<Event>) -> (Rule, Rule) {
 
 /// Counts `regions`' events through the Insights source (one log group
 /// per region) by `keys`, with windows of 60 s (floor `floor_60`) and 300 s
-/// (floor `floor_300`) ending at END_SECONDS.
+/// (floor `floor_300`) ending at END_SECONDS, at most `max_rows` rows a query.
 fn count_by_insights(
     regions: &[Vec<Event>],
     keys: Prefixes,
     floor_60: u32,
     floor_300: u32,
+    max_rows: usize,
 ) -> floodgate_responder::traffic::Traffic {
     let sources: Vec<RegionLogs> = regions
         .iter()
@@ -487,7 +621,11 @@ fn count_by_insights(
         .build()
         .unwrap();
     runtime
-        .block_on(CloudWatchInsightsSource::new(sources, 30, fast_polling()).count(&spec))
+        .block_on(
+            CloudWatchInsightsSource::new(sources, 30, fast_polling())
+                .with_max_rows(max_rows)
+                .count(&spec),
+        )
         .unwrap()
 }
 
@@ -512,7 +650,7 @@ fn an_address_spread_over_five_regions_is_counted_in_full() {
             events
         })
         .collect();
-    let traffic = count_by_insights(&regions, Prefixes::default(), 1000, 2000);
+    let traffic = count_by_insights(&regions, Prefixes::default(), 1000, 2000, MAX_ROWS);
     let counts = traffic
         .get(0, host("203.0.113.9"))
         .expect("the spread attacker");
@@ -534,7 +672,7 @@ fn an_ipv6_rotation_over_regions_is_counted_per_64() {
                 .collect()
         })
         .collect();
-    let traffic = count_by_insights(&regions, Prefixes::default(), 2000, 2000);
+    let traffic = count_by_insights(&regions, Prefixes::default(), 2000, 2000, MAX_ROWS);
     let net: IpNet = "2001:db8:6:4::/64".parse().unwrap();
     let counts = traffic.get(0, net).expect("the rotating /64");
     assert_eq!(counts.requests(300), Some(2400));
@@ -566,7 +704,7 @@ fn second_pass_cost_on_five_regions() {
             events
         })
         .collect();
-    let traffic = count_by_insights(&regions, Prefixes::default(), 1_000, 2_000);
+    let traffic = count_by_insights(&regions, Prefixes::default(), 1_000, 2_000, MAX_ROWS);
     let counts = traffic.get(0, host("203.0.113.9")).unwrap();
     assert_eq!(
         counts.requests(300),
@@ -609,34 +747,37 @@ fn model(regions: &[Vec<Event>], keys: Prefixes) -> HashMap<(IpNet, u32), u32> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// For any spread of requests over 1 to 6 regions and any of the key
-    /// kinds (per address, the default IPv6 /64, IPv4 /24), every key whose
-    /// total reaches a window's floor gets its exact total, and every
-    /// count reported is exact.
+    /// For any spread of requests over 1 to 6 regions, any of the key kinds
+    /// (per address, the default IPv6 /64, IPv4 /24 with IPv6 /64, IPv4 /20
+    /// with IPv6 /56) and a row limit that cuts results or not: every
+    /// count reported is at most the true count and, unless a result was
+    /// reported cut, every key whose total reaches a window's floor gets
+    /// its exact total. Where every key is a prefix, the prefix pass
+    /// repairs every cut result, and counts are always exact.
     #[test]
     fn insights_counts_agree_with_counting_the_events(
         regions in prop::collection::vec(
-            prop::collection::vec((0..8usize, prop_oneof![1..60i64, 61..300i64]), 0..120),
+            prop::collection::vec((0..IPS.len(), prop_oneof![1..60i64, 61..300i64]), 0..120),
             1..=6,
         ),
         keys in prop_oneof![
             Just(Prefixes::PER_ADDRESS),
             Just(Prefixes::default()),
             Just(Prefixes { ipv4: 24, ipv6: 64 }),
+            Just(Prefixes { ipv4: 20, ipv6: 56 }),
         ],
         floor_60 in 1..30u32,
         floor_300 in 1..60u32,
+        max_rows in prop_oneof![Just(MAX_ROWS), 4..8usize],
     ) {
-        let ips = [
-            "203.0.113.1", "203.0.113.2", "198.51.100.3", "2001:db8::4",
-            "2001:db8:1::5", "192.0.2.6", "2001:db8::a:b:c:d", "2001:db8:0:0:1::7",
-        ];
+        // As WAF writes them: RFC 5952 text.
+        let texts: Vec<String> = IPS.iter().map(|ip| ip.parse::<std::net::IpAddr>().unwrap().to_string()).collect();
         let regions: Vec<Vec<Event>> = regions
             .iter()
-            .map(|events| events.iter().map(|&(i, age)| (ips[i].to_owned(), END_SECONDS - age)).collect())
+            .map(|events| events.iter().map(|&(i, age)| (texts[i].clone(), END_SECONDS - age)).collect())
             .collect();
         let expected = model(&regions, keys);
-        let traffic = count_by_insights(&regions, keys, floor_60, floor_300);
+        let traffic = count_by_insights(&regions, keys, floor_60, floor_300, max_rows);
         let reported: HashMap<(IpNet, u32), u32> = traffic
             .iter()
             .flat_map(|(_, net, counts)| {
@@ -645,14 +786,41 @@ proptest! {
                 })
             })
             .collect();
+        let cut = traffic.stats().truncated_queries > 0;
+        let by_prefix = keys.ipv4 < 32 && keys.ipv6 < 128;
+        prop_assert!(!(cut && by_prefix), "a cut result the prefix pass did not repair");
         for (key, &n) in &reported {
-            prop_assert_eq!(Some(&n), expected.get(key), "{:?} reported {}", key, n);
+            let truth = expected.get(key).copied().unwrap_or(0);
+            if cut {
+                prop_assert!(n <= truth, "{:?} reported {} of {}", key, n, truth);
+            } else {
+                prop_assert_eq!(n, truth, "{:?}", key);
+            }
         }
-        for ((net, window), &n) in &expected {
-            let floor = if *window == 60 { floor_60 } else { floor_300 };
-            if n >= floor {
-                prop_assert_eq!(reported.get(&(*net, *window)), Some(&n), "{} in {} s", net, window);
+        if !cut {
+            for ((net, window), &n) in &expected {
+                let floor = if *window == 60 { floor_60 } else { floor_300 };
+                if n >= floor {
+                    prop_assert_eq!(reported.get(&(*net, *window)), Some(&n), "{} in {} s", net, window);
+                }
             }
         }
     }
 }
+
+/// The property test's clients: IPv4 addresses in one /24 and in others;
+/// IPv6 addresses whose text holds their /64 in full, and others written
+/// with `::` inside it, some of them in the same /64.
+const IPS: [&str; 11] = [
+    "203.0.113.1",
+    "203.0.113.2",
+    "203.0.113.200",
+    "198.51.100.3",
+    "192.0.2.6",
+    "2001:db8:6:4::1",
+    "2001:db8:6:4:a:b:c:d",
+    "2001:db8:6:4:1:0:0:7",
+    "2001:db8::4",
+    "2001:db8:0:0:1:0:0:7",
+    "2001:db8:1::5",
+];

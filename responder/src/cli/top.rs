@@ -136,7 +136,7 @@ fn report_read(traffic: &Traffic, started: Stopwatch) {
     );
     if stats.truncated_queries > 0 {
         line.push_str(&format!(
-            "; {} Logs Insights queries hit the 10,000-row limit",
+            "; {} Logs Insights queries hit the 10,000-row limit (keys at their lowest count may be missing)",
             stats.truncated_queries
         ));
     }

@@ -24,26 +24,34 @@
 //!   StopQuery so it does not keep scanning (and costing).
 //! - Bytes scanned are reported; [`estimated_cost_usd`] prices them.
 //!
-//! - **Prefix keys.** Insights groups rows by the address as the logs wrote
-//!   it, and cannot cut an IPv6 address to its /64 from its text (the `::`
-//!   of the compressed form moves). So rows stay per address and are summed
-//!   into their keys here; a floor per address is only sound where the key
-//!   is the address, so for a family whose key is wider (IPv6 by default)
-//!   the first pass keeps every address (floor 1), and a truncated result
-//!   is reported as ever.
+//! - **Prefix keys.** Rows are per address and are summed into their keys
+//!   here; a floor per address is only sound where the key is the address,
+//!   so for a family whose key is wider (IPv6 by default) the first pass
+//!   keeps every address (floor 1).
+//! - **A truncated result with prefix keys** (more than 10,000 addresses
+//!   in one partition and window) is counted again by prefix, exactly, in
+//!   that partition: one query groups the addresses by their [`Head`], the
+//!   leading groups that cover the longest prefix key, as the logs wrote
+//!   them; Insights cannot cut a `::`-compressed IPv6 address to its /64,
+//!   so a second query counts per address the few written with `::`
+//!   inside the head. Those rows, not the truncated ones, feed the
+//!   family's prefix keys. Each address lands in exactly one of the two,
+//!   whatever its text. (An IPv4-mapped IPv6 address, which WAF does not
+//!   write, would be left out of IPv4 prefix keys in a cut partition.)
 //!
 //! Insights query bounds are whole seconds, so windows are counted to the
 //! second.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::Client;
 use aws_sdk_cloudwatchlogs::types::QueryStatus;
-use floodgate_rules::policy::{PathMatch, Prefixes, RequestMatch};
+use floodgate_rules::policy::{Aggregation, PathMatch, Prefixes, RequestMatch};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -168,15 +176,110 @@ fn regex_literal(text: &str) -> String {
     out
 }
 
-/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`] with `scope`.
-fn fitting_chunks(ips: Vec<String>, scope: Option<&RequestMatch>) -> Vec<Vec<String>> {
+/// The leading groups of a client address as the logs write it, in full:
+/// IPv4 octets, or IPv6 hextets before any `::`. Insights can group rows by
+/// this text, and each text names one prefix of `groups` × 8 (or 16) bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Head {
+    /// IPv6 hextets, or IPv4 octets.
+    pub ipv6: bool,
+    /// How many.
+    pub groups: u8,
+}
+
+impl Head {
+    /// The fewest groups that cover a prefix of `length` bits, or `None`
+    /// when that is the whole address (then rows per address are the keys).
+    pub fn covering(ipv6: bool, length: u8) -> Option<Head> {
+        let (bits, all) = if ipv6 { (16, 8) } else { (8, 4) };
+        let groups = length.div_ceil(bits);
+        (groups < all).then_some(Head { ipv6, groups })
+    }
+
+    /// The regular expression whose group `head` captures the head of an
+    /// address that starts with it in full.
+    pub fn pattern(&self) -> String {
+        let (group, separator) = if self.ipv6 {
+            ("[0-9a-fA-F]{1,4}", ":")
+        } else {
+            ("[0-9]{1,3}", "\\.")
+        };
+        let groups = vec![group; usize::from(self.groups)].join(separator);
+        format!("^(?<head>{groups}){separator}")
+    }
+
+    /// The prefix a captured head names, or `None` if it is not one.
+    pub fn net(&self, text: &str) -> Option<IpNet> {
+        let parts: Vec<&str> = text.split(if self.ipv6 { ':' } else { '.' }).collect();
+        if parts.len() != usize::from(self.groups) {
+            return None;
+        }
+        if self.ipv6 {
+            let mut hextets = [0u16; 8];
+            for (hextet, part) in hextets.iter_mut().zip(&parts) {
+                if !(1..=4).contains(&part.len()) || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                *hextet = u16::from_str_radix(part, 16).ok()?;
+            }
+            let net = Ipv6Net::new(Ipv6Addr::from(hextets), self.groups * 16).ok()?;
+            Some(IpNet::V6(net))
+        } else {
+            let mut octets = [0u8; 4];
+            for (octet, part) in octets.iter_mut().zip(&parts) {
+                if !(1..=3).contains(&part.len()) || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                *octet = part.parse().ok()?;
+            }
+            let net = Ipv4Net::new(Ipv4Addr::from(octets), self.groups * 8).ok()?;
+            Some(IpNet::V4(net))
+        }
+    }
+}
+
+/// The prefix pass's query over `head`'s family: requests and distinct
+/// addresses per head, over the addresses written with it in full; or,
+/// `compressed`, requests per address over the others (IPv6 addresses with
+/// `::` inside the head). Most first, as [`query_text`].
+pub fn head_query_text(head: Head, scope: Option<&RequestMatch>, compressed: bool) -> String {
+    let mut query = String::new();
+    if let Some(scope) = scope {
+        let _ = writeln!(query, "filter {}", scope_filter(scope));
+        query.push_str("| ");
+    }
+    let family = if head.ipv6 {
+        "isValidIpV6"
+    } else {
+        "isValidIpV4"
+    };
+    let _ = writeln!(query, "filter {family}(httpRequest.clientIp)");
+    let _ = writeln!(query, "| parse httpRequest.clientIp /{}/", head.pattern());
+    if compressed {
+        query.push_str("| filter not ispresent(head)\n");
+        query.push_str("| stats count(*) as requests by httpRequest.clientIp\n");
+    } else {
+        query.push_str("| filter ispresent(head)\n| stats count(*) as requests, ");
+        query.push_str("count_distinct(httpRequest.clientIp) as addresses by head\n");
+    }
+    let _ = write!(query, "| sort requests desc\n| limit {MAX_ROWS}");
+    query
+}
+
+/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`] with
+/// `scope`, of at most `max_rows` addresses (so no result is cut).
+fn fitting_chunks(
+    ips: Vec<String>,
+    scope: Option<&RequestMatch>,
+    max_rows: usize,
+) -> Vec<Vec<String>> {
     let room = MAX_QUERY_LENGTH - query_text(Floors::both(1), scope, &["".to_owned()]).len();
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut used = room;
     for ip in ips {
         // The address, its quotes, and ", " before it.
         let cost = ip.len() + 4;
-        if used + cost > room {
+        if used + cost > room || chunks.last().is_some_and(|chunk| chunk.len() == max_rows) {
             chunks.push(Vec::new());
             used = 0;
         }
@@ -218,6 +321,7 @@ pub struct CloudWatchInsightsSource {
     regions: Vec<RegionLogs>,
     queries: Arc<Semaphore>,
     polling: Polling,
+    max_rows: usize,
 }
 
 impl CloudWatchInsightsSource {
@@ -227,7 +331,16 @@ impl CloudWatchInsightsSource {
             regions,
             queries: Arc::new(Semaphore::new(max_concurrent_queries.max(1))),
             polling,
+            max_rows: MAX_ROWS,
         }
+    }
+
+    /// Asks for at most `rows` rows a query (StartQuery's `limit`) instead
+    /// of Insights' [`MAX_ROWS`], and treats a result that long as cut:
+    /// tests use it to reach the cut paths with few addresses.
+    pub fn with_max_rows(mut self, rows: usize) -> Self {
+        self.max_rows = rows.clamp(1, MAX_ROWS);
+        self
     }
 }
 
@@ -249,11 +362,34 @@ struct Query {
     slice: Slice,
     /// The requests the slice counts, when it has a scope.
     scope: Option<RequestMatch>,
-    floors: Floors,
-    /// Only these client IPs (the second pass), or all.
-    only: Vec<String>,
+    rows: Rows,
+    /// StartQuery's `limit`.
+    max_rows: usize,
     start_seconds: i64,
     end_seconds: i64,
+}
+
+/// What a query's rows are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rows {
+    /// Client addresses at or above the floors; with `only`, just those
+    /// (the second pass), as the logs wrote them.
+    Addresses { floors: Floors, only: Vec<String> },
+    /// Heads, with their requests and addresses (the prefix pass).
+    Heads(Head),
+    /// Client addresses of the head's family not written with it in full
+    /// (the prefix pass).
+    Compressed(Head),
+}
+
+impl Query {
+    fn text(&self) -> String {
+        match &self.rows {
+            Rows::Addresses { floors, only } => query_text(*floors, self.scope.as_ref(), only),
+            Rows::Heads(head) => head_query_text(*head, self.scope.as_ref(), false),
+            Rows::Compressed(head) => head_query_text(*head, self.scope.as_ref(), true),
+        }
+    }
 }
 
 /// What one query counts: a window, over all requests or those of one
@@ -268,16 +404,39 @@ struct Slice {
 struct QueryResult {
     partition: usize,
     slice: Slice,
+    /// Whether the rows are heads, or which addresses they are.
+    kind: Kind,
     /// Each client IP, as the logs wrote it, and its requests.
     rows: Vec<(IpAddr, String, u32)>,
+    /// Each head's prefix, requests and distinct addresses.
+    heads: Vec<(IpNet, u32, u32)>,
     bytes_scanned: u64,
     malformed_rows: u64,
+    /// The query's row limit.
+    max_rows: usize,
+}
+
+/// [`Rows`], without the query's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Addresses,
+    Heads,
+    Compressed,
 }
 
 impl QueryResult {
     /// Whether Insights' row limit may have cut the result.
     fn truncated(&self) -> bool {
-        self.rows.len() + self.malformed_rows as usize >= MAX_ROWS
+        self.rows.len() + self.heads.len() + self.malformed_rows as usize >= self.max_rows
+    }
+
+    /// The fewest requests of a row: a cut result may miss rows with as
+    /// many, never rows with more.
+    fn lowest(&self) -> u32 {
+        let rows = self.rows.iter().map(|&(_, _, n)| n);
+        rows.chain(self.heads.iter().map(|&(_, n, _)| n))
+            .min()
+            .unwrap_or(0)
     }
 }
 
@@ -297,8 +456,8 @@ impl Query {
             .set_log_group_names(Some(self.log_groups.clone()))
             .start_time(self.start_seconds)
             .end_time(self.end_seconds)
-            .query_string(query_text(self.floors, self.scope.as_ref(), &self.only))
-            .limit(MAX_ROWS as i32)
+            .query_string(self.text())
+            .limit(self.max_rows as i32)
             .send()
             .await
             .map_err(|e| self.error(format!("StartQuery: {}", describe_error(&e))))?;
@@ -345,7 +504,7 @@ impl Query {
         &self,
         results: &aws_sdk_cloudwatchlogs::operation::get_query_results::GetQueryResultsOutput,
     ) -> QueryResult {
-        let mut rows = Vec::with_capacity(results.results().len());
+        let (mut rows, mut heads) = (Vec::new(), Vec::new());
         let mut malformed_rows = 0;
         for row in results.results() {
             let field = |name: &str| {
@@ -353,20 +512,34 @@ impl Query {
                     .find(|f| f.field() == Some(name))
                     .and_then(|f| f.value())
             };
-            let text = field("httpRequest.clientIp");
-            let ip = text.and_then(|v| v.parse::<IpAddr>().ok());
-            let requests = field("requests").and_then(|v| v.parse::<u32>().ok());
-            match (text, ip, requests) {
-                (Some(text), Some(ip), Some(requests)) => {
-                    rows.push((ip, text.to_owned(), requests))
-                }
-                _ => malformed_rows += 1,
+            let number = |name: &str| field(name).and_then(|v| v.parse::<u32>().ok());
+            let requests = number("requests");
+            let parsed = match &self.rows {
+                Rows::Heads(head) => field("head")
+                    .and_then(|text| head.net(text))
+                    .zip(requests)
+                    .zip(number("addresses"))
+                    .map(|((net, requests), addresses)| heads.push((net, requests, addresses))),
+                Rows::Addresses { .. } | Rows::Compressed(_) => field("httpRequest.clientIp")
+                    .and_then(|text| Some((text, text.parse::<IpAddr>().ok()?)))
+                    .zip(requests)
+                    .map(|((text, ip), requests)| rows.push((ip, text.to_owned(), requests))),
+            };
+            if parsed.is_none() {
+                malformed_rows += 1;
             }
         }
         QueryResult {
             partition: self.partition,
             slice: self.slice,
+            kind: match self.rows {
+                Rows::Addresses { .. } => Kind::Addresses,
+                Rows::Heads(_) => Kind::Heads,
+                Rows::Compressed(_) => Kind::Compressed,
+            },
             rows,
+            heads,
+            max_rows: self.max_rows,
             bytes_scanned: results
                 .statistics()
                 .map_or(0, |s| s.bytes_scanned().max(0.0) as u64),
@@ -436,55 +609,37 @@ impl CloudWatchInsightsSource {
     }
 }
 
-/// The second pass: per partition and window, the candidates (every IP
-/// some partition returned in the first pass) that this partition did not
-/// return. A partition returned every IP of a family whose floor was 1,
-/// unless truncated.
-fn second_pass_queries(
-    first: &[QueryResult],
-    partitions: &[Partition],
-    floors: &BTreeMap<Slice, Floors>,
-    spec: &CountSpec,
-) -> Vec<Query> {
-    let end_seconds = spec.end_ms().div_euclid(1000);
-    let mut queries = Vec::new();
-    for (&slice, &slice_floors) in floors {
-        let results: Vec<&QueryResult> = first.iter().filter(|r| r.slice == slice).collect();
-        let candidates: BTreeMap<IpAddr, BTreeSet<&str>> = results
-            .iter()
-            .flat_map(|r| &r.rows)
-            .fold(BTreeMap::new(), |mut all, (ip, text, _)| {
-                all.entry(*ip).or_default().insert(text.as_str());
-                all
-            });
-        let scope = slice.scope.map(|bit| spec.scopes()[bit as usize].clone());
-        for result in results {
-            let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
-            let missing: Vec<String> = candidates
-                .iter()
-                .filter(|(ip, _)| {
-                    !returned.contains(ip) && (slice_floors.of(**ip) > 1 || result.truncated())
-                })
-                .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
-                .collect();
-            let partition = &partitions[result.partition];
-            for only in fitting_chunks(missing, scope.as_ref()) {
-                queries.push(Query {
-                    partition: result.partition,
-                    client: partition.client.clone(),
-                    region: partition.region.clone(),
-                    log_groups: partition.log_groups.clone(),
-                    slice,
-                    scope: scope.clone(),
-                    floors: Floors::both(1),
-                    only,
-                    start_seconds: end_seconds - i64::from(slice.window_seconds),
-                    end_seconds,
-                });
-            }
+/// How the keys that read a slice count one address family.
+#[derive(Debug, Clone, Copy, Default)]
+struct Readers {
+    /// Some key counts per address.
+    per_address: bool,
+    /// The longest prefix of the keys that count by prefix.
+    longest_prefix: Option<u8>,
+}
+
+/// Whether `key` reads `slice`: it counts the slice's requests and some
+/// tier reads its window.
+fn reads(spec: &CountSpec, key: &Aggregation, slice: Slice) -> bool {
+    key.scope.as_ref().and_then(|s| spec.scope_bit(s)) == slice.scope
+        && spec.floor(key, slice.window_seconds) != NOT_READ
+}
+
+fn readers(spec: &CountSpec, slice: Slice, ipv6: bool) -> Readers {
+    let mut readers = Readers::default();
+    for key in spec.keys().iter().filter(|key| reads(spec, key, slice)) {
+        let (length, whole) = if ipv6 {
+            (key.prefixes.ipv6, 128)
+        } else {
+            (key.prefixes.ipv4, 32)
+        };
+        if length == whole {
+            readers.per_address = true;
+        } else {
+            readers.longest_prefix = readers.longest_prefix.max(Some(length));
         }
     }
-    queries
+    readers
 }
 
 /// The first pass's floors for `slice` over `shares` partitions: per
@@ -495,14 +650,13 @@ fn first_pass_floors(spec: &CountSpec, slice: Slice, shares: u32) -> Option<Floo
     let used: Vec<_> = spec
         .keys()
         .iter()
-        .filter(|key| key.scope.as_ref().and_then(|s| spec.scope_bit(s)) == slice.scope)
+        .filter(|key| reads(spec, key, slice))
         .map(|key| (key.prefixes, spec.floor(key, slice.window_seconds)))
-        .filter(|&(_, floor)| floor != NOT_READ)
         .collect();
-    let family = |per_address: fn(&Prefixes) -> bool| {
+    let family = |whole: fn(&Prefixes) -> bool| {
         used.iter()
             .map(|(key, floor)| {
-                if per_address(key) {
+                if whole(key) {
                     floor.div_ceil(shares)
                 } else {
                     1
@@ -516,37 +670,178 @@ fn first_pass_floors(spec: &CountSpec, slice: Slice, shares: u32) -> Option<Floo
     })
 }
 
-/// Adds a pass's rows to the counts and its work to the stats.
-fn add_results(counter: &mut TrafficCounter, results: &[QueryResult]) -> Stats {
-    let mut stats = Stats::default();
-    for result in results {
-        if result.truncated() {
-            let lowest = result.rows.last().map_or(0, |&(_, _, n)| n);
-            tracing::warn!(
-                window_seconds = result.slice.window_seconds,
-                lowest,
-                "Logs Insights returned {MAX_ROWS} rows: IPs at {lowest} requests may be missing"
-            );
+/// What the first pass decided for the passes after it.
+struct Passes<'a> {
+    spec: &'a CountSpec,
+    max_rows: usize,
+    floors: BTreeMap<Slice, Floors>,
+    /// (partition, slice, IPv6): a family whose prefix keys the prefix
+    /// pass counts in that partition, instead of the first pass's rows.
+    by_head: BTreeSet<(usize, Slice, bool)>,
+}
+
+impl Passes<'_> {
+    /// The prefix pass: for each truncated first-pass result, per family
+    /// with prefix keys, its heads (and for IPv6, its compressed addresses).
+    fn prefix_queries(&mut self, first: &[QueryResult], partitions: &[Partition]) -> Vec<Query> {
+        let mut queries = Vec::new();
+        for result in first.iter().filter(|r| r.truncated()) {
+            for ipv6 in [false, true] {
+                let readers = readers(self.spec, result.slice, ipv6);
+                let Some(head) = readers
+                    .longest_prefix
+                    .and_then(|length| Head::covering(ipv6, length))
+                else {
+                    continue;
+                };
+                self.by_head.insert((result.partition, result.slice, ipv6));
+                let kinds = [Rows::Heads(head), Rows::Compressed(head)];
+                for rows in kinds.into_iter().take(if ipv6 { 2 } else { 1 }) {
+                    queries.push(self.query(partitions, result.partition, result.slice, rows));
+                }
+            }
         }
-        for &(ip, _, requests) in &result.rows {
-            counter.add_requests(
-                ip,
-                result.slice.window_seconds,
-                requests,
-                result.slice.scope,
-            );
-        }
-        stats.records += result.rows.len() as u64;
-        stats.malformed += result.malformed_rows;
-        stats.bytes += result.bytes_scanned;
-        stats.truncated_queries += u64::from(result.truncated());
+        queries
     }
-    stats
+
+    /// The second pass: per partition and window, the candidates (every IP
+    /// some partition returned in the first pass) that this partition did
+    /// not return, where its rows of that family may have left them out.
+    fn second_pass_queries(&self, first: &[QueryResult], partitions: &[Partition]) -> Vec<Query> {
+        let mut queries = Vec::new();
+        for &slice in self.floors.keys() {
+            let results: Vec<&QueryResult> = first.iter().filter(|r| r.slice == slice).collect();
+            let candidates: BTreeMap<IpAddr, BTreeSet<&str>> = results
+                .iter()
+                .flat_map(|r| &r.rows)
+                .fold(BTreeMap::new(), |mut all, (ip, text, _)| {
+                    all.entry(*ip).or_default().insert(text.as_str());
+                    all
+                });
+            for result in results {
+                let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
+                let missing: Vec<String> = candidates
+                    .iter()
+                    .filter(|(ip, _)| !returned.contains(ip) && self.may_lack(result, **ip))
+                    .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
+                    .collect();
+                let scope = slice.scope.map(|bit| &self.spec.scopes()[bit as usize]);
+                for only in fitting_chunks(missing, scope, self.max_rows) {
+                    let rows = Rows::Addresses {
+                        floors: Floors::both(1),
+                        only,
+                    };
+                    queries.push(self.query(partitions, result.partition, slice, rows));
+                }
+            }
+        }
+        queries
+    }
+
+    /// Whether a first-pass result may lack `ip` where a key needs its
+    /// rows: under its family's floor, or cut off by the row limit (unless
+    /// only prefix keys read the family, and the prefix pass counts them).
+    fn may_lack(&self, result: &QueryResult, ip: IpAddr) -> bool {
+        let floor = self.floors[&result.slice].of(ip);
+        let readers = readers(self.spec, result.slice, ip.is_ipv6());
+        let by_head = self
+            .by_head
+            .contains(&(result.partition, result.slice, ip.is_ipv6()));
+        floor > 1 || (result.truncated() && (readers.per_address || !by_head))
+    }
+
+    /// Whether the row limit cut `result` in a way no later pass repairs:
+    /// a family whose rows a key needs may have lost some.
+    fn cut(&self, result: &QueryResult) -> bool {
+        if !result.truncated() {
+            return false;
+        }
+        if result.kind != Kind::Addresses || !self.floors.contains_key(&result.slice) {
+            return true;
+        }
+        let floors = self.floors[&result.slice];
+        [false, true].into_iter().any(|ipv6| {
+            let readers = readers(self.spec, result.slice, ipv6);
+            let floor = if ipv6 { floors.ipv6 } else { floors.ipv4 };
+            let by_head = self
+                .by_head
+                .contains(&(result.partition, result.slice, ipv6));
+            (readers.per_address && result.lowest() >= floor)
+                || (readers.longest_prefix.is_some() && !by_head)
+        })
+    }
+
+    fn query(&self, partitions: &[Partition], partition: usize, slice: Slice, rows: Rows) -> Query {
+        let end_seconds = self.spec.end_ms().div_euclid(1000);
+        Query {
+            partition,
+            client: partitions[partition].client.clone(),
+            region: partitions[partition].region.clone(),
+            log_groups: partitions[partition].log_groups.clone(),
+            slice,
+            scope: slice
+                .scope
+                .map(|bit| self.spec.scopes()[bit as usize].clone()),
+            rows,
+            max_rows: self.max_rows,
+            start_seconds: end_seconds - i64::from(slice.window_seconds),
+            end_seconds,
+        }
+    }
+
+    /// Adds a pass's rows to the keys they count for, and its work to the
+    /// stats.
+    fn add_results(&self, counter: &mut TrafficCounter, results: &[QueryResult]) -> Stats {
+        let mut stats = Stats::default();
+        for result in results {
+            let cut = self.cut(result);
+            if cut {
+                let lowest = result.lowest();
+                tracing::warn!(
+                    window_seconds = result.slice.window_seconds,
+                    lowest,
+                    rows = result.max_rows,
+                    "Logs Insights returned its most rows: keys at {lowest} requests may be missing"
+                );
+            }
+            let (window, scope) = (result.slice.window_seconds, result.slice.scope);
+            for &(ip, _, requests) in &result.rows {
+                let ipv6 = ip.to_canonical().is_ipv6();
+                let whole = |prefixes: &Prefixes| {
+                    if ipv6 {
+                        prefixes.ipv6 == 128
+                    } else {
+                        prefixes.ipv4 == 32
+                    }
+                };
+                if result.kind == Kind::Compressed {
+                    // Only prefix keys: the first pass counted the address.
+                    if ipv6 {
+                        counter.add_requests_where(ip, window, requests, scope, |p| !whole(p));
+                    }
+                } else if self
+                    .by_head
+                    .contains(&(result.partition, result.slice, ipv6))
+                {
+                    counter.add_requests_where(ip, window, requests, scope, whole);
+                } else {
+                    counter.add_requests(ip, window, requests, scope);
+                }
+            }
+            for &(net, requests, addresses) in &result.heads {
+                counter.add_prefix_requests(net, window, requests, addresses, scope);
+            }
+            stats.records += (result.rows.len() + result.heads.len()) as u64;
+            stats.malformed += result.malformed_rows;
+            stats.bytes += result.bytes_scanned;
+            stats.truncated_queries += u64::from(cut);
+        }
+        stats
+    }
 }
 
 impl LogSource for CloudWatchInsightsSource {
     async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
-        let end_seconds = spec.end_ms().div_euclid(1000);
         let partitions = self.partitions();
         let shares = partitions.len().max(1) as u32;
         let scopes = std::iter::once(None).chain((0..spec.scopes().len() as u32).map(Some));
@@ -556,35 +851,36 @@ impl LogSource for CloudWatchInsightsSource {
                 scope,
             })
         });
-        let floors: BTreeMap<Slice, Floors> = slices
-            .filter_map(|slice| Some((slice, first_pass_floors(spec, slice, shares)?)))
-            .collect();
+        let mut passes = Passes {
+            spec,
+            max_rows: self.max_rows,
+            floors: slices
+                .filter_map(|slice| Some((slice, first_pass_floors(spec, slice, shares)?)))
+                .collect(),
+            by_head: BTreeSet::new(),
+        };
         let mut first = Vec::new();
-        for (index, partition) in partitions.iter().enumerate() {
-            for (&slice, &floors) in &floors {
-                first.push(Query {
-                    partition: index,
-                    client: partition.client.clone(),
-                    region: partition.region.clone(),
-                    log_groups: partition.log_groups.clone(),
-                    slice,
-                    scope: slice.scope.map(|bit| spec.scopes()[bit as usize].clone()),
+        for partition in 0..partitions.len() {
+            for (&slice, &floors) in &passes.floors {
+                let rows = Rows::Addresses {
                     floors,
                     only: Vec::new(),
-                    start_seconds: end_seconds - i64::from(slice.window_seconds),
-                    end_seconds,
-                });
+                };
+                first.push(passes.query(&partitions, partition, slice, rows));
             }
         }
         let first = self.run_all(first).await?;
-        let mut counter = TrafficCounter::new(spec.clone());
-        let stats = add_results(&mut counter, &first);
-        counter.add_stats(stats);
+        let mut second = passes.prefix_queries(&first, &partitions);
         if partitions.len() > 1 {
-            let second = second_pass_queries(&first, &partitions, &floors, spec);
+            second.extend(passes.second_pass_queries(&first, &partitions));
+        }
+        let mut counter = TrafficCounter::new(spec.clone());
+        let stats = passes.add_results(&mut counter, &first);
+        counter.add_stats(stats);
+        if !second.is_empty() {
             let queries = second.len() as u64;
             let second = self.run_all(second).await?;
-            let extra = add_results(&mut counter, &second);
+            let extra = passes.add_results(&mut counter, &second);
             counter.add_stats(Stats {
                 // The second pass refines the counts of rows already read.
                 records: 0,
