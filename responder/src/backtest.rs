@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use floodgate_rules::Policy;
+use floodgate_rules::policy::AllowEntry;
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -177,8 +178,8 @@ pub fn run(
     // Detection blocks keys, so a lookup of each of an address's keys finds
     // its blocks; a full exception is cut out of every block.
     let keys = aggregations(policy);
-    let blocked_at = |ip: IpAddr, ts: i64| {
-        let fully_excepted = policy.allow.find(ip).is_some_and(|e| e.requests.is_none());
+    let blocked_at = |ip: IpAddr, ts: i64, exception: Option<&AllowEntry>| {
+        let fully_excepted = exception.is_some_and(|e| e.requests.is_none());
         !fully_excepted
             && keys.iter().any(|key| {
                 blocked
@@ -201,19 +202,17 @@ pub fn run(
         seen_in.insert(*net, inside);
     }
     let mut per_step = vec![(0u32, 0u32); steps(from_ms, to_ms, step_ms)];
-    let mut stopped = 0;
+    let (mut stopped, mut allow_listed_requests) = (0, 0);
     for (ts, ip, _) in &period {
-        let blocked = blocked_at(*ip, *ts);
+        let exception = policy.allow.find(*ip);
+        allow_listed_requests += u64::from(exception.is_some());
+        let blocked = blocked_at(*ip, *ts, exception);
         stopped += u64::from(blocked);
         if let Some(step) = per_step.get_mut(step_of(*ts, from_ms, step_ms)) {
             step.0 += 1;
             step.1 += u32::from(blocked);
         }
     }
-    let allow_listed_requests = period
-        .iter()
-        .filter(|(_, ip, _)| policy.allow.find(*ip).is_some())
-        .count() as u64;
     Ok(Backtest {
         from_ms,
         to_ms,

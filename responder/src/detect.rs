@@ -203,12 +203,9 @@ pub fn rank(traffic: &Traffic, policy: &Policy, report_window_seconds: u32) -> V
     ranked
 }
 
-/// How severe an offender's tier is: any block tier above every observe
-/// tier, then the later in the policy above the earlier; `None` for none.
+/// How severe an offender's tier is ([`Policy::severity`]); `None` for none.
 fn severity(policy: &Policy, offender: &Offender) -> Option<(bool, usize)> {
-    let name = offender.tier.as_ref()?;
-    let position = policy.tiers.iter().position(|t| &t.name == name)?;
-    Some((policy.tiers[position].blocks(), position))
+    policy.severity(offender.tier.as_ref()?.as_str())
 }
 
 /// The IPs that reached a tier, ranked as by [`rank`].

@@ -162,15 +162,6 @@ fn expire(ledger: &LedgerState, now_ms: i64) -> (LedgerState, Vec<IpNet>) {
     (next, expired)
 }
 
-/// A tier's severity: its place in the policy (later tiers are worse).
-fn severity(policy: &Policy, tier: &str) -> usize {
-    policy
-        .tiers
-        .iter()
-        .position(|t| t.name.as_str() == tier)
-        .unwrap_or(usize::MAX)
-}
-
 /// An offender in a block tier, with that tier and its block rule.
 struct Offence<'a> {
     offender: &'a Offender,
@@ -199,7 +190,7 @@ fn rank_offenders<'a>(offenders: &'a [Offender], policy: &'a Policy) -> Vec<Offe
         })
         .collect();
     ranked.sort_by_key(|o| {
-        let severity = severity(policy, o.tier.name.as_str());
+        let severity = policy.severity(o.tier.name.as_str());
         (
             Reverse(severity),
             Reverse(o.offender.requests),
@@ -266,7 +257,7 @@ fn extend(entry: &mut LedgerEntry, offence: &Offence, policy: &Policy, now_ms: i
     entry.addresses = offence.offender.addresses;
     entry.expires_at_ms = entry.expires_at_ms.max(now_ms + minutes);
     let tier = offence.tier.name.as_str();
-    if severity(policy, tier) >= severity(policy, &entry.tier) {
+    if policy.severity(tier) >= policy.severity(&entry.tier) {
         entry.tier = tier.to_owned();
     }
 }
@@ -345,7 +336,7 @@ fn rank_active<'a>(next: &'a LedgerState, policy: &Policy, now_ms: i64) -> Vec<&
     let mut active: Vec<&LedgerEntry> = next.active(now_ms).collect();
     active.sort_by_key(|e| {
         (
-            Reverse(severity(policy, &e.tier)),
+            Reverse(policy.severity(&e.tier)),
             Reverse(e.requests),
             e.net,
         )

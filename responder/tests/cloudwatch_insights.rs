@@ -120,11 +120,8 @@ fn a_scoped_tier_gets_its_match_as_a_filter() {
     use floodgate_rules::policy::{PathMatch, RequestMatch};
     let login = RequestMatch {
         path: Some(PathMatch::Exact("/login".into())),
-        host: None,
         method: Some("POST".into()),
-        country: None,
-        label: None,
-        action: None,
+        ..Default::default()
     };
     assert_eq!(
         query_text(Floors::both(120), Some(&login), &[]),
@@ -151,11 +148,7 @@ async fn scoped_rows_count_for_the_scoped_tier_only() {
     use floodgate_rules::policy::{Aggregation, PathMatch, RequestMatch};
     let login = RequestMatch {
         path: Some(PathMatch::Exact("/login".into())),
-        host: None,
-        method: None,
-        country: None,
-        label: None,
-        action: None,
+        ..Default::default()
     };
     let scoped_query = query_text(Floors::both(600), Some(&login), &[]);
     let start = mock!(Client::start_query).then_compute_output(move |input| {

@@ -350,11 +350,10 @@ fn fast_scopes() -> Vec<RequestMatch> {
                 country: Option<&str>,
                 action: Option<&str>| RequestMatch {
         path,
-        host: None,
         method: method.map(str::to_owned),
         country: country.map(str::to_owned),
-        label: None,
         action: action.map(str::to_owned),
+        ..Default::default()
     };
     vec![
         only(
@@ -386,12 +385,8 @@ fn tier_matches_select_the_generated_login_flood() {
     assert!(login > 0, "the sample holds login attempts");
     // A match on the host header goes through the full record.
     let host = RequestMatch {
-        path: None,
         host: Some("API.example.com".to_ascii_lowercase()),
-        method: None,
-        country: None,
-        label: None,
-        action: None,
+        ..Default::default()
     };
     let line = &sample_lines()[0];
     assert_eq!(parse_hit_scoped(line, &[host]).unwrap().scopes, 1);

@@ -179,6 +179,14 @@ impl Policy {
     pub fn tier(&self, name: &str) -> Option<&Tier> {
         self.tiers.iter().find(|t| t.name.as_str() == name)
     }
+
+    /// How severe the tier of that name is, for ordering: any block tier
+    /// above every observe tier, then the later in the file above the
+    /// earlier; `None` (below all) for a tier the policy no longer has.
+    pub fn severity(&self, tier: &str) -> Option<(bool, usize)> {
+        let position = self.tiers.iter().position(|t| t.name.as_str() == tier)?;
+        Some((self.tiers[position].blocks(), position))
+    }
 }
 
 /// Reports a TOML syntax or shape error, with a suggestion for a misspelt key.

@@ -237,9 +237,7 @@ mod tests {
             path: Some(PathMatch::Prefix("/login".into())),
             host: Some("api.example.com".into()),
             method: Some("POST".into()),
-            country: None,
-            label: None,
-            action: None,
+            ..Default::default()
         };
         let mut request = RequestFields {
             uri: "/login/sso",
