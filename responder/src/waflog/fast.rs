@@ -25,26 +25,70 @@ static URI: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""uri":"
 static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""httpMethod":""#));
 static COUNTRY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""country":""#));
 
-/// `httpRequest`'s `uri`, `httpMethod` and `country`, for tier matches,
-/// from a line [`extract_hit`] vouched for, whose client IP's value ends at
-/// `ip_end`. Each key appears only in `httpRequest` in a WAF record, so a
-/// key found is the field. WAF writes them after `clientIp`, in the order
-/// `country`, `uri`, `httpMethod`: each is searched from the end of the
-/// one before (a backward search from the end of the line, which would
-/// skip the headers, measured slower). A value with escapes, or a key not
-/// where WAF writes it, is left to the full parse.
-pub(super) fn extract_request(line: &[u8], ip_end: usize) -> Option<(&str, &str, &str)> {
-    let mut at = ip_end;
-    let mut next = |finder: &Finder<'_>| {
-        let start = at + finder.find(line.get(at..)?)? + finder.needle().len();
-        let value = string_value(line, start)?;
-        at = start + value.len();
-        std::str::from_utf8(value).ok()
-    };
-    let country = next(&COUNTRY)?;
-    let uri = next(&URI)?;
-    let method = next(&METHOD)?;
-    Some((uri, method, country))
+/// `httpRequest`'s `uri` and `country`, for tier matches, from a line
+/// [`extract_hit`] vouched for, whose client IP's value ends at `ip_end`;
+/// and where the `uri` value ends, for [`extract_method`]. Each key appears
+/// only in `httpRequest` in a WAF record, so a key found is the field. WAF
+/// writes `country` right after `clientIp`, and `uri` right after the
+/// `headers` array; each is taken from there when it is there (a search
+/// over the headers for a key costs more than the rest of the record),
+/// else found by a search from the end of the one before. A value with
+/// escapes, or a key not found, is left to the full parse.
+pub(super) fn extract_uri_country(line: &[u8], ip_end: usize) -> Option<(&[u8], &[u8], usize)> {
+    let country_at = value_start(line, ip_end, br#"","country":""#, &COUNTRY)?;
+    let country = string_value(line, country_at)?;
+    let uri_at = uri_start(line, country_at + country.len())?;
+    let uri = string_value(line, uri_at)?;
+    Some((uri, country, uri_at + uri.len()))
+}
+
+/// `httpRequest.httpMethod`, after the `uri` value that ends at `uri_end`:
+/// WAF writes `args` and `httpVersion` between them, which are stepped
+/// over when they are there, else the key is searched for.
+pub(super) fn extract_method(line: &[u8], uri_end: usize) -> Option<&[u8]> {
+    let mut at = uri_end;
+    for key in [&br#"","args":""#[..], br#"","httpVersion":""#] {
+        match line[at..]
+            .starts_with(key)
+            .then(|| string_value(line, at + key.len()))
+        {
+            Some(Some(value)) => at += key.len() + value.len(),
+            _ => break,
+        }
+    }
+    string_value(
+        line,
+        value_start(line, at, br#"","httpMethod":""#, &METHOD)?,
+    )
+}
+
+/// Where the value of `finder`'s key starts, at or after `at`: right after
+/// `at` when `expected` (the key where WAF writes it) is there, else where
+/// a search finds the key.
+fn value_start(line: &[u8], at: usize, expected: &[u8], finder: &Finder<'_>) -> Option<usize> {
+    let rest = line.get(at..)?;
+    if rest.starts_with(expected) {
+        return Some(at + expected.len());
+    }
+    Some(at + finder.find(rest)? + finder.needle().len())
+}
+
+/// Where the value of `uri` starts, at or after `at`: after the first
+/// `],"uri":"` (the `headers` array's end; a raw `"` cannot sit inside a
+/// string, so that text is structure), found by a one-byte search for `]`,
+/// else where a search finds the key.
+fn uri_start(line: &[u8], at: usize) -> Option<usize> {
+    const AFTER_HEADERS: &[u8] = br#"],"uri":""#;
+    let rest = line.get(at..)?;
+    let mut from = 0;
+    while let Some(found) = memchr::memchr(b']', &rest[from..]) {
+        let close = from + found;
+        if rest[close..].starts_with(AFTER_HEADERS) {
+            return Some(at + close + AFTER_HEADERS.len());
+        }
+        from = close + 1;
+    }
+    Some(at + URI.find(rest)? + URI.needle().len())
 }
 
 pub(super) fn extract_hit(line: &[u8]) -> Option<Hit> {

@@ -41,11 +41,11 @@ impl WafRecord {
     /// The fields a tier's `match` reads.
     pub fn request_fields(&self) -> RequestFields<'_> {
         RequestFields {
-            uri: &self.uri,
-            method: &self.http_method,
-            country: &self.country,
-            host: self.host.as_deref(),
-            action: self.action.as_str(),
+            uri: self.uri.as_bytes(),
+            method: self.http_method.as_bytes(),
+            country: self.country.as_bytes(),
+            host: self.host.as_deref().map(str::as_bytes),
+            action: self.action.as_str().as_bytes(),
             labels: &self.labels,
         }
     }

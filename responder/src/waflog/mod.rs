@@ -127,29 +127,19 @@ pub fn parse_hit(line: &[u8]) -> Result<Hit, BadLine> {
 
 /// The counting fields of one line, with the bits of the `scopes` it
 /// matches ([`Hit::scopes`]). Without scopes, [`parse_hit`]. With them,
-/// the fast path also reads the path, method and country; a match on the
-/// host header or a label, or a line the fast path cannot vouch for, is
-/// decided by the full parse.
+/// the fast path also reads the path and country, and the method only for
+/// a match that names one and passed its other tests; a match on the host
+/// header or a label, or a line the fast path cannot vouch for, is decided
+/// by the full parse.
 pub fn parse_hit_scoped(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, BadLine> {
     if scopes.is_empty() {
         return parse_hit(line);
     }
-    let fast = if scopes.iter().any(RequestMatch::needs_full_record) {
-        None
-    } else {
-        fast::extract_hit_at(line)
-            .and_then(|(hit, ip_end)| Some((hit, fast::extract_request(line, ip_end)?)))
-    };
-    if let Some((mut hit, (uri, method, country))) = fast {
-        let request = RequestFields {
-            uri,
-            method,
-            country,
-            host: None,
-            action: hit.action.as_str(),
-            labels: &[],
-        };
-        hit.scopes = scope_bits(scopes, &request);
+    if !scopes.iter().any(RequestMatch::needs_full_record)
+        && let Some((mut hit, ip_end)) = fast::extract_hit_at(line)
+        && let Some(bits) = fast_scope_bits(line, ip_end, hit.action, scopes)
+    {
+        hit.scopes = bits;
         return Ok(hit);
     }
     let record = parse_record(line, None)?;
@@ -159,6 +149,46 @@ pub fn parse_hit_scoped(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, Bad
         action: record.action,
         scopes: scope_bits(scopes, &record.request_fields()),
     })
+}
+
+/// [`scope_bits`] on the fast path, or `None` where it cannot vouch for a
+/// field it needs. Most requests fail a match on their path, so the method
+/// (the farthest field) is read only for a match still standing: each is
+/// first tested as if the method were its own.
+fn fast_scope_bits(
+    line: &[u8],
+    ip_end: usize,
+    action: Action,
+    scopes: &[RequestMatch],
+) -> Option<u32> {
+    let (uri, country, uri_end) = fast::extract_uri_country(line, ip_end)?;
+    let mut sent_method = None;
+    let mut bits = 0;
+    for (i, scope) in scopes.iter().enumerate() {
+        let mut request = RequestFields {
+            uri,
+            method: scope.method.as_deref().unwrap_or_default().as_bytes(),
+            country,
+            host: None,
+            action: action.as_str().as_bytes(),
+            labels: &[],
+        };
+        if !scope.matches(&request) {
+            continue;
+        }
+        if scope.method.is_some() {
+            let method = match sent_method {
+                Some(method) => method,
+                None => *sent_method.insert(fast::extract_method(line, uri_end)?),
+            };
+            request.method = method;
+            if !scope.matches(&request) {
+                continue;
+            }
+        }
+        bits |= 1 << i;
+    }
+    Some(bits)
 }
 
 /// Bit `i` set for each `scopes[i]` the request matches.

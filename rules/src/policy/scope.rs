@@ -39,19 +39,20 @@ pub enum PathMatch {
     Prefix(String),
 }
 
-/// The fields of one request a match reads.
+/// The fields of one request a match reads, as the log wrote them (bytes:
+/// the fast path reads them from the raw line).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestFields<'a> {
     /// `httpRequest.uri`.
-    pub uri: &'a str,
+    pub uri: &'a [u8],
     /// `httpRequest.httpMethod`.
-    pub method: &'a str,
+    pub method: &'a [u8],
     /// `httpRequest.country`.
-    pub country: &'a str,
+    pub country: &'a [u8],
     /// The `host` header, if sent.
-    pub host: Option<&'a str>,
+    pub host: Option<&'a [u8]>,
     /// The terminating action, as WAF writes it.
-    pub action: &'a str,
+    pub action: &'a [u8],
     /// Label names.
     pub labels: &'a [String],
 }
@@ -68,16 +69,19 @@ impl RequestMatch {
     pub fn matches(&self, request: &RequestFields<'_>) -> bool {
         let path = match &self.path {
             None => true,
-            Some(PathMatch::Exact(path)) => request.uri == path,
-            Some(PathMatch::Prefix(prefix)) => request.uri.starts_with(prefix.as_str()),
+            Some(PathMatch::Exact(path)) => request.uri == path.as_bytes(),
+            Some(PathMatch::Prefix(prefix)) => request.uri.starts_with(prefix.as_bytes()),
         };
-        path && self.method.as_deref().is_none_or(|m| m == request.method)
-            && self.country.as_deref().is_none_or(|c| c == request.country)
-            && self.action.as_deref().is_none_or(|a| a == request.action)
-            && self.host.as_deref().is_none_or(|h| {
+        let is = |wanted: &Option<String>, sent: &[u8]| {
+            wanted.as_ref().is_none_or(|w| w.as_bytes() == sent)
+        };
+        path && is(&self.method, request.method)
+            && is(&self.country, request.country)
+            && is(&self.action, request.action)
+            && self.host.as_ref().is_none_or(|h| {
                 request
                     .host
-                    .is_some_and(|sent| sent.eq_ignore_ascii_case(h))
+                    .is_some_and(|sent| sent.eq_ignore_ascii_case(h.as_bytes()))
             })
             && self
                 .label
@@ -240,15 +244,15 @@ mod tests {
             ..Default::default()
         };
         let mut request = RequestFields {
-            uri: "/login/sso",
-            method: "POST",
-            host: Some("API.example.com"),
+            uri: b"/login/sso",
+            method: b"POST",
+            host: Some(b"API.example.com"),
             ..RequestFields::default()
         };
         assert!(login.matches(&request));
-        request.method = "GET";
+        request.method = b"GET";
         assert!(!login.matches(&request));
-        request.method = "POST";
+        request.method = b"POST";
         request.host = None;
         assert!(!login.matches(&request));
         assert_eq!(login.to_string(), "POST /login* host api.example.com");
