@@ -7,7 +7,7 @@
 //! are merged at the end.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -255,6 +255,22 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), SourceError> {
     Ok(())
 }
 
+/// Hands every line of a gzip stream (members concatenated, as `cat a.gz
+/// b.gz` makes) to `per_line`, without its newline, streamed: memory holds
+/// one line and a buffer, never the whole file. Corrupt or truncated input
+/// is an error after the lines before it.
+pub fn gzip_lines(compressed: impl Read, mut per_line: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, MultiGzDecoder::new(compressed));
+    let mut line = Vec::with_capacity(4096);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        per_line(line.strip_suffix(b"\n").unwrap_or(&line));
+    }
+}
+
 /// An opened log file.
 enum Input {
     /// Memory-mapped plain text (`None` for an empty file, which cannot be mapped).
@@ -365,15 +381,7 @@ impl Unit {
                     source,
                 };
                 let file = File::open(path).map_err(read_error)?;
-                let mut reader = BufReader::with_capacity(1 << 20, MultiGzDecoder::new(file));
-                let mut line = Vec::with_capacity(4096);
-                loop {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
-                        break;
-                    }
-                    per_line(line.strip_suffix(b"\n").unwrap_or(&line));
-                }
+                gzip_lines(file, per_line).map_err(read_error)?;
                 Ok(*len)
             }
             _ => unreachable!("units are built from their own inputs"),

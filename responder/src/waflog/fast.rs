@@ -1,7 +1,12 @@
 //! The fast path: the three counting fields straight from the raw bytes.
 //!
-//! It vouches for a line only when it can be sure the answer equals the
-//! full parse's; otherwise it returns `None` and the full parse decides.
+//! It vouches for a line only when it can be sure that the answer is the
+//! full parse's wherever the full parse accepts the line; otherwise it
+//! returns `None` and the full parse decides. It does not check the JSON
+//! grammar of every byte (that would cost more than the rest of the scan),
+//! so a line the full parse rejects (damaged syntax, a duplicate key) is
+//! counted when the fields the fast path reads are whole, as the fuzz
+//! target `waf_record` showed.
 //! - Keys are matched with their quotes and colon (`"clientIp":"`). A raw
 //!   quote cannot occur inside a JSON string, so text inside a value, such
 //!   as a header named `clientIp`, never matches.
@@ -9,7 +14,9 @@
 //!   level, which a small tokenizer over the bytes before it confirms.
 //! - The line must be one complete object: it starts with `{`, ends with
 //!   `}`, its braces balance, and it is valid UTF-8. A truncated record
-//!   fails these and goes to the full parse, which rejects it.
+//!   fails these and goes to the full parse, which rejects it, unless it
+//!   was cut right after a `}` and braces inside strings make up the
+//!   balance; it is then counted as the record it was.
 
 use std::net::IpAddr;
 use std::sync::LazyLock;

@@ -4,8 +4,11 @@
 //!
 //! Counting needs three fields of each record, which [`parse_hit`] takes
 //! from the raw bytes on a fast path and from a full parse when the fast
-//! path cannot vouch for a line. [`parse_record`] reads every field
-//! detection and reports use.
+//! path cannot vouch for a line. The two agree on every record the full
+//! parse accepts; a line it rejects (damaged away from those fields, or
+//! with a duplicate key) may still be counted on the fast path when the
+//! three fields are whole. [`parse_record`] reads every field detection
+//! and reports use.
 //!
 //! # Examples
 //!
