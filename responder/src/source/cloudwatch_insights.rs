@@ -210,31 +210,32 @@ impl Head {
 
     /// The prefix a captured head names, or `None` if it is not one.
     pub fn net(&self, text: &str) -> Option<IpNet> {
-        let parts: Vec<&str> = text.split(if self.ipv6 { ':' } else { '.' }).collect();
+        let (separator, radix, digits, bits, whole) = if self.ipv6 {
+            (':', 16, 4, 16, 128)
+        } else {
+            ('.', 10, 3, 8, 32)
+        };
+        let parts: Vec<&str> = text.split(separator).collect();
         if parts.len() != usize::from(self.groups) {
             return None;
         }
-        if self.ipv6 {
-            let mut hextets = [0u16; 8];
-            for (hextet, part) in hextets.iter_mut().zip(&parts) {
-                if !(1..=4).contains(&part.len()) || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return None;
-                }
-                *hextet = u16::from_str_radix(part, 16).ok()?;
+        let mut value = 0u128;
+        for part in parts {
+            if !(1..=digits).contains(&part.len()) || !part.chars().all(|c| c.is_digit(radix)) {
+                return None;
             }
-            let net = Ipv6Net::new(Ipv6Addr::from(hextets), self.groups * 16).ok()?;
-            Some(IpNet::V6(net))
-        } else {
-            let mut octets = [0u8; 4];
-            for (octet, part) in octets.iter_mut().zip(&parts) {
-                if !(1..=3).contains(&part.len()) || !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                *octet = part.parse().ok()?;
-            }
-            let net = Ipv4Net::new(Ipv4Addr::from(octets), self.groups * 8).ok()?;
-            Some(IpNet::V4(net))
+            let group = u32::from_str_radix(part, radix)
+                .ok()
+                .filter(|&g| g < 1 << bits)?;
+            value = value << bits | u128::from(group);
         }
+        let length = self.groups * bits;
+        let address = value << (whole - length);
+        Some(if self.ipv6 {
+            IpNet::V6(Ipv6Net::new(Ipv6Addr::from(address), length).ok()?)
+        } else {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(address as u32), length).ok()?)
+        })
     }
 }
 
@@ -718,11 +719,15 @@ impl Passes<'_> {
                     all.entry(*ip).or_default().insert(text.as_str());
                     all
                 });
+            let readers = [false, true].map(|ipv6| readers(self.spec, slice, ipv6));
             for result in results {
                 let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
                 let missing: Vec<String> = candidates
                     .iter()
-                    .filter(|(ip, _)| !returned.contains(ip) && self.may_lack(result, **ip))
+                    .filter(|(ip, _)| {
+                        !returned.contains(ip)
+                            && self.may_lack(result, **ip, readers[usize::from(ip.is_ipv6())])
+                    })
                     .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
                     .collect();
                 let scope = slice.scope.map(|bit| &self.spec.scopes()[bit as usize]);
@@ -738,12 +743,11 @@ impl Passes<'_> {
         queries
     }
 
-    /// Whether a first-pass result may lack `ip` where a key needs its
-    /// rows: under its family's floor, or cut off by the row limit (unless
+    /// Whether a first-pass result may lack `ip` (read by `readers`, its
+    /// family's keys) where a key needs its rows: under its family's floor, or cut off by the row limit (unless
     /// only prefix keys read the family, and the prefix pass counts them).
-    fn may_lack(&self, result: &QueryResult, ip: IpAddr) -> bool {
+    fn may_lack(&self, result: &QueryResult, ip: IpAddr, readers: Readers) -> bool {
         let floor = self.floors[&result.slice].of(ip);
-        let readers = readers(self.spec, result.slice, ip.is_ipv6());
         let by_head = self
             .by_head
             .contains(&(result.partition, result.slice, ip.is_ipv6()));
