@@ -85,6 +85,29 @@ pub async fn region_logs(
     by_region
 }
 
+/// An S3 client. Without a region or endpoint, the standard AWS
+/// environment's (`AWS_REGION`, `AWS_ENDPOINT_URL`, profile) apply. With
+/// an emulator's endpoint, buckets are addressed by path, since
+/// `bucket.127.0.0.1` does not resolve.
+pub async fn s3_client(region: Option<&str>, endpoint_url: Option<&str>) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry_config());
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    let shared = loader.load().await;
+    let emulated = shared.endpoint_url().is_some();
+    let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(emulated);
+    if shared.region().is_none() {
+        // S3 answers a request sent to the wrong region with a redirect
+        // naming the right one, which the error message passes on.
+        config = config.region(Region::new("us-east-1"));
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
 /// A WAFv2 client for one region (us-east-1 for the CloudFront scope).
 pub async fn wafv2_client(region: &str, endpoint_url: Option<&str>) -> aws_sdk_wafv2::Client {
     aws_sdk_wafv2::Client::new(&sdk_config(region, endpoint_url).await)

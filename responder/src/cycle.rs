@@ -165,6 +165,10 @@ pub struct CycleReport {
     /// `bytes_read` and the cost).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insights_second_pass: Option<SecondPass>,
+    /// With S3: the objects read, and those skipped because they could not
+    /// be fetched or decoded (each is logged with its key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_objects: Option<ObjectCounts>,
     /// How long each phase took, in order.
     pub phases: Vec<Phase>,
     /// How long the cycle took.
@@ -585,9 +589,22 @@ fn report(
         insights_estimated_cost_usd: uses_insights(policy)
             .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
         insights_second_pass: uses_insights(policy).then_some(stats.second_pass),
+        s3_objects: matches!(policy.source, Some(LogSourceConfig::S3(_))).then_some(ObjectCounts {
+            read: stats.objects,
+            skipped: stats.skipped_objects,
+        }),
         phases: prepared.phases.done,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// S3 objects a cycle read and skipped.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ObjectCounts {
+    /// Objects read whole.
+    pub read: u64,
+    /// Objects skipped.
+    pub skipped: u64,
 }
 
 /// Whether the source is Logs Insights, which is billed by bytes scanned.
@@ -609,6 +626,7 @@ fn source_label(policy: &Policy) -> String {
             .map(|g| format!("{}/{}", g.region, g.name))
             .collect::<Vec<_>>()
             .join(","),
+        Some(LogSourceConfig::S3(s3)) => format!("s3://{}/{}", s3.bucket, s3.prefix),
         _ => "files".to_owned(),
     }
 }

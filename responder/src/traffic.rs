@@ -240,6 +240,10 @@ pub struct Stats {
     /// exact counts of candidates across query partitions, and prefix
     /// counts where a result was cut (their bytes are in `bytes` too).
     pub second_pass: SecondPass,
+    /// Objects read whole (S3).
+    pub objects: u64,
+    /// Objects that could not be fetched or decoded, and were skipped (S3).
+    pub skipped_objects: u64,
 }
 
 /// The passes of a server-side count after the first.
@@ -419,6 +423,8 @@ impl TrafficCounter {
         self.stats.second_pass.queries += stats.second_pass.queries;
         self.stats.second_pass.rows += stats.second_pass.rows;
         self.stats.second_pass.bytes += stats.second_pass.bytes;
+        self.stats.objects += stats.objects;
+        self.stats.skipped_objects += stats.skipped_objects;
     }
 
     /// Adds another counter's counts (same spec) into this one.

@@ -173,3 +173,38 @@ fn the_documented_example_policy_loads_clean() {
     );
     assert_eq!(quotas.limits_for("someone-else").len(), 2);
 }
+
+#[test]
+fn the_s3_example_policy_loads_with_its_source() {
+    use floodgate_rules::policy::{LogSourceConfig, S3Source};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/s3.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let loaded = Policy::from_toml(&text, "s3.toml", TODAY).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings, []);
+    let Some(LogSourceConfig::S3(source)) = loaded.policy.source else {
+        panic!("an S3 source");
+    };
+    assert_eq!(
+        source,
+        S3Source {
+            bucket: "aws-waf-logs-example".to_owned(),
+            prefix: "AWSLogs/".to_owned(),
+            region: floodgate_rules::policy::Region::new("eu-west-1").unwrap(),
+            endpoint_url: None,
+            delivery_lag_minutes: 10,
+            max_concurrent_objects: 16.try_into().unwrap(),
+        }
+    );
+    // The defaults, and a prefix written without its trailing slash.
+    let minimal = "[source]\ntype = \"s3\"\nbucket = \"aws-waf-logs-x\"\nregion = \"us-east-1\"\nprefix = \"waf\"\n";
+    let Some(LogSourceConfig::S3(source)) = Policy::from_toml(minimal, "m.toml", TODAY)
+        .unwrap()
+        .policy
+        .source
+    else {
+        panic!("an S3 source");
+    };
+    assert_eq!(source.prefix, "waf/");
+    assert_eq!(source.delivery_lag_minutes, 10);
+    assert_eq!(source.max_concurrent_objects.get(), 16);
+}

@@ -191,6 +191,51 @@ impl MotoServer {
         aws_sdk_dynamodb::Client::from_conf(config)
     }
 
+    /// An S3 client for this server, with buckets addressed by path and
+    /// the fake credentials moto accepts.
+    pub fn s3_client(&self) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Creates a bucket in eu-west-1.
+    pub async fn create_bucket(&self, bucket: &str) {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        self.s3_client()
+            .create_bucket()
+            .bucket(bucket)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::EuWest1)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create bucket");
+    }
+
+    /// Puts objects (key, body) into a bucket.
+    pub async fn put_objects(&self, bucket: &str, objects: Vec<(String, Vec<u8>)>) {
+        let client = self.s3_client();
+        for (key, body) in objects {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(body.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+        }
+    }
+
     /// Creates the ledger and lease table as `infra/responder.yaml` does:
     /// a string partition key `pk`, billed per request.
     pub async fn create_ledger_table(&self, region: &str, table: &str) {
@@ -336,6 +381,17 @@ pub fn waf_record(ts: i64, ip: &str) -> String {
     format!(
         r#"{{"timestamp":{ts},"action":"ALLOW","terminatingRuleId":"Default_Action","httpRequest":{{"clientIp":"{ip}","country":"NL","headers":[],"uri":"/login","httpMethod":"POST"}}}}"#
     )
+}
+
+/// Lines joined with newlines and gzip-compressed, as WAF delivers to S3.
+pub fn gzip_lines(lines: &[String]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for line in lines {
+        encoder.write_all(line.as_bytes()).unwrap();
+        encoder.write_all(b"\n").unwrap();
+    }
+    encoder.finish().unwrap()
 }
 
 /// `count` requests from `ip`, spread over the four minutes before `now_ms`.

@@ -13,7 +13,8 @@ use crate::backtest::{self, Backtest, Record};
 use crate::clock::{rfc3339_from_ms, unix_ms};
 use crate::detect::{count_spec, key_text};
 use crate::plan::Capacity;
-use crate::source::files::FileSource;
+use crate::source::LogsArgument;
+use crate::waflog::Hit;
 
 /// Charted keys.
 const CHARTED: usize = 6;
@@ -74,9 +75,18 @@ fn read_records(
     to_ms: i64,
 ) -> Result<Vec<Record>, CliError> {
     let spec = count_spec(policy, to_ms, 1).map_err(crate::source::SourceError::from)?;
-    let hits = FileSource::new(paths)?.hits_blocking(spec.scopes(), |hit| {
-        (from_ms..=to_ms).contains(&hit.timestamp_ms)
-    })?;
+    let in_period = move |hit: &Hit| (from_ms..=to_ms).contains(&hit.timestamp_ms);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let hits = match runtime.block_on(LogsArgument::new(paths))? {
+        LogsArgument::Files(files) => files.hits_blocking(spec.scopes(), in_period)?,
+        LogsArgument::S3(s3) => {
+            let (hits, stats) =
+                runtime.block_on(s3.hits(spec.scopes(), from_ms, to_ms, in_period))?;
+            eprintln!("read {} objects under {}", stats.objects, s3.location());
+            super::warn_skipped_objects(&stats);
+            hits
+        }
+    };
     Ok(hits
         .into_iter()
         .map(|hit| (hit.timestamp_ms, hit.client_ip, hit.scopes))

@@ -42,6 +42,9 @@ fn summary(policy: &Policy) -> String {
         Some(floodgate_rules::policy::LogSourceConfig::CloudWatch { .. }) => {
             "source cloudwatch".to_owned()
         }
+        Some(floodgate_rules::policy::LogSourceConfig::S3(s3)) => {
+            format!("source s3://{}/{}", s3.bucket, s3.prefix)
+        }
         None => "no source".to_owned(),
     });
     parts.join(", ")

@@ -153,9 +153,11 @@ pub struct ReviewArgs {
     /// Which policy to review.
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// WAF log files, directories or globs: flags allow entries that matched
-    /// no request in them and shows the requests each entry carried.
-    #[arg(long, value_name = "PATH", num_args = 1..)]
+    /// WAF log files, directories or globs, or one s3://bucket/prefix/
+    /// (every object under it is read, so name a day or an hour folder):
+    /// flags allow entries that matched no request in them and shows the
+    /// requests each entry carried.
+    #[arg(long, value_name = "PATH|S3_URL", num_args = 1..)]
     pub logs: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -259,8 +261,12 @@ pub struct BacktestArgs {
     /// The policy to test.
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or globs.
-    #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
+    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or
+    /// globs; or one s3://bucket/prefix/ holding WAF's or Firehose's
+    /// YYYY/MM/DD/HH/ folders (or a folder above them, such as AWSLogs/),
+    /// of which only the period's hours are listed. S3 uses the standard
+    /// AWS environment: AWS_REGION, AWS_ENDPOINT_URL, credentials.
+    #[arg(long, value_name = "PATH|S3_URL", num_args = 1.., required = true)]
     pub logs: Vec<String>,
     /// Start of the period: an RFC 3339 time or a date.
     #[arg(long, value_name = "TIME", value_parser = parse_instant)]
@@ -283,8 +289,9 @@ pub struct BacktestArgs {
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or
-    /// globs; without it, the policy's [source] (files or CloudWatch Logs).
-    #[arg(long, value_name = "PATH", num_args = 1..)]
+    /// globs, or one s3://bucket/prefix/ (as for backtest); without it, the
+    /// policy's [source] (files, CloudWatch Logs or S3).
+    #[arg(long, value_name = "PATH|S3_URL", num_args = 1..)]
     pub logs: Vec<String>,
     /// A policy file, to classify IPs into its tiers and mark allow-listed
     /// ones, and to read its [source] when --logs is not given.
@@ -472,6 +479,17 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
 }
 
 /// Writes a command's result to stdout.
+/// A line on stderr when S3 objects were skipped (each was logged with its
+/// key and reason as it happened).
+fn warn_skipped_objects(stats: &crate::traffic::Stats) {
+    if stats.skipped_objects > 0 {
+        eprintln!(
+            "warning: skipped {} S3 objects that could not be fetched or decoded (see the log lines above)",
+            stats.skipped_objects
+        );
+    }
+}
+
 fn write_stdout(text: &str) -> Result<(), CliError> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();

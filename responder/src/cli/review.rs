@@ -3,7 +3,7 @@
 use floodgate_rules::review::{ItemKind, ReviewItem, add_usage, review};
 
 use super::{CliError, Format, ReviewArgs, Status, load_policy, write_stdout};
-use crate::source::files::FileSource;
+use crate::source::{LogSource, LogsArgument};
 use floodgate_rules::policy::Prefixes;
 
 use crate::traffic::{CountSpec, Traffic};
@@ -41,22 +41,39 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
 /// A window long enough to hold every record.
 const WHOLE_LOG: u32 = u32::MAX;
 
-/// Requests per client address over every record of the logs.
+/// Requests per client address over every record of the logs (every
+/// object under an S3 prefix).
 fn whole_log_traffic(logs: &[String]) -> Result<Traffic, CliError> {
-    let source = FileSource::new(logs)?;
-    let newest = source.newest_timestamp_blocking()?.unwrap_or(0);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let source = runtime.block_on(LogsArgument::new(logs))?;
+    let newest = match &source {
+        LogsArgument::Files(files) => files.newest_timestamp_blocking()?,
+        LogsArgument::S3(s3) => runtime.block_on(s3.newest_timestamp())?,
+    };
     // Per address, since an exception may be a single address in a /64.
-    let spec = CountSpec::new(newest, &[WHOLE_LOG])
+    let spec = CountSpec::new(newest.unwrap_or(0), &[WHOLE_LOG])
         .map_err(crate::source::SourceError::from)?
         .with_keys(&[Prefixes::PER_ADDRESS.into()]);
-    let traffic = source.count_blocking(&spec)?;
+    let (traffic, read_from) = match &source {
+        LogsArgument::Files(files) => (
+            files.count_blocking(&spec)?,
+            format!("{} log files", files.files().len()),
+        ),
+        LogsArgument::S3(s3) => {
+            let traffic = runtime.block_on(s3.count_everything(&spec))?;
+            let objects = traffic.stats().objects;
+            (
+                traffic,
+                format!("{objects} objects under {}", s3.location()),
+            )
+        }
+    };
     let stats = traffic.stats();
     eprintln!(
-        "read {} records ({} malformed) from {} log files",
-        stats.records,
-        stats.malformed,
-        source.files().len()
+        "read {} records ({} malformed) from {read_from}",
+        stats.records, stats.malformed
     );
+    super::warn_skipped_objects(&stats);
     Ok(traffic)
 }
 

@@ -237,6 +237,19 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
             second.queries, second.rows, second.bytes
         ));
     }
+    if let Some(objects) = report.s3_objects {
+        out.push_str(&format!(
+            "S3: read {} objects ({} bytes)",
+            objects.read, report.bytes_read
+        ));
+        if objects.skipped > 0 {
+            out.push_str(&format!(
+                "; SKIPPED {} that could not be fetched or decoded (see the log)",
+                objects.skipped
+            ));
+        }
+        out.push('\n');
+    }
     let tiers: Vec<String> = report
         .offenders_per_tier
         .iter()

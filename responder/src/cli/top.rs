@@ -8,8 +8,7 @@ use serde::Serialize;
 use super::{CliError, Format, Status, TopArgs, load_policy, write_stdout};
 use crate::clock::{Stopwatch, clock_at, rfc3339_from_ms, unix_ms};
 use crate::detect::{count_spec, rank};
-use crate::source::files::FileSource;
-use crate::source::{ConfiguredSource, LogSource};
+use crate::source::{ConfiguredSource, LogSource, LogsArgument};
 use crate::traffic::Traffic;
 
 /// The JSON document `top --format json` prints.
@@ -72,7 +71,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
             ));
         }
         ([], Some(config)) => ConfiguredSource::from_config(config).await?,
-        (paths, _) => ConfiguredSource::Files(FileSource::new(paths)?),
+        (logs, _) => LogsArgument::new(logs).await?.into_source(),
     };
     let started = Stopwatch::start();
     let end_ms = match args.now {
@@ -141,6 +140,7 @@ fn report_read(traffic: &Traffic, started: Stopwatch) {
         ));
     }
     eprintln!("{line}");
+    super::warn_skipped_objects(&stats);
 }
 
 fn table(report: &TopReport) -> String {

@@ -5,11 +5,14 @@
 //! - [`files`]: local `.jsonl` / `.json` / `.log` files and their `.gz`
 //!   forms, counted in-process on every core (the embedded default);
 //! - [`cloudwatch_insights`]: Logs Insights queries, counted by AWS;
-//! - [`cloudwatch_events`]: raw CloudWatch Logs events, counted in-process.
+//! - [`cloudwatch_events`]: raw CloudWatch Logs events, counted in-process;
+//! - [`s3`]: objects in S3 as WAF or Firehose delivers them, streamed and
+//!   counted in-process by the same engine as local files.
 
 pub mod cloudwatch_events;
 pub mod cloudwatch_insights;
 pub mod files;
+pub mod s3;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -62,9 +65,71 @@ pub enum SourceError {
         /// What failed.
         message: String,
     },
+    /// An S3 bucket or prefix could not be listed.
+    #[error("{location}: {call} failed: {message}")]
+    S3 {
+        /// `s3://bucket/prefix`.
+        location: String,
+        /// The API call.
+        call: &'static str,
+        /// What failed, with the fix where one is known.
+        message: String,
+    },
+    /// An S3 prefix holds no WAF log folders.
+    #[error(
+        "{location}: {message}; point the prefix at the folder holding the YYYY/ folders, or a folder above it such as AWSLogs/"
+    )]
+    NoS3Logs {
+        /// `s3://bucket/prefix`.
+        location: String,
+        /// What was found instead.
+        message: String,
+    },
+    /// An `s3://` argument is malformed.
+    #[error("{url}: not an S3 location: {message}; write s3://bucket/prefix/")]
+    BadS3Url {
+        /// The argument.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The count needs more windows than are supported.
     #[error(transparent)]
     Windows(#[from] crate::traffic::TooManyWindows),
+}
+
+/// What `--logs` names: local paths, or one `s3://bucket/prefix/`.
+#[derive(Debug, Clone)]
+pub enum LogsArgument {
+    /// Files, directories or globs.
+    Files(files::FileSource),
+    /// Objects under an S3 prefix.
+    S3(s3::S3Source),
+}
+
+impl LogsArgument {
+    /// Reads `--logs`: one `s3://` location, or local paths.
+    pub async fn new(logs: &[String]) -> Result<LogsArgument, SourceError> {
+        match logs.iter().find(|l| l.starts_with("s3://")) {
+            Some(url) if logs.len() == 1 => {
+                Ok(LogsArgument::S3(s3::S3Source::from_url(url).await?))
+            }
+            Some(url) => Err(SourceError::BadS3Url {
+                url: url.clone(),
+                message: "--logs takes one s3:// location, or local paths, not both or several"
+                    .to_owned(),
+            }),
+            None => Ok(LogsArgument::Files(files::FileSource::new(logs)?)),
+        }
+    }
+
+    /// As a source for counting windows.
+    pub fn into_source(self) -> ConfiguredSource {
+        match self {
+            LogsArgument::Files(source) => ConfiguredSource::Files(source),
+            LogsArgument::S3(source) => ConfiguredSource::S3(source),
+        }
+    }
 }
 
 /// The source a policy's `[source]` section names.
@@ -76,6 +141,8 @@ pub enum ConfiguredSource {
     Events(cloudwatch_events::CloudWatchEventsSource),
     /// `type = "cloudwatch"`, `api = "insights"`.
     Insights(cloudwatch_insights::CloudWatchInsightsSource),
+    /// `type = "s3"`.
+    S3(s3::S3Source),
 }
 
 impl ConfiguredSource {
@@ -87,6 +154,9 @@ impl ConfiguredSource {
         Ok(match config {
             LogSourceConfig::Files { paths } => {
                 ConfiguredSource::Files(files::FileSource::new(paths)?)
+            }
+            LogSourceConfig::S3(config) => {
+                ConfiguredSource::S3(s3::S3Source::from_config(config).await)
             }
             LogSourceConfig::CloudWatch {
                 api,
@@ -118,6 +188,7 @@ impl LogSource for ConfiguredSource {
             ConfiguredSource::Files(source) => source.count(spec).await,
             ConfiguredSource::Events(source) => source.count(spec).await,
             ConfiguredSource::Insights(source) => source.count(spec).await,
+            ConfiguredSource::S3(source) => source.count(spec).await,
         }
     }
 
@@ -126,6 +197,7 @@ impl LogSource for ConfiguredSource {
             ConfiguredSource::Files(source) => source.newest_timestamp().await,
             ConfiguredSource::Events(source) => source.newest_timestamp().await,
             ConfiguredSource::Insights(source) => source.newest_timestamp().await,
+            ConfiguredSource::S3(source) => source.newest_timestamp().await,
         }
     }
 }

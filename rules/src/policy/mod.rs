@@ -60,7 +60,8 @@ pub use responder::{
 pub use safety::{Mode, Safety};
 pub use scope::{PathMatch, RequestFields, RequestMatch};
 pub use targets::{
-    CloudWatchApi, IpSetName, LogGroup, LogSourceConfig, Region, Target, WafScope, Wafv2Target,
+    CloudWatchApi, DEFAULT_DELIVERY_LAG_MINUTES, IpSetName, LogGroup, LogSourceConfig, Region,
+    S3Source, Target, WafScope, Wafv2Target, valid_bucket_name,
 };
 pub use tiers::{BlockRule, Escalation, MAX_MATCHES, Tier, TierAction, TierName};
 

@@ -162,6 +162,11 @@ pub(crate) struct RawSource {
     pub log_groups: Option<Spanned<Vec<Spanned<RawLogGroup>>>>,
     pub endpoint_url: Option<Spanned<String>>,
     pub max_concurrent_queries: Option<Spanned<i64>>,
+    pub bucket: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub delivery_lag_minutes: Option<Spanned<i64>>,
+    pub max_concurrent_objects: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

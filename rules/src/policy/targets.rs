@@ -161,7 +161,34 @@ pub enum LogSourceConfig {
         /// Logs Insights queries in flight at once (default 30).
         max_concurrent_queries: NonZeroU32,
     },
+    /// WAF log objects in S3, as WAF or Firehose delivers them.
+    S3(S3Source),
 }
+
+/// `[source] type = "s3"`: where the log objects are and how to read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Source {
+    /// The bucket name.
+    pub bucket: String,
+    /// The key prefix above the logs (may be empty): the folder holding
+    /// the `YYYY/` folders, or any folder above it (such as `AWSLogs/`),
+    /// under which every web ACL's and region's folders are read.
+    pub prefix: String,
+    /// The bucket's region.
+    pub region: Region,
+    /// A local S3 emulator instead of AWS.
+    pub endpoint_url: Option<String>,
+    /// How long after a record's time its object may appear in S3 (default
+    /// 10 minutes: WAF delivers every 5 minutes, Firehose as its buffer
+    /// fills). Objects whose time is this far outside the windows are read too.
+    pub delivery_lag_minutes: u32,
+    /// Objects fetched at once (default 16).
+    pub max_concurrent_objects: NonZeroU32,
+}
+
+/// Delivery lag when the policy does not set one: WAF publishes to S3
+/// every 5 minutes, Firehose's default buffer interval is 5 minutes.
+pub const DEFAULT_DELIVERY_LAG_MINUTES: u32 = 10;
 
 const WAF_LOG_GROUP_PREFIX: &str = "aws-waf-logs-";
 
@@ -366,49 +393,62 @@ pub(crate) fn check_source(
     checker: &mut Checker<'_>,
     raw: &Spanned<RawSource>,
 ) -> Option<LogSourceConfig> {
-    let path = "source";
     let raw = raw.get_ref();
-    match checker.choice(&raw.kind, "source.type", &["files", "cloudwatch"])? {
-        "files" => {
-            let stray = [
-                raw.api.as_ref().map(|v| ("api", v.span())),
-                raw.log_groups.as_ref().map(|v| ("log_groups", v.span())),
-                raw.endpoint_url
-                    .as_ref()
-                    .map(|v| ("endpoint_url", v.span())),
-                raw.max_concurrent_queries
-                    .as_ref()
-                    .map(|v| ("max_concurrent_queries", v.span())),
-            ];
-            reject_stray_keys(checker, path, "files", &stray);
-            let paths = required(
-                checker,
-                raw.paths.as_ref(),
-                &raw.kind,
-                path,
-                "paths",
-                "paths = [\"logs/\"]",
-            )?;
-            if paths.get_ref().is_empty() {
-                checker.error(
-                    paths.span(),
-                    "source.paths",
-                    "needs at least one path".to_owned(),
-                    Some("write paths = [\"logs/\"]".to_owned()),
-                );
-                return None;
-            }
-            let mut checked = Vec::new();
-            for (i, p) in paths.get_ref().iter().enumerate() {
-                checked.push(checker.text(p, &format!("source.paths[{i}]")));
-            }
-            Some(LogSourceConfig::Files {
-                paths: checked.into_iter().collect::<Option<_>>()?,
-            })
-        }
+    let kind = checker.choice(&raw.kind, "source.type", &["files", "cloudwatch", "s3"])?;
+    let keys = [
+        (
+            "paths",
+            raw.paths.as_ref().map(Spanned::span),
+            &["files"][..],
+        ),
+        ("api", raw.api.as_ref().map(Spanned::span), &["cloudwatch"]),
+        (
+            "log_groups",
+            raw.log_groups.as_ref().map(Spanned::span),
+            &["cloudwatch"],
+        ),
+        (
+            "endpoint_url",
+            raw.endpoint_url.as_ref().map(Spanned::span),
+            &["cloudwatch", "s3"],
+        ),
+        (
+            "max_concurrent_queries",
+            raw.max_concurrent_queries.as_ref().map(Spanned::span),
+            &["cloudwatch"],
+        ),
+        ("bucket", raw.bucket.as_ref().map(Spanned::span), &["s3"]),
+        ("prefix", raw.prefix.as_ref().map(Spanned::span), &["s3"]),
+        ("region", raw.region.as_ref().map(Spanned::span), &["s3"]),
+        (
+            "delivery_lag_minutes",
+            raw.delivery_lag_minutes.as_ref().map(Spanned::span),
+            &["s3"],
+        ),
+        (
+            "max_concurrent_objects",
+            raw.max_concurrent_objects.as_ref().map(Spanned::span),
+            &["s3"],
+        ),
+    ];
+    let stray: Vec<_> = keys
+        .into_iter()
+        .filter(|(_, _, types)| !types.contains(&kind))
+        .map(|(key, span, _)| span.map(|span| (key, span)))
+        .collect();
+    reject_stray_keys(checker, "source", kind, &stray);
+    if kind == "files" {
+        return check_files_source(checker, raw);
+    }
+    let endpoint_url = match &raw.endpoint_url {
+        Some(url) => checker
+            .url(url, "source.endpoint_url", &ENDPOINT_URL)
+            .map(Some),
+        None => Some(None),
+    };
+    match kind {
+        "s3" => check_s3_source(checker, raw, endpoint_url?),
         _ => {
-            let stray = [raw.paths.as_ref().map(|v| ("paths", v.span()))];
-            reject_stray_keys(checker, path, "cloudwatch", &stray);
             let api = match &raw.api {
                 None => Some(CloudWatchApi::Insights),
                 Some(api) => match checker.choice(api, "source.api", &["insights", "events"]) {
@@ -418,10 +458,6 @@ pub(crate) fn check_source(
                 },
             };
             let log_groups = check_log_groups(checker, raw);
-            let endpoint_url = match &raw.endpoint_url {
-                Some(url) => Some(checker.url(url, "source.endpoint_url", &ENDPOINT_URL)?),
-                None => None,
-            };
             let max_concurrent_queries = match &raw.max_concurrent_queries {
                 Some(max) => checker.positive(max, "source.max_concurrent_queries")?,
                 None => NonZeroU32::new(30).expect("30 is not zero"),
@@ -429,11 +465,134 @@ pub(crate) fn check_source(
             Some(LogSourceConfig::CloudWatch {
                 api: api?,
                 log_groups: log_groups?,
-                endpoint_url,
+                endpoint_url: endpoint_url?,
                 max_concurrent_queries,
             })
         }
     }
+}
+
+fn check_files_source(checker: &mut Checker<'_>, raw: &RawSource) -> Option<LogSourceConfig> {
+    let paths = required(
+        checker,
+        raw.paths.as_ref(),
+        &raw.kind,
+        "source",
+        "paths",
+        "paths = [\"logs/\"]",
+    )?;
+    if paths.get_ref().is_empty() {
+        checker.error(
+            paths.span(),
+            "source.paths",
+            "needs at least one path".to_owned(),
+            Some("write paths = [\"logs/\"]".to_owned()),
+        );
+        return None;
+    }
+    let mut checked = Vec::new();
+    for (i, p) in paths.get_ref().iter().enumerate() {
+        checked.push(checker.text(p, &format!("source.paths[{i}]")));
+    }
+    Some(LogSourceConfig::Files {
+        paths: checked.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+fn check_s3_source(
+    checker: &mut Checker<'_>,
+    raw: &RawSource,
+    endpoint_url: Option<String>,
+) -> Option<LogSourceConfig> {
+    let bucket = required(
+        checker,
+        raw.bucket.as_ref(),
+        &raw.kind,
+        "source",
+        "bucket",
+        "bucket = \"aws-waf-logs-example\"",
+    );
+    let bucket = bucket.and_then(|bucket| {
+        let name = bucket.get_ref();
+        if valid_bucket_name(name) {
+            return Some(name.clone());
+        }
+        let help = if name.starts_with("s3://") || name.contains('/') {
+            "write the bucket's name alone, and the folder in prefix"
+        } else {
+            "a bucket name is 3 to 63 lowercase letters, digits, dots and hyphens"
+        };
+        let message = format!("\"{name}\" is not an S3 bucket name");
+        checker.error(
+            bucket.span(),
+            "source.bucket",
+            message,
+            Some(help.to_owned()),
+        );
+        None
+    });
+    let region = required(
+        checker,
+        raw.region.as_ref(),
+        &raw.kind,
+        "source",
+        "region",
+        "region = \"eu-west-1\"",
+    )
+    .and_then(|region| check_region(checker, region, "source.region"));
+    let prefix = match &raw.prefix {
+        Some(prefix) if prefix.get_ref().starts_with('/') => {
+            let message = "S3 keys do not start with \"/\"".to_owned();
+            let help = Some(format!(
+                "write prefix = \"{}\"",
+                prefix.get_ref().trim_start_matches('/')
+            ));
+            checker.error(prefix.span(), "source.prefix", message, help);
+            None
+        }
+        // A folder, so that "logs" does not also match "logs-old/".
+        Some(prefix) if !prefix.get_ref().is_empty() && !prefix.get_ref().ends_with('/') => {
+            Some(format!("{}/", prefix.get_ref()))
+        }
+        Some(prefix) => Some(prefix.get_ref().clone()),
+        None => Some(String::new()),
+    };
+    let delivery_lag_minutes = match &raw.delivery_lag_minutes {
+        Some(lag) => match u32::try_from(*lag.get_ref()) {
+            Ok(minutes) if minutes <= 24 * 60 => Some(minutes),
+            _ => {
+                let message = format!("must be 0 to 1440 minutes, got {}", lag.get_ref());
+                checker.error(lag.span(), "source.delivery_lag_minutes", message, None);
+                None
+            }
+        },
+        None => Some(DEFAULT_DELIVERY_LAG_MINUTES),
+    };
+    let max_concurrent_objects = match &raw.max_concurrent_objects {
+        Some(max) => checker.positive(max, "source.max_concurrent_objects"),
+        None => NonZeroU32::new(16),
+    };
+    Some(LogSourceConfig::S3(S3Source {
+        bucket: bucket?,
+        prefix: prefix?,
+        region: region?,
+        endpoint_url,
+        delivery_lag_minutes: delivery_lag_minutes?,
+        max_concurrent_objects: max_concurrent_objects?,
+    }))
+}
+
+/// S3's rules for bucket names (general purpose buckets): 3 to 63
+/// characters of lowercase letters, digits, dots and hyphens, starting and
+/// ending with a letter or digit.
+pub fn valid_bucket_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
 }
 
 fn check_log_groups(checker: &mut Checker<'_>, raw: &RawSource) -> Option<Vec<LogGroup>> {
@@ -500,7 +659,7 @@ fn reject_stray_keys(
     checker: &mut Checker<'_>,
     path: &str,
     kind: &str,
-    stray: &[Option<(&str, std::ops::Range<usize>)>],
+    stray: &[Option<(&'static str, std::ops::Range<usize>)>],
 ) {
     for (key, span) in stray.iter().flatten() {
         let message = format!("{key} does not apply to type = \"{kind}\"");
