@@ -86,7 +86,7 @@ pub async fn region_logs(
 }
 
 /// An S3 client. Without a region or endpoint, the standard AWS
-/// environment's (`AWS_REGION`, `AWS_ENDPOINT_URL`, profile) apply. With
+/// environment's (`AWS_REGION`, `AWS_ENDPOINT_URL[_S3]`, profile) apply. With
 /// an emulator's endpoint, buckets are addressed by path, since
 /// `bucket.127.0.0.1` does not resolve.
 pub async fn s3_client(region: Option<&str>, endpoint_url: Option<&str>) -> aws_sdk_s3::Client {
@@ -98,7 +98,8 @@ pub async fn s3_client(region: Option<&str>, endpoint_url: Option<&str>) -> aws_
         loader = loader.endpoint_url(url);
     }
     let shared = loader.load().await;
-    let emulated = shared.endpoint_url().is_some();
+    let emulated =
+        shared.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
     let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(emulated);
     if shared.region().is_none() {
         // S3 answers a request sent to the wrong region with a redirect
