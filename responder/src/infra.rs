@@ -7,9 +7,11 @@
 //!   that labels approved ranges, the AWS IP reputation list, the
 //!   responder's dynamic block rule on its IPv4 and IPv6 sets, one COUNT
 //!   rate rule per tier (labelled), and a BLOCK rate rule at the emergency
-//!   level; the rate rules skip labelled (allow-listed) requests. Logging to
-//!   an `aws-waf-logs-` group with `authorization` and `cookie` redacted,
-//!   and an alarm per tier rule.
+//!   level; the rate rules skip labelled (allow-listed) requests. Logging,
+//!   with `authorization` and `cookie` redacted, to where the policy's
+//!   source reads: an `aws-waf-logs-` log group, or the S3 source's
+//!   `aws-waf-logs-` bucket (a bucket Firehose fills is left to the
+//!   Firehose stream). An alarm per tier rule.
 //! - `responder.yaml`: the responder, by `[infra] mode`: the daemon as an
 //!   always-on ECS Fargate service with its alarms (the default), or a
 //!   `run --once` task per EventBridge Scheduler tick with its file ledger
@@ -181,17 +183,35 @@ pub fn render(policy: &Policy) -> Result<Rendered, InfraError> {
             )));
         }
     }
-    let log_groups = waf_log_groups(policy, infra);
+    let logs = waf_logs(policy, infra);
     Ok(Rendered {
-        waf: waf_template(policy, infra, &targets, &log_groups),
+        waf: waf_template(policy, infra, &targets, &logs),
         responder: responder_template(policy, infra, &targets),
         deployments: deployments(policy, infra, &targets.scopes),
     })
 }
 
-/// The log group names for regional and CloudFront web ACLs: from the
-/// policy's CloudWatch source when it names them, else `aws-waf-logs-NAME`.
-fn waf_log_groups(policy: &Policy, infra: &Infra) -> (String, String) {
+/// Where the web ACL sends its logs: where the policy's source reads them.
+enum WafLogs {
+    /// A log group per scope (regional, CloudFront), created by the template.
+    LogGroups(String, String),
+    /// WAF's direct delivery to the S3 source's `aws-waf-logs-` bucket.
+    Bucket(String),
+    /// A bucket WAF cannot deliver to directly (Firehose fills it): the
+    /// template leaves logging to the stack that owns the Firehose stream.
+    Elsewhere(String),
+}
+
+/// The log destination for the policy's source: its S3 bucket, or log
+/// groups named by its CloudWatch source (else `aws-waf-logs-NAME`).
+fn waf_logs(policy: &Policy, infra: &Infra) -> WafLogs {
+    if let Some(LogSourceConfig::S3(s3)) = &policy.source {
+        return if s3.bucket.starts_with(WAF_LOG_BUCKET_PREFIX) {
+            WafLogs::Bucket(s3.bucket.clone())
+        } else {
+            WafLogs::Elsewhere(s3.bucket.clone())
+        };
+    }
     let default = format!("aws-waf-logs-{}", infra.name);
     let named: Vec<&str> = match &policy.source {
         Some(LogSourceConfig::CloudWatch { log_groups, .. }) => {
@@ -207,8 +227,12 @@ fn waf_log_groups(policy: &Policy, infra: &Infra) -> (String, String) {
         .iter()
         .find(|n| !n.contains("cloudfront"))
         .map_or(default, |n| (*n).to_owned());
-    (regional, cloudfront)
+    WafLogs::LogGroups(regional, cloudfront)
 }
+
+/// WAF delivers logs straight to S3 only into buckets named so (AWS WAF
+/// developer guide, "Sending web ACL traffic logs to an Amazon S3 bucket").
+const WAF_LOG_BUCKET_PREFIX: &str = "aws-waf-logs-";
 
 fn visibility(metric: &str) -> Value {
     json!({ "SampledRequestsEnabled": true, "CloudWatchMetricsEnabled": true, "MetricName": metric })
@@ -309,12 +333,7 @@ fn rate_rule(
     rule
 }
 
-fn waf_template(
-    policy: &Policy,
-    infra: &Infra,
-    targets: &WafTargets,
-    log_groups: &(String, String),
-) -> Value {
+fn waf_template(policy: &Policy, infra: &Infra, targets: &WafTargets, logs: &WafLogs) -> Value {
     let name = &infra.name;
     let active: Vec<IpNet> = policy
         .allow
@@ -438,13 +457,6 @@ fn waf_template(
     ));
 
     resources.insert(
-        "WafLogGroup".into(),
-        json!({ "Type": "AWS::Logs::LogGroup", "Properties": {
-        "LogGroupName": by_scope(json!(log_groups.1), json!(log_groups.0)),
-        "RetentionInDays": infra.log_retention_days,
-    } }),
-    );
-    resources.insert(
         "WebACL".into(),
         json!({ "Type": "AWS::WAFv2::WebACL", "Properties": {
         "Name": name,
@@ -455,12 +467,48 @@ fn waf_template(
         "Rules": rules,
     } }),
     );
-    resources.insert("WebACLLogging".into(), json!({ "Type": "AWS::WAFv2::LoggingConfiguration", "Properties": {
-        "ResourceArn": { "Fn::GetAtt": ["WebACL", "Arn"] },
-        // WAF wants the log group ARN without the ":*" that GetAtt adds.
-        "LogDestinationConfigs": [{ "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${WafLogGroup}" }],
-        "RedactedFields": [{ "SingleHeader": { "Name": "authorization" } }, { "SingleHeader": { "Name": "cookie" } }],
-    } }));
+    let mut outputs = serde_json::Map::new();
+    outputs.insert(
+        "WebACLArn".into(),
+        json!({ "Value": { "Fn::GetAtt": ["WebACL", "Arn"] } }),
+    );
+    let destination = match logs {
+        WafLogs::LogGroups(regional, cloudfront) => {
+            resources.insert(
+                "WafLogGroup".into(),
+                json!({ "Type": "AWS::Logs::LogGroup", "Properties": {
+                "LogGroupName": by_scope(json!(cloudfront), json!(regional)),
+                "RetentionInDays": infra.log_retention_days,
+            } }),
+            );
+            outputs.insert(
+                "WafLogGroupName".into(),
+                json!({ "Value": { "Ref": "WafLogGroup" } }),
+            );
+            // WAF wants the log group ARN without the ":*" that GetAtt adds.
+            Some(
+                json!({ "Fn::Sub": "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${WafLogGroup}" }),
+            )
+        }
+        WafLogs::Bucket(bucket) => {
+            outputs.insert("WafLogBucket".into(), json!({ "Value": bucket }));
+            Some(json!({ "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{bucket}") }))
+        }
+        WafLogs::Elsewhere(bucket) => {
+            outputs.insert("WafLogBucket".into(), json!({
+                "Value": bucket,
+                "Description": "WAF cannot log straight to a bucket not named aws-waf-logs-*: send the web ACL's logs to the Firehose stream that fills this bucket",
+            }));
+            None
+        }
+    };
+    if let Some(destination) = destination {
+        resources.insert("WebACLLogging".into(), json!({ "Type": "AWS::WAFv2::LoggingConfiguration", "Properties": {
+            "ResourceArn": { "Fn::GetAtt": ["WebACL", "Arn"] },
+            "LogDestinationConfigs": [destination],
+            "RedactedFields": [{ "SingleHeader": { "Name": "authorization" } }, { "SingleHeader": { "Name": "cookie" } }],
+        } }));
+    }
     for (id, rule_name, tier) in alarms {
         resources.insert(id, json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": {
             "AlarmDescription": format!("Requests crossed the \"{tier}\" tier's threshold (counted, not blocked, by the WAF)"),
@@ -479,15 +527,6 @@ fn waf_template(
             "TreatMissingData": "notBreaching",
         } }));
     }
-    let mut outputs = serde_json::Map::new();
-    outputs.insert(
-        "WebACLArn".into(),
-        json!({ "Value": { "Fn::GetAtt": ["WebACL", "Arn"] } }),
-    );
-    outputs.insert(
-        "WafLogGroupName".into(),
-        json!({ "Value": { "Ref": "WafLogGroup" } }),
-    );
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!("{name} web ACL, generated from the Floodgate policy"),
@@ -527,7 +566,8 @@ fn ip_set_arns(names: &[String], scopes: &[WafScope]) -> Vec<Value> {
 }
 
 /// The responder's role: its IP sets, its WAF log groups, its ledger table
-/// (and in the scheduled mode its state volume); no wildcard actions.
+/// (and in the scheduled mode its state volume), and its log source (log
+/// groups, or an S3 prefix); no wildcard actions.
 fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Vec<Value> {
     let names: Vec<String> = targets
         .ipv4_sets
@@ -551,6 +591,23 @@ fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) ->
             "Effect": "Allow",
             "Action": ["logs:StartQuery", "logs:GetQueryResults", "logs:StopQuery", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
             "Resource": arns,
+        }));
+    }
+    if let Some(LogSourceConfig::S3(s3)) = &policy.source {
+        // Listing is granted on the bucket for keys under the prefix only;
+        // reading, on the objects under it. No writes, no deletes.
+        statements.push(json!({
+            "Sid": "WafLogBucketList",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}", s3.bucket) },
+            "Condition": { "StringLike": { "s3:prefix": [format!("{}*", s3.prefix)] } },
+        }));
+        statements.push(json!({
+            "Sid": "WafLogObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}/{}*", s3.bucket, s3.prefix) },
         }));
     }
     if let LedgerStore::DynamoDb(table) = &policy.responder.ledger {

@@ -600,3 +600,92 @@ fn policies_waf_cannot_mirror_are_refused() {
         assert!(!out.exists(), "nothing is written for an invalid policy");
     }
 }
+
+/// `examples/s3.toml` with an `[infra]` section, its bucket renamed by
+/// `bucket`, rendered: (waf.yaml, responder.yaml, the output directory).
+fn s3_source_rendered(bucket: &str) -> (Value, Value, tempfile::TempDir) {
+    let policy = std::fs::read_to_string(workspace_root().join("examples/s3.toml"))
+        .unwrap()
+        .replace("aws-waf-logs-example", bucket)
+        + "\n[infra]\nname = \"floodgate\"\nemergency_block_requests = 20000\nmode = \"scheduled\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s3.toml");
+    std::fs::write(&path, policy).unwrap();
+    let out = dir.path().join("out");
+    let output = render_infra(&path, &out);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read = |name: &str| -> Value {
+        let text = std::fs::read_to_string(out.join(name)).unwrap();
+        serde_json::from_str(text.split_once('\n').unwrap().1).unwrap()
+    };
+    (read("waf.yaml"), read("responder.yaml"), dir)
+}
+
+#[test]
+fn an_s3_source_logs_to_its_bucket_and_the_role_reads_only_its_prefix() {
+    let (waf, responder, dir) = s3_source_rendered("aws-waf-logs-example");
+    let resources = waf["Resources"].as_object().unwrap();
+    assert!(
+        !resources.contains_key("WafLogGroup"),
+        "no log group when logs go to S3"
+    );
+    assert_eq!(
+        resources["WebACLLogging"]["Properties"]["LogDestinationConfigs"],
+        serde_json::json!([{ "Fn::Sub": "arn:${AWS::Partition}:s3:::aws-waf-logs-example" }])
+    );
+    let statements: Vec<Value> = iam_statements(&responder)
+        .into_iter()
+        .filter(|(id, _)| id == "ResponderRole")
+        .map(|(_, s)| s)
+        .filter(|s| s["Sid"].as_str().unwrap().starts_with("WafLog"))
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            serde_json::json!({
+                "Sid": "WafLogBucketList",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": { "Fn::Sub": "arn:${AWS::Partition}:s3:::aws-waf-logs-example" },
+                "Condition": { "StringLike": { "s3:prefix": ["AWSLogs/*"] } },
+            }),
+            serde_json::json!({
+                "Sid": "WafLogObjects",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": { "Fn::Sub": "arn:${AWS::Partition}:s3:::aws-waf-logs-example/AWSLogs/*" },
+            }),
+        ]
+    );
+    let out = dir.path().join("out");
+    let lint = cfn_lint(&[
+        out.join("waf.yaml").to_str().unwrap(),
+        out.join("responder.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
+    // A bucket Firehose fills: WAF cannot log to it directly, so the
+    // template leaves logging alone and says why.
+    let (waf, _, _dir) = s3_source_rendered("firehose-waf-logs");
+    assert!(
+        !waf["Resources"]
+            .as_object()
+            .unwrap()
+            .contains_key("WebACLLogging")
+    );
+    assert!(
+        waf["Outputs"]["WafLogBucket"]["Description"]
+            .as_str()
+            .unwrap()
+            .contains("Firehose")
+    );
+}
