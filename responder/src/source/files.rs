@@ -101,9 +101,11 @@ impl FileSource {
             ProgressBar::hidden()
         };
         let next = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(units.len().max(1));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = cores.min(units.len().max(1));
+        // Fewer units than cores would leave cores idle: each gzip stream
+        // then inflates on a thread of its own while its worker counts.
+        let pipelined = units.len() < cores;
         let results = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
@@ -111,7 +113,8 @@ impl FileSource {
                         let mut state = init();
                         let mut bytes = 0u64;
                         while let Some(unit) = units.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            let read = unit.read(&inputs, |line| per_line(&mut state, line))?;
+                            let read =
+                                unit.read(&inputs, pipelined, |line| per_line(&mut state, line))?;
                             bytes += read;
                             bar.inc(read);
                         }
@@ -271,6 +274,104 @@ pub fn gzip_lines(compressed: impl Read, mut per_line: impl FnMut(&[u8])) -> std
     }
 }
 
+/// Bytes inflated per block handed from the inflating thread to the
+/// counting one.
+const INFLATED_BLOCK: usize = 1 << 20;
+/// Blocks in flight between them: memory is bounded by this many blocks.
+const BLOCKS_IN_FLIGHT: usize = 4;
+
+/// [`gzip_lines`] on two cores: a thread of its own inflates the stream
+/// into blocks of whole lines while the calling thread hands their lines to
+/// `per_line`, so inflating and counting overlap. For a stream that would
+/// otherwise leave a core idle (one large `.gz`); memory holds a few
+/// blocks. Corrupt or truncated input is an error; the lines of the blocks
+/// before it have been handed over.
+pub fn gzip_lines_pipelined(
+    compressed: impl Read + Send,
+    per_line: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    gzip_lines_in_blocks(compressed, INFLATED_BLOCK, per_line)
+}
+
+/// [`gzip_lines_pipelined`] with blocks of about `block_bytes`.
+fn gzip_lines_in_blocks(
+    compressed: impl Read + Send,
+    block_bytes: usize,
+    mut per_line: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    let (full, inflated) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+    let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let inflater = scope.spawn(move || inflate_blocks(compressed, block_bytes, &full, &spare));
+        for block in inflated {
+            split_lines(&block, &mut per_line);
+            // The inflater may have finished: then the block is dropped.
+            let _ = recycle.send(block);
+        }
+        inflater.join().expect("inflating thread panicked")
+    })
+}
+
+/// Inflates `compressed` into blocks that end at a line's end (the last
+/// block may not), sending each to `full`; reuses the blocks `spare` returns.
+fn inflate_blocks(
+    compressed: impl Read,
+    block_bytes: usize,
+    full: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut decoder = MultiGzDecoder::new(BufReader::with_capacity(1 << 16, compressed));
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let mut block = spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(block_bytes));
+        block.clear();
+        block.append(&mut carry);
+        // A line longer than a block grows the block.
+        let mut filled = block.len();
+        block.resize(filled.max(block_bytes / 2).max(1) * 2, 0);
+        let mut ended = false;
+        while filled < block.len() {
+            match decoder.read(&mut block[filled..])? {
+                0 => {
+                    ended = true;
+                    break;
+                }
+                n => filled += n,
+            }
+        }
+        block.truncate(filled);
+        if !ended {
+            match memchr::memrchr(b'\n', &block) {
+                Some(at) => carry.extend_from_slice(&block[at + 1..]),
+                None => {
+                    carry = block;
+                    continue;
+                }
+            }
+            block.truncate(block.len() - carry.len());
+        }
+        // The counting side stops taking blocks only when it is gone.
+        if full.send(block).is_err() || ended {
+            return Ok(());
+        }
+    }
+}
+
+/// Hands each line of `chunk` (without its newline) to `per_line`; the
+/// last line may lack its newline.
+fn split_lines(chunk: &[u8], per_line: &mut impl FnMut(&[u8])) {
+    let mut line_start = 0;
+    for newline in memchr::memchr_iter(b'\n', chunk) {
+        per_line(&chunk[line_start..newline]);
+        line_start = newline + 1;
+    }
+    if line_start < chunk.len() {
+        per_line(&chunk[line_start..]);
+    }
+}
+
 /// An opened log file.
 enum Input {
     /// Memory-mapped plain text (`None` for an empty file, which cannot be mapped).
@@ -359,20 +460,19 @@ fn work_units(inputs: &[Input], chunk_bytes: usize) -> Vec<Unit> {
 }
 
 impl Unit {
-    /// Hands every line of the unit to `per_line`; returns the bytes read
-    /// from disk (compressed bytes for gzip).
-    fn read(&self, inputs: &[Input], mut per_line: impl FnMut(&[u8])) -> Result<u64, SourceError> {
+    /// Hands every line of the unit to `per_line`, inflating gzip on a
+    /// thread of its own when `pipelined`; returns the bytes read from disk
+    /// (compressed bytes for gzip).
+    fn read(
+        &self,
+        inputs: &[Input],
+        pipelined: bool,
+        mut per_line: impl FnMut(&[u8]),
+    ) -> Result<u64, SourceError> {
         match (self, &inputs[self.input()]) {
             (Unit::Slice { start, end, .. }, Input::Plain(Some(map))) => {
                 let chunk = &map[*start..*end];
-                let mut line_start = 0;
-                for newline in memchr::memchr_iter(b'\n', chunk) {
-                    per_line(&chunk[line_start..newline]);
-                    line_start = newline + 1;
-                }
-                if line_start < chunk.len() {
-                    per_line(&chunk[line_start..]);
-                }
+                split_lines(chunk, &mut per_line);
                 Ok(chunk.len() as u64)
             }
             (Unit::Gzip { .. }, Input::Gzip(path, len)) => {
@@ -381,7 +481,12 @@ impl Unit {
                     source,
                 };
                 let file = File::open(path).map_err(read_error)?;
-                gzip_lines(file, per_line).map_err(read_error)?;
+                if pipelined {
+                    gzip_lines_pipelined(file, per_line)
+                } else {
+                    gzip_lines(file, per_line)
+                }
+                .map_err(read_error)?;
                 Ok(*len)
             }
             _ => unreachable!("units are built from their own inputs"),
@@ -392,5 +497,69 @@ impl Unit {
         match self {
             Unit::Slice { input, .. } | Unit::Gzip { input } => *input,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn gzip(members: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for member in members {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(member).unwrap();
+            out.extend(encoder.finish().unwrap());
+        }
+        out
+    }
+
+    fn lines_of(
+        read: impl FnOnce(&mut dyn FnMut(&[u8])) -> std::io::Result<()>,
+    ) -> (Vec<Vec<u8>>, bool) {
+        let mut lines = Vec::new();
+        let ok = read(&mut |line: &[u8]| lines.push(line.to_vec())).is_ok();
+        (lines, ok)
+    }
+
+    proptest! {
+        /// Whatever the blocks cut through (lines longer than a block,
+        /// empty lines, a missing last newline, several gzip members), the
+        /// pipelined reader hands over the lines the plain reader does.
+        #[test]
+        fn pipelined_inflating_reads_the_same_lines(
+            members in prop::collection::vec(
+                prop::collection::vec(prop::sample::select(b"ab\n".to_vec()), 0..400), 1..4),
+            block in 1usize..64,
+        ) {
+            let compressed = gzip(&members);
+            let plain = lines_of(|f| gzip_lines(&compressed[..], f));
+            let pipelined = lines_of(|f| gzip_lines_in_blocks(&compressed[..], block, f));
+            prop_assert_eq!(pipelined, plain);
+        }
+    }
+
+    #[test]
+    fn pipelined_inflating_reports_a_truncated_stream() {
+        let text: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let compressed = gzip(&[text]);
+        let (lines, ok) =
+            lines_of(|f| gzip_lines_in_blocks(&compressed[..compressed.len() / 2], 4096, f));
+        assert!(!ok, "a truncated stream is an error");
+        assert!(lines.len() < 20_000);
+        assert!(
+            lines
+                .iter()
+                .enumerate()
+                .all(|(i, l)| *l == format!("line {i}").into_bytes()),
+            "the lines before it, in order"
+        );
     }
 }

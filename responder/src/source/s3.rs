@@ -32,7 +32,8 @@ use tokio_util::io::SyncIoBridge;
 
 use floodgate_rules::policy::RequestMatch;
 
-use super::{LogSource, SourceError, files::gzip_lines};
+use super::files::{gzip_lines, gzip_lines_pipelined};
+use super::{LogSource, SourceError};
 use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
 use crate::waflog::{self, Hit};
 
@@ -298,9 +299,11 @@ impl S3Source {
         I: Fn() -> S + Send + Sync + 'static,
         F: Fn(&mut S, &[u8]) + Send + Sync + 'static,
     {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let reader = Arc::new(ObjectReader {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
+            pipelined: objects.len() < cores,
             init,
             per_line,
         });
@@ -459,6 +462,9 @@ impl LogSource for S3Source {
 struct ObjectReader<I, F> {
     client: Client,
     bucket: String,
+    /// Whether gzip inflates on a thread of its own: when there are fewer
+    /// objects than cores.
+    pipelined: bool,
     init: I,
     per_line: F,
 }
@@ -487,8 +493,10 @@ where
             let (this, key_owned) = (self.clone(), key.to_owned());
             let outcome = tokio::task::spawn_blocking(move || {
                 let mut state = (this.init)();
-                read_object_lines(body, &key_owned, |line| (this.per_line)(&mut state, line))
-                    .map(|()| state)
+                read_object_lines(body, &key_owned, this.pipelined, |line| {
+                    (this.per_line)(&mut state, line)
+                })
+                .map(|()| state)
             })
             .await
             .expect("object reader panicked");
@@ -516,16 +524,23 @@ enum ObjectError {
 
 /// Hands every line of an object's body to `per_line`: gzip (by its magic
 /// bytes, whatever the key) is decompressed as it streams, anything else
-/// is read as plain lines, except that a `.gz` key must hold gzip.
+/// is read as plain lines, except that a `.gz` key must hold gzip. When
+/// `pipelined`, gzip inflates on a thread of its own.
 fn read_object_lines(
-    body: impl Read,
+    body: impl Read + Send,
     key: &str,
+    pipelined: bool,
     mut per_line: impl FnMut(&[u8]),
 ) -> Result<(), ObjectError> {
     let mut reader = BufReader::with_capacity(1 << 16, body);
     let head = reader.fill_buf().map_err(download_error)?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        return gzip_lines(reader, per_line).map_err(|e| match e.kind() {
+        let read = if pipelined {
+            gzip_lines_pipelined(reader, per_line)
+        } else {
+            gzip_lines(reader, per_line)
+        };
+        return read.map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidInput
             | std::io::ErrorKind::InvalidData
             | std::io::ErrorKind::UnexpectedEof => {
@@ -705,9 +720,9 @@ mod tests {
     fn an_object_named_gz_must_be_gzip_and_a_truncated_one_is_damaged() {
         let plain = b"{\"a\":1}\n{\"b\":2}\n";
         let mut lines = 0;
-        read_object_lines(&plain[..], "x.log", |_| lines += 1).unwrap();
+        read_object_lines(&plain[..], "x.log", false, |_| lines += 1).unwrap();
         assert_eq!(lines, 2);
-        let error = read_object_lines(&plain[..], "x.log.gz", |_| {}).unwrap_err();
+        let error = read_object_lines(&plain[..], "x.log.gz", false, |_| {}).unwrap_err();
         assert!(
             matches!(error, ObjectError::Damaged(ref m) if m.contains("not gzip")),
             "{error:?}"
@@ -717,9 +732,9 @@ mod tests {
         std::io::Write::write_all(&mut encoder, &plain.repeat(1000)).unwrap();
         let gzip = encoder.finish().unwrap();
         let mut lines = 0;
-        read_object_lines(&gzip[..], "no-extension", |_| lines += 1).unwrap();
+        read_object_lines(&gzip[..], "no-extension", true, |_| lines += 1).unwrap();
         assert_eq!(lines, 2000);
-        let error = read_object_lines(&gzip[..gzip.len() / 2], "x.gz", |_| {}).unwrap_err();
+        let error = read_object_lines(&gzip[..gzip.len() / 2], "x.gz", true, |_| {}).unwrap_err();
         assert!(matches!(error, ObjectError::Damaged(_)), "{error:?}");
     }
 }
