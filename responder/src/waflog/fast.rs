@@ -18,7 +18,7 @@
 //!   was cut right after a `}` and braces inside strings make up the
 //!   balance; it is then counted as the record it was.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
@@ -118,14 +118,17 @@ pub(super) fn extract_hit_at(line: &[u8]) -> Option<(Hit, usize)> {
     let timestamp_ms = parse_integer(&line[timestamp_at..])?;
 
     let action_key = ACTION.find(line)?;
-    if depth_at(line, action_key)? != 1 {
+    if !at_top_level(line, action_key) {
         return None;
     }
-    let action = Action::from_bytes(string_value(line, action_key + ACTION.needle().len())?)?;
+    let action_at = action_key + ACTION.needle().len();
+    let action = Action::from_bytes(string_value(line, action_at)?)?;
 
-    let ip_at = CLIENT_IP.find(line)? + CLIENT_IP.needle().len();
+    // WAF writes `httpRequest` after `action`; a record written otherwise
+    // goes to the full parse.
+    let ip_at = action_at + CLIENT_IP.find(&line[action_at..])? + CLIENT_IP.needle().len();
     let ip_text = string_value(line, ip_at)?;
-    let client_ip: IpAddr = std::str::from_utf8(ip_text).ok()?.parse().ok()?;
+    let client_ip = parse_ip(ip_text)?;
 
     let hit = Hit {
         timestamp_ms,
@@ -136,40 +139,64 @@ pub(super) fn extract_hit_at(line: &[u8]) -> Option<(Hit, usize)> {
     Some((hit, start + ip_at + ip_text.len()))
 }
 
-/// Opening minus closing braces, and whether the line is pure ASCII (then
-/// it is valid UTF-8 without a second look), in one pass. Byte-wide
-/// counters over blocks of 255 bytes let the compiler vectorize the loop.
-fn scan_braces(line: &[u8]) -> (i64, bool) {
-    let (mut balance, mut high_bits) = (0i64, 0u8);
-    for block in line.chunks(255) {
-        let (mut open, mut close) = (0u8, 0u8);
-        for &b in block {
-            open += u8::from(b == b'{');
-            close += u8::from(b == b'}');
-            high_bits |= b;
-        }
-        balance += i64::from(open) - i64::from(close);
+/// An address as WAF writes it: a plain dotted quad is read here, anything
+/// else by the standard parser (which also has the last word on every
+/// dotted quad this one turns down).
+fn parse_ip(text: &[u8]) -> Option<IpAddr> {
+    match dotted_quad(text) {
+        Some(v4) => Some(IpAddr::V4(v4)),
+        None => std::str::from_utf8(text).ok()?.parse().ok(),
     }
-    (balance, high_bits < 0x80)
+}
+
+/// Four decimal octets without leading zeros, as the standard parser
+/// accepts them; `None` for anything else.
+fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let (mut part, mut value, mut digits) = (0, 0u16, 0);
+    for &b in text {
+        match b {
+            b'0'..=b'9' if digits < 3 && !(digits == 1 && value == 0) => {
+                value = value * 10 + u16::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if digits > 0 && part < 3 && value <= 255 => {
+                octets[part] = value as u8;
+                (part, value, digits) = (part + 1, 0, 0);
+            }
+            _ => return None,
+        }
+    }
+    if part != 3 || digits == 0 || value > 255 {
+        return None;
+    }
+    octets[3] = value as u8;
+    Some(Ipv4Addr::from(octets))
+}
+
+/// Opening minus closing braces, and whether the line is pure ASCII (then
+/// it is valid UTF-8 without a second look). memchr's counts use the
+/// widest vector unit the CPU has, picked at run time.
+fn scan_braces(line: &[u8]) -> (i64, bool) {
+    let open = memchr::memchr_iter(b'{', line).count();
+    let close = memchr::memchr_iter(b'}', line).count();
+    (open as i64 - close as i64, line.is_ascii())
 }
 
 /// Digits up to the next `,` or `}`, as JSON writes an integer; anything
 /// else (a sign, a fraction, spaces, a leading zero) is left to the full parse.
 fn parse_integer(bytes: &[u8]) -> Option<i64> {
-    let end = bytes.iter().position(|&b| b == b',' || b == b'}')?;
-    let digits = &bytes[..end];
-    if digits.is_empty()
-        || digits.len() > 18
-        || !digits.iter().all(u8::is_ascii_digit)
-        || (digits[0] == b'0' && digits.len() > 1)
-    {
-        return None;
+    let mut value = 0i64;
+    for (i, &b) in bytes.iter().enumerate().take(19) {
+        match b {
+            b'0'..=b'9' if i < 18 && !(i == 1 && bytes[0] == b'0') => {
+                value = value * 10 + i64::from(b - b'0')
+            }
+            b',' | b'}' if i > 0 => return Some(value),
+            _ => return None,
+        }
     }
-    Some(
-        digits
-            .iter()
-            .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')),
-    )
+    None
 }
 
 /// The bytes of a string value starting at `start`, up to its closing
@@ -178,6 +205,14 @@ fn string_value(line: &[u8], start: usize) -> Option<&[u8]> {
     let rest = line.get(start..)?;
     let end = memchr::memchr2(b'"', b'\\', rest)?;
     (rest[end] == b'"').then_some(&rest[..end])
+}
+
+/// Whether a key at byte `end` sits in the top-level object. Certain
+/// without a walk when no brace comes before it but the opening one, as
+/// WAF writes `action` (a matched key cannot sit inside a string: a raw
+/// quote ends a string, and an escaped one is not followed by `:`).
+fn at_top_level(line: &[u8], end: usize) -> bool {
+    memchr::memchr2(b'{', b'}', &line[1..end]).is_none() || depth_at(line, end) == Some(1)
 }
 
 /// Object nesting depth at byte `end` (arrays do not count: a nested
@@ -217,7 +252,38 @@ fn depth_at(line: &[u8], end: usize) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// The dotted-quad reader accepts only what the standard parser
+        /// accepts, and reads it the same.
+        #[test]
+        fn dotted_quads_read_as_the_standard_parser_reads_them(text in "[0-9.]{0,17}") {
+            let standard = text.parse::<Ipv4Addr>().ok();
+            match dotted_quad(text.as_bytes()) {
+                Some(v4) => prop_assert_eq!(Some(v4), standard),
+                None => prop_assert!(standard.is_none(), "{} turned down", text),
+            }
+        }
+    }
+
+    #[test]
+    fn every_address_form_is_read() {
+        for text in [
+            "192.0.2.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+        ] {
+            assert_eq!(parse_ip(text.as_bytes()), text.parse().ok(), "{text}");
+        }
+        for text in ["256.0.0.1", "01.2.3.4", "1.2.3", "1.2.3.4.5", "", "1..2.3"] {
+            assert_eq!(parse_ip(text.as_bytes()), None, "{text}");
+        }
+    }
 
     #[test]
     fn depth_skips_strings_and_escapes() {
@@ -232,6 +298,20 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_top_level_before_any_nested_object_and_by_its_depth_after() {
+        let flat = br#"{"a":"x","action":"ALLOW","r":[{"action":"BLOCK"}]}"#;
+        assert!(at_top_level(flat, ACTION.find(flat).unwrap()));
+        let nested = br#"{"r":[{"action":"BLOCK"}],"action":"ALLOW"}"#;
+        let first = ACTION.find(nested).unwrap();
+        assert!(!at_top_level(nested, first));
+        let second = first + 1 + ACTION.find(&nested[first + 1..]).unwrap();
+        assert!(at_top_level(nested, second));
+        // A brace inside a string sends the check to the walk, which skips it.
+        let in_string = br#"{"a":"{","action":"ALLOW"}"#;
+        assert!(at_top_level(in_string, ACTION.find(in_string).unwrap()));
+    }
+
+    #[test]
     fn integers_are_plain_digits_only() {
         assert_eq!(parse_integer(b"1700000000123,"), Some(1_700_000_000_123));
         assert_eq!(parse_integer(b"-5,"), None);
@@ -240,5 +320,14 @@ mod tests {
         assert_eq!(parse_integer(b"15"), None);
         assert_eq!(parse_integer(b"0,"), Some(0));
         assert_eq!(parse_integer(b"007,"), None);
+        assert_eq!(
+            parse_integer(b"999999999999999999,"),
+            Some(999_999_999_999_999_999)
+        );
+        assert_eq!(
+            parse_integer(b"9999999999999999999,"),
+            None,
+            "19 digits may not fit"
+        );
     }
 }
