@@ -148,18 +148,36 @@ impl S3Source {
             }
             Period::Between { start_ms, end_ms } => {
                 let (from, to) = (start_ms - self.lag_ms, end_ms + self.lag_ms);
+                let mut folders = Vec::new();
                 for root in self.time_roots().await? {
                     let mut hour = from.div_euclid(HOUR_MS) * HOUR_MS;
                     while hour <= to {
-                        let folder = format!("{root}{}", hour_folder(hour));
-                        for object in self.list_objects(&folder).await? {
-                            let time = key_time_ms(&object.key[root.len()..]);
-                            if time.is_none_or(|t| (from..=to).contains(&t)) {
-                                objects.push(object);
-                            }
-                        }
+                        folders.push((root.clone(), format!("{root}{}", hour_folder(hour))));
                         hour += HOUR_MS;
                     }
+                }
+                // A long backtest lists hundreds of hours: as many at once
+                // as objects are fetched.
+                let permits = Arc::new(Semaphore::new(self.concurrency));
+                let mut listings = JoinSet::new();
+                for (root, folder) in folders {
+                    let (source, permits) = (self.clone(), permits.clone());
+                    listings.spawn(async move {
+                        let _permit = permits.acquire_owned().await.expect("never closed");
+                        let listed = source.list_objects(&folder).await?;
+                        Ok::<_, SourceError>(
+                            listed
+                                .into_iter()
+                                .filter(|object| {
+                                    key_time_ms(&object.key[root.len()..])
+                                        .is_none_or(|t| (from..=to).contains(&t))
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    });
+                }
+                while let Some(listed) = listings.join_next().await {
+                    objects.extend(listed.expect("listing task panicked")?);
                 }
             }
         }

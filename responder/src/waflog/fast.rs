@@ -114,7 +114,8 @@ pub(super) fn extract_hit_at(line: &[u8]) -> Option<(Hit, usize)> {
         return None;
     }
 
-    let timestamp_at = TIMESTAMP.find(line)? + TIMESTAMP.needle().len();
+    // WAF writes `timestamp` first.
+    let timestamp_at = value_start(line, 1, TIMESTAMP.needle(), &TIMESTAMP)?;
     let timestamp_ms = parse_integer(&line[timestamp_at..])?;
 
     let action_key = ACTION.find(line)?;
