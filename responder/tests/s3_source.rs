@@ -337,7 +337,7 @@ async fn a_missing_bucket_or_an_empty_prefix_is_a_clear_error() {
         "s3://aws-waf-logs-missing/AWSLogs/",
         "ListObjectsV2",
         "NoSuchBucket",
-        "check [source] bucket",
+        "check the bucket's name",
     ] {
         assert!(message.contains(part), "{part:?} in {message}");
     }

@@ -285,12 +285,12 @@ impl S3Source {
     {
         let message = crate::aws::describe_error(error);
         let help = match error.as_service_error().and_then(|e| e.code()) {
-            Some("NoSuchBucket") => "; check [source] bucket (and region)",
+            Some("NoSuchBucket") => "; check the bucket's name (and region)",
             Some("AccessDenied") => {
                 "; the responder's role needs s3:ListBucket on this prefix (render-infra adds it)"
             }
             Some("PermanentRedirect" | "AuthorizationHeaderMalformed") => {
-                "; the bucket is in another region: set [source] region to it"
+                "; the bucket is in another region: set [source] region (AWS_REGION with --logs) to it"
             }
             _ => "",
         };
