@@ -51,6 +51,53 @@
 //! assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
 //! # }
 //! ```
+//!
+//! ## With axum
+//!
+//! Both ways of adding a layer to a `Router` compile as written, with
+//! [`TenantRateLimitLayer::keep_body_type`] (axum serves only its own
+//! `Body`). Wrapping the whole `Router` is the cheaper of the two:
+//! `Router::layer` wraps every route and clones the layered route per
+//! request. The wrapped `Router` is a service over any request body, so
+//! `into_make_service` needs to be told axum's `Request` once: that is the
+//! one annotated line below.
+//!
+//! ```
+//! use axum::{Router, extract::Request, routing::get};
+//! use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
+//! use http::StatusCode;
+//! use tower::{Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let text = "[quotas]\ndefault_plan = \"free\"\nplans = [{ name = \"free\", limits = [{ requests = 1, per_seconds = 60 }] }]\n";
+//! # let policy = floodgate_rules::Policy::from_toml(text, "floodgate.toml", time::macros::date!(2026 - 11 - 22)).unwrap().policy;
+//! let layer = TenantRateLimitLayer::builder(policy.quotas.as_ref().unwrap())
+//!     .build()
+//!     .unwrap()
+//!     .keep_body_type();
+//! let routes = || Router::new().route("/", get(|| async { "ok" }));
+//!
+//! // The whole Router wrapped, served by axum:
+//! let app = layer.clone().layer(routes());
+//! let _make_service = axum::ServiceExt::<Request>::into_make_service(app.clone());
+//! // axum::serve(listener, _make_service).await
+//!
+//! // Or the layer added the way most axum code adds one:
+//! let routed: Router = routes().layer(layer);
+//!
+//! // Both share the layer's limiter, so each is shown with its own tenant.
+//! for (service, tenant) in [(app.boxed_clone(), "acme"), (routed.boxed_clone(), "globex")] {
+//!     let mut statuses = Vec::new();
+//!     for _ in 0..2 {
+//!         let mut request = Request::new(axum::body::Body::empty());
+//!         request.extensions_mut().insert(Tenant::new(tenant));
+//!         statuses.push(service.clone().oneshot(request).await.unwrap().status());
+//!     }
+//!     assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+//! }
+//! # }
+//! ```
 
 mod body;
 mod client_ip;
