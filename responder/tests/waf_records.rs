@@ -441,3 +441,20 @@ fn a_record_broken_away_from_the_counting_fields_is_counted() {
         Some(parse_hit(&clean).unwrap())
     );
 }
+
+#[test]
+fn a_duplicated_counting_field_is_reported_as_duplicated() {
+    let clean = String::from_utf8(sample_lines()[0].clone()).unwrap();
+    let twice = clean.replacen('{', r#"{"timestamp":1,"#, 1);
+    let error = parse_hit_full_only(twice.as_bytes()).unwrap_err();
+    assert!(
+        matches!(error, BadLine::DuplicateField("timestamp")),
+        "{error:?}"
+    );
+    assert_eq!(error.to_string(), "field timestamp appears twice");
+    let missing = clean.replacen(r#""action":"#, r#""actio":"#, 1);
+    assert!(matches!(
+        parse_hit_full_only(missing.as_bytes()),
+        Err(BadLine::MissingField("action"))
+    ));
+}

@@ -101,13 +101,19 @@ struct RawLabel<'a> {
 fn parse_raw(line: &[u8]) -> Result<RawRecord<'_>, BadLine> {
     let raw: RawRecord<'_> = serde_json::from_slice(line).map_err(|e| {
         if e.is_data() {
-            BadLine::MissingField(match e.to_string() {
+            let message = e.to_string();
+            let field = match &message {
                 m if m.contains("timestamp") => "timestamp",
                 m if m.contains("clientIp") => "httpRequest.clientIp",
                 m if m.contains("httpRequest") => "httpRequest",
                 m if m.contains("action") => "action",
                 _ => "a record field",
-            })
+            };
+            if message.starts_with("duplicate field") {
+                BadLine::DuplicateField(field)
+            } else {
+                BadLine::MissingField(field)
+            }
         } else {
             BadLine::NotJson(e.to_string())
         }

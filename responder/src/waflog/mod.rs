@@ -111,6 +111,9 @@ pub enum BadLine {
     /// JSON, but a field detection needs is missing or of the wrong type.
     #[error("missing or invalid field {0}")]
     MissingField(&'static str),
+    /// A field detection needs appears twice in one object.
+    #[error("field {0} appears twice")]
+    DuplicateField(&'static str),
     /// `httpRequest.clientIp` is not an IP address.
     #[error("clientIp {0:?} is not an IP address")]
     BadClientIp(String),
