@@ -54,6 +54,13 @@ fn waf_key(root: &str, at_ms: i64, name: &str) -> String {
     )
 }
 
+/// A record's `timestamp`.
+fn timestamp(line: &str) -> i64 {
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["timestamp"]
+        .as_i64()
+        .unwrap()
+}
+
 /// Requests per key over the window.
 fn per_key(traffic: &Traffic) -> BTreeMap<String, u32> {
     traffic
@@ -291,13 +298,7 @@ async fn the_newest_record_and_a_period_s_records_come_from_their_hours() {
     put(&moto, &far).await;
     let source = S3Source::new(moto.s3_client(), BUCKET, "");
     let newest = far[1].1.iter().chain(in_window.iter().flat_map(|(_, l)| l));
-    let newest = newest
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["timestamp"]
-                .as_i64()
-                .unwrap()
-        })
-        .max();
+    let newest = newest.map(|line| timestamp(line)).max();
     assert_eq!(source.newest_timestamp().await.unwrap(), newest);
 
     let (hits, stats) = source
@@ -308,12 +309,7 @@ async fn the_newest_record_and_a_period_s_records_come_from_their_hours() {
     let in_period = in_window
         .iter()
         .flat_map(|(_, lines)| lines)
-        .filter(|line| {
-            let ts = serde_json::from_str::<serde_json::Value>(line).unwrap()["timestamp"]
-                .as_i64()
-                .unwrap();
-            (END_MS - 5 * MINUTE..=END_MS).contains(&ts)
-        })
+        .filter(|line| (END_MS - 5 * MINUTE..=END_MS).contains(&timestamp(line)))
         .count();
     assert_eq!(
         hits.iter()

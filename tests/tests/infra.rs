@@ -47,8 +47,14 @@ fn scheduled_mode() -> (tempfile::TempDir, Value) {
             "",
         )
         .replace("mode = \"service\"", "mode = \"scheduled\"\nschedule_expression = \"rate(2 minutes)\"");
+    let (dir, out) = rendered(&policy);
+    (dir, read_template(&out, "responder.yaml"))
+}
+
+/// `policy` written to a temporary directory and rendered into its `out/`.
+fn rendered(policy: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scheduled.toml");
+    let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
     let out = dir.path().join("out");
     let output = render_infra(&path, &out);
@@ -58,9 +64,13 @@ fn scheduled_mode() -> (tempfile::TempDir, Value) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = std::fs::read_to_string(out.join("responder.yaml")).unwrap();
-    let responder = serde_json::from_str(text.split_once('\n').unwrap().1).unwrap();
-    (dir, responder)
+    (dir, out)
+}
+
+/// A rendered template: a YAML comment line, then JSON.
+fn read_template(out: &std::path::Path, name: &str) -> Value {
+    let text = std::fs::read_to_string(out.join(name)).unwrap();
+    serde_json::from_str(text.split_once('\n').unwrap().1).unwrap()
 }
 
 fn cfn_lint(paths: &[&str]) -> std::process::Output {
@@ -608,22 +618,12 @@ fn s3_source_rendered(bucket: &str) -> (Value, Value, tempfile::TempDir) {
         .unwrap()
         .replace("aws-waf-logs-example", bucket)
         + "\n[infra]\nname = \"floodgate\"\nemergency_block_requests = 20000\nmode = \"scheduled\"\n";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s3.toml");
-    std::fs::write(&path, policy).unwrap();
-    let out = dir.path().join("out");
-    let output = render_infra(&path, &out);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let read = |name: &str| -> Value {
-        let text = std::fs::read_to_string(out.join(name)).unwrap();
-        serde_json::from_str(text.split_once('\n').unwrap().1).unwrap()
-    };
-    (read("waf.yaml"), read("responder.yaml"), dir)
+    let (dir, out) = rendered(&policy);
+    (
+        read_template(&out, "waf.yaml"),
+        read_template(&out, "responder.yaml"),
+        dir,
+    )
 }
 
 #[test]
