@@ -248,14 +248,7 @@ pub async fn send(url: &str, alerts: &[Alert]) -> Result<(), String> {
         alerts,
     })
     .expect("alerts serialize");
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no TLS roots: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, Full<Bytes>>(connector);
+    let client = crate::http_client::https_client()?;
     let request = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -354,6 +347,7 @@ mod tests {
             target: "wafv2 eu-west-1".to_owned(),
             outcome,
             calls: Default::default(),
+            left_out: Vec::new(),
         };
         let failed = || vec![report(Outcome::Failed("throttled".to_owned()))];
         let mut state = AlertState::default();

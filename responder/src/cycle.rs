@@ -22,7 +22,7 @@ use crate::lease::{ConfiguredLease, LeaseError, Standing};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerError, LedgerState, UpdateError, update};
 use crate::plan::{BlockPlan, Capacity, adopt, plan};
 use crate::sink::{
-    ApiCalls, ConfiguredTarget, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard,
+    ApiCalls, ConfiguredTarget, LeftOut, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard,
     apply_all_guarded,
 };
 use crate::source::{ConfiguredSource, LogSource, SourceError};
@@ -223,6 +223,9 @@ pub struct TargetLine {
     pub target: String,
     /// `unchanged`, `updated +a −r` or `failed: reason`.
     pub outcome: String,
+    /// Addresses the target cannot hold, as `address: why`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     #[serde(skip)]
     failed: bool,
 }
@@ -582,6 +585,7 @@ fn report(
             .map(|r| TargetLine {
                 target: r.target.clone(),
                 outcome: r.outcome.to_string(),
+                left_out: r.left_out.iter().map(LeftOut::to_string).collect(),
                 failed: matches!(r.outcome, Outcome::Failed(_)),
             })
             .collect(),

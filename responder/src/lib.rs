@@ -28,6 +28,7 @@ pub mod clock;
 pub mod cycle;
 pub mod daemon;
 pub mod detect;
+pub mod http_client;
 pub mod infra;
 pub mod lease;
 pub mod ledger;

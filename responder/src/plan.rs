@@ -22,6 +22,7 @@
 //!   dropped one is reported. The update never fails as a whole.
 
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 
 use floodgate_rules::Policy;
 use floodgate_rules::cidr::{aggregate, exclude};
@@ -30,6 +31,7 @@ use ipnet::IpNet;
 
 use crate::detect::Offender;
 use crate::ledger::{HISTORY_DAYS, LedgerEntry, LedgerState};
+use crate::sink::BlockNote;
 
 /// Addresses one WAF IP set holds at most.
 pub const WAF_IP_SET_CAPACITY: usize = 10_000;
@@ -55,7 +57,7 @@ impl Capacity {
                 .iter()
                 .filter_map(|t| match t {
                     Target::Wafv2(w) => Some(family(w)),
-                    Target::File { .. } => None,
+                    Target::Cloudflare(_) | Target::File { .. } => None,
                 })
                 .min()
                 .unwrap_or(1)
@@ -77,6 +79,8 @@ pub struct BlockPlan {
     pub ipv4: Vec<Vec<IpNet>>,
     /// What each IPv6 set should hold, in set order.
     pub ipv6: Vec<Vec<IpNet>>,
+    /// Why each address of the sets is blocked.
+    pub notes: BTreeMap<IpNet, BlockNote>,
     /// New blocks.
     pub added: Vec<IpNet>,
     /// Blocks extended because the offender is still active.
@@ -102,6 +106,7 @@ impl BlockPlan {
         crate::sink::DesiredSets {
             ipv4: self.ipv4.clone(),
             ipv6: self.ipv6.clone(),
+            notes: self.notes.clone(),
         }
     }
 
@@ -128,10 +133,12 @@ pub fn plan(
     let allow_listed = allow_listed(&active, &exceptions);
     let (ipv4, dropped_v4) = pack(&active, &exceptions, true, capacity);
     let (ipv6, dropped_v6) = pack(&active, &exceptions, false, capacity);
+    let notes = notes(&active, ipv4.iter().chain(&ipv6).flatten());
     BlockPlan {
         ledger: next,
         ipv4,
         ipv6,
+        notes,
         added: blocks.added,
         extended: blocks.extended,
         expired,
@@ -342,6 +349,37 @@ fn rank_active<'a>(next: &'a LedgerState, policy: &Policy, now_ms: i64) -> Vec<&
         )
     });
     active
+}
+
+/// The note of each address in the sets: the most severe active block
+/// it is, is part of, or (merged with its siblings) holds.
+fn notes<'n>(
+    active: &[&LedgerEntry],
+    nets: impl Iterator<Item = &'n IpNet>,
+) -> BTreeMap<IpNet, BlockNote> {
+    let note = |(rank, entry): (usize, &&LedgerEntry)| BlockNote {
+        tier: entry.tier.clone(),
+        expires_at_ms: entry.expires_at_ms,
+        rank,
+    };
+    let exact: HashMap<IpNet, usize> = active
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(rank, e)| (e.net, rank))
+        .collect();
+    nets.filter_map(|net| {
+        let found = match exact.get(net) {
+            Some(&rank) => Some((rank, &active[rank])),
+            // A piece cut around an exception, or an aggregate.
+            None => active
+                .iter()
+                .enumerate()
+                .find(|(_, e)| e.net.contains(net) || net.contains(&e.net)),
+        };
+        found.map(|found| (*net, note(found)))
+    })
+    .collect()
 }
 
 /// Active blocks that an exception covers, in whole or in part.

@@ -1,6 +1,8 @@
 //! Helpers for the workspace's end-to-end tests: they run the real
 //! `floodgate` binary the way a user would.
 
+pub mod cloudflare;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -32,15 +34,23 @@ pub fn floodgate_bin() -> &'static Path {
             .current_dir(workspace_root())
             .output()
             .expect("cargo runs");
+        let messages: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        // With --message-format json the compiler's errors are on stdout.
+        let diagnostics: String = messages
+            .iter()
+            .filter_map(|m| m.get("message")?.get("rendered")?.as_str())
+            .collect();
         assert!(
             output.status.success(),
-            "building floodgate failed:\n{}",
+            "building floodgate failed:\n{}{diagnostics}",
             String::from_utf8_lossy(&output.stderr)
         );
         // The last compiler-artifact message for the binary names its path.
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        messages
+            .iter()
             .filter_map(|message| message.get("executable")?.as_str().map(PathBuf::from))
             .next_back()
             .expect("cargo reported the floodgate executable")

@@ -161,6 +161,9 @@ fn override_ledger(
         }
         for report in &reports {
             out.push_str(&format!("  {}: {}\n", report.target, report.outcome));
+            for left in &report.left_out {
+                out.push_str(&format!("    left out {left}\n"));
+            }
         }
         write_stdout(&out)?;
         let failed = reports

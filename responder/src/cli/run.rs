@@ -268,6 +268,9 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
     ));
     for target in &report.targets {
         out.push_str(&format!("  {}: {}\n", target.target, target.outcome));
+        for left in &target.left_out {
+            out.push_str(&format!("    left out {left}\n"));
+        }
     }
     for target in &policy.targets {
         if let Target::File { dir } = target {

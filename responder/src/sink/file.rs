@@ -120,6 +120,7 @@ impl WafTarget for FileTarget {
             target: self.label(),
             outcome: Outcome::from_changes(self.write(desired)),
             calls: ApiCalls::default(),
+            left_out: Vec::new(),
         }
     }
 }

@@ -2,15 +2,18 @@
 //! reports one outcome; AWS SDK types never cross this seam.
 //!
 //! - [`wafv2`]: AWS WAFv2 IP sets, in a region or the CloudFront scope;
+//! - [`cloudflare`]: a Cloudflare account-level IP list;
 //! - [`file`]: JSON files shaped like UpdateIPSet requests (the embedded
 //!   default, and a way to apply blocks with other tooling).
 //!
 //! Targets are applied concurrently by [`apply_all`]; one failing never
 //! stops the others.
 
+pub mod cloudflare;
 pub mod file;
 pub mod wafv2;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -27,9 +30,40 @@ pub struct DesiredSets {
     pub ipv4: Vec<Vec<IpNet>>,
     /// IPv6 sets.
     pub ipv6: Vec<Vec<IpNet>>,
+    /// Why each address is blocked, for targets that can say so.
+    pub notes: BTreeMap<IpNet, BlockNote>,
 }
 
-/// AWS API calls one target made.
+/// Why one address of the sets is blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockNote {
+    /// The tier that blocked it.
+    pub tier: String,
+    /// When its block ends, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// Its place among the active blocks, most severe and most active
+    /// first: a target short of room keeps the lowest.
+    pub rank: usize,
+}
+
+/// An address a target could not hold, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// The address or range.
+    pub net: IpNet,
+    /// Why, with the fix where there is one.
+    pub reason: String,
+}
+
+impl fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.net, self.reason)
+    }
+}
+
+/// API calls one target made. WAFv2 names them; a Cloudflare list counts
+/// its list and item pages as `list`, bulk-operation polls as `get`, bulk
+/// item writes as `update` and list creation as `create`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApiCalls {
     /// ListIPSets pages.
@@ -113,6 +147,9 @@ pub struct TargetReport {
     pub outcome: Outcome,
     /// API calls made.
     pub calls: ApiCalls,
+    /// Addresses this target cannot hold (a Cloudflare list takes no IPv6
+    /// address narrower than a /64), each reported here and in the log.
+    pub left_out: Vec<LeftOut>,
 }
 
 /// A place that holds block lists.
@@ -174,6 +211,7 @@ pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
                     target: target.label(),
                     outcome: Outcome::Failed(format!("not written: {reason}")),
                     calls: ApiCalls::default(),
+                    left_out: Vec::new(),
                 };
                 return (index, report);
             }
@@ -193,6 +231,8 @@ pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
 pub enum ConfiguredTarget {
     /// `type = "wafv2"`.
     Wafv2(wafv2::Wafv2Target),
+    /// `type = "cloudflare"`.
+    Cloudflare(cloudflare::CloudflareTarget),
     /// `type = "file"`.
     File(file::FileTarget),
 }
@@ -220,6 +260,15 @@ impl ConfiguredTarget {
                         t.create_missing,
                     ))
                 }
+                Target::Cloudflare(t) => {
+                    let allowed = policy.allow.entries().iter().map(|e| e.cidr).collect();
+                    let token = std::env::var(&t.api_token_env).ok();
+                    ConfiguredTarget::Cloudflare(cloudflare::CloudflareTarget::new(
+                        t.clone(),
+                        token,
+                        allowed,
+                    ))
+                }
                 Target::File { dir } => {
                     // A file target keeps the set names of the first wafv2
                     // target, or plain ones, so its files mirror the WAF's.
@@ -231,7 +280,7 @@ impl ConfiguredTarget {
                                 w.ipv4_sets.iter().map(|n| n.as_str().to_owned()).collect(),
                                 w.ipv6_sets.iter().map(|n| n.as_str().to_owned()).collect(),
                             )),
-                            Target::File { .. } => None,
+                            Target::Cloudflare(_) | Target::File { .. } => None,
                         })
                         .unwrap_or_else(|| {
                             (
@@ -251,6 +300,7 @@ impl WafTarget for ConfiguredTarget {
     fn label(&self) -> String {
         match self {
             ConfiguredTarget::Wafv2(t) => t.label(),
+            ConfiguredTarget::Cloudflare(t) => t.label(),
             ConfiguredTarget::File(t) => t.label(),
         }
     }
@@ -258,6 +308,7 @@ impl WafTarget for ConfiguredTarget {
     async fn read(&self) -> Result<Contents, String> {
         match self {
             ConfiguredTarget::Wafv2(t) => t.read().await,
+            ConfiguredTarget::Cloudflare(t) => t.read().await,
             ConfiguredTarget::File(t) => t.read().await,
         }
     }
@@ -265,6 +316,7 @@ impl WafTarget for ConfiguredTarget {
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
         match self {
             ConfiguredTarget::Wafv2(t) => t.apply(desired).await,
+            ConfiguredTarget::Cloudflare(t) => t.apply(desired).await,
             ConfiguredTarget::File(t) => t.apply(desired).await,
         }
     }

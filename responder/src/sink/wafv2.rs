@@ -336,6 +336,7 @@ impl WafTarget for Wafv2Target {
             target: self.label(),
             outcome,
             calls,
+            left_out: Vec::new(),
         }
     }
 }

@@ -149,6 +149,14 @@ pub(crate) struct RawTarget {
     pub endpoint_url: Option<Spanned<String>>,
     pub create_missing: Option<Spanned<bool>>,
     pub dir: Option<Spanned<String>>,
+    pub account_id: Option<Spanned<String>>,
+    pub list: Option<Spanned<String>>,
+    pub api_token_env: Option<Spanned<String>>,
+    /// Never valid: read only to say where the token goes instead.
+    pub api_token: Option<Spanned<String>>,
+    pub api_url: Option<Spanned<String>>,
+    pub max_items: Option<Spanned<i64>>,
+    pub widen_ipv6: Option<Spanned<bool>>,
 }
 
 /// One table for every source type; validation checks which keys a type takes.

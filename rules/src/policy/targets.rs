@@ -103,11 +103,65 @@ pub struct Wafv2Target {
     pub create_missing: bool,
 }
 
+/// The name of a Cloudflare list: 1 to 50 lowercase letters, digits or
+/// `_`, as the Lists API requires (developers.cloudflare.com/waf/tools/lists/).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CloudflareListName(String);
+
+impl CloudflareListName {
+    /// Checks a list name against Cloudflare's rules.
+    pub fn new(name: &str) -> Option<CloudflareListName> {
+        let valid = !name.is_empty()
+            && name.len() <= 50
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        valid.then(|| CloudflareListName(name.to_owned()))
+    }
+
+    /// The name, as rule expressions write it after `$`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Items a Cloudflare account holds across all its lists unless it is on
+/// Enterprise (developers.cloudflare.com/waf/tools/lists/#availability).
+pub const CLOUDFLARE_ACCOUNT_ITEMS: u32 = 10_000;
+/// The Enterprise cap on items across all lists.
+pub const CLOUDFLARE_ENTERPRISE_ITEMS: u32 = 500_000;
+/// The Cloudflare API's base URL.
+pub const CLOUDFLARE_API_URL: &str = "https://api.cloudflare.com/client/v4";
+
+/// An account-level Cloudflare IP list that the responder owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudflareTarget {
+    /// The account's id: 32 hexadecimal digits.
+    pub account_id: String,
+    /// The list's name.
+    pub list: CloudflareListName,
+    /// The environment variable that holds the API token: a token never
+    /// sits in the policy file.
+    pub api_token_env: String,
+    /// The API's base URL (a fake in tests).
+    pub api_url: String,
+    /// Create the list when it is missing.
+    pub create_missing: bool,
+    /// Items the account may hold across all its lists: 10,000, or up to
+    /// 500,000 on Enterprise. The list gets what the other lists leave.
+    pub max_items: u32,
+    /// Block an IPv6 address (which a list cannot hold) as its /64.
+    /// Off: such an address is reported and left out.
+    pub widen_ipv6: bool,
+}
+
 /// Where the responder pushes block lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// AWS WAFv2 IP sets.
     Wafv2(Wafv2Target),
+    /// A Cloudflare IP list.
+    Cloudflare(CloudflareTarget),
     /// JSON files in the shape of UpdateIPSet requests, under a directory.
     File {
         /// The directory.
@@ -119,6 +173,12 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Wafv2(target) => write!(f, "wafv2 {}", target.scope),
+            Target::Cloudflare(target) => write!(
+                f,
+                "cloudflare {}/{}",
+                target.account_id,
+                target.list.as_str()
+            ),
             Target::File { dir } => write!(f, "file {}", dir.display()),
         }
     }
@@ -202,6 +262,9 @@ pub(crate) fn check_targets(checker: &mut Checker<'_>, raw: &[Spanned<RawTarget>
         };
         let same_place = |other: &Target| match (other, &target) {
             (Target::Wafv2(a), Target::Wafv2(b)) => a.scope == b.scope,
+            (Target::Cloudflare(a), Target::Cloudflare(b)) => {
+                a.account_id == b.account_id && a.list == b.list
+            }
             (Target::File { dir: a }, Target::File { dir: b }) => a == b,
             _ => false,
         };
@@ -221,21 +284,14 @@ pub(crate) fn check_targets(checker: &mut Checker<'_>, raw: &[Spanned<RawTarget>
 }
 
 fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Option<Target> {
-    match checker.choice(&raw.kind, &format!("{path}.type"), &["wafv2", "file"])? {
+    let kind = checker.choice(
+        &raw.kind,
+        &format!("{path}.type"),
+        &["wafv2", "cloudflare", "file"],
+    )?;
+    reject_stray_target_keys(checker, raw, path, kind);
+    match kind {
         "file" => {
-            let stray = [
-                raw.scope.as_ref().map(|v| ("scope", v.span())),
-                raw.region.as_ref().map(|v| ("region", v.span())),
-                raw.ipv4_sets.as_ref().map(|v| ("ipv4_sets", v.span())),
-                raw.ipv6_sets.as_ref().map(|v| ("ipv6_sets", v.span())),
-                raw.endpoint_url
-                    .as_ref()
-                    .map(|v| ("endpoint_url", v.span())),
-                raw.create_missing
-                    .as_ref()
-                    .map(|v| ("create_missing", v.span())),
-            ];
-            reject_stray_keys(checker, path, "file", &stray);
             let dir = required(
                 checker,
                 raw.dir.as_ref(),
@@ -249,9 +305,8 @@ fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Optio
                 dir: PathBuf::from(dir),
             })
         }
+        "cloudflare" => check_cloudflare_target(checker, raw, path).map(Target::Cloudflare),
         _ => {
-            let stray = [raw.dir.as_ref().map(|v| ("dir", v.span()))];
-            reject_stray_keys(checker, path, "wafv2", &stray);
             let scope = check_scope(checker, raw, path);
             let ipv4_sets = check_ip_sets(
                 checker,
@@ -282,6 +337,113 @@ fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Optio
             }))
         }
     }
+}
+
+/// The API's own URL or a fake's; a token never goes in it.
+const CLOUDFLARE_URL: UrlRules = UrlRules {
+    schemes: &["http://", "https://"],
+    kind: "an http(s)",
+    example: CLOUDFLARE_API_URL,
+    credentials: "the API token comes from the variable api_token_env names",
+};
+
+fn check_cloudflare_target(
+    checker: &mut Checker<'_>,
+    raw: &RawTarget,
+    path: &str,
+) -> Option<CloudflareTarget> {
+    if let Some(token) = &raw.api_token {
+        checker.error(
+            token.span(),
+            &format!("{path}.api_token"),
+            "an API token must not be written in the policy file".to_owned(),
+            Some(
+                "remove api_token, put the token in an environment variable, \
+                 and name it with api_token_env = \"CLOUDFLARE_API_TOKEN\""
+                    .to_owned(),
+            ),
+        );
+    }
+    let account_id = required(
+        checker,
+        raw.account_id.as_ref(),
+        &raw.kind,
+        path,
+        "account_id",
+        "account_id = \"<the 32 hex digits on the account's dashboard>\"",
+    )
+    .and_then(|id| {
+        let text = id.get_ref();
+        let valid = text.len() == 32 && text.chars().all(|c| c.is_ascii_hexdigit());
+        if !valid {
+            let message = format!("\"{text}\" is not a Cloudflare account id");
+            let help = "copy the 32 hexadecimal digits from the account's dashboard".to_owned();
+            checker.error(
+                id.span(),
+                &format!("{path}.account_id"),
+                message,
+                Some(help),
+            );
+        }
+        valid.then(|| text.to_ascii_lowercase())
+    });
+    let list = required(
+        checker,
+        raw.list.as_ref(),
+        &raw.kind,
+        path,
+        "list",
+        "list = \"floodgate_blocked\"",
+    )
+    .and_then(|name| {
+        let list = CloudflareListName::new(name.get_ref());
+        if list.is_none() {
+            let message = format!("\"{}\" is not a Cloudflare list name", name.get_ref());
+            let help = "use 1 to 50 lowercase letters, digits and _".to_owned();
+            checker.error(name.span(), &format!("{path}.list"), message, Some(help));
+        }
+        list
+    });
+    let api_token_env = required(
+        checker,
+        raw.api_token_env.as_ref(),
+        &raw.kind,
+        path,
+        "api_token_env",
+        "api_token_env = \"CLOUDFLARE_API_TOKEN\"",
+    )
+    .and_then(|name| {
+        checker.env_var_name(
+            name,
+            &format!("{path}.api_token_env"),
+            "CLOUDFLARE_API_TOKEN",
+        )
+    });
+    let api_url = match &raw.api_url {
+        Some(url) => checker.url(url, &format!("{path}.api_url"), &CLOUDFLARE_URL),
+        None => Some(CLOUDFLARE_API_URL.to_owned()),
+    };
+    let max_items = match &raw.max_items {
+        Some(max) => checker.in_range(
+            max,
+            &format!("{path}.max_items"),
+            1,
+            i64::from(CLOUDFLARE_ENTERPRISE_ITEMS),
+        ),
+        None => Some(CLOUDFLARE_ACCOUNT_ITEMS),
+    };
+    if raw.api_token.is_some() {
+        return None;
+    }
+    Some(CloudflareTarget {
+        account_id: account_id?,
+        list: list?,
+        api_token_env: api_token_env?,
+        api_url: api_url?.trim_end_matches('/').to_owned(),
+        create_missing: raw.create_missing.as_ref().is_some_and(|c| *c.get_ref()),
+        max_items: max_items?,
+        widen_ipv6: raw.widen_ipv6.as_ref().is_some_and(|w| *w.get_ref()),
+    })
 }
 
 fn check_scope(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Option<WafScope> {
@@ -652,6 +814,37 @@ fn required<'v, T>(
         checker.error(kind.span(), path, message, Some(format!("add {example}")));
     }
     value
+}
+
+/// Reports keys that the target's `type` does not take.
+fn reject_stray_target_keys(checker: &mut Checker<'_>, raw: &RawTarget, path: &str, kind: &str) {
+    let span = |value: Option<std::ops::Range<usize>>, kinds: &[&str]| {
+        value.filter(|_| !kinds.contains(&kind))
+    };
+    let wafv2 = ["wafv2"].as_slice();
+    let cloudflare = ["cloudflare"].as_slice();
+    let stray = [
+        span(raw.scope.as_ref().map(Spanned::span), wafv2).map(|s| ("scope", s)),
+        span(raw.region.as_ref().map(Spanned::span), wafv2).map(|s| ("region", s)),
+        span(raw.ipv4_sets.as_ref().map(Spanned::span), wafv2).map(|s| ("ipv4_sets", s)),
+        span(raw.ipv6_sets.as_ref().map(Spanned::span), wafv2).map(|s| ("ipv6_sets", s)),
+        span(raw.endpoint_url.as_ref().map(Spanned::span), wafv2).map(|s| ("endpoint_url", s)),
+        span(
+            raw.create_missing.as_ref().map(Spanned::span),
+            &["wafv2", "cloudflare"],
+        )
+        .map(|s| ("create_missing", s)),
+        span(raw.dir.as_ref().map(Spanned::span), &["file"]).map(|s| ("dir", s)),
+        span(raw.account_id.as_ref().map(Spanned::span), cloudflare).map(|s| ("account_id", s)),
+        span(raw.list.as_ref().map(Spanned::span), cloudflare).map(|s| ("list", s)),
+        span(raw.api_token_env.as_ref().map(Spanned::span), cloudflare)
+            .map(|s| ("api_token_env", s)),
+        span(raw.api_token.as_ref().map(Spanned::span), cloudflare).map(|s| ("api_token", s)),
+        span(raw.api_url.as_ref().map(Spanned::span), cloudflare).map(|s| ("api_url", s)),
+        span(raw.max_items.as_ref().map(Spanned::span), cloudflare).map(|s| ("max_items", s)),
+        span(raw.widen_ipv6.as_ref().map(Spanned::span), cloudflare).map(|s| ("widen_ipv6", s)),
+    ];
+    reject_stray_keys(checker, path, kind, &stray);
 }
 
 /// Reports keys that the chosen `type` does not take.
