@@ -51,6 +51,7 @@ fn addresses(offset: u32) -> DesiredSets {
     DesiredSets {
         ipv4: vec![v4],
         ipv6: vec![vec![]],
+        ..Default::default()
     }
 }
 

@@ -78,7 +78,11 @@ fn writes(fake: &FakeCloudflare) -> Vec<String> {
 async fn creates_the_list_fills_it_with_commented_items_and_then_writes_nothing() {
     let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
     let target = target(config(&fake), &[]);
-    let wanted = desired(&["198.51.100.7", "203.0.113.0/24"], &["2001:db8::/64"], "block");
+    let wanted = desired(
+        &["198.51.100.7", "203.0.113.0/24"],
+        &["2001:db8::/64"],
+        "block",
+    );
 
     let report = target.apply(&wanted).await;
     assert_eq!(
@@ -105,7 +109,9 @@ async fn creates_the_list_fills_it_with_commented_items_and_then_writes_nothing(
     );
     // The documented request shapes: Create a list, then Create list items.
     let requests = fake.requests();
-    let create = requests.iter().find(|r| r.method == "POST" && r.path.ends_with("/rules/lists"));
+    let create = requests
+        .iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/rules/lists"));
     assert_eq!(
         create.unwrap().body,
         json!({
@@ -114,7 +120,9 @@ async fn creates_the_list_fills_it_with_commented_items_and_then_writes_nothing(
             "description": "Blocked by Floodgate; each item's comment gives its tier and expiry",
         })
     );
-    let append = requests.iter().find(|r| r.method == "POST" && r.path.ends_with("/items"));
+    let append = requests
+        .iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/items"));
     assert_eq!(
         append.unwrap().body,
         json!([
@@ -124,7 +132,11 @@ async fn creates_the_list_fills_it_with_commented_items_and_then_writes_nothing(
         ])
     );
     // The write was polled to completion.
-    assert!(requests.iter().any(|r| r.path.contains("/rules/lists/bulk_operations/")));
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.contains("/rules/lists/bulk_operations/"))
+    );
     assert!(report.calls.get >= 2, "{:?}", report.calls);
 
     fake.clear_requests();
@@ -158,7 +170,11 @@ async fn reads_every_page_and_deletes_only_what_ended() {
         .filter(|r| r.method == "GET" && r.path.contains("/items?"))
         .count();
     assert_eq!(pages, 6, "40 items in pages of 7");
-    let deletes: Vec<_> = fake.requests().into_iter().filter(|r| r.method == "DELETE").collect();
+    let deletes: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
     assert_eq!(deletes.len(), 1);
     assert_eq!(deletes[0].body["items"].as_array().unwrap().len(), 10);
     let mut left = fake.ips(LIST);
@@ -176,7 +192,9 @@ async fn a_hand_added_item_is_removed_and_a_new_tier_rewrites_the_list_in_one_re
     let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
     fake.add_list(LIST, "ip", &["198.51.100.1"]);
     let target = target(config(&fake), &[]);
-    let report = target.apply(&desired(&["198.51.100.7"], &[], "watch")).await;
+    let report = target
+        .apply(&desired(&["198.51.100.7"], &[], "watch"))
+        .await;
     assert_eq!(
         report.outcome,
         Outcome::Updated {
@@ -186,14 +204,22 @@ async fn a_hand_added_item_is_removed_and_a_new_tier_rewrites_the_list_in_one_re
     );
     assert_eq!(fake.ips(LIST), ["198.51.100.7"]);
     assert_eq!(
-        writes(&fake).iter().map(|w| w.split(' ').next().unwrap()).collect::<Vec<_>>(),
+        writes(&fake)
+            .iter()
+            .map(|w| w.split(' ').next().unwrap())
+            .collect::<Vec<_>>(),
         ["DELETE", "POST"]
     );
 
     fake.clear_requests();
-    target.apply(&desired(&["198.51.100.7"], &[], "block")).await;
+    target
+        .apply(&desired(&["198.51.100.7"], &[], "block"))
+        .await;
     let items = fake.items(LIST).unwrap();
-    assert_eq!(items[0].comment, "floodgate: block until 2026-12-04 19:00 UTC");
+    assert_eq!(
+        items[0].comment,
+        "floodgate: block until 2026-12-04 19:00 UTC"
+    );
     let written: Vec<_> = writes(&fake);
     assert_eq!(written.len(), 1);
     assert!(written[0].starts_with("PUT "), "{written:?}");
@@ -204,7 +230,11 @@ async fn an_ipv6_address_is_left_out_or_widened_but_never_over_an_allow_listed_o
     let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
     let wanted = desired(
         &[],
-        &["2001:db8:1::5/128", "2001:db8:1::6/128", "2001:db8:2::9/128"],
+        &[
+            "2001:db8:1::5/128",
+            "2001:db8:1::6/128",
+            "2001:db8:2::9/128",
+        ],
         "block",
     );
 
@@ -212,7 +242,11 @@ async fn an_ipv6_address_is_left_out_or_widened_but_never_over_an_allow_listed_o
     let report = strict.apply(&wanted).await;
     assert_eq!(report.outcome, Outcome::Unchanged);
     assert_eq!(report.left_out.len(), 3);
-    assert!(report.left_out[0].reason.contains("widen_ipv6"), "{:?}", report.left_out);
+    assert!(
+        report.left_out[0].reason.contains("widen_ipv6"),
+        "{:?}",
+        report.left_out
+    );
 
     let mut widening = config(&fake);
     widening.widen_ipv6 = true;
@@ -221,7 +255,11 @@ async fn an_ipv6_address_is_left_out_or_widened_but_never_over_an_allow_listed_o
     assert_eq!(fake.ips(LIST), ["2001:db8:1::/64"]);
     assert_eq!(report.left_out.len(), 1);
     assert_eq!(report.left_out[0].net, net("2001:db8:2::9/128"));
-    assert!(report.left_out[0].reason.contains(partner), "{:?}", report.left_out);
+    assert!(
+        report.left_out[0].reason.contains(partner),
+        "{:?}",
+        report.left_out
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,11 +287,10 @@ async fn past_the_account_cap_the_most_severe_are_kept_and_the_rest_reported() {
 async fn rate_limits_and_outages_are_retried_and_a_failed_operation_fails_the_target() {
     let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
     let target = target(config(&fake), &[]);
-    fake.inject(&[
-        Fault::RateLimited { retry_after: 1 },
-        Fault::Unavailable,
-    ]);
-    let report = target.apply(&desired(&["198.51.100.7"], &[], "block")).await;
+    fake.inject(&[Fault::RateLimited { retry_after: 1 }, Fault::Unavailable]);
+    let report = target
+        .apply(&desired(&["198.51.100.7"], &[], "block"))
+        .await;
     assert_eq!(
         report.outcome,
         Outcome::Updated {
@@ -264,7 +301,9 @@ async fn rate_limits_and_outages_are_retried_and_a_failed_operation_fails_the_ta
     assert_eq!(fake.ips(LIST), ["198.51.100.7"]);
 
     fake.inject(&[Fault::FailOperation("internal error".to_owned())]);
-    let report = target.apply(&desired(&["198.51.100.8"], &[], "block")).await;
+    let report = target
+        .apply(&desired(&["198.51.100.8"], &[], "block"))
+        .await;
     let Outcome::Failed(reason) = &report.outcome else {
         panic!("the operation failed: {:?}", report.outcome);
     };
@@ -272,12 +311,16 @@ async fn rate_limits_and_outages_are_retried_and_a_failed_operation_fails_the_ta
     assert_eq!(fake.ips(LIST), ["198.51.100.7"], "nothing was applied");
 
     // The next run converges.
-    let report = target.apply(&desired(&["198.51.100.8"], &[], "block")).await;
+    let report = target
+        .apply(&desired(&["198.51.100.8"], &[], "block"))
+        .await;
     assert!(matches!(report.outcome, Outcome::Updated { .. }));
     assert_eq!(fake.ips(LIST), ["198.51.100.8"]);
 
     fake.inject(&[Fault::RateLimited { retry_after: 3600 }]);
-    let report = target.apply(&desired(&["198.51.100.9"], &[], "block")).await;
+    let report = target
+        .apply(&desired(&["198.51.100.9"], &[], "block"))
+        .await;
     let Outcome::Failed(reason) = &report.outcome else {
         panic!("an hour's wait fails this run: {:?}", report.outcome);
     };
@@ -289,18 +332,26 @@ async fn a_missing_list_token_or_permission_fails_with_the_fix() {
     let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
     let mut no_create = config(&fake);
     no_create.create_missing = false;
-    let report = target(no_create, &[]).apply(&desired(&["198.51.100.7"], &[], "block")).await;
+    let report = target(no_create, &[])
+        .apply(&desired(&["198.51.100.7"], &[], "block"))
+        .await;
     let Outcome::Failed(reason) = &report.outcome else {
         panic!("no list: {:?}", report.outcome);
     };
-    assert!(reason.contains("no list named floodgate_blocked"), "{reason}");
+    assert!(
+        reason.contains("no list named floodgate_blocked"),
+        "{reason}"
+    );
     assert!(reason.contains("create_missing = true"), "{reason}");
 
     let unset = CloudflareTarget::new(config(&fake), None, Vec::new());
     let Outcome::Failed(reason) = unset.apply(&DesiredSets::default()).await.outcome else {
         panic!("no token");
     };
-    assert!(reason.contains("CLOUDFLARE_API_TOKEN is not set"), "{reason}");
+    assert!(
+        reason.contains("CLOUDFLARE_API_TOKEN is not set"),
+        "{reason}"
+    );
 
     let wrong = CloudflareTarget::new(config(&fake), Some("wrong".to_owned()), Vec::new());
     let Outcome::Failed(reason) = wrong.apply(&DesiredSets::default()).await.outcome else {

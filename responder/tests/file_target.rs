@@ -15,6 +15,7 @@ async fn writes_update_ip_set_shaped_files_only_when_they_change() {
     let desired = DesiredSets {
         ipv4: vec![vec!["203.0.113.66/32".parse::<IpNet>().unwrap()], vec![]],
         ipv6: vec![vec!["2001:db8:bad::/64".parse().unwrap()]],
+        ..Default::default()
     };
     assert_eq!(
         target.apply(&desired).await.outcome,

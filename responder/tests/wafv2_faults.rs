@@ -73,6 +73,7 @@ fn desired(addresses: &[&str]) -> DesiredSets {
                 .collect(),
         ],
         ipv6: vec![],
+        ..Default::default()
     }
 }
 

@@ -81,6 +81,7 @@ async fn pushes_to_three_regions_and_cloudfront_then_writes_nothing_when_converg
     let desired = DesiredSets {
         ipv4: vec![nets(&["203.0.113.66/32", "203.0.113.128/28"]), vec![]],
         ipv6: vec![nets(&["2001:db8:bad::66/128"])],
+        ..Default::default()
     };
     let reports = apply_all(targets.clone(), &desired, 4).await;
     for report in &reports {
@@ -220,6 +221,7 @@ async fn a_foreign_write_between_get_and_update_forces_a_lock_retry() {
         .apply(&DesiredSets {
             ipv4: vec![nets(&["203.0.113.66/32"])],
             ipv6: vec![],
+            ..Default::default()
         })
         .await;
     assert!(fired.load(Ordering::SeqCst));
@@ -260,6 +262,7 @@ async fn more_than_ten_thousand_addresses_spill_into_the_second_set() {
             .map(<[IpNet]>::to_vec)
             .collect(),
         ipv6: vec![],
+        ..Default::default()
     };
     let report = target(&moto, "eu-west-1").apply(&desired).await;
     assert_eq!(
@@ -387,6 +390,7 @@ async fn targets_are_built_from_the_policy() {
     let desired = DesiredSets {
         ipv4: vec![nets(&["203.0.113.66/32"]), vec![]],
         ipv6: vec![vec![]],
+        ..Default::default()
     };
     assert_eq!(
         targets[2].apply(&desired).await.outcome,

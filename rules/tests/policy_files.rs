@@ -208,3 +208,37 @@ fn the_s3_example_policy_loads_with_its_source() {
     assert_eq!(source.delivery_lag_minutes, 10);
     assert_eq!(source.max_concurrent_objects.get(), 16);
 }
+
+#[test]
+fn the_cloudflare_example_policy_loads_with_both_targets() {
+    use floodgate_rules::policy::{CloudflareListName, CloudflareTarget, Target};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cloudflare.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let loaded =
+        Policy::from_toml(&text, "cloudflare.toml", TODAY).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings, []);
+    let targets = &loaded.policy.targets;
+    assert!(matches!(targets[0], Target::Wafv2(_)));
+    assert_eq!(
+        targets[1],
+        Target::Cloudflare(CloudflareTarget {
+            account_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            list: CloudflareListName::new("floodgate_blocked").unwrap(),
+            api_token_env: "CLOUDFLARE_API_TOKEN".to_owned(),
+            api_url: "https://api.cloudflare.com/client/v4".to_owned(),
+            create_missing: true,
+            max_items: 10_000,
+            widen_ipv6: true,
+        })
+    );
+    // The defaults; an upper-case account id is Cloudflare's own.
+    let minimal = "[[targets]]\ntype = \"cloudflare\"\naccount_id = \"0123456789ABCDEF0123456789ABCDEF\"\nlist = \"l\"\napi_token_env = \"T\"\napi_url = \"http://127.0.0.1:1/client/v4/\"\n";
+    let loaded = Policy::from_toml(minimal, "m.toml", TODAY).unwrap_or_else(|e| panic!("{e}"));
+    let Target::Cloudflare(target) = &loaded.policy.targets[0] else {
+        panic!("a Cloudflare target");
+    };
+    assert_eq!(target.account_id, "0123456789abcdef0123456789abcdef");
+    assert_eq!(target.api_url, "http://127.0.0.1:1/client/v4");
+    assert_eq!(target.max_items, 10_000);
+    assert!(!target.create_missing && !target.widen_ipv6);
+}

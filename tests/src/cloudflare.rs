@@ -303,7 +303,10 @@ fn gate(
 ) -> Option<Response> {
     state.requests.push(Recorded {
         method: method.to_string(),
-        path: uri.path_and_query().map(ToString::to_string).unwrap_or_default(),
+        path: uri
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
     });
     let bearer = format!("Bearer {}", state.token);
@@ -325,7 +328,11 @@ fn gate(
         }
         Some(Fault::Unavailable) => {
             state.faults.pop_front();
-            Some(error(StatusCode::SERVICE_UNAVAILABLE, 10000, "Service unavailable"))
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                10000,
+                "Service unavailable",
+            ))
         }
         _ => None,
     }
@@ -378,7 +385,11 @@ async fn create_list(
         return error(StatusCode::BAD_REQUEST, 10001, "name and kind are required");
     };
     if state.lists.iter().any(|l| l.name == name) {
-        return error(StatusCode::CONFLICT, 10023, "a list with this name already exists");
+        return error(
+            StatusCode::CONFLICT,
+            10023,
+            "a list with this name already exists",
+        );
     }
     let id = state.id();
     let list = FakeList {
@@ -414,7 +425,11 @@ async fn get_items(
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(25);
     if per_page > 500 {
-        return error(StatusCode::BAD_REQUEST, 10001, "per_page must be at most 500");
+        return error(
+            StatusCode::BAD_REQUEST,
+            10001,
+            "per_page must be at most 500",
+        );
     }
     let page_size = per_page.min(state.page_size);
     // The cursor is opaque to callers; here it is an offset.
@@ -540,7 +555,11 @@ async fn get_operation(
     };
     if op.status == "pending" && op.polls_left > 0 {
         op.polls_left -= 1;
-        op.status = if op.polls_left == 0 { "running" } else { "pending" };
+        op.status = if op.polls_left == 0 {
+            "running"
+        } else {
+            "pending"
+        };
     } else if matches!(op.status, "pending" | "running") {
         let change = op.change.take().expect("a change until completed");
         let list_id = op.list.clone();

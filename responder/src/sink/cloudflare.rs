@@ -45,7 +45,9 @@ use ipnet::{IpNet, Ipv6Net};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiCalls, BlockNote, Contents, DesiredSets, LeftOut, Outcome, TargetReport, WafTarget};
+use super::{
+    ApiCalls, BlockNote, Contents, DesiredSets, LeftOut, Outcome, TargetReport, WafTarget,
+};
 use crate::http_client::{HttpsClient, https_client};
 
 /// Attempts per API call before the target is reported failed.
@@ -179,8 +181,14 @@ impl CloudflareTarget {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(Value, Value), CallError> {
-        let client = self.client.as_ref().map_err(|e| CallError::Fatal(e.clone()))?;
-        let token = self.token.as_ref().map_err(|e| CallError::Fatal(e.clone()))?;
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| CallError::Fatal(e.clone()))?;
+        let token = self
+            .token
+            .as_ref()
+            .map_err(|e| CallError::Fatal(e.clone()))?;
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let request = http::Request::builder()
             .method(method.clone())
@@ -210,7 +218,10 @@ impl CloudflareTarget {
         let errors = api_errors(&envelope);
         if status == StatusCode::TOO_MANY_REQUESTS {
             let wait = retry_after.unwrap_or_default();
-            return Err(CallError::Retry(wait, format!("rate limited (429){errors}")));
+            return Err(CallError::Retry(
+                wait,
+                format!("rate limited (429){errors}"),
+            ));
         }
         if status.is_server_error() {
             return Err(CallError::Retry(
@@ -233,9 +244,14 @@ impl CloudflareTarget {
         Ok((result, info))
     }
 
-    /// The list's id, created when missing and allowed, and how many items
-    /// the account's other lists hold.
-    async fn find_list(&self, calls: &mut ApiCalls) -> Result<(String, u64), String> {
+    /// The list's id, and how many items the account's other lists hold.
+    /// A missing list is created when `create` and `create_missing` allow
+    /// it; `None` when it is missing and may be created later.
+    async fn find_list(
+        &self,
+        calls: &mut ApiCalls,
+        create: bool,
+    ) -> Result<Option<(String, u64)>, String> {
         calls.list += 1;
         let (result, _) = self.call(Method::GET, &self.lists_path(), None).await?;
         let lists: Vec<List> = serde_json::from_value(result)
@@ -253,7 +269,7 @@ impl CloudflareTarget {
                     list.kind
                 ));
             }
-            return Ok((list.id.clone(), others));
+            return Ok(Some((list.id.clone(), others)));
         }
         if !self.config.create_missing {
             return Err(format!(
@@ -261,6 +277,9 @@ impl CloudflareTarget {
                  create_missing = true",
                 self.config.account_id
             ));
+        }
+        if !create {
+            return Ok(None);
         }
         calls.create += 1;
         let body = json!({
@@ -274,7 +293,7 @@ impl CloudflareTarget {
         let created: List = serde_json::from_value(created)
             .map_err(|e| format!("POST {}: unexpected answer: {e}", self.lists_path()))?;
         tracing::info!(list = name, id = %created.id, "created the Cloudflare list");
-        Ok((created.id, others))
+        Ok(Some((created.id, others)))
     }
 
     /// Every item of list `id`, page by page.
@@ -313,7 +332,9 @@ impl CloudflareTarget {
         calls.update += 1;
         let (result, _) = self.call(method.clone(), path, Some(body)).await?;
         let Some(operation) = result.get("operation_id").and_then(Value::as_str) else {
-            return Err(format!("{method} list items: the answer has no operation_id"));
+            return Err(format!(
+                "{method} list items: the answer has no operation_id"
+            ));
         };
         let status_path = format!("{}/bulk_operations/{operation}", self.lists_path());
         let started = tokio::time::Instant::now();
@@ -394,9 +415,9 @@ impl CloudflareTarget {
             )),
             IpNet::V4(_) => Ok(net),
             IpNet::V6(v6) if IPV6_PREFIXES.contains(&v6.prefix_len()) => Ok(net),
-            IpNet::V6(v6) if v6.prefix_len() < *IPV6_PREFIXES.start() => Err(
-                "Cloudflare IP lists hold IPv6 ranges of /4 to /64".to_owned(),
-            ),
+            IpNet::V6(v6) if v6.prefix_len() < *IPV6_PREFIXES.start() => {
+                Err("Cloudflare IP lists hold IPv6 ranges of /4 to /64".to_owned())
+            }
             IpNet::V6(_) if !self.config.widen_ipv6 => Err(
                 "Cloudflare IP lists hold IPv6 ranges of /4 to /64; set widen_ipv6 = true \
                  to block such an address as its /64"
@@ -408,7 +429,11 @@ impl CloudflareTarget {
                         .expect("64 is a valid prefix")
                         .trunc(),
                 );
-                match self.allowed.iter().find(|a| wide.contains(*a) || a.contains(&wide)) {
+                match self
+                    .allowed
+                    .iter()
+                    .find(|a| wide.contains(*a) || a.contains(&wide))
+                {
                     Some(allowed) => Err(format!(
                         "its /64 {wide} holds the allow-listed {allowed}, so it is not widened"
                     )),
@@ -425,7 +450,10 @@ impl CloudflareTarget {
         calls: &mut ApiCalls,
         left_out: &mut Vec<LeftOut>,
     ) -> Result<(usize, usize), String> {
-        let (list_id, others) = self.find_list(calls).await?;
+        let (list_id, others) = self
+            .find_list(calls, true)
+            .await?
+            .expect("a missing list was created");
         let current = self.items(&list_id, calls).await?;
         let (mut wanted, cannot_hold) = self.wanted(desired);
         left_out.extend(cannot_hold);
@@ -456,7 +484,10 @@ impl CloudflareTarget {
             .filter(|(net, _)| !wanted_nets.contains_key(net))
             .map(|(_, item)| *item)
             .collect();
-        let added: Vec<&Wanted> = wanted.iter().filter(|w| !held.contains_key(&w.net)).collect();
+        let added: Vec<&Wanted> = wanted
+            .iter()
+            .filter(|w| !held.contains_key(&w.net))
+            .collect();
         let rewritten = wanted.iter().any(|w| {
             held.get(&w.net)
                 .is_some_and(|item| item.comment.as_deref().unwrap_or_default() != w.comment)
@@ -493,7 +524,13 @@ impl WafTarget for CloudflareTarget {
 
     async fn read(&self) -> Result<Contents, String> {
         let mut calls = ApiCalls::default();
-        let (list_id, _) = self.find_list(&mut calls).await?;
+        // Reading never creates the list: until the first write it is empty.
+        let Some((list_id, _)) = self.find_list(&mut calls, false).await? else {
+            return Ok(Contents {
+                nets: Vec::new(),
+                calls,
+            });
+        };
         let items = self.items(&list_id, &mut calls).await?;
         let nets = items
             .iter()

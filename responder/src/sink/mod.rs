@@ -231,8 +231,8 @@ pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
 pub enum ConfiguredTarget {
     /// `type = "wafv2"`.
     Wafv2(wafv2::Wafv2Target),
-    /// `type = "cloudflare"`.
-    Cloudflare(cloudflare::CloudflareTarget),
+    /// `type = "cloudflare"` (boxed: it holds its own HTTPS client).
+    Cloudflare(Box<cloudflare::CloudflareTarget>),
     /// `type = "file"`.
     File(file::FileTarget),
 }
@@ -263,11 +263,11 @@ impl ConfiguredTarget {
                 Target::Cloudflare(t) => {
                     let allowed = policy.allow.entries().iter().map(|e| e.cidr).collect();
                     let token = std::env::var(&t.api_token_env).ok();
-                    ConfiguredTarget::Cloudflare(cloudflare::CloudflareTarget::new(
+                    ConfiguredTarget::Cloudflare(Box::new(cloudflare::CloudflareTarget::new(
                         t.clone(),
                         token,
                         allowed,
-                    ))
+                    )))
                 }
                 Target::File { dir } => {
                     // A file target keeps the set names of the first wafv2

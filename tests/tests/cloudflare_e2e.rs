@@ -1,0 +1,213 @@
+//! The Cloudflare target through the real binary, beside moto's WAFv2:
+//! `run --once`, `plan`, `status`, `block` and `unblock` write the same
+//! blocks to both, and a Cloudflare failure never stops the AWS target.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use aws_sdk_wafv2::types::Scope;
+use floodgate_responder::clock::rfc3339_from_ms;
+use floodgate_tests::cloudflare::{FakeCloudflare, Fault};
+use floodgate_tests::{MotoServer, floodgate_bin, local_policy, waf_record, wall_clock_ms};
+use serde_json::Value;
+
+const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "e2e-token";
+const LIST: &str = "floodgate_blocked";
+
+/// Runs the binary in `dir` with the AWS and Cloudflare credentials set
+/// (the token only when `token` is); its exit code and output, as JSON
+/// for the commands that have `--format json` and as a string otherwise.
+async fn floodgate(dir: &Path, token: bool, args: &[&str]) -> (i32, Value) {
+    let json = ["run", "plan", "status"].contains(&args[0]);
+    let mut command = tokio::process::Command::new(floodgate_bin());
+    command
+        .args(args)
+        .args(["--config", "local.toml"])
+        .args(if json {
+            ["--format", "json"].as_slice()
+        } else {
+            &[]
+        })
+        .current_dir(dir)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("FLOODGATE_LOG")
+        .env_remove("CLOUDFLARE_API_TOKEN");
+    if token {
+        command.env("CLOUDFLARE_API_TOKEN", TOKEN);
+    }
+    let output = command.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let value = if json {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{stdout}\n{stderr}"))
+    } else {
+        Value::String(format!("{stdout}{stderr}"))
+    };
+    (output.status.code().unwrap(), value)
+}
+
+fn outcomes(report: &Value) -> Vec<String> {
+    report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}: {}",
+                t["target"].as_str().unwrap(),
+                t["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
+    let now_ms = wall_clock_ms() / 60_000 * 60_000;
+    let now = rfc3339_from_ms(now_ms);
+
+    // 700 login attempts from one address and from one IPv6 /64: both over
+    // the login tier (600 in 5 minutes).
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let mut lines = Vec::new();
+    for i in 0..700 {
+        lines.push(waf_record(now_ms - i * 100, "203.0.113.9"));
+        lines.push(waf_record(
+            now_ms - i * 100,
+            &format!("2001:db8:bad::{:x}", i % 5 + 1),
+        ));
+    }
+    std::fs::write(logs.join("waf.log"), lines.join("\n") + "\n").unwrap();
+    let targets = format!(
+        "\n[[targets]]\ntype = \"wafv2\"\nscope = \"regional\"\nregion = \"eu-west-1\"\n\
+         ipv4_sets = [\"fg-v4\"]\nipv6_sets = [\"fg-v6\"]\nendpoint_url = \"{}\"\n\
+         create_missing = true\n\
+         \n[[targets]]\ntype = \"cloudflare\"\naccount_id = \"{ACCOUNT}\"\nlist = \"{LIST}\"\n\
+         api_token_env = \"CLOUDFLARE_API_TOKEN\"\napi_url = \"{}\"\ncreate_missing = true\n",
+        moto.endpoint(),
+        fake.url()
+    );
+    let policy = local_policy(dir.path(), &logs, &targets);
+    // Only the targets above: drop the example's file target.
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "[[targets]]\ntype = \"file\"\ndir = \"state/ip-sets\"\n",
+        "",
+    );
+    std::fs::write(&policy, text).unwrap();
+    let waf = "wafv2 regional/eu-west-1";
+    let cloudflare = format!("cloudflare {ACCOUNT}/{LIST}");
+
+    let (code, plan) = floodgate(dir.path(), true, &["plan", "--now", &now]).await;
+    assert_eq!(code, 0, "{plan}");
+    assert!(fake.items(LIST).is_none(), "plan writes nothing");
+
+    let (code, report) = floodgate(dir.path(), true, &["run", "--once", "--now", &now]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        outcomes(&report),
+        [
+            format!("{waf}: updated +2 −0"),
+            format!("{cloudflare}: updated +2 −0")
+        ]
+    );
+    assert_eq!(fake.ips(LIST), ["2001:db8:bad::/64", "203.0.113.9"]);
+    let comment = &fake.items(LIST).unwrap()[0].comment;
+    assert!(
+        comment.starts_with("floodgate: login-flood until "),
+        "{comment}"
+    );
+    let v4 = moto.ip_set("eu-west-1", Scope::Regional, "fg-v4").await;
+    assert_eq!(v4, BTreeSet::from(["203.0.113.9/32".to_owned()]));
+
+    let (code, status) = floodgate(dir.path(), true, &["status", "--now", &now]).await;
+    assert_eq!(code, 0, "{status}");
+    let listed = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == cloudflare.as_str())
+        .expect("status reads the list")
+        .clone();
+    assert_eq!(listed["missing"], serde_json::json!([]), "{status}");
+    assert_eq!(listed["unexpected"], serde_json::json!([]), "{status}");
+    assert!(listed["error"].is_null(), "{status}");
+
+    let (code, blocked) = floodgate(
+        dir.path(),
+        true,
+        &[
+            "block",
+            "192.0.2.200",
+            "--minutes",
+            "30",
+            "--reason",
+            "abuse report",
+            "--now",
+            &now,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{blocked}");
+    assert!(fake.ips(LIST).contains(&"192.0.2.200".to_owned()));
+    let (code, unblocked) = floodgate(
+        dir.path(),
+        true,
+        &[
+            "unblock",
+            "192.0.2.200",
+            "--reason",
+            "false positive",
+            "--now",
+            &now,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{unblocked}");
+    assert!(!fake.ips(LIST).contains(&"192.0.2.200".to_owned()));
+    let v4 = moto.ip_set("eu-west-1", Scope::Regional, "fg-v4").await;
+    assert_eq!(v4, BTreeSet::from(["203.0.113.9/32".to_owned()]));
+
+    // Cloudflare down: AWS is still written, the run says which failed.
+    fake.inject(&vec![Fault::Unavailable; 6]);
+    let (code, report) = floodgate(
+        dir.path(),
+        true,
+        &[
+            "block",
+            "192.0.2.201",
+            "--minutes",
+            "30",
+            "--reason",
+            "abuse report",
+            "--now",
+            &now,
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{report}");
+    let text = report.as_str().unwrap();
+    assert!(text.contains(&format!("{waf}: updated +1 −0")), "{text}");
+    assert!(
+        text.contains(&format!("{cloudflare}: failed: GET")),
+        "{text}"
+    );
+    assert!(text.contains("503"), "{text}");
+
+    // No token: the same, and the reason names the variable.
+    let (code, report) = floodgate(dir.path(), false, &["run", "--once", "--now", &now]).await;
+    assert_eq!(code, 2, "{report}");
+    assert!(
+        outcomes(&report)[1].contains("CLOUDFLARE_API_TOKEN is not set"),
+        "{report}"
+    );
+}
