@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -270,6 +271,7 @@ fn routes(state: Shared) -> Router {
             "/client/v4/accounts/{account}/rules/lists/bulk_operations/{operation}",
             get(get_operation),
         )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state)
 }
 
@@ -291,11 +293,24 @@ fn error(status: StatusCode, code: u32, message: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Records the request, checks the account and token, and answers an
-/// injected fault: `Some` answers instead of the route.
-fn gate(
+/// Every request first: recorded, its token and account checked, and
+/// answered with an injected fault when one is queued.
+async fn gate(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return error(StatusCode::BAD_REQUEST, 10000, "unreadable body");
+    };
+    {
+        let mut state = state.lock().expect("fake state");
+        if let Some(answer) = check(&mut state, &parts.method, &parts.uri, &parts.headers, &body) {
+            return answer;
+        }
+    }
+    next.run(Request::from_parts(parts, body.into())).await
+}
+
+fn check(
     state: &mut FakeState,
-    account: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -310,10 +325,10 @@ fn gate(
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
     });
     let bearer = format!("Bearer {}", state.token);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
-        return Some(error(StatusCode::FORBIDDEN, 10000, "Authentication error"));
-    }
-    if account != state.account {
+    let account = uri.path().split('/').nth(4).unwrap_or_default();
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str())
+        || account != state.account
+    {
         return Some(error(StatusCode::FORBIDDEN, 10000, "Authentication error"));
     }
     match state.faults.front() {
@@ -338,17 +353,8 @@ fn gate(
     }
 }
 
-async fn get_lists(
-    State(state): State<Shared>,
-    Path(account): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let mut state = state.lock().expect("fake state");
-    if let Some(answer) = gate(&mut state, &account, &method, &uri, &headers, &Bytes::new()) {
-        return answer;
-    }
+async fn get_lists(State(state): State<Shared>) -> Response {
+    let state = state.lock().expect("fake state");
     let lists: Vec<Value> = state.lists.iter().map(list_json).collect();
     envelope(StatusCode::OK, Value::Array(lists), None)
 }
@@ -366,18 +372,8 @@ fn list_json(list: &FakeList) -> Value {
     })
 }
 
-async fn create_list(
-    State(state): State<Shared>,
-    Path(account): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn create_list(State(state): State<Shared>, body: Bytes) -> Response {
     let mut state = state.lock().expect("fake state");
-    if let Some(answer) = gate(&mut state, &account, &method, &uri, &headers, &body) {
-        return answer;
-    }
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, 10026, "filter parse error");
     };
@@ -412,15 +408,10 @@ fn query<'q>(uri: &'q Uri, key: &str) -> Option<&'q str> {
 
 async fn get_items(
     State(state): State<Shared>,
-    Path((account, list)): Path<(String, String)>,
-    method: Method,
+    Path((_account, list)): Path<(String, String)>,
     uri: Uri,
-    headers: HeaderMap,
 ) -> Response {
-    let mut state = state.lock().expect("fake state");
-    if let Some(answer) = gate(&mut state, &account, &method, &uri, &headers, &Bytes::new()) {
-        return answer;
-    }
+    let state = state.lock().expect("fake state");
     let per_page = query(&uri, "per_page")
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(25);
@@ -467,16 +458,11 @@ async fn get_items(
 
 async fn change_items(
     State(state): State<Shared>,
-    Path((account, list)): Path<(String, String)>,
+    Path((_account, list)): Path<(String, String)>,
     method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let mut state = state.lock().expect("fake state");
-    if let Some(answer) = gate(&mut state, &account, &method, &uri, &headers, &body) {
-        return answer;
-    }
     if state.pending() {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -540,16 +526,10 @@ async fn change_items(
 
 async fn get_operation(
     State(state): State<Shared>,
-    Path((account, operation)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    Path((_account, operation)): Path<(String, String)>,
 ) -> Response {
     let mut guard = state.lock().expect("fake state");
     let state = &mut *guard;
-    if let Some(answer) = gate(state, &account, &method, &uri, &headers, &Bytes::new()) {
-        return answer;
-    }
     let Some(op) = state.operations.iter_mut().find(|o| o.id == operation) else {
         return error(StatusCode::NOT_FOUND, 10000, "operation not found");
     };

@@ -50,6 +50,21 @@ async fn floodgate(dir: &Path, token: bool, args: &[&str]) -> (i32, Value) {
     (output.status.code().unwrap(), value)
 }
 
+/// `floodgate block <ip>` for half an hour.
+async fn block(dir: &Path, ip: &str, now: &str) -> (i32, Value) {
+    let args = [
+        "block",
+        ip,
+        "--minutes",
+        "30",
+        "--reason",
+        "abuse report",
+        "--now",
+        now,
+    ];
+    floodgate(dir, true, &args).await
+}
+
 fn outcomes(report: &Value) -> Vec<String> {
     report["targets"]
         .as_array()
@@ -142,21 +157,7 @@ async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
     assert_eq!(listed["unexpected"], serde_json::json!([]), "{status}");
     assert!(listed["error"].is_null(), "{status}");
 
-    let (code, blocked) = floodgate(
-        dir.path(),
-        true,
-        &[
-            "block",
-            "192.0.2.200",
-            "--minutes",
-            "30",
-            "--reason",
-            "abuse report",
-            "--now",
-            &now,
-        ],
-    )
-    .await;
+    let (code, blocked) = block(dir.path(), "192.0.2.200", &now).await;
     assert_eq!(code, 0, "{blocked}");
     assert!(fake.ips(LIST).contains(&"192.0.2.200".to_owned()));
     let (code, unblocked) = floodgate(
@@ -179,21 +180,7 @@ async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
 
     // Cloudflare down: AWS is still written, the run says which failed.
     fake.inject(&vec![Fault::Unavailable; 6]);
-    let (code, report) = floodgate(
-        dir.path(),
-        true,
-        &[
-            "block",
-            "192.0.2.201",
-            "--minutes",
-            "30",
-            "--reason",
-            "abuse report",
-            "--now",
-            &now,
-        ],
-    )
-    .await;
+    let (code, report) = block(dir.path(), "192.0.2.201", &now).await;
     assert_eq!(code, 2, "{report}");
     let text = report.as_str().unwrap();
     assert!(text.contains(&format!("{waf}: updated +1 −0")), "{text}");
