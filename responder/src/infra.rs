@@ -83,6 +83,9 @@ pub struct Rendered {
     pub responder: Value,
     /// `deployments.tsv`.
     pub deployments: Vec<Deployment>,
+    /// `cloudflare-rules.json`, when the policy has Cloudflare targets: the
+    /// custom rule that makes each list block.
+    pub cloudflare: Option<Value>,
 }
 
 impl Rendered {
@@ -106,12 +109,52 @@ impl Rendered {
                 d.parameters.join(" ")
             ));
         }
-        vec![
+        let mut files = vec![
             ("waf.yaml", template(&self.waf)),
             ("responder.yaml", template(&self.responder)),
             ("deployments.tsv", tsv),
-        ]
+        ];
+        if let Some(rules) = &self.cloudflare {
+            let mut rules = rules.clone();
+            rules["generated_by"] = json!(format!("floodgate render-infra --config {policy_file}"));
+            let text = serde_json::to_string_pretty(&rules).expect("rules serialize") + "\n";
+            files.push(("cloudflare-rules.json", text));
+        }
+        files
     }
+}
+
+/// The custom rule each Cloudflare target's list needs before it blocks
+/// anything, as the body of the Rulesets API's "Create a zone ruleset
+/// rule" (developers.cloudflare.com/waf/custom-rules/create-api/), and
+/// how to deploy it.
+fn cloudflare_rules(policy: &Policy) -> Option<Value> {
+    let rules: Vec<Value> = policy
+        .targets
+        .iter()
+        .filter_map(|t| match t {
+            Target::Cloudflare(t) => Some(t),
+            _ => None,
+        })
+        .map(|t| {
+            let list = t.list.as_str();
+            json!({
+                "account_id": t.account_id,
+                "list": list,
+                "rule": {
+                    "description": format!("Floodgate: block the addresses in ${list}"),
+                    "expression": format!("ip.src in ${list}"),
+                    "action": "block",
+                },
+            })
+        })
+        .collect();
+    (!rules.is_empty()).then(|| {
+        json!({
+            "deploy": "for each zone behind the account: GET /zones/{zone_id}/rulesets/phases/http_request_firewall_custom/entrypoint for the ruleset id, then POST each rule to /zones/{zone_id}/rulesets/{ruleset_id}/rules (a zone without that ruleset: PUT {\"rules\": [rule]} to the entrypoint path); or in the dashboard, Security > WAF > Custom rules with the same expression and action",
+            "rules": rules,
+        })
+    })
 }
 
 /// What the wafv2 targets share: their IP set names, and where they are.
@@ -188,6 +231,7 @@ pub fn render(policy: &Policy) -> Result<Rendered, InfraError> {
         waf: waf_template(policy, infra, &targets, &logs),
         responder: responder_template(policy, infra, &targets),
         deployments: deployments(policy, infra, &targets.scopes),
+        cloudflare: cloudflare_rules(policy),
     })
 }
 

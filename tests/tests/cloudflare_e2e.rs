@@ -65,6 +65,22 @@ async fn block(dir: &Path, ip: &str, now: &str) -> (i32, Value) {
     floodgate(dir, true, &args).await
 }
 
+/// `floodgate status` finds the list holding exactly what the ledger says.
+async fn status_is_clean(dir: &Path, now: &str, cloudflare: &str) {
+    let (code, status) = floodgate(dir, true, &["status", "--now", now]).await;
+    assert_eq!(code, 0, "{status}");
+    let listed = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == cloudflare)
+        .expect("status reads the list")
+        .clone();
+    assert_eq!(listed["missing"], serde_json::json!([]), "{status}");
+    assert_eq!(listed["unexpected"], serde_json::json!([]), "{status}");
+    assert!(listed["error"].is_null(), "{status}");
+}
+
 fn outcomes(report: &Value) -> Vec<String> {
     report["targets"]
         .as_array()
@@ -108,7 +124,8 @@ async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
          ipv4_sets = [\"fg-v4\"]\nipv6_sets = [\"fg-v6\"]\nendpoint_url = \"{}\"\n\
          create_missing = true\n\
          \n[[targets]]\ntype = \"cloudflare\"\naccount_id = \"{ACCOUNT}\"\nlist = \"{LIST}\"\n\
-         api_token_env = \"CLOUDFLARE_API_TOKEN\"\napi_url = \"{}\"\ncreate_missing = true\n",
+         api_token_env = \"CLOUDFLARE_API_TOKEN\"\napi_url = \"{}\"\ncreate_missing = true\n\
+         widen_ipv6 = true\n",
         moto.endpoint(),
         fake.url()
     );
@@ -144,18 +161,7 @@ async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
     let v4 = moto.ip_set("eu-west-1", Scope::Regional, "fg-v4").await;
     assert_eq!(v4, BTreeSet::from(["203.0.113.9/32".to_owned()]));
 
-    let (code, status) = floodgate(dir.path(), true, &["status", "--now", &now]).await;
-    assert_eq!(code, 0, "{status}");
-    let listed = status["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["target"] == cloudflare.as_str())
-        .expect("status reads the list")
-        .clone();
-    assert_eq!(listed["missing"], serde_json::json!([]), "{status}");
-    assert_eq!(listed["unexpected"], serde_json::json!([]), "{status}");
-    assert!(listed["error"].is_null(), "{status}");
+    status_is_clean(dir.path(), &now, &cloudflare).await;
 
     let (code, blocked) = block(dir.path(), "192.0.2.200", &now).await;
     assert_eq!(code, 0, "{blocked}");
@@ -177,6 +183,12 @@ async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
     assert!(!fake.ips(LIST).contains(&"192.0.2.200".to_owned()));
     let v4 = moto.ip_set("eu-west-1", Scope::Regional, "fg-v4").await;
     assert_eq!(v4, BTreeSet::from(["203.0.113.9/32".to_owned()]));
+
+    // An IPv6 address is held as its /64, and status counts that as held.
+    let (code, blocked) = block(dir.path(), "2001:db8:1::5", &now).await;
+    assert_eq!(code, 0, "{blocked}");
+    assert!(fake.ips(LIST).contains(&"2001:db8:1::/64".to_owned()));
+    status_is_clean(dir.path(), &now, &cloudflare).await;
 
     // Cloudflare down: AWS is still written, the run says which failed.
     fake.inject(&vec![Fault::Unavailable; 6]);

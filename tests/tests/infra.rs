@@ -689,3 +689,38 @@ fn an_s3_source_logs_to_its_bucket_and_the_role_reads_only_its_prefix() {
             .contains("Firehose")
     );
 }
+
+#[test]
+fn a_cloudflare_target_gets_the_custom_rule_that_makes_its_list_block() {
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap();
+    let policy = example
+        + "\n[[targets]]\ntype = \"cloudflare\"\naccount_id = \"0123456789abcdef0123456789abcdef\"\n\
+           list = \"floodgate_blocked\"\napi_token_env = \"CLOUDFLARE_API_TOKEN\"\n";
+    let (_dir, out) = rendered(&policy);
+    let text = std::fs::read_to_string(out.join("cloudflare-rules.json")).unwrap();
+    let rules: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        rules["rules"],
+        serde_json::json!([{
+            "account_id": "0123456789abcdef0123456789abcdef",
+            "list": "floodgate_blocked",
+            "rule": {
+                "description": "Floodgate: block the addresses in $floodgate_blocked",
+                "expression": "ip.src in $floodgate_blocked",
+                "action": "block",
+            },
+        }])
+    );
+    assert!(
+        rules["deploy"]
+            .as_str()
+            .unwrap()
+            .contains("http_request_firewall_custom")
+    );
+    // Without a Cloudflare target there is no such file.
+    let (_dir, out) = rendered(
+        &std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap(),
+    );
+    assert!(!out.join("cloudflare-rules.json").exists());
+}

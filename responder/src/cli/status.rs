@@ -112,11 +112,12 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     let mut targets = Vec::new();
     for target in ConfiguredTarget::from_policy(policy).await {
         let label = target.label();
+        let held: Vec<IpNet> = active_nets.iter().map(|n| target.held_as(*n)).collect();
         let (unexpected, missing, error) = match target.read().await {
             // Sets hold aggregated ranges: compare what they cover.
             Ok(found) => (
-                text(&exclude(&found.nets, &active_nets)),
-                text(&exclude(&active_nets, &found.nets)),
+                text(&exclude(&found.nets, &held)),
+                text(&exclude(&held, &found.nets)),
                 None,
             ),
             Err(error) => (Vec::new(), Vec::new(), Some(error)),

@@ -542,6 +542,10 @@ impl WafTarget for CloudflareTarget {
         Ok(Contents { nets, calls })
     }
 
+    fn held_as(&self, net: IpNet) -> IpNet {
+        self.holdable(net).unwrap_or(net)
+    }
+
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
         let mut calls = ApiCalls::default();
         let mut left_out = Vec::new();

@@ -160,6 +160,12 @@ pub trait WafTarget: Send + Sync + 'static {
     fn read(&self) -> impl Future<Output = Result<Contents, String>> + Send;
     /// Makes the sets hold `desired`, writing only what changed.
     fn apply(&self, desired: &DesiredSets) -> impl Future<Output = TargetReport> + Send;
+    /// How the target holds a blocked `net` (a Cloudflare list holds an
+    /// IPv6 address as its /64), for comparing its contents with the
+    /// ledger; `net` itself when it holds it as it is or not at all.
+    fn held_as(&self, net: IpNet) -> IpNet {
+        net
+    }
 }
 
 /// Asked right before each target is written: with a lease, whether it is
@@ -310,6 +316,13 @@ impl WafTarget for ConfiguredTarget {
             ConfiguredTarget::Wafv2(t) => t.read().await,
             ConfiguredTarget::Cloudflare(t) => t.read().await,
             ConfiguredTarget::File(t) => t.read().await,
+        }
+    }
+
+    fn held_as(&self, net: IpNet) -> IpNet {
+        match self {
+            ConfiguredTarget::Cloudflare(t) => t.held_as(net),
+            ConfiguredTarget::Wafv2(_) | ConfiguredTarget::File(_) => net,
         }
     }
 
