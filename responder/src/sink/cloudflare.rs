@@ -163,8 +163,14 @@ impl CloudflareTarget {
                 Ok(answer) => return Ok(answer),
                 Err(CallError::Fatal(reason)) => return Err(format!("{what}: {reason}")),
                 Err(CallError::Retry(wait, reason)) => {
-                    if attempt == MAX_ATTEMPTS || wait > MAX_RETRY_AFTER {
-                        return Err(format!("{what}: {reason} (tried {attempt} times)"));
+                    if wait > MAX_RETRY_AFTER {
+                        let wait = wait.as_secs();
+                        return Err(format!(
+                            "{what}: {reason}; Retry-After {wait}s is past this run"
+                        ));
+                    }
+                    if attempt == MAX_ATTEMPTS {
+                        return Err(format!("{what}: {reason} ({MAX_ATTEMPTS} attempts)"));
                     }
                     tracing::warn!(call = %what, %reason, attempt, "Cloudflare API call retried");
                     tokio::time::sleep(wait.max(pause)).await;
