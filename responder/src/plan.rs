@@ -22,7 +22,7 @@
 //!   dropped one is reported. The update never fails as a whole.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use floodgate_rules::Policy;
 use floodgate_rules::cidr::{aggregate, exclude};
@@ -352,32 +352,42 @@ fn rank_active<'a>(next: &'a LedgerState, policy: &Policy, now_ms: i64) -> Vec<&
 }
 
 /// The note of each address in the sets: the most severe active block
-/// it is, is part of, or (merged with its siblings) holds.
+/// it is, is part of, or (merged with its siblings) holds. Each lookup is
+/// a few map probes, not a scan of every block.
 fn notes<'n>(
     active: &[&LedgerEntry],
     nets: impl Iterator<Item = &'n IpNet>,
 ) -> BTreeMap<IpNet, BlockNote> {
-    let note = |(rank, entry): (usize, &&LedgerEntry)| BlockNote {
-        tier: entry.tier.clone(),
-        expires_at_ms: entry.expires_at_ms,
-        rank,
-    };
-    let exact: HashMap<IpNet, usize> = active
+    // Ledger nets are truncated, so a range of addresses is a range of keys.
+    let ranks: BTreeMap<IpNet, usize> = active
         .iter()
         .enumerate()
-        .rev()
         .map(|(rank, e)| (e.net, rank))
         .collect();
+    let most_severe = |net: &IpNet| {
+        // The block itself, or a block it was cut from.
+        let containing = std::iter::successors(Some(*net), IpNet::supernet)
+            .filter_map(|n| ranks.get(&n).copied());
+        // Blocks merged into it.
+        let first = IpNet::new(net.network(), 0).expect("a prefix of 0 is valid");
+        let contained = ranks
+            .range(first..)
+            .take_while(|(n, _)| n.network() <= net.broadcast())
+            .filter(|(n, _)| net.contains(*n))
+            .map(|(_, &rank)| rank);
+        containing.chain(contained).min()
+    };
     nets.filter_map(|net| {
-        let found = match exact.get(net) {
-            Some(&rank) => Some((rank, &active[rank])),
-            // A piece cut around an exception, or an aggregate.
-            None => active
-                .iter()
-                .enumerate()
-                .find(|(_, e)| e.net.contains(net) || net.contains(&e.net)),
-        };
-        found.map(|found| (*net, note(found)))
+        let rank = most_severe(net)?;
+        let entry = active[rank];
+        Some((
+            *net,
+            BlockNote {
+                tier: entry.tier.clone(),
+                expires_at_ms: entry.expires_at_ms,
+                rank,
+            },
+        ))
     })
     .collect()
 }

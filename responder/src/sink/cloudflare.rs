@@ -90,6 +90,14 @@ struct Item {
     comment: Option<String>,
 }
 
+impl Item {
+    /// The address or range the item holds.
+    fn net(&self) -> Result<IpNet, String> {
+        parse_item(&self.ip)
+            .ok_or_else(|| format!("the list holds {:?}, which is not an IP item", self.ip))
+    }
+}
+
 /// A list as Get lists returns it.
 #[derive(Debug, Deserialize)]
 struct List {
@@ -480,9 +488,7 @@ impl CloudflareTarget {
         }
         let mut held: HashMap<IpNet, &Item> = HashMap::new();
         for item in &current {
-            let net = parse_item(&item.ip)
-                .ok_or_else(|| format!("the list holds {:?}, which is not an IP item", item.ip))?;
-            held.insert(net, item);
+            held.insert(item.net()?, item);
         }
         let wanted_nets: HashMap<IpNet, &Wanted> = wanted.iter().map(|w| (w.net, w)).collect();
         let removed: Vec<&Item> = held
@@ -538,13 +544,7 @@ impl WafTarget for CloudflareTarget {
             });
         };
         let items = self.items(&list_id, &mut calls).await?;
-        let nets = items
-            .iter()
-            .map(|item| {
-                parse_item(&item.ip)
-                    .ok_or_else(|| format!("the list holds {:?}, which is not an IP item", item.ip))
-            })
-            .collect::<Result<_, _>>()?;
+        let nets = items.iter().map(Item::net).collect::<Result<_, _>>()?;
         Ok(Contents { nets, calls })
     }
 
