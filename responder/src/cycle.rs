@@ -99,11 +99,14 @@ pub enum CycleError {
     /// The source could not be read.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// Every line read was malformed: the wrong files, or not WAF logs.
-    #[error("no usable WAF log records: all {malformed} lines are malformed")]
+    /// Every line read was malformed: the wrong files, or logs of the
+    /// other format.
+    #[error("{}", crate::source::all_malformed(*format, *malformed))]
     AllMalformed {
         /// The malformed lines.
         malformed: u64,
+        /// The format they were read as.
+        format: floodgate_rules::policy::LogFormat,
     },
     /// A target's sets could not be read, to adopt what they hold.
     #[error("{target}: {message}")]
@@ -370,6 +373,12 @@ async fn read<S: LogSource>(
     if stats.records == 0 && stats.malformed > 0 {
         return Err(CycleError::AllMalformed {
             malformed: stats.malformed,
+            format: parts
+                .policy
+                .source
+                .as_ref()
+                .and_then(LogSourceConfig::format)
+                .unwrap_or_default(),
         });
     }
     Ok(traffic)

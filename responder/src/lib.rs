@@ -25,6 +25,7 @@ pub mod aws;
 pub mod backtest;
 pub mod cli;
 pub mod clock;
+pub mod cloudflare_log;
 pub mod cycle;
 pub mod daemon;
 pub mod detect;

@@ -1,8 +1,11 @@
-//! A deterministic generator of realistic AWS WAF logs, for tests,
-//! benchmarks and the demo.
+//! A deterministic generator of realistic AWS WAF logs, or of the same
+//! requests as Cloudflare's request logs, for tests, benchmarks and the demo.
 //!
-//! Records follow the documented WAF log format (field names and order as
-//! WAF writes them, one compact JSON object per line). Benign traffic from
+//! WAF records follow the documented WAF log format (field names and order
+//! as WAF writes them, one compact JSON object per line). Cloudflare records
+//! follow Logpush's `http_requests` dataset as NDJSON, with the fields in
+//! name order as Logpush writes them and `EdgeStartTimestamp` in the chosen
+//! [`Timestamps`] format. One spec gives the same requests in either format. Benign traffic from
 //! many IPs and tenants is mixed with attack scenarios:
 //! - a single-IP flood;
 //! - a distributed flood (many IPs at a moderate rate each);
@@ -28,6 +31,8 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use floodgate_rules::policy::LogFormat;
+
 use crate::waflog::Action;
 
 /// What to generate.
@@ -45,6 +50,22 @@ pub struct LogSpec {
     pub benign_ips: u32,
     /// Include the attack scenarios.
     pub attacks: bool,
+    /// What the records look like: WAF's (the default) or Cloudflare's.
+    pub format: LogFormat,
+    /// How Cloudflare records write their times.
+    pub timestamps: Timestamps,
+}
+
+/// Logpush's `timestamp_format`s (Cloudflare docs, "Log Output Options").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Timestamps {
+    /// Nanoseconds since the epoch, as an integer (Logpush's default).
+    #[default]
+    UnixNano,
+    /// Seconds since the epoch, as an integer.
+    Unix,
+    /// An RFC 3339 string, to the second.
+    Rfc3339,
 }
 
 impl Default for LogSpec {
@@ -57,6 +78,8 @@ impl Default for LogSpec {
             benign_records: 10_000,
             benign_ips: 5_000,
             attacks: true,
+            format: LogFormat::Waf,
+            timestamps: Timestamps::UnixNano,
         }
     }
 }
@@ -186,7 +209,12 @@ pub fn generate(spec: &LogSpec, out: &mut impl Write) -> io::Result<Summary> {
         batch.sort_by_key(|r| r.timestamp_ms);
         for request in &batch {
             line.clear();
-            write_record(&mut rng, request, &mut line);
+            match spec.format {
+                LogFormat::Waf => write_record(&mut rng, request, &mut line),
+                LogFormat::Cloudflare => {
+                    write_cloudflare_record(&mut rng, request, spec.timestamps, &mut line);
+                }
+            }
             out.write_all(line.as_bytes())?;
             summary.records += 1;
             summary.bytes += line.len() as u64;
@@ -341,5 +369,70 @@ fn write_record(rng: &mut Rng, request: &Request, line: &mut String) {
         request.timestamp_ms / 1000,
         u128::from(rng.next()) << 32 | u128::from(rng.next() as u32),
         labels,
+    );
+}
+
+/// The same request as Cloudflare's Logpush writes it, drawing the same
+/// random choices in the same order as [`write_record`], so that one spec
+/// gives the same requests in either format.
+fn write_cloudflare_record(
+    rng: &mut Rng,
+    request: &Request,
+    timestamps: Timestamps,
+    line: &mut String,
+) {
+    use std::fmt::Write as _;
+    let blocked = request.action == Action::Block;
+    let (method, path) = match request.route {
+        Some(route) => route,
+        None => {
+            let path = *rng.pick(&URIS);
+            (*rng.pick(&METHODS), path)
+        }
+    };
+    let country = rng.pick(&COUNTRIES).to_ascii_lowercase();
+    let agent = rng.pick(&AGENTS);
+    let page = rng.below(20);
+    let ray_id = rng.next();
+    let port = 1024 + rng.next() % 60_000;
+    let ms = request.timestamp_ms;
+    let time = |ms: i64| match timestamps {
+        Timestamps::UnixNano => (i128::from(ms) * 1_000_000).to_string(),
+        Timestamps::Unix => ms.div_euclid(1000).to_string(),
+        Timestamps::Rfc3339 => format!(
+            "\"{}\"",
+            crate::clock::rfc3339_from_ms(ms - ms.rem_euclid(1000))
+        ),
+    };
+    let (security_action, rule, status) = if blocked {
+        ("block", "floodgate-rate-limit", 429)
+    } else {
+        ("", "", 200)
+    };
+    let _ = write!(
+        line,
+        concat!(
+            r#"{{"ClientCountry":"{}","ClientIP":"{}","ClientRequestHost":"api.example.com","#,
+            r#""ClientRequestMethod":"{}","ClientRequestPath":"{}","ClientRequestProtocol":"HTTP/2","#,
+            r#""ClientRequestURI":"{}?page={}","ClientRequestUserAgent":"{}","ClientSrcPort":{},"#,
+            r#""EdgeEndTimestamp":{},"EdgeResponseBytes":{},"EdgeResponseStatus":{},"EdgeStartTimestamp":{},"#,
+            r#""RayID":"{:016x}","SecurityAction":"{}","SecurityRuleID":"{}","ZoneName":"example.com"}}"#,
+            "\n"
+        ),
+        country,
+        request.ip,
+        method,
+        path,
+        path,
+        page,
+        agent,
+        port,
+        time(ms + 20),
+        if blocked { 120 } else { 1840 + page * 7 },
+        status,
+        time(ms),
+        ray_id,
+        security_action,
+        rule,
     );
 }

@@ -46,6 +46,7 @@ fn sample(seed: u64, start_ms: i64) -> Vec<Vec<u8>> {
         benign_records: 1500,
         benign_ips: 200,
         attacks: false,
+        ..LogSpec::default()
     })
 }
 

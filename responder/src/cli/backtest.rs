@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use floodgate_rules::Policy;
+use floodgate_rules::policy::LogFormat;
 
 use super::{BacktestArgs, CliError, Format, Status, load_policy, write_stdout};
 use crate::backtest::{self, Backtest, Record};
@@ -43,7 +44,8 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
         .map(|t| i64::from(t.window_seconds.get()))
         .max();
     let earliest = from_ms - widest.unwrap_or(300) * 1000;
-    let records = read_records(policy, &args.logs, earliest, to_ms)?;
+    let format = args.logs_from.resolve(policy);
+    let records = read_records(policy, &args.logs, format, earliest, to_ms)?;
     let result = backtest::run(
         policy,
         records,
@@ -71,13 +73,14 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
 fn read_records(
     policy: &Policy,
     paths: &[String],
+    format: LogFormat,
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<Record>, CliError> {
     let spec = count_spec(policy, to_ms, 1).map_err(crate::source::SourceError::from)?;
     let in_period = move |hit: &Hit| (from_ms..=to_ms).contains(&hit.timestamp_ms);
     let runtime = tokio::runtime::Runtime::new()?;
-    let hits = match runtime.block_on(LogsArgument::new(paths))? {
+    let hits = match runtime.block_on(LogsArgument::new(paths, format))? {
         LogsArgument::Files(files) => files.hits_blocking(spec.scopes(), in_period)?,
         LogsArgument::S3(s3) => {
             let (hits, stats) =

@@ -20,7 +20,10 @@ mod top;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use floodgate_rules::Policy;
+use floodgate_rules::policy::{LogFormat as RecordFormat, LogSourceConfig};
 use time::OffsetDateTime;
 
 use crate::clock::{Clock, clock_at, parse_instant};
@@ -101,8 +104,9 @@ pub enum Command {
     /// Rank client IPs by requests in WAF log files over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
-    /// Write realistic synthetic AWS WAF logs (benign traffic mixed with
-    /// attacks), deterministically, for tests, benchmarks and demos.
+    /// Write realistic synthetic AWS WAF logs, or the same requests as
+    /// Cloudflare request logs (benign traffic mixed with attacks),
+    /// deterministically, for tests, benchmarks and demos.
     GenLogs(GenLogsArgs),
     /// Ask a running daemon's /healthz whether its last cycle succeeded
     /// recently: exit 0 on 200, 1 otherwise with the reason. For container
@@ -159,9 +163,38 @@ pub struct ReviewArgs {
     /// requests each entry carried.
     #[arg(long, value_name = "PATH|S3_URL", num_args = 1..)]
     pub logs: Vec<String>,
+    /// What wrote the logs.
+    #[command(flatten)]
+    pub logs_from: LogsFromArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+/// `--logs-from`, beside `--logs`.
+#[derive(Debug, Args)]
+pub struct LogsFromArgs {
+    /// What wrote the logs --logs names: waf (AWS WAF, directly or through
+    /// Firehose) or cloudflare (Logpush's http_requests dataset as NDJSON,
+    /// any timestamp format; in S3, Logpush's YYYYMMDD/ folders). Default:
+    /// the policy's [source] format, else waf.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        requires = "logs",
+        value_parser = PossibleValuesParser::new(RecordFormat::ALL.map(|(name, _)| name))
+            .map(|name| RecordFormat::from_name(&name).expect("a listed format")),
+    )]
+    pub logs_from: Option<RecordFormat>,
+}
+
+impl LogsFromArgs {
+    /// The format asked for, else the one `policy`'s `[source]` reads.
+    pub fn resolve(&self, policy: &Policy) -> RecordFormat {
+        self.logs_from
+            .or_else(|| policy.source.as_ref().and_then(LogSourceConfig::format))
+            .unwrap_or_default()
+    }
 }
 
 /// `floodgate run`.
@@ -268,6 +301,9 @@ pub struct BacktestArgs {
     /// AWS environment: AWS_REGION, AWS_ENDPOINT_URL, credentials.
     #[arg(long, value_name = "PATH|S3_URL", num_args = 1.., required = true)]
     pub logs: Vec<String>,
+    /// What wrote the logs.
+    #[command(flatten)]
+    pub logs_from: LogsFromArgs,
     /// Start of the period: an RFC 3339 time or a date.
     #[arg(long, value_name = "TIME", value_parser = parse_instant)]
     pub from: OffsetDateTime,
@@ -293,6 +329,9 @@ pub struct TopArgs {
     /// policy's [source] (files, CloudWatch Logs or S3).
     #[arg(long, value_name = "PATH|S3_URL", num_args = 1..)]
     pub logs: Vec<String>,
+    /// What wrote the logs.
+    #[command(flatten)]
+    pub logs_from: LogsFromArgs,
     /// A policy file, to classify IPs into its tiers and mark allow-listed
     /// ones, and to read its [source] when --logs is not given.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -335,6 +374,32 @@ pub struct GenLogsArgs {
     /// Leave out the attack scenarios.
     #[arg(long)]
     pub no_attacks: bool,
+    /// What the records look like: waf (AWS WAF's log format) or
+    /// cloudflare (Logpush's http_requests dataset as NDJSON).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "waf",
+        value_parser = PossibleValuesParser::new(RecordFormat::ALL.map(|(name, _)| name))
+            .map(|name| RecordFormat::from_name(&name).expect("a listed format")),
+    )]
+    pub format: RecordFormat,
+    /// How cloudflare records write EdgeStartTimestamp, as Logpush's
+    /// timestamp_format: unixnano (integer nanoseconds, Logpush's default),
+    /// unix (integer seconds) or rfc3339 (a string, to the second).
+    #[arg(long, value_enum, default_value_t = TimestampsArg::Unixnano)]
+    pub timestamps: TimestampsArg,
+}
+
+/// `gen-logs --timestamps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TimestampsArg {
+    /// Integer nanoseconds since the epoch.
+    Unixnano,
+    /// Integer seconds since the epoch.
+    Unix,
+    /// An RFC 3339 string.
+    Rfc3339,
 }
 
 /// `floodgate healthcheck`.

@@ -4,7 +4,7 @@ use floodgate_rules::review::{ItemKind, ReviewItem, add_usage, review};
 
 use super::{CliError, Format, ReviewArgs, Status, load_policy, write_stdout};
 use crate::source::{LogSource, LogsArgument};
-use floodgate_rules::policy::Prefixes;
+use floodgate_rules::policy::{LogFormat, Prefixes};
 
 use crate::traffic::{CountSpec, Traffic};
 
@@ -15,7 +15,8 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
     };
     let mut items = review(&loaded.policy);
     if !args.logs.is_empty() {
-        let traffic = whole_log_traffic(&args.logs)?;
+        let format = args.logs_from.resolve(&loaded.policy);
+        let traffic = whole_log_traffic(&args.logs, format)?;
         let per_ip = traffic.iter().map(|(_, net, counts)| {
             let requests = counts.requests(WHOLE_LOG).unwrap_or(0);
             (net.addr(), u64::from(requests))
@@ -43,9 +44,9 @@ const WHOLE_LOG: u32 = u32::MAX;
 
 /// Requests per client address over every record of the logs (every
 /// object under an S3 prefix).
-fn whole_log_traffic(logs: &[String]) -> Result<Traffic, CliError> {
+fn whole_log_traffic(logs: &[String], format: LogFormat) -> Result<Traffic, CliError> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let source = runtime.block_on(LogsArgument::new(logs))?;
+    let source = runtime.block_on(LogsArgument::new(logs, format))?;
     let newest = match &source {
         LogsArgument::Files(files) => files.newest_timestamp_blocking()?,
         LogsArgument::S3(s3) => runtime.block_on(s3.newest_timestamp())?,

@@ -64,6 +64,7 @@ pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
 }
 
 async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
+    let format = args.logs_from.resolve(policy);
     let source = match (&args.logs[..], &policy.source) {
         ([], None) => {
             return Err(CliError::Input(
@@ -71,7 +72,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
             ));
         }
         ([], Some(config)) => ConfiguredSource::from_config(config).await?,
-        (logs, _) => LogsArgument::new(logs).await?.into_source(),
+        (logs, _) => LogsArgument::new(logs, format).await?.into_source(),
     };
     let started = Stopwatch::start();
     let end_ms = match args.now {
@@ -87,9 +88,9 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
     report_read(&traffic, started);
     let stats = traffic.stats();
     if stats.records == 0 && stats.malformed > 0 {
-        return Err(CliError::Input(format!(
-            "no usable WAF log records: all {} lines are malformed",
-            stats.malformed
+        return Err(CliError::Input(crate::source::all_malformed(
+            format,
+            stats.malformed,
         )));
     }
     let mut ranked = rank(&traffic, policy, window);

@@ -1,4 +1,4 @@
-//! Local WAF log files, counted in-process on every core.
+//! Local log files (WAF's or Cloudflare's), counted in-process on every core.
 //!
 //! Paths may be files, directories (searched recursively) or glob patterns.
 //! Plain files are memory-mapped and cut into chunks at line boundaries;
@@ -15,21 +15,22 @@ use flate2::read::MultiGzDecoder;
 use indicatif::{ProgressBar, ProgressStyle};
 use memmap2::Mmap;
 
-use floodgate_rules::policy::RequestMatch;
+use floodgate_rules::policy::{LogFormat, RequestMatch};
 
-use super::{LogSource, SourceError};
+use super::{LogSource, SourceError, parse_line};
 use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
-use crate::waflog::{self, Hit};
+use crate::waflog::Hit;
 
 /// Default chunk size for splitting a plain file between workers.
 const CHUNK_BYTES: usize = 16 << 20;
 /// Show a progress bar (on a terminal) when reading more than this.
 const PROGRESS_BYTES: u64 = 256 << 20;
 
-/// Local WAF log files.
+/// Local log files.
 #[derive(Debug, Clone)]
 pub struct FileSource {
     files: Vec<PathBuf>,
+    format: LogFormat,
     progress: bool,
     chunk_bytes: usize,
 }
@@ -53,9 +54,16 @@ impl FileSource {
         files.dedup();
         Ok(FileSource {
             files,
+            format: LogFormat::Waf,
             progress: true,
             chunk_bytes: CHUNK_BYTES,
         })
+    }
+
+    /// Reads records written in `format` (WAF's by default).
+    pub fn with_format(mut self, format: LogFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// Turns the terminal progress bar off (it is on by default and only
@@ -137,7 +145,7 @@ impl FileSource {
             || TrafficCounter::new(spec.clone()),
             |counter, line| {
                 if !line.trim_ascii().is_empty() {
-                    counter.add_parsed(waflog::parse_hit_scoped(line, spec.scopes()));
+                    counter.add_parsed(parse_line(self.format, line, spec.scopes()));
                 }
             },
         )?;
@@ -160,7 +168,7 @@ impl FileSource {
         keep: impl Fn(&Hit) -> bool + Sync,
     ) -> Result<Vec<Hit>, SourceError> {
         let per_worker = self.scan(Vec::new, |hits, line| {
-            if let Ok(hit) = waflog::parse_hit_scoped(line, scopes)
+            if let Ok(hit) = parse_line(self.format, line, scopes)
                 && keep(&hit)
             {
                 hits.push(hit);
@@ -174,7 +182,7 @@ impl FileSource {
         let per_worker = self.scan(
             || None::<i64>,
             |newest, line| {
-                if let Ok(Hit { timestamp_ms, .. }) = waflog::parse_hit(line) {
+                if let Ok(Hit { timestamp_ms, .. }) = parse_line(self.format, line, &[]) {
                     *newest = Some(newest.map_or(timestamp_ms, |n| n.max(timestamp_ms)));
                 }
             },

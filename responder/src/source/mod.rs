@@ -6,8 +6,12 @@
 //!   forms, counted in-process on every core (the embedded default);
 //! - [`cloudwatch_insights`]: Logs Insights queries, counted by AWS;
 //! - [`cloudwatch_events`]: raw CloudWatch Logs events, counted in-process;
-//! - [`s3`]: objects in S3 as WAF or Firehose delivers them, streamed and
-//!   counted in-process by the same engine as local files.
+//! - [`s3`]: objects in S3 as WAF, Firehose or Cloudflare's Logpush
+//!   delivers them, streamed and counted in-process by the same engine as
+//!   local files.
+//!
+//! Files and S3 objects hold WAF's records or Cloudflare's ([`LogFormat`]);
+//! [`parse_line`] reads either into the same [`Hit`].
 
 pub mod cloudwatch_events;
 pub mod cloudwatch_insights;
@@ -17,7 +21,11 @@ pub mod s3;
 use std::future::Future;
 use std::path::PathBuf;
 
+use floodgate_rules::policy::{LogFormat, RequestMatch};
+
+use crate::cloudflare_log;
 use crate::traffic::{CountSpec, Traffic};
+use crate::waflog::{self, BadLine, Hit};
 
 /// A source of WAF log counts.
 pub trait LogSource {
@@ -98,6 +106,31 @@ pub enum SourceError {
     Windows(#[from] crate::traffic::TooManyWindows),
 }
 
+/// The counting fields of one line written in `format`, with the bits of
+/// the `scopes` it matches.
+pub fn parse_line(format: LogFormat, line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, BadLine> {
+    match format {
+        LogFormat::Waf => waflog::parse_hit_scoped(line, scopes),
+        LogFormat::Cloudflare => cloudflare_log::parse_hit(line, scopes),
+    }
+}
+
+/// Why no line could be read, with the likely fix: the logs are of the
+/// other format.
+pub fn all_malformed(format: LogFormat, malformed: u64) -> String {
+    let (name, fix) = match format {
+        LogFormat::Waf => (
+            "WAF",
+            "if they are Cloudflare's request logs, set format = \"cloudflare\" in [source] or pass --logs-from cloudflare",
+        ),
+        LogFormat::Cloudflare => (
+            "Cloudflare",
+            "if they are AWS WAF's logs, remove format = \"cloudflare\" from [source] or pass --logs-from waf",
+        ),
+    };
+    format!("no usable {name} log records: all {malformed} lines are malformed; {fix}")
+}
+
 /// What `--logs` names: local paths, or one `s3://bucket/prefix/`.
 #[derive(Debug, Clone)]
 pub enum LogsArgument {
@@ -108,18 +141,21 @@ pub enum LogsArgument {
 }
 
 impl LogsArgument {
-    /// Reads `--logs`: one `s3://` location, or local paths.
-    pub async fn new(logs: &[String]) -> Result<LogsArgument, SourceError> {
+    /// Reads `--logs`: one `s3://` location, or local paths, holding
+    /// records in `format`.
+    pub async fn new(logs: &[String], format: LogFormat) -> Result<LogsArgument, SourceError> {
         match logs.iter().find(|l| l.starts_with("s3://")) {
-            Some(url) if logs.len() == 1 => {
-                Ok(LogsArgument::S3(s3::S3Source::from_url(url).await?))
-            }
+            Some(url) if logs.len() == 1 => Ok(LogsArgument::S3(
+                s3::S3Source::from_url(url).await?.with_format(format),
+            )),
             Some(url) => Err(SourceError::BadS3Url {
                 url: url.clone(),
                 message: "--logs takes one s3:// location, or local paths, not both or several"
                     .to_owned(),
             }),
-            None => Ok(LogsArgument::Files(files::FileSource::new(logs)?)),
+            None => Ok(LogsArgument::Files(
+                files::FileSource::new(logs)?.with_format(format),
+            )),
         }
     }
 
@@ -152,8 +188,8 @@ impl ConfiguredSource {
     ) -> Result<ConfiguredSource, SourceError> {
         use floodgate_rules::policy::{CloudWatchApi, LogSourceConfig};
         Ok(match config {
-            LogSourceConfig::Files { paths } => {
-                ConfiguredSource::Files(files::FileSource::new(paths)?)
+            LogSourceConfig::Files { paths, format } => {
+                ConfiguredSource::Files(files::FileSource::new(paths)?.with_format(*format))
             }
             LogSourceConfig::S3(config) => {
                 ConfiguredSource::S3(s3::S3Source::from_config(config).await)

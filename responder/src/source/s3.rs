@@ -8,6 +8,13 @@
 //!   with `cloudfront` in place of the region for CloudFront web ACLs;
 //! - Firehose's default: `[prefix/]YYYY/MM/DD/HH/<stream>-<version>-YYYY-MM-DD-HH-MM-SS-<id>[.gz]`.
 //!
+//! Cloudflare's records ([`LogFormat::Cloudflare`]) are read in Logpush's
+//! layout instead (Cloudflare docs, "Enable Amazon S3" and the Logpush API's
+//! `destination_conf`, whose `{DATE}` becomes a day folder):
+//! `[prefix/][YYYYMMDD/]<start>_<end>_<hash>.log.gz`, where start and end
+//! (`YYYYMMDDTHHMMSSZ`) bound the records' times. The prefix is the path
+//! before `{DATE}`; without day folders, every object under it is listed.
+//!
 //! The configured prefix may be the folder holding the `YYYY/` folders or
 //! any folder above it: the folders between (account, region, web ACL) are
 //! found with delimited listings, one level at a time. A count lists only
@@ -30,12 +37,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::io::SyncIoBridge;
 
-use floodgate_rules::policy::RequestMatch;
+use floodgate_rules::policy::{LogFormat, RequestMatch};
 
 use super::files::{gzip_lines, gzip_lines_pipelined};
-use super::{LogSource, SourceError};
+use super::{LogSource, SourceError, parse_line};
 use crate::traffic::{CountSpec, Stats, Traffic, TrafficCounter};
-use crate::waflog::{self, Hit};
+use crate::waflog::Hit;
 
 /// Objects fetched at once when nothing else is configured.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -50,6 +57,7 @@ const MAX_DISCOVERED_FOLDERS: usize = 10_000;
 const OBJECT_ATTEMPTS: u32 = 3;
 
 const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// WAF logs in one bucket, under one prefix.
 #[derive(Debug, Clone)]
@@ -59,6 +67,7 @@ pub struct S3Source {
     prefix: String,
     lag_ms: i64,
     concurrency: usize,
+    format: LogFormat,
 }
 
 /// One listed object.
@@ -99,7 +108,16 @@ impl S3Source {
             prefix,
             lag_ms: i64::from(floodgate_rules::policy::DEFAULT_DELIVERY_LAG_MINUTES) * 60_000,
             concurrency: DEFAULT_CONCURRENCY,
+            format: LogFormat::Waf,
         }
+    }
+
+    /// Reads records written in `format`, in the layout that writes them:
+    /// WAF's and Firehose's for WAF records (the default), Logpush's for
+    /// Cloudflare's.
+    pub fn with_format(mut self, format: LogFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// How long after a record's time its object may appear (default 10
@@ -123,6 +141,7 @@ impl S3Source {
         S3Source::new(client, &config.bucket, &config.prefix)
             .with_delivery_lag_minutes(config.delivery_lag_minutes)
             .with_concurrency(config.max_concurrent_objects.get() as usize)
+            .with_format(config.format)
     }
 
     /// The source an `s3://bucket/prefix/` argument names, with the region
@@ -148,14 +167,8 @@ impl S3Source {
             }
             Period::Between { start_ms, end_ms } => {
                 let (from, to) = (start_ms - self.lag_ms, end_ms + self.lag_ms);
-                let mut folders = Vec::new();
-                for root in self.time_roots().await? {
-                    let mut hour = from.div_euclid(HOUR_MS) * HOUR_MS;
-                    while hour <= to {
-                        folders.push((root.clone(), format!("{root}{}", hour_folder(hour))));
-                        hour += HOUR_MS;
-                    }
-                }
+                let folders = self.period_folders(from, to).await?;
+                let format = self.format;
                 // A long backtest lists hundreds of hours: as many at once
                 // as objects are fetched.
                 let permits = Arc::new(Semaphore::new(self.concurrency));
@@ -169,8 +182,8 @@ impl S3Source {
                             listed
                                 .into_iter()
                                 .filter(|object| {
-                                    key_time_ms(&object.key[root.len()..])
-                                        .is_none_or(|t| (from..=to).contains(&t))
+                                    key_time_span(format, &object.key[root.len()..])
+                                        .is_none_or(|(start, end)| start <= to && from <= end)
                                 })
                                 .collect::<Vec<_>>(),
                         )
@@ -181,10 +194,63 @@ impl S3Source {
                 }
             }
         }
-        objects.retain(|o| !o.key.ends_with('/'));
+        // Logpush proves it may write to a folder with an ownership
+        // challenge file there: not a log.
+        objects.retain(|o| {
+            !o.key.ends_with('/')
+                && !(self.format == LogFormat::Cloudflare
+                    && o.key
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|name| name.starts_with("ownership-challenge")))
+        });
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         objects.dedup();
         Ok(objects)
+    }
+
+    /// The folders to list for records from `from` to `to` (ms since the
+    /// epoch), each with the root its keys' times are read below.
+    async fn period_folders(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, String)>, SourceError> {
+        let mut folders = Vec::new();
+        match self.format {
+            LogFormat::Waf => {
+                for root in self.time_roots().await? {
+                    let mut hour = from.div_euclid(HOUR_MS) * HOUR_MS;
+                    while hour <= to {
+                        folders.push((root.clone(), format!("{root}{}", hour_folder(hour))));
+                        hour += HOUR_MS;
+                    }
+                }
+            }
+            LogFormat::Cloudflare => {
+                let root = self.prefix.clone();
+                if self.newest_logpush_day().await?.is_some() {
+                    let mut day = from.div_euclid(DAY_MS) * DAY_MS;
+                    while day <= to {
+                        folders.push((root.clone(), format!("{root}{}", day_folder(day))));
+                        day += DAY_MS;
+                    }
+                } else {
+                    folders.push((root.clone(), root));
+                }
+            }
+        }
+        Ok(folders)
+    }
+
+    /// The newest `YYYYMMDD/` folder Logpush wrote below the prefix, if it
+    /// writes day folders.
+    async fn newest_logpush_day(&self) -> Result<Option<String>, SourceError> {
+        let children = self.list_folders(&self.prefix).await?;
+        Ok(children
+            .into_iter()
+            .filter(|c| is_day_folder(&c[self.prefix.len()..]))
+            .max())
     }
 
     /// The folders that hold `YYYY/` folders, at or below the prefix.
@@ -359,7 +425,7 @@ impl S3Source {
     /// Counts the objects of `period` against `spec`.
     async fn count_period(&self, spec: &CountSpec, period: Period) -> Result<Traffic, SourceError> {
         let objects = self.objects(period).await?;
-        let line_spec = spec.clone();
+        let (line_spec, format) = (spec.clone(), self.format);
         let mut merged = TrafficCounter::new(spec.clone());
         let stats = self
             .read(
@@ -370,7 +436,7 @@ impl S3Source {
                 },
                 move |counter, line| {
                     if !line.trim_ascii().is_empty() {
-                        counter.add_parsed(waflog::parse_hit_scoped(line, line_spec.scopes()));
+                        counter.add_parsed(parse_line(format, line, line_spec.scopes()));
                     }
                 },
                 |counter| merged.merge(counter),
@@ -395,14 +461,14 @@ impl S3Source {
         keep: impl Fn(&Hit) -> bool + Send + Sync + 'static,
     ) -> Result<(Vec<Hit>, Stats), SourceError> {
         let objects = self.objects(Period::Between { start_ms, end_ms }).await?;
-        let scopes = scopes.to_vec();
+        let (scopes, format) = (scopes.to_vec(), self.format);
         let mut hits = Vec::new();
         let stats = self
             .read(
                 objects,
                 Vec::new,
                 move |hits: &mut Vec<Hit>, line| {
-                    if let Ok(hit) = waflog::parse_hit_scoped(line, &scopes)
+                    if let Ok(hit) = parse_line(format, line, &scopes)
                         && keep(&hit)
                     {
                         hits.push(hit);
@@ -418,11 +484,12 @@ impl S3Source {
     /// of any object under the prefix, with [`Period::Everything`]).
     async fn newest_in(&self, objects: Vec<LogObject>) -> Option<i64> {
         let mut newest = None::<i64>;
+        let format = self.format;
         self.read(
             objects,
             || None::<i64>,
-            |newest: &mut Option<i64>, line| {
-                if let Ok(Hit { timestamp_ms, .. }) = waflog::parse_hit(line) {
+            move |newest: &mut Option<i64>, line| {
+                if let Ok(Hit { timestamp_ms, .. }) = parse_line(format, line, &[]) {
                     *newest = Some(newest.map_or(timestamp_ms, |n| n.max(timestamp_ms)));
                 }
             },
@@ -466,6 +533,20 @@ impl LogSource for S3Source {
     }
 
     async fn newest_timestamp(&self) -> Result<Option<i64>, SourceError> {
+        if self.format == LogFormat::Cloudflare {
+            let folder = self.newest_logpush_day().await?;
+            let mut objects = self
+                .list_objects(folder.as_deref().unwrap_or(&self.prefix))
+                .await?;
+            // The newest batches are enough: those ending within the
+            // delivery lag of the newest.
+            let below = folder.as_deref().unwrap_or(&self.prefix).len();
+            let end = |o: &LogObject| logpush_span(&o.key[below..]).map(|(_, end)| end);
+            if let Some(newest_end) = objects.iter().filter_map(end).max() {
+                objects.retain(|o| end(o).is_none_or(|e| e >= newest_end - self.lag_ms));
+            }
+            return Ok(self.newest_in(objects).await);
+        }
         let mut objects = Vec::new();
         for root in self.time_roots().await? {
             if let Some(hour) = self.newest_hour(&root).await? {
@@ -613,6 +694,63 @@ fn is_year_folder(name: &str) -> bool {
     name.len() == 5 && name.ends_with('/') && name[..4].bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Whether a folder name (with its `/`) is a Logpush `{DATE}`: `YYYYMMDD/`.
+fn is_day_folder(name: &str) -> bool {
+    name.len() == 9 && name.ends_with('/') && name[..8].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `YYYYMMDD/` of a day (ms since the epoch, UTC).
+fn day_folder(day_ms: i64) -> String {
+    let time = OffsetDateTime::from_unix_timestamp(day_ms.div_euclid(1000))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}/",
+        time.year(),
+        u8::from(time.month()),
+        time.day()
+    )
+}
+
+/// The span of record times an object can hold, from its key below the
+/// time root; `None` when the key carries no time.
+fn key_time_span(format: LogFormat, below_root: &str) -> Option<(i64, i64)> {
+    match format {
+        LogFormat::Waf => key_time_ms(below_root).map(|t| (t, t)),
+        LogFormat::Cloudflare => logpush_span(below_root),
+    }
+}
+
+/// The `<start>_<end>` times (`YYYYMMDDTHHMMSSZ`) that begin a Logpush
+/// object's name, below its day folder if it has one.
+pub fn logpush_span(below_root: &str) -> Option<(i64, i64)> {
+    let name = below_root.rsplit('/').next().unwrap_or_default();
+    let mut times = name.splitn(3, '_').map(|part| {
+        let bytes = part.as_bytes();
+        let shape_fits = bytes.len() == 16
+            && bytes[8] == b'T'
+            && bytes[15] == b'Z'
+            && bytes[..8]
+                .iter()
+                .chain(&bytes[9..15])
+                .all(u8::is_ascii_digit);
+        if !shape_fits {
+            return None;
+        }
+        let number = |from: usize, len: usize| part[from..from + len].parse::<u16>().ok();
+        utc_ms(
+            number(0, 4)?,
+            number(4, 2)?,
+            number(6, 2)?,
+            number(9, 2)?,
+            number(11, 2)?,
+            number(13, 2)?,
+        )
+    });
+    let start = times.next()??;
+    let end = times.next()??;
+    Some((start, end))
+}
+
 /// `YYYY/MM/DD/HH/` of an hour (ms since the epoch, UTC).
 fn hour_folder(hour_ms: i64) -> String {
     let time = OffsetDateTime::from_unix_timestamp(hour_ms.div_euclid(1000))
@@ -711,6 +849,32 @@ mod tests {
         );
         assert_eq!(key_time_ms("notes/readme.txt"), None);
         assert_eq!(key_time_ms("2020/13/02/21/x.gz"), None);
+    }
+
+    #[test]
+    fn a_logpush_key_spans_its_start_and_end() {
+        let name = "20261120T095500Z_20261120T100000Z_6a2b4f1d.log.gz";
+        let span = Some((
+            utc_ms(2026, 11, 20, 9, 55, 0).unwrap(),
+            utc_ms(2026, 11, 20, 10, 0, 0).unwrap(),
+        ));
+        assert_eq!(logpush_span(name), span);
+        assert_eq!(logpush_span(&format!("20261120/{name}")), span);
+        assert_eq!(
+            key_time_span(LogFormat::Cloudflare, &format!("20261120/{name}")),
+            span
+        );
+        assert_eq!(logpush_span("20261120T095500Z.log.gz"), None);
+        assert_eq!(logpush_span("ownership-challenge-1a2b.txt"), None);
+        assert_eq!(
+            logpush_span("20261399T095500Z_20261120T100000Z_x.log.gz"),
+            None
+        );
+        assert_eq!(
+            day_folder(utc_ms(2026, 1, 2, 23, 59, 0).unwrap()),
+            "20260102/"
+        );
+        assert!(is_day_folder("20260102/") && !is_day_folder("2026/"));
     }
 
     #[test]

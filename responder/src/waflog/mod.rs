@@ -198,7 +198,7 @@ fn fast_scope_bits(
 }
 
 /// Bit `i` set for each `scopes[i]` the request matches.
-fn scope_bits(scopes: &[RequestMatch], request: &RequestFields<'_>) -> u32 {
+pub(crate) fn scope_bits(scopes: &[RequestMatch], request: &RequestFields<'_>) -> u32 {
     scopes
         .iter()
         .enumerate()

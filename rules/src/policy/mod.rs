@@ -61,8 +61,8 @@ pub use safety::{Mode, Safety};
 pub use scope::{PathMatch, RequestFields, RequestMatch};
 pub use targets::{
     CLOUDFLARE_ACCOUNT_ITEMS, CLOUDFLARE_API_URL, CLOUDFLARE_ENTERPRISE_ITEMS, CloudWatchApi,
-    CloudflareListName, CloudflareTarget, DEFAULT_DELIVERY_LAG_MINUTES, IpSetName, LogGroup,
-    LogSourceConfig, Region, S3Source, Target, WafScope, Wafv2Target, valid_bucket_name,
+    CloudflareListName, CloudflareTarget, DEFAULT_DELIVERY_LAG_MINUTES, IpSetName, LogFormat,
+    LogGroup, LogSourceConfig, Region, S3Source, Target, WafScope, Wafv2Target, valid_bucket_name,
 };
 pub use tiers::{BlockRule, Escalation, MAX_MATCHES, Tier, TierAction, TierName};
 
@@ -139,6 +139,9 @@ impl Policy {
             .source
             .as_ref()
             .and_then(|s| targets::check_source(&mut checker, s));
+        if source.as_ref().and_then(LogSourceConfig::format) == Some(LogFormat::Cloudflare) {
+            tiers::reject_label_matches(&mut checker, &raw.tiers);
+        }
         let shared_ledger = raw
             .responder
             .as_ref()

@@ -175,6 +175,7 @@ pub(crate) struct RawSource {
     pub region: Option<Spanned<String>>,
     pub delivery_lag_minutes: Option<Spanned<i64>>,
     pub max_concurrent_objects: Option<Spanned<i64>>,
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

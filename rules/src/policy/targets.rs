@@ -202,6 +202,46 @@ pub struct LogGroup {
     pub name: String,
 }
 
+/// What wrote the log records a source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// AWS WAF's web ACL traffic logs (the default).
+    #[default]
+    Waf,
+    /// Cloudflare's `http_requests` dataset, as Logpush writes it (NDJSON).
+    Cloudflare,
+}
+
+impl LogFormat {
+    /// Every format, by the name the policy and `--log-format` use.
+    pub const ALL: [(&'static str, LogFormat); 2] = [
+        ("waf", LogFormat::Waf),
+        ("cloudflare", LogFormat::Cloudflare),
+    ];
+
+    /// The format a name stands for.
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        LogFormat::ALL
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, format)| format)
+    }
+
+    /// Its name in the policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Waf => "waf",
+            LogFormat::Cloudflare => "cloudflare",
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where WAF logs come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogSourceConfig {
@@ -209,6 +249,8 @@ pub enum LogSourceConfig {
     Files {
         /// At least one path.
         paths: Vec<String>,
+        /// What wrote them.
+        format: LogFormat,
     },
     /// CloudWatch Logs.
     CloudWatch {
@@ -223,6 +265,18 @@ pub enum LogSourceConfig {
     },
     /// WAF log objects in S3, as WAF or Firehose delivers them.
     S3(S3Source),
+}
+
+impl LogSourceConfig {
+    /// What wrote the records, for the sources that read them whole;
+    /// `None` for CloudWatch Logs, which holds only WAF's.
+    pub fn format(&self) -> Option<LogFormat> {
+        match self {
+            LogSourceConfig::Files { format, .. } => Some(*format),
+            LogSourceConfig::S3(s3) => Some(s3.format),
+            LogSourceConfig::CloudWatch { .. } => None,
+        }
+    }
 }
 
 /// `[source] type = "s3"`: where the log objects are and how to read them.
@@ -244,6 +298,9 @@ pub struct S3Source {
     pub delivery_lag_minutes: u32,
     /// Objects fetched at once (default 16).
     pub max_concurrent_objects: NonZeroU32,
+    /// What wrote them: WAF (or Firehose) in its `YYYY/MM/DD/HH/` folders,
+    /// or Cloudflare's Logpush in `YYYYMMDD/` folders or none.
+    pub format: LogFormat,
 }
 
 /// Delivery lag when the policy does not set one: WAF publishes to S3
@@ -592,6 +649,11 @@ pub(crate) fn check_source(
             raw.max_concurrent_objects.as_ref().map(Spanned::span),
             &["s3"],
         ),
+        (
+            "format",
+            raw.format.as_ref().map(Spanned::span),
+            &["files", "s3"],
+        ),
     ];
     let stray: Vec<_> = keys
         .into_iter()
@@ -599,8 +661,17 @@ pub(crate) fn check_source(
         .map(|(key, span, _)| span.map(|span| (key, span)))
         .collect();
     reject_stray_keys(checker, "source", kind, &stray);
+    let format = match &raw.format {
+        Some(format) => {
+            let names = LogFormat::ALL.map(|(name, _)| name);
+            checker
+                .choice(format, "source.format", &names)
+                .and_then(LogFormat::from_name)
+        }
+        None => Some(LogFormat::Waf),
+    };
     if kind == "files" {
-        return check_files_source(checker, raw);
+        return check_files_source(checker, raw, format?);
     }
     let endpoint_url = match &raw.endpoint_url {
         Some(url) => checker
@@ -609,7 +680,7 @@ pub(crate) fn check_source(
         None => Some(None),
     };
     match kind {
-        "s3" => check_s3_source(checker, raw, endpoint_url?),
+        "s3" => check_s3_source(checker, raw, endpoint_url?, format?),
         _ => {
             let api = match &raw.api {
                 None => Some(CloudWatchApi::Insights),
@@ -634,7 +705,11 @@ pub(crate) fn check_source(
     }
 }
 
-fn check_files_source(checker: &mut Checker<'_>, raw: &RawSource) -> Option<LogSourceConfig> {
+fn check_files_source(
+    checker: &mut Checker<'_>,
+    raw: &RawSource,
+    format: LogFormat,
+) -> Option<LogSourceConfig> {
     let paths = required(
         checker,
         raw.paths.as_ref(),
@@ -658,6 +733,7 @@ fn check_files_source(checker: &mut Checker<'_>, raw: &RawSource) -> Option<LogS
     }
     Some(LogSourceConfig::Files {
         paths: checked.into_iter().collect::<Option<_>>()?,
+        format,
     })
 }
 
@@ -665,6 +741,7 @@ fn check_s3_source(
     checker: &mut Checker<'_>,
     raw: &RawSource,
     endpoint_url: Option<String>,
+    format: LogFormat,
 ) -> Option<LogSourceConfig> {
     let bucket = required(
         checker,
@@ -741,6 +818,7 @@ fn check_s3_source(
         endpoint_url,
         delivery_lag_minutes: delivery_lag_minutes?,
         max_concurrent_objects: max_concurrent_objects?,
+        format,
     }))
 }
 

@@ -108,6 +108,27 @@ impl Tier {
 }
 
 /// Checks every tier, then their order.
+/// Cloudflare's request logs carry no WAF labels: a tier matching one would
+/// never count a request.
+pub(crate) fn reject_label_matches(checker: &mut Checker<'_>, raw: &[Spanned<RawTier>]) {
+    for (i, tier) in raw.iter().enumerate() {
+        let label = tier
+            .get_ref()
+            .scope
+            .as_ref()
+            .and_then(|s| s.get_ref().label.as_ref());
+        if let Some(label) = label {
+            checker.error(
+                label.span(),
+                &format!("tiers[{i}].match.label"),
+                "Cloudflare's request logs carry no WAF labels, so this tier would never match"
+                    .to_owned(),
+                Some("match on path, host, method, country or action instead".to_owned()),
+            );
+        }
+    }
+}
+
 pub(crate) fn check_tiers(
     checker: &mut Checker<'_>,
     raw: &[Spanned<RawTier>],
