@@ -393,6 +393,15 @@ pub fn waf_record(ts: i64, ip: &str) -> String {
     )
 }
 
+/// The same request as Cloudflare's Logpush writes it (`http_requests`,
+/// default `unixnano` timestamps).
+pub fn cloudflare_record(ts: i64, ip: &str) -> String {
+    format!(
+        r#"{{"ClientCountry":"nl","ClientIP":"{ip}","ClientRequestHost":"api.example.com","ClientRequestMethod":"POST","ClientRequestPath":"/login","EdgeStartTimestamp":{},"RayID":"8c5e2f1a7b3d9e04","SecurityAction":""}}"#,
+        i128::from(ts) * 1_000_000
+    )
+}
+
 /// Lines joined with newlines and gzip-compressed, as WAF delivers to S3.
 pub fn gzip_lines(lines: &[String]) -> Vec<u8> {
     use std::io::Write;

@@ -210,3 +210,104 @@ async fn the_binary_blocks_on_cloudflare_and_aws_alike() {
         "{report}"
     );
 }
+
+/// `floodgate gen-logs` into `dir/logs/`, five minutes from 10:00.
+fn gen_logs(dir: &Path, format: &str, file: &str) {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let output = std::process::Command::new(floodgate_bin())
+        .args(["gen-logs", "--format", format])
+        .args(["--start", "2026-11-20T10:00:00Z", "--minutes", "5"])
+        .arg("--out")
+        .arg(logs.join(file))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_request_logs_drive_the_same_blocks_as_waf_logs() {
+    let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
+    let now = "2026-11-20T10:05:00Z";
+    let plan_of = |dir: &Path| {
+        let dir = dir.to_owned();
+        async move {
+            let (code, plan) = floodgate(&dir, true, &["plan", "--now", now]).await;
+            assert_eq!(code, 0, "{plan}");
+            plan
+        }
+    };
+
+    // The same requests, as AWS WAF and as Cloudflare's Logpush write them.
+    let waf = tempfile::tempdir().unwrap();
+    gen_logs(waf.path(), "waf", "waf.jsonl.gz");
+    local_policy(waf.path(), &waf.path().join("logs"), "");
+    let cloudflare = tempfile::tempdir().unwrap();
+    gen_logs(
+        cloudflare.path(),
+        "cloudflare",
+        "20261120T100000Z_20261120T100500Z_6a2b4f1d.log.gz",
+    );
+    let policy = local_policy(
+        cloudflare.path(),
+        &cloudflare.path().join("logs"),
+        &format!(
+            "\n[[targets]]\ntype = \"cloudflare\"\naccount_id = \"{ACCOUNT}\"\nlist = \"{LIST}\"\n\
+             api_token_env = \"CLOUDFLARE_API_TOKEN\"\napi_url = \"{}\"\ncreate_missing = true\n\
+             widen_ipv6 = true\n",
+            fake.url()
+        ),
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text.replacen(
+            "type = \"files\"\n",
+            "type = \"files\"\nformat = \"cloudflare\"\n",
+            1,
+        ),
+    )
+    .unwrap();
+
+    // Every block planned from one is planned from the other, for the same
+    // tier and count: the flood, the distributed flood, the IPv6 flood and
+    // rotation, and the login flood.
+    let from_waf = plan_of(waf.path()).await;
+    let from_cloudflare = plan_of(cloudflare.path()).await;
+    assert_eq!(from_cloudflare["targets"][0], from_waf["targets"][0]);
+    assert_eq!(from_waf["to_add"], 5, "{from_waf}");
+
+    let (code, report) = floodgate(cloudflare.path(), true, &["run", "--once", "--now", now]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        fake.ips(LIST),
+        [
+            "192.0.2.44",
+            "2001:db8:64:64::/64",
+            "2001:db8:bad::/64",
+            "203.0.113.128/28",
+            "203.0.113.66"
+        ]
+    );
+
+    // `top` reads the same logs by --logs-from, and says what to do when
+    // the format is wrong.
+    let top = |format: &'static str| {
+        std::process::Command::new(floodgate_bin())
+            .args(["top", "--logs", "logs", "--logs-from", format, "--now", now])
+            .current_dir(cloudflare.path())
+            .output()
+            .unwrap()
+    };
+    let output = top("cloudflare");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        text.contains("203.0.113.66 ") && text.contains("6000"),
+        "{text}"
+    );
+    let output = top("waf");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(text.contains("--logs-from cloudflare"), "{text}");
+}
