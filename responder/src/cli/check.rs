@@ -37,13 +37,19 @@ fn summary(policy: &Policy) -> String {
         ));
     }
     parts.push(plural(policy.targets.len(), "target"));
+    let of = |format: floodgate_rules::policy::LogFormat| match format {
+        floodgate_rules::policy::LogFormat::Waf => "",
+        floodgate_rules::policy::LogFormat::Cloudflare => " (Cloudflare logs)",
+    };
     parts.push(match &policy.source {
-        Some(floodgate_rules::policy::LogSourceConfig::Files { .. }) => "source files".to_owned(),
+        Some(floodgate_rules::policy::LogSourceConfig::Files { format, .. }) => {
+            format!("source files{}", of(*format))
+        }
         Some(floodgate_rules::policy::LogSourceConfig::CloudWatch { .. }) => {
             "source cloudwatch".to_owned()
         }
         Some(floodgate_rules::policy::LogSourceConfig::S3(s3)) => {
-            format!("source s3://{}/{}", s3.bucket, s3.prefix)
+            format!("source s3://{}/{}{}", s3.bucket, s3.prefix, of(s3.format))
         }
         None => "no source".to_owned(),
     });

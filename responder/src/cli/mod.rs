@@ -101,7 +101,7 @@ pub enum Command {
     /// allow-list's part and the circuit breaker. Writes an HTML report with
     /// charts; writes nothing to any target or ledger.
     Backtest(BacktestArgs),
-    /// Rank client IPs by requests in WAF log files over a window, with the
+    /// Rank client IPs by requests in WAF (or Cloudflare) logs over a window, with the
     /// tier each reached: who is hammering us right now.
     Top(TopArgs),
     /// Write realistic synthetic AWS WAF logs, or the same requests as
@@ -157,7 +157,7 @@ pub struct ReviewArgs {
     /// Which policy to review.
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// WAF log files, directories or globs, or one s3://bucket/prefix/
+    /// Log files, directories or globs, or one s3://bucket/prefix/
     /// (every object under it is read, so name a day or an hour folder):
     /// flags allow entries that matched no request in them and shows the
     /// requests each entry carried.
@@ -294,7 +294,7 @@ pub struct BacktestArgs {
     /// The policy to test.
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or
+    /// Log files (.jsonl, .json, .log, or .gz of those), directories or
     /// globs; or one s3://bucket/prefix/ holding WAF's or Firehose's
     /// YYYY/MM/DD/HH/ folders (or a folder above them, such as AWSLogs/),
     /// of which only the period's hours are listed. S3 uses the standard
@@ -324,7 +324,7 @@ pub struct BacktestArgs {
 /// `floodgate top`.
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// WAF log files (.jsonl, .json, .log, or .gz of those), directories or
+    /// Log files (.jsonl, .json, .log, or .gz of those), directories or
     /// globs, or one s3://bucket/prefix/ (as for backtest); without it, the
     /// policy's [source] (files, CloudWatch Logs or S3).
     #[arg(long, value_name = "PATH|S3_URL", num_args = 1..)]

@@ -196,14 +196,14 @@ impl S3Source {
         }
         // Logpush proves it may write to a folder with an ownership
         // challenge file there: not a log.
-        objects.retain(|o| {
-            !o.key.ends_with('/')
-                && !(self.format == LogFormat::Cloudflare
-                    && o.key
-                        .rsplit('/')
-                        .next()
-                        .is_some_and(|name| name.starts_with("ownership-challenge")))
-        });
+        let challenge = |key: &str| {
+            self.format == LogFormat::Cloudflare
+                && key
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|name| name.starts_with("ownership-challenge"))
+        };
+        objects.retain(|o| !o.key.ends_with('/') && !challenge(&o.key));
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         objects.dedup();
         Ok(objects)
