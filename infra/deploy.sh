@@ -33,7 +33,7 @@ cd "$(dirname "$0")/cloudformation"
 # one is shown as <FLOODGATE_...>, in a real run it is an error.
 expand() {
     local word=$1 name value
-    while [[ $word =~ \$(FLOODGATE_[A-Z_]+) ]]; do
+    while [[ $word =~ \$(FLOODGATE_[A-Z0-9_]+) ]]; do
         name=${BASH_REMATCH[1]}
         value=${!name:-}
         if [ -z "$value" ]; then
@@ -47,7 +47,7 @@ expand() {
 
 # A real run checks every setting first, so it never stops halfway.
 if ! $dry_run; then
-    for name in $(grep -o '\$FLOODGATE_[A-Z_]*' deployments.tsv | tr -d '$' | sort -u); do
+    for name in $(grep -o '\$FLOODGATE_[A-Z0-9_]*' deployments.tsv | tr -d '$' | sort -u); do
         [ -n "${!name:-}" ] || { echo "deploy.sh: set $name (see infra/README.md)" >&2; exit 1; }
     done
 fi

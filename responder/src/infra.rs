@@ -771,6 +771,7 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
             "ResponderRoleArn": { "Value": { "Fn::GetAtt": ["ResponderRole", "Arn"] } },
         },
     });
+    add_secrets(&mut template, policy);
     match infra.mode {
         InfraMode::Service => add_service(&mut template, policy, infra),
         InfraMode::Scheduled => add_schedule(&mut template, infra),
@@ -779,6 +780,70 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
         add_ledger_table(&mut template, policy, table);
     }
     template
+}
+
+/// The environment variables the policy reads its secrets from (each
+/// Cloudflare target's API token, the alert webhook's URL), each with the
+/// template parameter that names the Secrets Manager secret holding it.
+fn secret_variables(policy: &Policy) -> Vec<(String, String)> {
+    let mut names: Vec<&str> = policy
+        .targets
+        .iter()
+        .filter_map(|target| match target {
+            Target::Cloudflare(t) => Some(t.api_token_env.as_str()),
+            _ => None,
+        })
+        .chain(policy.alerts.iter().map(|a| a.webhook_url_env.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let words: String = name
+                .split('_')
+                .map(|word| {
+                    let mut chars = word.chars();
+                    chars.next().map_or(String::new(), |first| {
+                        first.to_ascii_uppercase().to_string()
+                            + &chars.as_str().to_ascii_lowercase()
+                    })
+                })
+                .collect();
+            (name.to_owned(), format!("{words}SecretArn"))
+        })
+        .collect()
+}
+
+/// The policy's secrets reach the task from Secrets Manager, as the
+/// variables it names: the execution role may read those secrets and no
+/// other, and they never appear in the template, the image or the policy.
+fn add_secrets(template: &mut Value, policy: &Policy) {
+    let secrets = secret_variables(policy);
+    if secrets.is_empty() {
+        return;
+    }
+    for (variable, parameter) in &secrets {
+        template["Parameters"][parameter] = json!({
+            "Type": "String",
+            "AllowedPattern": "arn:aws[a-z-]*:secretsmanager:.+",
+            "Description": format!("ARN of the Secrets Manager secret whose value the responder reads as {variable}"),
+        });
+    }
+    let resources = &mut template["Resources"];
+    resources["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Secrets"] = secrets
+        .iter()
+        .map(|(variable, parameter)| json!({ "Name": variable, "ValueFrom": { "Ref": parameter } }))
+        .collect();
+    resources["ExecutionRole"]["Properties"]["Policies"] = json!([{
+        "PolicyName": "secrets",
+        "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+            "Sid": "ResponderSecrets",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": secrets.iter().map(|(_, parameter)| json!({ "Ref": parameter })).collect::<Vec<_>>(),
+        }] },
+    }]);
 }
 
 /// The service mode: the daemon in an ECS service of one task, replaced
@@ -1008,7 +1073,7 @@ fn deployments(policy: &Policy, infra: &Infra, scopes: &[WafScope]) -> Vec<Deplo
         LedgerStore::DynamoDb(table) => table.region.as_str(),
         LedgerStore::File => scopes.first().map_or("us-east-1", WafScope::api_region),
     };
-    let parameters = [
+    let mut parameters = [
         "ContainerImage=$FLOODGATE_IMAGE",
         "VpcId=$FLOODGATE_VPC",
         "SubnetA=$FLOODGATE_SUBNET_A",
@@ -1016,6 +1081,15 @@ fn deployments(policy: &Policy, infra: &Infra, scopes: &[WafScope]) -> Vec<Deplo
     ]
     .map(String::from)
     .to_vec();
+    parameters.extend(
+        secret_variables(policy)
+            .into_iter()
+            .map(|(variable, parameter)| {
+                let variable = variable.to_ascii_uppercase();
+                let variable = variable.strip_prefix("FLOODGATE_").unwrap_or(&variable);
+                format!("{parameter}=$FLOODGATE_{variable}_SECRET_ARN")
+            }),
+    );
     list.push(Deployment {
         stack: format!("{}-responder", infra.name),
         region: home.to_owned(),

@@ -360,10 +360,12 @@ fn iam_policies_name_their_actions_and_resources() {
             .collect()
     };
     // The service keeps its ledger in DynamoDB and needs no volume and no
-    // scheduler; the scheduled task has the file ledger on EFS.
+    // scheduler; the scheduled task has the file ledger on EFS. Both read
+    // the alert webhook's URL from its secret.
     assert_eq!(
         sids(&service),
         [
+            "ExecutionRole/ResponderSecrets",
             "ResponderRole/ResponderIpSets",
             "ResponderRole/WafLogGroups",
             "ResponderRole/LedgerTable"
@@ -372,6 +374,7 @@ fn iam_policies_name_their_actions_and_resources() {
     assert_eq!(
         sids(&scheduled),
         [
+            "ExecutionRole/ResponderSecrets",
             "ResponderRole/ResponderIpSets",
             "ResponderRole/WafLogGroups",
             "ResponderRole/LedgerVolume",
@@ -718,6 +721,57 @@ fn a_cloudflare_target_gets_the_custom_rule_that_makes_its_list_block() {
             .unwrap()
             .contains("http_request_firewall_custom")
     );
+
+    // The token reaches the task from Secrets Manager, never in the
+    // template: the execution role reads that one secret.
+    let responder = read_template(&out, "responder.yaml");
+    assert_eq!(
+        responder["Parameters"]["CloudflareApiTokenSecretArn"]["Type"],
+        "String"
+    );
+    assert_eq!(
+        responder["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Secrets"],
+        serde_json::json!([
+            {
+                "Name": "CLOUDFLARE_API_TOKEN",
+                "ValueFrom": { "Ref": "CloudflareApiTokenSecretArn" },
+            },
+            {
+                "Name": "FLOODGATE_WEBHOOK_URL",
+                "ValueFrom": { "Ref": "FloodgateWebhookUrlSecretArn" },
+            },
+        ])
+    );
+    let execution: Vec<Value> = iam_statements(&responder)
+        .into_iter()
+        .filter(|(id, _)| id == "ExecutionRole")
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        execution,
+        [serde_json::json!({
+            "Sid": "ResponderSecrets",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": [
+                { "Ref": "CloudflareApiTokenSecretArn" },
+                { "Ref": "FloodgateWebhookUrlSecretArn" },
+            ],
+        })]
+    );
+    let deployments = std::fs::read_to_string(out.join("deployments.tsv")).unwrap();
+    assert!(
+        deployments
+            .contains("CloudflareApiTokenSecretArn=$FLOODGATE_CLOUDFLARE_API_TOKEN_SECRET_ARN"),
+        "{deployments}"
+    );
+    let lint = cfn_lint(&[out.join("responder.yaml").to_str().unwrap()]);
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
     // Without a Cloudflare target there is no such file.
     let (_dir, out) = rendered(
         &std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap(),
