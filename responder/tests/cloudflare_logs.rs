@@ -226,6 +226,18 @@ async fn logpush_objects_in_s3_are_read_by_day_folder_or_flat() {
         );
     }
 
+    // A prefix with nothing under it is a mistake, said as such.
+    let error = S3Source::new(moto.s3_client(), BUCKET, "logs/")
+        .with_format(LogFormat::Cloudflare)
+        .count(&spec)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("s3://cloudflare-logs-test/logs/") && error.contains("{DATE}"),
+        "{error}"
+    );
+
     // Everything under a prefix (review --logs): every batch, no challenge.
     let everything = S3Source::new(moto.s3_client(), BUCKET, "flat")
         .with_format(LogFormat::Cloudflare)

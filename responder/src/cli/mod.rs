@@ -20,7 +20,7 @@ mod top;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use floodgate_rules::Policy;
 use floodgate_rules::policy::{LogFormat as RecordFormat, LogSourceConfig};
@@ -182,10 +182,15 @@ pub struct LogsFromArgs {
         long,
         value_name = "FORMAT",
         requires = "logs",
-        value_parser = PossibleValuesParser::new(RecordFormat::ALL.map(|(name, _)| name))
-            .map(|name| RecordFormat::from_name(&name).expect("a listed format")),
+        value_parser = record_format_parser(),
     )]
     pub logs_from: Option<RecordFormat>,
+}
+
+/// Reads a [`RecordFormat`] by its name, listing the names in `--help`.
+fn record_format_parser() -> impl TypedValueParser<Value = RecordFormat> {
+    PossibleValuesParser::new(RecordFormat::ALL.map(|(name, _)| name))
+        .map(|name| RecordFormat::from_name(&name).expect("a listed format"))
 }
 
 impl LogsFromArgs {
@@ -380,8 +385,7 @@ pub struct GenLogsArgs {
         long,
         value_name = "FORMAT",
         default_value = "waf",
-        value_parser = PossibleValuesParser::new(RecordFormat::ALL.map(|(name, _)| name))
-            .map(|name| RecordFormat::from_name(&name).expect("a listed format")),
+        value_parser = record_format_parser(),
     )]
     pub format: RecordFormat,
     /// How cloudflare records write EdgeStartTimestamp, as Logpush's

@@ -235,8 +235,12 @@ impl S3Source {
                         folders.push((root.clone(), format!("{root}{}", day_folder(day))));
                         day += DAY_MS;
                     }
-                } else {
+                } else if self.holds_objects(&root).await? {
                     folders.push((root.clone(), root));
+                } else {
+                    return Err(self.no_logs(
+                        "no Logpush objects in it and no YYYYMMDD/ folders: name the path before {DATE} in the job's destination",
+                    ));
                 }
             }
         }
@@ -316,6 +320,20 @@ impl S3Source {
             );
         }
         Ok(folders)
+    }
+
+    /// Whether any object lies under `prefix`.
+    async fn holds_objects(&self, prefix: &str) -> Result<bool, SourceError> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| self.list_error(prefix, &e))?;
+        Ok(page.key_count().unwrap_or(0) > 0 || !page.contents().is_empty())
     }
 
     /// Every object under `prefix`.
@@ -694,6 +712,11 @@ fn is_year_folder(name: &str) -> bool {
     name.len() == 5 && name.ends_with('/') && name[..4].bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The UTC time of `ms` since the epoch.
+fn utc(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// Whether a folder name (with its `/`) is a Logpush `{DATE}`: `YYYYMMDD/`.
 fn is_day_folder(name: &str) -> bool {
     name.len() == 9 && name.ends_with('/') && name[..8].bytes().all(|b| b.is_ascii_digit())
@@ -701,8 +724,7 @@ fn is_day_folder(name: &str) -> bool {
 
 /// `YYYYMMDD/` of a day (ms since the epoch, UTC).
 fn day_folder(day_ms: i64) -> String {
-    let time = OffsetDateTime::from_unix_timestamp(day_ms.div_euclid(1000))
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let time = utc(day_ms);
     format!(
         "{:04}{:02}{:02}/",
         time.year(),
@@ -753,8 +775,7 @@ pub fn logpush_span(below_root: &str) -> Option<(i64, i64)> {
 
 /// `YYYY/MM/DD/HH/` of an hour (ms since the epoch, UTC).
 fn hour_folder(hour_ms: i64) -> String {
-    let time = OffsetDateTime::from_unix_timestamp(hour_ms.div_euclid(1000))
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let time = utc(hour_ms);
     format!(
         "{:04}/{:02}/{:02}/{:02}/",
         time.year(),
