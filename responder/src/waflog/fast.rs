@@ -176,12 +176,39 @@ fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
 }
 
 /// Opening minus closing braces, and whether the line is pure ASCII (then
-/// it is valid UTF-8 without a second look). memchr's counts use the
-/// widest vector unit the CPU has, picked at run time.
+/// it is valid UTF-8 without a second look). Both are folds the compiler
+/// turns into vector compares: the balance of each block of 64 bytes is a
+/// byte-wide sum of +1 and -1 (at most 64 either way, so it cannot wrap as
+/// an `i8`), and the ASCII test ORs every byte together.
 fn scan_braces(line: &[u8]) -> (i64, bool) {
-    let open = memchr::memchr_iter(b'{', line).count();
-    let close = memchr::memchr_iter(b'}', line).count();
-    (open as i64 - close as i64, line.is_ascii())
+    let balance = |block: &[u8]| {
+        let sum = block.iter().fold(0u8, |n, &b| {
+            n.wrapping_add(u8::from(b == b'{'))
+                .wrapping_sub(u8::from(b == b'}'))
+        });
+        i64::from(sum as i8)
+    };
+    let blocks = line.chunks_exact(64);
+    let tail = balance(blocks.remainder());
+    let balance = blocks.map(balance).sum::<i64>() + tail;
+    let high = line.iter().fold(0u8, |h, &b| h | b);
+    (balance, high < 0x80)
+}
+
+#[cfg(test)]
+#[test]
+fn scan_braces_counts_every_brace_and_sees_every_high_byte() {
+    let naive = |line: &[u8]| {
+        let count = |c| line.iter().filter(|&&b| b == c).count() as i64;
+        (count(b'{') - count(b'}'), line.is_ascii())
+    };
+    let mut line = Vec::new();
+    for i in 0..300usize {
+        line.push([b'{', b'}', b'a', b'"', 0xc3, b'}'][i * 7 % 6]);
+        assert_eq!(scan_braces(&line), naive(&line), "{i}");
+        let ascii: Vec<u8> = line.iter().map(|&b| b & 0x7f).collect();
+        assert_eq!(scan_braces(&ascii), naive(&ascii), "{i}");
+    }
 }
 
 /// Digits up to the next `,` or `}`, as JSON writes an integer; anything
