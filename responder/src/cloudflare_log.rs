@@ -17,6 +17,13 @@
 //! | `country`          | `ClientCountry` (in capitals)     |
 //! | `action`           | `SecurityAction`, as below        |
 //!
+//! As for WAF's records, a fast path reads these fields straight from the
+//! bytes of a compact line (each key matched with its quotes and colon, at
+//! the top level of the object, and the line whole: braces balanced, ASCII)
+//! and leaves every line it cannot vouch for (escapes, spacing, an RFC 3339
+//! time, a key inside a nested header map) to the full parse, whose answer
+//! it gives on every line the full parse accepts.
+//!
 //! `SecurityAction` names the action of the security rule that ended the
 //! request, if any. `block`, `connectionClose` and `forceConnectionClose`
 //! refused it (`BLOCK`); `challenge`, `jschallenge` and `managedChallenge`
@@ -41,6 +48,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -49,7 +59,19 @@ use time::format_description::well_known::Rfc3339;
 
 use floodgate_rules::policy::{RequestFields, RequestMatch};
 
+use crate::waflog::fast::{at_top_level, parse_integer, parse_ip, scan_braces, string_value};
 use crate::waflog::{Action, BadLine, Hit, scope_bits};
+
+static CLIENT_IP: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""ClientIP":"#));
+static EDGE_START: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(br#""EdgeStartTimestamp":"#));
+static SECURITY_ACTION: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(br#""SecurityAction":"#));
+static PATH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""ClientRequestPath":"#));
+static HOST: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""ClientRequestHost":"#));
+static METHOD: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(br#""ClientRequestMethod":"#));
+static COUNTRY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#""ClientCountry":"#));
 
 #[derive(Deserialize)]
 struct RawRecord<'a> {
@@ -70,8 +92,99 @@ struct RawRecord<'a> {
 }
 
 /// The counting fields of one Cloudflare record, with the bits of the
-/// `scopes` it matches ([`Hit::scopes`]).
+/// `scopes` it matches ([`Hit::scopes`]): fast path first, the full parse
+/// when the fast path cannot vouch for the line.
 pub fn parse_hit(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, BadLine> {
+    match fast_hit(line, scopes) {
+        Some(hit) => Ok(hit),
+        None => parse_hit_full_only(line, scopes),
+    }
+}
+
+/// A top-level field as the fast path reads it.
+enum Field<'a> {
+    Absent,
+    Null,
+    Text(&'a [u8]),
+    Integer(i64),
+}
+
+/// The field `key` names, or `None` where the fast path cannot vouch for
+/// it: found away from the top level or after anything but `{` or `,`, or
+/// a value with escapes, spaces or a type of its own.
+fn field<'a>(line: &'a [u8], key: &Finder<'_>) -> Option<Field<'a>> {
+    let Some(at) = key.find(line) else {
+        return Some(Field::Absent);
+    };
+    if !matches!(line.get(at.wrapping_sub(1)), Some(b'{' | b',')) || !at_top_level(line, at) {
+        return None;
+    }
+    let value = at + key.needle().len();
+    match line.get(value)? {
+        b'"' => string_value(line, value + 1).map(Field::Text),
+        b'n' if line[value..].starts_with(b"null") => Some(Field::Null),
+        b'0'..=b'9' => parse_integer(&line[value..]).map(Field::Integer),
+        _ => None,
+    }
+}
+
+/// A text field, empty when absent or null; `None` for another type.
+fn text<'a>(line: &'a [u8], key: &Finder<'_>) -> Option<Option<&'a [u8]>> {
+    match field(line, key)? {
+        Field::Absent | Field::Null => Some(None),
+        Field::Text(text) => Some(Some(text)),
+        Field::Integer(_) => None,
+    }
+}
+
+fn fast_hit(line: &[u8], scopes: &[RequestMatch]) -> Option<Hit> {
+    let line = line.trim_ascii();
+    if line.first() != Some(&b'{') || line.last() != Some(&b'}') {
+        return None;
+    }
+    let (balance, ascii) = scan_braces(line);
+    if balance != 0 || !ascii {
+        return None;
+    }
+    let client_ip = parse_ip(text(line, &CLIENT_IP)??)?;
+    // An RFC 3339 time is left to the full parse.
+    let Field::Integer(time) = field(line, &EDGE_START)? else {
+        return None;
+    };
+    let action = security_action(
+        std::str::from_utf8(text(line, &SECURITY_ACTION)?.unwrap_or_default()).ok()?,
+    );
+    let mut bits = 0;
+    if !scopes.is_empty() {
+        let country = text(line, &COUNTRY)?
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let request = RequestFields {
+            uri: text(line, &PATH)?.unwrap_or_default(),
+            method: text(line, &METHOD)?.unwrap_or_default(),
+            country: &country,
+            host: text(line, &HOST)?,
+            action: action.as_str().as_bytes(),
+            labels: &[],
+        };
+        bits = scope_bits(scopes, &request);
+    }
+    Some(Hit {
+        timestamp_ms: integer_time_ms(time),
+        client_ip,
+        action,
+        scopes: bits,
+    })
+}
+
+/// The fast path alone, for tests and benchmarks: `None` when it would
+/// leave the line to the full parse.
+pub fn parse_hit_fast_only(line: &[u8], scopes: &[RequestMatch]) -> Option<Hit> {
+    fast_hit(line, scopes)
+}
+
+/// The full parse alone, for tests and benchmarks.
+pub fn parse_hit_full_only(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, BadLine> {
     let record: RawRecord<'_> =
         serde_json::from_slice(line).map_err(|e| BadLine::NotJson(e.to_string()))?;
     let client_ip = record.client_ip.ok_or(BadLine::MissingField("ClientIP"))?;

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::LazyLock;
 
+use floodgate_responder::cloudflare_log;
 use floodgate_responder::detect::count_spec;
 use floodgate_responder::loggen::{LogSpec, generate};
 use floodgate_responder::source::LogSource;
@@ -12,7 +14,7 @@ use floodgate_responder::source::files::FileSource;
 use floodgate_responder::source::s3::S3Source;
 use floodgate_responder::traffic::{CountSpec, Traffic};
 use floodgate_rules::Policy;
-use floodgate_rules::policy::LogFormat;
+use floodgate_rules::policy::{LogFormat, RequestMatch};
 use floodgate_tests::{MotoServer, cloudflare_record, gzip_lines};
 use proptest::prelude::*;
 
@@ -96,6 +98,93 @@ proptest! {
         prop_assert_eq!(from_cloudflare.stats().malformed, 0);
         prop_assert_eq!(from_cloudflare.stats().records, from_waf.stats().records);
         prop_assert_eq!(counts(&from_cloudflare), counts(&from_waf));
+    }
+}
+
+/// Generated Cloudflare lines in every timestamp format, attacks included.
+fn sample_lines() -> &'static [Vec<u8>] {
+    static LINES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(generated_lines);
+    &LINES
+}
+
+/// The example policy's tier matches.
+fn scopes() -> &'static [RequestMatch] {
+    static SCOPES: LazyLock<Vec<RequestMatch>> = LazyLock::new(|| {
+        policy()
+            .tiers
+            .iter()
+            .filter_map(|t| t.scope.clone())
+            .collect()
+    });
+    &SCOPES
+}
+
+fn generated_lines() -> Vec<Vec<u8>> {
+    use floodgate_responder::loggen::{Timestamps, records};
+    [Timestamps::UnixNano, Timestamps::Unix, Timestamps::Rfc3339]
+        .into_iter()
+        .flat_map(|timestamps| {
+            records(&LogSpec {
+                format: LogFormat::Cloudflare,
+                timestamps,
+                minutes: 1,
+                benign_records: 100,
+                ..LogSpec::default()
+            })
+            .into_iter()
+            .step_by(40)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Whatever a line has become (cut short, text inserted anywhere, a key
+    /// repeated or nested in a header map), wherever the full parse accepts
+    /// it, the fast path gives the full parse's answer.
+    #[test]
+    fn the_fast_path_agrees_with_the_full_parse(
+        pick in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        mutation in 0..5u8,
+        text in prop::sample::select(vec![
+            "", " ", "}", "{", "\\", "\"", ",\"ClientIP\":\"192.0.2.9\"",
+            ",\"RequestHeaders\":{\"ClientIP\":\"192.0.2.8\"}",
+            ",\"SecurityAction\":\"block\"", ",\"EdgeStartTimestamp\":12",
+            ",\"ClientRequestPath\":\"/lo\\u0067in\"", "\u{e9}",
+        ]),
+    ) {
+        let mut line = pick.get(sample_lines()).clone();
+        let at = at.index(line.len() + 1);
+        match mutation {
+            0 => {}
+            1 => line.truncate(at),
+            2 => { line.splice(at..at, text.bytes()); }
+            // Right after the opening brace, as a first field.
+            3 => { line.splice(1..1, text.trim_start_matches(',').bytes().chain(*b",")); }
+            _ => { line.splice(line.len() - 1..line.len() - 1, text.bytes()); }
+        }
+        if let Ok(full) = cloudflare_log::parse_hit_full_only(&line, scopes()) {
+            prop_assert_eq!(cloudflare_log::parse_hit(&line, scopes()), Ok(full));
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_reads_logpush_lines_as_written() {
+    let integer_times: Vec<_> = sample_lines()
+        .iter()
+        .filter(|l| !l.windows(5).any(|w| w == b"Z\",\"R"))
+        .collect();
+    assert!(integer_times.len() > 10);
+    for line in integer_times {
+        let fast = cloudflare_log::parse_hit_fast_only(line, scopes());
+        assert!(fast.is_some(), "{}", String::from_utf8_lossy(line));
+        assert_eq!(
+            fast.map(Ok),
+            Some(cloudflare_log::parse_hit_full_only(line, scopes()))
+        );
     }
 }
 

@@ -143,7 +143,7 @@ pub(super) fn extract_hit_at(line: &[u8]) -> Option<(Hit, usize)> {
 /// An address as WAF writes it: a plain dotted quad is read here, anything
 /// else by the standard parser (which also has the last word on every
 /// dotted quad this one turns down).
-fn parse_ip(text: &[u8]) -> Option<IpAddr> {
+pub(crate) fn parse_ip(text: &[u8]) -> Option<IpAddr> {
     match dotted_quad(text) {
         Some(v4) => Some(IpAddr::V4(v4)),
         None => std::str::from_utf8(text).ok()?.parse().ok(),
@@ -180,7 +180,7 @@ fn dotted_quad(text: &[u8]) -> Option<Ipv4Addr> {
 /// turns into vector compares: the balance of each block of 64 bytes is a
 /// byte-wide sum of +1 and -1 (at most 64 either way, so it cannot wrap as
 /// an `i8`), and the ASCII test ORs every byte together.
-fn scan_braces(line: &[u8]) -> (i64, bool) {
+pub(crate) fn scan_braces(line: &[u8]) -> (i64, bool) {
     let balance = |block: &[u8]| {
         let sum = block.iter().fold(0u8, |n, &b| {
             n.wrapping_add(u8::from(b == b'{'))
@@ -212,13 +212,14 @@ fn scan_braces_counts_every_brace_and_sees_every_high_byte() {
 }
 
 /// Digits up to the next `,` or `}`, as JSON writes an integer; anything
-/// else (a sign, a fraction, spaces, a leading zero) is left to the full parse.
-fn parse_integer(bytes: &[u8]) -> Option<i64> {
+/// else (a sign, a fraction, spaces, a leading zero, more than an `i64`
+/// holds) is left to the full parse.
+pub(crate) fn parse_integer(bytes: &[u8]) -> Option<i64> {
     let mut value = 0i64;
-    for (i, &b) in bytes.iter().enumerate().take(19) {
+    for (i, &b) in bytes.iter().enumerate().take(20) {
         match b {
-            b'0'..=b'9' if i < 18 && !(i == 1 && bytes[0] == b'0') => {
-                value = value * 10 + i64::from(b - b'0')
+            b'0'..=b'9' if i < 19 && !(i == 1 && bytes[0] == b'0') => {
+                value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
             }
             b',' | b'}' if i > 0 => return Some(value),
             _ => return None,
@@ -229,7 +230,7 @@ fn parse_integer(bytes: &[u8]) -> Option<i64> {
 
 /// The bytes of a string value starting at `start`, up to its closing
 /// quote. A value with escapes is left to the full parse.
-fn string_value(line: &[u8], start: usize) -> Option<&[u8]> {
+pub(crate) fn string_value(line: &[u8], start: usize) -> Option<&[u8]> {
     let rest = line.get(start..)?;
     let end = memchr::memchr2(b'"', b'\\', rest)?;
     (rest[end] == b'"').then_some(&rest[..end])
@@ -239,7 +240,7 @@ fn string_value(line: &[u8], start: usize) -> Option<&[u8]> {
 /// without a walk when no brace comes before it but the opening one, as
 /// WAF writes `action` (a matched key cannot sit inside a string: a raw
 /// quote ends a string, and an escaped one is not followed by `:`).
-fn at_top_level(line: &[u8], end: usize) -> bool {
+pub(crate) fn at_top_level(line: &[u8], end: usize) -> bool {
     memchr::memchr2(b'{', b'}', &line[1..end]).is_none() || depth_at(line, end) == Some(1)
 }
 

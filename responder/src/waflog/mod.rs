@@ -23,7 +23,7 @@
 //! assert_eq!(record.host.as_deref(), Some("api.example.com"));
 //! ```
 
-mod fast;
+pub(crate) mod fast;
 mod full;
 
 use std::fmt;
