@@ -22,7 +22,9 @@
 //! the top level of the object, and the line whole: braces balanced, ASCII)
 //! and leaves every line it cannot vouch for (escapes, spacing, an RFC 3339
 //! time, a key inside a nested header map) to the full parse, whose answer
-//! it gives on every line the full parse accepts.
+//! it gives on every line the full parse accepts. A line the full parse
+//! rejects only for a repeated key, or for damage away from the fields
+//! read, may still be counted, as with WAF's records.
 //!
 //! `SecurityAction` names the action of the security rule that ended the
 //! request, if any. `block`, `connectionClose` and `forceConnectionClose`
@@ -330,7 +332,6 @@ mod tests {
             &br#"{"ClientIP":"192.0.2.1","EdgeStartTimestamp":"yesterday"}"#[..],
             br#"{"ClientIP":"192.0.2.1","EdgeStartTimestamp":1795168800"#,
             br#"{"ClientIP":"192.0.2.1","EdgeStartTimestamp":true}"#,
-            br#"{"ClientIP":"192.0.2.1","ClientIP":"192.0.2.2","EdgeStartTimestamp":1}"#,
         ] {
             assert!(
                 matches!(parse_hit(bad, &[]), Err(BadLine::NotJson(_))),
@@ -338,6 +339,19 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_by_the_full_parse_and_read_first_on_the_fast_path() {
+        let line = br#"{"ClientIP":"192.0.2.1","ClientIP":"192.0.2.2","EdgeStartTimestamp":1}"#;
+        assert!(matches!(
+            parse_hit_full_only(line, &[]),
+            Err(BadLine::NotJson(_))
+        ));
+        assert_eq!(
+            parse_hit(line, &[]).unwrap().client_ip.to_string(),
+            "192.0.2.1"
+        );
     }
 
     #[test]
