@@ -153,18 +153,19 @@ fn fast_hit(line: &[u8], scopes: &[RequestMatch]) -> Option<Hit> {
     let Field::Integer(time) = field(line, &EDGE_START)? else {
         return None;
     };
-    let action = security_action(
-        std::str::from_utf8(text(line, &SECURITY_ACTION)?.unwrap_or_default()).ok()?,
-    );
+    let action = security_action(text(line, &SECURITY_ACTION)?.unwrap_or_default());
     let mut bits = 0;
     if !scopes.is_empty() {
-        let country = text(line, &COUNTRY)?
-            .unwrap_or_default()
-            .to_ascii_uppercase();
+        // A country code is two letters: upper-cased on the stack.
+        let mut country = [0u8; 2];
+        let sent = text(line, &COUNTRY)?.unwrap_or_default();
+        let country = country.get_mut(..sent.len())?;
+        country.copy_from_slice(sent);
+        country.make_ascii_uppercase();
         let request = RequestFields {
             uri: text(line, &PATH)?.unwrap_or_default(),
             method: text(line, &METHOD)?.unwrap_or_default(),
-            country: &country,
+            country,
             host: text(line, &HOST)?,
             action: action.as_str().as_bytes(),
             labels: &[],
@@ -197,7 +198,13 @@ pub fn parse_hit_full_only(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, 
         .edge_start
         .ok_or(BadLine::MissingField("EdgeStartTimestamp"))?
         .0;
-    let action = security_action(record.security_action.as_deref().unwrap_or_default());
+    let action = security_action(
+        record
+            .security_action
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     let scopes = if scopes.is_empty() {
         0
     } else {
@@ -225,10 +232,10 @@ pub fn parse_hit_full_only(line: &[u8], scopes: &[RequestMatch]) -> Result<Hit, 
 }
 
 /// The WAF action a `SecurityAction` value amounts to (see the module docs).
-pub fn security_action(value: &str) -> Action {
+pub fn security_action(value: &[u8]) -> Action {
     match value {
-        "block" | "connectionClose" | "forceConnectionClose" => Action::Block,
-        "challenge" | "jschallenge" | "managedChallenge" => Action::Challenge,
+        b"block" | b"connectionClose" | b"forceConnectionClose" => Action::Block,
+        b"challenge" | b"jschallenge" | b"managedChallenge" => Action::Challenge,
         _ => Action::Allow,
     }
 }

@@ -56,11 +56,13 @@ pub struct LogSpec {
     pub timestamps: Timestamps,
 }
 
-/// Logpush's `timestamp_format`s (Cloudflare docs, "Log Output Options").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Logpush's `timestamp_format`s (Cloudflare docs, "Log Output Options"),
+/// by the names Logpush gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Timestamps {
     /// Nanoseconds since the epoch, as an integer (Logpush's default).
     #[default]
+    #[value(name = "unixnano")]
     UnixNano,
     /// Seconds since the epoch, as an integer.
     Unix,

@@ -6,8 +6,8 @@ use std::io::{BufWriter, Write};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use super::{CliError, GenLogsArgs, Status, TimestampsArg};
-use crate::loggen::{LogSpec, Timestamps, generate};
+use super::{CliError, GenLogsArgs, Status};
+use crate::loggen::{LogSpec, generate};
 
 /// Writes the logs, gzip-compressed when the file name ends in `.gz`.
 pub(super) fn run(args: &GenLogsArgs) -> Result<Status, CliError> {
@@ -19,11 +19,7 @@ pub(super) fn run(args: &GenLogsArgs) -> Result<Status, CliError> {
         benign_ips: args.benign_ips,
         attacks: !args.no_attacks,
         format: args.format,
-        timestamps: match args.timestamps {
-            TimestampsArg::Unixnano => Timestamps::UnixNano,
-            TimestampsArg::Unix => Timestamps::Unix,
-            TimestampsArg::Rfc3339 => Timestamps::Rfc3339,
-        },
+        timestamps: args.timestamps,
     };
     let file = File::create(&args.out)
         .map_err(|e| CliError::Input(format!("cannot create {}: {e}", args.out.display())))?;

@@ -27,6 +27,7 @@ use floodgate_rules::policy::{LogFormat as RecordFormat, LogSourceConfig};
 use time::OffsetDateTime;
 
 use crate::clock::{Clock, clock_at, parse_instant};
+use crate::loggen::Timestamps;
 use crate::policy_file::LoadError;
 
 /// Floodgate: an automated AWS WAF rate-limit and abuse responder.
@@ -391,19 +392,8 @@ pub struct GenLogsArgs {
     /// How cloudflare records write EdgeStartTimestamp, as Logpush's
     /// timestamp_format: unixnano (integer nanoseconds, Logpush's default),
     /// unix (integer seconds) or rfc3339 (a string, to the second).
-    #[arg(long, value_enum, default_value_t = TimestampsArg::Unixnano)]
-    pub timestamps: TimestampsArg,
-}
-
-/// `gen-logs --timestamps`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TimestampsArg {
-    /// Integer nanoseconds since the epoch.
-    Unixnano,
-    /// Integer seconds since the epoch.
-    Unix,
-    /// An RFC 3339 string.
-    Rfc3339,
+    #[arg(long, value_enum, default_value_t = Timestamps::UnixNano)]
+    pub timestamps: Timestamps,
 }
 
 /// `floodgate healthcheck`.

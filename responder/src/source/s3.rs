@@ -253,7 +253,7 @@ impl S3Source {
         let children = self.list_folders(&self.prefix).await?;
         Ok(children
             .into_iter()
-            .filter(|c| is_day_folder(&c[self.prefix.len()..]))
+            .filter(|c| is_number_folder(&c[self.prefix.len()..], 8))
             .max())
     }
 
@@ -272,7 +272,10 @@ impl S3Source {
                         "more than {MAX_DISCOVERED_FOLDERS} folders below it and none is a YYYY/ folder of WAF logs"
                     )));
                 }
-                if children.iter().any(|c| is_year_folder(&c[folder.len()..])) {
+                if children
+                    .iter()
+                    .any(|c| is_number_folder(&c[folder.len()..], 4))
+                {
                     roots.push(folder);
                 } else {
                     // Firehose writes records it could not deliver under
@@ -707,19 +710,18 @@ pub fn parse_s3_url(url: &str) -> Result<(&str, &str), SourceError> {
     Ok((bucket, prefix))
 }
 
-/// Whether a folder name (with its `/`) is a year, as the time folders start.
-fn is_year_folder(name: &str) -> bool {
-    name.len() == 5 && name.ends_with('/') && name[..4].bytes().all(|b| b.is_ascii_digit())
+/// Whether a folder name (with its `/`) is `digits` digits: a year
+/// (`YYYY/`, as WAF's and Firehose's time folders start) or a Logpush
+/// `{DATE}` (`YYYYMMDD/`).
+fn is_number_folder(name: &str, digits: usize) -> bool {
+    name.len() == digits + 1
+        && name.ends_with('/')
+        && name[..digits].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The UTC time of `ms` since the epoch.
 fn utc(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// Whether a folder name (with its `/`) is a Logpush `{DATE}`: `YYYYMMDD/`.
-fn is_day_folder(name: &str) -> bool {
-    name.len() == 9 && name.ends_with('/') && name[..8].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `YYYYMMDD/` of a day (ms since the epoch, UTC).
@@ -895,7 +897,7 @@ mod tests {
             day_folder(utc_ms(2026, 1, 2, 23, 59, 0).unwrap()),
             "20260102/"
         );
-        assert!(is_day_folder("20260102/") && !is_day_folder("2026/"));
+        assert!(is_number_folder("20260102/", 8) && !is_number_folder("2026/", 8));
     }
 
     #[test]

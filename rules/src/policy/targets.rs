@@ -229,10 +229,10 @@ impl LogFormat {
 
     /// Its name in the policy.
     pub fn name(self) -> &'static str {
-        match self {
-            LogFormat::Waf => "waf",
-            LogFormat::Cloudflare => "cloudflare",
-        }
+        LogFormat::ALL
+            .into_iter()
+            .find(|(_, format)| *format == self)
+            .map_or("waf", |(name, _)| name)
     }
 }
 
