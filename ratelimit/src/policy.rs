@@ -153,14 +153,16 @@ impl CompiledPolicy {
                 continue;
             };
             let set = match &entry.grant {
-                Grant::Plan(name) => {
+                Some(Grant::Plan(name)) => {
                     let plan = quotas.plan(name.as_str()).expect("validated reference");
                     index_of(plan)
                 }
-                Grant::Limits(limits) => {
+                Some(Grant::Limits(limits)) => {
                     sets.push(limit_set("override", limits, false));
                     sets.len() - 1
                 }
+                // Class limits only: not enforced yet.
+                None => continue,
             };
             let key = Key::Tenant {
                 id: entry.tenant.as_str(),

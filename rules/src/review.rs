@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::Policy;
 use crate::cidr::PrefixMap;
 use crate::policy::allow::nested_pairs;
-use crate::policy::{Grant, Limit};
+use crate::policy::{Grant, Limit, TenantOverride};
 
 /// What kind of exception an item is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,7 +78,8 @@ pub struct ReviewItem {
     pub kind: ItemKind,
     /// The CIDR, or the tenant id.
     pub subject: String,
-    /// What it grants: `exempt`, `requests >= N`, `plan NAME` or limits.
+    /// What it grants: `exempt`, `requests >= N`, `plan NAME` or limits,
+    /// then for an override each class it raises: `exports 100/3600s`.
     pub grants: String,
     /// Who answers for it.
     pub owner: String,
@@ -152,10 +153,7 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
         items.extend(quotas.overrides().iter().map(|o| ReviewItem {
             kind: ItemKind::TenantOverride,
             subject: o.tenant.to_string(),
-            grants: match &o.grant {
-                Grant::Plan(plan) => format!("plan {plan}"),
-                Grant::Limits(limits) => describe_limits(limits),
-            },
+            grants: describe_override(o),
             owner: o.owner.clone(),
             reason: o.reason.clone(),
             expires: o.expires.to_string(),
@@ -209,6 +207,25 @@ pub fn add_usage(
             item.flags.push(Flag::Unused);
         }
     }
+}
+
+/// `plan pro`, `100/60s` or `plan pro; exports 100/3600s; reports 5/60s`:
+/// what it grants, then each class it raises.
+fn describe_override(entry: &TenantOverride) -> String {
+    let grant = match &entry.grant {
+        Some(Grant::Plan(plan)) => Some(format!("plan {plan}")),
+        Some(Grant::Limits(limits)) => Some(describe_limits(limits)),
+        None => None,
+    };
+    let classes = entry
+        .classes
+        .iter()
+        .map(|c| format!("{} {}", c.class, describe_limits(&c.limits)));
+    grant
+        .into_iter()
+        .chain(classes)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `100/60s burst 150, 5000/3600s`.

@@ -172,6 +172,29 @@ fn the_documented_example_policy_loads_clean() {
         quotas.plan("enterprise").unwrap().limits.as_slice()
     );
     assert_eq!(quotas.limits_for("someone-else").len(), 2);
+    // Route classes: the first matching route gives class and cost, and an
+    // override's class limits replace its plan's.
+    let export = quotas.route_for("POST", "/v1/exports").unwrap();
+    assert_eq!((export.class.as_str(), export.cost.get()), ("exports", 5));
+    let download = quotas.route_for("GET", "/v1/exports/7/download").unwrap();
+    assert_eq!(
+        (download.class.as_str(), download.cost.get()),
+        ("exports", 1)
+    );
+    assert!(quotas.route_for("GET", "/v1/exports").is_none());
+    let class_requests = |tenant| {
+        quotas
+            .class_limits_for(tenant, "exports")
+            .map(|limits| limits[0].requests.get())
+    };
+    assert_eq!(class_requests("someone-else"), Some(10));
+    assert_eq!(class_requests("initech"), Some(50));
+    assert_eq!(
+        class_requests("acme-corp"),
+        None,
+        "enterprise has no class limits"
+    );
+    assert_eq!(quotas.limits_for("initech").len(), 2, "keeps its plan");
 }
 
 #[test]

@@ -12,7 +12,7 @@ fn check_accepts_the_example_policy() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(
         stdout(&output),
-        "examples/floodgate.toml: valid: 4 tiers, 3 allow entries, 4 plans, 2 tenant overrides, 4 targets, source cloudwatch; 0 warnings\n"
+        "examples/floodgate.toml: valid: 4 tiers, 3 allow entries, 4 plans, 3 tenant overrides, 2 routes, 4 targets, source cloudwatch; 0 warnings\n"
     );
     assert_eq!(stderr(&output), "");
 }
@@ -127,7 +127,7 @@ fn review_table_shows_owner_reason_expiry_and_days_left() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let out = stdout(&output);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 6, "{out}");
+    assert_eq!(lines.len(), 7, "{out}");
     assert!(lines[0].starts_with("KIND"));
     let globex = lines.iter().find(|l| l.contains("globex")).unwrap();
     for cell in [
@@ -140,6 +140,9 @@ fn review_table_shows_owner_reason_expiry_and_days_left() {
     ] {
         assert!(globex.contains(cell), "{cell} missing from {globex}");
     }
+    // An override that raises only a route class's limits says which.
+    let initech = lines.iter().find(|l| l.contains("initech")).unwrap();
+    assert!(initech.contains("exports 50/3600s"), "{initech}");
     let monitor = lines.iter().find(|l| l.contains("192.0.2.10/32")).unwrap();
     assert!(
         monitor.contains("exempt") && monitor.contains("sre@example.com"),

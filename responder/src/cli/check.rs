@@ -35,6 +35,9 @@ fn summary(policy: &Policy) -> String {
             plural(overrides.len(), "tenant override"),
             expired_overrides,
         ));
+        if !quotas.routes().is_empty() {
+            parts.push(plural(quotas.routes().len(), "route"));
+        }
     }
     parts.push(plural(policy.targets.len(), "target"));
     let of = |format: floodgate_rules::policy::LogFormat| match format {

@@ -40,6 +40,7 @@ mod infra;
 mod quotas;
 mod raw;
 mod responder;
+mod routes;
 mod safety;
 mod scope;
 mod targets;
@@ -50,13 +51,14 @@ pub use allow::{AllowEntry, AllowList};
 pub use detection::{Aggregation, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, Prefixes};
 pub use infra::{Infra, InfraMode, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
-    DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_LIMITS_PER_PLAN, Plan, PlanName, QuotaBackend,
-    Quotas, RedisBackend, TenantId, TenantOverride,
+    ClassLimits, DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_CLASSES, MAX_LIMITS_PER_PLAN, Plan,
+    PlanName, QuotaBackend, Quotas, RedisBackend, TenantId, TenantOverride,
 };
 pub use responder::{
     DEFAULT_MAX_CLOCK_SKEW_SECONDS, DEFAULT_SCHEDULE, DynamoDbTable, Lease, LedgerStore, Responder,
     Role, is_holder_id, schedule_period_seconds,
 };
+pub use routes::{ClassName, PathPattern, Route, Segment};
 pub use safety::{Mode, Safety};
 pub use scope::{PathMatch, RequestFields, RequestMatch};
 pub use targets::{

@@ -9,7 +9,8 @@ use time::Date;
 use toml::Spanned;
 
 use super::check::{Checker, UrlRules};
-use super::raw::{RawLimit, RawOverride, RawPlan, RawQuotas, RawRedis};
+use super::raw::{RawClasses, RawLimit, RawOverride, RawPlan, RawQuotas, RawRedis, RawRoute};
+use super::routes::{ClassName, Route, check_class_name, check_route, is_valid_name};
 use crate::diagnostic::closest;
 
 /// A plan's name, such as `free` or `enterprise`.
@@ -59,6 +60,10 @@ impl fmt::Display for TenantId {
 /// fixed-size state per tenant, so this bounds its memory per key.
 pub const MAX_LIMITS_PER_PLAN: usize = 4;
 
+/// The most route classes one policy may name. The middleware keeps a table
+/// of the classes per plan, so this bounds its size.
+pub const MAX_CLASSES: usize = 64;
+
 /// At most `requests` per `per_seconds`, with bursts of up to `burst`
 /// (GCRA: one request every `per_seconds / requests` seconds on average).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,8 +83,34 @@ pub struct Plan {
     pub name: PlanName,
     /// At least one limit.
     pub limits: Vec<Limit>,
+    /// Limits of their own for requests of these route classes, checked
+    /// together with `limits`; sorted by class name.
+    pub classes: Vec<ClassLimits>,
     /// Count would-be rejections but let the requests through.
     pub shadow: bool,
+}
+
+impl Plan {
+    /// The limits of `class` under this plan, if it gives it any.
+    pub fn class_limits(&self, class: &str) -> Option<&[Limit]> {
+        find_class(&self.classes, class)
+    }
+}
+
+/// The limits of one route class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassLimits {
+    /// The class.
+    pub class: ClassName,
+    /// At least one limit.
+    pub limits: Vec<Limit>,
+}
+
+fn find_class<'c>(classes: &'c [ClassLimits], class: &str) -> Option<&'c [Limit]> {
+    classes
+        .iter()
+        .find(|c| c.class.as_str() == class)
+        .map(|c| c.limits.as_slice())
 }
 
 /// What an override gives a tenant.
@@ -96,8 +127,11 @@ pub enum Grant {
 pub struct TenantOverride {
     /// The tenant.
     pub tenant: TenantId,
-    /// What it gets instead of its plan.
-    pub grant: Grant,
+    /// What it gets instead of its plan; `None` when it keeps its plan and
+    /// only `classes` change.
+    pub grant: Option<Grant>,
+    /// Class limits that replace those its plan gives (sorted by class).
+    pub classes: Vec<ClassLimits>,
     /// Why.
     pub reason: String,
     /// Who answers for it.
@@ -112,6 +146,11 @@ impl TenantOverride {
     /// Whether the override no longer applies on `today`.
     pub fn is_expired(&self, today: Date) -> bool {
         today > self.expires
+    }
+
+    /// The limits this override gives `class`, if it names it.
+    pub fn class_limits(&self, class: &str) -> Option<&[Limit]> {
+        find_class(&self.classes, class)
     }
 }
 
@@ -152,6 +191,8 @@ pub struct Quotas {
     overrides: Vec<TenantOverride>,
     /// Unexpired overrides by tenant, as indexes into `overrides`.
     active: HashMap<TenantId, usize>,
+    routes: Vec<Route>,
+    classes: Vec<ClassName>,
 }
 
 impl Quotas {
@@ -193,7 +234,7 @@ impl Quotas {
 
     /// The limits that apply to `tenant`: its override's, or the default plan's.
     pub fn limits_for(&self, tenant: &str) -> &[Limit] {
-        match self.override_for(tenant).map(|o| &o.grant) {
+        match self.override_for(tenant).and_then(|o| o.grant.as_ref()) {
             Some(Grant::Limits(limits)) => limits,
             Some(Grant::Plan(plan)) => {
                 &self
@@ -203,6 +244,37 @@ impl Quotas {
             }
             None => &self.default_plan().limits,
         }
+    }
+
+    /// The route table, in file order: the first route that matches a
+    /// request gives its class and cost.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The first route matching `method` and `path`.
+    pub fn route_for(&self, method: &str, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(method, path))
+    }
+
+    /// Every class the routes, plans and overrides name, sorted.
+    pub fn classes(&self) -> &[ClassName] {
+        &self.classes
+    }
+
+    /// The limits of `class` for a tenant without a plan of its own: its
+    /// override's, else its plan's (the override's plan, or the default).
+    /// An override with limits of its own keeps the default plan's classes.
+    pub fn class_limits_for(&self, tenant: &str, class: &str) -> Option<&[Limit]> {
+        let entry = self.override_for(tenant);
+        if let Some(limits) = entry.and_then(|o| o.class_limits(class)) {
+            return Some(limits);
+        }
+        let plan = match entry.and_then(|o| o.grant.as_ref()) {
+            Some(Grant::Plan(plan)) => self.plan(plan.as_str()).unwrap_or(self.default_plan()),
+            _ => self.default_plan(),
+        };
+        plan.class_limits(class)
     }
 }
 
@@ -272,6 +344,15 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
         }
         overrides.push(checked);
     }
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, entry) in raw.routes.iter().enumerate() {
+        let path = format!("quotas.routes[{i}]");
+        if let Some(route) = check_route(checker, entry, &path, &routes) {
+            check_route_cost(checker, entry, &route, &path, (&plans, &overrides));
+            routes.push(route);
+        }
+    }
+    let classes = check_classes(checker, raw, &routes, &plans, &overrides)?;
     let default_plan = default_plan?;
     let anonymous_plan = anonymous_plan?;
     let active = overrides
@@ -287,7 +368,120 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
         backend: backend?,
         overrides,
         active,
+        routes,
+        classes,
     })
+}
+
+/// Every class named anywhere, at most [`MAX_CLASSES`]. A class that plans
+/// limit but no route names is only reached through the service's
+/// extension, so with a route table it is more likely a typo: a warning.
+fn check_classes(
+    checker: &mut Checker<'_>,
+    raw: &RawQuotas,
+    routes: &[Route],
+    plans: &[Plan],
+    overrides: &[TenantOverride],
+) -> Option<Vec<ClassName>> {
+    let limited = plans
+        .iter()
+        .flat_map(|p| &p.classes)
+        .chain(overrides.iter().flat_map(|o| &o.classes));
+    let mut classes: Vec<ClassName> = routes
+        .iter()
+        .map(|r| r.class.clone())
+        .chain(limited.map(|c| c.class.clone()))
+        .collect();
+    classes.sort();
+    classes.dedup();
+    if classes.len() > MAX_CLASSES {
+        let message = format!(
+            "names {} route classes; at most {MAX_CLASSES} are allowed",
+            classes.len()
+        );
+        let help = Some("merge classes whose requests cost alike".to_owned());
+        let span = raw.routes.first().map(|r| r.span()).unwrap_or_default();
+        checker.error(span, "quotas.routes", message, help);
+        return None;
+    }
+    if !raw.routes.is_empty() {
+        let routed: Vec<&str> = raw
+            .routes
+            .iter()
+            .map(|r| r.get_ref().class.get_ref().as_str())
+            .collect();
+        let raw_classes = raw
+            .plans
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                Some((format!("quotas.plans[{i}]"), p.get_ref().classes.as_ref()?))
+            })
+            .chain(raw.overrides.iter().enumerate().filter_map(|(i, o)| {
+                Some((
+                    format!("quotas.overrides[{i}]"),
+                    o.get_ref().classes.as_ref()?,
+                ))
+            }));
+        for (path, table) in raw_classes {
+            for name in table.get_ref().keys() {
+                if routed.contains(&name.get_ref().as_str()) || !is_valid_name(name.get_ref()) {
+                    continue;
+                }
+                let message = format!("no route names class \"{}\"", name.get_ref());
+                let help = match closest(name.get_ref(), routed.iter().copied()) {
+                    Some(close) => format!("did you mean \"{close}\"?"),
+                    None => "add a [[quotas.routes]] entry for it, or have the service set the RouteClass extension".to_owned(),
+                };
+                checker.warn(name.span(), &format!("{path}.classes"), message, Some(help));
+            }
+        }
+    }
+    Some(classes)
+}
+
+/// A route whose cost exceeds a limit's burst would be refused forever:
+/// an error naming the plan (or override) with the smallest burst.
+fn check_route_cost(
+    checker: &mut Checker<'_>,
+    entry: &Spanned<RawRoute>,
+    route: &Route,
+    path: &str,
+    (plans, overrides): (&[Plan], &[TenantOverride]),
+) {
+    let class = route.class.as_str();
+    let plan_sets = plans.iter().map(|p| {
+        let name = format!("plan \"{}\"", p.name);
+        (name, p.limits.as_slice(), p.class_limits(class))
+    });
+    let override_sets = overrides.iter().map(|o| {
+        let name = format!("the override of \"{}\"", o.tenant);
+        let limits = match &o.grant {
+            Some(Grant::Limits(limits)) => limits.as_slice(),
+            _ => &[],
+        };
+        (name, limits, o.class_limits(class))
+    });
+    let smallest = plan_sets
+        .chain(override_sets)
+        .flat_map(|(name, limits, class_limits)| {
+            let all = limits.iter().chain(class_limits.unwrap_or_default());
+            all.map(move |l| (l.burst, name.clone()))
+        })
+        .min_by_key(|(burst, _)| *burst);
+    let (Some((burst, owner)), Some(cost)) = (smallest, &entry.get_ref().cost) else {
+        return;
+    };
+    if route.cost > burst {
+        let message = format!(
+            "costs {} but {owner} admits at most {burst} at once; its requests would always be refused",
+            route.cost
+        );
+        let help = Some(format!(
+            "lower the cost to {burst} or less, or raise that burst"
+        ));
+        checker.error(cost.span(), &format!("{path}.cost"), message, help);
+    }
 }
 
 /// `backend` and `redis`: the table is needed for, and only for, `"redis"`.
@@ -357,11 +551,7 @@ const REDIS_URL: UrlRules = UrlRules {
 
 fn check_plan(checker: &mut Checker<'_>, raw: &RawPlan, path: &str) -> Option<Plan> {
     let name_text = raw.name.get_ref();
-    let name_valid = !name_text.is_empty()
-        && name_text.len() <= 64
-        && name_text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let name_valid = is_valid_name(name_text);
     if !name_valid {
         let help = Some("use 1 to 64 letters, digits, '_' or '-'".to_owned());
         checker.error(
@@ -372,11 +562,35 @@ fn check_plan(checker: &mut Checker<'_>, raw: &RawPlan, path: &str) -> Option<Pl
         );
     }
     let limits = check_limits(checker, &raw.limits, &format!("{path}.limits"));
+    let classes = check_class_limits(checker, raw.classes.as_ref(), &format!("{path}.classes"));
     Some(Plan {
         name: PlanName(name_text.clone()),
         limits: limits.filter(|_| name_valid)?,
+        classes,
         shadow: raw.shadow,
     })
+}
+
+/// `classes = { exports = [...] }`: the classes whose name and limits are
+/// valid (the others are reported, and fail the policy).
+fn check_class_limits(
+    checker: &mut Checker<'_>,
+    raw: Option<&RawClasses>,
+    path: &str,
+) -> Vec<ClassLimits> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let mut classes = Vec::new();
+    for (name, limits) in raw.get_ref() {
+        let class_path = format!("{path}.{}", name.get_ref());
+        let class = check_class_name(checker, name, path);
+        let limits = check_limits(checker, limits, &class_path);
+        if let (Some(class), Some(limits)) = (class, limits) {
+            classes.push(ClassLimits { class, limits });
+        }
+    }
+    classes
 }
 
 fn check_limits(
@@ -475,10 +689,11 @@ fn check_override(
     }
     let grant = match (&raw.plan, &raw.limits) {
         (Some(plan), None) => check_plan_reference(checker, plan, &format!("{path}.plan"), plans)
-            .map(|i| Grant::Plan(plans[i].name.clone())),
+            .map(|i| Some(Grant::Plan(plans[i].name.clone()))),
         (None, Some(limits)) => {
-            check_limits(checker, limits, &format!("{path}.limits")).map(Grant::Limits)
+            check_limits(checker, limits, &format!("{path}.limits")).map(|l| Some(Grant::Limits(l)))
         }
+        (None, None) if raw.classes.is_some() => Some(None),
         (Some(plan), Some(_)) => {
             let help = Some("keep one of the two".to_owned());
             checker.error(
@@ -491,24 +706,26 @@ fn check_override(
         }
         (None, None) => {
             let help = Some(
-                "add plan = \"enterprise\" or limits = [{ requests = 100, per_seconds = 1 }]"
+                "add plan = \"enterprise\", limits = [{ requests = 100, per_seconds = 1 }] or classes = { exports = [{ requests = 100, per_seconds = 3600 }] }"
                     .to_owned(),
             );
             checker.error(
                 entry.span(),
                 path,
-                "an override needs a plan or limits".to_owned(),
+                "an override needs a plan, limits or classes".to_owned(),
                 help,
             );
             None
         }
     };
+    let classes = check_class_limits(checker, raw.classes.as_ref(), &format!("{path}.classes"));
     let reason = checker.text(&raw.reason, &format!("{path}.reason"));
     let owner = checker.text(&raw.owner, &format!("{path}.owner"));
     let expires = checker.date(&raw.expires, &format!("{path}.expires"));
     Some(TenantOverride {
         tenant: tenant?,
         grant: grant?,
+        classes,
         reason: reason?,
         owner: owner?,
         expires: expires?,

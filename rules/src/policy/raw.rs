@@ -4,6 +4,8 @@
 //! the TOML decoder, reports a zero, a negative or a misspelt choice, with
 //! every problem listed at once. Every value keeps its byte span.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -97,7 +99,21 @@ pub(crate) struct RawQuotas {
     pub plans: Vec<Spanned<RawPlan>>,
     #[serde(default)]
     pub overrides: Vec<Spanned<RawOverride>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub class: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub path: Spanned<String>,
+    pub cost: Option<Spanned<i64>>,
+}
+
+/// `classes = { exports = [{ requests = 10, per_seconds = 3600 }] }`.
+pub(crate) type RawClasses = Spanned<BTreeMap<Spanned<String>, Spanned<Vec<Spanned<RawLimit>>>>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +129,7 @@ pub(crate) struct RawRedis {
 pub(crate) struct RawPlan {
     pub name: Spanned<String>,
     pub limits: Spanned<Vec<Spanned<RawLimit>>>,
+    pub classes: Option<RawClasses>,
     #[serde(default)]
     pub shadow: bool,
 }
@@ -131,6 +148,7 @@ pub(crate) struct RawOverride {
     pub tenant: Spanned<String>,
     pub plan: Option<Spanned<String>>,
     pub limits: Option<Spanned<Vec<Spanned<RawLimit>>>>,
+    pub classes: Option<RawClasses>,
     pub reason: Spanned<String>,
     pub owner: Spanned<String>,
     pub expires: Spanned<toml::Value>,

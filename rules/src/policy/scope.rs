@@ -58,7 +58,7 @@ pub struct RequestFields<'a> {
 }
 
 /// HTTP methods as WAF logs them.
-const METHODS: [&str; 9] = [
+pub(crate) const METHODS: [&str; 9] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
 ];
 /// Terminating actions as WAF logs them.
