@@ -12,6 +12,10 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use floodgate_rules::policy::{Limit, MAX_LIMITS_PER_PLAN};
+
+/// The most limits one request is checked against: its plan's, and its
+/// route class's.
+pub(crate) const MAX_LIMITS_PER_REQUEST: usize = 2 * MAX_LIMITS_PER_PLAN;
 use governor::Quota;
 
 /// Nanoseconds per second.
@@ -78,15 +82,16 @@ impl Gcra {
         }
     }
 
-    /// Requests that would be admitted right now against `tat`.
+    /// Units that would be admitted right now against `tat`.
     pub fn remaining(&self, tat: u64, now: u64) -> u64 {
         let used = tat.saturating_sub(now).min(self.tolerance);
         (self.tolerance - used) / self.interval
     }
 }
 
-/// The TATs of one key, one per limit of its plan; 0 is a fresh key.
-pub(crate) type Tats = [u64; MAX_LIMITS_PER_PLAN];
+/// The TATs of one request's limits, its plan's then its class's; 0 is a
+/// fresh key.
+pub(crate) type Tats = [u64; MAX_LIMITS_PER_REQUEST];
 
 /// What a check decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +103,15 @@ pub(crate) enum Verdict {
     Refuse { wait: u64, limit: usize },
 }
 
-/// Admits a request at `now` only if every limit has room, and only then
-/// advances `tats`.
+/// Admits a request of `cost` units at `now` only if every limit has room
+/// for all of them, and only then advances `tats` by `cost` intervals.
 #[inline]
-pub(crate) fn check<const N: usize>(limits: &[Gcra], tats: &mut [u64; N], now: u64) -> Verdict {
+pub(crate) fn check<const N: usize>(
+    limits: &[Gcra],
+    tats: &mut [u64; N],
+    now: u64,
+    cost: u64,
+) -> Verdict {
     debug_assert!(limits.len() <= N, "a TAT per limit");
     let mut refused: Option<(u64, usize)> = None;
     // Worked out on a copy and stored whole: a fixed trip count keeps the
@@ -110,7 +120,8 @@ pub(crate) fn check<const N: usize>(limits: &[Gcra], tats: &mut [u64; N], now: u
     let mut next = *tats;
     for (i, tat) in next.iter_mut().enumerate() {
         let Some(limit) = limits.get(i) else { break };
-        let ahead = (*tat).max(now).saturating_add(limit.interval) - now;
+        let increment = limit.interval.saturating_mul(cost);
+        let ahead = (*tat).max(now).saturating_add(increment) - now;
         if ahead > limit.tolerance {
             let wait = ahead - limit.tolerance;
             if refused.is_none_or(|(longest, _)| wait > longest) {
@@ -150,9 +161,9 @@ mod tests {
         let limits = [limit(10, 1, 3)];
         let mut tats = [0; MAX_LIMITS_PER_PLAN];
         for _ in 0..3 {
-            assert_eq!(check(&limits, &mut tats, 1_000), Verdict::Admit);
+            assert_eq!(check(&limits, &mut tats, 1_000, 1), Verdict::Admit);
         }
-        let refused = check(&limits, &mut tats, 1_000);
+        let refused = check(&limits, &mut tats, 1_000, 1);
         assert_eq!(
             refused,
             Verdict::Refuse {
@@ -161,7 +172,7 @@ mod tests {
             }
         );
         assert_eq!(
-            check(&limits, &mut tats, 1_000 + 100_000_000),
+            check(&limits, &mut tats, 1_000 + 100_000_000, 1),
             Verdict::Admit
         );
     }
@@ -171,10 +182,10 @@ mod tests {
         // A burst of 5 per second, but only 2 per hour.
         let limits = [limit(5, 1, 5), limit(2, 3600, 2)];
         let mut tats = [0; MAX_LIMITS_PER_PLAN];
-        assert_eq!(check(&limits, &mut tats, 0), Verdict::Admit);
-        assert_eq!(check(&limits, &mut tats, 0), Verdict::Admit);
+        assert_eq!(check(&limits, &mut tats, 0, 1), Verdict::Admit);
+        assert_eq!(check(&limits, &mut tats, 0, 1), Verdict::Admit);
         let before = tats;
-        let Verdict::Refuse { limit, wait } = check(&limits, &mut tats, 0) else {
+        let Verdict::Refuse { limit, wait } = check(&limits, &mut tats, 0, 1) else {
             panic!("the hourly budget is spent");
         };
         assert_eq!(limit, 1);
@@ -187,14 +198,42 @@ mod tests {
     fn retry_after_is_the_longest_wait_among_refusing_limits() {
         let limits = [limit(1, 1, 1), limit(1, 60, 1)];
         let mut tats = [0; MAX_LIMITS_PER_PLAN];
-        assert_eq!(check(&limits, &mut tats, 0), Verdict::Admit);
+        assert_eq!(check(&limits, &mut tats, 0, 1), Verdict::Admit);
         assert_eq!(
-            check(&limits, &mut tats, 0),
+            check(&limits, &mut tats, 0, 1),
             Verdict::Refuse {
                 wait: 60 * NANOS_PER_SECOND,
                 limit: 1
             }
         );
+    }
+
+    #[test]
+    fn a_request_of_cost_n_spends_n_units_of_every_limit() {
+        // Bursts of 10 per second, and 20 per minute.
+        let limits = [limit(10, 1, 10), limit(20, 60, 20)];
+        let mut tats = [0; MAX_LIMITS_PER_PLAN];
+        assert_eq!(check(&limits, &mut tats, 0, 4), Verdict::Admit);
+        assert_eq!(limits[0].remaining(tats[0], 0), 6);
+        assert_eq!(limits[1].remaining(tats[1], 0), 16);
+        assert_eq!(check(&limits, &mut tats, 0, 6), Verdict::Admit);
+        // Nothing left of the burst: 7 more units free up in 0.7 s.
+        let before = tats;
+        assert_eq!(
+            check(&limits, &mut tats, 0, 7),
+            Verdict::Refuse {
+                wait: 700_000_000,
+                limit: 0
+            }
+        );
+        assert_eq!(tats, before, "nothing was charged");
+        assert_eq!(check(&limits, &mut tats, 700_000_000, 7), Verdict::Admit);
+        // A cost above a limit's burst is never admitted.
+        let mut fresh = [0; MAX_LIMITS_PER_PLAN];
+        assert!(matches!(
+            check(&limits, &mut fresh, 0, 11),
+            Verdict::Refuse { limit: 0, .. }
+        ));
     }
 
     #[test]

@@ -112,6 +112,7 @@ mod policy;
 mod policy_cell;
 mod redis;
 mod response;
+mod route;
 mod service;
 mod store;
 
@@ -125,4 +126,5 @@ pub use limiter::MissingKey;
 pub use observe::REQUESTS_TOTAL;
 pub use redis::{Backend, BuildError, FALLBACKS_TOTAL, RedisSettings, SCRIPT};
 pub use response::{HeaderMode, RATELIMIT, RATELIMIT_POLICY};
+pub use route::RouteClass;
 pub use service::TenantRateLimit;

@@ -16,6 +16,7 @@ use crate::policy::{CompiledPolicy, LimitSet};
 use crate::policy_cell::PolicyCell;
 use crate::redis::RedisBackend;
 use crate::response::{self, HeaderMode, RateHeaders};
+use crate::route::Class;
 use crate::store::{Checked, Store};
 
 /// What to do with a request that carries no tenant key.
@@ -80,13 +81,13 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let now = self.now();
         let hash = self.cell.hasher.hash(key);
         self.cell.with(|policy| {
-            let set = self.resolve(policy, key, hash, now);
+            let (set, cost) = self.resolve(policy, head, key, hash, now);
             let checked = match &self.redis {
-                None => self.store.check(hash, set.fingerprint, &set.limits, now),
-                Some(redis) => match redis.near_cache(hash, set, now) {
+                None => self.store.check_set(hash, set, &set.limits, now, cost),
+                Some(redis) => match redis.near_cache(hash, set, now, cost) {
                     Some(checked) => checked,
                     None if redis.connected() => return Decision::Remote(Arc::clone(policy)),
-                    None => redis.fallback(hash, set, now),
+                    None => redis.fallback(hash, set, now, cost),
                 },
             };
             self.settle(head.headers, key, set, checked, now)
@@ -107,9 +108,10 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let now = self.now();
         let hash = self.cell.hasher.hash(&key);
         let set = policy.resolve(&key, hash, now).set;
-        let checked = match redis.check(&key, hash, set, now).await {
+        let (set, _, cost) = policy.classify(head, set);
+        let checked = match redis.check(&key, hash, set, now, cost).await {
             Some(checked) => checked,
-            None => redis.fallback(hash, set, now),
+            None => redis.fallback(hash, set, now, cost),
         };
         self.settle(head.headers, &key, set, checked, now)
     }
@@ -131,14 +133,17 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         }
     }
 
+    /// The set a request is checked against (its plan's, or its class's
+    /// under its plan), and its cost.
     #[inline]
     fn resolve<'p>(
         &self,
         policy: &'p CompiledPolicy,
+        head: RequestHead<'_>,
         key: &Key<'_>,
         hash: u64,
         now: u64,
-    ) -> &'p LimitSet {
+    ) -> (&'p LimitSet, u64) {
         let resolved = policy.resolve(key, hash, now);
         if resolved.unknown_plan {
             let plan = match key {
@@ -147,7 +152,16 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             };
             self.events.emit(Event::UnknownPlan { plan, key });
         }
-        resolved.set
+        let (set, class, cost) = policy.classify(head, resolved.set);
+        if let Class::Unknown(class) = class {
+            self.unknown_class(class, key);
+        }
+        (set, cost)
+    }
+
+    #[cold]
+    fn unknown_class(&self, class: &str, key: &Key<'_>) {
+        self.events.emit(Event::UnknownClass { class, key });
     }
 
     /// Counts and answers a checked request.
@@ -184,8 +198,10 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
     ) -> Decision {
         let retry_after = ceil_seconds(wait).max(1);
         let shadow = set.shadow || self.settings.shadow;
+        let class = set.class.as_ref().map(|c| &*c.name);
         self.events.emit(Event::OverLimit {
             plan: &set.label,
+            class: class.unwrap_or_default(),
             key,
             retry_after_seconds: retry_after,
             shadow,
@@ -203,7 +219,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         set.counters.limited.increment(1);
         let grpc = response::is_grpc(request_headers);
         Decision::Reject(Box::new(response::too_many_requests(
-            &set.label,
+            (&set.label, class),
             retry_after,
             headers,
             grpc,

@@ -4,7 +4,9 @@
 //!
 //! Counter: `floodgate_ratelimit_requests_total{plan, outcome}` with outcome
 //! `allowed`, `shadowed` (over the limit, let through in shadow mode),
-//! `limited` or, with plan `none`, `unidentified` (no key, rejected).
+//! `limited` or, with plan `none`, `unidentified` (no key, rejected). A
+//! request of a route class its plan limits is counted with a `class` label
+//! too.
 //! Handles are registered when the policy is compiled, so install the
 //! metrics recorder before building the layer.
 
@@ -40,6 +42,16 @@ impl Counters {
         }
     }
 
+    /// The counters of requests of `class` under `plan`.
+    pub fn with_class(plan: &str, class: &str) -> Counters {
+        let counter = |outcome: &'static str| metrics::counter!(REQUESTS_TOTAL, "plan" => plan.to_owned(), "class" => class.to_owned(), "outcome" => outcome);
+        Counters {
+            allowed: counter("allowed"),
+            shadowed: counter("shadowed"),
+            limited: counter("limited"),
+        }
+    }
+
     pub fn unidentified() -> Counter {
         metrics::counter!(REQUESTS_TOTAL, "plan" => "none", "outcome" => "unidentified")
     }
@@ -51,6 +63,8 @@ pub(crate) enum Event<'a> {
     /// A request over its limit: refused, or let through in shadow mode.
     OverLimit {
         plan: &'a str,
+        /// The route class, or "" for none.
+        class: &'a str,
         key: &'a Key<'a>,
         retry_after_seconds: u64,
         shadow: bool,
@@ -58,6 +72,9 @@ pub(crate) enum Event<'a> {
     },
     /// A request named a plan the policy doesn't have; it got the default.
     UnknownPlan { plan: &'a str, key: &'a Key<'a> },
+    /// The service named a route class the policy doesn't have; the request
+    /// was charged to its plan alone.
+    UnknownClass { class: &'a str, key: &'a Key<'a> },
     /// A request had no key and no peer address to fall back on.
     NoPeerAddress,
 }
@@ -92,12 +109,14 @@ impl<C: Clock> EventLog<C> {
         match event {
             Event::OverLimit {
                 plan,
+                class,
                 key,
                 retry_after_seconds,
                 shadow,
                 overflow,
             } => tracing::warn!(
                 plan,
+                class,
                 key = %key,
                 retry_after_seconds,
                 shadow,
@@ -110,6 +129,12 @@ impl<C: Clock> EventLog<C> {
                 key = %key,
                 suppressed,
                 "request names a plan the policy lacks; the default plan applies"
+            ),
+            Event::UnknownClass { class, key } => tracing::warn!(
+                class,
+                key = %key,
+                suppressed,
+                "request names a route class the policy lacks; only its plan's limits apply"
             ),
             Event::NoPeerAddress => tracing::error!(
                 suppressed,

@@ -1,6 +1,8 @@
 //! The policy's `[quotas]`, compiled for the request path: each plan and
 //! override becomes a [`LimitSet`] with its GCRA parameters, header values and
-//! counters, and each request's [`Key`] resolves to one of them.
+//! counters, and each request's [`Key`] resolves to one of them. A plan's
+//! route classes become further sets, its limits followed by the class's,
+//! which a request of that class is checked against instead.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -8,14 +10,15 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use floodgate_rules::policy::{Grant, Limit, Plan, Quotas};
+use floodgate_rules::policy::{ClassLimits, Grant, Limit, Plan, Quotas};
 use http::HeaderValue;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use crate::gcra::{Gcra, NANOS_PER_SECOND};
-use crate::key::Key;
+use crate::key::{Key, RequestHead};
 use crate::observe::Counters;
+use crate::route::{Class, ClassIndex, Routes};
 
 /// The limits one tenant is held to, ready for the request path.
 #[derive(Debug)]
@@ -25,8 +28,16 @@ pub(crate) struct LimitSet {
     pub fingerprint: u64,
     /// The plan's name, or `override` for limits of a tenant's own.
     pub label: Box<str>,
-    /// One per limit, at most [`floodgate_rules::policy::MAX_LIMITS_PER_PLAN`].
+    /// One per limit: the plan's (at most
+    /// [`floodgate_rules::policy::MAX_LIMITS_PER_PLAN`]), then for a class's
+    /// set the class's (as many again).
     pub limits: Vec<Gcra>,
+    /// For a class's set: where the class's limits start, and its state.
+    pub class: Option<ClassPart>,
+    /// For a plan's set: by class index, the set to check a request of that
+    /// class against, as an index into the policy's class sets. Empty when
+    /// the plan limits no class.
+    pub classes: Box<[Option<usize>]>,
     /// The name of each limit in the RateLimit header fields.
     pub names: Vec<Box<str>>,
     /// Count would-be rejections and let the requests through.
@@ -37,12 +48,42 @@ pub(crate) struct LimitSet {
     pub counters: Counters,
 }
 
+/// The class half of a class's [`LimitSet`].
+#[derive(Debug, Clone)]
+pub(crate) struct ClassPart {
+    /// The class's name.
+    pub name: Box<str>,
+    /// The plan's limits are `limits[..split]`, the class's the rest.
+    pub split: usize,
+    /// Identifies the class's limits, as the set's `fingerprint` does the plan's.
+    pub fingerprint: u64,
+    /// Turns a key's hash into the key of its state for this class: high
+    /// bits and low bits only, so it stays in the key's shard.
+    pub salt: u64,
+}
+
+/// The key of a class's state for the key whose hash is `hash`.
+#[inline]
+pub(crate) fn class_key(hash: u64, class: &ClassPart) -> u64 {
+    hash ^ class.salt
+}
+
 /// An approved override, live until `expires_at` on the limiter's clock.
 #[derive(Debug)]
 struct Override {
     tenant: Box<str>,
-    set: usize,
+    sets: OverrideSets,
     expires_at: u64,
+}
+
+/// Which set an override gives.
+#[derive(Debug)]
+enum OverrideSets {
+    /// This one.
+    Fixed(usize),
+    /// The tenant keeps its plan, with class limits of its own: by plan
+    /// index, the set of that plan with them.
+    PerPlan(Box<[usize]>),
 }
 
 /// Hashes keys with a random seed, so no one can pick a key that shares
@@ -125,10 +166,13 @@ pub(crate) struct CompiledAt {
 #[derive(Debug)]
 pub(crate) struct CompiledPolicy {
     sets: Vec<LimitSet>,
+    /// The sets requests of a class are checked against.
+    class_sets: Vec<LimitSet>,
     default_set: usize,
     anonymous_set: usize,
     plans: HashMap<Box<str>, usize, foldhash::fast::FixedState>,
     overrides: HashMap<u64, Override, IdentityHash>,
+    routes: Routes,
 }
 
 /// Which limits apply to a request, and whether the plan it named was unknown.
@@ -139,7 +183,15 @@ pub(crate) struct Resolved<'p> {
 
 impl CompiledPolicy {
     pub fn compile(quotas: &Quotas, hasher: &KeyHasher, at: CompiledAt) -> CompiledPolicy {
-        let mut sets: Vec<LimitSet> = quotas.plans().iter().map(plan_set).collect();
+        let routes = Routes::compile(quotas);
+        let mut sets = SetBuilder {
+            sets: Vec::new(),
+            class_sets: Vec::new(),
+            routes: &routes,
+        };
+        for plan in quotas.plans() {
+            sets.add(plan.name.as_str(), &plan.limits, plan.shadow, &plan.classes);
+        }
         let index_of = |plan: &Plan| {
             quotas
                 .plans()
@@ -152,17 +204,33 @@ impl CompiledPolicy {
             let Some(expires_at) = expiry_nanos(entry.expires, at) else {
                 continue;
             };
-            let set = match &entry.grant {
+            let with_classes = |base: &[ClassLimits]| overlay(base, &entry.classes);
+            let sets = match &entry.grant {
+                Some(Grant::Plan(name)) if entry.classes.is_empty() => {
+                    let plan = quotas.plan(name.as_str()).expect("validated reference");
+                    OverrideSets::Fixed(index_of(plan))
+                }
                 Some(Grant::Plan(name)) => {
                     let plan = quotas.plan(name.as_str()).expect("validated reference");
-                    index_of(plan)
+                    let classes = with_classes(&plan.classes);
+                    let label = plan.name.as_str();
+                    OverrideSets::Fixed(sets.add(label, &plan.limits, plan.shadow, &classes))
                 }
                 Some(Grant::Limits(limits)) => {
-                    sets.push(limit_set("override", limits, false));
-                    sets.len() - 1
+                    let classes = with_classes(&quotas.default_plan().classes);
+                    OverrideSets::Fixed(sets.add("override", limits, false, &classes))
                 }
-                // Class limits only: not enforced yet.
-                None => continue,
+                None => OverrideSets::PerPlan(
+                    quotas
+                        .plans()
+                        .iter()
+                        .map(|plan| {
+                            let classes = with_classes(&plan.classes);
+                            let label = plan.name.as_str();
+                            sets.add(label, &plan.limits, plan.shadow, &classes)
+                        })
+                        .collect(),
+                ),
             };
             let key = Key::Tenant {
                 id: entry.tenant.as_str(),
@@ -171,7 +239,7 @@ impl CompiledPolicy {
             let tenant = entry.tenant.as_str().into();
             let live = Override {
                 tenant,
-                set,
+                sets,
                 expires_at,
             };
             overrides.insert(hasher.hash(&key), live);
@@ -182,12 +250,17 @@ impl CompiledPolicy {
             .enumerate()
             .map(|(i, plan)| (plan.name.as_str().into(), i))
             .collect();
+        let SetBuilder {
+            sets, class_sets, ..
+        } = sets;
         CompiledPolicy {
             default_set: index_of(quotas.default_plan()),
             anonymous_set: index_of(quotas.anonymous_plan()),
             sets,
+            class_sets,
             plans,
             overrides,
+            routes,
         }
     }
 
@@ -196,22 +269,49 @@ impl CompiledPolicy {
     #[inline]
     pub fn resolve(&self, key: &Key<'_>, hash: u64, now: u64) -> Resolved<'_> {
         let (index, unknown_plan) = match key {
-            Key::Tenant { id, plan } => match self.overrides.get(&hash) {
-                Some(o) if *o.tenant == **id && now < o.expires_at => (o.set, false),
-                _ => match plan {
+            Key::Tenant { id, plan } => {
+                let named = || match plan {
                     Some(name) => match self.plans.get(*name) {
                         Some(&i) => (i, false),
                         None => (self.default_set, true),
                     },
                     None => (self.default_set, false),
-                },
-            },
+                };
+                match self.overrides.get(&hash) {
+                    Some(o) if *o.tenant == **id && now < o.expires_at => match &o.sets {
+                        OverrideSets::Fixed(set) => (*set, false),
+                        OverrideSets::PerPlan(sets) => {
+                            let (plan, unknown) = named();
+                            (sets[plan], unknown)
+                        }
+                    },
+                    _ => named(),
+                }
+            }
             Key::Secret(_) => (self.default_set, false),
             Key::Ip(_) => (self.anonymous_set, false),
         };
         Resolved {
             set: &self.sets[index],
             unknown_plan,
+        }
+    }
+
+    /// The set a request with `head` is checked against under `set`, its
+    /// class, and its cost.
+    #[inline]
+    pub fn classify<'p, 'r>(
+        &'p self,
+        head: RequestHead<'r>,
+        set: &'p LimitSet,
+    ) -> (&'p LimitSet, Class<'r>, u64) {
+        let (class, cost) = self.routes.classify(head);
+        let Class::Known(index) = class else {
+            return (set, class, cost);
+        };
+        match set.classes.get(index).copied().flatten() {
+            Some(class_set) => (&self.class_sets[class_set], class, cost),
+            None => (set, class, cost),
         }
     }
 
@@ -222,30 +322,107 @@ impl CompiledPolicy {
     }
 }
 
-fn plan_set(plan: &Plan) -> LimitSet {
-    limit_set(plan.name.as_str(), &plan.limits, plan.shadow)
+/// Builds a policy's sets: each plan's (or override's) set, and a set per
+/// class it limits.
+struct SetBuilder<'r> {
+    sets: Vec<LimitSet>,
+    class_sets: Vec<LimitSet>,
+    routes: &'r Routes,
+}
+
+impl SetBuilder<'_> {
+    /// Adds the set of `limits` with `classes`; returns its index.
+    fn add(
+        &mut self,
+        label: &str,
+        limits: &[Limit],
+        shadow: bool,
+        classes: &[ClassLimits],
+    ) -> usize {
+        let mut set = limit_set(label, limits, shadow);
+        if !classes.is_empty() {
+            let mut table = vec![None; self.routes.class_count()];
+            for class in classes {
+                let index = self
+                    .routes
+                    .index_of(class.class.as_str())
+                    .expect("the policy lists every class");
+                table[index] = Some(self.class_sets.len());
+                self.class_sets.push(class_set(&set, index, class));
+            }
+            set.classes = table.into();
+        }
+        self.sets.push(set);
+        self.sets.len() - 1
+    }
+}
+
+/// `base`'s classes, with those `over` names replaced by its limits.
+fn overlay(base: &[ClassLimits], over: &[ClassLimits]) -> Vec<ClassLimits> {
+    let mut classes: Vec<ClassLimits> = base
+        .iter()
+        .filter(|c| !over.iter().any(|o| o.class == c.class))
+        .cloned()
+        .collect();
+    classes.extend(over.iter().cloned());
+    classes
 }
 
 pub(crate) fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet {
     let gcra: Vec<Gcra> = limits.iter().map(Gcra::new).collect();
     let names = limit_names(label, &gcra);
+    LimitSet {
+        fingerprint: fingerprint(&gcra),
+        label: label.into(),
+        policy_header: interned_header_value(policy_text(&gcra, &names)),
+        names,
+        shadow,
+        counters: Counters::new(label),
+        limits: gcra,
+        class: None,
+        classes: Box::default(),
+    }
+}
+
+/// The set a request of class `index` under `plan` is checked against:
+/// the plan's limits, then the class's, named `<plan>-<class>[-<w>s]`.
+fn class_set(plan: &LimitSet, index: ClassIndex, class: &ClassLimits) -> LimitSet {
+    let class_limits: Vec<Gcra> = class.limits.iter().map(Gcra::new).collect();
+    let name = class.class.as_str();
+    let class_names = limit_names(&format!("{}-{name}", plan.label), &class_limits);
+    let limits: Vec<Gcra> = plan.limits.iter().chain(&class_limits).copied().collect();
+    let names: Vec<Box<str>> = plan.names.iter().chain(&class_names).cloned().collect();
+    let salt_base = index as u64 + 1;
+    LimitSet {
+        fingerprint: plan.fingerprint,
+        label: plan.label.clone(),
+        policy_header: interned_header_value(policy_text(&limits, &names)),
+        names,
+        shadow: plan.shadow,
+        counters: Counters::with_class(&plan.label, name),
+        class: Some(ClassPart {
+            name: name.into(),
+            split: plan.limits.len(),
+            fingerprint: fingerprint(&class_limits) ^ salt_base,
+            // The shard comes from bits 32 and up (at most ten of them).
+            salt: salt_base << 48 | (salt_base.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF),
+        }),
+        classes: Box::default(),
+        limits,
+    }
+}
+
+/// The `RateLimit-Policy` value: each limit's name, burst and window.
+fn policy_text(limits: &[Gcra], names: &[Box<str>]) -> String {
     let mut policy = String::new();
-    for (limit, name) in gcra.iter().zip(&names) {
+    for (limit, name) in limits.iter().zip(names) {
         if !policy.is_empty() {
             policy.push_str(", ");
         }
         let window = window_seconds(limit);
         let _ = write!(policy, "\"{name}\";q={};w={window}", limit.burst());
     }
-    LimitSet {
-        fingerprint: fingerprint(&gcra),
-        label: label.into(),
-        names,
-        shadow,
-        policy_header: interned_header_value(policy),
-        counters: Counters::new(label),
-        limits: gcra,
-    }
+    policy
 }
 
 /// `text` as a header value over a `'static` copy of it. Cloning such a

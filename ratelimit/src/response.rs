@@ -157,8 +157,13 @@ fn write_state(
         if i > 0 {
             out(b", ");
         }
+        // The refusing limit resets when the request would be admitted;
+        // what it has left is less than the request cost, though it may be
+        // more than nothing.
         let (remaining, reset) = match refused {
-            Some((limit_index, retry_after)) if limit_index == i => (0, retry_after),
+            Some((limit_index, retry_after)) if limit_index == i => {
+                (limit.remaining(tats[i], now), retry_after)
+            }
             _ => (
                 limit.remaining(tats[i], now),
                 ceil_seconds(tats[i].saturating_sub(now)),
@@ -213,20 +218,28 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// The answer to a refused request.
+/// The answer to a refused request, over the limits of `plan` and, for a
+/// request of a route class its plan limits, `class`.
 pub(crate) fn too_many_requests(
-    plan: &str,
+    (plan, class): (&str, Option<&str>),
     retry_after_seconds: u64,
     rate: Option<Box<RateHeaders>>,
     grpc: bool,
 ) -> Response<Bytes> {
-    let detail =
-        format!("over the rate limit of plan \"{plan}\"; retry after {retry_after_seconds} s");
+    let of_class = class
+        .map(|c| format!(" for class \"{c}\""))
+        .unwrap_or_default();
+    let detail = format!(
+        "over the rate limit of plan \"{plan}\"{of_class}; retry after {retry_after_seconds} s"
+    );
     let mut response = if grpc {
         grpc_status(GRPC_RESOURCE_EXHAUSTED, &detail)
     } else {
+        let class_field = class
+            .map(|c| format!(r#","class":"{c}""#))
+            .unwrap_or_default();
         let body = format!(
-            r#"{{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"{detail}","plan":"{plan}","retry_after_seconds":{retry_after_seconds}}}"#,
+            r#"{{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"{detail}","plan":"{plan}"{class_field},"retry_after_seconds":{retry_after_seconds}}}"#,
             detail = detail.replace('"', "\\\""),
         );
         problem(StatusCode::TOO_MANY_REQUESTS, body)
@@ -305,13 +318,14 @@ mod tests {
         #[test]
         fn the_ratelimit_value_reads_as_formatted_text(
             name in "[a-z0-9_-]{1,64}",
-            limits in proptest::collection::vec((1u32..10_000_000, 1u32..100_000), 1..=4),
-            leads in proptest::collection::vec(0u64..200_000_000_000_000, 4),
+            // Up to a plan's limits and a class's.
+            limits in proptest::collection::vec((1u32..10_000_000, 1u32..100_000), 1..=8),
+            leads in proptest::collection::vec(0u64..200_000_000_000_000, 8),
             now in 0u64..1_000_000_000_000,
         ) {
             let limits: Vec<Limit> = limits.into_iter().map(|(r, w)| limit(r, w)).collect();
             let set = limit_set(&name, &limits, false);
-            let tats: Tats = [0, 1, 2, 3].map(|i| now + leads[i]);
+            let tats: Tats = std::array::from_fn(|i| now + leads[i]);
             let expected: Vec<String> = set
                 .limits
                 .iter()

@@ -322,3 +322,126 @@ async fn a_key_spray_stays_under_the_cap_and_shares_one_budget() {
         "{admitted} of {sprayed} admitted"
     );
 }
+
+/// Exports: 2 units an hour, by the path table. Reports: 4 units an hour,
+/// by the class the service sets from axum's matched route.
+const CLASSED: &str = r#"
+[quotas]
+default_plan = "free"
+
+[[quotas.plans]]
+name = "free"
+limits = [{ requests = 100, per_seconds = 3600 }]
+classes = { exports = [{ requests = 2, per_seconds = 3600 }], reports = [{ requests = 4, per_seconds = 3600 }] }
+
+[[quotas.routes]]
+class = "exports"
+method = "POST"
+path = "/v1/exports/*"
+"#;
+
+/// The service's own middleware: a report costs 2, whatever its id.
+async fn classify_by_route(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request.extensions().get::<axum::extract::MatchedPath>();
+    if route.is_some_and(|route| route.as_str() == "/v1/reports/{id}") {
+        let class = floodgate_ratelimit::RouteClass::named("reports").cost(2);
+        request.extensions_mut().insert(class);
+    }
+    next.run(request).await
+}
+
+async fn send_with(addr: SocketAddr, method: &str, path: &str, tenant: &str) -> Answer {
+    let client: Client<HttpConnector, Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("x-tenant-id", tenant)
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn route_classes_come_from_the_path_table_or_the_matched_route() {
+    use axum::routing::post;
+    let layer = TenantRateLimitLayer::builder(&common::quotas(CLASSED))
+        .key(tenant_header())
+        .headers(true)
+        .build()
+        .unwrap()
+        .keep_body_type();
+    // Router::layer runs the rate limit inside routing, where the matched
+    // route is known; the classifying middleware, added after it, runs first.
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/v1/exports/{id}", post(|| async { "exported" }))
+        .route("/v1/reports/{id}", get(|| async { "report" }))
+        .layer(layer)
+        .layer(axum::middleware::from_fn(classify_by_route));
+    let addr = serve(app).await;
+
+    let exports: Vec<StatusCode> = statuses_of(addr, "POST", "/v1/exports/", "acme", 3).await;
+    assert_eq!(
+        exports,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let reports = statuses_of(addr, "GET", "/v1/reports/", "acme", 3).await;
+    assert_eq!(
+        reports,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "4 units at 2 a report"
+    );
+    let refused = send_with(addr, "GET", "/v1/reports/9", "acme").await;
+    let problem: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(
+        (problem["plan"].as_str(), problem["class"].as_str()),
+        (Some("free"), Some("reports"))
+    );
+    // The plan itself is far from spent; other tenants have their own classes.
+    assert_eq!(
+        send_with(addr, "GET", "/", "acme").await.status,
+        StatusCode::OK
+    );
+    let other = send_with(addr, "POST", "/v1/exports/1", "globex").await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(
+        header(&other, "ratelimit-policy"),
+        "\"free\";q=100;w=3600, \"free-exports\";q=2;w=3600"
+    );
+}
+
+/// Sends `count` requests to `prefix` followed by their number.
+async fn statuses_of(
+    addr: SocketAddr,
+    method: &str,
+    prefix: &str,
+    tenant: &str,
+    count: usize,
+) -> Vec<StatusCode> {
+    let mut statuses = Vec::new();
+    for i in 0..count {
+        let answer = send_with(addr, method, &format!("{prefix}{i}"), tenant).await;
+        statuses.push(answer.status);
+    }
+    statuses
+}

@@ -426,3 +426,89 @@ async fn a_slow_redis_trips_the_budget_and_the_instance_decides_locally() {
     );
     assert_eq!(fallbacks.total(), 6);
 }
+
+/// A generous plan, and an export class of 6 units an hour at 2 a request.
+const EXPORT_CLASS: &str = r#"
+[quotas]
+default_plan = "free"
+
+[[quotas.plans]]
+name = "free"
+limits = [{ requests = 100, per_seconds = 3600 }]
+classes = { exports = [{ requests = 6, per_seconds = 3600 }] }
+
+[[quotas.routes]]
+class = "exports"
+method = "POST"
+path = "/v1/exports"
+cost = 2
+"#;
+
+async fn send_to(
+    service: &mut Limited,
+    tenant: &str,
+    method: &str,
+    path: &str,
+) -> (StatusCode, HeaderMap) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(())
+        .unwrap();
+    request.extensions_mut().insert(Tenant::new(tenant));
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    (response.status(), response.headers().clone())
+}
+
+#[tokio::test]
+async fn two_instances_share_a_class_budget_and_its_cost_through_redis() {
+    let quotas = common::quotas(EXPORT_CLASS);
+    let backend = || redis_at(REDIS, Duration::from_millis(500), 2);
+    let (mut first, first_handle) = service(&quotas, backend());
+    let (mut second, second_handle) = service(&quotas, backend());
+    wait_until_connected(&first_handle, true).await;
+    wait_until_connected(&second_handle, true).await;
+    let tenant = fresh_tenant("exporter");
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let instance = if i % 2 == 0 { &mut first } else { &mut second };
+        statuses.push(send_to(instance, &tenant, "POST", "/v1/exports").await.0);
+    }
+    let admitted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(
+        admitted, 3,
+        "6 units at 2 an export, across both: {statuses:?}"
+    );
+    assert_eq!(statuses[3..], [StatusCode::TOO_MANY_REQUESTS; 3]);
+
+    // The refusals charged nothing: the plan still admits plain requests,
+    // and the plan's state counts the three exports at 2 units each.
+    let (status, headers) = send_to(&mut first, &tenant, "GET", "/status").await;
+    assert_eq!(status, StatusCode::OK);
+    // An hour's 100 refill one every 36 s: none during the test.
+    assert_eq!(headers["ratelimit"], "\"free\";r=93;t=252");
+    let (status, headers) = send_to(&mut second, &tenant, "POST", "/v1/exports").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        headers["ratelimit-policy"],
+        "\"free\";q=100;w=3600, \"free-exports\";q=6;w=3600"
+    );
+    assert!(
+        headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .contains("\"free-exports\";r=0;t="),
+        "{headers:?}"
+    );
+
+    // The class's state is a key of its own, in the tenant's Cluster slot.
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let class_key = format!("floodgate:{{t:{tenant}}}:exports");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&class_key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(exists, "{class_key}");
+}

@@ -27,15 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use floodgate_rules::policy::{MAX_LIMITS_PER_PLAN, QuotaBackend, Quotas};
+use floodgate_rules::policy::{QuotaBackend, Quotas};
 use metrics::Counter;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 
-use crate::gcra::{Gcra, Tats, Verdict};
+use crate::gcra::{Gcra, MAX_LIMITS_PER_REQUEST, Tats, Verdict};
 use crate::key::Key;
-use crate::policy::{IdentityHash, LimitSet};
+use crate::policy::{IdentityHash, LimitSet, class_key};
 use crate::store::{Checked, Store};
 
 /// The GCRA script the backend runs.
@@ -165,9 +165,10 @@ impl RedisBackend {
     }
 
     /// The near-cache's answer for a tenant Redis refused recently under
-    /// the same limits.
-    pub fn near_cache(&self, hash: u64, set: &LimitSet, now: u64) -> Option<Checked> {
-        self.near_cache.get(hash, set.fingerprint, now)
+    /// the same limits, a request costing at least as much.
+    pub fn near_cache(&self, hash: u64, set: &LimitSet, now: u64, cost: u64) -> Option<Checked> {
+        let (key, fingerprint) = near_cache_key(hash, set);
+        self.near_cache.get(key, fingerprint, now, cost)
     }
 
     /// Asks Redis about `key`, whose local hash is `hash`; `None` when it
@@ -178,17 +179,24 @@ impl RedisBackend {
         hash: u64,
         set: &LimitSet,
         now: u64,
+        cost: u64,
     ) -> Option<Checked> {
         let connection = self.connection.load_full()?;
         let mut connection = MultiplexedConnection::clone(&connection);
-        let mut invocation = self.script.key(redis_key(key));
-        invocation
-            .arg(set.fingerprint.to_string())
-            .arg(set.limits.len());
-        for limit in &set.limits {
-            let interval = (limit.interval / 1000).max(1);
-            let burst = limit.tolerance / limit.interval;
-            invocation.arg(interval).arg(interval * burst);
+        let tenant_key = redis_key(key);
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(cost);
+        let (plan, class) = set
+            .limits
+            .split_at(set.class.as_ref().map_or(set.limits.len(), |c| c.split));
+        invocation.key(&tenant_key).arg(set.fingerprint.to_string());
+        script_limits(&mut invocation, plan);
+        if let Some(part) = &set.class {
+            // The same hash tag: one Cluster slot for the plan and its classes.
+            invocation
+                .key(format!("{tenant_key}:{}", part.name))
+                .arg(part.fingerprint.to_string());
+            script_limits(&mut invocation, class);
         }
         let answer = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection));
         let values: Vec<i64> = match answer.await {
@@ -205,21 +213,22 @@ impl RedisBackend {
         let checked = parse_reply(&values, set.limits.len(), now)?;
         if let Verdict::Refuse { wait, .. } = checked.verdict {
             let until = now.saturating_add(wait);
+            let (key, fingerprint) = near_cache_key(hash, set);
             self.near_cache
-                .insert(hash, until, set.fingerprint, checked);
+                .insert(key, (until, cost), fingerprint, checked);
         }
         Some(checked)
     }
 
     /// Decides locally at `quota / expected_instances`.
-    pub fn fallback(&self, hash: u64, set: &LimitSet, now: u64) -> Checked {
+    pub fn fallback(&self, hash: u64, set: &LimitSet, now: u64, cost: u64) -> Checked {
         self.fallbacks.increment(1);
-        let mut scaled = [Gcra::default(); MAX_LIMITS_PER_PLAN];
+        let mut scaled = [Gcra::default(); MAX_LIMITS_PER_REQUEST];
         for (slot, limit) in scaled.iter_mut().zip(&set.limits) {
             *slot = limit.shared_by(self.expected_instances);
         }
         let limits = &scaled[..set.limits.len()];
-        self.fallback.check(hash, set.fingerprint, limits, now)
+        self.fallback.check_set(hash, set, limits, now, cost)
     }
 
     /// Drops the connection after a failure and reconnects in the background;
@@ -279,6 +288,26 @@ fn redis_key(key: &Key<'_>) -> String {
     }
 }
 
+/// The near-cache's key and fingerprint for a request against `set`: a
+/// class's refusals are kept apart from its plan's.
+fn near_cache_key(hash: u64, set: &LimitSet) -> (u64, u64) {
+    match &set.class {
+        None => (hash, set.fingerprint),
+        Some(class) => (class_key(hash, class), set.fingerprint ^ class.fingerprint),
+    }
+}
+
+/// Adds one key's limits to the script's arguments: their count, then each
+/// one's interval and tolerance in microseconds.
+fn script_limits(invocation: &mut redis::ScriptInvocation<'_>, limits: &[Gcra]) {
+    invocation.arg(limits.len());
+    for limit in limits {
+        let interval = (limit.interval / 1000).max(1);
+        let burst = limit.tolerance / limit.interval;
+        invocation.arg(interval).arg(interval * burst);
+    }
+}
+
 /// Turns the script's reply into a check result on the local clock.
 fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Checked> {
     let micros = |v: i64| u64::try_from(v).unwrap_or(0).saturating_mul(1000);
@@ -288,7 +317,7 @@ fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Checked> {
     if aheads.len() != limits {
         return None;
     }
-    let mut tats: Tats = [0; MAX_LIMITS_PER_PLAN];
+    let mut tats: Tats = [0; MAX_LIMITS_PER_REQUEST];
     for (tat, &ahead) in tats.iter_mut().zip(aheads) {
         *tat = now.saturating_add(micros(ahead));
     }
@@ -307,10 +336,12 @@ fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Checked> {
     })
 }
 
-/// A refusal Redis gave: until when, under which limits, and its answer.
+/// A refusal Redis gave: until when, for what cost, under which limits,
+/// and its answer.
 #[derive(Debug, Clone, Copy)]
 struct Refusal {
     until: u64,
+    cost: u64,
     fingerprint: u64,
     checked: Checked,
 }
@@ -338,12 +369,16 @@ impl NearCache {
         &self.shards[(hash >> 32) as usize % Self::SHARDS]
     }
 
-    fn get(&self, hash: u64, fingerprint: u64, now: u64) -> Option<Checked> {
+    fn get(&self, hash: u64, fingerprint: u64, now: u64, cost: u64) -> Option<Checked> {
         let mut shard = self.shard(hash).lock();
         let refusal = *shard.get(&hash)?;
         // Expired, or the limits changed (a reload): Redis decides again.
         if refusal.until <= now || refusal.fingerprint != fingerprint {
             shard.remove(&hash);
+            return None;
+        }
+        // A cheaper request may fit sooner.
+        if cost < refusal.cost {
             return None;
         }
         let Verdict::Refuse { limit, .. } = refusal.checked.verdict else {
@@ -360,7 +395,7 @@ impl NearCache {
 
     /// Remembers a refusal; a full shard first forgets expired ones, and
     /// skips the entry if that frees nothing (the cache is an optimisation).
-    fn insert(&self, hash: u64, until: u64, fingerprint: u64, checked: Checked) {
+    fn insert(&self, hash: u64, (until, cost): (u64, u64), fingerprint: u64, checked: Checked) {
         let Verdict::Refuse { wait, .. } = checked.verdict else {
             return;
         };
@@ -374,6 +409,7 @@ impl NearCache {
         }
         let refusal = Refusal {
             until,
+            cost,
             fingerprint,
             checked,
         };
@@ -405,19 +441,26 @@ mod tests {
     fn the_near_cache_answers_until_the_retry_time_only() {
         let cache = NearCache::new(1_000);
         let refused = parse_reply(&[0, 2, 0, 5], 1, 0).unwrap();
-        cache.insert(7, 2_000, 42, refused);
-        assert!(cache.get(7, 43, 500).is_none(), "other limits: ask Redis");
-        cache.insert(7, 2_000, 42, refused);
+        cache.insert(7, (2_000, 1), 42, refused);
+        assert!(
+            cache.get(7, 43, 500, 1).is_none(),
+            "other limits: ask Redis"
+        );
+        cache.insert(7, (2_000, 3), 42, refused);
+        assert!(
+            cache.get(7, 42, 500, 2).is_none(),
+            "a cheaper request: ask Redis"
+        );
         assert_eq!(
-            cache.get(7, 42, 500).unwrap().verdict,
+            cache.get(7, 42, 500, 3).unwrap().verdict,
             Verdict::Refuse {
                 wait: 1_500,
                 limit: 0
             }
         );
-        assert!(cache.get(7, 42, 2_000).is_none());
+        assert!(cache.get(7, 42, 2_000, 3).is_none());
         assert!(
-            cache.get(7, 42, 500).is_none(),
+            cache.get(7, 42, 500, 3).is_none(),
             "expired entries are dropped"
         );
     }

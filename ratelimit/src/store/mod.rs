@@ -13,11 +13,16 @@
 //! slot of a shard's [`table`], at a load between 3/8 and 3/4 (43 to 85
 //! bytes; about 70 measured, see BENCHMARKS.md). A plan of three or four
 //! limits keeps its last two TATs in a second slot, and its keys count twice
-//! against the cap.
+//! against the cap. A key that sends requests of a route class its plan
+//! limits keeps the class's TATs in one or two slots more, in the same
+//! shard, so the plan's and the class's limits are charged under one lock.
 
 use parking_lot::Mutex;
 
-use crate::gcra::{self, Gcra, Tats, Verdict};
+use floodgate_rules::policy::MAX_LIMITS_PER_PLAN;
+
+use crate::gcra::{self, Gcra, MAX_LIMITS_PER_REQUEST, Tats, Verdict};
+use crate::policy::{LimitSet, class_key};
 
 mod table;
 
@@ -80,13 +85,23 @@ impl Entry {
 }
 
 /// One check: a key's first slot, the limits it is checked against and
-/// their fingerprint, and now.
+/// their fingerprint, now, and the request's cost in units.
 #[derive(Clone, Copy)]
 struct Charge<'l> {
     key: u64,
     fingerprint: u64,
     limits: &'l [Gcra],
     now: u64,
+    cost: u64,
+}
+
+/// The class half of a check against a class's limits, which follow the
+/// plan's from `split` on and keep their state at `key`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassShare {
+    pub key: u64,
+    pub fingerprint: u64,
+    pub split: usize,
 }
 
 /// Checks `charge.key` of `map`, if its slots exist.
@@ -118,10 +133,12 @@ fn insert_and_check(map: &mut KeyTable, charge: Charge<'_>) -> (Verdict, Tats) {
 #[inline]
 fn check_slot(entry: &mut Entry, charge: Charge<'_>) -> (Verdict, Tats) {
     let mut tats = entry.tats_for(charge.fingerprint);
-    let verdict = gcra::check(charge.limits, &mut tats, charge.now);
+    let verdict = gcra::check(charge.limits, &mut tats, charge.now, charge.cost);
     entry.store(charge.fingerprint, tats);
     let [first, second] = tats;
-    (verdict, [first, second, 0, 0])
+    let mut all: Tats = [0; MAX_LIMITS_PER_REQUEST];
+    all[..TATS_PER_SLOT].copy_from_slice(&[first, second]);
+    (verdict, all)
 }
 
 /// [`check_in`] for a plan of three or four limits, whose TATs span two
@@ -133,14 +150,102 @@ fn check_split(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)
         fingerprint,
         limits,
         now,
+        cost,
     } = charge;
     let [low, high] = map.get_pair_mut(key, key ^ SECOND_SLOT)?;
     let ([a, b], [c, d]) = (low.tats_for(fingerprint), high.tats_for(fingerprint));
     let mut tats = [a, b, c, d];
-    let verdict = gcra::check(limits, &mut tats, now);
+    let verdict = gcra::check(limits, &mut tats, now, cost);
     low.store(fingerprint, [tats[0], tats[1]]);
     high.store(fingerprint, [tats[2], tats[3]]);
-    Some((verdict, tats))
+    let mut all: Tats = [0; MAX_LIMITS_PER_REQUEST];
+    all[..MAX_LIMITS_PER_PLAN].copy_from_slice(&tats);
+    Some((verdict, all))
+}
+
+/// A slot of a check against a class's set: its key and fingerprint, and
+/// which of the set's TATs it holds (`count` of them from `first`).
+#[derive(Debug, Clone, Copy)]
+struct SlotOf {
+    key: u64,
+    fingerprint: u64,
+    first: usize,
+    count: usize,
+}
+
+/// The slots of a key's plan state at `plan_key` and its class state at
+/// `class.key`: one per two limits of each, at most four.
+fn class_slots(plan_key: u64, fingerprint: u64, limits: usize, class: ClassShare) -> ClassSlots {
+    let halves = [
+        (plan_key, fingerprint, 0, class.split),
+        (
+            class.key,
+            class.fingerprint,
+            class.split,
+            limits - class.split,
+        ),
+    ];
+    let unused = SlotOf {
+        key: 0,
+        fingerprint: 0,
+        first: 0,
+        count: 0,
+    };
+    let mut slots = ClassSlots {
+        slots: [unused; 2 * MAX_LIMITS_PER_PLAN / TATS_PER_SLOT],
+        len: 0,
+    };
+    for (key, fingerprint, start, len) in halves {
+        for (i, first) in (start..start + len).step_by(TATS_PER_SLOT).enumerate() {
+            slots.slots[slots.len] = SlotOf {
+                key: if i == 0 { key } else { key ^ SECOND_SLOT },
+                fingerprint,
+                first,
+                count: (start + len - first).min(TATS_PER_SLOT),
+            };
+            slots.len += 1;
+        }
+    }
+    slots
+}
+
+/// The slots [`class_slots`] found, without a heap allocation.
+struct ClassSlots {
+    slots: [SlotOf; 2 * MAX_LIMITS_PER_PLAN / TATS_PER_SLOT],
+    len: usize,
+}
+
+impl std::ops::Deref for ClassSlots {
+    type Target = [SlotOf];
+
+    fn deref(&self) -> &[SlotOf] {
+        &self.slots[..self.len]
+    }
+}
+
+/// Checks a request against a plan's and a class's limits spread over
+/// `slots` of `map`, all of which exist, and charges them all or none.
+fn check_class_slots(
+    map: &mut KeyTable,
+    slots: &[SlotOf],
+    limits: &[Gcra],
+    now: u64,
+    cost: u64,
+) -> (Verdict, Tats) {
+    let mut tats: Tats = [0; MAX_LIMITS_PER_REQUEST];
+    for slot in slots {
+        let entry = map.get_mut(slot.key).expect("every slot was added");
+        let held = entry.tats_for(slot.fingerprint);
+        tats[slot.first..slot.first + slot.count].copy_from_slice(&held[..slot.count]);
+    }
+    let verdict = gcra::check(limits, &mut tats, now, cost);
+    for slot in slots {
+        let mut held = [0; TATS_PER_SLOT];
+        held[..slot.count].copy_from_slice(&tats[slot.first..slot.first + slot.count]);
+        let entry = map.get_mut(slot.key).expect("every slot was added");
+        entry.store(slot.fingerprint, held);
+    }
+    (verdict, tats)
 }
 
 /// Slots a key on `limits` takes.
@@ -202,9 +307,16 @@ impl Store {
     }
 
     /// Checks the key whose hash is `hash` against `limits` at `now`, and
-    /// charges it if every limit admits.
+    /// charges it `cost` units if every limit admits.
     #[inline]
-    pub fn check(&self, hash: u64, fingerprint: u64, limits: &[Gcra], now: u64) -> Checked {
+    pub fn check(
+        &self,
+        hash: u64,
+        fingerprint: u64,
+        limits: &[Gcra],
+        now: u64,
+        cost: u64,
+    ) -> Checked {
         // The low bits pick the slot inside a shard; use others for the shard.
         let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
         let mut state = shard.0.lock();
@@ -218,6 +330,7 @@ impl Store {
             fingerprint,
             limits,
             now,
+            cost,
         };
         if let Some((verdict, tats)) = check_in(&mut state.keys, charge) {
             return Checked {
@@ -257,8 +370,102 @@ impl Store {
         }
     }
 
+    /// Checks a request of `cost` units against `set` (its plan's limits, and
+    /// its class's if it is a class's set), measured by `limits`: the set's
+    /// own, or their share for one instance when Redis is out.
+    #[inline]
+    pub fn check_set(
+        &self,
+        hash: u64,
+        set: &LimitSet,
+        limits: &[Gcra],
+        now: u64,
+        cost: u64,
+    ) -> Checked {
+        match &set.class {
+            None => self.check(hash, set.fingerprint, limits, now, cost),
+            Some(class) => {
+                let share = ClassShare {
+                    key: class_key(hash, class),
+                    fingerprint: class.fingerprint,
+                    split: class.split,
+                };
+                self.check_class(hash, set.fingerprint, limits, share, (now, cost))
+            }
+        }
+    }
+
+    /// [`Store::check`] for a request of a route class its plan limits:
+    /// `limits` are the plan's then the class's, whose state is at
+    /// `class.key` in the same shard. Charges all of them or none.
+    #[inline(never)]
+    pub fn check_class(
+        &self,
+        hash: u64,
+        fingerprint: u64,
+        limits: &[Gcra],
+        class: ClassShare,
+        (now, cost): (u64, u64),
+    ) -> Checked {
+        let slots = class_slots(hash, fingerprint, limits.len(), class);
+        let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
+        let mut state = shard.0.lock();
+        state.checks_since_sweep += 1;
+        let interval = state.keys.len() * SWEEP_EVERY_CHECKS_PER_KEY;
+        if state.checks_since_sweep >= interval.max(MIN_SWEEP_INTERVAL) {
+            state.sweep(now);
+        }
+        let missing = |keys: &mut KeyTable| {
+            slots
+                .iter()
+                .filter(|s| keys.get_mut(s.key).is_none())
+                .count()
+        };
+        let mut needed = missing(&mut state.keys);
+        let full = state.keys.len() + needed > self.shard_capacity;
+        if needed > 0 && full && state.checks_since_sweep >= self.shard_capacity / 8 {
+            state.sweep(now);
+            needed = missing(&mut state.keys);
+        }
+        if state.keys.len() + needed <= self.shard_capacity {
+            for slot in slots.iter() {
+                state
+                    .keys
+                    .get_or_insert(slot.key, Entry::fresh(slot.fingerprint));
+            }
+            let (verdict, tats) = check_class_slots(&mut state.keys, &slots, limits, now, cost);
+            return Checked {
+                verdict,
+                tats,
+                overflow: false,
+            };
+        }
+        drop(state);
+        // Past the cap: the plan's and the class's overflow states, keyed by
+        // their fingerprints as for a request without a class.
+        let mut overflow = self.overflow.lock();
+        let slots = class_slots(
+            fingerprint,
+            fingerprint,
+            limits.len(),
+            ClassShare {
+                key: class.fingerprint,
+                ..class
+            },
+        );
+        for slot in slots.iter() {
+            overflow.get_or_insert(slot.key, Entry::fresh(slot.fingerprint));
+        }
+        let (verdict, tats) = check_class_slots(&mut overflow, &slots, limits, now, cost);
+        Checked {
+            verdict,
+            tats,
+            overflow: true,
+        }
+    }
+
     /// How many slots hold state now: one per key, two for a key on a plan
-    /// of more than two limits.
+    /// of more than two limits, and as many again per class it used.
     pub fn tracked_keys(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().keys.len()).sum()
     }
@@ -305,7 +512,7 @@ mod tests {
         let mut admitted_overflow = 0;
         for key in 0..10_000u64 {
             let hash = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let checked = store.check(hash, 7, &limits, 0);
+            let checked = store.check(hash, 7, &limits, 0, 1);
             if checked.overflow && checked.verdict == Verdict::Admit {
                 admitted_overflow += 1;
             }
@@ -323,10 +530,10 @@ mod tests {
         let store = Store::new(10_000);
         let limits = one_per_second();
         for key in 0..1000u64 {
-            store.check(key << 32 | key, 7, &limits, 0);
+            store.check(key << 32 | key, 7, &limits, 0, 1);
         }
         assert_eq!(store.tracked_keys(), 1000);
-        store.check(5 << 32 | 5, 7, &limits, SECOND);
+        store.check(5 << 32 | 5, 7, &limits, SECOND, 1);
         store.evict_idle(SECOND);
         assert_eq!(store.tracked_keys(), 1, "only the key used at 1 s is busy");
     }
@@ -336,9 +543,9 @@ mod tests {
         let store = Store::new(64);
         let limits = one_per_second();
         for key in 0..64u64 {
-            store.check(key, 7, &limits, 0);
+            store.check(key, 7, &limits, 0, 1);
         }
-        let later = store.check(1_000, 7, &limits, 10 * SECOND);
+        let later = store.check(1_000, 7, &limits, 10 * SECOND, 1);
         assert!(!later.overflow, "idle keys made room");
     }
 
@@ -355,9 +562,9 @@ mod tests {
         };
         // The fourth limit, one a minute, is the tightest.
         let limits = [limit(10, 1), limit(10, 1), limit(10, 1), limit(1, 60)];
-        assert_eq!(store.check(1, 7, &limits, 0).verdict, Verdict::Admit);
+        assert_eq!(store.check(1, 7, &limits, 0, 1).verdict, Verdict::Admit);
         assert_eq!(store.tracked_keys(), 2, "one key, two slots");
-        let Verdict::Refuse { limit, .. } = store.check(1, 7, &limits, 0).verdict else {
+        let Verdict::Refuse { limit, .. } = store.check(1, 7, &limits, 0, 1).verdict else {
             panic!("the fourth limit is spent");
         };
         assert_eq!(limit, 3);
@@ -366,11 +573,11 @@ mod tests {
         store.evict_idle(SECOND);
         assert_eq!(store.tracked_keys(), 1);
         assert!(matches!(
-            store.check(1, 7, &limits, SECOND).verdict,
+            store.check(1, 7, &limits, SECOND, 1).verdict,
             Verdict::Refuse { limit: 3, .. }
         ));
         assert_eq!(
-            store.check(1, 7, &limits, 60 * SECOND).verdict,
+            store.check(1, 7, &limits, 60 * SECOND, 1).verdict,
             Verdict::Admit
         );
     }
@@ -379,11 +586,11 @@ mod tests {
     fn changed_limits_restart_a_key() {
         let store = Store::new(16);
         let limits = one_per_second();
-        assert_eq!(store.check(1, 7, &limits, 0).verdict, Verdict::Admit);
+        assert_eq!(store.check(1, 7, &limits, 0, 1).verdict, Verdict::Admit);
         assert!(matches!(
-            store.check(1, 7, &limits, 0).verdict,
+            store.check(1, 7, &limits, 0, 1).verdict,
             Verdict::Refuse { .. }
         ));
-        assert_eq!(store.check(1, 8, &limits, 0).verdict, Verdict::Admit);
+        assert_eq!(store.check(1, 8, &limits, 0, 1).verdict, Verdict::Admit);
     }
 }
