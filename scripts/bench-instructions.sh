@@ -9,6 +9,8 @@
 # Per request means inclusive of the benches' `contenders::call` (the service call, the
 # poll and dropping the response), divided by the times it ran. The quanta
 # clock falls back to clock_gettime under valgrind; both layers pay that.
+# The clock's first use calibrates it for a while, inside the first call:
+# a run now and then counts a few more per request, so take the lower of two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v valgrind >/dev/null; then
@@ -24,16 +26,20 @@ clients=("$@")
 [ ${#clients[@]} -gt 0 ] || clients=(1 10000)
 printf '%-8s %-20s %12s %10s\n' clients layer calls 'instr/req'
 for n in "${clients[@]}"; do
-    for name in no_layer floodgate floodgate_headers tower_governor; do
+    for name in no_layer floodgate floodgate_headers floodgate_classes tower_governor; do
         out=$work/$name.$n.out
         valgrind --tool=callgrind --callgrind-out-file="$out" \
             "$bench" --bench "layer/$n/$name/" --profile-time 1 >/dev/null 2>&1
-        # The line for the bench's `call` as a function (`*`), with its callers' counts.
+        # Every copy of the bench's `call` (the compiler may keep one for the
+        # warm-up apart), with its callers' counts.
         callgrind_annotate --inclusive=yes --tree=caller "$out" 2>/dev/null |
             awk -v n="$n" -v name="$name" '
-                /^ *[0-9,]+ .*< .*\(([0-9,]+)x\)/ { line = $0; sub(/.*\(/, "", line); sub(/x\).*/, "", line); gsub(",", "", line); calls += line }
-                /\*  .*contenders::call( |$)/ { ir = $1; gsub(",", "", ir); printf "%-8s %-20s %12d %10.0f\n", n, name, calls, ir / calls; found = 1; exit }
-                /^$/ { calls = 0 }
-                END { if (!found) print "no call counts for " name > "/dev/stderr" }' || true
+                /^$/ { calls = 0; next }
+                / < .*\(([0-9,]+)x\)/ { line = $0; sub(/.*\(/, "", line); sub(/x\).*/, "", line); gsub(",", "", line); calls += line; next }
+                /\*  .*contenders\/mod.rs:layer::contenders::call( |$)/ { ir = $1; gsub(",", "", ir); total += ir; all += calls; calls = 0 }
+                END {
+                    if (all == 0) { print "no call counts for " name > "/dev/stderr"; exit }
+                    printf "%-8s %-20s %12d %10.0f\n", n, name, all, total / all
+                }' || true
     done
 done

@@ -5,7 +5,9 @@
 //! both layers keep. `benches/paired.rs` also times keys that go idle at
 //! once, and alternates the contenders. `floodgate` has the default headers
 //! (the RateLimit fields only near a limit, which no client here comes to)
-//! and `floodgate_headers` the fields on every response.
+//! and `floodgate_headers` the fields on every response. `floodgate_classes`
+//! has a route table of 50 patterns, of which each request matches the last,
+//! and a class with limits of its own.
 //!
 //! ```text
 //! cargo bench -p floodgate-ratelimit --bench layer
@@ -17,7 +19,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-// Shared with the paired bench, which uses all of it.
+// Shared with the paired bench, which uses the keys' quotas.
 #[allow(dead_code)]
 mod contenders;
 
@@ -33,25 +35,34 @@ use governor::{Quota, RateLimiter};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-/// Measures `service` over `clients` keys, after touching each key once.
-fn measure<S, B>(c: &mut Criterion, group: &str, name: &str, clients: usize, mut service: S)
-where
+/// Measures the service `build` makes over `clients` keys, after touching
+/// each key once.
+fn measure<S, B>(
+    c: &mut Criterion,
+    group: &str,
+    name: &str,
+    clients: usize,
+    build: impl FnOnce() -> S,
+) where
     S: Service<Request<Body>, Response = Response<B>>,
 {
-    let (mut next, mut warmed) = (0usize, false);
+    let (mut next, mut build, mut service) = (0usize, Some(build), None);
     c.benchmark_group(group)
         .bench_function(BenchmarkId::new(name, clients), |b| {
-            // Warm up inside, so a filtered-out benchmark costs nothing.
-            if !warmed {
+            // Built and warmed inside, so a filtered-out benchmark costs
+            // nothing and changes nothing: a route table, once compiled,
+            // makes every layer in the process look for classes.
+            let service = service.get_or_insert_with(|| {
+                let mut service = build.take().expect("built once")();
                 warm(&mut service, clients);
-                warmed = true;
-            }
+                service
+            });
             b.iter_batched(
                 || {
                     next = (next + 7_919) % clients;
                     request(client(next))
                 },
-                |request| black_box(call(&mut service, request).status()),
+                |request| black_box(call(service, request).status()),
                 BatchSize::NumIterations(256),
             )
         });
@@ -60,12 +71,16 @@ where
 fn layers(c: &mut Criterion) {
     for clients in [1, 10_000, 1_000_000] {
         let group = format!("layer/{clients}");
-        measure(c, &group, "no_layer", clients, noop());
-        let floodgate = contenders::floodgate(clients, HeaderMode::default(), Keys::Busy);
+        measure(c, &group, "no_layer", clients, noop);
+        let floodgate = || contenders::floodgate(clients, HeaderMode::default(), Keys::Busy);
         measure(c, &group, "floodgate", clients, floodgate);
-        let with_headers = contenders::floodgate(clients, HeaderMode::Always, Keys::Busy);
+        let with_headers = || contenders::floodgate(clients, HeaderMode::Always, Keys::Busy);
         measure(c, &group, "floodgate_headers", clients, with_headers);
-        let tower_governor = contenders::tower_governor(Keys::Busy);
+        // Every request matches the last of 50 routes, and is charged to
+        // its plan and its class.
+        let classes = || contenders::floodgate_classes(clients, 50);
+        measure(c, &group, "floodgate_classes", clients, classes);
+        let tower_governor = || contenders::tower_governor(Keys::Busy);
         measure(c, &group, "tower_governor", clients, tower_governor);
 
         // The anchor: governor's keyed check alone, no tower, no key

@@ -26,6 +26,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+// Shared with the layer bench, which alone measures route classes.
+#[allow(dead_code)]
 mod contenders;
 
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@ use crate::policy::{CompiledPolicy, LimitSet};
 use crate::policy_cell::PolicyCell;
 use crate::redis::RedisBackend;
 use crate::response::{self, HeaderMode, RateHeaders};
-use crate::route::Class;
+use crate::route::{self, Class, RouteClass};
 use crate::store::{Checked, Store};
 
 /// What to do with a request that carries no tenant key.
@@ -83,6 +83,13 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         self.cell.with(|policy| {
             let (set, cost) = self.resolve(policy, head, key, hash, now);
             let checked = match &self.redis {
+                // The usual case, a plan's limits alone, in a smaller result.
+                None if set.class.is_none() => {
+                    let checked = self
+                        .store
+                        .check(hash, set.fingerprint, &set.limits, now, cost);
+                    return self.settle(head.headers, key, set, checked, now);
+                }
                 None => self.store.check_set(hash, set, &set.limits, now, cost),
                 Some(redis) => match redis.near_cache(hash, set, now, cost) {
                     Some(checked) => checked,
@@ -108,7 +115,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let now = self.now();
         let hash = self.cell.hasher.hash(&key);
         let set = policy.resolve(&key, hash, now).set;
-        let (set, _, cost) = policy.classify(head, set);
+        let (set, cost) = self.classify(&policy, head, &key, set);
         let checked = match redis.check(&key, hash, set, now, cost).await {
             Some(checked) => checked,
             None => redis.fallback(hash, set, now, cost),
@@ -152,26 +159,37 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
             };
             self.events.emit(Event::UnknownPlan { plan, key });
         }
-        let (set, class, cost) = policy.classify(head, resolved.set);
+        if !route::classes_in_use() {
+            return (resolved.set, 1);
+        }
+        self.classify(policy, head, key, resolved.set)
+    }
+
+    /// The set and cost of a request that may have a route class.
+    #[inline(never)]
+    fn classify<'p>(
+        &self,
+        policy: &'p CompiledPolicy,
+        head: RequestHead<'_>,
+        key: &Key<'_>,
+        set: &'p LimitSet,
+    ) -> (&'p LimitSet, u64) {
+        let extension = head.extensions.get::<RouteClass>();
+        let (set, class, cost) = policy.classify(head, extension, set);
         if let Class::Unknown(class) = class {
-            self.unknown_class(class, key);
+            self.events.emit(Event::UnknownClass { class, key });
         }
         (set, cost)
     }
 
-    #[cold]
-    fn unknown_class(&self, class: &str, key: &Key<'_>) {
-        self.events.emit(Event::UnknownClass { class, key });
-    }
-
     /// Counts and answers a checked request.
     #[inline]
-    fn settle(
+    fn settle<const N: usize>(
         &self,
         request_headers: &HeaderMap,
         key: &Key<'_>,
         set: &LimitSet,
-        checked: Checked,
+        checked: Checked<N>,
         now: u64,
     ) -> Decision {
         let Verdict::Refuse { wait, limit } = checked.verdict else {
@@ -187,12 +205,12 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
     /// Counts, logs and answers a request over limit `refused.1`, which frees
     /// up in `refused.0` nanoseconds.
     #[cold]
-    fn over_limit(
+    fn over_limit<const N: usize>(
         &self,
         request_headers: &HeaderMap,
         key: &Key<'_>,
         set: &LimitSet,
-        checked: Checked,
+        checked: Checked<N>,
         now: u64,
         (wait, limit): (u64, usize),
     ) -> Decision {

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use crate::gcra::{Gcra, NANOS_PER_SECOND};
 use crate::key::{Key, RequestHead};
 use crate::observe::Counters;
-use crate::route::{Class, ClassIndex, Routes};
+use crate::route::{Class, ClassIndex, RouteClass, Routes};
 
 /// The limits one tenant is held to, ready for the request path.
 #[derive(Debug)]
@@ -297,15 +297,15 @@ impl CompiledPolicy {
         }
     }
 
-    /// The set a request with `head` is checked against under `set`, its
-    /// class, and its cost.
-    #[inline]
+    /// The set a request with `head` and the [`crate::RouteClass`]
+    /// `extension` is checked against under `set`, its class, and its cost.
     pub fn classify<'p, 'r>(
         &'p self,
-        head: RequestHead<'r>,
+        head: RequestHead<'_>,
+        extension: Option<&'r RouteClass>,
         set: &'p LimitSet,
     ) -> (&'p LimitSet, Class<'r>, u64) {
-        let (class, cost) = self.routes.classify(head);
+        let (class, cost) = self.routes.classify(head, extension);
         let Class::Known(index) = class else {
             return (set, class, cost);
         };

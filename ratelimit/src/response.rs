@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::gcra::{Tats, ceil_seconds};
+use crate::gcra::ceil_seconds;
 use crate::policy::LimitSet;
 
 /// `RateLimit-Policy`: each limit's quota and window.
@@ -80,7 +80,7 @@ impl HeaderMode {
     /// Whether a passed request whose key has `tats` under `set` at `now`
     /// gets the fields.
     #[inline]
-    pub(crate) fn on_pass(self, set: &LimitSet, tats: &Tats, now: u64) -> bool {
+    pub(crate) fn on_pass<const N: usize>(self, set: &LimitSet, tats: &[u64; N], now: u64) -> bool {
         match self {
             HeaderMode::Always => true,
             HeaderMode::Never => false,
@@ -114,7 +114,12 @@ impl RateHeaders {
     /// is the refusing limit and its Retry-After in seconds. Boxed: by
     /// default most responses carry no fields, and the decision and the
     /// future that carry them are cheaper to move small.
-    pub fn new(set: &LimitSet, tats: &Tats, now: u64, refused: Option<(usize, u64)>) -> Box<Self> {
+    pub fn new<const N: usize>(
+        set: &LimitSet,
+        tats: &[u64; N],
+        now: u64,
+        refused: Option<(usize, u64)>,
+    ) -> Box<Self> {
         // Written on the stack, then copied into one allocation of the exact
         // length: a heap `Vec` costs an allocation of its own, and `Bytes`
         // another for its shared header when the `Vec` has spare capacity.
@@ -145,9 +150,9 @@ impl RateHeaders {
 /// Writes the `RateLimit` value for `set` piece by piece into `out`. By
 /// hand: `write!` costs more than the rest of the request path.
 #[inline(always)]
-fn write_state(
+fn write_state<const N: usize>(
     set: &LimitSet,
-    tats: &Tats,
+    tats: &[u64; N],
     now: u64,
     refused: Option<(usize, u64)>,
     mut out: impl FnMut(&[u8]),
@@ -325,7 +330,7 @@ mod tests {
         ) {
             let limits: Vec<Limit> = limits.into_iter().map(|(r, w)| limit(r, w)).collect();
             let set = limit_set(&name, &limits, false);
-            let tats: Tats = std::array::from_fn(|i| now + leads[i]);
+            let tats: crate::gcra::Tats = std::array::from_fn(|i| now + leads[i]);
             let expected: Vec<String> = set
                 .limits
                 .iter()

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use floodgate_rules::policy::{Quotas, Route};
 
@@ -35,9 +36,22 @@ pub struct RouteClass {
     cost: u32,
 }
 
+/// Whether this process ever made a [`RouteClass`] or compiled a route
+/// table. Until it has, no request can have a class, and the layer skips
+/// looking for one: the extension lookup is most of what classes would cost
+/// a service that does not use them.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Whether a request may have a route class.
+#[inline]
+pub(crate) fn classes_in_use() -> bool {
+    IN_USE.load(Ordering::Relaxed)
+}
+
 impl Default for RouteClass {
     /// No class, a cost of 1.
     fn default() -> RouteClass {
+        IN_USE.store(true, Ordering::Relaxed);
         RouteClass {
             class: None,
             cost: 1,
@@ -48,6 +62,7 @@ impl Default for RouteClass {
 impl RouteClass {
     /// A request of class `class`, costing 1.
     pub fn named(class: impl Into<Cow<'static, str>>) -> RouteClass {
+        IN_USE.store(true, Ordering::Relaxed);
         RouteClass {
             class: Some(class.into()),
             cost: 1,
@@ -108,7 +123,10 @@ impl Routes {
             .routes()
             .iter()
             .map(|route| (route.clone(), classes[route.class.as_str()]))
-            .collect();
+            .collect::<Vec<_>>();
+        if !table.is_empty() {
+            IN_USE.store(true, Ordering::Relaxed);
+        }
         Routes { classes, table }
     }
 
@@ -122,32 +140,23 @@ impl Routes {
         self.classes.get(name).copied()
     }
 
-    /// The class and cost of a request: its extension's, else the first
-    /// route that matches, else none and 1.
-    #[inline]
-    pub fn classify<'r>(&self, head: RequestHead<'r>) -> (Class<'r>, u64) {
-        if let Some(route) = head.extensions.get::<RouteClass>() {
-            return self.by_extension(route);
+    /// The class and cost of a request with `head`, whose [`RouteClass`]
+    /// extension is `extension`: the extension's, else the first route
+    /// that matches, else none and 1.
+    pub fn classify<'r>(
+        &self,
+        head: RequestHead<'_>,
+        extension: Option<&'r RouteClass>,
+    ) -> (Class<'r>, u64) {
+        if let Some(route) = extension {
+            let class = match route.class() {
+                None => Class::None,
+                Some(name) => self
+                    .index_of(name)
+                    .map_or(Class::Unknown(name), Class::Known),
+            };
+            return (class, u64::from(route.cost));
         }
-        if self.table.is_empty() {
-            return (Class::None, 1);
-        }
-        self.match_path(head)
-    }
-
-    #[inline(never)]
-    fn by_extension<'r>(&self, route: &'r RouteClass) -> (Class<'r>, u64) {
-        let class = match route.class() {
-            None => Class::None,
-            Some(name) => self
-                .index_of(name)
-                .map_or(Class::Unknown(name), Class::Known),
-        };
-        (class, u64::from(route.cost))
-    }
-
-    #[inline(never)]
-    fn match_path<'r>(&self, head: RequestHead<'r>) -> (Class<'r>, u64) {
         let (method, path) = (head.method.as_str(), head.uri.path());
         match self
             .table

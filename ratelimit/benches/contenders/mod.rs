@@ -87,6 +87,36 @@ pub fn floodgate(
     layer.layer(noop())
 }
 
+/// [`floodgate`] with the busy quota, on a policy with `routes` route
+/// patterns of which every request (to `/`) matches only the last, whose
+/// class has a limit of its own as loose as the plan's.
+pub fn floodgate_classes(
+    clients: usize,
+    routes: usize,
+) -> impl Service<Request<Body>, Response = Response<impl Sized>> {
+    let mut policy = String::from(
+        r#"
+[quotas]
+default_plan = "bench"
+plans = [{ name = "bench", limits = [{ requests = 1, per_seconds = 60, burst = 100000000 }], classes = { all = [{ requests = 1, per_seconds = 60, burst = 100000000 }] } }]
+"#,
+    );
+    for i in 1..routes {
+        let route = format!(
+            "\n[[quotas.routes]]\nclass = \"other\"\nmethod = \"POST\"\npath = \"/v1/resource-{i}/*\"\n"
+        );
+        policy.push_str(&route);
+    }
+    policy.push_str("\n[[quotas.routes]]\nclass = \"all\"\npath = \"/**\"\n");
+    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(&policy))
+        .key(ClientIp::peer_only())
+        .max_keys(max_keys(clients * 2))
+        .headers(HeaderMode::default())
+        .build()
+        .unwrap();
+    layer.layer(noop())
+}
+
 /// tower_governor around [`noop`] with the same quota, keyed by peer IP.
 pub fn tower_governor(keys: Keys) -> impl Service<Request<Body>, Response = Response<Body>> {
     let mut config = GovernorConfigBuilder::default();

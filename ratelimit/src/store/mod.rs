@@ -104,9 +104,12 @@ pub(crate) struct ClassShare {
     pub split: usize,
 }
 
+/// The TATs of a plan's limits.
+type PlanTats = [u64; MAX_LIMITS_PER_PLAN];
+
 /// Checks `charge.key` of `map`, if its slots exist.
 #[inline]
-fn check_in(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)> {
+fn check_in(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, PlanTats)> {
     if charge.limits.len() > TATS_PER_SLOT {
         return check_split(map, charge);
     }
@@ -115,7 +118,7 @@ fn check_in(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)> {
 }
 
 /// Adds `charge.key` to `map`, where it is missing a slot, and checks it.
-fn insert_and_check(map: &mut KeyTable, charge: Charge<'_>) -> (Verdict, Tats) {
+fn insert_and_check(map: &mut KeyTable, charge: Charge<'_>) -> (Verdict, PlanTats) {
     let fresh = Entry::fresh(charge.fingerprint);
     if charge.limits.len() <= TATS_PER_SLOT {
         let entry = map.get_or_insert(charge.key, fresh);
@@ -131,20 +134,18 @@ fn insert_and_check(map: &mut KeyTable, charge: Charge<'_>) -> (Verdict, Tats) {
 /// TATs, written back whole and returned from registers: reading TATs back
 /// right after storing them one at a time stalls on store forwarding.
 #[inline]
-fn check_slot(entry: &mut Entry, charge: Charge<'_>) -> (Verdict, Tats) {
+fn check_slot(entry: &mut Entry, charge: Charge<'_>) -> (Verdict, PlanTats) {
     let mut tats = entry.tats_for(charge.fingerprint);
     let verdict = gcra::check(charge.limits, &mut tats, charge.now, charge.cost);
     entry.store(charge.fingerprint, tats);
     let [first, second] = tats;
-    let mut all: Tats = [0; MAX_LIMITS_PER_REQUEST];
-    all[..TATS_PER_SLOT].copy_from_slice(&[first, second]);
-    (verdict, all)
+    (verdict, [first, second, 0, 0])
 }
 
 /// [`check_in`] for a plan of three or four limits, whose TATs span two
 /// slots. Out of line: the usual plans fit one.
 #[inline(never)]
-fn check_split(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)> {
+fn check_split(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, PlanTats)> {
     let Charge {
         key,
         fingerprint,
@@ -158,9 +159,7 @@ fn check_split(map: &mut KeyTable, charge: Charge<'_>) -> Option<(Verdict, Tats)
     let verdict = gcra::check(limits, &mut tats, now, cost);
     low.store(fingerprint, [tats[0], tats[1]]);
     high.store(fingerprint, [tats[2], tats[3]]);
-    let mut all: Tats = [0; MAX_LIMITS_PER_REQUEST];
-    all[..MAX_LIMITS_PER_PLAN].copy_from_slice(&tats);
-    Some((verdict, all))
+    Some((verdict, tats))
 }
 
 /// A slot of a check against a class's set: its key and fingerprint, and
@@ -195,13 +194,20 @@ fn class_slots(plan_key: u64, fingerprint: u64, limits: usize, class: ClassShare
         slots: [unused; 2 * MAX_LIMITS_PER_PLAN / TATS_PER_SLOT],
         len: 0,
     };
-    for (key, fingerprint, start, len) in halves {
-        for (i, first) in (start..start + len).step_by(TATS_PER_SLOT).enumerate() {
+    for (key, fingerprint, first, len) in halves {
+        slots.slots[slots.len] = SlotOf {
+            key,
+            fingerprint,
+            first,
+            count: len.min(TATS_PER_SLOT),
+        };
+        slots.len += 1;
+        if len > TATS_PER_SLOT {
             slots.slots[slots.len] = SlotOf {
-                key: if i == 0 { key } else { key ^ SECOND_SLOT },
+                key: key ^ SECOND_SLOT,
                 fingerprint,
-                first,
-                count: (start + len - first).min(TATS_PER_SLOT),
+                first: first + TATS_PER_SLOT,
+                count: len - TATS_PER_SLOT,
             };
             slots.len += 1;
         }
@@ -223,28 +229,55 @@ impl std::ops::Deref for ClassSlots {
     }
 }
 
+/// Where each of a check's slots is in its table, if there.
+type Positions = [Option<usize>; 2 * MAX_LIMITS_PER_PLAN / TATS_PER_SLOT];
+
+fn positions(map: &KeyTable, slots: &[SlotOf]) -> Positions {
+    let mut found: Positions = Default::default();
+    for (position, slot) in found.iter_mut().zip(slots) {
+        *position = map.position(slot.key);
+    }
+    found
+}
+
+/// Adds the slots `map` lacks; returns where every slot is.
+fn insert_slots(map: &mut KeyTable, slots: &[SlotOf]) -> Positions {
+    for slot in slots {
+        map.get_or_insert(slot.key, Entry::fresh(slot.fingerprint));
+    }
+    positions(map, slots)
+}
+
 /// Checks a request against a plan's and a class's limits spread over
-/// `slots` of `map`, all of which exist, and charges them all or none.
+/// `slots` of `map`, at `found`, and charges them all or none.
 fn check_class_slots(
     map: &mut KeyTable,
     slots: &[SlotOf],
+    found: &Positions,
     limits: &[Gcra],
-    now: u64,
-    cost: u64,
+    (now, cost): (u64, u64),
 ) -> (Verdict, Tats) {
+    // Whole slots are copied, in order: a slot holding one TAT also copies
+    // the next one's, which the following slot then overwrites. A slot's
+    // first TAT is at most 6, so the pair always fits.
     let mut tats: Tats = [0; MAX_LIMITS_PER_REQUEST];
-    for slot in slots {
-        let entry = map.get_mut(slot.key).expect("every slot was added");
-        let held = entry.tats_for(slot.fingerprint);
-        tats[slot.first..slot.first + slot.count].copy_from_slice(&held[..slot.count]);
+    for (slot, position) in slots.iter().zip(found) {
+        let entry = map.at_mut(position.expect("every slot is in the table"));
+        let pair = entry.tats_for(slot.fingerprint);
+        tats[slot.first..slot.first + TATS_PER_SLOT].copy_from_slice(&pair);
     }
     let verdict = gcra::check(limits, &mut tats, now, cost);
-    for slot in slots {
-        let mut held = [0; TATS_PER_SLOT];
-        held[..slot.count].copy_from_slice(&tats[slot.first..slot.first + slot.count]);
-        let entry = map.get_mut(slot.key).expect("every slot was added");
-        entry.store(slot.fingerprint, held);
+    for (slot, position) in slots.iter().zip(found) {
+        let second = if slot.count == TATS_PER_SLOT {
+            tats[slot.first + 1]
+        } else {
+            0
+        };
+        let entry = map.at_mut(position.expect("every slot is in the table"));
+        entry.store(slot.fingerprint, [tats[slot.first], second]);
     }
+    // The TATs past the last limit are another slot's leftovers.
+    tats[limits.len()..].fill(0);
     (verdict, tats)
 }
 
@@ -253,16 +286,44 @@ fn slots_per_key(limits: &[Gcra]) -> usize {
     limits.len().div_ceil(TATS_PER_SLOT).max(1)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ShardState {
     keys: KeyTable,
     checks_since_sweep: usize,
+    /// Checks between sweeps for the keys held now, kept up to date as
+    /// keys come and go rather than worked out per check.
+    sweep_every: usize,
+}
+
+impl Default for ShardState {
+    fn default() -> ShardState {
+        ShardState {
+            keys: KeyTable::default(),
+            checks_since_sweep: 0,
+            sweep_every: MIN_SWEEP_INTERVAL,
+        }
+    }
 }
 
 impl ShardState {
     fn sweep(&mut self, now: u64) {
         self.keys.retain(|entry| !entry.is_idle(now));
         self.checks_since_sweep = 0;
+        self.keys_changed();
+    }
+
+    /// Counts a check, and sweeps when it is time.
+    #[inline]
+    fn count_check(&mut self, now: u64) {
+        self.checks_since_sweep += 1;
+        if self.checks_since_sweep >= self.sweep_every {
+            self.sweep(now);
+        }
+    }
+
+    fn keys_changed(&mut self) {
+        let every = self.keys.len() * SWEEP_EVERY_CHECKS_PER_KEY;
+        self.sweep_every = every.max(MIN_SWEEP_INTERVAL);
     }
 }
 
@@ -272,14 +333,32 @@ impl ShardState {
 #[repr(align(64))]
 struct Shard(Mutex<ShardState>);
 
-/// The outcome of one check.
+/// The outcome of one check, with room for `N` TATs: a plan's limits
+/// alone, or by default a plan's and a class's.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Checked {
+pub(crate) struct Checked<const N: usize = MAX_LIMITS_PER_REQUEST> {
     pub verdict: Verdict,
     /// The key's TATs after the check, for the RateLimit header fields.
-    pub tats: Tats,
+    pub tats: [u64; N],
     /// The key was past the cap and charged to the shared overflow state.
     pub overflow: bool,
+}
+
+/// A check against a plan's limits alone: kept small, as the request path
+/// moves it several times.
+pub(crate) type PlanChecked = Checked<MAX_LIMITS_PER_PLAN>;
+
+impl PlanChecked {
+    /// The same outcome with room for a class's TATs.
+    fn widen(self) -> Checked {
+        let mut tats: Tats = [0; MAX_LIMITS_PER_REQUEST];
+        tats[..MAX_LIMITS_PER_PLAN].copy_from_slice(&self.tats);
+        Checked {
+            verdict: self.verdict,
+            tats,
+            overflow: self.overflow,
+        }
+    }
 }
 
 /// Every tracked key's state.
@@ -316,15 +395,11 @@ impl Store {
         limits: &[Gcra],
         now: u64,
         cost: u64,
-    ) -> Checked {
+    ) -> PlanChecked {
         // The low bits pick the slot inside a shard; use others for the shard.
         let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
         let mut state = shard.0.lock();
-        state.checks_since_sweep += 1;
-        let interval = state.keys.len() * SWEEP_EVERY_CHECKS_PER_KEY;
-        if state.checks_since_sweep >= interval.max(MIN_SWEEP_INTERVAL) {
-            state.sweep(now);
-        }
+        state.count_check(now);
         let charge = Charge {
             key: hash,
             fingerprint,
@@ -349,6 +424,7 @@ impl Store {
         }
         if state.keys.len() + needed <= self.shard_capacity {
             let (verdict, tats) = insert_and_check(&mut state.keys, charge);
+            state.keys_changed();
             return Checked {
                 verdict,
                 tats,
@@ -383,7 +459,7 @@ impl Store {
         cost: u64,
     ) -> Checked {
         match &set.class {
-            None => self.check(hash, set.fingerprint, limits, now, cost),
+            None => self.check(hash, set.fingerprint, limits, now, cost).widen(),
             Some(class) => {
                 let share = ClassShare {
                     key: class_key(hash, class),
@@ -410,30 +486,25 @@ impl Store {
         let slots = class_slots(hash, fingerprint, limits.len(), class);
         let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
         let mut state = shard.0.lock();
-        state.checks_since_sweep += 1;
-        let interval = state.keys.len() * SWEEP_EVERY_CHECKS_PER_KEY;
-        if state.checks_since_sweep >= interval.max(MIN_SWEEP_INTERVAL) {
-            state.sweep(now);
-        }
-        let missing = |keys: &mut KeyTable| {
-            slots
-                .iter()
-                .filter(|s| keys.get_mut(s.key).is_none())
-                .count()
-        };
-        let mut needed = missing(&mut state.keys);
-        let full = state.keys.len() + needed > self.shard_capacity;
-        if needed > 0 && full && state.checks_since_sweep >= self.shard_capacity / 8 {
-            state.sweep(now);
-            needed = missing(&mut state.keys);
-        }
-        if state.keys.len() + needed <= self.shard_capacity {
-            for slot in slots.iter() {
-                state
-                    .keys
-                    .get_or_insert(slot.key, Entry::fresh(slot.fingerprint));
+        state.count_check(now);
+        let mut found = positions(&state.keys, &slots);
+        let missing =
+            |found: &Positions| found[..slots.len()].iter().filter(|p| p.is_none()).count();
+        let mut needed = missing(&found);
+        if needed > 0 {
+            let full = state.keys.len() + needed > self.shard_capacity;
+            if full && state.checks_since_sweep >= self.shard_capacity / 8 {
+                state.sweep(now);
+                needed = missing(&positions(&state.keys, &slots));
             }
-            let (verdict, tats) = check_class_slots(&mut state.keys, &slots, limits, now, cost);
+            if state.keys.len() + needed <= self.shard_capacity {
+                found = insert_slots(&mut state.keys, &slots);
+                state.keys_changed();
+            }
+        }
+        if missing(&found) == 0 {
+            let (verdict, tats) =
+                check_class_slots(&mut state.keys, &slots, &found, limits, (now, cost));
             return Checked {
                 verdict,
                 tats,
@@ -453,10 +524,8 @@ impl Store {
                 ..class
             },
         );
-        for slot in slots.iter() {
-            overflow.get_or_insert(slot.key, Entry::fresh(slot.fingerprint));
-        }
-        let (verdict, tats) = check_class_slots(&mut overflow, &slots, limits, now, cost);
+        let found = insert_slots(&mut overflow, &slots);
+        let (verdict, tats) = check_class_slots(&mut overflow, &slots, &found, limits, (now, cost));
         Checked {
             verdict,
             tats,

@@ -82,6 +82,17 @@ impl KeyTable {
         }
     }
 
+    /// Where `key` is, if the table holds it: valid until the next insert
+    /// or retain.
+    pub fn position(&self, key: u64) -> Option<usize> {
+        self.find(key)
+    }
+
+    /// The entry at `position`, from [`KeyTable::position`].
+    pub fn at_mut(&mut self, position: usize) -> &mut Entry {
+        &mut self.slots[position].entry
+    }
+
     /// The entry of `key`, if the table holds it.
     #[inline]
     pub fn get_mut(&mut self, key: u64) -> Option<&mut Entry> {
