@@ -7,12 +7,15 @@
 //!     [--no-limit | --tower-governor]
 //!     [--headers-always | --headers-near-limit PERCENT | --no-headers]
 //! curl -i -H 'authorization: Bearer acme-corp' http://127.0.0.1:3000/
+//! curl -i -X POST -H 'authorization: Bearer initech' http://127.0.0.1:3000/v1/exports
 //! kill -HUP <pid>   # reloads the policy file
 //! ```
 //!
 //! The fake auth layer trusts the bearer token as the tenant id; tokens that
 //! start with `pro-` are on the `pro` plan. Requests without a token are
-//! anonymous and charged to their peer address.
+//! anonymous and charged to their peer address. The export routes are
+//! classed by the example policy's `[[quotas.routes]]`: an export costs 5
+//! units, of its plan's limits and of the `exports` class's.
 //!
 //! `--tower-governor` puts tower_governor in the layer's place, keyed by the
 //! same tenant, with a quota no tenant reaches: the load test's anchor.
@@ -30,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Router, ServiceExt};
 use floodgate_ratelimit::{HeaderMode, RateLimitHandle, Tenant, TenantRateLimitLayer};
 use floodgate_rules::Policy;
@@ -161,7 +164,10 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let router = Router::new().route("/", get(|| async { "ok\n" }));
+    let router = Router::new()
+        .route("/", get(|| async { "ok\n" }))
+        .route("/v1/exports", post(|| async { "export queued\n" }))
+        .route("/v1/exports/{id}/download", get(|| async { "export\n" }));
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .unwrap_or_else(|e| {

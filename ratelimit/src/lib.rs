@@ -11,6 +11,13 @@
 //! an `application/problem+json` body, or for gRPC a `RESOURCE_EXHAUSTED`
 //! status. The policy can be swapped at runtime with a [`RateLimitHandle`].
 //!
+//! A plan may also limit route classes on their own (`classes` in
+//! `[quotas]`), checked together with the plan's limits, and a request may
+//! cost more than one unit. A request's class and cost come from the
+//! [`RouteClass`] extension the service sets, else from the policy's
+//! `[[quotas.routes]]` path table (matched in order, without allocating),
+//! else it has none and costs 1.
+//!
 //! Responses carry a [`RateLimitBody`] around the inner body by default.
 //! With axum, [`TenantRateLimitLayer::keep_body_type`] keeps axum's own
 //! `Body`, which `axum::serve` requires. [`HeaderMode`] picks which
@@ -96,6 +103,60 @@
 //!     }
 //!     assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
 //! }
+//! # }
+//! ```
+
+//! ## Route classes from axum's matched route
+//!
+//! With `Router::layer`, the layer runs after routing, so a middleware added
+//! after it (which runs first) can class requests by their matched route.
+//! The path table in the policy needs none of this.
+//!
+//! ```
+//! use axum::extract::{MatchedPath, Request};
+//! use axum::middleware::{self, Next};
+//! use axum::response::Response;
+//! use axum::{Router, routing::post};
+//! use floodgate_ratelimit::{RouteClass, Tenant, TenantRateLimitLayer};
+//! use http::StatusCode;
+//! use tower::ServiceExt;
+//!
+//! async fn classify(mut request: Request, next: Next) -> Response {
+//!     let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+//!     if route == Some("/v1/exports/{id}") {
+//!         // Exports have limits of their own, and cost 5 units of the plan's.
+//!         request.extensions_mut().insert(RouteClass::named("exports").cost(5));
+//!     }
+//!     next.run(request).await
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let text = r#"
+//! [quotas]
+//! default_plan = "free"
+//! plans = [{ name = "free", limits = [{ requests = 100, per_seconds = 60 }], classes = { exports = [{ requests = 10, per_seconds = 3600 }] } }]
+//! "#;
+//! # let policy = floodgate_rules::Policy::from_toml(text, "floodgate.toml", time::macros::date!(2026 - 11 - 22)).unwrap().policy;
+//! let layer = TenantRateLimitLayer::builder(policy.quotas.as_ref().unwrap())
+//!     .build()
+//!     .unwrap()
+//!     .keep_body_type();
+//! let app: Router = Router::new()
+//!     .route("/v1/exports/{id}", post(|| async { "queued" }))
+//!     .layer(layer)
+//!     .layer(middleware::from_fn(classify));
+//!
+//! let mut statuses = Vec::new();
+//! for id in 0..3 {
+//!     let mut request = Request::post(format!("/v1/exports/{id}"))
+//!         .body(axum::body::Body::empty())
+//!         .unwrap();
+//!     request.extensions_mut().insert(Tenant::new("acme"));
+//!     statuses.push(app.clone().oneshot(request).await.unwrap().status());
+//! }
+//! // 10 units an hour for exports, at 5 an export.
+//! assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
 //! # }
 //! ```
 
