@@ -242,6 +242,44 @@ pub(crate) fn check_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The model: split both into segments (allocating), then compare them
+    /// one by one.
+    fn model_matches(pattern: &str, path: &str) -> bool {
+        let (Some(pattern), Some(path)) = (pattern.strip_prefix('/'), path.strip_prefix('/'))
+        else {
+            return false;
+        };
+        let mut wanted: Vec<&str> = pattern.split('/').collect();
+        let parts: Vec<&str> = path.split('/').collect();
+        if wanted.last() == Some(&"**") {
+            wanted.pop();
+            return parts.len() >= wanted.len() && segments_match(&wanted, &parts[..wanted.len()]);
+        }
+        parts.len() == wanted.len() && segments_match(&wanted, &parts)
+    }
+
+    fn segments_match(wanted: &[&str], parts: &[&str]) -> bool {
+        wanted
+            .iter()
+            .zip(parts)
+            .all(|(w, p)| if *w == "*" { !p.is_empty() } else { w == p })
+    }
+
+    proptest! {
+        /// Every pattern that parses matches exactly the paths the model
+        /// matches, over a small alphabet so that they often meet.
+        #[test]
+        fn patterns_match_as_the_model_does(
+            pattern in "(/(a|b|\\*|\\*\\*|)){1,4}",
+            path in "(/(a|b|ab|)){1,5}",
+        ) {
+            if let Ok(parsed) = PathPattern::parse(&pattern) {
+                prop_assert_eq!(parsed.matches(&path), model_matches(&pattern, &path), "{} against {}", pattern, path);
+            }
+        }
+    }
 
     fn pattern(text: &str) -> PathPattern {
         PathPattern::parse(text).unwrap()
