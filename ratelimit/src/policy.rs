@@ -18,7 +18,8 @@ use time::OffsetDateTime;
 use crate::gcra::{Gcra, NANOS_PER_SECOND};
 use crate::key::{Key, RequestHead};
 use crate::observe::Counters;
-use crate::route::{Class, ClassIndex, RouteClass, Routes};
+use crate::route::{Class, RouteClass, Routes};
+use crate::store::SHARD_BITS;
 
 /// The limits one tenant is held to, ready for the request path.
 #[derive(Debug)]
@@ -348,7 +349,7 @@ impl SetBuilder<'_> {
                     .index_of(class.class.as_str())
                     .expect("the policy lists every class");
                 table[index] = Some(self.class_sets.len());
-                self.class_sets.push(class_set(&set, index, class));
+                self.class_sets.push(class_set(&set, class));
             }
             set.classes = table.into();
         }
@@ -384,15 +385,17 @@ pub(crate) fn limit_set(label: &str, limits: &[Limit], shadow: bool) -> LimitSet
     }
 }
 
-/// The set a request of class `index` under `plan` is checked against:
+/// The set a request of class `class` under `plan` is checked against:
 /// the plan's limits, then the class's, named `<plan>-<class>[-<w>s]`.
-fn class_set(plan: &LimitSet, index: ClassIndex, class: &ClassLimits) -> LimitSet {
+fn class_set(plan: &LimitSet, class: &ClassLimits) -> LimitSet {
     let class_limits: Vec<Gcra> = class.limits.iter().map(Gcra::new).collect();
     let name = class.class.as_str();
     let class_names = limit_names(&format!("{}-{name}", plan.label), &class_limits);
     let limits: Vec<Gcra> = plan.limits.iter().chain(&class_limits).copied().collect();
     let names: Vec<Box<str>> = plan.names.iter().chain(&class_names).cloned().collect();
-    let salt_base = index as u64 + 1;
+    // From the class's name, so that its state outlives a reload that adds
+    // or removes other classes.
+    let name_hash = foldhash::fast::FixedState::with_seed(0xc1a5).hash_one(name);
     LimitSet {
         fingerprint: plan.fingerprint,
         label: plan.label.clone(),
@@ -403,13 +406,19 @@ fn class_set(plan: &LimitSet, index: ClassIndex, class: &ClassLimits) -> LimitSe
         class: Some(ClassPart {
             name: name.into(),
             split: plan.limits.len(),
-            fingerprint: fingerprint(&class_limits) ^ salt_base,
-            // The shard comes from bits 32 and up (at most ten of them).
-            salt: salt_base << 48 | (salt_base.wrapping_mul(0x9E37_79B9) & 0xFFFF_FFFF),
+            fingerprint: fingerprint(&class_limits) ^ name_hash,
+            salt: class_salt(name_hash),
         }),
         classes: Box::default(),
         limits,
     }
+}
+
+/// A class's salt from the hash of its name: it leaves alone the bits that
+/// pick a key's shard, and never equals the store's second-slot mask (which
+/// has bits only below 32).
+fn class_salt(name_hash: u64) -> u64 {
+    (name_hash & !SHARD_BITS) | 1 << 63
 }
 
 /// The `RateLimit-Policy` value: each limit's name, burst and window.

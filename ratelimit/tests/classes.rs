@@ -394,3 +394,31 @@ fn a_spray_of_keys_with_classes_stays_within_the_cap() {
         "{admitted} admitted, {fitted} fitted"
     );
 }
+
+#[test]
+fn a_class_keeps_its_state_across_a_reload_that_adds_another_class() {
+    let clock = FakeRelativeClock::default();
+    let layer = layer_on(&clock, 10_000);
+    let handle = layer.handle();
+    let mut service = layer.layer(ok_service());
+    // Exports: 4 units, 2 an export; the plan's burst of 3 refills in 0.6 s.
+    for _ in 0..2 {
+        assert_eq!(
+            send(&mut service, Kind::Export.request("acme")).0,
+            StatusCode::OK
+        );
+        clock.advance(Duration::from_secs(1));
+    }
+    // A new class, sorted before exports, moves every class's index.
+    let more = POLICY.replace(
+        "classes = { exports",
+        "classes = { archive = [{ requests = 1, per_seconds = 60 }], exports",
+    );
+    handle.reload(&common::quotas(&more));
+    let (status, ..) = send(&mut service, Kind::Export.request("acme"));
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the exports spent before the reload count"
+    );
+}

@@ -35,6 +35,8 @@ use table::KeyTable;
 const SHARD_TARGET: usize = 16_384;
 /// The most shards; past 1024 × 16,384 keys shards grow instead.
 const MAX_SHARDS: usize = 1024;
+/// The bits of a key's hash that pick its shard.
+pub(crate) const SHARD_BITS: u64 = (MAX_SHARDS as u64 - 1) << 32;
 /// A shard is swept once per this many checks per key it holds: the scan
 /// costs about a quarter of a key visit per request.
 const SWEEP_EVERY_CHECKS_PER_KEY: usize = 4;
