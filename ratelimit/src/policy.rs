@@ -585,6 +585,64 @@ expires = 2026-12-15
         assert_eq!(label(&later, &hasher, acme, 0), "free");
     }
 
+    /// Class limits by plan, and an override that raises only a class.
+    const CLASSES: &str = r#"
+[quotas]
+default_plan = "free"
+plans = [
+  { name = "free", limits = [{ requests = 10, per_seconds = 1 }], classes = { exports = [{ requests = 1, per_seconds = 60 }] } },
+  { name = "pro", limits = [{ requests = 100, per_seconds = 1 }], classes = { exports = [{ requests = 5, per_seconds = 60 }] } },
+]
+
+[[quotas.routes]]
+class = "exports"
+method = "POST"
+path = "/v1/exports"
+
+[[quotas.overrides]]
+tenant = "initech"
+classes = { exports = [{ requests = 50, per_seconds = 60 }] }
+reason = "reporting"
+owner = "support"
+expires = 2026-12-15
+"#;
+
+    #[test]
+    fn a_class_only_override_keeps_whichever_plan_the_key_names() {
+        let policy = Policy::from_toml(CLASSES, "q.toml", date!(2026 - 11 - 22)).unwrap();
+        let quotas = policy.policy.quotas.unwrap();
+        let hasher = KeyHasher::default();
+        let at = CompiledAt {
+            wall: datetime!(2026-11-22 00:00 UTC),
+            nanos: 0,
+        };
+        let compiled = CompiledPolicy::compile(&quotas, &hasher, at);
+        let export = http::Request::post("/v1/exports").body(()).unwrap();
+        let status = http::Request::get("/status").body(()).unwrap();
+        let policy_of = |id, plan, request: &http::Request<()>| {
+            let key = Key::Tenant { id, plan };
+            let set = compiled.resolve(&key, hasher.hash(&key), 0).set;
+            let (set, _, _) = compiled.classify(RequestHead::of(request), None, set);
+            set.policy_header.to_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            policy_of("initech", Some("pro"), &export),
+            "\"pro\";q=100;w=1, \"pro-exports\";q=50;w=60"
+        );
+        assert_eq!(
+            policy_of("initech", None, &export),
+            "\"free\";q=10;w=1, \"free-exports\";q=50;w=60"
+        );
+        assert_eq!(
+            policy_of("globex", Some("pro"), &export),
+            "\"pro\";q=100;w=1, \"pro-exports\";q=5;w=60"
+        );
+        assert_eq!(
+            policy_of("initech", Some("pro"), &status),
+            "\"pro\";q=100;w=1"
+        );
+    }
+
     #[test]
     fn header_values_name_each_limit_with_its_burst_and_window() {
         let (policy, hasher) = compiled(datetime!(2026-11-22 00:00 UTC));

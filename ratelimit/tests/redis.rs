@@ -512,3 +512,35 @@ async fn two_instances_share_a_class_budget_and_its_cost_through_redis() {
         .unwrap();
     assert!(exists, "{class_key}");
 }
+
+#[tokio::test]
+async fn with_redis_down_a_class_budget_falls_back_to_its_share() {
+    // Nothing listens on the port: every check is decided locally, at
+    // quota / 2 for each limit, the class's included.
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let (mut service, handle) = service(
+        &common::quotas(EXPORT_CLASS),
+        redis_at(&url, Duration::from_millis(50), 2),
+    );
+    assert_eq!(handle.redis_connected(), Some(false));
+    let tenant = fresh_tenant("exporter-outage");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            send_to(&mut service, &tenant, "POST", "/v1/exports")
+                .await
+                .0,
+        );
+    }
+    // Half of 6 units is 3: one export of 2 fits, the second does not.
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let (status, _) = send_to(&mut service, &tenant, "GET", "/status").await;
+    assert_eq!(status, StatusCode::OK, "the plan's share is far from spent");
+}
