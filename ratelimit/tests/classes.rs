@@ -3,6 +3,7 @@
 //! limits, the RateLimit fields and the state a class costs.
 
 mod common;
+mod model;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,7 @@ use floodgate_ratelimit::{RouteClass, Tenant, TenantRateLimitLayer};
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use model::{Bucket, buckets};
 use proptest::prelude::*;
 use tower::{Layer, Service};
 
@@ -140,29 +142,6 @@ impl Kind {
     }
 }
 
-/// A token bucket in nanoseconds of credit: the independent model of one
-/// GCRA limit, refilled one nanosecond per nanosecond up to `interval ×
-/// burst`, and drained by `interval × cost` per admitted request.
-#[derive(Debug, Clone)]
-struct Bucket {
-    interval: u64,
-    capacity: u64,
-    credit: u64,
-    at: u64,
-}
-
-fn buckets(limits: &[(u64, u64)]) -> Vec<Bucket> {
-    limits
-        .iter()
-        .map(|&(interval, burst)| Bucket {
-            interval,
-            capacity: interval * burst,
-            credit: interval * burst,
-            at: 0,
-        })
-        .collect()
-}
-
 /// One tenant in the model: its plan's buckets and each class's.
 struct TenantModel {
     plan: Vec<Bucket>,
@@ -195,8 +174,7 @@ impl TenantModel {
         let all = self.plan.iter_mut().chain(class_buckets.iter_mut());
         let mut drawn: Vec<&mut Bucket> = all.collect();
         for bucket in drawn.iter_mut() {
-            bucket.credit = (bucket.credit + (now - bucket.at)).min(bucket.capacity);
-            bucket.at = now;
+            bucket.refill(now);
         }
         let admitted = drawn.iter().all(|b| b.credit >= b.interval * cost);
         if admitted {

@@ -74,16 +74,18 @@ struct Answer {
 }
 
 async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Answer {
-    let client: Client<HttpConnector, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::get(format!("http://{addr}/"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = client
-        .request(request.body(Empty::new()).unwrap())
-        .await
-        .unwrap();
+    fetch(request.body(Empty::new()).unwrap()).await
+}
+
+/// Sends `request` with a fresh client and reads the whole answer.
+async fn fetch(request: Request<Empty<bytes::Bytes>>) -> Answer {
+    let client: Client<HttpConnector, Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -354,23 +356,13 @@ async fn classify_by_route(
 }
 
 async fn send_with(addr: SocketAddr, method: &str, path: &str, tenant: &str) -> Answer {
-    let client: Client<HttpConnector, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
     let request = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
         .header("x-tenant-id", tenant)
         .body(Empty::new())
         .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
+    fetch(request).await
 }
 
 #[tokio::test]

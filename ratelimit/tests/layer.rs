@@ -2,6 +2,7 @@
 //! advanced, never slept.
 
 mod common;
+mod model;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,6 +16,7 @@ use floodgate_ratelimit::{
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Request, Response, StatusCode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use model::Bucket;
 use proptest::prelude::*;
 use tower::{Layer, Service};
 
@@ -332,21 +334,6 @@ plans = [{ name = "paid", limits = [{ requests = 1, per_seconds = 60 }] }]
     );
 }
 
-/// An independent model: one token bucket per limit, in nanoseconds.
-struct Bucket {
-    interval: u64,
-    capacity: u64,
-    credit: u64,
-    at: u64,
-}
-
-impl Bucket {
-    fn refill(&mut self, now: u64) {
-        self.credit = (self.credit + (now - self.at)).min(self.capacity);
-        self.at = now;
-    }
-}
-
 const MODEL_PLAN: &str = r#"
 [quotas]
 default_plan = "free"
@@ -383,19 +370,7 @@ fn matches_the_model(
     steps: Vec<(usize, u64)>,
 ) -> Result<(), TestCaseError> {
     let (mut service, clock) = on_fake_clock(plan);
-    let mut models: Vec<Vec<Bucket>> = (0..3)
-        .map(|_| {
-            limits
-                .iter()
-                .map(|&(interval, burst)| Bucket {
-                    interval,
-                    capacity: interval * burst,
-                    credit: interval * burst,
-                    at: 0,
-                })
-                .collect()
-        })
-        .collect();
+    let mut models: Vec<Vec<Bucket>> = (0..3).map(|_| model::buckets(limits)).collect();
     let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 3];
     let mut now = 0u64;
     for (tenant, advance_ms) in steps {
