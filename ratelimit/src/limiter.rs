@@ -115,7 +115,9 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let now = self.now();
         let hash = self.cell.hasher.hash(&key);
         let set = policy.resolve(&key, hash, now).set;
-        let (set, cost) = self.classify(&policy, head, &key, set);
+        // As `decide` classed it, which logged an unknown class already.
+        let extension = head.extensions.get::<RouteClass>();
+        let (set, _, cost) = policy.classify(head, extension, set);
         let checked = match redis.check(&key, hash, set, now, cost).await {
             Some(checked) => checked,
             None => redis.fallback(hash, set, now, cost),

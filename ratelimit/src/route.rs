@@ -92,7 +92,7 @@ impl RouteClass {
 pub(crate) type ClassIndex = usize;
 
 /// The classes and route table of a compiled policy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Routes {
     /// Class names to their index, sorted as the policy lists them.
     classes: HashMap<Box<str>, ClassIndex, foldhash::fast::FixedState>,
