@@ -266,3 +266,28 @@ fn the_cloudflare_example_policy_loads_with_both_targets() {
     assert_eq!(target.max_items, 10_000);
     assert!(!target.create_missing && !target.widen_ipv6);
 }
+
+#[test]
+fn more_route_classes_than_the_cap_is_an_error() {
+    let mut text = String::from(
+        "[quotas]\ndefault_plan = \"free\"\nplans = [{ name = \"free\", limits = [{ requests = 10, per_seconds = 1 }] }]\n",
+    );
+    let classes = floodgate_rules::policy::MAX_CLASSES + 1;
+    for i in 0..classes {
+        text.push_str(&format!(
+            "[[quotas.routes]]\nclass = \"c{i}\"\npath = \"/v1/c{i}\"\n"
+        ));
+    }
+    let error = Policy::from_toml(&text, "many.toml", TODAY)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "many.toml:4:1: error: quotas.routes: names {classes} route classes; at most 64 are allowed"
+        )),
+        "{error}"
+    );
+    // At the cap, it loads.
+    let at_cap = text.replace(&format!("class = \"c{}\"", classes - 1), "class = \"c0\"");
+    assert!(Policy::from_toml(&at_cap, "many.toml", TODAY).is_ok());
+}

@@ -373,9 +373,7 @@ pub(crate) fn check_quotas(checker: &mut Checker<'_>, raw: &Spanned<RawQuotas>) 
     })
 }
 
-/// Every class named anywhere, at most [`MAX_CLASSES`]. A class that plans
-/// limit but no route names is only reached through the service's
-/// extension, so with a route table it is more likely a typo: a warning.
+/// Every class named anywhere, at most [`MAX_CLASSES`].
 fn check_classes(
     checker: &mut Checker<'_>,
     raw: &RawQuotas,
@@ -404,40 +402,46 @@ fn check_classes(
         checker.error(span, "quotas.routes", message, help);
         return None;
     }
-    if !raw.routes.is_empty() {
-        let routed: Vec<&str> = raw
-            .routes
-            .iter()
-            .map(|r| r.get_ref().class.get_ref().as_str())
-            .collect();
-        let raw_classes = raw
-            .plans
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                Some((format!("quotas.plans[{i}]"), p.get_ref().classes.as_ref()?))
-            })
-            .chain(raw.overrides.iter().enumerate().filter_map(|(i, o)| {
-                Some((
-                    format!("quotas.overrides[{i}]"),
-                    o.get_ref().classes.as_ref()?,
-                ))
-            }));
-        for (path, table) in raw_classes {
-            for name in table.get_ref().keys() {
-                if routed.contains(&name.get_ref().as_str()) || !is_valid_name(name.get_ref()) {
-                    continue;
-                }
-                let message = format!("no route names class \"{}\"", name.get_ref());
-                let help = match closest(name.get_ref(), routed.iter().copied()) {
-                    Some(close) => format!("did you mean \"{close}\"?"),
-                    None => "add a [[quotas.routes]] entry for it, or have the service set the RouteClass extension".to_owned(),
-                };
-                checker.warn(name.span(), &format!("{path}.classes"), message, Some(help));
+    warn_unrouted_classes(checker, raw);
+    Some(classes)
+}
+
+/// Warns about a class that plans or overrides limit but no route names:
+/// with a route table, more likely a typo than a class only the service's
+/// extension sets.
+fn warn_unrouted_classes(checker: &mut Checker<'_>, raw: &RawQuotas) {
+    if raw.routes.is_empty() {
+        return;
+    }
+    let routed: Vec<&str> = raw
+        .routes
+        .iter()
+        .map(|r| r.get_ref().class.get_ref().as_str())
+        .collect();
+    let raw_classes = raw
+        .plans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((format!("quotas.plans[{i}]"), p.get_ref().classes.as_ref()?)))
+        .chain(raw.overrides.iter().enumerate().filter_map(|(i, o)| {
+            Some((
+                format!("quotas.overrides[{i}]"),
+                o.get_ref().classes.as_ref()?,
+            ))
+        }));
+    for (path, table) in raw_classes {
+        for name in table.get_ref().keys() {
+            if routed.contains(&name.get_ref().as_str()) || !is_valid_name(name.get_ref()) {
+                continue;
             }
+            let message = format!("no route names class \"{}\"", name.get_ref());
+            let help = match closest(name.get_ref(), routed.iter().copied()) {
+                Some(close) => format!("did you mean \"{close}\"?"),
+                None => "add a [[quotas.routes]] entry for it, or have the service set the RouteClass extension".to_owned(),
+            };
+            checker.warn(name.span(), &format!("{path}.classes"), message, Some(help));
         }
     }
-    Some(classes)
 }
 
 /// A route whose cost exceeds a limit's burst would be refused forever:
