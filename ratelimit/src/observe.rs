@@ -16,7 +16,7 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use metrics::Counter;
+use metrics::{Counter, Label};
 
 use crate::key::Key;
 use std::num::NonZeroU32;
@@ -34,17 +34,24 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub fn new(plan: &str) -> Counters {
-        let counter = |outcome: &'static str| metrics::counter!(REQUESTS_TOTAL, "plan" => plan.to_owned(), "outcome" => outcome);
-        Counters {
-            allowed: counter("allowed"),
-            shadowed: counter("shadowed"),
-            limited: counter("limited"),
-        }
+        Counters::labelled(vec![Label::new("plan", plan.to_owned())])
     }
 
     /// The counters of requests of `class` under `plan`.
     pub fn with_class(plan: &str, class: &str) -> Counters {
-        let counter = |outcome: &'static str| metrics::counter!(REQUESTS_TOTAL, "plan" => plan.to_owned(), "class" => class.to_owned(), "outcome" => outcome);
+        Counters::labelled(vec![
+            Label::new("plan", plan.to_owned()),
+            Label::new("class", class.to_owned()),
+        ])
+    }
+
+    /// One counter per outcome, each with `labels` and its outcome.
+    fn labelled(labels: Vec<Label>) -> Counters {
+        let counter = |outcome: &'static str| {
+            let mut labels = labels.clone();
+            labels.push(Label::new("outcome", outcome));
+            metrics::counter!(REQUESTS_TOTAL, labels)
+        };
         Counters {
             allowed: counter("allowed"),
             shadowed: counter("shadowed"),

@@ -191,7 +191,7 @@ impl CompiledPolicy {
             routes: &routes,
         };
         for plan in quotas.plans() {
-            sets.add(plan.name.as_str(), &plan.limits, plan.shadow, &plan.classes);
+            sets.add_plan(plan, &plan.classes);
         }
         let index_of = |plan: &Plan| {
             quotas
@@ -207,15 +207,12 @@ impl CompiledPolicy {
             };
             let with_classes = |base: &[ClassLimits]| overlay(base, &entry.classes);
             let sets = match &entry.grant {
-                Some(Grant::Plan(name)) if entry.classes.is_empty() => {
-                    let plan = quotas.plan(name.as_str()).expect("validated reference");
-                    OverrideSets::Fixed(index_of(plan))
-                }
                 Some(Grant::Plan(name)) => {
                     let plan = quotas.plan(name.as_str()).expect("validated reference");
-                    let classes = with_classes(&plan.classes);
-                    let label = plan.name.as_str();
-                    OverrideSets::Fixed(sets.add(label, &plan.limits, plan.shadow, &classes))
+                    OverrideSets::Fixed(match entry.classes.is_empty() {
+                        true => index_of(plan),
+                        false => sets.add_plan(plan, &with_classes(&plan.classes)),
+                    })
                 }
                 Some(Grant::Limits(limits)) => {
                     let classes = with_classes(&quotas.default_plan().classes);
@@ -225,11 +222,7 @@ impl CompiledPolicy {
                     quotas
                         .plans()
                         .iter()
-                        .map(|plan| {
-                            let classes = with_classes(&plan.classes);
-                            let label = plan.name.as_str();
-                            sets.add(label, &plan.limits, plan.shadow, &classes)
-                        })
+                        .map(|plan| sets.add_plan(plan, &with_classes(&plan.classes)))
                         .collect(),
                 ),
             };
@@ -332,6 +325,11 @@ struct SetBuilder<'r> {
 }
 
 impl SetBuilder<'_> {
+    /// Adds the set of `plan`'s limits with `classes`; returns its index.
+    fn add_plan(&mut self, plan: &Plan, classes: &[ClassLimits]) -> usize {
+        self.add(plan.name.as_str(), &plan.limits, plan.shadow, classes)
+    }
+
     /// Adds the set of `limits` with `classes`; returns its index.
     fn add(
         &mut self,

@@ -3,19 +3,17 @@
 //! limits, the RateLimit fields and the state a class costs.
 
 mod common;
-mod model;
+mod local;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::num::NonZeroUsize;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use floodgate_ratelimit::{RouteClass, Tenant, TenantRateLimitLayer};
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use model::{Bucket, buckets};
+use local::{Bucket, answer_now, buckets, ok_service};
 use proptest::prelude::*;
 use tower::{Layer, Service};
 
@@ -191,23 +189,8 @@ fn send<S, B>(service: &mut S, request: Request<()>) -> (StatusCode, HeaderMap, 
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
 {
-    let mut future = std::pin::pin!(service.call(request));
-    let Poll::Ready(Ok(response)) = future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    else {
-        panic!("the layer answers at once");
-    };
-    let (parts, body) = response.into_parts();
+    let (parts, body) = answer_now(service, request).into_parts();
     (parts.status, parts.headers, body)
-}
-
-fn ok_service()
--> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Unpin + Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_: Request<()>| std::future::ready(Ok(Response::new("ok".to_owned()))))
 }
 
 fn layer_on(

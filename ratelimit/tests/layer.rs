@@ -2,12 +2,10 @@
 //! advanced, never slept.
 
 mod common;
-mod model;
+mod local;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use floodgate_ratelimit::{
@@ -15,19 +13,10 @@ use floodgate_ratelimit::{
 };
 use governor::clock::FakeRelativeClock;
 use http::{HeaderMap, Request, Response, StatusCode};
+use local::{Bucket, answer_now, ok_service};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use model::Bucket;
 use proptest::prelude::*;
 use tower::{Layer, Service};
-
-/// A service that answers "ok" at once.
-fn ok_service()
--> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Unpin + Send>
-+ Clone
-+ Send
-+ 'static {
-    tower::service_fn(|_: Request<()>| std::future::ready(Ok(Response::new("ok".to_owned()))))
-}
 
 /// Sends one request for `tenant`; the inner service is ready at once, so
 /// one poll answers it.
@@ -52,13 +41,7 @@ fn send_request<S, B>(service: &mut S, request: Request<()>) -> (StatusCode, Hea
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
 {
-    let mut future = std::pin::pin!(service.call(request));
-    let Poll::Ready(Ok(response)) = future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    else {
-        panic!("the layer answers at once");
-    };
+    let response = answer_now(service, request);
     (response.status(), response.headers().clone())
 }
 
@@ -370,7 +353,7 @@ fn matches_the_model(
     steps: Vec<(usize, u64)>,
 ) -> Result<(), TestCaseError> {
     let (mut service, clock) = on_fake_clock(plan);
-    let mut models: Vec<Vec<Bucket>> = (0..3).map(|_| model::buckets(limits)).collect();
+    let mut models: Vec<Vec<Bucket>> = (0..3).map(|_| local::buckets(limits)).collect();
     let mut admitted: Vec<Vec<u64>> = vec![Vec::new(); 3];
     let mut now = 0u64;
     for (tenant, advance_ms) in steps {

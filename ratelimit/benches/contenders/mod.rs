@@ -78,9 +78,19 @@ pub fn floodgate(
     headers: HeaderMode,
     keys: Keys,
 ) -> impl Service<Request<Body>, Response = Response<impl Sized>> {
-    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(keys.policy()))
+    floodgate_on(keys.policy(), max_keys(clients), headers)
+}
+
+/// Floodgate's layer on the `[quotas]` of `policy` around [`noop`], keyed
+/// by peer IP.
+fn floodgate_on(
+    policy: &str,
+    max_keys: NonZeroUsize,
+    headers: HeaderMode,
+) -> impl Service<Request<Body>, Response = Response<impl Sized + use<>>> + use<> {
+    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(policy))
         .key(ClientIp::peer_only())
-        .max_keys(max_keys(clients))
+        .max_keys(max_keys)
         .headers(headers)
         .build()
         .unwrap();
@@ -108,13 +118,8 @@ plans = [{ name = "bench", limits = [{ requests = 1, per_seconds = 60, burst = 1
         policy.push_str(&route);
     }
     policy.push_str("\n[[quotas.routes]]\nclass = \"all\"\npath = \"/**\"\n");
-    let layer = TenantRateLimitLayer::builder(&crate::common::quotas(&policy))
-        .key(ClientIp::peer_only())
-        .max_keys(max_keys(clients * 2))
-        .headers(HeaderMode::default())
-        .build()
-        .unwrap();
-    layer.layer(noop())
+    // Each key holds a slot for its plan and one for its class.
+    floodgate_on(&policy, max_keys(clients * 2), HeaderMode::default())
 }
 
 /// tower_governor around [`noop`] with the same quota, keyed by peer IP.

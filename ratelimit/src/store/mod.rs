@@ -387,6 +387,29 @@ impl Store {
         }
     }
 
+    /// The shard of the key whose hash is `hash`: the low bits pick the slot
+    /// inside a shard, so the shard comes from others.
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 32) as usize & self.shard_mask]
+    }
+
+    /// Whether `state` has room for the slots `missing` counts. A full shard
+    /// is swept early, but at most once per an eighth of its checks, so a
+    /// spray of new keys can't make every check a full sweep.
+    fn has_room(
+        &self,
+        state: &mut ShardState,
+        now: u64,
+        missing: impl Fn(&KeyTable) -> usize,
+    ) -> bool {
+        let full = state.keys.len() + missing(&state.keys) > self.shard_capacity;
+        if full && state.checks_since_sweep >= self.shard_capacity / 8 {
+            state.sweep(now);
+        }
+        state.keys.len() + missing(&state.keys) <= self.shard_capacity
+    }
+
     /// Checks the key whose hash is `hash` against `limits` at `now`, and
     /// charges it `cost` units if every limit admits.
     #[inline]
@@ -398,9 +421,7 @@ impl Store {
         now: u64,
         cost: u64,
     ) -> PlanChecked {
-        // The low bits pick the slot inside a shard; use others for the shard.
-        let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
-        let mut state = shard.0.lock();
+        let mut state = self.shard(hash).0.lock();
         state.count_check(now);
         let charge = Charge {
             key: hash,
@@ -416,15 +437,8 @@ impl Store {
                 overflow: false,
             };
         }
-        // A new key. Full: sweep early, but at most once per an eighth of
-        // the shard's checks, so a spray of new keys can't make every check
-        // a full sweep.
-        let needed = slots_per_key(limits);
-        let full = state.keys.len() + needed > self.shard_capacity;
-        if full && state.checks_since_sweep >= self.shard_capacity / 8 {
-            state.sweep(now);
-        }
-        if state.keys.len() + needed <= self.shard_capacity {
+        // A new key.
+        if self.has_room(&mut state, now, |_| slots_per_key(limits)) {
             let (verdict, tats) = insert_and_check(&mut state.keys, charge);
             state.keys_changed();
             return Checked {
@@ -486,23 +500,16 @@ impl Store {
         (now, cost): (u64, u64),
     ) -> Checked {
         let slots = class_slots(hash, fingerprint, limits.len(), class);
-        let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
-        let mut state = shard.0.lock();
+        let mut state = self.shard(hash).0.lock();
         state.count_check(now);
         let mut found = positions(&state.keys, &slots);
         let missing =
             |found: &Positions| found[..slots.len()].iter().filter(|p| p.is_none()).count();
-        let mut needed = missing(&found);
-        if needed > 0 {
-            let full = state.keys.len() + needed > self.shard_capacity;
-            if full && state.checks_since_sweep >= self.shard_capacity / 8 {
-                state.sweep(now);
-                needed = missing(&positions(&state.keys, &slots));
-            }
-            if state.keys.len() + needed <= self.shard_capacity {
-                found = insert_slots(&mut state.keys, &slots);
-                state.keys_changed();
-            }
+        if missing(&found) > 0
+            && self.has_room(&mut state, now, |keys| missing(&positions(keys, &slots)))
+        {
+            found = insert_slots(&mut state.keys, &slots);
+            state.keys_changed();
         }
         if missing(&found) == 0 {
             let (verdict, tats) =

@@ -454,26 +454,25 @@ fn check_route_cost(
     (plans, overrides): (&[Plan], &[TenantOverride]),
 ) {
     let class = route.class.as_str();
-    let plan_sets = plans.iter().map(|p| {
-        let name = format!("plan \"{}\"", p.name);
-        (name, p.limits.as_slice(), p.class_limits(class))
+    // The smallest burst among limits and class limits, and whose it is.
+    let smallest = |limits: &[Limit], class_limits: Option<&[Limit]>| {
+        let all = limits.iter().chain(class_limits.unwrap_or_default());
+        all.map(|l| l.burst).min()
+    };
+    let by_plan = plans.iter().filter_map(|p| {
+        let burst = smallest(&p.limits, p.class_limits(class))?;
+        Some((burst, BurstOwner::Plan(&p.name)))
     });
-    let override_sets = overrides.iter().map(|o| {
-        let name = format!("the override of \"{}\"", o.tenant);
+    let by_override = overrides.iter().filter_map(|o| {
         let limits = match &o.grant {
             Some(Grant::Limits(limits)) => limits.as_slice(),
             _ => &[],
         };
-        (name, limits, o.class_limits(class))
+        let burst = smallest(limits, o.class_limits(class))?;
+        Some((burst, BurstOwner::Override(&o.tenant)))
     });
-    let smallest = plan_sets
-        .chain(override_sets)
-        .flat_map(|(name, limits, class_limits)| {
-            let all = limits.iter().chain(class_limits.unwrap_or_default());
-            all.map(move |l| (l.burst, name.clone()))
-        })
-        .min_by_key(|(burst, _)| *burst);
-    let (Some((burst, owner)), Some(cost)) = (smallest, &entry.get_ref().cost) else {
+    let tightest = by_plan.chain(by_override).min_by_key(|(burst, _)| *burst);
+    let (Some((burst, owner)), Some(cost)) = (tightest, &entry.get_ref().cost) else {
         return;
     };
     if route.cost > burst {
@@ -485,6 +484,21 @@ fn check_route_cost(
             "lower the cost to {burst} or less, or raise that burst"
         ));
         checker.error(cost.span(), &format!("{path}.cost"), message, help);
+    }
+}
+
+/// Whose limit a burst is, for [`check_route_cost`]'s error.
+enum BurstOwner<'a> {
+    Plan(&'a PlanName),
+    Override(&'a TenantId),
+}
+
+impl fmt::Display for BurstOwner<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BurstOwner::Plan(name) => write!(f, "plan \"{name}\""),
+            BurstOwner::Override(tenant) => write!(f, "the override of \"{tenant}\""),
+        }
     }
 }
 
