@@ -59,9 +59,7 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
     std::fs::write(&args.out, html(&result, policy))
         .map_err(|e| CliError::Input(format!("{}: {e}", args.out.display())))?;
     let output = match args.format {
-        Format::Json => {
-            serde_json::to_string_pretty(&summary_json(&result)).expect("serializes") + "\n"
-        }
+        Format::Json => crate::json_text::pretty(summary_json(&result)) + "\n",
         Format::Table => summary_text(&result, &args.out),
     };
     write_stdout(&output)?;

@@ -32,7 +32,7 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
                 "items": items,
                 "warnings": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             });
-            serde_json::to_string_pretty(&document).expect("review items serialize") + "\n"
+            crate::json_text::pretty(document) + "\n"
         }
     };
     write_stdout(&output)?;

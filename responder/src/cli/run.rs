@@ -177,7 +177,7 @@ async fn report_cycle(
 /// One CloudWatch embedded-metric-format record: whether the cycle
 /// succeeded, and how long it took.
 fn emf_line(responder: &str, succeeded: bool, seconds: f64, now_ms: i64) -> String {
-    serde_json::json!({
+    crate::json_text::line(serde_json::json!({
         "_aws": {
             "Timestamp": now_ms,
             "CloudWatchMetrics": [{
@@ -192,8 +192,7 @@ fn emf_line(responder: &str, succeeded: bool, seconds: f64, now_ms: i64) -> Stri
         "Responder": responder,
         "SuccessfulCycles": u8::from(succeeded),
         "CycleSeconds": seconds,
-    })
-    .to_string()
+    }))
 }
 
 /// Where a cycle stood with the lease, for people.
