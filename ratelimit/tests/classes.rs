@@ -2,8 +2,8 @@
 //! clock: the path table, the [`RouteClass`] extension, overrides of class
 //! limits, the RateLimit fields and the state a class costs.
 
-mod common;
-mod local;
+use crate::common;
+use crate::local;
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;

@@ -1,7 +1,7 @@
 //! A tonic gRPC server behind the layer answers a refused call with the
 //! gRPC status RESOURCE_EXHAUSTED, which a real tonic client reads as such.
 
-mod common;
+use crate::common;
 
 use floodgate_ratelimit::{TenantHeader, TenantRateLimitLayer};
 use http::header::HeaderName;

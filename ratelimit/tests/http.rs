@@ -1,6 +1,6 @@
 //! The layer in a real axum server on 127.0.0.1, driven by a real HTTP client.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;

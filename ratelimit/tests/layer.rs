@@ -1,8 +1,8 @@
 //! The layer around a plain tower service on governor's fake clock: time is
 //! advanced, never slept.
 
-mod common;
-mod local;
+use crate::common;
+use crate::local;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

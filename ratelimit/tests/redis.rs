@@ -2,7 +2,7 @@
 //! `scripts/test.sh` starts when none is running), and against Redis servers
 //! and a delaying proxy that the tests start themselves.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -676,8 +676,8 @@ fn an_ipv6_rotation_over_regions_is_counted_per_64() {
 /// a region and one attacker spread over all five, with a 1-minute and a
 /// 5-minute tier. Prints the
 /// figures for BENCHMARKS.md:
-/// `cargo test -p floodgate-responder --test cloudwatch_insights
-/// second_pass_cost -- --nocapture`.
+/// `cargo test -p floodgate-responder --test integration
+/// cloudwatch_insights::second_pass_cost -- --nocapture`.
 #[test]
 fn second_pass_cost_on_five_regions() {
     let regions: Vec<Vec<Event>> = (0..5)

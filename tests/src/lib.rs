@@ -1,93 +1,18 @@
-//! Helpers for the workspace's end-to-end tests: they run the real
-//! `floodgate` binary the way a user would.
+//! What the responder's tests share: a moto server per test, the Cloudflare
+//! API fake, WAF and Cloudflare log records, and the pinned tools of the
+//! Python venv. The tests that run the `floodgate` binary are in
+//! `responder/tests/e2e/`.
 
 pub mod cloudflare;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 
 /// The workspace root.
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits inside the workspace")
-}
-
-/// Path to the `floodgate` binary, built once per test process with the
-/// same cargo that runs the tests.
-pub fn floodgate_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let output = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "floodgate-responder",
-                "--bin",
-                "floodgate",
-                "--message-format",
-                "json",
-            ])
-            .current_dir(workspace_root())
-            .output()
-            .expect("cargo runs");
-        let messages: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect();
-        // With --message-format json the compiler's errors are on stdout.
-        let diagnostics: String = messages
-            .iter()
-            .filter_map(|m| m.get("message")?.get("rendered")?.as_str())
-            .collect();
-        assert!(
-            output.status.success(),
-            "building floodgate failed:\n{}{diagnostics}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        // The last compiler-artifact message for the binary names its path.
-        messages
-            .iter()
-            .filter_map(|message| message.get("executable")?.as_str().map(PathBuf::from))
-            .next_back()
-            .expect("cargo reported the floodgate executable")
-    })
-}
-
-/// examples/local.toml (the embedded default) with its log paths pointing
-/// at `logs` and `extra` appended, written to `dir/local.toml`.
-pub fn local_policy(dir: &Path, logs: &Path, extra: &str) -> PathBuf {
-    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
-        .expect("examples/local.toml is readable");
-    let text = text.replace(
-        "paths = [\"examples/logs\"]",
-        &format!("paths = [\"{}\"]", logs.display()),
-    ) + extra;
-    let path = dir.join("local.toml");
-    std::fs::write(&path, text).expect("the policy is written");
-    path
-}
-
-/// Runs `floodgate` with `args` from the workspace root.
-pub fn floodgate(args: &[&str]) -> Output {
-    Command::new(floodgate_bin())
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .expect("floodgate runs")
-}
-
-/// A command's standard output, as text.
-pub fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A command's standard error, as text.
-pub fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A program from the Python venv that `scripts/test.sh` creates (moto,

@@ -1,9 +1,9 @@
 //! `floodgate top` and `floodgate gen-logs`, run as a user runs them,
 //! against files and against moto's CloudWatch Logs.
 
+use super::{MotoServer, floodgate, floodgate_bin, stderr, wall_clock_ms};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use floodgate_responder::waflog::parse_hit_full_only;
-use floodgate_tests::{MotoServer, floodgate, floodgate_bin, stderr, wall_clock_ms};
 use serde_json::Value;
 
 fn json(output: &std::process::Output) -> Value {
@@ -264,4 +264,31 @@ async fn top_reads_the_policy_source_from_cloudwatch_logs() {
     assert_eq!(report["offenders"][0]["key"], "203.0.113.9");
     assert_eq!(report["offenders"][0]["requests"], 30);
     assert_eq!(report["offenders"][0]["tier"], "block");
+}
+
+/// `floodgate top | head -1`: a reader that closes the pipe early is not a
+/// failure of the command, so the pipeline's status stays 0.
+#[test]
+fn a_reader_that_closes_the_pipe_early_leaves_exit_code_zero() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(floodgate_bin())
+        .args([
+            "top",
+            "--logs",
+            "examples/logs",
+            "--config",
+            "examples/floodgate.toml",
+            "--now",
+            "2026-11-20T10:05:00Z",
+        ])
+        .current_dir(super::workspace_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the command writes its table.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("error"), "{}", stderr(&output));
 }

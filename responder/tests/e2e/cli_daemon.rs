@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use floodgate_tests::{floodgate_bin, workspace_root};
+use super::{floodgate_bin, workspace_root};
 
 /// GET `path` on the daemon: the status line and the body.
 fn get(port: u16, path: &str) -> Option<(String, String)> {

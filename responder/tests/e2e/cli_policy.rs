@@ -1,6 +1,6 @@
 //! `floodgate check` and `floodgate review`, run as a user runs them.
 
-use floodgate_tests::{floodgate, stderr, stdout};
+use super::{floodgate, stderr, stdout};
 use serde_json::Value;
 
 const EXAMPLE: &str = "examples/floodgate.toml";
@@ -272,7 +272,7 @@ fn version_names_the_release_and_the_commit_it_was_built_from() {
     assert_eq!(output.status.code(), Some(0));
     let head = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
-        .current_dir(floodgate_tests::workspace_root())
+        .current_dir(super::workspace_root())
         .output()
         .unwrap();
     let head = String::from_utf8_lossy(&head.stdout);

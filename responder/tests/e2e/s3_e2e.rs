@@ -7,8 +7,8 @@
 use std::io::Read;
 use std::process::Output;
 
+use super::{MotoServer, floodgate_bin, gzip_lines, stderr, workspace_root};
 use aws_sdk_wafv2::types::Scope;
-use floodgate_tests::{MotoServer, floodgate_bin, gzip_lines, stderr, workspace_root};
 use serde_json::Value;
 
 const BUCKET: &str = "aws-waf-logs-sample";

@@ -15,9 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::{MotoServer, burst, floodgate_bin, wall_clock_ms};
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::{parse_instant, unix_ms};
-use floodgate_tests::{MotoServer, burst, floodgate_bin, wall_clock_ms};
 use serde_json::Value;
 
 const REGION: &str = "eu-west-1";

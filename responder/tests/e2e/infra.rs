@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use floodgate_tests::{floodgate, venv_bin, workspace_root};
+use super::{floodgate, venv_bin, workspace_root};
 use serde_json::Value;
 
 /// The day the committed templates were rendered for (expiry decides which
@@ -150,7 +150,7 @@ fn cfn_lint_passes_the_scheduled_mode_with_no_warnings() {
 #[test]
 fn cfn_lint_rejects_a_broken_template() {
     // So the check above cannot pass by checking nothing.
-    let output = cfn_lint(&["tests/fixtures/infra/broken-waf.yaml"]);
+    let output = cfn_lint(&["responder/tests/fixtures/infra/broken-waf.yaml"]);
     assert_ne!(output.status.code(), Some(0));
     let report = String::from_utf8_lossy(&output.stdout);
     for expected in [

@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use super::cloudflare::{FakeCloudflare, Fault};
+use super::{MotoServer, floodgate_bin, local_policy, waf_record, wall_clock_ms};
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::rfc3339_from_ms;
-use floodgate_tests::cloudflare::{FakeCloudflare, Fault};
-use floodgate_tests::{MotoServer, floodgate_bin, local_policy, waf_record, wall_clock_ms};
 use serde_json::Value;
 
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use floodgate_tests::{floodgate_bin, local_policy as policy_in, stderr, stdout, workspace_root};
+use super::{floodgate_bin, local_policy as policy_in, stderr, stdout, workspace_root};
 use serde_json::Value;
 
 fn run_at(dir: &Path, policy: &Path, now: &str) -> std::process::Output {

@@ -10,9 +10,9 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use super::{MotoServer, burst, floodgate_bin, wall_clock_ms, workspace_root};
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::rfc3339_from_ms;
-use floodgate_tests::{MotoServer, burst, floodgate_bin, wall_clock_ms, workspace_root};
 use serde_json::Value;
 
 const REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "ap-southeast-2"];

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use floodgate_tests::{floodgate, stderr, venv_bin, workspace_root};
+use super::{floodgate, stderr, venv_bin, workspace_root};
 use serde_json::Value;
 
 const MANIFEST: &str = "infra/kubernetes/floodgate.yaml";
@@ -50,7 +50,7 @@ fn the_manifest_passes_the_kubernetes_schemas_and_a_broken_one_does_not() {
         String::from_utf8_lossy(&output.stdout),
         stderr(&output)
     );
-    let broken = validate("tests/fixtures/kubernetes/broken.yaml");
+    let broken = validate("responder/tests/fixtures/kubernetes/broken.yaml");
     assert_ne!(broken.status.code(), Some(0));
     let report = format!(
         "{}{}",

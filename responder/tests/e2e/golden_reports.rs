@@ -4,13 +4,13 @@
 //!
 //! Timings are the only part that differs between runs; they are written
 //! as 0 before comparing. Regenerate the golden file after an intended
-//! change with `FLOODGATE_BLESS=1 cargo test -p floodgate-tests --test
-//! golden_reports`, and review its diff.
+//! change with `FLOODGATE_BLESS=1 cargo test -p floodgate-responder --test
+//! integration e2e::golden_reports`, and review its diff.
 
 use std::path::Path;
 use std::process::Command;
 
-use floodgate_tests::{floodgate_bin, local_policy, stderr, workspace_root};
+use super::{floodgate_bin, local_policy, stderr, workspace_root};
 
 const GOLDEN: &str = "fixtures/golden/reports.txt";
 
@@ -191,7 +191,7 @@ fn reports() -> String {
 #[test]
 fn reports_match_the_golden_file() {
     let actual = reports();
-    let path = workspace_root().join("tests").join(GOLDEN);
+    let path = workspace_root().join("responder/tests").join(GOLDEN);
     if std::env::var_os("FLOODGATE_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &actual).unwrap();

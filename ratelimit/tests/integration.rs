@@ -1,0 +1,11 @@
+//! The middleware's integration tests, one module per subject, in one
+//! binary (tests/events.rs has one of its own, for tracing's sake).
+
+mod common;
+mod local;
+
+mod classes;
+mod grpc;
+mod http;
+mod layer;
+mod redis;
