@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
 # (a Python venv with pinned moto, cfn-lint and kubernetes-validate, a Redis
-# server if none is running, debootstrap), checks the container image's
-# runtime stage, then runs the format and lint gates and every test.
+# server if none is running, debootstrap), runs the format and lint gates
+# and every test, then checks the container image's runtime stage with the
+# binary the tests ran.
 #
 #   scripts/test.sh
 #
@@ -52,19 +53,6 @@ if ! redis_up; then
 fi
 echo "redis answers PONG"
 
-# --- The container image's runtime stage -----------------------------------
-# No container engine runs here: scripts/verify-image.sh builds the runtime
-# stage's root filesystem with debootstrap (from the Debian mirror) and runs
-# the release binary in it as uid 10001.
-step "Container runtime stage (scripts/verify-image.sh)"
-command -v debootstrap >/dev/null || apt_install debootstrap
-command -v openssl >/dev/null || apt_install openssl
-if command -v debootstrap >/dev/null; then
-    scripts/verify-image.sh
-else
-    echo "debootstrap could not be installed: the runtime stage is not checked"
-fi
-
 # --- Rust gates and tests ---------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -76,5 +64,17 @@ step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+# --- The container image's runtime stage -----------------------------------
+# No container engine runs here: scripts/verify-image.sh builds the runtime
+# stage's root filesystem with debootstrap (from the Debian mirror) and runs
+# the binary in it as uid 10001.
+step "Container runtime stage (scripts/verify-image.sh)"
+command -v debootstrap >/dev/null || apt_install debootstrap
+command -v openssl >/dev/null || apt_install openssl
+FLOODGATE_BINARY=target/debug/floodgate scripts/verify-image.sh | tee -a "$log"
 # One closing line for the whole workspace (cargo prints one per test binary).
-awk '/^test result:/ { passed += $4; failed += $6 } END { printf "\ntotal: %d passed, %d failed\n", passed, failed }' "$log"
+# The image check's own line ("verify-image: N passed, 0 failed") counts too.
+awk '/^test result:/ { passed += $4; failed += $6 }
+     /^verify-image: [0-9]+ passed/ { passed += $2; failed += $4 }
+     END { printf "\ntotal: %d passed, %d failed\n", passed, failed }' "$log"

@@ -16,9 +16,15 @@
 #
 #   scripts/verify-image.sh            # needs root, debootstrap and openssl
 #
-# The root filesystem is kept in target/verify-image/ and reused while the
-# Dockerfile is unchanged. DEBIAN_MIRROR overrides the mirror (default: the
-# first one apt uses here).
+# FLOODGATE_BINARY names the binary to copy in (default: a release build).
+# scripts/test.sh passes the one its tests built: the runtime stage's
+# checks (shared libraries, CA roots, uid) do not depend on the profile,
+# and a second, release build of the whole tree would double the test time.
+#
+# The root filesystem is cached in ~/.cache/floodgate/verify-image/
+# (FLOODGATE_CACHE overrides ~/.cache/floodgate) and reused, by every clone,
+# while the Dockerfile's release and runtime RUN are unchanged.
+# DEBIAN_MIRROR overrides the mirror (default: the first one apt uses here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -55,18 +61,20 @@ mirror=${DEBIAN_MIRROR:-$(apt_mirror || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
 
 work=$root/target/verify-image
-rootfs=$work/rootfs
+mkdir -p "$work"
+cache=${FLOODGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/floodgate}/verify-image
+rootfs=$cache/rootfs
 stamp=$(printf '%s\n%s\n' "$release" "$runtime_run" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$work/rootfs.stamp" 2>/dev/null)" != "$stamp" ]; then
+if [ "$(cat "$cache/rootfs.stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "verify-image: debootstrap $release from $mirror into $rootfs"
-    rm -rf "$rootfs" "$work/rootfs.stamp"
-    mkdir -p "$work"
-    debootstrap --variant=minbase "$release" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
-        || fail "debootstrap; see $work/debootstrap.log"
+    rm -rf "$rootfs" "$cache/rootfs.stamp"
+    mkdir -p "$cache"
+    debootstrap --variant=minbase "$release" "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+        || fail "debootstrap; see $cache/debootstrap.log"
     cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
-    chroot "$rootfs" /bin/sh -c "$runtime_run" >"$work/runtime-run.log" 2>&1 \
-        || fail "the Dockerfile's runtime RUN; see $work/runtime-run.log"
-    echo "$stamp" >"$work/rootfs.stamp"
+    chroot "$rootfs" /bin/sh -c "$runtime_run" >"$cache/runtime-run.log" 2>&1 \
+        || fail "the Dockerfile's runtime RUN; see $cache/runtime-run.log"
+    echo "$stamp" >"$cache/rootfs.stamp"
 fi
 pass "root filesystem: debootstrap $release + the Dockerfile's runtime RUN ($(du -sh "$rootfs" | cut -f1))"
 
