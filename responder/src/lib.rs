@@ -1,36 +1,51 @@
 //! The Floodgate responder: the `floodgate` command's library.
+//! ARCHITECTURE.md, at the repository's root, draws how these fit.
 //!
-//! - [`cli`]: the commands, a thin shell over the modules below.
-//! - [`waflog`]: AWS WAF log records, fast path and full parse.
-//! - [`source`]: the `LogSource` seam: files, Logs Insights, raw events.
-//! - [`traffic`]: requests per client IP per window.
+//! A cycle, in the order it runs:
+//! - [`source`]: the `LogSource` seam: local files, S3 objects, Logs
+//!   Insights queries, raw CloudWatch Logs events.
+//! - [`waflog`] and [`cloudflare_log`]: the two log formats, AWS WAF's
+//!   records and Cloudflare's Logpush `http_requests`, each read into the
+//!   same hit.
+//! - [`traffic`]: requests per key (an address cut to a prefix) per window.
 //! - [`detect`]: tiers and the allow-list applied to the counts.
-//! - [`infra`]: CloudFormation from the policy.
 //! - [`ledger`]: the `Ledger` seam, with file and DynamoDB backends.
+//! - [`plan`]: the pure block plan: expiry, escalation, circuit breaker,
+//!   the allow-list cut out of the sets.
 //! - [`lease`]: which responder of a primary/standby pair may apply.
-//! - [`plan`]: the pure block plan.
+//! - [`sink`]: where blocks go, the `WafTarget` seam: WAFv2 IP sets (each
+//!   region and CloudFront), a Cloudflare IP list, files.
+//! - `alert` (private): webhook alerts for what a cycle saw.
 //! - [`cycle`]: one responder cycle from its parts, and its report.
-//! - [`sink`]: where blocks go, the `WafTarget` seam: WAFv2 IP sets and files.
-//! - [`loggen`]: synthetic WAF logs.
-//! - [`aws`]: AWS clients and their retry policy.
-//! - [`clock`]: the only reader of the system time.
+//!
+//! Around it:
+//! - [`cli`]: the commands, a thin shell over the modules here; `daemon`
+//!   (private) runs cycles on the schedule with `/healthz` and `/metrics`.
+//! - `backtest` (private): a policy replayed over historical logs.
+//! - `infra` (private): CloudFormation from the policy (`render-infra`).
+//! - [`loggen`]: synthetic WAF and Cloudflare logs.
 //! - [`policy_file`]: reads the policy file from disk.
+//! - [`aws`]: AWS clients and their retry policy; `http_client` (private):
+//!   the HTTPS client for Cloudflare and webhooks.
+//! - [`clock`]: the only reader of the system time.
+//! - `atomic_file` (private): state files a crash cannot tear.
 
 // The CloudFormation templates in `infra` are deeply nested `json!` literals.
 #![recursion_limit = "512"]
 
-pub mod alert;
-pub mod atomic_file;
+mod alert;
+mod atomic_file;
 pub mod aws;
-pub mod backtest;
+mod backtest;
 pub mod cli;
 pub mod clock;
 pub mod cloudflare_log;
 pub mod cycle;
-pub mod daemon;
+mod daemon;
 pub mod detect;
-pub mod http_client;
-pub mod infra;
+mod http_client;
+mod infra;
+mod json_text;
 pub mod lease;
 pub mod ledger;
 pub mod loggen;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use floodgate_responder::cli::{self, Cli, LogFormat, Status};
+use floodgate_responder::cli::{self, Cli, CliError, LogFormat, Status};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -25,6 +25,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli::run(cli) {
         Ok(status) => ExitCode::from(status.code()),
+        // A reader that stopped reading (`floodgate top | head`) is not a
+        // failure of the command.
+        Err(CliError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("floodgate: error: {:#}", anyhow::Error::from(error));
             ExitCode::from(Status::Invalid.code())

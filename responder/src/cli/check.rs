@@ -2,19 +2,19 @@
 
 use floodgate_rules::Policy;
 
-use super::{CheckArgs, CliError, Status, load_policy, plural};
+use super::{CheckArgs, CliError, Status, load_policy, plural, write_stdout};
 
 /// Validates the policy, printing every diagnostic and a one-line summary.
 pub(super) fn run(args: &CheckArgs) -> Result<Status, CliError> {
     let Some(loaded) = load_policy(&args.policy)? else {
         return Ok(Status::Invalid);
     };
-    println!(
-        "{}: valid: {}; {}",
+    write_stdout(&format!(
+        "{}: valid: {}; {}\n",
         args.policy.config.display(),
         summary(&loaded.policy),
         plural(loaded.warnings.len(), "warning")
-    );
+    ))?;
     Ok(Status::Success)
 }
 

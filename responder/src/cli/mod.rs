@@ -537,7 +537,6 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
     }
 }
 
-/// Writes a command's result to stdout.
 /// A line on stderr when S3 objects were skipped (each was logged with its
 /// key and reason as it happened).
 fn warn_skipped_objects(stats: &crate::traffic::Stats) {
@@ -549,6 +548,8 @@ fn warn_skipped_objects(stats: &crate::traffic::Stats) {
     }
 }
 
+/// Writes a command's result to stdout. A closed pipe comes back as
+/// [`CliError::Output`], which `main` takes for a reader that has enough.
 fn write_stdout(text: &str) -> Result<(), CliError> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
