@@ -196,7 +196,7 @@ pub fn raise(
                     raised.push(Alert::TargetFailing {
                         target: report.target.clone(),
                         cycles: *cycles,
-                        error: error.clone(),
+                        error: error.to_string(),
                     });
                 }
             }
@@ -349,7 +349,12 @@ mod tests {
             calls: Default::default(),
             left_out: Vec::new(),
         };
-        let failed = || vec![report(Outcome::Failed("throttled".to_owned()))];
+        let failed = || {
+            vec![report(Outcome::Failed(crate::sink::TargetError::new(
+                crate::failure::FailureKind::Throttled { retry_after: None },
+                "throttled",
+            )))]
+        };
         let mut state = AlertState::default();
         assert!(raise(&policy, &config, &[], &planned, &failed(), &mut state, 0).is_empty());
         let second = raise(&policy, &config, &[], &planned, &failed(), &mut state, 0);

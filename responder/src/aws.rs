@@ -8,6 +8,8 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+use crate::failure::FailureKind;
+
 /// The retry policy of every AWS client: the SDK's standard mode retries
 /// throttling, transient and 5xx errors with jittered exponential backoff.
 pub fn retry_config() -> RetryConfig {
@@ -51,6 +53,89 @@ where
             _ => service.to_string(),
         },
         None => DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// What kind of failure an SDK error is, for the cycle to decide on: by the
+/// service's error code where AWS documents one, else by the HTTP status,
+/// else by how the call failed (a timeout or a broken connection is
+/// transient). Every AWS client shares these error types.
+pub fn failure_kind<E>(
+    error: &aws_sdk_cloudwatchlogs::error::SdkError<
+        E,
+        aws_sdk_cloudwatchlogs::config::http::HttpResponse,
+    >,
+) -> FailureKind
+where
+    E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, SdkError};
+    match error {
+        SdkError::ConstructionFailure(_) => FailureKind::Invalid,
+        // The SDK reports credentials it could not load (none configured,
+        // an unreachable instance role) as a dispatch failure of kind other.
+        SdkError::DispatchFailure(failure)
+            if failure.is_other()
+                && DisplayErrorContext(error)
+                    .to_string()
+                    .contains("credentials") =>
+        {
+            FailureKind::Denied
+        }
+        SdkError::ServiceError(context) => match context.err().code() {
+            Some(
+                "ThrottlingException"
+                | "Throttling"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "ProvisionedThroughputExceededException"
+                | "SlowDown"
+                | "WAFLimitsExceededException",
+            ) => FailureKind::Throttled { retry_after: None },
+            Some(
+                "AccessDeniedException"
+                | "AccessDenied"
+                | "UnrecognizedClientException"
+                | "InvalidClientTokenId"
+                | "ExpiredTokenException"
+                | "ExpiredToken"
+                | "InvalidSignatureException"
+                | "SignatureDoesNotMatch"
+                | "MissingAuthenticationToken",
+            ) => FailureKind::Denied,
+            Some(
+                "WAFNonexistentItemException"
+                | "ResourceNotFoundException"
+                | "NoSuchBucket"
+                | "NoSuchKey",
+            ) => FailureKind::NotFound,
+            Some(
+                "WAFOptimisticLockException"
+                | "ConditionalCheckFailedException"
+                | "TransactionConflictException",
+            ) => FailureKind::Conflict,
+            Some(
+                "WAFInvalidParameterException"
+                | "WAFInvalidOperationException"
+                | "ValidationException"
+                | "InvalidParameterException",
+            ) => FailureKind::Invalid,
+            Some(
+                "WAFInternalErrorException"
+                | "InternalFailure"
+                | "InternalServerError"
+                | "InternalServerException"
+                | "ServiceUnavailable"
+                | "ServiceUnavailableException",
+            ) => FailureKind::Unavailable,
+            // An error without a code: its HTTP status says what it is; one
+            // that has no error status either is taken as transient.
+            _ => match context.raw().status().as_u16() {
+                status @ 400.. => FailureKind::from_http_status(status, None),
+                _ => FailureKind::Unavailable,
+            },
+        },
+        _ => FailureKind::Unavailable,
     }
 }
 

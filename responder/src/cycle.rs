@@ -22,8 +22,8 @@ use crate::lease::{ConfiguredLease, LeaseError, Standing};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerError, LedgerState, UpdateError, update};
 use crate::plan::{BlockPlan, Capacity, adopt, plan};
 use crate::sink::{
-    ApiCalls, ConfiguredTarget, LeftOut, Outcome, TargetReport, Unguarded, WafTarget, WriteGuard,
-    apply_all_guarded,
+    ApiCalls, ConfiguredTarget, LeftOut, Outcome, TargetError, TargetReport, Unguarded, WafTarget,
+    WriteGuard, apply_all_guarded,
 };
 use crate::source::{ConfiguredSource, LogSource, SourceError};
 use crate::traffic::{SecondPass, Stats, Traffic};
@@ -114,7 +114,7 @@ pub enum CycleError {
         /// The target's label.
         target: String,
         /// Why.
-        message: String,
+        message: TargetError,
     },
     /// The ledger could not be read or saved.
     #[error(transparent)]

@@ -27,6 +27,7 @@
 //! - [`policy_file`]: reads the policy file from disk.
 //! - [`aws`]: AWS clients and their retry policy; `http_client` (private):
 //!   the HTTPS client for Cloudflare and webhooks.
+//! - [`failure`]: the kinds of failure every seam's errors carry.
 //! - [`clock`]: the only reader of the system time.
 //! - `atomic_file` (private): state files a crash cannot tear.
 
@@ -43,6 +44,7 @@ pub mod cloudflare_log;
 pub mod cycle;
 mod daemon;
 pub mod detect;
+pub mod failure;
 mod http_client;
 mod infra;
 mod json_text;

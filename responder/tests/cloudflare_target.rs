@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use floodgate_responder::failure::FailureKind;
 use floodgate_responder::sink::cloudflare::CloudflareTarget;
 use floodgate_responder::sink::{BlockNote, DesiredSets, Outcome, WafTarget};
 use floodgate_rules::policy::{CloudflareListName, CloudflareTarget as Config};
@@ -307,7 +308,8 @@ async fn rate_limits_and_outages_are_retried_and_a_failed_operation_fails_the_ta
     let Outcome::Failed(reason) = &report.outcome else {
         panic!("the operation failed: {:?}", report.outcome);
     };
-    assert!(reason.contains("failed: internal error"), "{reason}");
+    assert!(reason.detail.contains("failed: internal error"), "{reason}");
+    assert_eq!(reason.kind, FailureKind::Invalid);
     assert_eq!(fake.ips(LIST), ["198.51.100.7"], "nothing was applied");
 
     // The next run converges.
@@ -324,7 +326,13 @@ async fn rate_limits_and_outages_are_retried_and_a_failed_operation_fails_the_ta
     let Outcome::Failed(reason) = &report.outcome else {
         panic!("an hour's wait fails this run: {:?}", report.outcome);
     };
-    assert!(reason.contains("rate limited (429)"), "{reason}");
+    assert!(reason.detail.contains("rate limited (429)"), "{reason}");
+    assert_eq!(
+        reason.kind,
+        FailureKind::Throttled {
+            retry_after: Some(std::time::Duration::from_secs(3600))
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,26 +347,32 @@ async fn a_missing_list_token_or_permission_fails_with_the_fix() {
         panic!("no list: {:?}", report.outcome);
     };
     assert!(
-        reason.contains("no list named floodgate_blocked"),
+        reason.detail.contains("no list named floodgate_blocked"),
         "{reason}"
     );
-    assert!(reason.contains("create_missing = true"), "{reason}");
+    assert!(reason.detail.contains("create_missing = true"), "{reason}");
+    assert_eq!(reason.kind, FailureKind::NotFound);
 
     let unset = CloudflareTarget::new(config(&fake), None, Vec::new());
     let Outcome::Failed(reason) = unset.apply(&DesiredSets::default()).await.outcome else {
         panic!("no token");
     };
     assert!(
-        reason.contains("CLOUDFLARE_API_TOKEN is not set"),
+        reason.detail.contains("CLOUDFLARE_API_TOKEN is not set"),
         "{reason}"
     );
+    assert_eq!(reason.kind, FailureKind::Denied);
 
     let wrong = CloudflareTarget::new(config(&fake), Some("wrong".to_owned()), Vec::new());
     let Outcome::Failed(reason) = wrong.apply(&DesiredSets::default()).await.outcome else {
         panic!("a wrong token");
     };
-    assert!(reason.contains("403"), "{reason}");
-    assert!(reason.contains("Account Filter Lists Edit"), "{reason}");
+    assert!(reason.detail.contains("403"), "{reason}");
+    assert!(
+        reason.detail.contains("Account Filter Lists Edit"),
+        "{reason}"
+    );
+    assert_eq!(reason.kind, FailureKind::Denied);
 
     fake.add_list(LIST, "hostname", &[]);
     let Outcome::Failed(reason) = target(config(&fake), &[])
@@ -368,5 +382,6 @@ async fn a_missing_list_token_or_permission_fails_with_the_fix() {
     else {
         panic!("a hostname list");
     };
-    assert!(reason.contains("holds hostname items"), "{reason}");
+    assert!(reason.detail.contains("holds hostname items"), "{reason}");
+    assert_eq!(reason.kind, FailureKind::Invalid);
 }

@@ -15,8 +15,9 @@ use aws_sdk_wafv2::types::error::{
 use aws_sdk_wafv2::types::{IpAddressVersion, IpSet, IpSetSummary};
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use floodgate_responder::aws::retry_config;
+use floodgate_responder::failure::FailureKind;
 use floodgate_responder::sink::wafv2::Wafv2Target;
-use floodgate_responder::sink::{DesiredSets, Outcome, WafTarget, apply_all};
+use floodgate_responder::sink::{DesiredSets, Outcome, TargetError, WafTarget, apply_all};
 use floodgate_rules::policy::{Region, WafScope};
 use ipnet::IpNet;
 
@@ -158,10 +159,13 @@ async fn a_lock_conflict_that_never_clears_fails_the_target_not_the_run() {
         .apply(&desired(&["203.0.113.66/32"]))
         .await;
     match report.outcome {
-        Outcome::Failed(reason) => assert!(
-            reason.contains("lock conflict after 6 attempts"),
-            "{reason}"
-        ),
+        Outcome::Failed(reason) => {
+            assert!(
+                reason.detail.contains("lock conflict after 6 attempts"),
+                "{reason}"
+            );
+            assert_eq!(reason.kind, FailureKind::Conflict);
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(update.num_calls(), 6);
@@ -262,6 +266,56 @@ async fn one_region_failing_never_stops_the_others() {
     );
 }
 
+/// The kind of each failure reaches the cycle: denied credentials and a
+/// missing set are not worth retrying; an outage is.
+#[tokio::test(start_paused = true)]
+async fn a_failure_says_what_kind_it_is() {
+    use aws_sdk_wafv2::error::ErrorMetadata;
+    let denied = mock!(Client::get_ip_set).then_error(|| {
+        GetIPSetError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDeniedException")
+                .message("not authorized to perform wafv2:GetIPSet")
+                .build(),
+        )
+    });
+    let report = target(&[&listed("id-1"), &denied], "eu-west-1")
+        .read()
+        .await
+        .unwrap_err();
+    assert_eq!(report.kind, FailureKind::Denied);
+    assert!(
+        report
+            .detail
+            .starts_with("GetIPSet fg-v4: AccessDeniedException: not authorized"),
+        "{report}"
+    );
+    assert!(!report.kind.is_transient());
+
+    let outage = mock!(Client::get_ip_set).then_error(|| {
+        GetIPSetError::generic(
+            ErrorMetadata::builder()
+                .code("WAFInternalErrorException")
+                .message("WAF is down in this region")
+                .build(),
+        )
+    });
+    let report = target(&[&listed("id-1"), &outage], "eu-west-1")
+        .read()
+        .await
+        .unwrap_err();
+    assert_eq!(report.kind, FailureKind::Unavailable);
+    assert!(report.kind.is_transient());
+
+    let empty = mock!(Client::list_ip_sets).then_output(|| ListIpSetsOutput::builder().build());
+    let missing = target(&[&empty], "eu-west-1").read().await.unwrap_err();
+    assert_eq!(missing.kind, FailureKind::NotFound);
+    assert!(
+        missing.detail.contains("create_missing = true"),
+        "{missing}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn throttling_is_retried_by_the_shared_retry_policy() {
     let list = listed("id-1");
@@ -330,7 +384,10 @@ async fn no_target_is_written_once_the_guard_refuses() {
     );
     assert_eq!(
         reports[1].outcome,
-        Outcome::Failed("not written: the lease is no longer ours".to_owned())
+        Outcome::Failed(TargetError::new(
+            FailureKind::Fenced,
+            "not written: the lease is no longer ours"
+        ))
     );
     assert_eq!(reports[1].calls.total(), 0);
     assert_eq!(

@@ -120,7 +120,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
                 text(&exclude(&held, &found.nets)),
                 None,
             ),
-            Err(error) => (Vec::new(), Vec::new(), Some(error)),
+            Err(error) => (Vec::new(), Vec::new(), Some(error.to_string())),
         };
         targets.push(TargetStatus {
             target: label,

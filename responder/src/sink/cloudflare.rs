@@ -46,8 +46,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ApiCalls, BlockNote, Contents, DesiredSets, LeftOut, Outcome, TargetReport, WafTarget,
+    ApiCalls, BlockNote, Contents, DesiredSets, LeftOut, Outcome, TargetError, TargetReport,
+    WafTarget,
 };
+use crate::failure::FailureKind;
 use crate::http_client::{HttpsClient, https_client};
 
 /// Attempts per API call before the target is reported failed.
@@ -72,11 +74,11 @@ const IPV6_PREFIXES: std::ops::RangeInclusive<u8> = 4..=64;
 pub struct CloudflareTarget {
     config: Config,
     /// The API token, from the variable `api_token_env` names.
-    token: Result<String, String>,
+    token: Result<String, TargetError>,
     /// Addresses the allow-list holds: an IPv6 address is never widened
     /// over one.
     allowed: Vec<IpNet>,
-    client: Result<HttpsClient, String>,
+    client: Result<HttpsClient, TargetError>,
     /// First pause after a 429 without `Retry-After`, or a 5xx; doubles.
     backoff: Duration,
 }
@@ -92,9 +94,13 @@ struct Item {
 
 impl Item {
     /// The address or range the item holds.
-    fn net(&self) -> Result<IpNet, String> {
-        parse_item(&self.ip)
-            .ok_or_else(|| format!("the list holds {:?}, which is not an IP item", self.ip))
+    fn net(&self) -> Result<IpNet, TargetError> {
+        parse_item(&self.ip).ok_or_else(|| {
+            invalid(format!(
+                "the list holds {:?}, which is not an IP item",
+                self.ip
+            ))
+        })
     }
 }
 
@@ -120,9 +126,14 @@ struct Wanted {
 /// Why a call failed.
 enum CallError {
     /// Worth another try after this pause.
-    Retry(Duration, String),
+    Retry(Duration, TargetError),
     /// Give up on this target for this run.
-    Fatal(String),
+    Fatal(TargetError),
+}
+
+/// An answer that makes no sense, or a list the target cannot use.
+fn invalid(detail: String) -> TargetError {
+    TargetError::new(FailureKind::Invalid, detail)
 }
 
 impl CloudflareTarget {
@@ -131,17 +142,20 @@ impl CloudflareTarget {
     /// and says so). `allowed` is every allow-listed address or range.
     pub fn new(config: Config, token: Option<String>, allowed: Vec<IpNet>) -> Self {
         let token = token.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-            format!(
-                "the API token variable {} is not set; set it to a token with the \
-                 Account Filter Lists Edit permission",
-                config.api_token_env
+            TargetError::new(
+                FailureKind::Denied,
+                format!(
+                    "the API token variable {} is not set; set it to a token with the \
+                     Account Filter Lists Edit permission",
+                    config.api_token_env
+                ),
             )
         });
         CloudflareTarget {
             config,
             token,
             allowed,
-            client: https_client(),
+            client: https_client().map_err(|e| TargetError::new(FailureKind::Unavailable, e)),
             backoff: Duration::from_millis(500),
         }
     }
@@ -163,22 +177,26 @@ impl CloudflareTarget {
         method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<(Value, Value), String> {
+    ) -> Result<(Value, Value), TargetError> {
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let mut pause = self.backoff;
         for attempt in 1..=MAX_ATTEMPTS {
             match self.call_once(&method, path, body.as_ref()).await {
                 Ok(answer) => return Ok(answer),
-                Err(CallError::Fatal(reason)) => return Err(format!("{what}: {reason}")),
+                Err(CallError::Fatal(reason)) => return Err(reason.context(&what)),
                 Err(CallError::Retry(wait, reason)) => {
                     if wait > MAX_RETRY_AFTER {
-                        let wait = wait.as_secs();
-                        return Err(format!(
-                            "{what}: {reason}; Retry-After {wait}s is past this run"
+                        let secs = wait.as_secs();
+                        return Err(TargetError::new(
+                            reason.kind,
+                            format!("{what}: {reason}; Retry-After {secs}s is past this run"),
                         ));
                     }
                     if attempt == MAX_ATTEMPTS {
-                        return Err(format!("{what}: {reason} ({MAX_ATTEMPTS} attempts)"));
+                        return Err(TargetError::new(
+                            reason.kind,
+                            format!("{what}: {reason} ({MAX_ATTEMPTS} attempts)"),
+                        ));
                     }
                     tracing::warn!(call = %what, %reason, attempt, "Cloudflare API call retried");
                     tokio::time::sleep(wait.max(pause)).await;
@@ -210,8 +228,13 @@ impl CloudflareTarget {
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes))
-            .map_err(|e| CallError::Fatal(format!("bad request: {e}")))?;
-        let retry = |reason: String| CallError::Retry(Duration::ZERO, reason);
+            .map_err(|e| CallError::Fatal(invalid(format!("bad request: {e}"))))?;
+        let retry = |reason: String| {
+            CallError::Retry(
+                Duration::ZERO,
+                TargetError::new(FailureKind::Unavailable, reason),
+            )
+        };
         let response = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request))
             .await
             .map_err(|_| retry(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())))?
@@ -230,28 +253,41 @@ impl CloudflareTarget {
             .to_bytes();
         let envelope: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let errors = api_errors(&envelope);
+        let kind = FailureKind::from_http_status(status.as_u16(), retry_after);
         if status == StatusCode::TOO_MANY_REQUESTS {
             let wait = retry_after.unwrap_or_default();
             return Err(CallError::Retry(
                 wait,
-                format!("rate limited (429){errors}"),
+                TargetError::new(kind, format!("rate limited (429){errors}")),
             ));
         }
         if status.is_server_error() {
             return Err(CallError::Retry(
                 retry_after.unwrap_or_default(),
-                format!("{status}{errors}"),
+                TargetError::new(kind, format!("{status}{errors}")),
             ));
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(CallError::Fatal(format!(
-                "{status}{errors}; the token in {} needs the Account Filter Lists Edit \
-                 permission on account {}",
-                self.config.api_token_env, self.config.account_id
+            return Err(CallError::Fatal(TargetError::new(
+                kind,
+                format!(
+                    "{status}{errors}; the token in {} needs the Account Filter Lists Edit \
+                     permission on account {}",
+                    self.config.api_token_env, self.config.account_id
+                ),
             )));
         }
         if !status.is_success() || envelope.get("success") != Some(&Value::Bool(true)) {
-            return Err(CallError::Fatal(format!("{status}{errors}")));
+            // A 200 whose envelope says it failed is a refused request.
+            let kind = if status.is_success() {
+                FailureKind::Invalid
+            } else {
+                kind
+            };
+            return Err(CallError::Fatal(TargetError::new(
+                kind,
+                format!("{status}{errors}"),
+            )));
         }
         let result = envelope.get("result").cloned().unwrap_or(Value::Null);
         let info = envelope.get("result_info").cloned().unwrap_or(Value::Null);
@@ -265,11 +301,11 @@ impl CloudflareTarget {
         &self,
         calls: &mut ApiCalls,
         create: bool,
-    ) -> Result<Option<(String, u64)>, String> {
+    ) -> Result<Option<(String, u64)>, TargetError> {
         calls.list += 1;
         let (result, _) = self.call(Method::GET, &self.lists_path(), None).await?;
         let lists: Vec<List> = serde_json::from_value(result)
-            .map_err(|e| format!("GET {}: unexpected answer: {e}", self.lists_path()))?;
+            .map_err(|e| invalid(format!("GET {}: unexpected answer: {e}", self.lists_path())))?;
         let name = self.config.list.as_str();
         let others = lists
             .iter()
@@ -278,18 +314,21 @@ impl CloudflareTarget {
             .sum();
         if let Some(list) = lists.iter().find(|l| l.name == name) {
             if list.kind != "ip" {
-                return Err(format!(
+                return Err(invalid(format!(
                     "the list {name} holds {} items, not IP addresses; name another list",
                     list.kind
-                ));
+                )));
             }
             return Ok(Some((list.id.clone(), others)));
         }
         if !self.config.create_missing {
-            return Err(format!(
-                "account {} has no list named {name}; create it (kind IP) or set \
-                 create_missing = true",
-                self.config.account_id
+            return Err(TargetError::new(
+                FailureKind::NotFound,
+                format!(
+                    "account {} has no list named {name}; create it (kind IP) or set \
+                     create_missing = true",
+                    self.config.account_id
+                ),
             ));
         }
         if !create {
@@ -304,14 +343,18 @@ impl CloudflareTarget {
         let (created, _) = self
             .call(Method::POST, &self.lists_path(), Some(body))
             .await?;
-        let created: List = serde_json::from_value(created)
-            .map_err(|e| format!("POST {}: unexpected answer: {e}", self.lists_path()))?;
+        let created: List = serde_json::from_value(created).map_err(|e| {
+            invalid(format!(
+                "POST {}: unexpected answer: {e}",
+                self.lists_path()
+            ))
+        })?;
         tracing::info!(list = name, id = %created.id, "created the Cloudflare list");
         Ok(Some((created.id, others)))
     }
 
     /// Every item of list `id`, page by page.
-    async fn items(&self, id: &str, calls: &mut ApiCalls) -> Result<Vec<Item>, String> {
+    async fn items(&self, id: &str, calls: &mut ApiCalls) -> Result<Vec<Item>, TargetError> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -322,7 +365,7 @@ impl CloudflareTarget {
             }
             let (result, info) = self.call(Method::GET, &path, None).await?;
             let page: Vec<Item> = serde_json::from_value(result)
-                .map_err(|e| format!("GET list items: unexpected answer: {e}"))?;
+                .map_err(|e| invalid(format!("GET list items: unexpected answer: {e}")))?;
             items.extend(page);
             cursor = info
                 .pointer("/cursors/after")
@@ -342,13 +385,13 @@ impl CloudflareTarget {
         path: &str,
         body: Value,
         calls: &mut ApiCalls,
-    ) -> Result<(), String> {
+    ) -> Result<(), TargetError> {
         calls.update += 1;
         let (result, _) = self.call(method.clone(), path, Some(body)).await?;
         let Some(operation) = result.get("operation_id").and_then(Value::as_str) else {
-            return Err(format!(
+            return Err(invalid(format!(
                 "{method} list items: the answer has no operation_id"
-            ));
+            )));
         };
         let status_path = format!("{}/bulk_operations/{operation}", self.lists_path());
         let started = tokio::time::Instant::now();
@@ -363,22 +406,27 @@ impl CloudflareTarget {
                         .get("error")
                         .and_then(Value::as_str)
                         .unwrap_or("no reason given");
-                    return Err(format!("bulk operation {operation} failed: {error}"));
+                    return Err(invalid(format!(
+                        "bulk operation {operation} failed: {error}"
+                    )));
                 }
                 Some("pending" | "running") if started.elapsed() < OPERATION_TIMEOUT => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Some("pending" | "running") => {
-                    return Err(format!(
-                        "bulk operation {operation} still pending after {}s",
-                        OPERATION_TIMEOUT.as_secs()
+                    return Err(TargetError::new(
+                        FailureKind::Unavailable,
+                        format!(
+                            "bulk operation {operation} still pending after {}s",
+                            OPERATION_TIMEOUT.as_secs()
+                        ),
                     ));
                 }
                 other => {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "bulk operation {operation}: unexpected status {other:?}"
-                    ));
+                    )));
                 }
             }
         }
@@ -463,7 +511,7 @@ impl CloudflareTarget {
         desired: &DesiredSets,
         calls: &mut ApiCalls,
         left_out: &mut Vec<LeftOut>,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), TargetError> {
         let (list_id, others) = self
             .find_list(calls, true)
             .await?
@@ -534,7 +582,7 @@ impl WafTarget for CloudflareTarget {
         )
     }
 
-    async fn read(&self) -> Result<Contents, String> {
+    async fn read(&self) -> Result<Contents, TargetError> {
         let mut calls = ApiCalls::default();
         // Reading never creates the list: until the first write it is empty.
         let Some((list_id, _)) = self.find_list(&mut calls, false).await? else {

@@ -10,7 +10,21 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetReport, WafTarget};
+use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetError, TargetReport, WafTarget};
+use crate::failure::FailureKind;
+
+/// An I/O failure on `path` as a target error: a missing directory or file
+/// is not found, a permission is denied, anything else is worth retrying.
+fn io_failed(path: &std::path::Path, error: &std::io::Error) -> TargetError {
+    let kind = match error.kind() {
+        std::io::ErrorKind::NotFound => FailureKind::NotFound,
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            FailureKind::Denied
+        }
+        _ => FailureKind::Unavailable,
+    };
+    TargetError::new(kind, format!("{}: {error}", path.display()))
+}
 
 /// A directory of IP set files.
 #[derive(Debug, Clone)]
@@ -50,26 +64,28 @@ impl FileTarget {
         self.dir.join(format!("{name}.json"))
     }
 
-    fn read_set(&self, name: &str) -> Result<Vec<IpNet>, String> {
-        match std::fs::read(self.path(name)) {
+    fn read_set(&self, name: &str) -> Result<Vec<IpNet>, TargetError> {
+        let path = self.path(name);
+        let invalid = |detail: String| TargetError::new(FailureKind::Invalid, detail);
+        match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: IpSetFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", self.path(name).display()))?;
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
                 file.addresses
                     .iter()
                     .map(|a| {
                         a.parse()
-                            .map_err(|e| format!("{}: {a}: {e}", self.path(name).display()))
+                            .map_err(|e| invalid(format!("{}: {a}: {e}", path.display())))
                     })
                     .collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("{}: {e}", self.path(name).display())),
+            Err(e) => Err(io_failed(&path, &e)),
         }
     }
 
-    fn write(&self, desired: &DesiredSets) -> Result<(usize, usize), String> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+    fn write(&self, desired: &DesiredSets) -> Result<(usize, usize), TargetError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_failed(&self.dir, &e))?;
         let (mut added, mut removed) = (0, 0);
         for (names, lists, version) in [
             (&self.ipv4_sets, &desired.ipv4, "IPV4"),
@@ -92,7 +108,7 @@ impl FileTarget {
                 };
                 let bytes = serde_json::to_vec_pretty(&file).expect("IP set files serialize");
                 crate::atomic_file::write_atomically(&self.dir, &format!("{name}.json"), &bytes)
-                    .map_err(|e| format!("{}: {e}", self.path(name).display()))?;
+                    .map_err(|e| io_failed(&self.path(name), &e))?;
             }
         }
         Ok((added, removed))
@@ -104,7 +120,7 @@ impl WafTarget for FileTarget {
         format!("file {}", self.dir.display())
     }
 
-    async fn read(&self) -> Result<Contents, String> {
+    async fn read(&self) -> Result<Contents, TargetError> {
         let mut nets = Vec::new();
         for name in self.ipv4_sets.iter().chain(&self.ipv6_sets) {
             nets.extend(self.read_set(name)?);

@@ -22,6 +22,8 @@ use ipnet::IpNet;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::failure::FailureKind;
+
 /// What every IP set of a target should hold: one list per set, in the
 /// order the target names its sets (the first fills first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +103,37 @@ pub struct Contents {
     pub calls: ApiCalls,
 }
 
+/// Why a target could not be read or written: what kind of failure, for
+/// the cycle to decide on, and what happened, for the operator (the call,
+/// the object and the provider's message, with the fix where one is known).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct TargetError {
+    /// What kind of failure it is.
+    pub kind: FailureKind,
+    /// What happened, in words.
+    pub detail: String,
+}
+
+impl TargetError {
+    /// A failure of `kind`, described by `detail`.
+    pub fn new(kind: FailureKind, detail: impl Into<String>) -> TargetError {
+        TargetError {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The same failure, with `context` (such as the call) before its
+    /// detail.
+    pub fn context(self, context: impl fmt::Display) -> TargetError {
+        TargetError {
+            kind: self.kind,
+            detail: format!("{context}: {}", self.detail),
+        }
+    }
+}
+
 /// How applying to one target ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -114,12 +147,12 @@ pub enum Outcome {
         removed: usize,
     },
     /// The target did not converge; the next run retries.
-    Failed(String),
+    Failed(TargetError),
 }
 
 impl Outcome {
     /// The outcome of writing sets: (added, removed), or why it failed.
-    pub fn from_changes(changes: Result<(usize, usize), String>) -> Outcome {
+    pub fn from_changes(changes: Result<(usize, usize), TargetError>) -> Outcome {
         match changes {
             Ok((0, 0)) => Outcome::Unchanged,
             Ok((added, removed)) => Outcome::Updated { added, removed },
@@ -157,7 +190,7 @@ pub trait WafTarget: Send + Sync + 'static {
     /// A name for reports.
     fn label(&self) -> String;
     /// Every address currently in the target's sets.
-    fn read(&self) -> impl Future<Output = Result<Contents, String>> + Send;
+    fn read(&self) -> impl Future<Output = Result<Contents, TargetError>> + Send;
     /// Makes the sets hold `desired`, writing only what changed.
     fn apply(&self, desired: &DesiredSets) -> impl Future<Output = TargetReport> + Send;
     /// How the target holds a blocked `net` (a Cloudflare list holds an
@@ -215,7 +248,10 @@ pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
             if let Err(reason) = guard.may_write().await {
                 let report = TargetReport {
                     target: target.label(),
-                    outcome: Outcome::Failed(format!("not written: {reason}")),
+                    outcome: Outcome::Failed(TargetError::new(
+                        FailureKind::Fenced,
+                        format!("not written: {reason}"),
+                    )),
                     calls: ApiCalls::default(),
                     left_out: Vec::new(),
                 };
@@ -311,7 +347,7 @@ impl WafTarget for ConfiguredTarget {
         }
     }
 
-    async fn read(&self) -> Result<Contents, String> {
+    async fn read(&self) -> Result<Contents, TargetError> {
         match self {
             ConfiguredTarget::Wafv2(t) => t.read().await,
             ConfiguredTarget::Cloudflare(t) => t.read().await,

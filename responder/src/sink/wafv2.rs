@@ -27,8 +27,9 @@ use aws_sdk_wafv2::types::{IpAddressVersion, Scope};
 use floodgate_rules::policy::WafScope;
 use ipnet::IpNet;
 
-use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetReport, WafTarget};
-use crate::aws::describe_error;
+use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetError, TargetReport, WafTarget};
+use crate::aws::{describe_error, failure_kind};
+use crate::failure::FailureKind;
 
 /// Attempts per set write before the target is reported failed.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -49,11 +50,26 @@ pub struct Wafv2Target {
 /// Why a set could not be written.
 enum SetError {
     /// Worth another try after a pause.
-    Retry(String),
+    Retry(TargetError),
     /// The cached id is stale.
     Stale,
     /// Give up on this target.
-    Fatal(String),
+    Fatal(TargetError),
+}
+
+/// A failed WAFv2 call as a target error: its kind, the call and the
+/// service's message.
+fn call_failed<E>(
+    call: impl std::fmt::Display,
+    error: &aws_sdk_wafv2::error::SdkError<E, aws_sdk_wafv2::config::http::HttpResponse>,
+) -> TargetError
+where
+    E: aws_sdk_wafv2::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    TargetError::new(
+        failure_kind(error),
+        format!("{call}: {}", describe_error(error)),
+    )
 }
 
 impl Wafv2Target {
@@ -96,7 +112,7 @@ impl Wafv2Target {
         name: &str,
         version: IpAddressVersion,
         calls: &mut ApiCalls,
-    ) -> Result<String, String> {
+    ) -> Result<String, TargetError> {
         if let Some(id) = self.ids.lock().expect("id cache").get(name) {
             return Ok(id.clone());
         }
@@ -111,7 +127,7 @@ impl Wafv2Target {
                 .set_next_marker(marker.clone())
                 .send()
                 .await
-                .map_err(|e| format!("ListIPSets: {}", describe_error(&e)))?;
+                .map_err(|e| call_failed("ListIPSets", &e))?;
             let mut ids = self.ids.lock().expect("id cache");
             for summary in page.ip_sets() {
                 if let (Some(n), Some(id)) = (summary.name(), summary.id()) {
@@ -129,9 +145,12 @@ impl Wafv2Target {
             }
         }
         if !self.create_missing {
-            return Err(format!(
-                "IP set {name} does not exist in scope {}; deploy infra/ or set create_missing = true",
-                self.scope
+            return Err(TargetError::new(
+                FailureKind::NotFound,
+                format!(
+                    "IP set {name} does not exist in scope {}; deploy infra/ or set create_missing = true",
+                    self.scope
+                ),
             ));
         }
         calls.create += 1;
@@ -145,11 +164,11 @@ impl Wafv2Target {
             .description("Dynamic block list owned by the floodgate responder")
             .send()
             .await
-            .map_err(|e| format!("CreateIPSet {name}: {}", describe_error(&e)))?;
+            .map_err(|e| call_failed(format_args!("CreateIPSet {name}"), &e))?;
         let id = created
             .summary()
             .and_then(|s| s.id())
-            .ok_or("CreateIPSet returned no id")?
+            .ok_or_else(|| TargetError::new(FailureKind::Invalid, "CreateIPSet returned no id"))?
             .to_owned();
         self.ids
             .lock()
@@ -176,7 +195,7 @@ impl Wafv2Target {
             .await
             .map_err(|e| match e.as_service_error() {
                 Some(service) if service.is_waf_nonexistent_item_exception() => SetError::Stale,
-                _ => SetError::Fatal(format!("GetIPSet {name}: {}", describe_error(&e))),
+                _ => SetError::Fatal(call_failed(format_args!("GetIPSet {name}"), &e)),
             })?;
         let addresses = got
             .ip_set()
@@ -198,7 +217,7 @@ impl Wafv2Target {
         version: IpAddressVersion,
         desired: &[IpNet],
         calls: &mut ApiCalls,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), TargetError> {
         let desired: BTreeSet<IpNet> = desired.iter().copied().collect();
         let mut refreshed = false;
         let mut pause = self.backoff;
@@ -222,14 +241,17 @@ impl Wafv2Target {
                     .send()
                     .await
                     .map_err(|e| match e.as_service_error() {
-                        Some(UpdateIPSetError::WafOptimisticLockException(_)) => {
-                            SetError::Retry("lock conflict".into())
-                        }
+                        Some(UpdateIPSetError::WafOptimisticLockException(_)) => SetError::Retry(
+                            TargetError::new(FailureKind::Conflict, "lock conflict"),
+                        ),
                         Some(UpdateIPSetError::WafLimitsExceededException(_)) => {
-                            SetError::Retry("WAF limits exceeded".into())
+                            SetError::Retry(TargetError::new(
+                                FailureKind::Throttled { retry_after: None },
+                                "WAF limits exceeded",
+                            ))
                         }
                         Some(UpdateIPSetError::WafNonexistentItemException(_)) => SetError::Stale,
-                        _ => SetError::Fatal(format!("UpdateIPSet {name}: {}", describe_error(&e))),
+                        _ => SetError::Fatal(call_failed(format_args!("UpdateIPSet {name}"), &e)),
                     })?;
                 Ok((added, removed))
             }
@@ -242,22 +264,27 @@ impl Wafv2Target {
                     self.ids.lock().expect("id cache").remove(name);
                 }
                 Err(SetError::Stale) => {
-                    return Err(format!("IP set {name} disappeared while being written"));
+                    return Err(TargetError::new(
+                        FailureKind::NotFound,
+                        format!("IP set {name} disappeared while being written"),
+                    ));
                 }
                 Err(SetError::Retry(why)) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(set = name, attempt, why, "retrying IP set write");
+                    tracing::debug!(set = name, attempt, why = %why, "retrying IP set write");
                     tokio::time::sleep(jittered(pause, name, attempt)).await;
                     pause = pause.saturating_mul(2);
                 }
                 Err(SetError::Retry(why)) => {
-                    return Err(format!(
-                        "IP set {name}: {why} after {MAX_ATTEMPTS} attempts"
+                    return Err(TargetError::new(
+                        why.kind,
+                        format!("IP set {name}: {why} after {MAX_ATTEMPTS} attempts"),
                     ));
                 }
             }
         }
-        Err(format!(
-            "IP set {name}: gave up after {MAX_ATTEMPTS} attempts"
+        Err(TargetError::new(
+            FailureKind::Unavailable,
+            format!("IP set {name}: gave up after {MAX_ATTEMPTS} attempts"),
         ))
     }
 
@@ -265,7 +292,7 @@ impl Wafv2Target {
         &self,
         desired: &DesiredSets,
         calls: &mut ApiCalls,
-    ) -> Result<(usize, usize), String> {
+    ) -> Result<(usize, usize), TargetError> {
         let (mut added, mut removed) = (0, 0);
         for (names, lists, version) in [
             (&self.ipv4_sets, &desired.ipv4, IpAddressVersion::Ipv4),
@@ -276,10 +303,13 @@ impl Wafv2Target {
                 .filter(|rest| rest.iter().any(|l| !l.is_empty()))
             {
                 let count: usize = extra.iter().map(Vec::len).sum();
-                return Err(format!(
-                    "{count} addresses need more {} sets than the {} this target declares",
-                    version.as_str(),
-                    names.len()
+                return Err(TargetError::new(
+                    FailureKind::Invalid,
+                    format!(
+                        "{count} addresses need more {} sets than the {} this target declares",
+                        version.as_str(),
+                        names.len()
+                    ),
                 ));
             }
             for (i, name) in names.iter().enumerate() {
@@ -308,7 +338,7 @@ impl WafTarget for Wafv2Target {
         format!("wafv2 {}", self.scope)
     }
 
-    async fn read(&self) -> Result<Contents, String> {
+    async fn read(&self) -> Result<Contents, TargetError> {
         let mut calls = ApiCalls::default();
         let mut all = Vec::new();
         for (names, version) in [
@@ -321,7 +351,10 @@ impl WafTarget for Wafv2Target {
                     Ok((addresses, _)) => all.extend(addresses),
                     Err(SetError::Fatal(reason) | SetError::Retry(reason)) => return Err(reason),
                     Err(SetError::Stale) => {
-                        return Err(format!("IP set {name} disappeared while being read"));
+                        return Err(TargetError::new(
+                            FailureKind::NotFound,
+                            format!("IP set {name} disappeared while being read"),
+                        ));
                     }
                 }
             }
