@@ -432,28 +432,26 @@ pub struct RenderInfraArgs {
     pub check: bool,
 }
 
-/// Parses `300`, `90s`, `5m`, `1h` (at least one second).
+/// Parses `300` (seconds) or a duration humantime reads (`90s`, `5m`,
+/// `1h`, `1h 30m`): at least one second, in whole seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
+    let parsed = if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok().map(Duration::from_secs)
+    } else {
+        humantime::parse_duration(text).ok()
     };
-    let scale = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => {
-            return Err(format!(
-                "\"{text}\": use a number of seconds, or a number with s, m or h, such as 5m"
-            ));
+    match parsed {
+        Some(duration)
+            if duration.subsec_nanos() == 0
+                && (1..=u64::from(u32::MAX)).contains(&duration.as_secs()) =>
+        {
+            Ok(duration)
         }
-    };
-    match number.parse::<u64>().ok().map(|n| n * scale) {
-        Some(seconds) if (1..=u64::from(u32::MAX)).contains(&seconds) => {
-            Ok(Duration::from_secs(seconds))
-        }
-        _ => Err(format!(
-            "\"{text}\" is not a duration of at least 1 second, such as 5m"
+        Some(_) => Err(format!(
+            "\"{text}\" is not a whole number of seconds, at least 1, such as 5m"
+        )),
+        None => Err(format!(
+            "\"{text}\": use a number of seconds, or a number with s, m or h, such as 5m"
         )),
     }
 }
@@ -591,5 +589,24 @@ fn plural(count: usize, noun: &str) -> String {
         (1, _) => format!("{count} {noun}"),
         (_, Some(stem)) => format!("{count} {stem}ies"),
         (_, None) => format!("{count} {noun}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_seconds_or_humantime_in_whole_seconds() {
+        let seconds = |text| parse_duration(text).map(|d| d.as_secs());
+        assert_eq!(seconds("300"), Ok(300));
+        assert_eq!(seconds("90s"), Ok(90));
+        assert_eq!(seconds("5m"), Ok(300));
+        assert_eq!(seconds("1h"), Ok(3600));
+        assert_eq!(seconds("1h 30m"), Ok(5400));
+        for bad in ["", "0", "0s", "1500ms", "5 parsecs", "-5m"] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(error.contains(&format!("\"{bad}\"")), "{bad}: {error}");
+        }
     }
 }
