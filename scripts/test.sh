@@ -72,7 +72,7 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 step "Container runtime stage (scripts/verify-image.sh)"
 command -v debootstrap >/dev/null || apt_install debootstrap
 command -v openssl >/dev/null || apt_install openssl
-FLOODGATE_BINARY=target/debug/floodgate scripts/verify-image.sh | tee -a "$log"
+FLOODGATE_BINARY=${CARGO_TARGET_DIR:-target}/debug/floodgate scripts/verify-image.sh | tee -a "$log"
 # One closing line for the whole workspace (cargo prints one per test binary).
 # The image check's own line ("verify-image: N passed, 0 failed") counts too.
 awk '/^test result:/ { passed += $4; failed += $6 }
