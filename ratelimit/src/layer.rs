@@ -44,6 +44,14 @@ impl<K, C: Clock, R> Clone for TenantRateLimitLayer<K, C, R> {
     }
 }
 
+impl<K, C: Clock, R> std::fmt::Debug for TenantRateLimitLayer<K, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRateLimitLayer")
+            .field("limiter", &self.limiter)
+            .finish()
+    }
+}
+
 impl TenantRateLimitLayer {
     /// Starts a layer enforcing `quotas`, keyed by the [`crate::Tenant`]
     /// extension, with anonymous requests charged to their peer address.
@@ -106,6 +114,17 @@ pub struct Builder<K, C> {
     settings: Settings,
     max_keys: NonZeroUsize,
     backend: Option<Backend>,
+}
+
+impl<K, C> std::fmt::Debug for Builder<K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("quotas", &self.quotas)
+            .field("settings", &self.settings)
+            .field("max_keys", &self.max_keys)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {

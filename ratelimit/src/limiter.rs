@@ -64,6 +64,23 @@ pub(crate) struct Limiter<K, C: Clock> {
     pub unidentified: Counter,
 }
 
+impl<K, C: Clock> std::fmt::Debug for Limiter<K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("settings", &self.settings)
+            .field(
+                "backend",
+                &if self.redis.is_some() {
+                    "redis"
+                } else {
+                    "local"
+                },
+            )
+            .field("tracked_keys", &self.store.tracked_keys())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: TenantKey, C: Clock> Limiter<K, C> {
     /// Decides what happens to `request`: at once for the local backend,
     /// and for Redis when the near-cache or the fallback can answer;

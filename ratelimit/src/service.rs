@@ -33,6 +33,15 @@ impl<S, K, C: Clock, R> TenantRateLimit<S, K, C, R> {
     }
 }
 
+impl<S: std::fmt::Debug, K, C: Clock, R> std::fmt::Debug for TenantRateLimit<S, K, C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRateLimit")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter)
+            .finish()
+    }
+}
+
 impl<S: Clone, K, C: Clock, R> Clone for TenantRateLimit<S, K, C, R> {
     fn clone(&self) -> Self {
         TenantRateLimit::new(self.inner.clone(), Arc::clone(&self.limiter))

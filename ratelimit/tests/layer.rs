@@ -433,3 +433,35 @@ plans = [{ name = "free", limits = [{ requests = 5, per_seconds = 1 }] }]
     assert_eq!(keyless(MissingKey::Unauthorized), StatusCode::UNAUTHORIZED);
     assert_eq!(keyless(MissingKey::BadRequest), StatusCode::BAD_REQUEST);
 }
+
+/// The builder, the layer and the service print what they are set to, so
+/// they can sit in a service's own `#[derive(Debug)]` state.
+#[test]
+fn the_builder_layer_and_service_say_what_they_are_in_debug() {
+    #[derive(Debug, Clone)]
+    struct Inner;
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
+"#;
+    let builder = TenantRateLimitLayer::builder(&common::quotas(text)).headers(true);
+    let printed = format!("{builder:?}");
+    assert!(printed.starts_with("Builder {"), "{printed}");
+    assert!(printed.contains("headers: Always"), "{printed}");
+    assert!(printed.contains("max_keys: 1000000"), "{printed}");
+
+    let layer = builder.build().unwrap();
+    let mut service = layer.layer(ok_service());
+    send(&mut service, "acme");
+    let printed = format!("{layer:?}");
+    assert!(printed.starts_with("TenantRateLimitLayer {"), "{printed}");
+    assert!(printed.contains("backend: \"local\""), "{printed}");
+    assert!(printed.contains("tracked_keys: 1"), "{printed}");
+
+    let printed = format!("{:?}", layer.layer(Inner));
+    assert!(
+        printed.starts_with("TenantRateLimit { inner: Inner"),
+        "{printed}"
+    );
+}
