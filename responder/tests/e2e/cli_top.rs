@@ -6,6 +6,18 @@ use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use floodgate_responder::waflog::parse_hit_full_only;
 use serde_json::Value;
 
+/// `floodgate top` over the committed sample, at the end of its window,
+/// with the example policy.
+const TOP_OF_THE_SAMPLE: [&str; 7] = [
+    "top",
+    "--logs",
+    "examples/logs",
+    "--config",
+    "examples/floodgate.toml",
+    "--now",
+    "2026-11-20T10:05:00Z",
+];
+
 fn json(output: &std::process::Output) -> Value {
     assert_eq!(
         output.status.code(),
@@ -18,19 +30,13 @@ fn json(output: &std::process::Output) -> Value {
 
 #[test]
 fn top_ranks_the_sample_logs_with_tiers_and_allow_list() {
-    let report = json(&floodgate(&[
-        "top",
-        "--logs",
-        "examples/logs",
-        "--config",
-        "examples/floodgate.toml",
-        "--now",
-        "2026-11-20T10:05:00Z",
-        "--format",
-        "json",
-        "--limit",
-        "30",
-    ]));
+    let report = json(&floodgate(
+        &[
+            &TOP_OF_THE_SAMPLE[..],
+            &["--format", "json", "--limit", "30"],
+        ]
+        .concat(),
+    ));
     assert_eq!(report["window"]["start"], "2026-11-20T10:00:00Z");
     assert_eq!(report["window"]["end"], "2026-11-20T10:05:00Z");
     assert_eq!(report["records"], 68500);
@@ -272,15 +278,7 @@ async fn top_reads_the_policy_source_from_cloudwatch_logs() {
 fn a_reader_that_closes_the_pipe_early_leaves_exit_code_zero() {
     use std::process::{Command, Stdio};
     let mut child = Command::new(floodgate_bin())
-        .args([
-            "top",
-            "--logs",
-            "examples/logs",
-            "--config",
-            "examples/floodgate.toml",
-            "--now",
-            "2026-11-20T10:05:00Z",
-        ])
+        .args(TOP_OF_THE_SAMPLE)
         .current_dir(super::workspace_root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
