@@ -266,23 +266,32 @@ async fn one_region_failing_never_stops_the_others() {
     );
 }
 
+/// A GetIPSet that fails with the error `code` and `message`, as AWS sends
+/// them, read through a target: the error the target reports.
+async fn read_failing_with(code: &'static str, message: &'static str) -> TargetError {
+    let failing = mock!(Client::get_ip_set).then_error(move || {
+        GetIPSetError::generic(
+            aws_sdk_wafv2::error::ErrorMetadata::builder()
+                .code(code)
+                .message(message)
+                .build(),
+        )
+    });
+    target(&[&listed("id-1"), &failing], "eu-west-1")
+        .read()
+        .await
+        .unwrap_err()
+}
+
 /// The kind of each failure reaches the cycle: denied credentials and a
 /// missing set are not worth retrying; an outage is.
 #[tokio::test(start_paused = true)]
 async fn a_failure_says_what_kind_it_is() {
-    use aws_sdk_wafv2::error::ErrorMetadata;
-    let denied = mock!(Client::get_ip_set).then_error(|| {
-        GetIPSetError::generic(
-            ErrorMetadata::builder()
-                .code("AccessDeniedException")
-                .message("not authorized to perform wafv2:GetIPSet")
-                .build(),
-        )
-    });
-    let report = target(&[&listed("id-1"), &denied], "eu-west-1")
-        .read()
-        .await
-        .unwrap_err();
+    let report = read_failing_with(
+        "AccessDeniedException",
+        "not authorized to perform wafv2:GetIPSet",
+    )
+    .await;
     assert_eq!(report.kind, FailureKind::Denied);
     assert!(
         report
@@ -292,18 +301,7 @@ async fn a_failure_says_what_kind_it_is() {
     );
     assert!(!report.kind.is_transient());
 
-    let outage = mock!(Client::get_ip_set).then_error(|| {
-        GetIPSetError::generic(
-            ErrorMetadata::builder()
-                .code("WAFInternalErrorException")
-                .message("WAF is down in this region")
-                .build(),
-        )
-    });
-    let report = target(&[&listed("id-1"), &outage], "eu-west-1")
-        .read()
-        .await
-        .unwrap_err();
+    let report = read_failing_with("WAFInternalErrorException", "WAF is down in this region").await;
     assert_eq!(report.kind, FailureKind::Unavailable);
     assert!(report.kind.is_transient());
 
