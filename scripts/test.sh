@@ -43,8 +43,12 @@ export FLOODGATE_VENV=$venv
 # --- Redis on 127.0.0.1:6379 ------------------------------------------------
 step "Redis on 127.0.0.1:6379"
 redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379 && printf 'PING\r\n' >&3 && head -c 5 <&3 | grep -q PONG) 2>/dev/null; }
-# The Redis backend's fault tests also start servers of their own.
+# The Redis backend's tests also start servers of their own: single nodes,
+# TLS servers with certificates openssl makes, and Redis Clusters that
+# redis-cli (redis-tools) creates.
 command -v redis-server >/dev/null || apt_install redis-server
+command -v redis-cli >/dev/null || apt_install redis-tools
+command -v openssl >/dev/null || apt_install openssl
 if ! redis_up; then
     redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
         --dir /tmp --logfile /tmp/floodgate-test-redis.log

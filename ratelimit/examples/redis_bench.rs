@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p floodgate-ratelimit --example redis_bench -- [SECONDS] [REDIS_URL]
+//! cargo run --release -p floodgate-ratelimit --example redis_bench -- SECONDS --cluster SEED_URL...
 //! cargo run --release -p floodgate-ratelimit --example redis_bench -- --print-script
 //! ```
 //!
@@ -13,7 +14,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use floodgate_ratelimit::{Backend, RedisSettings, SCRIPT, Tenant, TenantRateLimitLayer};
@@ -37,30 +37,53 @@ fn main() {
         return;
     }
     let seconds: f64 = args.first().map_or(5.0, |s| s.parse().expect("seconds"));
-    let url = args
-        .get(1)
+    let cluster = args.get(1).map(String::as_str) == Some("--cluster");
+    let mut urls: Vec<String> = args
+        .iter()
+        .skip(if cluster { 2 } else { 1 })
         .cloned()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+        .collect();
+    if urls.is_empty() {
+        urls.push("redis://127.0.0.1:6379".to_owned());
+    }
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::set_global_recorder(recorder).expect("the only recorder");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a Tokio runtime");
-    runtime.block_on(run(seconds, url));
+    runtime.block_on(run(seconds, urls, cluster));
+    let fallbacks: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == floodgate_ratelimit::FALLBACK_TOTAL)
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(count) => count,
+            _ => 0,
+        })
+        .sum();
+    println!("checks decided without Redis: {fallbacks}");
 }
 
-async fn run(seconds: f64, url: String) {
+async fn run(seconds: f64, mut urls: Vec<String>, cluster: bool) {
     let quotas = common::quotas(POLICY);
+    let settings = if cluster {
+        RedisSettings::cluster(urls)
+    } else {
+        RedisSettings::node(urls.remove(0))
+    };
     let backend = Backend::Redis(RedisSettings {
-        url,
-        password: None,
         timeout: Duration::from_millis(100),
-        expected_instances: NonZeroU32::MIN,
+        ..settings
     });
     let layer = TenantRateLimitLayer::builder(&quotas)
         .backend(backend)
         .headers(false)
-        .build()
+        .connect()
+        .await
         .unwrap_or_else(|error| panic!("{error}"));
     let handle = layer.handle();
     let service = layer.layer(tower::service_fn(|_: Request<()>| {

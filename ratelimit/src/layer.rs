@@ -206,16 +206,43 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
     }
 
     /// The layer. With the Redis backend, call it inside a Tokio runtime:
-    /// it starts connecting in the background.
+    /// it starts connecting in the background, and checks are decided
+    /// locally until it is connected. [`Builder::connect`] finds a Redis
+    /// that can never be used at start-up instead.
     pub fn build(self) -> Result<TenantRateLimitLayer<K, C>, BuildError> {
-        let backend = match self.backend {
-            Some(backend) => backend,
-            None => Backend::from_quotas(&self.quotas)?,
-        };
-        let redis = match &backend {
+        let redis = match self.chosen_backend()? {
             Backend::Local => None,
-            Backend::Redis(settings) => Some(RedisBackend::start(settings, self.max_keys.get())?),
+            Backend::Redis(settings) => Some(RedisBackend::start(&settings, self.max_keys.get())?),
         };
+        Ok(self.build_with(redis))
+    }
+
+    /// The layer, once a first connection to Redis has been tried: an
+    /// answer no retry can fix is an error (a certificate the CA does not
+    /// sign or a host name it does not name, a wrong password or ACL user,
+    /// a cluster where the settings say one server or the reverse). A Redis
+    /// that is merely down is not: the layer starts, decides locally and
+    /// reconnects in the background. With the local backend, the same as
+    /// [`Builder::build`].
+    pub async fn connect(self) -> Result<TenantRateLimitLayer<K, C>, BuildError> {
+        let redis = match self.chosen_backend()? {
+            Backend::Local => None,
+            Backend::Redis(settings) => {
+                Some(RedisBackend::connect(&settings, self.max_keys.get()).await?)
+            }
+        };
+        Ok(self.build_with(redis))
+    }
+
+    /// The backend set on the builder, else the policy's.
+    fn chosen_backend(&self) -> Result<Backend, BuildError> {
+        match &self.backend {
+            Some(backend) => Ok(backend.clone()),
+            None => Backend::from_quotas(&self.quotas),
+        }
+    }
+
+    fn build_with(self, redis: Option<Arc<RedisBackend>>) -> TenantRateLimitLayer<K, C> {
         let start = self.clock.now();
         let hasher = KeyHasher::default();
         let at = CompiledAt {
@@ -237,10 +264,10 @@ impl<K: TenantKey, C: Clock + Clone + Send + Sync + 'static> Builder<K, C> {
             redis,
             unidentified: Counters::unidentified(),
         };
-        Ok(TenantRateLimitLayer {
+        TenantRateLimitLayer {
             limiter: Arc::new(limiter),
             body: PhantomData,
-        })
+        }
     }
 }
 

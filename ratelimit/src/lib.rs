@@ -185,7 +185,7 @@ pub use key::{Key, RequestHead, Tenant, TenantExtension, TenantHeader, TenantKey
 pub use layer::{Builder, DEFAULT_MAX_KEYS, RateLimitHandle, TenantRateLimitLayer};
 pub use limiter::MissingKey;
 pub use observe::REQUESTS_TOTAL;
-pub use redis::{Backend, BuildError, FALLBACKS_TOTAL, RedisSettings, SCRIPT};
+pub use redis::{Backend, BuildError, FALLBACK_TOTAL, RedisSettings, SCRIPT};
 pub use response::{HeaderMode, RATELIMIT, RATELIMIT_POLICY};
 pub use route::RouteClass;
 pub use service::TenantRateLimit;

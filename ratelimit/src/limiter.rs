@@ -111,7 +111,7 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
                 Some(redis) => match redis.near_cache(hash, set, now, cost) {
                     Some(checked) => checked,
                     None if redis.connected() => return Decision::Remote(Arc::clone(policy)),
-                    None => redis.fallback(hash, set, now, cost),
+                    None => redis.fallback(hash, set, now, cost, redis.down_reason()),
                 },
             };
             self.settle(head.headers, key, set, checked, now)
@@ -136,8 +136,8 @@ impl<K: TenantKey, C: Clock> Limiter<K, C> {
         let extension = head.extensions.get::<RouteClass>();
         let (set, _, cost) = policy.classify(head, extension, set);
         let checked = match redis.check(&key, hash, set, now, cost).await {
-            Some(checked) => checked,
-            None => redis.fallback(hash, set, now, cost),
+            Ok(checked) => checked,
+            Err(reason) => redis.fallback(hash, set, now, cost, reason),
         };
         self.settle(head.headers, &key, set, checked, now)
     }

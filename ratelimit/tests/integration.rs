@@ -3,9 +3,12 @@
 
 mod common;
 mod local;
+mod servers;
 
 mod classes;
 mod grpc;
 mod http;
 mod layer;
 mod redis;
+mod redis_cluster;
+mod redis_tls;

@@ -3,17 +3,18 @@
 //! and a delaying proxy that the tests start themselves.
 
 use crate::common;
+use crate::servers::{RedisServer, free_port};
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use floodgate_ratelimit::{
-    Backend, FALLBACKS_TOTAL, RateLimitHandle, RedisSettings, Tenant, TenantRateLimitLayer,
+    Backend, FALLBACK_TOTAL, RateLimitHandle, RedisSettings, Tenant, TenantRateLimitLayer,
 };
 use floodgate_rules::policy::Quotas;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -25,7 +26,7 @@ use tower::{Layer, Service, ServiceExt};
 const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// A tenant id no earlier run has used: Redis outlives test runs.
-fn fresh_tenant(name: &str) -> String {
+pub(crate) fn fresh_tenant(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -35,24 +36,23 @@ fn fresh_tenant(name: &str) -> String {
 
 fn redis_at(url: &str, timeout: Duration, expected_instances: u32) -> Backend {
     Backend::Redis(RedisSettings {
-        url: url.to_owned(),
-        password: None,
         timeout,
         expected_instances: NonZeroU32::new(expected_instances).unwrap(),
+        ..RedisSettings::node(url)
     })
 }
 
-type Limited = floodgate_ratelimit::TenantRateLimit<
+pub(crate) type Limited = floodgate_ratelimit::TenantRateLimit<
     tower::util::ServiceFn<fn(Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>>>,
     floodgate_ratelimit::TenantExtension,
     governor::clock::QuantaClock,
 >;
 
-fn ok(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
+pub(crate) fn ok(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
     std::future::ready(Ok(Response::new(())))
 }
 
-fn service(quotas: &Quotas, backend: Backend) -> (Limited, RateLimitHandle) {
+pub(crate) fn service(quotas: &Quotas, backend: Backend) -> (Limited, RateLimitHandle) {
     // Fields on every response: the tests read Redis's state from them.
     let layer = TenantRateLimitLayer::builder(quotas)
         .backend(backend)
@@ -64,14 +64,29 @@ fn service(quotas: &Quotas, backend: Backend) -> (Limited, RateLimitHandle) {
     (layer.layer(inner), handle)
 }
 
-async fn send(service: &mut Limited, tenant: &str) -> (StatusCode, HeaderMap) {
+/// [`service`], once a first connection has been made or refused.
+pub(crate) async fn connected_service(
+    quotas: &Quotas,
+    backend: Backend,
+) -> Result<(Limited, RateLimitHandle), floodgate_ratelimit::BuildError> {
+    let layer = TenantRateLimitLayer::builder(quotas)
+        .backend(backend)
+        .headers(true)
+        .connect()
+        .await?;
+    let handle = layer.handle();
+    let inner = tower::service_fn(ok as fn(_) -> _);
+    Ok((layer.layer(inner), handle))
+}
+
+pub(crate) async fn send(service: &mut Limited, tenant: &str) -> (StatusCode, HeaderMap) {
     let mut request = Request::new(());
     request.extensions_mut().insert(Tenant::new(tenant));
     let response = service.ready().await.unwrap().call(request).await.unwrap();
     (response.status(), response.headers().clone())
 }
 
-async fn admitted(service: &mut Limited, tenant: &str, requests: usize) -> usize {
+pub(crate) async fn admitted(service: &mut Limited, tenant: &str, requests: usize) -> usize {
     let mut admitted = 0;
     for _ in 0..requests {
         if send(service, tenant).await.0 == StatusCode::OK {
@@ -81,7 +96,7 @@ async fn admitted(service: &mut Limited, tenant: &str, requests: usize) -> usize
     admitted
 }
 
-async fn wait_until_connected(handle: &RateLimitHandle, connected: bool) {
+pub(crate) async fn wait_until_connected(handle: &RateLimitHandle, connected: bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while handle.redis_connected() != Some(connected) {
         assert!(
@@ -209,61 +224,41 @@ expires = 2099-01-01
     );
 }
 
-/// A free loopback port with nothing listening on it.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A Redis server of the test's own, stopped when dropped.
-struct RedisServer(Child);
-
-impl RedisServer {
-    fn start(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed by scripts/test.sh");
-        RedisServer(child)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The fallback counter; the debugging recorder hands out increments since
-/// the last snapshot, so this adds them up.
-struct Fallbacks {
+/// The fallback counter by reason; the debugging recorder hands out
+/// increments since the last snapshot, so this adds them up.
+pub(crate) struct Fallbacks {
     snapshotter: Snapshotter,
-    total: u64,
+    by_reason: BTreeMap<String, u64>,
 }
 
 impl Fallbacks {
-    fn total(&mut self) -> u64 {
-        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            if let (FALLBACKS_TOTAL, DebugValue::Counter(count)) = (key.key().name(), value) {
-                self.total += count;
-            }
+    pub(crate) fn new(recorder: &DebuggingRecorder) -> Fallbacks {
+        Fallbacks {
+            snapshotter: recorder.snapshotter(),
+            by_reason: BTreeMap::new(),
         }
-        self.total
+    }
+
+    /// Checks decided locally so far, by reason.
+    pub(crate) fn by_reason(&mut self) -> &BTreeMap<String, u64> {
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let (key, DebugValue::Counter(count)) = (key.key(), value) else {
+                continue;
+            };
+            if key.name() != FALLBACK_TOTAL || count == 0 {
+                continue;
+            }
+            let reason = key
+                .labels()
+                .find(|l| l.key() == "reason")
+                .expect("a reason label");
+            *self.by_reason.entry(reason.value().to_owned()).or_default() += count;
+        }
+        &self.by_reason
+    }
+
+    pub(crate) fn total(&mut self) -> u64 {
+        self.by_reason().values().sum()
     }
 }
 
@@ -311,10 +306,7 @@ plans = [{ name = "free", limits = [{ requests = 8, per_seconds = 60 }] }]
 async fn with_redis_down_requests_flow_under_fallback_limits_until_it_is_back() {
     let port = free_port();
     let recorder = DebuggingRecorder::new();
-    let mut fallbacks = Fallbacks {
-        snapshotter: recorder.snapshotter(),
-        total: 0,
-    };
+    let mut fallbacks = Fallbacks::new(&recorder);
     let (mut service, handle) = metrics::with_local_recorder(&recorder, || {
         let url = format!("redis://127.0.0.1:{port}");
         service(
@@ -330,6 +322,13 @@ async fn with_redis_down_requests_flow_under_fallback_limits_until_it_is_back() 
         "a quarter of the quota"
     );
     assert_eq!(fallbacks.total(), 10);
+    let reasons: Vec<&String> = fallbacks.by_reason().keys().collect();
+    assert!(
+        reasons
+            .iter()
+            .all(|r| ["connecting", "refused"].contains(&r.as_str())),
+        "counted as not connected: {reasons:?}"
+    );
 
     let redis = RedisServer::start(port);
     wait_until_connected(&handle, true).await;
@@ -390,10 +389,7 @@ async fn a_slow_redis_trips_the_budget_and_the_instance_decides_locally() {
     let delay = Arc::new(AtomicU64::new(0));
     let proxy = delaying_proxy("127.0.0.1:6379".parse().unwrap(), delay.clone()).await;
     let recorder = DebuggingRecorder::new();
-    let mut fallbacks = Fallbacks {
-        snapshotter: recorder.snapshotter(),
-        total: 0,
-    };
+    let mut fallbacks = Fallbacks::new(&recorder);
     let (mut service, handle) = metrics::with_local_recorder(&recorder, || {
         let url = format!("redis://{proxy}");
         service(
@@ -414,6 +410,11 @@ async fn a_slow_redis_trips_the_budget_and_the_instance_decides_locally() {
     // While Redis stays slow, checks go straight to the local limiter.
     admitted(&mut service, &tenant, 5).await;
     assert_eq!(fallbacks.total(), 6);
+    assert_eq!(
+        fallbacks.by_reason(),
+        &BTreeMap::from([("timeout".to_owned(), 6)]),
+        "each counted as a timeout: the reconnect's PING times out too"
+    );
     assert_eq!(handle.redis_connected(), Some(false));
 
     delay.store(0, Ordering::SeqCst);

@@ -4,45 +4,51 @@
 //!   and loaded on NOSCRIPT) runs GCRA for all of a plan's limits on the
 //!   server's `TIME` and charges them only if all admit. Each call carries
 //!   the tenant's limits, so plans, overrides and reloads work unchanged.
+//! - **Deployments.** One server, or a Redis Cluster through a cluster
+//!   client (slot routing, `MOVED`/`ASK` followed, the topology refreshed
+//!   after a failover); either over TLS (`rediss://`, the system's roots or
+//!   a private CA) and with an ACL user ([`connection`]).
 //! - **Near-cache.** A tenant Redis refused is refused locally, without a
-//!   round trip, until the time Redis said it may retry. Nothing can free
-//!   its quota sooner, so this admits nothing Redis would not: the
-//!   near-cache causes no over-admission.
+//!   round trip, until the time Redis said it may retry ([`near_cache`]).
 //! - **Failure.** Each check has a time budget. A check that times out or
-//!   fails is decided by a local limiter at `quota / expected_instances`, and
-//!   so is every check while the connection is down: no request waits on a
-//!   dead Redis. A background task reconnects. This is where limits loosen:
-//!   while Redis is out, N instances admit up to N / `expected_instances`
-//!   times the quota, and a tenant keeps both what Redis admitted before the
-//!   outage and what the local limiter admits during it.
-//! - **Topology.** Keys are `floodgate:{t:<tenant>}`, `floodgate:{i:<ip>}`
-//!   or `floodgate:{s:<sha1 of an API key>}`, the same in every instance and
-//!   one slot each, so the backend works against Redis Cluster. Keys expire once every limit has
-//!   refilled, so Redis holds only active tenants.
+//!   fails is decided by a local limiter at `quota / expected_instances`:
+//!   no request waits on a dead Redis. With one server, every check falls
+//!   back while its connection is down, and a background task reconnects.
+//!   In a cluster only the failing node's slots fall back, each for a
+//!   moment before Redis is asked again. Every local decision is counted by
+//!   reason and warned about at most every few seconds ([`fallback`]). This
+//!   is where limits loosen: while Redis is out, N instances admit up to
+//!   N / `expected_instances` times the quota.
+//! - **Keys.** `floodgate:{t:<tenant>}`, `floodgate:{i:<ip>}` or
+//!   `floodgate:{s:<sha1 of an API key>}`, the same in every instance; the
+//!   hash tag puts a tenant's plan and class states in one cluster slot, as
+//!   the script needs. Keys expire once every limit has refilled, so Redis
+//!   holds only active tenants.
 
-use std::collections::HashMap;
+mod connection;
+mod fallback;
+mod near_cache;
+
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use floodgate_rules::policy::{QuotaBackend, Quotas};
-use metrics::Counter;
-use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 
 use crate::gcra::{Gcra, MAX_LIMITS_PER_REQUEST, Tats, Verdict};
 use crate::key::Key;
-use crate::policy::{IdentityHash, LimitSet, class_key};
+use crate::policy::LimitSet;
 use crate::store::{Checked, Store};
+use connection::{Connection, Connector, Failure};
+pub use fallback::FALLBACK_TOTAL;
+use fallback::{Fallbacks, Reason, SlotBackoff};
+use near_cache::{NearCache, near_cache_key};
 
 /// The GCRA script the backend runs.
 pub const SCRIPT: &str = include_str!("gcra.lua");
-
-/// Counts checks decided locally because Redis was down, slow or failing.
-pub const FALLBACKS_TOTAL: &str = "floodgate_ratelimit_redis_fallbacks_total";
 
 /// Where the layer keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,10 +63,17 @@ pub enum Backend {
 /// How to reach Redis, and what to do without it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// `redis://host:port[/db]` or `rediss://…`.
-    pub url: String,
+    /// The server, or a cluster's seed nodes: `redis://host:port[/db]`, or
+    /// `rediss://…` for TLS.
+    pub urls: Vec<String>,
+    /// Whether `urls` are seeds of a Redis Cluster.
+    pub cluster: bool,
+    /// The ACL user, if not `default`.
+    pub username: Option<String>,
     /// The password, if Redis needs one.
     pub password: Option<String>,
+    /// PEM certificates to trust instead of the system's roots (a private CA).
+    pub tls_ca: Option<Vec<u8>>,
     /// How long one check may take before this instance decides locally.
     pub timeout: Duration,
     /// Instances sharing the limit: each enforces `quota / expected_instances`
@@ -68,11 +81,46 @@ pub struct RedisSettings {
     pub expected_instances: NonZeroU32,
 }
 
+impl RedisSettings {
+    /// One server at `url`, with the policy's defaults: no credentials, a
+    /// 5 ms budget per check, one instance.
+    pub fn node(url: impl Into<String>) -> RedisSettings {
+        RedisSettings::with_urls(vec![url.into()], false)
+    }
+
+    /// A Redis Cluster reached through `seeds` (any of its nodes), with the
+    /// defaults of [`RedisSettings::node`].
+    pub fn cluster<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> RedisSettings {
+        RedisSettings::with_urls(seeds.into_iter().map(Into::into).collect(), true)
+    }
+
+    fn with_urls(urls: Vec<String>, cluster: bool) -> RedisSettings {
+        let timeout = floodgate_rules::policy::DEFAULT_REDIS_TIMEOUT_MS;
+        RedisSettings {
+            urls,
+            cluster,
+            username: None,
+            password: None,
+            tls_ca: None,
+            timeout: Duration::from_millis(u64::from(timeout)),
+            expected_instances: NonZeroU32::MIN,
+        }
+    }
+
+    /// What log lines and errors call this Redis: its first URL.
+    fn endpoint(&self) -> &str {
+        self.urls.first().map_or("", String::as_str)
+    }
+}
+
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca.as_ref().map(Vec::len))
             .field("timeout", &self.timeout)
             .field("expected_instances", &self.expected_instances)
             .finish()
@@ -88,6 +136,23 @@ pub enum BuildError {
     /// The policy names a password variable that is not set.
     #[error("quotas.redis.password_env: {0} is not set; export it with the Redis password")]
     PasswordMissing(String),
+    /// The private CA's file could not be read.
+    #[error("quotas.redis.tls_ca_file: cannot read {}: {source}", path.display())]
+    TlsCaFile {
+        /// The file the policy names.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// Redis answered in a way that retrying cannot fix: TLS, credentials,
+    /// or a cluster where the settings say one server (or the reverse).
+    #[error("Redis at {endpoint}: {failure}")]
+    Unusable {
+        /// The URL (the first seed of a cluster).
+        endpoint: String,
+        /// What Redis or the handshake answered, and the fix where known.
+        failure: String,
+    },
     /// The Redis backend starts a background task, which needs Tokio.
     #[error("the redis backend needs a Tokio runtime: build the layer inside one")]
     NoRuntime,
@@ -95,7 +160,7 @@ pub enum BuildError {
 
 impl Backend {
     /// The backend the policy's `[quotas]` chooses, with the password read
-    /// from the environment variable it names.
+    /// from the environment variable it names and the CA from its file.
     pub fn from_quotas(quotas: &Quotas) -> Result<Backend, BuildError> {
         let QuotaBackend::Redis(redis) = quotas.backend() else {
             return Ok(Backend::Local);
@@ -106,9 +171,19 @@ impl Backend {
             }
             None => None,
         };
+        let tls_ca = match &redis.tls_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| BuildError::TlsCaFile {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         Ok(Backend::Redis(RedisSettings {
-            url: redis.url.clone(),
+            urls: redis.urls.clone(),
+            cluster: redis.cluster,
+            username: redis.username.clone(),
             password,
+            tls_ca,
             timeout: Duration::from_millis(u64::from(redis.timeout_ms.get())),
             expected_instances: redis.expected_instances,
         }))
@@ -117,46 +192,74 @@ impl Backend {
 
 /// The shared state of the Redis backend.
 pub(crate) struct RedisBackend {
-    client: Client,
+    connector: Connector,
+    endpoint: String,
     /// `None` while Redis is unreachable: checks then go straight to the
     /// fallback, and a background task reconnects.
-    connection: ArcSwapOption<MultiplexedConnection>,
+    connection: ArcSwapOption<Connection>,
     reconnecting: AtomicBool,
+    /// Why checks fall back while there is no connection: the last
+    /// connection failure's [`Reason`].
+    down_reason: AtomicU8,
+    /// In a cluster, the slots whose node failed a moment ago.
+    slots: Option<SlotBackoff>,
     script: redis::Script,
     timeout: Duration,
     expected_instances: u64,
     near_cache: NearCache,
     fallback: Store,
-    fallbacks: Counter,
+    fallbacks: Fallbacks,
 }
 
 impl RedisBackend {
-    /// Starts connecting in the background; checks fall back until connected.
+    /// Connects in the background; checks fall back until connected.
     pub fn start(settings: &RedisSettings, max_keys: usize) -> Result<Arc<Self>, BuildError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let mut info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| BuildError::RedisUrl(e.to_string()))?;
-        if let Some(password) = &settings.password {
-            let redis = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(redis);
+        let backend = Arc::new(RedisBackend::new(settings, max_keys)?);
+        handle.spawn(Arc::clone(&backend).reconnect());
+        Ok(backend)
+    }
+
+    /// Connects first: Redis answering in a way no retry can fix (TLS,
+    /// credentials, cluster mode) is an error. Redis merely unreachable is
+    /// not: checks fall back while a background task reconnects.
+    pub async fn connect(
+        settings: &RedisSettings,
+        max_keys: usize,
+    ) -> Result<Arc<Self>, BuildError> {
+        let backend = Arc::new(RedisBackend::new(settings, max_keys)?);
+        match backend.connector.connect().await {
+            Ok(connection) => {
+                backend.connected_with(connection);
+                Ok(backend)
+            }
+            Err(failure) if failure.permanent() => Err(BuildError::Unusable {
+                endpoint: backend.endpoint.clone(),
+                failure: failure.to_string(),
+            }),
+            Err(failure) => {
+                backend.down(&failure);
+                tokio::spawn(Arc::clone(&backend).reconnect());
+                Ok(backend)
+            }
         }
-        let client = Client::open(info).map_err(|e| BuildError::RedisUrl(e.to_string()))?;
-        let backend = Arc::new(RedisBackend {
-            client,
+    }
+
+    fn new(settings: &RedisSettings, max_keys: usize) -> Result<Self, BuildError> {
+        Ok(RedisBackend {
+            connector: Connector::new(settings)?,
+            endpoint: settings.endpoint().to_owned(),
             connection: ArcSwapOption::empty(),
             reconnecting: AtomicBool::new(true),
+            down_reason: AtomicU8::new(Reason::Connecting.to_index()),
+            slots: settings.cluster.then(SlotBackoff::new),
             script: redis::Script::new(SCRIPT),
             timeout: settings.timeout,
             expected_instances: u64::from(settings.expected_instances.get()),
             near_cache: NearCache::new(max_keys),
             fallback: Store::new(max_keys),
-            fallbacks: metrics::counter!(FALLBACKS_TOTAL),
-        });
-        handle.spawn(Arc::clone(&backend).reconnect());
-        Ok(backend)
+            fallbacks: Fallbacks::new(),
+        })
     }
 
     /// Whether checks currently go to Redis.
@@ -171,8 +274,8 @@ impl RedisBackend {
         self.near_cache.get(key, fingerprint, now, cost)
     }
 
-    /// Asks Redis about `key`, whose local hash is `hash`; `None` when it
-    /// could not answer in time.
+    /// Asks Redis about `key`, whose local hash is `hash`; when it could
+    /// not answer in time, why.
     pub async fn check(
         self: &Arc<Self>,
         key: &Key<'_>,
@@ -180,10 +283,18 @@ impl RedisBackend {
         set: &LimitSet,
         now: u64,
         cost: u64,
-    ) -> Option<Checked> {
-        let connection = self.connection.load_full()?;
-        let mut connection = MultiplexedConnection::clone(&connection);
+    ) -> Result<Checked, Reason> {
+        let Some(connection) = self.connection.load_full() else {
+            return Err(self.down_reason());
+        };
         let tenant_key = redis_key(key);
+        let slot = self.slots.as_ref().map(|_| fallback::slot(&tenant_key));
+        if let (Some(slots), Some(slot)) = (&self.slots, slot)
+            && slots.active(slot, now)
+        {
+            return Err(Reason::NodeBackoff);
+        }
+        let mut connection = Connection::clone(&connection);
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(cost);
         let (plan, class) = set
@@ -198,31 +309,63 @@ impl RedisBackend {
                 .arg(part.fingerprint.to_string());
             script_limits(&mut invocation, class);
         }
-        let answer = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection));
-        let values: Vec<i64> = match answer.await {
-            Ok(Ok(values)) => values,
-            Ok(Err(error)) => {
-                self.lost(&error.to_string());
-                return None;
+        let answer = tokio::time::timeout(self.timeout, connection.invoke(&invocation));
+        let failure = match answer.await {
+            Ok(Ok(values)) => {
+                if let (Some(slots), Some(slot)) = (&self.slots, slot) {
+                    slots.answered(slot);
+                }
+                return self.answered(&values, hash, set, now, cost);
             }
-            Err(_) => {
-                self.lost(&format!("no answer within {:?}", self.timeout));
-                return None;
-            }
+            Ok(Err(error)) => Failure::of(&error),
+            Err(_) => Failure {
+                reason: Reason::Timeout,
+                detail: format!("no answer within {:?}", self.timeout),
+            },
         };
-        let checked = parse_reply(&values, set.limits.len(), now)?;
+        match (&self.slots, slot) {
+            // The cluster client reconnects and refreshes on its own; only
+            // this slot's node is in doubt.
+            (Some(slots), Some(slot)) => slots.failed(slot, now),
+            _ => self.lost(&failure),
+        }
+        Err(failure.reason)
+    }
+
+    /// Reads the script's reply, and remembers a refusal in the near-cache.
+    fn answered(
+        &self,
+        values: &[i64],
+        hash: u64,
+        set: &LimitSet,
+        now: u64,
+        cost: u64,
+    ) -> Result<Checked, Reason> {
+        let checked = parse_reply(values, set.limits.len(), now).ok_or(Reason::Error)?;
         if let Verdict::Refuse { wait, .. } = checked.verdict {
             let until = now.saturating_add(wait);
             let (key, fingerprint) = near_cache_key(hash, set);
             self.near_cache
                 .insert(key, (until, cost), fingerprint, checked);
         }
-        Some(checked)
+        Ok(checked)
     }
 
-    /// Decides locally at `quota / expected_instances`.
-    pub fn fallback(&self, hash: u64, set: &LimitSet, now: u64, cost: u64) -> Checked {
-        self.fallbacks.increment(1);
+    /// Why checks fall back while there is no connection.
+    pub fn down_reason(&self) -> Reason {
+        Reason::from_index(self.down_reason.load(Ordering::Relaxed))
+    }
+
+    /// Decides locally at `quota / expected_instances`, and counts why.
+    pub fn fallback(
+        &self,
+        hash: u64,
+        set: &LimitSet,
+        now: u64,
+        cost: u64,
+        reason: Reason,
+    ) -> Checked {
+        self.fallbacks.count(reason, &self.endpoint);
         let mut scaled = [Gcra::default(); MAX_LIMITS_PER_REQUEST];
         for (slot, limit) in scaled.iter_mut().zip(&set.limits) {
             *slot = limit.shared_by(self.expected_instances);
@@ -233,10 +376,14 @@ impl RedisBackend {
 
     /// Drops the connection after a failure and reconnects in the background;
     /// logs once per incident.
-    fn lost(self: &Arc<Self>, reason: &str) {
+    fn lost(self: &Arc<Self>, failure: &Failure) {
+        self.down_reason
+            .store(failure.reason.to_index(), Ordering::Relaxed);
         if self.connection.swap(None).is_some() {
             tracing::error!(
-                reason,
+                endpoint = self.endpoint,
+                reason = failure.reason.name(),
+                detail = %failure,
                 "Redis rate-limit backend unavailable; deciding locally at quota / expected_instances until it is back"
             );
         }
@@ -245,28 +392,36 @@ impl RedisBackend {
         }
     }
 
-    /// Connects with backoff, and proves the connection with a PING.
+    fn connected_with(&self, connection: Connection) {
+        self.connection.store(Some(Arc::new(connection)));
+        self.reconnecting.store(false, Ordering::Release);
+        tracing::info!(
+            endpoint = self.endpoint,
+            "Redis rate-limit backend connected"
+        );
+    }
+
+    /// A connection attempt failed: checks fall back for its reason, and a
+    /// new kind of failure is logged once (with the fix, where one is known).
+    fn down(&self, failure: &Failure) {
+        let reason = failure.reason.to_index();
+        if self.down_reason.swap(reason, Ordering::Relaxed) != reason {
+            tracing::error!(
+                endpoint = self.endpoint,
+                reason = failure.reason.name(),
+                detail = %failure,
+                "cannot connect to the Redis rate-limit backend; deciding locally at quota / expected_instances"
+            );
+        }
+    }
+
+    /// Connects with backoff.
     async fn reconnect(self: Arc<Self>) {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
         let mut delay = Duration::from_millis(20);
         loop {
-            let attempt = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config);
-            if let Ok(Ok(mut connection)) =
-                tokio::time::timeout(Duration::from_secs(2), attempt).await
-            {
-                let ping = redis::cmd("PING");
-                let answer = ping.query_async::<String>(&mut connection);
-                let budget = self.timeout.max(Duration::from_millis(100));
-                if let Ok(Ok(_)) = tokio::time::timeout(budget, answer).await {
-                    self.connection.store(Some(Arc::new(connection)));
-                    self.reconnecting.store(false, Ordering::Release);
-                    tracing::info!("Redis rate-limit backend connected");
-                    return;
-                }
+            match self.connector.connect().await {
+                Ok(connection) => return self.connected_with(connection),
+                Err(failure) => self.down(&failure),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
@@ -285,15 +440,6 @@ fn redis_key(key: &Key<'_>) -> String {
             let digest = sha1_smol::Sha1::from(secret).digest();
             format!("floodgate:{{s:{digest}}}")
         }
-    }
-}
-
-/// The near-cache's key and fingerprint for a request against `set`: a
-/// class's refusals are kept apart from its plan's.
-fn near_cache_key(hash: u64, set: &LimitSet) -> (u64, u64) {
-    match &set.class {
-        None => (hash, set.fingerprint),
-        Some(class) => (class_key(hash, class), set.fingerprint ^ class.fingerprint),
     }
 }
 
@@ -336,87 +482,6 @@ fn parse_reply(values: &[i64], limits: usize, now: u64) -> Option<Checked> {
     })
 }
 
-/// A refusal Redis gave: until when, for what cost, under which limits,
-/// and its answer.
-#[derive(Debug, Clone, Copy)]
-struct Refusal {
-    until: u64,
-    cost: u64,
-    fingerprint: u64,
-    checked: Checked,
-}
-
-/// Refusals by key hash.
-type Refusals = HashMap<u64, Refusal, IdentityHash>;
-
-/// Tenants Redis refused, until the time it said they may retry.
-struct NearCache {
-    shards: Vec<Mutex<Refusals>>,
-    shard_capacity: usize,
-}
-
-impl NearCache {
-    const SHARDS: usize = 16;
-
-    fn new(max_keys: usize) -> NearCache {
-        NearCache {
-            shards: (0..Self::SHARDS).map(|_| Mutex::default()).collect(),
-            shard_capacity: (max_keys / Self::SHARDS).max(1),
-        }
-    }
-
-    fn shard(&self, hash: u64) -> &Mutex<Refusals> {
-        &self.shards[(hash >> 32) as usize % Self::SHARDS]
-    }
-
-    fn get(&self, hash: u64, fingerprint: u64, now: u64, cost: u64) -> Option<Checked> {
-        let mut shard = self.shard(hash).lock();
-        let refusal = *shard.get(&hash)?;
-        // Expired, or the limits changed (a reload): Redis decides again.
-        if refusal.until <= now || refusal.fingerprint != fingerprint {
-            shard.remove(&hash);
-            return None;
-        }
-        // A cheaper request may fit sooner.
-        if cost < refusal.cost {
-            return None;
-        }
-        let Verdict::Refuse { limit, .. } = refusal.checked.verdict else {
-            return None;
-        };
-        Some(Checked {
-            verdict: Verdict::Refuse {
-                wait: refusal.until - now,
-                limit,
-            },
-            ..refusal.checked
-        })
-    }
-
-    /// Remembers a refusal; a full shard first forgets expired ones, and
-    /// skips the entry if that frees nothing (the cache is an optimisation).
-    fn insert(&self, hash: u64, (until, cost): (u64, u64), fingerprint: u64, checked: Checked) {
-        let Verdict::Refuse { wait, .. } = checked.verdict else {
-            return;
-        };
-        let mut shard = self.shard(hash).lock();
-        if shard.len() >= self.shard_capacity {
-            let now = until.saturating_sub(wait);
-            shard.retain(|_, refusal| refusal.until > now);
-            if shard.len() >= self.shard_capacity {
-                return;
-            }
-        }
-        let refusal = Refusal {
-            until,
-            cost,
-            fingerprint,
-            checked,
-        };
-        shard.insert(hash, refusal);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,34 +503,6 @@ mod tests {
     }
 
     #[test]
-    fn the_near_cache_answers_until_the_retry_time_only() {
-        let cache = NearCache::new(1_000);
-        let refused = parse_reply(&[0, 2, 0, 5], 1, 0).unwrap();
-        cache.insert(7, (2_000, 1), 42, refused);
-        assert!(
-            cache.get(7, 43, 500, 1).is_none(),
-            "other limits: ask Redis"
-        );
-        cache.insert(7, (2_000, 3), 42, refused);
-        assert!(
-            cache.get(7, 42, 500, 2).is_none(),
-            "a cheaper request: ask Redis"
-        );
-        assert_eq!(
-            cache.get(7, 42, 500, 3).unwrap().verdict,
-            Verdict::Refuse {
-                wait: 1_500,
-                limit: 0
-            }
-        );
-        assert!(cache.get(7, 42, 2_000, 3).is_none());
-        assert!(
-            cache.get(7, 42, 500, 3).is_none(),
-            "expired entries are dropped"
-        );
-    }
-
-    #[test]
     fn redis_keys_are_stable_tagged_and_never_hold_a_secret() {
         let tenant = Key::Tenant {
             id: "acme",
@@ -482,11 +519,10 @@ mod tests {
     #[test]
     fn settings_never_print_the_password() {
         let settings = RedisSettings {
-            url: "redis://10.0.0.5".to_owned(),
             password: Some("hunter2".to_owned()),
-            timeout: Duration::from_millis(5),
-            expected_instances: NonZeroU32::MIN,
+            ..RedisSettings::node("redis://10.0.0.5")
         };
-        assert!(!format!("{settings:?}").contains("hunter2"));
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"));
     }
 }

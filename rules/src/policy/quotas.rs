@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 
 use time::Date;
 use toml::Spanned;
@@ -167,15 +168,30 @@ pub enum QuotaBackend {
 /// `[quotas] redis = { ... }`: the shared Redis of the middleware.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisBackend {
-    /// `redis://host:port[/db]` or `rediss://…`, without credentials.
-    pub url: String,
+    /// The node (`url`), or a cluster's seed nodes (`urls`):
+    /// `redis://host:port[/db]` or `rediss://…` for TLS, without credentials.
+    pub urls: Vec<String>,
+    /// Whether `urls` are seed nodes of a Redis Cluster.
+    pub cluster: bool,
+    /// The ACL user, if not `default`.
+    pub username: Option<String>,
     /// The environment variable holding the password, if Redis needs one.
     pub password_env: Option<String>,
+    /// A PEM file of the CA that signed the servers' certificates, for a
+    /// private CA; the system's roots otherwise. Only with `rediss://`.
+    pub tls_ca_file: Option<PathBuf>,
     /// How long one check may take before the instance decides locally.
     pub timeout_ms: NonZeroU32,
     /// Instances sharing the limit; each enforces `quota / expected_instances`
     /// while Redis is unreachable.
     pub expected_instances: NonZeroU32,
+}
+
+impl RedisBackend {
+    /// Whether the connection is TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.urls.iter().any(|url| url.starts_with("rediss://"))
+    }
 }
 
 /// Default per-check budget: a loopback round trip takes well under 1 ms.
@@ -509,7 +525,7 @@ fn check_backend(checker: &mut Checker<'_>, raw: &RawQuotas) -> Option<QuotaBack
         None => "local",
     };
     match (kind, &raw.redis) {
-        ("redis", Some(redis)) => check_redis(checker, redis.get_ref()).map(QuotaBackend::Redis),
+        ("redis", Some(redis)) => check_redis(checker, redis).map(QuotaBackend::Redis),
         ("redis", None) => {
             let help = Some(
                 "add redis = { url = \"redis://127.0.0.1:6379\", expected_instances = 4 }"
@@ -530,8 +546,20 @@ fn check_backend(checker: &mut Checker<'_>, raw: &RawQuotas) -> Option<QuotaBack
     }
 }
 
-fn check_redis(checker: &mut Checker<'_>, raw: &RawRedis) -> Option<RedisBackend> {
-    let url = checker.url(&raw.url, "quotas.redis.url", &REDIS_URL);
+fn check_redis(checker: &mut Checker<'_>, raw: &Spanned<RawRedis>) -> Option<RedisBackend> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let cluster = raw.cluster.as_ref().is_some_and(|c| *c.get_ref());
+    let urls = check_redis_urls(checker, raw, span, cluster);
+    let username = raw.username.as_ref().and_then(|name| {
+        let valid = !name.get_ref().is_empty() && !name.get_ref().contains(char::is_whitespace);
+        if !valid {
+            let message = format!("\"{}\" is not an ACL user name", name.get_ref());
+            let help = Some("name the ACL user, such as \"floodgate\"".to_owned());
+            checker.error(name.span(), "quotas.redis.username", message, help);
+        }
+        valid.then(|| name.get_ref().clone())
+    });
     let password_env = raw.password_env.as_ref().and_then(|name| {
         checker.env_var_name(
             name,
@@ -539,6 +567,25 @@ fn check_redis(checker: &mut Checker<'_>, raw: &RawRedis) -> Option<RedisBackend
             "FLOODGATE_REDIS_PASSWORD",
         )
     });
+    let tls = urls
+        .as_ref()
+        .is_some_and(|urls| urls.iter().any(|u| u.starts_with("rediss://")));
+    let tls_ca_file = match &raw.tls_ca_file {
+        Some(file) if urls.is_some() && !tls => {
+            let message = "a CA file is only used over TLS".to_owned();
+            let help = Some("write the URLs as rediss://, or remove tls_ca_file".to_owned());
+            checker.error(file.span(), "quotas.redis.tls_ca_file", message, help);
+            None
+        }
+        Some(file) if file.get_ref().trim().is_empty() => {
+            let help = Some("name a PEM file, such as \"/etc/floodgate/redis-ca.pem\"".to_owned());
+            let message = "must not be empty".to_owned();
+            checker.error(file.span(), "quotas.redis.tls_ca_file", message, help);
+            None
+        }
+        Some(file) => Some(Some(PathBuf::from(file.get_ref()))),
+        None => Some(None),
+    };
     let timeout_ms = match &raw.timeout_ms {
         Some(ms) => checker.in_range(ms, "quotas.redis.timeout_ms", 1, 1000),
         None => Some(DEFAULT_REDIS_TIMEOUT_MS),
@@ -547,16 +594,89 @@ fn check_redis(checker: &mut Checker<'_>, raw: &RawRedis) -> Option<RedisBackend
         Some(n) => checker.positive(n, "quotas.redis.expected_instances"),
         None => NonZeroU32::new(1),
     };
+    let username_invalid = raw.username.is_some() && username.is_none();
     let password_missing = raw.password_env.is_some() && password_env.is_none();
-    if password_missing {
+    if username_invalid || password_missing {
         return None;
     }
     Some(RedisBackend {
-        url: url?,
+        urls: urls?,
+        cluster,
+        username,
         password_env,
+        tls_ca_file: tls_ca_file?,
         timeout_ms: NonZeroU32::new(timeout_ms?)?,
         expected_instances: expected_instances?,
     })
+}
+
+/// `url` for one node or `urls` for a cluster's seeds: one of the two, every
+/// URL valid, one scheme for all (a cluster is TLS throughout or not at
+/// all), and no database number in a cluster (it has only database 0).
+fn check_redis_urls(
+    checker: &mut Checker<'_>,
+    raw: &RawRedis,
+    table: std::ops::Range<usize>,
+    cluster: bool,
+) -> Option<Vec<String>> {
+    let seeds: Vec<&Spanned<String>> = match (&raw.url, &raw.urls) {
+        (Some(url), None) => vec![url],
+        (None, Some(urls)) if urls.get_ref().is_empty() => {
+            let help = Some(
+                "name at least one node, such as urls = [\"redis://10.0.0.5:6379\"]".to_owned(),
+            );
+            checker.error(
+                urls.span(),
+                "quotas.redis.urls",
+                "must not be empty".to_owned(),
+                help,
+            );
+            return None;
+        }
+        (None, Some(urls)) if urls.get_ref().len() > 1 && !cluster => {
+            let message = "several nodes are the seeds of a Redis Cluster".to_owned();
+            let help = Some("add cluster = true, or give the one node as url".to_owned());
+            checker.error(urls.span(), "quotas.redis.urls", message, help);
+            return None;
+        }
+        (None, Some(urls)) => urls.get_ref().iter().collect(),
+        (Some(_), Some(urls)) => {
+            let message = "give url (one node) or urls (a cluster's seeds), not both".to_owned();
+            checker.error(urls.span(), "quotas.redis.urls", message, None);
+            return None;
+        }
+        (None, None) => {
+            let help = Some("add url = \"redis://10.0.0.5:6379\", or for a cluster cluster = true, urls = [...]".to_owned());
+            checker.error(table, "quotas.redis", "names no node".to_owned(), help);
+            return None;
+        }
+    };
+    let path = if raw.url.is_some() {
+        "quotas.redis.url"
+    } else {
+        "quotas.redis.urls"
+    };
+    let mut urls = Vec::with_capacity(seeds.len());
+    for seed in seeds {
+        let url = checker.url(seed, path, &REDIS_URL)?;
+        if let Some(first) = urls.first().map(String::as_str)
+            && first.starts_with("rediss://") != url.starts_with("rediss://")
+        {
+            let message = "mixes redis:// and rediss://".to_owned();
+            let help = Some("a cluster is TLS on every node or on none: use one scheme".to_owned());
+            checker.error(seed.span(), path, message, help);
+            return None;
+        }
+        let database = url.splitn(4, '/').nth(3).unwrap_or_default();
+        if cluster && !matches!(database, "" | "0") {
+            let message = format!("names database {database}, but a cluster has only database 0");
+            let help = Some("remove the /<db> from the URL".to_owned());
+            checker.error(seed.span(), path, message, help);
+            return None;
+        }
+        urls.push(url);
+    }
+    Some(urls)
 }
 
 /// The middleware's Redis: the password comes from `password_env`.

@@ -118,8 +118,12 @@ pub(crate) type RawClasses = Spanned<BTreeMap<Spanned<String>, Spanned<Vec<Spann
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRedis {
-    pub url: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    pub urls: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cluster: Option<Spanned<bool>>,
+    pub username: Option<Spanned<String>>,
     pub password_env: Option<Spanned<String>>,
+    pub tls_ca_file: Option<Spanned<String>>,
     pub timeout_ms: Option<Spanned<i64>>,
     pub expected_instances: Option<Spanned<i64>>,
 }

@@ -1,0 +1,236 @@
+//! The Redis backend against real Redis Clusters the tests start: three
+//! primaries (with a replica each where a failover is tested), joined by
+//! `redis-cli --cluster create`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use floodgate_ratelimit::{Backend, BuildError, RedisSettings};
+use http::StatusCode;
+use metrics_util::debugging::DebuggingRecorder;
+
+use crate::common;
+use crate::redis::{
+    Fallbacks, Limited, connected_service, fresh_tenant, send, service, wait_until_connected,
+};
+use crate::servers::RedisCluster;
+
+/// A burst of 10 an hour: no refill while a test runs, so what two layers
+/// admit together is exactly 10 per tenant when they share it.
+const TEN_AN_HOUR: &str = r#"
+[quotas]
+default_plan = "burst"
+plans = [{ name = "burst", limits = [{ requests = 10, per_seconds = 3600 }] }]
+"#;
+
+fn cluster_backend(seed: String, timeout: Duration) -> Backend {
+    Backend::Redis(RedisSettings {
+        timeout,
+        expected_instances: 2.try_into().unwrap(),
+        ..RedisSettings::cluster([seed])
+    })
+}
+
+/// Sends `rounds` requests per tenant, alternating between the two layers;
+/// what each tenant got admitted.
+async fn alternate(layers: &mut [Limited; 2], tenants: &[String], rounds: usize) -> Vec<usize> {
+    let mut admitted = vec![0; tenants.len()];
+    for round in 0..rounds {
+        for (tenant, count) in tenants.iter().zip(&mut admitted) {
+            if send(&mut layers[round % 2], tenant).await.0 == StatusCode::OK {
+                *count += 1;
+            }
+        }
+    }
+    admitted
+}
+
+/// The primaries holding at least one of floodgate's keys, by port.
+fn primaries_with_keys(cluster: &RedisCluster) -> BTreeSet<u16> {
+    cluster
+        .primaries()
+        .into_iter()
+        .filter(|node| {
+            let keys = node.cli(&["--scan", "--pattern", "floodgate:*"]);
+            !keys.trim().is_empty()
+        })
+        .map(|node| node.port)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_layers_on_different_seed_nodes_share_every_tenants_burst_exactly() {
+    let cluster = RedisCluster::start(false, None);
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks::new(&recorder);
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let budget = Duration::from_millis(250);
+    let ([first, second], handles) = metrics::with_local_recorder(&recorder, || {
+        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
+        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(1), budget));
+        ([a, b], [a_handle, b_handle])
+    });
+    for handle in &handles {
+        wait_until_connected(handle, true).await;
+    }
+    // 60 tenants land on every primary (checked below); each is sent 16
+    // requests, 8 through each layer.
+    let tenants: Vec<String> = (0..60)
+        .map(|i| fresh_tenant(&format!("spread{i}")))
+        .collect();
+    let mut layers = [first, second];
+    let admitted = alternate(&mut layers, &tenants, 16).await;
+
+    assert!(
+        admitted.iter().all(|&n| n == 10),
+        "each tenant's burst of 10, shared by both layers: {admitted:?}"
+    );
+    assert_eq!(
+        fallbacks.total(),
+        0,
+        "Redis decided every check: {:?}",
+        fallbacks.by_reason()
+    );
+    assert_eq!(
+        primaries_with_keys(&cluster).len(),
+        3,
+        "every primary holds some tenants' state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_under_load_keeps_limits_enforced_after_the_topology_refresh() {
+    let cluster = RedisCluster::start(true, None);
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks::new(&recorder);
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let budget = Duration::from_millis(250);
+    let (layers, handles) = metrics::with_local_recorder(&recorder, || {
+        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
+        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(2), budget));
+        ([a, b], [a_handle, b_handle])
+    });
+    for handle in &handles {
+        wait_until_connected(handle, true).await;
+    }
+    let mut layers = layers;
+
+    // Before: 30 tenants spend half of their burst.
+    let before: Vec<String> = (0..30)
+        .map(|i| fresh_tenant(&format!("before{i}")))
+        .collect();
+    assert!(
+        alternate(&mut layers, &before, 5)
+            .await
+            .iter()
+            .all(|&n| n == 5)
+    );
+    assert_eq!(fallbacks.total(), 0);
+
+    // During: a replica takes over its primary while requests keep coming.
+    let replica = cluster
+        .nodes
+        .iter()
+        .find(|node| node.cli(&["ROLE"]).starts_with("slave"))
+        .expect("a replica");
+    let replica_port = replica.port;
+    replica.cli(&["CLUSTER", "FAILOVER"]);
+    let during: Vec<String> = (0..30)
+        .map(|i| fresh_tenant(&format!("during{i}")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut during_admitted = vec![0; during.len()];
+    loop {
+        for (count, n) in during_admitted
+            .iter_mut()
+            .zip(alternate(&mut layers, &during, 2).await)
+        {
+            *count += n;
+        }
+        let promoted = cluster
+            .nodes
+            .iter()
+            .any(|node| node.port == replica_port && node.cli(&["ROLE"]).starts_with("master"));
+        if promoted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never took over");
+    }
+    cluster.wait_until_healthy();
+    // Whatever fell back in between admitted at most its local share,
+    // half of the burst here (2 expected instances) per layer.
+    assert!(
+        during_admitted.iter().all(|&n| n <= 10 + 2 * 5),
+        "bounded while failing over: {during_admitted:?}"
+    );
+    let reasons = fallbacks.by_reason().clone();
+    assert!(
+        !reasons.contains_key("moved"),
+        "the cluster client follows MOVED itself: {reasons:?}"
+    );
+
+    // After: the tenants from before kept their state through the
+    // failover, and fresh tenants get exactly their burst, through Redis.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counted = fallbacks.total();
+    let before_rest = alternate(&mut layers, &before, 10).await;
+    assert!(
+        before_rest.iter().all(|&n| n == 5),
+        "the other half of the burst, as the replica had it: {before_rest:?}"
+    );
+    let after: Vec<String> = (0..30)
+        .map(|i| fresh_tenant(&format!("after{i}")))
+        .collect();
+    let after_admitted = alternate(&mut layers, &after, 16).await;
+    assert!(
+        after_admitted.iter().all(|&n| n == 10),
+        "exact again after the refresh: {after_admitted:?}"
+    );
+    assert_eq!(
+        fallbacks.total(),
+        counted,
+        "no fallback once the topology is refreshed: {:?}",
+        fallbacks.by_reason()
+    );
+}
+
+#[tokio::test]
+async fn a_standalone_client_pointed_at_a_cluster_node_is_refused_at_start_up() {
+    let cluster = RedisCluster::start(false, None);
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let backend = Backend::Redis(RedisSettings::node(cluster.url(0)));
+    let Err(error) = connected_service(&quotas, backend.clone()).await else {
+        panic!("a cluster node must not pass for one server");
+    };
+    assert!(matches!(error, BuildError::Unusable { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&cluster.url(0)) && message.contains("set cluster = true"),
+        "{message}"
+    );
+
+    // Built without waiting, the layer decides locally and says why.
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks::new(&recorder);
+    let (mut layer, handle) = metrics::with_local_recorder(&recorder, || service(&quotas, backend));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handle.redis_connected(), Some(false));
+    send(&mut layer, &fresh_tenant("standalone")).await;
+    let reasons = fallbacks.by_reason().clone();
+    assert_eq!(reasons.get("moved"), Some(&1), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_cluster_client_pointed_at_one_server_is_refused_at_start_up() {
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let url = "redis://127.0.0.1:6379";
+    let backend = Backend::Redis(RedisSettings::cluster([url]));
+    let Err(error) = connected_service(&quotas, backend).await else {
+        panic!("one server must not pass for a cluster");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(url) && message.contains("remove cluster = true"),
+        "{message}"
+    );
+}
