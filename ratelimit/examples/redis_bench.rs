@@ -1,6 +1,6 @@
 //! Checks per second and latency per check through the layer with the
-//! Redis backend: 2 client tasks on loopback, each sending one request at a
-//! time for a random one of 1,000 tenants.
+//! Redis backend: client tasks on loopback (2, or `FLOODGATE_BENCH_TASKS`),
+//! each sending one request at a time for a random one of 1,000 tenants.
 //!
 //! ```text
 //! cargo run --release -p floodgate-ratelimit --example redis_bench -- [SECONDS] [REDIS_URL]
@@ -27,7 +27,14 @@ default_plan = "bench"
 plans = [{ name = "bench", limits = [{ requests = 1000000, per_seconds = 1 }] }]
 "#;
 
-const TASKS: usize = 2;
+/// Client tasks, each with one request in flight (`FLOODGATE_BENCH_TASKS`,
+/// default 2): match it to the ceiling's concurrency.
+fn tasks() -> u64 {
+    std::env::var("FLOODGATE_BENCH_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2)
+}
 const TENANTS: u64 = 1_000;
 
 fn main() {
@@ -96,7 +103,7 @@ async fn run(seconds: f64, mut urls: Vec<String>, cluster: bool) {
     }
 
     let started = Instant::now();
-    let tasks: Vec<_> = (0..TASKS as u64)
+    let tasks: Vec<_> = (0..tasks())
         .map(|task| {
             let mut service = service.clone();
             tokio::spawn(async move {

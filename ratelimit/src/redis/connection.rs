@@ -1,16 +1,17 @@
 //! Reaching Redis: one node or a cluster, plaintext or TLS, with an ACL
 //! user; and what a failure means for the checks that meet it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Client, ErrorKind, IntoConnectionInfo, RedisError, ScriptInvocation,
     ServerErrorKind, TlsCertificates,
 };
 
+use super::cluster::{ClusterRoutes, NodeConnector};
 use super::fallback::Reason;
 use super::{BuildError, RedisSettings};
 
@@ -24,19 +25,20 @@ pub(crate) enum Connection {
     Node(MultiplexedConnection),
     /// Connections to every primary, routed by slot: `MOVED` and `ASK`
     /// followed, the topology refreshed after a failover.
-    Cluster(ClusterConnection),
+    Cluster(ClusterRoutes),
 }
 
 impl Connection {
-    /// Runs the script, loading it first where the server answers NOSCRIPT
-    /// (in a cluster, `SCRIPT LOAD` goes to every node).
+    /// Runs the script for a key in `slot` (for one server, any), loading
+    /// it first where the server answers NOSCRIPT.
     pub async fn invoke(
         &mut self,
+        slot: u16,
         invocation: &ScriptInvocation<'_>,
     ) -> redis::RedisResult<Vec<i64>> {
         match self {
             Connection::Node(connection) => invocation.invoke_async(connection).await,
-            Connection::Cluster(connection) => invocation.invoke_async(connection).await,
+            Connection::Cluster(routes) => routes.invoke(slot, invocation).await,
         }
     }
 }
@@ -53,7 +55,58 @@ pub(crate) struct Connector {
 #[allow(clippy::large_enum_variant)]
 enum Clients {
     Node(Client),
-    Cluster(ClusterClient),
+    /// The library's cluster client, and how to reach one of its nodes.
+    Cluster(ClusterClient, NodeConnector),
+}
+
+/// What every connection to this Redis carries: the ACL user, the
+/// password, and the CA for TLS.
+#[derive(Clone)]
+struct Access {
+    username: Option<String>,
+    password: Option<String>,
+    tls_ca: Option<Vec<u8>>,
+}
+
+impl Access {
+    fn certificates(&self) -> Option<TlsCertificates> {
+        self.tls_ca.as_ref().map(|ca| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.clone()),
+        })
+    }
+
+    /// A client for one server at `url`.
+    fn client(&self, url: &str) -> redis::RedisResult<Client> {
+        let mut info = url.into_connection_info()?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(username) = &self.username {
+            redis = redis.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            redis = redis.set_password(password);
+        }
+        info = info.set_redis_settings(redis);
+        match self.certificates() {
+            Some(certificates) => Client::build_with_tls(info, certificates),
+            None => Client::open(info),
+        }
+    }
+
+    /// Connects to a cluster node by its `host:port`, for the direct routes.
+    fn node_connector(self, scheme: &'static str) -> NodeConnector {
+        Arc::new(move |address: String| {
+            let client = self.client(&format!("{scheme}://{address}"));
+            Box::pin(async move {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(CONNECT_TIMEOUT));
+                client?
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            })
+        })
+    }
 }
 
 /// Why connecting or a check failed, in the operator's terms.
@@ -150,32 +203,35 @@ fn is_tls(error: &RedisError) -> bool {
 
 impl Connector {
     pub fn new(settings: &RedisSettings) -> Result<Connector, BuildError> {
-        if settings.urls.iter().any(|url| url.starts_with("rediss://")) {
+        let tls = settings.urls.iter().any(|url| url.starts_with("rediss://"));
+        if tls {
             install_crypto_provider();
         }
         let invalid = |error: RedisError| BuildError::RedisUrl(error.to_string());
         let ping_budget = settings.timeout.max(Duration::from_millis(100));
-        let certificates = || TlsCertificates {
-            client_tls: None,
-            root_cert: settings.tls_ca.clone(),
+        let access = Access {
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+            tls_ca: settings.tls_ca.clone(),
         };
         if settings.cluster {
             let mut builder = ClusterClientBuilder::new(settings.urls.iter().map(String::as_str))
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(CONNECT_TIMEOUT)
                 .retries(3);
-            if let Some(username) = &settings.username {
+            if let Some(username) = &access.username {
                 builder = builder.username(username);
             }
-            if let Some(password) = &settings.password {
+            if let Some(password) = &access.password {
                 builder = builder.password(password);
             }
-            if settings.tls_ca.is_some() {
-                builder = builder.certs(certificates());
+            if let Some(certificates) = access.certificates() {
+                builder = builder.certs(certificates);
             }
             let client = builder.build().map_err(invalid)?;
+            let scheme = if tls { "rediss" } else { "redis" };
             return Ok(Connector {
-                client: Clients::Cluster(client),
+                client: Clients::Cluster(client, access.node_connector(scheme)),
                 ping_budget,
             });
         }
@@ -185,22 +241,8 @@ impl Connector {
                     .to_owned(),
             ));
         };
-        let mut info = url.as_str().into_connection_info().map_err(invalid)?;
-        let mut redis = info.redis_settings().clone();
-        if let Some(username) = &settings.username {
-            redis = redis.set_username(username);
-        }
-        if let Some(password) = &settings.password {
-            redis = redis.set_password(password);
-        }
-        info = info.set_redis_settings(redis);
-        let client = match settings.tls_ca {
-            Some(_) => Client::build_with_tls(info, certificates()),
-            None => Client::open(info),
-        };
-        let client = client.map_err(invalid)?;
         Ok(Connector {
-            client: Clients::Node(client),
+            client: Clients::Node(access.client(url).map_err(invalid)?),
             ping_budget,
         })
     }
@@ -223,13 +265,14 @@ impl Connector {
                     refuse_cluster_node(&mut connection).await?;
                     Ok(Connection::Node(connection))
                 }
-                Clients::Cluster(client) => {
+                Clients::Cluster(client, connect_node) => {
                     let mut connection = client
                         .get_async_connection()
                         .await
                         .map_err(|e| Failure::of(&e))?;
                     ping(&mut connection, self.ping_budget).await?;
-                    Ok(Connection::Cluster(connection))
+                    let routes = ClusterRoutes::new(connection, Arc::clone(connect_node)).await;
+                    Ok(Connection::Cluster(routes))
                 }
             }
         };

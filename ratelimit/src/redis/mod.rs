@@ -25,6 +25,7 @@
 //!   the script needs. Keys expire once every limit has refilled, so Redis
 //!   holds only active tenants.
 
+mod cluster;
 mod connection;
 mod fallback;
 mod near_cache;
@@ -309,7 +310,10 @@ impl RedisBackend {
                 .arg(part.fingerprint.to_string());
             script_limits(&mut invocation, class);
         }
-        let answer = tokio::time::timeout(self.timeout, connection.invoke(&invocation));
+        let answer = tokio::time::timeout(
+            self.timeout,
+            connection.invoke(slot.unwrap_or(0), &invocation),
+        );
         let failure = match answer.await {
             Ok(Ok(values)) => {
                 if let (Some(slots), Some(slot)) = (&self.slots, slot) {
