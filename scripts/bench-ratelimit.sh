@@ -2,8 +2,9 @@
 # End-to-end load test of the rate-limit layer: the example axum service on
 # loopback, driven by wrk at saturation with and without the layer, in one
 # run, with 100k tenants picked at random per request, and tower_governor in
-# the layer's place as the anchor. Then the key spray memory check. Figures
-# go in BENCHMARKS.md.
+# the layer's place as the anchor; the layer with the Redis backend too
+# (Redis on 127.0.0.1:6379, started if none answers, and not capped). Then
+# the key spray memory check. Figures go in BENCHMARKS.md.
 #
 #   scripts/bench-ratelimit.sh      # ROUNDS (6), SECONDS_PER_RUN (5), CPU_SHARE (35)
 #
@@ -24,6 +25,12 @@ if ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release --quiet -p floodgate-ratelimit --example tenant_service --example key_spray
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    command -v redis-server >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no \
+        --dir /tmp --logfile /tmp/floodgate-bench-redis.log
+    sleep 0.5
+fi
 
 work=$(mktemp -d)
 caps=()
@@ -113,6 +120,7 @@ for round in $(seq "$rounds"); do
     side_by_side "floodgate, default"
     side_by_side "floodgate, --headers-always" --headers-always
     side_by_side "floodgate, --no-headers" --no-headers
+    side_by_side "floodgate, redis backend" --policy scripts/load/policy-redis.toml
     side_by_side "tower_governor, default" --tower-governor
     side_by_side "tower_governor, --headers-always" --tower-governor --headers-always
 done

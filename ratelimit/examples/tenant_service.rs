@@ -187,9 +187,12 @@ async fn main() {
         eprintln!("error: {message}");
         std::process::exit(1);
     });
+    // With the Redis backend, a Redis no retry can fix (TLS, credentials,
+    // cluster mode) stops the service here; one that is down does not.
     let layer = TenantRateLimitLayer::builder(&quotas)
         .headers(args.headers.unwrap_or_default())
-        .build()
+        .connect()
+        .await
         .unwrap_or_else(|error| {
             eprintln!("error: {error}");
             std::process::exit(1);

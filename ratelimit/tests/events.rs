@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{Backend, RedisSettings, Tenant, TenantRateLimitLayer};
 use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -84,4 +84,55 @@ plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
     assert_eq!(events.len(), 21, "a burst of 20, then one after a second");
     assert!(events[0].contains("key=tenant acme") && events[0].contains("plan=\"free\""));
     assert!(events[20].contains("suppressed=980"), "{}", events[20]);
+}
+
+#[test]
+fn checks_decided_without_redis_warn_once_with_the_reason_and_the_endpoint() {
+    let text = r#"
+[quotas]
+default_plan = "free"
+plans = [{ name = "free", limits = [{ requests = 1000, per_seconds = 60 }] }]
+"#;
+    let quotas = common::quotas(text);
+    // Nothing listens on the port: every check is decided locally.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let layer = TenantRateLimitLayer::builder(&quotas)
+        .backend(Backend::Redis(RedisSettings::node(&url)))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(tower::service_fn(|_: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    }));
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        for i in 0..200 {
+            send(&mut service, &format!("tenant-{i}"));
+        }
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("decided locally"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning for 200 checks: {text}");
+    assert!(
+        warnings[0].contains("reason=\"connecting\"") && warnings[0].contains(&url),
+        "{}",
+        warnings[0]
+    );
 }

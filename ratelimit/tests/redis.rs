@@ -545,3 +545,20 @@ async fn with_redis_down_a_class_budget_falls_back_to_its_share() {
     let (status, _) = send_to(&mut service, &tenant, "GET", "/status").await;
     assert_eq!(status, StatusCode::OK, "the plan's share is far from spent");
 }
+
+#[tokio::test]
+async fn a_redis_that_is_down_at_start_up_does_not_stop_the_service() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let quotas = common::quotas(EIGHT_A_MINUTE);
+    let (mut service, handle) =
+        connected_service(&quotas, redis_at(&url, Duration::from_millis(250), 4))
+            .await
+            .expect("a Redis that is down is no reason to refuse to start");
+    assert_eq!(handle.redis_connected(), Some(false));
+    let tenant = fresh_tenant("down-at-start");
+    assert_eq!(
+        admitted(&mut service, &tenant, 10).await,
+        2,
+        "a quarter of the quota"
+    );
+}

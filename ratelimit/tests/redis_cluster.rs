@@ -23,10 +23,13 @@ default_plan = "burst"
 plans = [{ name = "burst", limits = [{ requests = 10, per_seconds = 3600 }] }]
 "#;
 
+/// Four instances expected: a check decided locally gets a quarter of the
+/// burst (3 of 10, rounded up), so two layers falling back admit at most 6
+/// of a tenant's 10, never the 10 a shared limit gives.
 fn cluster_backend(seed: String, timeout: Duration) -> Backend {
     Backend::Redis(RedisSettings {
         timeout,
-        expected_instances: 2.try_into().unwrap(),
+        expected_instances: 4.try_into().unwrap(),
         ..RedisSettings::cluster([seed])
     })
 }
@@ -157,10 +160,10 @@ async fn a_failover_under_load_keeps_limits_enforced_after_the_topology_refresh(
         assert!(Instant::now() < deadline, "the replica never took over");
     }
     cluster.wait_until_healthy();
-    // Whatever fell back in between admitted at most its local share,
-    // half of the burst here (2 expected instances) per layer.
+    // Whatever fell back in between admitted at most its local share, 3
+    // per layer, beyond what Redis admitted.
     assert!(
-        during_admitted.iter().all(|&n| n <= 10 + 2 * 5),
+        during_admitted.iter().all(|&n| n <= 10 + 2 * 3),
         "bounded while failing over: {during_admitted:?}"
     );
     let reasons = fallbacks.by_reason().clone();
@@ -232,5 +235,67 @@ async fn a_cluster_client_pointed_at_one_server_is_refused_at_start_up() {
     assert!(
         message.contains(url) && message.contains("remove cluster = true"),
         "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_shared() {
+    // Without full coverage required, the other primaries serve their slots
+    // while one is down. (With Redis's default, the whole cluster answers
+    // CLUSTERDOWN once the node is marked failed, and every check falls
+    // back, counted as cluster_down.)
+    let mut cluster =
+        RedisCluster::start_with(false, None, &["--cluster-require-full-coverage", "no"]);
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks::new(&recorder);
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let budget = Duration::from_millis(100);
+    let (layers, handles) = metrics::with_local_recorder(&recorder, || {
+        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
+        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(1), budget));
+        ([a, b], [a_handle, b_handle])
+    });
+    for handle in &handles {
+        wait_until_connected(handle, true).await;
+    }
+    let mut layers = layers;
+    let dead_ranges = cluster.ranges_of(2);
+    assert!(!dead_ranges.is_empty());
+    drop(cluster.nodes.remove(2));
+
+    let tenants: Vec<String> = (0..45)
+        .map(|i| fresh_tenant(&format!("node-down{i}")))
+        .collect();
+    let on_dead_node: Vec<bool> = tenants
+        .iter()
+        .map(|tenant| {
+            let slot = cluster.slot(&format!("floodgate:{{t:{tenant}}}"));
+            dead_ranges
+                .iter()
+                .any(|(first, last)| (*first..=*last).contains(&slot))
+        })
+        .collect();
+    assert!(on_dead_node.iter().any(|d| *d) && on_dead_node.iter().any(|d| !*d));
+    let admitted = alternate(&mut layers, &tenants, 16).await;
+    for ((tenant, admitted), dead) in tenants.iter().zip(&admitted).zip(&on_dead_node) {
+        if *dead {
+            // Each layer's local share: 3 of the burst.
+            assert!(
+                (1..=6).contains(admitted),
+                "{tenant}, on the dead node, at most its local shares: {admitted}"
+            );
+        } else {
+            assert_eq!(*admitted, 10, "{tenant}, on a live node, shared exactly");
+        }
+    }
+    let reasons = fallbacks.by_reason().clone();
+    let expected = ["timeout", "refused", "node_backoff", "cluster_down"];
+    assert!(
+        !reasons.is_empty() && reasons.keys().all(|r| expected.contains(&r.as_str())),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains_key("node_backoff"),
+        "the dead node's slots back off: {reasons:?}"
     );
 }

@@ -219,3 +219,13 @@ fn an_unreadable_ca_file_is_a_build_error_naming_it() {
         "{message}"
     );
 }
+
+#[test]
+fn the_readmes_acl_line_is_the_one_tested() {
+    let readme = include_str!("../../README.md");
+    let line = format!(
+        "ACL SETUSER floodgate on >PASSWORD {}",
+        ACL_RULES[1..].join(" ")
+    );
+    assert!(readme.contains(&line), "README.md should show:\n{line}");
+}

@@ -307,6 +307,11 @@ impl RedisCluster {
     /// Starts the nodes, joins them with `redis-cli --cluster create`, and
     /// waits until every node sees every slot served and replicas in sync.
     pub fn start(replicas: bool, tls: Option<&Certificates>) -> RedisCluster {
+        RedisCluster::start_with(replicas, tls, &[])
+    }
+
+    /// [`RedisCluster::start`], with more `redis-server` arguments for each node.
+    pub fn start_with(replicas: bool, tls: Option<&Certificates>, extra: &[&str]) -> RedisCluster {
         let dir = Scratch::new("cluster");
         let count = if replicas { 6 } else { 3 };
         let nodes: Vec<RedisServer> = (0..count)
@@ -340,6 +345,7 @@ impl RedisCluster {
                     ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
                         .map(String::from),
                 );
+                args.extend(extra.iter().map(|arg| arg.to_string()));
                 let cli = tls.map(Certificates::cli_args).unwrap_or_default();
                 RedisServer::spawn(port, args, cli, Some(&node_dir))
             })
@@ -377,6 +383,28 @@ impl RedisCluster {
             "127.0.0.1"
         };
         format!("{}://{host}:{}", self.scheme, self.nodes[index].port)
+    }
+
+    /// The slot of `key`, as the cluster computes it.
+    pub fn slot(&self, key: &str) -> u16 {
+        self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The slot ranges node `index` serves as a primary.
+    pub fn ranges_of(&self, index: usize) -> Vec<(u16, u16)> {
+        let port = self.nodes[index].port.to_string();
+        let slots = self.nodes[0].cli(&["CLUSTER", "SLOTS"]);
+        let lines: Vec<&str> = slots.lines().map(str::trim).collect();
+        // Each range: its first and last slot, then its primary's host and port.
+        lines
+            .windows(4)
+            .filter(|w| w[3] == port && w[0].parse::<u16>().is_ok() && w[1].parse::<u16>().is_ok())
+            .map(|w| (w[0].parse().unwrap(), w[1].parse().unwrap()))
+            .collect()
     }
 
     /// The nodes that are primaries now.
