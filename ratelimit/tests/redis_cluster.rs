@@ -299,3 +299,87 @@ async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_sh
         "the dead node's slots back off: {reasons:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_keeps_every_tenants_burst_exact() {
+    let cluster = RedisCluster::start(false, None);
+    let recorder = DebuggingRecorder::new();
+    let mut fallbacks = Fallbacks::new(&recorder);
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let budget = Duration::from_millis(500);
+    let (layers, handles) = metrics::with_local_recorder(&recorder, || {
+        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
+        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(1), budget));
+        ([a, b], [a_handle, b_handle])
+    });
+    for handle in &handles {
+        wait_until_connected(handle, true).await;
+    }
+    let mut layers = layers;
+    let tenants: Vec<String> = (0..40)
+        .map(|i| fresh_tenant(&format!("reshard{i}")))
+        .collect();
+    let mut admitted = alternate(&mut layers, &tenants, 4).await;
+
+    // Half of the first primary's slots move to the second, keys and all
+    // (MIGRATE, with ASK redirects while a slot is half moved), while the
+    // tenants keep sending.
+    let from = cluster.nodes[0].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let to = cluster.nodes[1].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let seed = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let moved_slots = (cluster
+        .ranges_of(0)
+        .iter()
+        .map(|(a, b)| b - a + 1)
+        .sum::<u16>()
+        / 2)
+    .to_string();
+    let reshard = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &seed,
+                "--cluster-from",
+                &from,
+                "--cluster-to",
+                &to,
+            ])
+            .args(["--cluster-slots", &moved_slots, "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs")
+    });
+    // While slots move: fresh tenants, ten at a time, each sent 16.
+    let mut during = Vec::new();
+    while !reshard.is_finished() {
+        let batch: Vec<String> = (0..10)
+            .map(|i| fresh_tenant(&format!("moving{}-{i}", during.len())))
+            .collect();
+        during.extend(alternate(&mut layers, &batch, 16).await);
+    }
+    let output = reshard.await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(during.len() >= 10, "the move overlapped some traffic");
+    assert!(
+        during.iter().all(|&n| n == 10),
+        "exact while slots moved: {during:?}, {:?}",
+        fallbacks.by_reason()
+    );
+    // After: the first tenants' state moved with their keys.
+    for (count, n) in admitted
+        .iter_mut()
+        .zip(alternate(&mut layers, &tenants, 12).await)
+    {
+        *count += n;
+    }
+    assert!(
+        admitted.iter().all(|&n| n == 10),
+        "each tenant's burst of 10 across the move: {admitted:?}, {:?}",
+        fallbacks.by_reason()
+    );
+    assert_eq!(fallbacks.total(), 0, "{:?}", fallbacks.by_reason());
+}
