@@ -291,3 +291,32 @@ fn more_route_classes_than_the_cap_is_an_error() {
     let at_cap = text.replace(&format!("class = \"c{}\"", classes - 1), "class = \"c0\"");
     assert!(Policy::from_toml(&at_cap, "many.toml", TODAY).is_ok());
 }
+
+#[test]
+fn the_example_policys_commented_redis_settings_load() {
+    use floodgate_rules::policy::QuotaBackend;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/floodgate.toml");
+    let example = std::fs::read_to_string(&path).unwrap();
+    let commented: Vec<&str> = example
+        .lines()
+        .filter_map(|line| line.strip_prefix("# redis = "))
+        .collect();
+    assert_eq!(commented.len(), 2, "one node, and a cluster over TLS");
+    let mut backends = Vec::new();
+    for table in commented {
+        let text = format!(
+            "[quotas]\ndefault_plan = \"free\"\nbackend = \"redis\"\nredis = {table}\nplans = [{{ name = \"free\", limits = [{{ requests = 10, per_seconds = 1 }}] }}]\n"
+        );
+        let loaded =
+            Policy::from_toml(&text, "floodgate.toml", TODAY).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.warnings, []);
+        let Some(QuotaBackend::Redis(redis)) = loaded.policy.quotas.map(|q| q.backend().clone())
+        else {
+            panic!("the redis backend");
+        };
+        backends.push(redis);
+    }
+    assert!(!backends[0].cluster && !backends[0].tls());
+    assert!(backends[1].cluster && backends[1].tls());
+    assert_eq!(backends[1].username.as_deref(), Some("floodgate"));
+}
