@@ -108,14 +108,6 @@ pub enum CycleError {
         /// The format they were read as.
         format: floodgate_rules::policy::LogFormat,
     },
-    /// A target's sets could not be read, to adopt what they hold.
-    #[error("{target}: {message}")]
-    TargetRead {
-        /// The target's label.
-        target: String,
-        /// Why.
-        message: TargetError,
-    },
     /// The ledger could not be read or saved.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -183,7 +175,7 @@ impl CycleReport {
     /// observe mode or as a standby, whether nothing needed writing).
     pub fn converged(&self) -> bool {
         let lost = self.lease.as_ref().is_some_and(|l| l.error.is_some());
-        !lost && !self.targets.iter().any(|t| t.failed)
+        !lost && !self.targets.iter().any(|t| t.failure.is_some())
     }
 }
 
@@ -229,8 +221,11 @@ pub struct TargetLine {
     /// Addresses the target cannot hold, as `address: why`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
-    #[serde(skip)]
-    failed: bool,
+    /// For a failed target, the kind of failure: `throttled`,
+    /// `unavailable`, `denied`, `not_found`, `invalid`, `conflict` or
+    /// `fenced`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<&'static str>,
 }
 
 /// Where a cycle stood with the lease.
@@ -286,6 +281,9 @@ pub struct Prepared {
     pub offenders: Vec<Offender>,
     /// What the sets held while the ledger was empty, taken in.
     pub adopted: Vec<IpNet>,
+    /// Targets whose sets could not be read for adoption, and why: this
+    /// cycle writes nothing to them and reports them failed.
+    pub unread: Vec<(String, TargetError)>,
     /// API calls made reading the sets to adopt them.
     pub read_calls: ApiCalls,
     /// The ledger as loaded, with anything adopted ([`run`] hands it on
@@ -335,7 +333,12 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     phases.end("read");
     let offenders = detect(&traffic, policy, widest);
     phases.end("detect");
-    let (loaded, adopted, read_calls) = load_ledger(parts, now_ms).await?;
+    let LoadedLedger {
+        ledger: loaded,
+        adopted,
+        unread,
+        calls: read_calls,
+    } = load_ledger(parts, now_ms).await?;
     phases.end("ledger");
     let planned = plan_against(&offenders, policy, &loaded, now_ms);
     phases.end("plan");
@@ -345,6 +348,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         stats,
         offenders,
         adopted,
+        unread,
         read_calls,
         loaded,
         planned,
@@ -384,35 +388,65 @@ async fn read<S: LogSource>(
     Ok(traffic)
 }
 
+/// The ledger as a cycle starts from.
+struct LoadedLedger {
+    ledger: LedgerState,
+    /// What the sets held that the ledger did not, taken in.
+    adopted: Vec<IpNet>,
+    /// Targets that could not be read for adoption, and why.
+    unread: Vec<(String, TargetError)>,
+    /// API calls the adoption reads made.
+    calls: ApiCalls,
+}
+
 /// Loads the ledger. With no ledger (first run, or a lost state file), it
 /// takes in what the sets already hold, so no active attacker is unblocked;
 /// with one, the sets are not read twice: apply's own read and diff remove
-/// anything the ledger does not explain.
-async fn load_ledger<S>(
-    parts: &Parts<'_, S>,
-    now_ms: i64,
-) -> Result<(LedgerState, Vec<IpNet>, ApiCalls), CycleError> {
+/// anything the ledger does not explain. A target that cannot be read then
+/// fails alone: it is remembered in the ledger as unadopted, written
+/// nothing, and read again (and adopted from) on the next cycle.
+async fn load_ledger<S>(parts: &Parts<'_, S>, now_ms: i64) -> Result<LoadedLedger, CycleError> {
     let mut ledger = parts.ledger.load().await?;
+    let labels: Vec<String> = parts.targets.iter().map(|t| t.label()).collect();
+    // A target renamed or removed since has nothing left to adopt.
+    ledger.unadopted.retain(|label| labels.contains(label));
+    let first_run = ledger.entries.is_empty();
     let mut calls = ApiCalls::default();
-    if !ledger.entries.is_empty() {
-        return Ok((ledger, Vec::new(), calls));
-    }
     let mut found = Vec::new();
-    for target in &parts.targets {
-        let contents = target
-            .read()
-            .await
-            .map_err(|message| CycleError::TargetRead {
-                target: target.label(),
-                message,
-            })?;
-        found.extend(contents.nets);
-        calls += contents.calls;
+    let mut unread = Vec::new();
+    for (target, label) in parts.targets.iter().zip(labels) {
+        if !first_run && !ledger.unadopted.contains(&label) {
+            continue;
+        }
+        match target.read().await {
+            Ok(contents) => {
+                found.extend(contents.nets);
+                calls += contents.calls;
+                ledger.unadopted.remove(&label);
+            }
+            Err(error) => {
+                tracing::error!(target = %label, %error, "cannot read the target's sets to adopt what they hold; writing nothing to it this cycle");
+                ledger.unadopted.insert(label.clone());
+                unread.push((label, error));
+            }
+        }
     }
     found.sort();
     found.dedup();
-    let adopted = adopt(&mut ledger, &found, parts.policy, now_ms);
-    Ok((ledger, adopted, calls))
+    let found = crate::plan::unknown_entries(&ledger, &found);
+    let reason = match first_run {
+        true => "found in an IP set while the ledger was empty",
+        false => {
+            "found in a target's sets when they could first be read after the ledger was empty"
+        }
+    };
+    let adopted = adopt(&mut ledger, &found, parts.policy, now_ms, reason);
+    Ok(LoadedLedger {
+        ledger,
+        adopted,
+        unread,
+        calls,
+    })
 }
 
 /// The cycle's plan for `offenders` against `ledger`.
@@ -461,10 +495,23 @@ async fn apply_as<S>(
 ) -> Result<Written, CycleError> {
     let (policy, now_ms) = (parts.policy, prepared.now_ms);
     let offenders = &prepared.offenders;
-    let replan = |state: &LedgerState| Ok(plan_against(offenders, policy, state, now_ms));
+    let unadopted = prepared.loaded.unadopted.clone();
+    let replan = |state: &LedgerState| {
+        let mut planned = plan_against(offenders, policy, state, now_ms);
+        // Someone saved since: still remember what this cycle could not read.
+        planned.ledger.unadopted.extend(unadopted.iter().cloned());
+        Ok(planned)
+    };
     let loaded = std::mem::take(&mut prepared.loaded);
     let planned = std::mem::take(&mut prepared.planned);
-    let targets = parts.targets.clone();
+    // A target whose sets could not be read for adoption is written nothing:
+    // its blocks the ledger does not know would be removed as strangers.
+    let targets: Vec<_> = parts
+        .targets
+        .iter()
+        .filter(|t| !loaded.unadopted.contains(&t.label()))
+        .cloned()
+        .collect();
     let applied = match (&parts.lease, standing) {
         (Some(lease), Some(Standing::Holding { fence, .. })) => {
             let ledger = parts.ledger.clone().fenced_by(lease.fence(*fence));
@@ -488,17 +535,31 @@ async fn apply_as<S>(
             .await
         }
     };
+    let unread = |mut reports: Vec<TargetReport>| {
+        if !matches!(standing, Some(Standing::Waiting { .. })) {
+            reports.extend(prepared.unread.iter().map(|(target, error)| TargetReport {
+                target: target.clone(),
+                outcome: Outcome::Failed(error.clone()),
+                calls: ApiCalls::default(),
+                left_out: Vec::new(),
+            }));
+        }
+        // In the policy's order, as every report lists its targets.
+        let labels: Vec<String> = parts.targets.iter().map(|t| t.label()).collect();
+        reports.sort_by_key(|r| labels.iter().position(|l| *l == r.target));
+        reports
+    };
     match applied {
         Ok((planned, reports)) => Ok(Written {
             planned,
-            reports,
+            reports: unread(reports),
             lease_lost: None,
         }),
         Err(UpdateError::Save(error @ LedgerError::LeaseLost { .. }, (planned, reports))) => {
             tracing::error!(%error, "lost the lease mid-cycle; stopped writing");
             Ok(Written {
                 planned,
-                reports,
+                reports: unread(reports),
                 lease_lost: Some(error),
             })
         }
@@ -595,7 +656,10 @@ fn report(
                 target: r.target.clone(),
                 outcome: r.outcome.to_string(),
                 left_out: r.left_out.iter().map(LeftOut::to_string).collect(),
-                failed: matches!(r.outcome, Outcome::Failed(_)),
+                failure: match &r.outcome {
+                    Outcome::Failed(error) => Some(error.kind.name()),
+                    _ => None,
+                },
             })
             .collect(),
         bytes_read: stats.bytes,

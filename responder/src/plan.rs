@@ -450,22 +450,26 @@ fn pack(
     (chunks, family[low..].to_vec())
 }
 
-/// Takes in what the targets already hold when the ledger knows nothing
-/// (first run, or a lost state file): each address found is recorded as
-/// blocked by the lowest block tier for its duration, so no active attacker
-/// is unblocked by a lost ledger. Returns what was adopted; with a ledger
-/// that has entries, adopts nothing (see [`unknown_entries`]).
+/// Takes in what the targets hold that the ledger has no entry for: the
+/// cycle calls it when the ledger knows nothing (first run, or a lost state
+/// file), and for a target it could not read then. Each address is recorded
+/// as blocked by the lowest block tier for its duration, so no active
+/// attacker is unblocked by a lost ledger; `reason` says why it was taken
+/// in. Returns what was adopted.
+/// Otherwise the cycle adopts nothing: strangers are reported and removed
+/// (see [`unknown_entries`]).
 pub fn adopt(
     ledger: &mut LedgerState,
     found: &[IpNet],
     policy: &Policy,
     now_ms: i64,
+    reason: &str,
 ) -> Vec<IpNet> {
     let lowest_block = policy.tiers.iter().find_map(|t| match &t.action {
         TierAction::Block(rule) => Some((t.name.to_string(), rule.block_minutes.get())),
         TierAction::Observe => None,
     });
-    let Some((tier, minutes)) = lowest_block.filter(|_| ledger.entries.is_empty()) else {
+    let Some((tier, minutes)) = lowest_block else {
         return Vec::new();
     };
     let mut adopted = Vec::new();
@@ -486,7 +490,7 @@ pub fn adopt(
                 requests: 0,
                 addresses: 1,
                 source: "adopted".to_owned(),
-                reason: "found in an IP set while the ledger was empty".to_owned(),
+                reason: reason.to_owned(),
                 suppressed_until_ms: None,
             },
         );

@@ -43,7 +43,7 @@
 pub mod dynamodb;
 pub mod file;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use ipnet::IpNet;
@@ -114,6 +114,12 @@ pub struct LedgerState {
     /// When the last plan was made, ms since the epoch: blocks that ended
     /// since are reported as expired.
     pub last_run_ms: Option<i64>,
+    /// Targets (by label) whose sets could not be read when the ledger was
+    /// adopting what the sets held: a later cycle reads and adopts from
+    /// them, and until then nothing is written to them, so no block they
+    /// hold is removed as unknown.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub unadopted: BTreeSet<String>,
 }
 
 impl LedgerState {
