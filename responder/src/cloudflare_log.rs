@@ -81,15 +81,40 @@ struct RawRecord<'a> {
     client_ip: Option<Cow<'a, str>>,
     #[serde(rename = "EdgeStartTimestamp", default)]
     edge_start: Option<EdgeTime>,
-    #[serde(rename = "ClientRequestPath", default, borrow)]
+    #[serde(
+        rename = "ClientRequestPath",
+        default,
+        borrow,
+        deserialize_with = "crate::waflog::lenient::optional_string"
+    )]
     path: Option<Cow<'a, str>>,
-    #[serde(rename = "ClientRequestHost", default, borrow)]
+    #[serde(
+        rename = "ClientRequestHost",
+        default,
+        borrow,
+        deserialize_with = "crate::waflog::lenient::optional_string"
+    )]
     host: Option<Cow<'a, str>>,
-    #[serde(rename = "ClientRequestMethod", default, borrow)]
+    #[serde(
+        rename = "ClientRequestMethod",
+        default,
+        borrow,
+        deserialize_with = "crate::waflog::lenient::optional_string"
+    )]
     method: Option<Cow<'a, str>>,
-    #[serde(rename = "ClientCountry", default, borrow)]
+    #[serde(
+        rename = "ClientCountry",
+        default,
+        borrow,
+        deserialize_with = "crate::waflog::lenient::optional_string"
+    )]
     country: Option<Cow<'a, str>>,
-    #[serde(rename = "SecurityAction", default, borrow)]
+    #[serde(
+        rename = "SecurityAction",
+        default,
+        borrow,
+        deserialize_with = "crate::waflog::lenient::optional_string"
+    )]
     security_action: Option<Cow<'a, str>>,
 }
 

@@ -171,6 +171,48 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Any optional field missing, null or of another type: the record is
+    /// still counted, with the same client and time (and the scopes a
+    /// missing path or method cannot match, not matched).
+    #[test]
+    fn odd_optional_fields_never_cost_the_record(
+        pick in any::<prop::sample::Index>(),
+        changes in prop::collection::vec((0..6usize, 0..5u8), 1..4),
+    ) {
+        use serde_json::json;
+        const OPTIONAL: [&str; 6] = [
+            "ClientRequestPath", "ClientRequestHost", "ClientRequestMethod",
+            "ClientCountry", "SecurityAction", "RequestHeaders",
+        ];
+        let line = pick.get(sample_lines());
+        let expected = cloudflare_log::parse_hit(line, &[]).unwrap();
+        let mut record: serde_json::Value = serde_json::from_slice(line).unwrap();
+        for (field, change) in &changes {
+            let object = record.as_object_mut().unwrap();
+            let value = match change {
+                0 => None,
+                1 => Some(json!(null)),
+                2 => Some(json!(404)),
+                3 => Some(json!(["a", 1])),
+                _ => Some(json!({"nested": true})),
+            };
+            match value {
+                None => drop(object.remove(OPTIONAL[*field])),
+                Some(value) => drop(object.insert(OPTIONAL[*field].to_owned(), value)),
+            }
+        }
+        let mutated = serde_json::to_vec(&record).unwrap();
+        let hit = cloudflare_log::parse_hit(&mutated, &[]);
+        prop_assert!(hit.is_ok(), "{}: {:?}", String::from_utf8_lossy(&mutated), hit);
+        let hit = hit.unwrap();
+        prop_assert_eq!((hit.client_ip, hit.timestamp_ms), (expected.client_ip, expected.timestamp_ms));
+        prop_assert!(cloudflare_log::parse_hit(&mutated, scopes()).is_ok());
+    }
+}
+
 #[test]
 fn the_fast_path_reads_logpush_lines_as_written() {
     let integer_times: Vec<_> = sample_lines()

@@ -82,6 +82,15 @@ fn documented_records_parse_the_same_on_both_paths() {
             1700000000003,
             false,
         ),
+        // A header entry with no `value` (its value under another key), as
+        // in the SQL-injection example of the AWS WAF guide's "Log examples".
+        (
+            "header-without-value.json",
+            "192.0.2.47",
+            Action::Block,
+            1700000000004,
+            true,
+        ),
         // Quoted key text inside a header value and the URI never matches.
         (
             "spoofed-header-and-uri.json",
@@ -345,6 +354,95 @@ proptest! {
         let _ = parse_hit(&bytes);
         let _ = parse_record(&bytes, Some("x-tenant-id"));
     }
+}
+
+/// What an optional field of a record may be replaced with.
+fn odd_value() -> impl Strategy<Value = Option<serde_json::Value>> {
+    use serde_json::json;
+    prop_oneof![
+        Just(None),
+        Just(Some(json!(null))),
+        Just(Some(json!(7))),
+        Just(Some(json!(true))),
+        Just(Some(json!("text"))),
+        Just(Some(json!([1, "two", {"name": 3}]))),
+        Just(Some(json!({"name": "x", "value": {"nested": []}}))),
+    ]
+}
+
+/// Fields a WAF record may lack or carry in another shape: none of them
+/// needed to count it.
+const OPTIONAL_FIELDS: &[&[&str]] = &[
+    &["formatVersion"],
+    &["webaclId"],
+    &["terminatingRuleId"],
+    &["terminatingRuleType"],
+    &["httpSourceName"],
+    &["labels"],
+    &["ruleGroupList"],
+    &["httpRequest", "country"],
+    &["httpRequest", "uri"],
+    &["httpRequest", "httpMethod"],
+    &["httpRequest", "headers"],
+    &["httpRequest", "args"],
+    &["httpRequest", "httpVersion"],
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Any optional field missing, null, of another type or shaped
+    /// otherwise, and any header entry without a value or not an object:
+    /// the record is still counted, with the same key and action.
+    #[test]
+    fn odd_optional_fields_never_cost_the_record(
+        index in any::<usize>(),
+        changes in prop::collection::vec((0..OPTIONAL_FIELDS.len(), odd_value()), 1..4),
+        header in any::<prop::sample::Index>(),
+        header_change in 0..3u8,
+    ) {
+        let lines = sample_lines();
+        let line = &lines[index % lines.len()];
+        let expected = parse_hit(line).unwrap();
+        let mut record: serde_json::Value = serde_json::from_slice(line).unwrap();
+        if let Some(headers) = record["httpRequest"]["headers"].as_array_mut()
+            && !headers.is_empty()
+        {
+            let at = header.index(headers.len());
+            match header_change {
+                0 => drop(headers[at].as_object_mut().unwrap().remove("value")),
+                1 => headers[at] = serde_json::json!("not an object"),
+                _ => headers[at]["value"] = serde_json::json!(42),
+            }
+        }
+        for (field, value) in &changes {
+            let path = OPTIONAL_FIELDS[*field];
+            let (last, parents) = path.split_last().unwrap();
+            let mut parent = &mut record;
+            for key in parents {
+                parent = &mut parent[*key];
+            }
+            let object = parent.as_object_mut().unwrap();
+            match value {
+                None => drop(object.remove(*last)),
+                Some(value) => drop(object.insert((*last).to_owned(), value.clone())),
+            }
+        }
+        let mutated = serde_json::to_vec(&record).unwrap();
+        let text = String::from_utf8_lossy(&mutated).into_owned();
+        prop_assert_eq!(parse_hit(&mutated), Ok(expected), "{}", text);
+        let full = parse_record(&mutated, Some("x-tenant-id"));
+        prop_assert!(full.is_ok(), "{}: {:?}", text, full);
+    }
+}
+
+#[test]
+fn a_header_without_a_value_matches_nothing_and_costs_nothing() {
+    let line = fixture("header-without-value.json");
+    let record = parse_record(&line, Some("myHeader")).unwrap();
+    assert_eq!(record.tenant, None, "no value, no tenant");
+    assert_eq!(record.host.as_deref(), Some("localhost:1989"));
+    assert_eq!(record.uri, "/myUri");
 }
 
 /// Matches the fast path reads: path, method, country and action.

@@ -1,4 +1,5 @@
-//! The full parse: serde over every field we use; unknown fields ignored.
+//! The full parse: serde over every field we use; unknown fields ignored,
+//! optional ones read leniently ([`super::lenient`]).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -6,6 +7,7 @@ use std::net::IpAddr;
 use floodgate_rules::policy::RequestFields;
 use serde::Deserialize;
 
+use super::lenient::{self, Named};
 use super::{Action, BadLine, Hit};
 
 /// Every field of a WAF record that Floodgate reads.
@@ -57,16 +59,16 @@ struct RawRecord<'a> {
     timestamp: i64,
     #[serde(borrow)]
     action: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "lenient::string")]
     terminating_rule_id: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "lenient::string")]
     webacl_id: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "lenient::string")]
     http_source_name: Cow<'a, str>,
     #[serde(borrow)]
     http_request: RawRequest<'a>,
-    #[serde(default, borrow)]
-    labels: Option<Vec<RawLabel<'a>>>,
+    #[serde(default, borrow, deserialize_with = "lenient::named")]
+    labels: Vec<Named<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -74,28 +76,14 @@ struct RawRecord<'a> {
 struct RawRequest<'a> {
     #[serde(borrow)]
     client_ip: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "lenient::string")]
     country: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "lenient::string")]
     uri: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "lenient::string")]
     http_method: Cow<'a, str>,
-    #[serde(default, borrow)]
-    headers: Vec<RawHeader<'a>>,
-}
-
-#[derive(Deserialize)]
-struct RawHeader<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow)]
-    value: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-struct RawLabel<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "lenient::named")]
+    headers: Vec<Named<'a>>,
 }
 
 fn parse_raw(line: &[u8]) -> Result<RawRecord<'_>, BadLine> {
@@ -152,7 +140,7 @@ pub fn parse_record(line: &[u8], tenant_header: Option<&str>) -> Result<WafRecor
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.to_string())
+            .and_then(|h| h.value.as_deref().map(str::to_owned))
     };
     Ok(WafRecord {
         timestamp_ms: hit.timestamp_ms,
@@ -168,7 +156,6 @@ pub fn parse_record(line: &[u8], tenant_header: Option<&str>) -> Result<WafRecor
         http_source_name: raw.http_source_name.to_string(),
         labels: raw
             .labels
-            .unwrap_or_default()
             .into_iter()
             .map(|l| l.name.into_owned())
             .collect(),

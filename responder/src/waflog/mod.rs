@@ -25,6 +25,7 @@
 
 pub(crate) mod fast;
 mod full;
+pub(crate) mod lenient;
 
 use std::fmt;
 use std::net::IpAddr;
