@@ -348,6 +348,7 @@ mod tests {
             outcome,
             calls: Default::default(),
             left_out: Vec::new(),
+            removed: Vec::new(),
         };
         let failed = || {
             vec![report(Outcome::Failed(crate::sink::TargetError::new(

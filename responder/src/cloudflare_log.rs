@@ -137,11 +137,16 @@ enum Field<'a> {
 }
 
 /// The field `key` names, or `None` where the fast path cannot vouch for
-/// it: found away from the top level or after anything but `{` or `,`, or
-/// a value with escapes, spaces or a type of its own.
+/// it: found away from the top level or after anything but `{` or `,`, a
+/// value with escapes, spaces or a type of its own, or a key written with
+/// a space before its colon.
 fn field<'a>(line: &'a [u8], key: &Finder<'_>) -> Option<Field<'a>> {
     let Some(at) = key.find(line) else {
-        return Some(Field::Absent);
+        // Absent, unless the key is there spaced from its colon.
+        let quoted = &key.needle()[..key.needle().len() - 1];
+        return memchr::memmem::find(line, quoted)
+            .is_none()
+            .then_some(Field::Absent);
     };
     if !matches!(line.get(at.wrapping_sub(1)), Some(b'{' | b',')) || !at_top_level(line, at) {
         return None;

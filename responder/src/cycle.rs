@@ -22,7 +22,7 @@ use crate::lease::{ConfiguredLease, LeaseError, Standing};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerError, LedgerState, UpdateError, update};
 use crate::plan::{BlockPlan, Capacity, adopt, plan};
 use crate::sink::{
-    ApiCalls, ConfiguredTarget, LeftOut, Outcome, TargetError, TargetReport, Unguarded, WafTarget,
+    ApiCalls, ConfiguredTarget, Outcome, TargetError, TargetReport, Unguarded, WafTarget,
     WriteGuard, apply_all_guarded,
 };
 use crate::source::{ConfiguredSource, LogSource, SourceError};
@@ -218,9 +218,13 @@ pub struct TargetLine {
     pub target: String,
     /// `unchanged`, `updated +a −r` or `failed: reason`.
     pub outcome: String,
-    /// Addresses the target cannot hold, as `address: why`.
+    /// Addresses the target cannot hold, as `address: why`, one line per
+    /// reason (`a, b and 62 more: why` when several share it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// Addresses removed from its sets that the ledger never recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strangers_removed: Vec<String>,
     /// For a failed target, the kind of failure: `throttled`,
     /// `unavailable`, `denied`, `not_found`, `invalid`, `conflict` or
     /// `fenced`.
@@ -537,11 +541,13 @@ async fn apply_as<S>(
     };
     let unread = |mut reports: Vec<TargetReport>| {
         if !matches!(standing, Some(Standing::Waiting { .. })) {
-            reports.extend(prepared.unread.iter().map(|(target, error)| TargetReport {
-                target: target.clone(),
-                outcome: Outcome::Failed(error.clone()),
-                calls: ApiCalls::default(),
-                left_out: Vec::new(),
+            reports.extend(prepared.unread.iter().map(|(target, error)| {
+                TargetReport::of(
+                    target.clone(),
+                    Err(error.clone()),
+                    ApiCalls::default(),
+                    Vec::new(),
+                )
             }));
         }
         // In the policy's order, as every report lists its targets.
@@ -639,7 +645,7 @@ fn report(
                 (t.name.to_string(), reached.count())
             })
             .collect(),
-        added: text(&planned.added),
+        added: text(&held_somewhere(&planned, &reports)),
         extended: planned.extended.len(),
         expired: text(&planned.expired),
         held_back: text(&planned.held_back),
@@ -655,7 +661,8 @@ fn report(
             .map(|r| TargetLine {
                 target: r.target.clone(),
                 outcome: r.outcome.to_string(),
-                left_out: r.left_out.iter().map(LeftOut::to_string).collect(),
+                left_out: crate::sink::left_out_by_reason(&r.left_out),
+                strangers_removed: text(&crate::plan::unknown_entries(&planned.ledger, &r.removed)),
                 failure: match &r.outcome {
                     Outcome::Failed(error) => Some(error.kind.name()),
                     _ => None,
@@ -673,6 +680,41 @@ fn report(
         phases: prepared.phases.done,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// The plan's additions that some target holds now: an addition every
+/// target left out (a Cloudflare list that cannot hold it, say) was not
+/// written anywhere. A failed target counts as holding it: the next cycle
+/// writes it there.
+fn held_somewhere(planned: &BlockPlan, reports: &[TargetReport]) -> Vec<IpNet> {
+    let desired = planned.desired();
+    let pieces: Vec<IpNet> = desired
+        .ipv4
+        .iter()
+        .chain(&desired.ipv6)
+        .flatten()
+        .copied()
+        .collect();
+    planned
+        .added
+        .iter()
+        .copied()
+        .filter(|added| {
+            // The sets hold an addition as pieces (the allow-list cut out).
+            let mine: Vec<IpNet> = pieces
+                .iter()
+                .copied()
+                .filter(|p| added.contains(p))
+                .collect();
+            let holds = |report: &TargetReport| {
+                mine.is_empty()
+                    || mine
+                        .iter()
+                        .any(|p| !report.left_out.iter().any(|l| l.net == *p))
+            };
+            reports.is_empty() || reports.iter().any(holds)
+        })
+        .collect()
 }
 
 /// S3 objects a cycle read and skipped.

@@ -386,6 +386,7 @@ fn notes<'n>(
                 tier: entry.tier.clone(),
                 expires_at_ms: entry.expires_at_ms,
                 rank,
+                adopted: entry.source == ADOPTED && entry.requests == 0,
             },
         ))
     })
@@ -450,6 +451,9 @@ fn pack(
     (chunks, family[low..].to_vec())
 }
 
+/// The `source` of a ledger entry taken in from a target.
+pub const ADOPTED: &str = "adopted";
+
 /// Takes in what the targets hold that the ledger has no entry for: the
 /// cycle calls it when the ledger knows nothing (first run, or a lost state
 /// file), and for a target it could not read then. Each address is recorded
@@ -489,7 +493,7 @@ pub fn adopt(
                 offences: 1,
                 requests: 0,
                 addresses: 1,
-                source: "adopted".to_owned(),
+                source: ADOPTED.to_owned(),
                 reason: reason.to_owned(),
                 suppressed_until_ms: None,
             },

@@ -166,7 +166,7 @@ proptest! {
             _ => { line.splice(line.len() - 1..line.len() - 1, text.bytes()); }
         }
         if let Ok(full) = cloudflare_log::parse_hit_full_only(&line, scopes()) {
-            prop_assert_eq!(cloudflare_log::parse_hit(&line, scopes()), Ok(full));
+            prop_assert_eq!(cloudflare_log::parse_hit(&line, scopes()), Ok(full), "{}", String::from_utf8_lossy(&line));
         }
     }
 }

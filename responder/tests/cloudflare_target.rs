@@ -56,6 +56,7 @@ fn desired(v4: &[&str], v6: &[&str], tier: &str) -> DesiredSets {
                 tier: tier.to_owned(),
                 expires_at_ms: EXPIRES_MS,
                 rank,
+                adopted: false,
             };
             (net(a), note)
         })

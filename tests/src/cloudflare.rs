@@ -208,6 +208,23 @@ impl FakeCloudflare {
         })
     }
 
+    /// Adds an item to list `name`, as an operator would in the dashboard.
+    pub fn add_item(&self, name: &str, ip: &str, comment: &str) {
+        self.with(|s| {
+            let id = s.id();
+            let list = s
+                .lists
+                .iter_mut()
+                .find(|l| l.name == name)
+                .expect("the list exists");
+            list.items.push(FakeItem {
+                id,
+                ip: ip.to_owned(),
+                comment: comment.to_owned(),
+            });
+        })
+    }
+
     /// The items of list `name`, sorted by address text; `None` without it.
     pub fn items(&self, name: &str) -> Option<Vec<FakeItem>> {
         self.with(|s| {

@@ -270,6 +270,13 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
         for left in &target.left_out {
             out.push_str(&format!("    left out {left}\n"));
         }
+        if !target.strangers_removed.is_empty() {
+            out.push_str(&format!(
+                "    removed {} not in the ledger: {}\n",
+                target.strangers_removed.len(),
+                target.strangers_removed.join(", ")
+            ));
+        }
     }
     for target in &policy.targets {
         if let Target::File { dir } = target {

@@ -13,7 +13,8 @@ use super::{CliError, Format, Status, StatusArgs, load_policy, plural, write_std
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::lease::{ConfiguredLease, LeaseStore as _};
 use crate::ledger::{ConfiguredLedger, Ledger};
-use crate::sink::{ConfiguredTarget, WafTarget as _};
+use crate::plan::{Capacity, plan};
+use crate::sink::{ConfiguredTarget, WafTarget as _, left_out_by_reason};
 
 /// A block in force.
 #[derive(Debug, Serialize)]
@@ -37,6 +38,10 @@ struct TargetStatus {
     unexpected: Vec<String>,
     /// Active blocks the sets lack: held back, no room, or a failed write.
     missing: Vec<String>,
+    /// Blocks the target cannot hold, left out on purpose (one line per
+    /// reason): in sync all the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    left_out: Vec<String>,
     /// Why the sets could not be read, if they could not.
     error: Option<String>,
 }
@@ -108,11 +113,13 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
         None => None,
     };
     let active: Vec<_> = ledger.active(now_ms).collect();
-    let active_nets: Vec<IpNet> = active.iter().map(|e| e.net).collect();
+    // What a cycle with no new traffic would write now: the active blocks,
+    // aggregated, with the allow-list cut out and within each set's room.
+    let desired = plan(&[], policy, &ledger, now_ms, "status", Capacity::of(policy)).desired();
     let mut targets = Vec::new();
     for target in ConfiguredTarget::from_policy(policy).await {
         let label = target.label();
-        let held: Vec<IpNet> = active_nets.iter().map(|n| target.held_as(*n)).collect();
+        let (held, left_out) = target.expected(&desired);
         let (unexpected, missing, error) = match target.read().await {
             // Sets hold aggregated ranges: compare what they cover.
             Ok(found) => (
@@ -126,6 +133,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
             target: label,
             unexpected,
             missing,
+            left_out: left_out_by_reason(&left_out),
             error,
         });
     }
@@ -203,7 +211,11 @@ fn table(report: &StatusReport) -> String {
         let line = match &target.error {
             Some(error) => format!("cannot read its sets: {error}"),
             None if target.unexpected.is_empty() && target.missing.is_empty() => {
-                "in sync".to_owned()
+                let mut line = "in sync".to_owned();
+                for left in &target.left_out {
+                    line.push_str(&format!("; left out on purpose: {left}"));
+                }
+                line
             }
             None => {
                 let mut parts = Vec::new();

@@ -46,7 +46,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ApiCalls, BlockNote, Contents, DesiredSets, LeftOut, Outcome, TargetError, TargetReport,
+    ApiCalls, BlockNote, Changes, Contents, DesiredSets, LeftOut, TargetError, TargetReport,
     WafTarget,
 };
 use crate::failure::FailureKind;
@@ -121,6 +121,8 @@ struct Wanted {
     comment: String,
     /// Lower is kept first when the list is short of room.
     rank: usize,
+    /// An adopted block: an item already holding it keeps its comment.
+    keeps_comment: bool,
 }
 
 /// Why a call failed.
@@ -464,6 +466,7 @@ impl CloudflareTarget {
                     |n| comment(&n.tier, expires_at_ms),
                 ),
                 rank,
+                keeps_comment: note.is_some_and(|n| n.adopted),
             })
             .collect();
         (wanted, left_out)
@@ -505,13 +508,13 @@ impl CloudflareTarget {
         }
     }
 
-    /// Makes the list hold `desired`; the changes as (added, removed).
+    /// Makes the list hold `desired`; returns what changed.
     async fn converge(
         &self,
         desired: &DesiredSets,
         calls: &mut ApiCalls,
         left_out: &mut Vec<LeftOut>,
-    ) -> Result<(usize, usize), TargetError> {
+    ) -> Result<Changes, TargetError> {
         let (list_id, others) = self
             .find_list(calls, true)
             .await?
@@ -538,11 +541,18 @@ impl CloudflareTarget {
         for item in &current {
             held.insert(item.net()?, item);
         }
+        // An adopted block's item says what its operator wrote: kept until
+        // the block offends again and the responder has a reason to speak.
+        for w in wanted.iter_mut().filter(|w| w.keeps_comment) {
+            if let Some(item) = held.get(&w.net) {
+                w.comment = item.comment.clone().unwrap_or_default();
+            }
+        }
         let wanted_nets: HashMap<IpNet, &Wanted> = wanted.iter().map(|w| (w.net, w)).collect();
-        let removed: Vec<&Item> = held
+        let removed: Vec<(IpNet, &Item)> = held
             .iter()
             .filter(|(net, _)| !wanted_nets.contains_key(net))
-            .map(|(_, item)| *item)
+            .map(|(net, item)| (*net, *item))
             .collect();
         let added: Vec<&Wanted> = wanted
             .iter()
@@ -552,15 +562,19 @@ impl CloudflareTarget {
             held.get(&w.net)
                 .is_some_and(|item| item.comment.as_deref().unwrap_or_default() != w.comment)
         });
+        let changes = Changes {
+            added: added.len(),
+            removed: removed.iter().map(|(net, _)| *net).collect(),
+        };
         let items_path = format!("{}/{list_id}/items", self.lists_path());
         if rewritten {
             let all: Vec<Value> = wanted.iter().map(item_body).collect();
             self.bulk(Method::PUT, &items_path, Value::Array(all), calls)
                 .await?;
-            return Ok((added.len(), removed.len()));
+            return Ok(changes);
         }
         if !removed.is_empty() {
-            let ids: Vec<Value> = removed.iter().map(|i| json!({ "id": i.id })).collect();
+            let ids: Vec<Value> = removed.iter().map(|(_, i)| json!({ "id": i.id })).collect();
             self.bulk(Method::DELETE, &items_path, json!({ "items": ids }), calls)
                 .await?;
         }
@@ -569,7 +583,7 @@ impl CloudflareTarget {
             self.bulk(Method::POST, &items_path, Value::Array(body), calls)
                 .await?;
         }
-        Ok((added.len(), removed.len()))
+        Ok(changes)
     }
 }
 
@@ -596,24 +610,21 @@ impl WafTarget for CloudflareTarget {
         Ok(Contents { nets, calls })
     }
 
-    fn held_as(&self, net: IpNet) -> IpNet {
-        self.holdable(net).unwrap_or(net)
+    fn expected(&self, desired: &DesiredSets) -> (Vec<IpNet>, Vec<LeftOut>) {
+        let (wanted, left_out) = self.wanted(desired);
+        (wanted.into_iter().map(|w| w.net).collect(), left_out)
     }
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
         let mut calls = ApiCalls::default();
         let mut left_out = Vec::new();
         let changes = self.converge(desired, &mut calls, &mut left_out).await;
-        for left in &left_out {
-            tracing::warn!(target = %self.label(), net = %left.net, reason = %left.reason,
-                "an address is not in the Cloudflare list");
+        // One line per reason: an allow-listed address inside a /64 can
+        // leave dozens of ranges out for the same cause.
+        for left in super::left_out_by_reason(&left_out) {
+            tracing::warn!(target = %self.label(), left_out = %left, "not in the Cloudflare list");
         }
-        TargetReport {
-            target: self.label(),
-            outcome: Outcome::from_changes(changes),
-            calls,
-            left_out,
-        }
+        TargetReport::of(self.label(), changes, calls, left_out)
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetError, TargetReport, WafTarget};
+use super::{ApiCalls, Changes, Contents, DesiredSets, TargetError, TargetReport, WafTarget};
 use crate::failure::FailureKind;
 
 /// An I/O failure on `path` as a target error: a missing directory or file
@@ -84,9 +84,9 @@ impl FileTarget {
         }
     }
 
-    fn write(&self, desired: &DesiredSets) -> Result<(usize, usize), TargetError> {
+    fn write(&self, desired: &DesiredSets) -> Result<Changes, TargetError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| io_failed(&self.dir, &e))?;
-        let (mut added, mut removed) = (0, 0);
+        let mut changes = Changes::default();
         for (names, lists, version) in [
             (&self.ipv4_sets, &desired.ipv4, "IPV4"),
             (&self.ipv6_sets, &desired.ipv6, "IPV6"),
@@ -98,8 +98,10 @@ impl FileTarget {
                 if current == list && self.path(name).exists() {
                     continue;
                 }
-                added += list.iter().filter(|n| !current.contains(n)).count();
-                removed += current.iter().filter(|n| !list.contains(n)).count();
+                changes.added += list.iter().filter(|n| !current.contains(n)).count();
+                changes
+                    .removed
+                    .extend(current.iter().filter(|n| !list.contains(n)));
                 let file = IpSetFile {
                     name: name.clone(),
                     scope: "REGIONAL".into(),
@@ -111,7 +113,7 @@ impl FileTarget {
                     .map_err(|e| io_failed(&self.path(name), &e))?;
             }
         }
-        Ok((added, removed))
+        Ok(changes)
     }
 }
 
@@ -132,11 +134,11 @@ impl WafTarget for FileTarget {
     }
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
-        TargetReport {
-            target: self.label(),
-            outcome: Outcome::from_changes(self.write(desired)),
-            calls: ApiCalls::default(),
-            left_out: Vec::new(),
-        }
+        TargetReport::of(
+            self.label(),
+            self.write(desired),
+            ApiCalls::default(),
+            Vec::new(),
+        )
     }
 }

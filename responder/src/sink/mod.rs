@@ -46,6 +46,10 @@ pub struct BlockNote {
     /// Its place among the active blocks, most severe and most active
     /// first: a target short of room keeps the lowest.
     pub rank: usize,
+    /// Taken in from a target while the ledger was empty and not seen
+    /// offending since: a target keeps what it says about it (a Cloudflare
+    /// item's comment, written by an operator).
+    pub adopted: bool,
 }
 
 /// An address a target could not hold, and why.
@@ -61,6 +65,30 @@ impl fmt::Display for LeftOut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.net, self.reason)
     }
+}
+
+/// `left_out` for a report: one line per reason, naming the first two
+/// addresses and how many more share it.
+pub fn left_out_by_reason(left_out: &[LeftOut]) -> Vec<String> {
+    let mut by_reason: Vec<(&str, Vec<IpNet>)> = Vec::new();
+    for left in left_out {
+        match by_reason
+            .iter_mut()
+            .find(|(reason, _)| *reason == left.reason)
+        {
+            Some((_, nets)) => nets.push(left.net),
+            None => by_reason.push((&left.reason, vec![left.net])),
+        }
+    }
+    by_reason
+        .into_iter()
+        .map(|(reason, nets)| match nets.as_slice() {
+            [one] => format!("{one}: {reason}"),
+            [a, b] => format!("{a} and {b}: {reason}"),
+            [a, b, rest @ ..] => format!("{a}, {b} and {} more: {reason}", rest.len()),
+            [] => unreachable!("a reason has at least one address"),
+        })
+        .collect()
 }
 
 /// API calls one target made. WAFv2 names them; a Cloudflare list counts
@@ -150,13 +178,50 @@ pub enum Outcome {
     Failed(TargetError),
 }
 
-impl Outcome {
-    /// The outcome of writing sets: (added, removed), or why it failed.
-    pub fn from_changes(changes: Result<(usize, usize), TargetError>) -> Outcome {
-        match changes {
-            Ok((0, 0)) => Outcome::Unchanged,
-            Ok((added, removed)) => Outcome::Updated { added, removed },
-            Err(reason) => Outcome::Failed(reason),
+/// What writing a target's sets changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Addresses added across the target's sets.
+    pub added: usize,
+    /// Addresses removed, each named: the run report tells strangers apart.
+    pub removed: Vec<IpNet>,
+}
+
+impl Changes {
+    /// Counts `other`'s changes in with these.
+    pub fn add(&mut self, other: Changes) {
+        self.added += other.added;
+        self.removed.extend(other.removed);
+    }
+}
+
+impl TargetReport {
+    /// The report of writing `target`'s sets: what changed, or why it failed.
+    pub fn of(
+        target: String,
+        changes: Result<Changes, TargetError>,
+        calls: ApiCalls,
+        left_out: Vec<LeftOut>,
+    ) -> TargetReport {
+        let (outcome, removed) = match changes {
+            Ok(changes) if changes.added == 0 && changes.removed.is_empty() => {
+                (Outcome::Unchanged, Vec::new())
+            }
+            Ok(changes) => (
+                Outcome::Updated {
+                    added: changes.added,
+                    removed: changes.removed.len(),
+                },
+                changes.removed,
+            ),
+            Err(reason) => (Outcome::Failed(reason), Vec::new()),
+        };
+        TargetReport {
+            target,
+            outcome,
+            calls,
+            left_out,
+            removed,
         }
     }
 }
@@ -183,6 +248,8 @@ pub struct TargetReport {
     /// Addresses this target cannot hold (a Cloudflare list takes no IPv6
     /// address narrower than a /64), each reported here and in the log.
     pub left_out: Vec<LeftOut>,
+    /// What the write removed.
+    pub removed: Vec<IpNet>,
 }
 
 /// A place that holds block lists.
@@ -193,11 +260,13 @@ pub trait WafTarget: Send + Sync + 'static {
     fn read(&self) -> impl Future<Output = Result<Contents, TargetError>> + Send;
     /// Makes the sets hold `desired`, writing only what changed.
     fn apply(&self, desired: &DesiredSets) -> impl Future<Output = TargetReport> + Send;
-    /// How the target holds a blocked `net` (a Cloudflare list holds an
-    /// IPv6 address as its /64), for comparing its contents with the
-    /// ledger; `net` itself when it holds it as it is or not at all.
-    fn held_as(&self, net: IpNet) -> IpNet {
-        net
+    /// What the target holds once it has converged on `desired`, as it
+    /// holds it (a Cloudflare list holds an IPv6 address as its /64), and
+    /// what it leaves out on purpose, for comparing its contents with the
+    /// ledger.
+    fn expected(&self, desired: &DesiredSets) -> (Vec<IpNet>, Vec<LeftOut>) {
+        let nets = desired.ipv4.iter().chain(&desired.ipv6).flatten().copied();
+        (nets.collect(), Vec::new())
     }
 }
 
@@ -246,15 +315,10 @@ pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
                 .await
                 .expect("the semaphore is never closed");
             if let Err(reason) = guard.may_write().await {
-                let report = TargetReport {
-                    target: target.label(),
-                    outcome: Outcome::Failed(TargetError::new(
-                        FailureKind::Fenced,
-                        format!("not written: {reason}"),
-                    )),
-                    calls: ApiCalls::default(),
-                    left_out: Vec::new(),
-                };
+                let fenced =
+                    TargetError::new(FailureKind::Fenced, format!("not written: {reason}"));
+                let report =
+                    TargetReport::of(target.label(), Err(fenced), ApiCalls::default(), Vec::new());
                 return (index, report);
             }
             (index, target.apply(&desired).await)
@@ -355,10 +419,11 @@ impl WafTarget for ConfiguredTarget {
         }
     }
 
-    fn held_as(&self, net: IpNet) -> IpNet {
+    fn expected(&self, desired: &DesiredSets) -> (Vec<IpNet>, Vec<LeftOut>) {
         match self {
-            ConfiguredTarget::Cloudflare(t) => t.held_as(net),
-            ConfiguredTarget::Wafv2(_) | ConfiguredTarget::File(_) => net,
+            ConfiguredTarget::Wafv2(t) => t.expected(desired),
+            ConfiguredTarget::Cloudflare(t) => t.expected(desired),
+            ConfiguredTarget::File(t) => t.expected(desired),
         }
     }
 

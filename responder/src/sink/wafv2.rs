@@ -27,7 +27,7 @@ use aws_sdk_wafv2::types::{IpAddressVersion, Scope};
 use floodgate_rules::policy::WafScope;
 use ipnet::IpNet;
 
-use super::{ApiCalls, Contents, DesiredSets, Outcome, TargetError, TargetReport, WafTarget};
+use super::{ApiCalls, Changes, Contents, DesiredSets, TargetError, TargetReport, WafTarget};
 use crate::aws::{describe_error, failure_kind};
 use crate::failure::FailureKind;
 
@@ -210,14 +210,14 @@ impl Wafv2Target {
         Ok((addresses, token))
     }
 
-    /// Makes one set hold `desired`; returns (added, removed).
+    /// Makes one set hold `desired`; returns what changed.
     async fn write_set(
         &self,
         name: &str,
         version: IpAddressVersion,
         desired: &[IpNet],
         calls: &mut ApiCalls,
-    ) -> Result<(usize, usize), TargetError> {
+    ) -> Result<Changes, TargetError> {
         let desired: BTreeSet<IpNet> = desired.iter().copied().collect();
         let mut refreshed = false;
         let mut pause = self.backoff;
@@ -226,10 +226,12 @@ impl Wafv2Target {
             let result = async {
                 let (current, token) = self.get(name, &id, calls).await?;
                 if current == desired {
-                    return Ok((0, 0));
+                    return Ok(Changes::default());
                 }
-                let added = desired.difference(&current).count();
-                let removed = current.difference(&desired).count();
+                let changes = Changes {
+                    added: desired.difference(&current).count(),
+                    removed: current.difference(&desired).copied().collect(),
+                };
                 calls.update += 1;
                 self.client
                     .update_ip_set()
@@ -253,7 +255,7 @@ impl Wafv2Target {
                         Some(UpdateIPSetError::WafNonexistentItemException(_)) => SetError::Stale,
                         _ => SetError::Fatal(call_failed(format_args!("UpdateIPSet {name}"), &e)),
                     })?;
-                Ok((added, removed))
+                Ok(changes)
             }
             .await;
             match result {
@@ -292,8 +294,8 @@ impl Wafv2Target {
         &self,
         desired: &DesiredSets,
         calls: &mut ApiCalls,
-    ) -> Result<(usize, usize), TargetError> {
-        let (mut added, mut removed) = (0, 0);
+    ) -> Result<Changes, TargetError> {
+        let mut changes = Changes::default();
         for (names, lists, version) in [
             (&self.ipv4_sets, &desired.ipv4, IpAddressVersion::Ipv4),
             (&self.ipv6_sets, &desired.ipv6, IpAddressVersion::Ipv6),
@@ -314,12 +316,10 @@ impl Wafv2Target {
             }
             for (i, name) in names.iter().enumerate() {
                 let list = lists.get(i).map_or(&[][..], Vec::as_slice);
-                let (a, r) = self.write_set(name, version.clone(), list, calls).await?;
-                added += a;
-                removed += r;
+                changes.add(self.write_set(name, version.clone(), list, calls).await?);
             }
         }
-        Ok((added, removed))
+        Ok(changes)
     }
 }
 
@@ -364,12 +364,7 @@ impl WafTarget for Wafv2Target {
 
     async fn apply(&self, desired: &DesiredSets) -> TargetReport {
         let mut calls = ApiCalls::default();
-        let outcome = Outcome::from_changes(self.apply_sets(desired, &mut calls).await);
-        TargetReport {
-            target: self.label(),
-            outcome,
-            calls,
-            left_out: Vec::new(),
-        }
+        let changes = self.apply_sets(desired, &mut calls).await;
+        TargetReport::of(self.label(), changes, calls, Vec::new())
     }
 }

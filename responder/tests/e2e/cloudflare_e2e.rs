@@ -311,3 +311,88 @@ async fn cloudflare_request_logs_drive_the_same_blocks_as_waf_logs() {
     assert!(!output.status.success());
     assert!(text.contains("--logs-from cloudflare"), "{text}");
 }
+
+/// What the run report and `status` say at the list's edges (issue 36): a
+/// /64 holding an allow-listed address cannot be widened into the list, so
+/// it is reported once as left out, not as added, and `status` calls the
+/// list in sync; an item the operator added before the first run is adopted
+/// with its comment kept; one added after is named as it is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_and_status_say_what_was_written_left_out_and_removed() {
+    let fake = FakeCloudflare::start(ACCOUNT, TOKEN);
+    fake.add_list(LIST, "ip", &[]);
+    fake.add_item(LIST, "192.0.2.77", "blocked by hand: ticket 4312");
+    let now_ms = wall_clock_ms() / 60_000 * 60_000;
+    let now = rfc3339_from_ms(now_ms);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    // 700 login attempts from one IPv6 /64: over the login tier.
+    let lines: Vec<String> = (0..700)
+        .map(|i| waf_record(now_ms - i * 100, &format!("2001:db8:bad::{:x}", i % 5 + 1)))
+        .collect();
+    std::fs::write(logs.join("waf.log"), lines.join("\n") + "\n").unwrap();
+    let extra = format!(
+        "\n[[allow]]\ncidr = \"2001:db8:bad::ffff/128\"\nreason = \"the office's monitoring probe\"\n\
+         owner = \"ops@example.com\"\nexpires = 2099-01-01\n\
+         \n[[targets]]\ntype = \"cloudflare\"\naccount_id = \"{ACCOUNT}\"\nlist = \"{LIST}\"\n\
+         api_token_env = \"CLOUDFLARE_API_TOKEN\"\napi_url = \"{}\"\nwiden_ipv6 = true\n",
+        fake.url()
+    );
+    let policy = local_policy(dir.path(), &logs, &extra);
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        "[[targets]]\ntype = \"file\"\ndir = \"state/ip-sets\"\n",
+        "",
+    );
+    std::fs::write(&policy, text).unwrap();
+
+    let (code, report) = floodgate(dir.path(), true, &["run", "--once", "--now", &now]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report["added"],
+        serde_json::json!([]),
+        "nothing was written: {report}"
+    );
+    assert_eq!(
+        report["adopted"],
+        serde_json::json!(["192.0.2.77/32"]),
+        "{report}"
+    );
+    let left_out = report["targets"][0]["left_out"].as_array().unwrap();
+    assert_eq!(left_out.len(), 1, "one line for one reason: {report}");
+    let line = left_out[0].as_str().unwrap();
+    assert!(
+        line.contains("more: its /64 2001:db8:bad::/64 holds the allow-listed 2001:db8:bad::ffff"),
+        "{line}"
+    );
+    let items = fake.items(LIST).unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(
+        items[0].comment, "blocked by hand: ticket 4312",
+        "the operator's comment"
+    );
+
+    let (code, status) = floodgate(dir.path(), true, &["status", "--now", &now]).await;
+    assert_eq!(code, 0, "left out on purpose is not drift: {status}");
+    assert_eq!(
+        status["targets"][0]["missing"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    assert_eq!(
+        status["targets"][0]["left_out"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+
+    // An item added by hand now is a stranger: removed, and named.
+    fake.add_item(LIST, "192.0.2.88", "");
+    let (code, report) = floodgate(dir.path(), true, &["run", "--once", "--now", &now]).await;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report["targets"][0]["strangers_removed"],
+        serde_json::json!(["192.0.2.88/32"]),
+        "{report}"
+    );
+    assert_eq!(fake.ips(LIST), ["192.0.2.77"]);
+}
