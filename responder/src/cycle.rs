@@ -242,20 +242,20 @@ pub struct LeaseLine {
     pub holder: String,
     /// Our fence, when held or lost.
     pub fence: Option<u64>,
-    /// When the holder's lease ends, RFC 3339.
-    pub expires: String,
+    /// When the holder's lease ends, RFC 3339; `null` when nobody holds it.
+    pub expires: Option<String>,
     /// Why it was lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl LeaseLine {
-    fn new(standing: &Standing, lost: Option<&LedgerError>) -> LeaseLine {
+    fn new(standing: &Standing, me: &str, lost: Option<&LedgerError>) -> LeaseLine {
         let (state, holder, fence, expires_at_ms) = match standing {
             Standing::Holding {
                 fence,
                 expires_at_ms,
-            } => ("held", String::new(), Some(*fence), *expires_at_ms),
+            } => ("held", me.to_owned(), Some(*fence), *expires_at_ms),
             Standing::Waiting {
                 holder,
                 expires_at_ms,
@@ -265,7 +265,7 @@ impl LeaseLine {
             state: if lost.is_some() { "lost" } else { state },
             holder,
             fence,
-            expires: rfc3339_from_ms(expires_at_ms),
+            expires: (expires_at_ms > 0).then(|| rfc3339_from_ms(expires_at_ms)),
             error: lost.map(ToString::to_string),
         }
     }
@@ -316,10 +316,11 @@ pub async fn run<S: LogSource>(parts: Parts<'_, S>) -> Result<CycleReport, Cycle
         )
         .await;
     }
+    let me = parts.lease.as_ref().map_or("", |l| l.holder_id.as_str());
     Ok(report(
         parts.policy,
         prepared,
-        standing.as_ref(),
+        standing.as_ref().map(|s| (s, me)),
         applied,
         started,
     ))
@@ -614,10 +615,11 @@ pub async fn apply<G: WriteGuard, E>(
 fn report(
     policy: &Policy,
     prepared: Prepared,
-    standing: Option<&Standing>,
+    lease: Option<(&Standing, &str)>,
     written: Written,
     started: Stopwatch,
 ) -> CycleReport {
+    let standing = lease.map(|(standing, _)| standing);
     let Written {
         planned,
         reports,
@@ -652,7 +654,7 @@ fn report(
         dropped: text(&planned.dropped),
         suppressed: text(&planned.suppressed),
         adopted: text(&prepared.adopted),
-        lease: standing.map(|s| LeaseLine::new(s, lease_lost.as_ref())),
+        lease: lease.map(|(s, me)| LeaseLine::new(s, me, lease_lost.as_ref())),
         // Every call of the cycle: the adoption reads, then the writes.
         api_calls: prepared.read_calls.total()
             + reports.iter().map(|r| r.calls.total()).sum::<u32>(),

@@ -70,6 +70,22 @@ fn with_overrides(mut policy: Policy, args: &RunArgs) -> Result<Policy, CliError
     Ok(policy)
 }
 
+/// On a graceful stop, gives up the lease if this responder holds it, so
+/// the other takes over at its next cycle instead of after `ttl + skew`.
+async fn release_lease(policy: &Policy) {
+    let ledger = crate::ledger::ConfiguredLedger::from_policy(policy).await;
+    let Some(lease) = crate::lease::ConfiguredLease::from_policy(policy, &ledger) else {
+        return;
+    };
+    match lease.release().await {
+        Ok(true) => tracing::info!(holder = %lease.holder_id, "released the lease"),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::error!(%error, "could not release the lease; the other responder takes it once it lapses");
+        }
+    }
+}
+
 /// Cycles on `[responder] schedule` until SIGTERM or SIGINT; exit 0.
 async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
     let responder = &policy.responder;
@@ -113,6 +129,7 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         }
     };
     schedule_loop(&schedule, clock, health, shutdown, cycle).await;
+    release_lease(&policy).await;
     server.abort();
     tracing::info!("responder daemon stopped");
     Ok(Status::Success)
@@ -197,12 +214,22 @@ fn emf_line(responder: &str, succeeded: bool, seconds: f64, now_ms: i64) -> Stri
 
 /// Where a cycle stood with the lease, for people.
 fn describe(lease: &LeaseLine) -> String {
+    let until = lease.expires.as_deref().unwrap_or("-");
     match (lease.state, lease.fence) {
-        ("held", Some(fence)) => format!("held (fence {fence}) until {}", lease.expires),
+        ("held", Some(fence)) => format!("{} holds it (fence {fence}) until {until}", lease.holder),
+        ("waiting", _) if lease.holder == crate::lease::AWAITING_PRIMARY => {
+            "waiting: nobody has held it yet; kept for a primary for one lease period".to_owned()
+        }
         ("waiting", _) if lease.holder.is_empty() => "waiting: nobody holds it".to_owned(),
+        ("waiting", _) if lease.expires.is_none() => {
+            format!(
+                "waiting: released, kept for {}; planning only",
+                lease.holder
+            )
+        }
         ("waiting", _) => format!(
-            "waiting: held by {} until {}; planning only",
-            lease.holder, lease.expires
+            "waiting: held by {} until {until}; planning only",
+            lease.holder
         ),
         _ => format!(
             "lost mid-cycle: {}",

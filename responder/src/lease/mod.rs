@@ -12,7 +12,14 @@
 //! - a standby holds it and a primary is back: the primary asks for it
 //!   (`handback_to`); the standby releases it at its next cycle instead of
 //!   renewing, and keeps away from it while the request is fresh;
+//! - nobody has ever held it: a primary takes it; a standby reserves it
+//!   for a primary ([`AWAITING_PRIMARY`]) and takes it only if none has
+//!   come a lease period later, so a fresh pair has one writer from the
+//!   start;
 //! - otherwise wait, and only plan.
+//!
+//! A holder that stops gracefully [`release`]s the lease, so the other
+//! takes over at its next cycle rather than after `ttl + skew`.
 //!
 //! Each clock is off from the true time by at most `skew`. A holder
 //! believes it holds the lease only until `expires_at - skew` by its own
@@ -101,6 +108,11 @@ impl Contender<'_> {
     }
 }
 
+/// `handback_to` of a lease nobody has held yet, reserved by a standby for
+/// whichever primary comes: the standby takes it only once a lease period
+/// has passed without one.
+pub const AWAITING_PRIMARY: &str = "a primary";
+
 /// What `me` writes next, having read `current` at `now_ms`: a take, a
 /// renewal, a release or a handback request; `None` to leave it and wait.
 pub fn next_record(
@@ -118,6 +130,19 @@ pub fn next_record(
         revision,
     };
     let Some(current) = current else {
+        if me.role == Role::Standby {
+            // Never held: reserve it for a primary for one lease period, so
+            // a fresh pair has one writer from the start.
+            return Some(LeaseRecord {
+                holder: String::new(),
+                role: me.role,
+                fence: 0,
+                expires_at_ms: 0,
+                handback_to: Some(AWAITING_PRIMARY.to_owned()),
+                handback_at_ms: now_ms,
+                revision: 1,
+            });
+        }
         return Some(take(1, 1));
     };
     let revision = current.revision + 1;
@@ -249,6 +274,32 @@ fn standing(record: Option<&LeaseRecord>, me: &Contender<'_>, now_ms: i64) -> St
     }
 }
 
+/// Gives the lease up if `me` holds it (a graceful stop): the other
+/// responder takes it at its next cycle instead of waiting for it to lapse.
+/// Writes made under our fence stay refused after.
+pub async fn release(store: &impl LeaseStore, me: &Contender<'_>) -> Result<bool, LeaseError> {
+    let Some(current) = store.read().await? else {
+        return Ok(false);
+    };
+    if current.holder != me.holder_id {
+        return Ok(false);
+    }
+    store.replace(Some(&current), &released(&current)).await
+}
+
+/// `current` given up by its holder: free for the next taker at once, its
+/// fence kept so the next take bumps it.
+pub fn released(current: &LeaseRecord) -> LeaseRecord {
+    LeaseRecord {
+        holder: String::new(),
+        expires_at_ms: 0,
+        handback_to: None,
+        handback_at_ms: 0,
+        revision: current.revision + 1,
+        ..current.clone()
+    }
+}
+
 /// Asks, before each target write, whether the lease is still ours: read
 /// afresh, same holder and fence, and time left by our clock.
 pub struct LeaseGuard<S> {
@@ -352,6 +403,11 @@ impl ConfiguredLease {
         acquire(&self.store, &self.contender(), now_ms).await
     }
 
+    /// Gives the lease up if we hold it; `true` when we did.
+    pub async fn release(&self) -> Result<bool, LeaseError> {
+        release(&self.store, &self.contender()).await
+    }
+
     /// A guard that lets target writes through while `fence` is ours.
     pub fn guard(&self, fence: u64, clock: Box<dyn Clock>) -> LeaseGuard<dynamodb::DynamoDbLease> {
         LeaseGuard::new(self.store.clone(), &self.contender(), fence, clock)
@@ -397,6 +453,39 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_never_held_waits_a_period_for_a_primary() {
+        let primary = contender("p", Role::Primary);
+        let standby = contender("s", Role::Standby);
+        // The standby comes first: it reserves the lease, holding nothing.
+        let reserved = next_record(None, &standby, 0).unwrap();
+        assert!(reserved.holder.is_empty());
+        assert_eq!(reserved.handback_to.as_deref(), Some(AWAITING_PRIMARY));
+        assert_eq!(next_record(Some(&reserved), &standby, TTL + SKEW), None);
+        // A primary that comes within the period takes it, fence 1.
+        let taken = next_record(Some(&reserved), &primary, TTL).unwrap();
+        assert_eq!((taken.holder.as_str(), taken.fence), ("p", 1));
+        // Without one, the standby takes it after the period.
+        let taken = next_record(Some(&reserved), &standby, TTL + SKEW + 1).unwrap();
+        assert_eq!((taken.holder.as_str(), taken.fence), ("s", 1));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let primary = contender("p", Role::Primary);
+        let standby = contender("s", Role::Standby);
+        let held = next_record(None, &primary, 0).unwrap();
+        let released = LeaseRecord {
+            holder: String::new(),
+            expires_at_ms: 0,
+            revision: held.revision + 1,
+            ..held.clone()
+        };
+        let taken = next_record(Some(&released), &standby, 1_000).unwrap();
+        assert_eq!((taken.holder.as_str(), taken.fence), ("s", 2));
+        assert!(standby.holds(&taken, 2, 1_000));
+    }
+
+    #[test]
     fn a_standby_takes_a_lapsed_lease_only_after_the_skew_margin() {
         let primary = contender("p", Role::Primary);
         let standby = contender("s", Role::Standby);
@@ -406,21 +495,30 @@ mod tests {
         assert_eq!((taken.holder.as_str(), taken.fence), ("s", 2));
     }
 
+    /// The standby of a pair whose primary never came: it took the lease
+    /// a period after reserving it, at `T0` (fence 1).
+    const T0: i64 = TTL + SKEW + 1;
+
+    fn standby_took(standby: &Contender<'_>) -> LeaseRecord {
+        let reserved = next_record(None, standby, 0).unwrap();
+        next_record(Some(&reserved), standby, T0).unwrap()
+    }
+
     #[test]
     fn a_returning_primary_gets_the_lease_back_without_an_overlap() {
         let primary = contender("p", Role::Primary);
         let standby = contender("s", Role::Standby);
-        let standby_holds = next_record(None, &standby, 0).unwrap();
+        let standby_holds = standby_took(&standby);
         // The primary asks; the standby still holds until its next cycle.
-        let asked = next_record(Some(&standby_holds), &primary, 10_000).unwrap();
+        let asked = next_record(Some(&standby_holds), &primary, T0 + 10_000).unwrap();
         assert_eq!(asked.handback_to.as_deref(), Some("p"));
-        assert!(standby.holds(&asked, 1, 20_000));
+        assert!(standby.holds(&asked, 1, T0 + 20_000));
         // The standby releases instead of renewing, and keeps away.
-        let released = next_record(Some(&asked), &standby, 20_000).unwrap();
-        assert!(!standby.holds(&released, 1, 20_000));
-        assert_eq!(next_record(Some(&released), &standby, 30_000), None);
+        let released = next_record(Some(&asked), &standby, T0 + 20_000).unwrap();
+        assert!(!standby.holds(&released, 1, T0 + 20_000));
+        assert_eq!(next_record(Some(&released), &standby, T0 + 30_000), None);
         // The primary takes it with a new fence.
-        let taken = next_record(Some(&released), &primary, 30_000).unwrap();
+        let taken = next_record(Some(&released), &primary, T0 + 30_000).unwrap();
         assert_eq!((taken.holder.as_str(), taken.fence), ("p", 2));
         assert_eq!(taken.handback_to, None);
     }
@@ -429,11 +527,11 @@ mod tests {
     fn a_stale_handback_request_no_longer_keeps_the_standby_away() {
         let primary = contender("p", Role::Primary);
         let standby = contender("s", Role::Standby);
-        let standby_holds = next_record(None, &standby, 0).unwrap();
-        let asked = next_record(Some(&standby_holds), &primary, 10_000).unwrap();
-        let released = next_record(Some(&asked), &standby, 20_000).unwrap();
+        let standby_holds = standby_took(&standby);
+        let asked = next_record(Some(&standby_holds), &primary, T0 + 10_000).unwrap();
+        let released = next_record(Some(&asked), &standby, T0 + 20_000).unwrap();
         // The primary died again before taking it.
-        let late = 10_000 + TTL + SKEW + 1;
+        let late = T0 + 10_000 + TTL + SKEW + 1;
         let retaken = next_record(Some(&released), &standby, late).unwrap();
         assert_eq!((retaken.holder.as_str(), retaken.fence), ("s", 2));
     }

@@ -1,13 +1,18 @@
 //! A primary and a standby responder, as two real `floodgate run` daemons,
 //! sharing a DynamoDB ledger and lease in moto:
 //!
+//! 0. a standby started first does not take a lease nobody has held: it
+//!    keeps it for the primary;
 //! 1. only the primary applies while it lives;
 //! 2. after it is SIGKILLed, the standby takes over within the lease's ttl
 //!    (plus the clock margin and one cycle) and blocks a new attacker;
 //! 3. a restarted primary gets the lease back through a handback and blocks
 //!    the next attacker;
-//! 4. across the whole run, no two cycles of different responders applied
-//!    at overlapping times, and each holder applied under a new fence.
+//! 4. SIGTERMed, it releases the lease, and the standby takes over at its
+//!    next cycle, well inside the ttl;
+//! 5. across the whole run, no two cycles of different responders applied
+//!    at overlapping times, each holder applied under a new fence, and each
+//!    report names the holder and a real expiry.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -197,6 +202,16 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
     let primary_policy = policy(dir.path(), &moto, "primary", "primary");
     let standby_policy = policy(dir.path(), &moto, "standby", "standby");
 
+    // 0. The standby comes first: it keeps the lease for the primary.
+    let standby = Daemon::start(dir.path(), &standby_policy, "standby");
+    standby.wait_for("second cycle", 60, |_| standby.reports().len() >= 2);
+    for report in standby.reports() {
+        assert_eq!(lease_state(&report), "waiting", "{report}");
+        assert_eq!(report["lease"]["holder"], "a primary", "{report}");
+        assert!(report["lease"]["expires"].is_null(), "{report}");
+    }
+    assert!(blocked(&moto).await.is_empty(), "the standby wrote nothing");
+
     // 1. The primary takes the lease and blocks; the standby only plans.
     let primary = Daemon::start(dir.path(), &primary_policy, "primary");
     primary.wait_for("held cycle", 60, |r| lease_state(r) == "held");
@@ -227,11 +242,13 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
         ),
         "{status}"
     );
-    let standby = Daemon::start(dir.path(), &standby_policy, "standby");
-    standby.wait_for("third cycle", 60, |_| standby.reports().len() >= 3);
-    for report in standby.reports() {
+    let seen = standby.reports().len();
+    standby.wait_for("two more cycles", 60, |_| {
+        standby.reports().len() >= seen + 2
+    });
+    for report in &standby.reports()[seen..] {
         assert_eq!(report["mode"], "standby", "{report}");
-        assert_eq!(lease_state(&report), "waiting", "{report}");
+        assert_eq!(lease_state(report), "waiting", "{report}");
         assert_eq!(report["lease"]["holder"], "primary", "{report}");
         assert_eq!(report["targets"], Value::Array(vec![]), "{report}");
     }
@@ -260,10 +277,22 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
     moto.put_waf_logs(REGION, GROUP, burst("203.0.113.30", 1500, wall_clock_ms()))
         .await;
     wait_blocked(&moto, "203.0.113.30", 30).await;
+
+    // 4. A graceful stop releases the lease: the standby takes it at once.
     let second_primary = primary.stop();
+    let stopped_ms = wall_clock_ms();
+    let taken = standby.wait_for("takeover after the release", 60, |r| {
+        lease_state(r) == "held" && r["lease"]["fence"] == 4
+    });
+    let release_takeover_ms = window(&taken).0 - stopped_ms;
+    let release_bound_ms = CYCLE_SECONDS * 1000 + 2_000;
+    assert!(
+        release_takeover_ms <= release_bound_ms,
+        "took over {release_takeover_ms} ms after SIGTERM; one cycle is {release_bound_ms} ms"
+    );
     let standby_reports = standby.stop();
 
-    // 4. Who applied, under which fence, and never two at once.
+    // 5. Who applied, under which fence, and never two at once.
     let mut applied: Vec<(&str, u64, (i64, i64))> = Vec::new();
     for (name, reports) in [
         ("primary", &first_primary),
@@ -274,6 +303,8 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
             match lease_state(report) {
                 "held" => {
                     assert_eq!(report["mode"], "enforce", "{report}");
+                    let holder = name.trim_end_matches("-again");
+                    assert_eq!(report["lease"]["holder"], holder, "{report}");
                     assert!(!report["targets"].as_array().unwrap().is_empty());
                     let fence = report["lease"]["fence"].as_u64().unwrap();
                     applied.push((name, fence, window(report)));
@@ -295,7 +326,7 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
         fences
     };
     assert_eq!(fences("primary"), [1]);
-    assert_eq!(fences("standby"), [2]);
+    assert_eq!(fences("standby"), [2, 4]);
     assert_eq!(fences("primary-again"), [3]);
     for (a, fa, (a_from, a_to)) in &applied {
         for (b, fb, (b_from, b_to)) in &applied {
@@ -308,7 +339,7 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
         }
     }
     println!(
-        "takeover {takeover_ms} ms after SIGKILL (bound {bound_ms} ms); {} applying cycles",
+        "takeover {takeover_ms} ms after SIGKILL (bound {bound_ms} ms), {release_takeover_ms} ms after SIGTERM; {} applying cycles",
         applied.len()
     );
 }
