@@ -69,6 +69,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 
+# The middleware without its `redis` feature: no Redis client and no TLS in
+# its dependency tree, and its library tests pass (a policy that asks for
+# Redis is then a build error).
+step "floodgate-ratelimit without the redis feature"
+lean=(-p floodgate-ratelimit --no-default-features --features axum --locked)
+if cargo tree "${lean[@]}" -e normal | grep -E ' (redis|rustls|aws-lc-rs) v'; then
+    echo "the middleware without its redis feature still depends on the above" >&2
+    exit 1
+fi
+cargo test "${lean[@]}" --lib 2>&1 | tee -a "$log"
+
 # --- The container image's runtime stage -----------------------------------
 # No container engine runs here: scripts/verify-image.sh builds the runtime
 # stage's root filesystem with debootstrap (from the Debian mirror) and runs

@@ -73,6 +73,7 @@ impl Gcra {
 
     /// This limit's share for one of `instances`: the rate divided by
     /// `instances`, the burst too (rounded up).
+    #[cfg(feature = "redis")]
     pub fn shared_by(&self, instances: u64) -> Gcra {
         let burst = (self.tolerance / self.interval).div_ceil(instances).max(1);
         let interval = self.interval.saturating_mul(instances);

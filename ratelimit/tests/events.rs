@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use floodgate_ratelimit::{Backend, RedisSettings, Tenant, TenantRateLimitLayer};
+use floodgate_ratelimit::{Tenant, TenantRateLimitLayer};
 use governor::clock::FakeRelativeClock;
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -86,8 +86,10 @@ plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
     assert!(events[20].contains("suppressed=980"), "{}", events[20]);
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn checks_decided_without_redis_warn_once_with_the_reason_and_the_endpoint() {
+    use floodgate_ratelimit::{Backend, RedisSettings};
     let text = r#"
 [quotas]
 default_plan = "free"

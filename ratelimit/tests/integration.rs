@@ -3,12 +3,16 @@
 
 mod common;
 mod local;
+#[cfg(feature = "redis")]
 mod servers;
 
 mod classes;
 mod grpc;
 mod http;
 mod layer;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
 mod redis_cluster;
+#[cfg(feature = "redis")]
 mod redis_tls;

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use metrics::Counter;
 
-/// Counts checks decided locally, by `reason`.
-pub const FALLBACK_TOTAL: &str = "floodgate_ratelimit_backend_fallback_total";
+use super::FALLBACK_TOTAL;
 
 /// Why a check was decided locally: the `reason` label of [`FALLBACK_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

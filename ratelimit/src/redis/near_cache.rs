@@ -103,7 +103,7 @@ impl NearCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis::parse_reply;
+    use crate::redis::backend::parse_reply;
 
     #[test]
     fn the_near_cache_answers_until_the_retry_time_only() {

@@ -181,9 +181,8 @@ fn table(report: &StatusReport) -> String {
                 out.push_str(&format!("  {primary} has asked for it back\n"));
             }
         }
-        Some(Some(lease)) if lease.fence == 0 => out.push_str(
-            "lease: never held; a standby keeps it for a primary for one lease period\n",
-        ),
+        Some(Some(lease)) if lease.fence == 0 => out
+            .push_str("lease: never held; a standby keeps it for a primary for one lease period\n"),
         Some(Some(lease)) => out.push_str(&format!(
             "lease: released (fence {}), waiting for {}\n",
             lease.fence,
