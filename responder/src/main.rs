@@ -31,10 +31,26 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("floodgate: error: {:#}", anyhow::Error::from(error));
+            eprintln!("floodgate: error: {}", one_line(&error));
             ExitCode::from(Status::Invalid.code())
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: most errors name
+/// their cause in their own message already.
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Log lines go to stderr, so stdout stays the command's result; colour

@@ -21,7 +21,7 @@ use time::Date;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read policy file {}: {source}", path.display())]
+    #[error("cannot read policy file {}: {source}{}", path.display(), hint(source))]
     Read {
         /// The file.
         path: PathBuf,
@@ -31,6 +31,16 @@ pub enum LoadError {
     /// The file is not valid; every error is listed.
     #[error("{0}")]
     Invalid(#[from] PolicyError),
+}
+
+/// How to name a policy, when there was none where we looked.
+fn hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => {
+            "; name the policy with --config FILE or FLOODGATE_CONFIG (examples/floodgate.toml is a start)"
+        }
+        _ => "",
+    }
 }
 
 /// Reads and validates the policy at `path`, evaluating expiry on `today`.

@@ -33,12 +33,16 @@ pub(super) fn block(args: &BlockArgs) -> Result<Status, CliError> {
     }
     let reason = reason(&args.reason)?;
     override_ledger(&args.policy, |ledger, policy, now_ms| {
-        if let Some(entry) = full_exception(policy, &net) {
+        if let Some(entry) = covering_exception(policy, &net) {
             return Err(CliError::Input(format!(
-                "{net} overlaps allow-list entry {} ({}; owner {}): it would never be blocked; remove or narrow the exception first",
+                "{net} is inside allow-list entry {} ({}; owner {}): it would never be blocked; remove or narrow the exception first",
                 entry.cidr, entry.reason, entry.owner
             )));
         }
+        // Exceptions inside the range are cut out of it, as for any block.
+        let cut_out: Vec<String> = exceptions_inside(policy, &net)
+            .map(|e| format!("{} ({})", e.cidr, e.owner))
+            .collect();
         let until = now_ms + i64::from(args.minutes) * 60_000;
         let entry = ledger.entries.entry(net).or_insert_with(|| LedgerEntry {
             net,
@@ -63,10 +67,17 @@ pub(super) fn block(args: &BlockArgs) -> Result<Status, CliError> {
         entry.reason = reason.clone();
         entry.expires_at_ms = entry.expires_at_ms.max(until);
         entry.suppressed_until_ms = None;
-        Ok(format!(
+        let mut done = format!(
             "blocked {net} until {}: {reason}",
             rfc3339_from_ms(entry.expires_at_ms)
-        ))
+        );
+        if !cut_out.is_empty() {
+            done.push_str(&format!(
+                "\n  the allow-list's {} cut out of it",
+                cut_out.join(", ")
+            ));
+        }
+        Ok(done)
     })
 }
 
@@ -214,14 +225,27 @@ fn reason(text: &str) -> Result<String, CliError> {
     Ok(text.to_owned())
 }
 
-/// The full allow-list exception that overlaps `net`, if any.
-fn full_exception<'p>(
+/// The full allow-list exception that covers all of `net`, if any.
+fn covering_exception<'p>(
     policy: &'p Policy,
     net: &IpNet,
 ) -> Option<&'p floodgate_rules::policy::AllowEntry> {
-    policy.allow.entries().iter().find(|e| {
-        !e.is_expired(policy.evaluated_on)
-            && e.requests.is_none()
-            && (e.cidr.contains(net) || net.contains(&e.cidr))
-    })
+    full_exceptions(policy).find(|e| e.cidr.contains(net))
+}
+
+/// The full exceptions strictly inside `net`: cut out of a block of it.
+fn exceptions_inside<'p>(
+    policy: &'p Policy,
+    net: &'p IpNet,
+) -> impl Iterator<Item = &'p floodgate_rules::policy::AllowEntry> {
+    full_exceptions(policy).filter(move |e| net.contains(&e.cidr) && e.cidr != *net)
+}
+
+/// Unexpired exceptions without a request budget: never blocked at all.
+fn full_exceptions(policy: &Policy) -> impl Iterator<Item = &floodgate_rules::policy::AllowEntry> {
+    policy
+        .allow
+        .entries()
+        .iter()
+        .filter(|e| !e.is_expired(policy.evaluated_on) && e.requests.is_none())
 }

@@ -13,7 +13,7 @@ use super::{CliError, Format, Status, StatusArgs, load_policy, plural, write_std
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::lease::{ConfiguredLease, LeaseStore as _};
 use crate::ledger::{ConfiguredLedger, Ledger};
-use crate::plan::{Capacity, plan};
+use crate::plan::{Capacity, plan, unknown_entries};
 use crate::sink::{ConfiguredTarget, WafTarget as _, left_out_by_reason};
 
 /// A block in force.
@@ -34,8 +34,13 @@ struct Block {
 #[derive(Debug, Serialize)]
 struct TargetStatus {
     target: String,
-    /// In the sets but not an active block: the next run removes them.
+    /// In the sets but never blocked by the ledger: drift, which the next
+    /// run removes.
     unexpected: Vec<String>,
+    /// In the sets, blocks the ledger holds as ended: the next run removes
+    /// them, as it does every cycle. Not drift.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    expired: Vec<String>,
     /// Active blocks the sets lack: held back, no room, or a failed write.
     missing: Vec<String>,
     /// Blocks the target cannot hold, left out on purpose (one line per
@@ -120,18 +125,26 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     for target in ConfiguredTarget::from_policy(policy).await {
         let label = target.label();
         let (held, left_out) = target.expected(&desired);
-        let (unexpected, missing, error) = match target.read().await {
+        let (unexpected, expired, missing, error) = match target.read().await {
             // Sets hold aggregated ranges: compare what they cover.
-            Ok(found) => (
-                text(&exclude(&found.nets, &held)),
-                text(&exclude(&held, &found.nets)),
-                None,
-            ),
-            Err(error) => (Vec::new(), Vec::new(), Some(error.to_string())),
+            Ok(found) => {
+                let extra = exclude(&found.nets, &held);
+                let unknown = unknown_entries(&ledger, &extra);
+                let ended: Vec<IpNet> =
+                    extra.into_iter().filter(|n| !unknown.contains(n)).collect();
+                (
+                    text(&unknown),
+                    text(&ended),
+                    text(&exclude(&held, &found.nets)),
+                    None,
+                )
+            }
+            Err(error) => (Vec::new(), Vec::new(), Vec::new(), Some(error.to_string())),
         };
         targets.push(TargetStatus {
             target: label,
             unexpected,
+            expired,
             missing,
             left_out: left_out_by_reason(&left_out),
             error,
@@ -214,6 +227,13 @@ fn table(report: &StatusReport) -> String {
             Some(error) => format!("cannot read its sets: {error}"),
             None if target.unexpected.is_empty() && target.missing.is_empty() => {
                 let mut line = "in sync".to_owned();
+                if !target.expired.is_empty() {
+                    line.push_str(&format!(
+                        "; {} ended, removed by the next run ({})",
+                        target.expired.len(),
+                        target.expired.join(", ")
+                    ));
+                }
                 for left in &target.left_out {
                     line.push_str(&format!("; left out on purpose: {left}"));
                 }
@@ -233,6 +253,13 @@ fn table(report: &StatusReport) -> String {
                         "{} active blocks missing ({})",
                         target.missing.len(),
                         target.missing.join(", ")
+                    ));
+                }
+                if !target.expired.is_empty() {
+                    parts.push(format!(
+                        "{} ended, removed by the next run ({})",
+                        target.expired.len(),
+                        target.expired.join(", ")
                     ));
                 }
                 format!("drift: {}", parts.join("; "))

@@ -113,11 +113,19 @@ fn expiry_follows_the_clock() {
 fn a_missing_policy_file_is_a_clear_error() {
     let output = floodgate(&["check", "--config", "no/such/policy.toml"]);
     assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
     assert!(
-        stderr(&output)
-            .starts_with("floodgate: error: cannot read policy file no/such/policy.toml: "),
-        "{}",
-        stderr(&output)
+        text.starts_with("floodgate: error: cannot read policy file no/such/policy.toml: "),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        1,
+        "the cause once: {text}"
+    );
+    assert!(
+        text.contains("--config FILE or FLOODGATE_CONFIG"),
+        "how to name one: {text}"
     );
 }
 

@@ -350,13 +350,34 @@ fn status_lists_blocks_in_force_and_the_drift_of_each_target() {
     );
     assert_eq!(report["active"].as_array().unwrap().len(), 20);
 
-    // A day later every block has ended; the sets still hold them until the next run.
+    // A day later every block has ended; the sets still hold them until the
+    // next run. They are the ledger's, ended: not drift. The hand edit is.
     let later = status("2026-11-22T00:00:00Z", &["--format", "json"]);
+    assert_eq!(later.status.code(), Some(2));
     let report: Value = serde_json::from_slice(&later.stdout).unwrap();
     assert_eq!(report["active"].as_array().unwrap().len(), 0);
     assert_eq!(
-        report["targets"][0]["unexpected"].as_array().unwrap().len(),
-        6
+        report["targets"][0]["unexpected"],
+        serde_json::json!(["192.0.2.1/32"])
+    );
+    assert_eq!(
+        report["targets"][0]["expired"].as_array().unwrap().len(),
+        5,
+        "{report}"
+    );
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(", \"192.0.2.1/32\"", ""),
+    )
+    .unwrap();
+    let ended = status("2026-11-22T00:00:00Z", &[]);
+    assert_eq!(ended.status.code(), Some(0), "ended blocks are not drift");
+    let text = stdout(&ended);
+    assert!(
+        text.contains("file state/ip-sets: in sync; 5 ended, removed by the next run"),
+        "{text}"
     );
 }
 
@@ -416,10 +437,21 @@ fn block_and_unblock_override_every_target_and_an_unblock_holds_against_detectio
     let allowed = floodgate(&["block", "192.0.2.5", "--minutes", "5", "--reason", "x"]);
     assert_eq!(allowed.status.code(), Some(1));
     assert!(
-        stderr(&allowed).contains("overlaps allow-list entry 192.0.2.0/28"),
+        stderr(&allowed).contains("192.0.2.5/32 is inside allow-list entry 192.0.2.0/28"),
         "{}",
         stderr(&allowed)
     );
+    // A range that holds an exception is blocked, the exception cut out.
+    let wider = floodgate(&["block", "192.0.2.0/24", "--minutes", "5", "--reason", "x"]);
+    assert_eq!(wider.status.code(), Some(0), "{}", stderr(&wider));
+    assert!(
+        stdout(&wider).contains("the allow-list's 192.0.2.0/28"),
+        "{}",
+        stdout(&wider)
+    );
+    let v4 = set_file(dir.path(), "floodgate-blocked-v4");
+    assert!(v4.contains(&"192.0.2.16/28".to_owned()), "{v4:?}");
+    assert!(!v4.iter().any(|n| n.starts_with("192.0.2.0/")), "{v4:?}");
     let host_bits = floodgate(&["block", "10.0.0.1/8", "--minutes", "5", "--reason", "x"]);
     assert!(
         stderr(&host_bits).contains("did you mean 10.0.0.0/8?"),
