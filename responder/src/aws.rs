@@ -45,15 +45,59 @@ where
     E: aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    use aws_sdk_cloudwatchlogs::error::DisplayErrorContext;
-    match error.as_service_error() {
-        Some(service) => match (service.code(), service.message()) {
-            (Some(code), Some(message)) => format!("{code}: {message}"),
-            (Some(code), None) => code.to_owned(),
-            _ => service.to_string(),
-        },
-        None => DisplayErrorContext(error).to_string(),
+    use aws_sdk_cloudwatchlogs::error::SdkError;
+    let Some(service) = error.as_service_error() else {
+        let chain = crate::failure::one_line(error);
+        return match error {
+            SdkError::DispatchFailure(_) if chain.contains("credentials") => {
+                let cause = deepest_cause(error);
+                format!("no AWS credentials ({cause}): {NO_CREDENTIALS_FIX}")
+            }
+            SdkError::TimeoutError(_) => format!("no answer in time ({chain})"),
+            _ => chain,
+        };
+    };
+    let text = match (service.code(), service.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => service.to_string(),
+    };
+    match service.code().and_then(fix_for) {
+        Some(fix) => format!("{text}; {fix}"),
+        None => text,
     }
+}
+
+/// What to do about credentials the SDK found none of.
+const NO_CREDENTIALS_FIX: &str = "set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an IAM role is attached";
+
+/// The fix for an AWS error code the operator can cause, where one is known.
+fn fix_for(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "ExpiredTokenException" | "ExpiredToken" | "RequestExpired" => {
+            "the session has expired: refresh it (aws sso login, or new keys)"
+        }
+        "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch" => {
+            "the access key is not valid here: check AWS_ACCESS_KEY_ID, the secret, and the region"
+        }
+        "AccessDeniedException" | "AccessDenied" | "WAFAccessDeniedException" => {
+            "the role needs this permission: render-infra writes the least-privilege policy"
+        }
+        _ => return None,
+    })
+}
+
+/// The innermost cause of an error: for a credentials failure, what the
+/// chain of providers said.
+fn deepest_cause(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// What kind of failure an SDK error is, for the cycle to decide on: by the

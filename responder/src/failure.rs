@@ -75,6 +75,22 @@ impl fmt::Display for FailureKind {
     }
 }
 
+/// An error and its causes on one line, each cause once (most errors name
+/// their cause in their own message already), with no `Debug` dump.
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,34 +31,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("floodgate: error: {}", one_line(&error));
+            eprintln!(
+                "floodgate: error: {}",
+                floodgate_responder::failure::one_line(&error)
+            );
             ExitCode::from(Status::Invalid.code())
         }
     }
 }
 
-/// An error and its causes on one line, each cause once: most errors name
-/// their cause in their own message already.
-fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// Warnings, but not the AWS SDK's own about a credential source it tried:
+/// the error the command reports says what is missing, in one line.
+const DEFAULT_LOG: &str = "warn,aws_config=error";
 
 /// Log lines go to stderr, so stdout stays the command's result; colour
 /// only on a terminal, never into a file or a log pipeline.
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter =
-        EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        EnvFilter::try_from_env("FLOODGATE_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -301,6 +301,19 @@ async fn a_failure_says_what_kind_it_is() {
     );
     assert!(!report.kind.is_transient());
 
+    let report = read_failing_with(
+        "ExpiredTokenException",
+        "The security token included in the request is expired",
+    )
+    .await;
+    assert_eq!(report.kind, FailureKind::Denied);
+    assert!(
+        report
+            .detail
+            .ends_with("refresh it (aws sso login, or new keys)"),
+        "{report}"
+    );
+
     let report = read_failing_with("WAFInternalErrorException", "WAF is down in this region").await;
     assert_eq!(report.kind, FailureKind::Unavailable);
     assert!(report.kind.is_transient());

@@ -290,3 +290,32 @@ fn a_reader_that_closes_the_pipe_early_leaves_exit_code_zero() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(!stderr(&output).contains("error"), "{}", stderr(&output));
 }
+
+/// The first thing a new user may see: the documented policy on a machine
+/// without AWS credentials. One line naming the service, the log group and
+/// the fix, not the SDK's error structures (issue 35).
+#[test]
+fn no_aws_credentials_is_one_line_with_the_fix() {
+    let home = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(floodgate_bin())
+        .args(["top", "--config", "examples/floodgate.toml"])
+        .current_dir(super::workspace_root())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("floodgate: error: CloudWatch Logs in us-east-1 (aws-waf-logs-floodgate): no AWS credentials"),
+        "{text}"
+    );
+    assert!(text.contains("set AWS_PROFILE"), "{text}");
+    assert!(
+        !text.contains("DispatchFailure") && text.len() < 400,
+        "{text}"
+    );
+}
