@@ -21,8 +21,12 @@ pub(super) fn run(args: &GenLogsArgs) -> Result<Status, CliError> {
         format: args.format,
         timestamps: args.timestamps,
     };
-    let file = File::create(&args.out)
-        .map_err(|e| CliError::Input(format!("cannot create {}: {e}", args.out.display())))?;
+    let cannot =
+        |e: std::io::Error| CliError::Input(format!("cannot create {}: {e}", args.out.display()));
+    if let Some(folder) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(cannot)?;
+    }
+    let file = File::create(&args.out).map_err(cannot)?;
     let summary = if args.out.extension().is_some_and(|e| e == "gz") {
         let mut encoder = GzEncoder::new(BufWriter::new(file), Compression::default());
         let summary = generate(&spec, &mut encoder)?;

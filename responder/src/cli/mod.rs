@@ -339,8 +339,10 @@ pub struct TopArgs {
     #[command(flatten)]
     pub logs_from: LogsFromArgs,
     /// A policy file, to classify IPs into its tiers and mark allow-listed
-    /// ones, and to read its [source] when --logs is not given.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    /// ones, and to read its [source] when --logs is not given. As for
+    /// every command: this, else FLOODGATE_CONFIG, else ./floodgate.toml
+    /// when there is one; without any, `top` ranks only.
+    #[arg(long, short = 'c', value_name = "FILE", env = "FLOODGATE_CONFIG")]
     pub config: Option<PathBuf>,
     /// The window to rank by, such as 300, 90s, 5m or 1h.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]

@@ -1,6 +1,7 @@
 //! `floodgate top`: who is hammering us right now.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use floodgate_rules::Policy;
 use serde::Serialize;
@@ -41,7 +42,13 @@ struct OffenderReport {
 
 /// Counts the logs, ranks the client IPs, prints the top ones.
 pub(super) fn run(args: &TopArgs) -> Result<Status, CliError> {
-    let policy = match &args.config {
+    // The rule of every command, except that no policy is no error here.
+    let default = Path::new("floodgate.toml");
+    let config = args
+        .config
+        .clone()
+        .or_else(|| default.exists().then(|| default.to_owned()));
+    let policy = match &config {
         Some(config) => {
             let policy_args = super::PolicyArgs {
                 config: config.clone(),

@@ -319,3 +319,82 @@ fn no_aws_credentials_is_one_line_with_the_fix() {
         "{text}"
     );
 }
+
+/// `top` finds its policy as every command does: --config, else
+/// FLOODGATE_CONFIG, else ./floodgate.toml (issue 35).
+#[test]
+fn top_finds_its_policy_by_the_rule_of_every_command() {
+    let allow_listed = |output: &std::process::Output| {
+        let report = json(output);
+        report["offenders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["allow_listed"] == true)
+            .count()
+    };
+    let args = [
+        "top",
+        "--logs",
+        "examples/logs",
+        "--now",
+        "2026-11-20T10:05:00Z",
+        "--format",
+        "json",
+        "--limit",
+        "30",
+    ];
+    let from_env = std::process::Command::new(floodgate_bin())
+        .args(args)
+        .current_dir(super::workspace_root())
+        .env("FLOODGATE_CONFIG", "examples/floodgate.toml")
+        .output()
+        .unwrap();
+    assert_eq!(allow_listed(&from_env), 5, "{}", stderr(&from_env));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        super::workspace_root().join("examples/floodgate.toml"),
+        dir.path().join("floodgate.toml"),
+    )
+    .unwrap();
+    let logs = super::workspace_root().join("examples/logs");
+    let mut here = args.map(str::to_owned);
+    here[2] = logs.display().to_string();
+    let from_folder = std::process::Command::new(floodgate_bin())
+        .args(&here)
+        .current_dir(dir.path())
+        .env_remove("FLOODGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(allow_listed(&from_folder), 5, "{}", stderr(&from_folder));
+
+    // No policy anywhere: rank only, nothing allow-listed.
+    let none = std::process::Command::new(floodgate_bin())
+        .args(&here)
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .env_remove("FLOODGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(allow_listed(&none), 0, "{}", stderr(&none));
+}
+
+#[test]
+fn gen_logs_creates_its_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("new/folder/waf.jsonl");
+    let output = std::process::Command::new(floodgate_bin())
+        .args([
+            "gen-logs",
+            "--minutes",
+            "1",
+            "--benign-records",
+            "10",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(std::fs::metadata(&out).unwrap().len() > 0);
+}
