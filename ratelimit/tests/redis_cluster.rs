@@ -239,7 +239,8 @@ async fn a_cluster_client_pointed_at_one_server_is_refused_at_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_shared() {
+async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_shared_until_it_is_back()
+ {
     // Without full coverage required, the other primaries serve their slots
     // while one is down. (With Redis's default, the whole cluster answers
     // CLUSTERDOWN once the node is marked failed, and every check falls
@@ -261,19 +262,14 @@ async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_sh
     let mut layers = layers;
     let dead_ranges = cluster.ranges_of(2);
     assert!(!dead_ranges.is_empty());
-    drop(cluster.nodes.remove(2));
+    cluster.nodes[2].kill();
 
     let tenants: Vec<String> = (0..45)
         .map(|i| fresh_tenant(&format!("node-down{i}")))
         .collect();
     let on_dead_node: Vec<bool> = tenants
         .iter()
-        .map(|tenant| {
-            let slot = cluster.slot(&format!("floodgate:{{t:{tenant}}}"));
-            dead_ranges
-                .iter()
-                .any(|(first, last)| (*first..=*last).contains(&slot))
-        })
+        .map(|tenant| on_node(&cluster, &dead_ranges, tenant))
         .collect();
     assert!(on_dead_node.iter().any(|d| *d) && on_dead_node.iter().any(|d| !*d));
     let admitted = alternate(&mut layers, &tenants, 16).await;
@@ -298,6 +294,49 @@ async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_sh
         reasons.contains_key("node_backoff"),
         "the dead node's slots back off: {reasons:?}"
     );
+    // The node comes back at the same address: its slots are shared again
+    // once a check has found the old connection broken and the routes were
+    // read anew.
+    cluster.nodes[2].restart();
+    cluster.wait_until_healthy();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = fallbacks.total();
+        let probe = fresh_tenant("probe");
+        if on_node(&cluster, &dead_ranges, &probe) {
+            send(&mut layers[0], &probe).await;
+            send(&mut layers[1], &probe).await;
+            if fallbacks.total() == before {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's slots never came back: {:?}",
+            fallbacks.by_reason()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back: Vec<String> = (0..200)
+        .map(|i| fresh_tenant(&format!("back{i}")))
+        .filter(|t| on_node(&cluster, &dead_ranges, t))
+        .take(10)
+        .collect();
+    let before = fallbacks.total();
+    let admitted = alternate(&mut layers, &back, 16).await;
+    assert!(
+        admitted.iter().all(|&n| n == 10),
+        "shared again: {admitted:?}"
+    );
+    assert_eq!(fallbacks.total(), before, "{:?}", fallbacks.by_reason());
+}
+
+/// Whether `tenant`'s key lives in one of `ranges`.
+fn on_node(cluster: &RedisCluster, ranges: &[(u16, u16)], tenant: &str) -> bool {
+    let slot = cluster.slot(&format!("floodgate:{{t:{tenant}}}"));
+    ranges
+        .iter()
+        .any(|(first, last)| (*first..=*last).contains(&slot))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,8 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     tls: Vec<String>,
+    /// What it was started with, to start it again.
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -233,13 +235,27 @@ impl RedisServer {
             .map(String::from),
         );
         args.push(dir.display().to_string());
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed by scripts/test.sh");
-        RedisServer { child, port, tls }
+        let child = start_process(&args);
+        RedisServer {
+            child,
+            port,
+            tls,
+            args,
+        }
+    }
+
+    /// Stops the process (as a crash would), keeping its files.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again, on the same port with the same files (a cluster
+    /// node rejoins from its nodes.conf), and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = start_process(&self.args);
+        self.wait_until_up();
     }
 
     /// `redis-cli` against this server; its output, failing the test if it fails.
@@ -263,6 +279,15 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn start_process(args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed by scripts/test.sh")
 }
 
 impl Drop for RedisServer {

@@ -21,7 +21,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::{ErrorKind, RedisError, RedisResult, ScriptInvocation, ServerErrorKind, Value};
 
-use super::fallback::SLOTS;
+use super::fallback::{NODE_BACKOFF, SLOTS};
 
 /// Opens a connection to one node, given its `host:port`, with the
 /// cluster's scheme, credentials and CA.
@@ -42,20 +42,47 @@ struct Direct {
     table: ArcSwap<SlotTable>,
     refreshing: AtomicBool,
     connect: NodeConnector,
+    /// Nodes whose direct connection failed: connected afresh at the next
+    /// refresh (a multiplexed connection that broke stays broken, and the
+    /// node may come back at the same address).
+    broken: parking_lot::Mutex<Vec<String>>,
+    /// When the last refresh started: one every [`NODE_BACKOFF`] at most,
+    /// however many checks fail meanwhile.
+    last_refresh: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 /// Which primary serves each slot, and a connection to each.
 #[derive(Default)]
 struct SlotTable {
-    /// Per slot, an index into `nodes`; `u16::MAX` for none.
+    /// Per slot, an index into `nodes`; [`UNKNOWN`] or [`UNREACHABLE`].
     owner: Vec<u16>,
     nodes: Vec<(String, MultiplexedConnection)>,
 }
 
+/// A slot whose primary the table does not know: the library's path.
+const UNKNOWN: u16 = u16::MAX;
+/// A slot whose primary could not be connected to at the last refresh:
+/// checks fail at once (and fall back) instead of waiting on it.
+const UNREACHABLE: u16 = u16::MAX - 1;
+
+/// Where a check for a slot goes.
+enum Route<'a> {
+    Direct(&'a (String, MultiplexedConnection)),
+    Unreachable,
+    Library,
+}
+
 impl SlotTable {
-    fn connection(&self, slot: u16) -> Option<&MultiplexedConnection> {
-        let owner = *self.owner.get(usize::from(slot))?;
-        self.nodes.get(usize::from(owner)).map(|(_, c)| c)
+    /// Where a check for `slot` goes.
+    fn route(&self, slot: u16) -> Route<'_> {
+        match self.owner.get(usize::from(slot)).copied() {
+            Some(UNREACHABLE) => Route::Unreachable,
+            Some(owner) => self
+                .nodes
+                .get(usize::from(owner))
+                .map_or(Route::Library, Route::Direct),
+            None => Route::Library,
+        }
     }
 }
 
@@ -68,6 +95,8 @@ impl ClusterRoutes {
                 table: ArcSwap::from_pointee(SlotTable::default()),
                 refreshing: AtomicBool::new(true),
                 connect,
+                broken: parking_lot::Mutex::default(),
+                last_refresh: parking_lot::Mutex::default(),
             }),
         };
         routes.refresh().await;
@@ -82,12 +111,23 @@ impl ClusterRoutes {
         slot: u16,
         invocation: &ScriptInvocation<'_>,
     ) -> RedisResult<Vec<i64>> {
-        let direct = self.direct.table.load().connection(slot).cloned();
-        if let Some(mut connection) = direct {
+        let direct = match self.direct.table.load().route(slot) {
+            Route::Direct(node) => Some(node.clone()),
+            Route::Unreachable => {
+                self.refresh_in_background();
+                let unreachable = (ErrorKind::Io, "the slot's primary could not be reached");
+                return Err(RedisError::from(unreachable));
+            }
+            Route::Library => None,
+        };
+        if let Some((address, mut connection)) = direct {
             match invocation.invoke_async(&mut connection).await {
                 Err(error) if not_run_here(&error) => {}
                 Err(error) => {
                     // It may have run: asking again could charge twice.
+                    if error.is_io_error() || error.is_connection_dropped() {
+                        self.direct.broken.lock().push(address);
+                    }
                     self.refresh_in_background();
                     return Err(error);
                 }
@@ -99,6 +139,13 @@ impl ClusterRoutes {
     }
 
     fn refresh_in_background(&self) {
+        {
+            let mut last = self.direct.last_refresh.lock();
+            if last.is_some_and(|at| at.elapsed() < NODE_BACKOFF) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         if !self.direct.refreshing.swap(true, Ordering::AcqRel) {
             let routes = self.clone();
             tokio::spawn(async move { routes.refresh().await });
@@ -117,29 +164,41 @@ impl ClusterRoutes {
             .await;
         if let Ok(slots) = slots {
             let old = self.direct.table.load_full();
-            let mut known: HashMap<&str, &MultiplexedConnection> =
-                old.nodes.iter().map(|(a, c)| (a.as_str(), c)).collect();
+            let broken = std::mem::take(&mut *self.direct.broken.lock());
+            let mut known: HashMap<&str, &MultiplexedConnection> = old
+                .nodes
+                .iter()
+                .filter(|(address, _)| !broken.contains(address))
+                .map(|(a, c)| (a.as_str(), c))
+                .collect();
             let mut table = SlotTable {
-                owner: vec![u16::MAX; SLOTS],
+                owner: vec![UNKNOWN; SLOTS],
                 nodes: Vec::new(),
             };
+            let mut unreachable: Vec<String> = Vec::new();
             for (start, end, address) in primaries(&slots) {
                 let index = match table.nodes.iter().position(|(a, _)| *a == address) {
-                    Some(index) => index,
+                    Some(index) => index as u16,
+                    None if unreachable.contains(&address) => UNREACHABLE,
                     None => {
                         let connection = match known.remove(address.as_str()) {
-                            Some(connection) => connection.clone(),
-                            None => match (self.direct.connect)(address.clone()).await {
-                                Ok(connection) => connection,
-                                Err(_) => continue,
-                            },
+                            Some(connection) => Some(connection.clone()),
+                            None => (self.direct.connect)(address.clone()).await.ok(),
                         };
-                        table.nodes.push((address, connection));
-                        table.nodes.len() - 1
+                        match connection {
+                            Some(connection) => {
+                                table.nodes.push((address, connection));
+                                (table.nodes.len() - 1) as u16
+                            }
+                            None => {
+                                unreachable.push(address);
+                                UNREACHABLE
+                            }
+                        }
                     }
                 };
                 for slot in start..=end.min(SLOTS as u16 - 1) {
-                    table.owner[usize::from(slot)] = index as u16;
+                    table.owner[usize::from(slot)] = index;
                 }
             }
             self.direct.table.store(Arc::new(table));
