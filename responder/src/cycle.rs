@@ -128,6 +128,16 @@ pub struct CycleReport {
     pub records: u64,
     /// Lines that were not WAF log records.
     pub malformed: u64,
+    /// Records inside the widest tier window.
+    pub records_in_window: u64,
+    /// With no record inside the window: the newest record the source
+    /// holds, RFC 3339 (`null` when it holds none, or when the window had
+    /// records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_record: Option<String>,
+    /// No record inside the window, and none newer than it: a log feed
+    /// that stopped looks like a quiet day otherwise.
+    pub stale: bool,
     /// Offenders per tier, in the policy's tier order.
     pub offenders_per_tier: Vec<(String, usize)>,
     /// New blocks.
@@ -281,6 +291,8 @@ pub struct Prepared {
     pub phases: Phases,
     /// What the source read.
     pub stats: Stats,
+    /// Whether the window had records, and if not, how old the newest is.
+    pub freshness: Freshness,
     /// Every counted client, with the tier it reached.
     pub offenders: Vec<Offender>,
     /// What the sets held while the ledger was empty, taken in.
@@ -335,6 +347,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     let mut phases = Phases::start();
     let traffic = read(parts, now_ms, widest).await?;
     let stats = traffic.stats();
+    let freshness = freshness(parts, &stats, now_ms, widest).await;
     phases.end("read");
     let offenders = detect(&traffic, policy, widest);
     phases.end("detect");
@@ -351,6 +364,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         now_ms,
         phases,
         stats,
+        freshness,
         offenders,
         adopted,
         unread,
@@ -358,6 +372,49 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         loaded,
         planned,
     })
+}
+
+/// Whether the source's records reach the window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Freshness {
+    /// Records inside the widest window.
+    pub in_window: u64,
+    /// With none inside it, the newest record the source holds, ms.
+    pub newest_ms: Option<i64>,
+    /// None inside the window and none newer.
+    pub stale: bool,
+}
+
+/// Counts the records inside the window; with none there, asks the source
+/// for its newest record and warns when the feed seems to have stopped.
+async fn freshness<S: LogSource>(
+    parts: &Parts<'_, S>,
+    stats: &Stats,
+    now_ms: i64,
+    widest: u32,
+) -> Freshness {
+    let in_window = stats.records.saturating_sub(stats.outside_window);
+    if in_window > 0 {
+        return Freshness {
+            in_window,
+            ..Freshness::default()
+        };
+    }
+    let newest_ms = parts.source.newest_timestamp().await.ok().flatten();
+    let window_ms = i64::from(widest) * 1000;
+    match newest_ms {
+        Some(newest) => tracing::warn!(
+            newest = %rfc3339_from_ms(newest),
+            minutes_before_the_window = (now_ms - window_ms - newest).max(0) / 60_000,
+            "no record in the window: is the log feed stalled, or the clock (--now) wrong?"
+        ),
+        None => tracing::warn!("the source holds no records: is the log feed stalled?"),
+    }
+    Freshness {
+        in_window,
+        newest_ms,
+        stale: newest_ms.is_none_or(|newest| newest <= now_ms - window_ms),
+    }
 }
 
 /// The longest tier window: how far back the source is read.
@@ -637,6 +694,9 @@ fn report(
         started: rfc3339_from_ms(prepared.now_ms),
         records: stats.records,
         malformed: stats.malformed,
+        records_in_window: prepared.freshness.in_window,
+        newest_record: prepared.freshness.newest_ms.map(rfc3339_from_ms),
+        stale: prepared.freshness.stale,
         offenders_per_tier: policy
             .tiers
             .iter()

@@ -245,6 +245,12 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
         "read {} records ({} malformed) in {:.2} s; mode {}\n",
         report.records, report.malformed, report.seconds, report.mode
     ));
+    if report.stale {
+        let newest = report.newest_record.as_deref().unwrap_or("none at all");
+        out.push_str(&format!(
+            "STALE: no record in the window; the newest is {newest}: is the log feed stalled, or --now wrong?\n"
+        ));
+    }
     let phases: Vec<String> = report
         .phases
         .iter()

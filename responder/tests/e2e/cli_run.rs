@@ -703,3 +703,28 @@ fn a_block_that_starts_at_the_last_step_is_not_called_0_minutes_issue_18() {
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.contains("<td>from the last step</td>"));
 }
+
+/// A window with no record says so, with the newest record's time: a log
+/// feed that stopped must not look like a quiet day (issue 35).
+#[test]
+fn a_window_without_records_is_reported_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let fresh = run_at(dir.path(), &policy, "2026-11-20T10:05:00Z");
+    let report: Value = serde_json::from_slice(&fresh.stdout).unwrap();
+    assert_eq!(report["stale"], false, "{report}");
+    assert_eq!(report["records_in_window"], 68500, "{report}");
+
+    let later = run_with(dir.path(), &policy, "2026-12-06T10:05:00Z", &[]);
+    assert_eq!(later.status.code(), Some(0), "{}", stderr(&later));
+    let text = stdout(&later);
+    assert!(
+        text.contains("STALE: no record in the window; the newest is 2026-11-20T10:04:59.999Z"),
+        "{text}"
+    );
+    assert!(
+        stderr(&later).contains("is the log feed stalled"),
+        "{}",
+        stderr(&later)
+    );
+}
