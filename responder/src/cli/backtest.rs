@@ -143,10 +143,10 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
     }
     let _ = writeln!(
         text,
-        "allow-list: {} requests, {} allow-listed addresses reached a tier; circuit breaker tripped at {} steps",
+        "allow-list: {} requests, {} allow-listed addresses reached a tier; circuit breaker {}",
         result.allow_listed_requests,
         result.allow_listed_offenders,
-        result.breaker_steps.len()
+        breaker(result.breaker_steps.len())
     );
     let _ = writeln!(text, "report: {}", out.display());
     text
@@ -224,7 +224,7 @@ fn html(result: &Backtest, policy: &Policy) -> String {
     );
     let _ = writeln!(
         page,
-        "<h1>Floodgate backtest</h1>\n<p>{} to {}, one step every {} s, {} tiers. {} requests; <strong>{}</strong>; <strong>{} requests ({:.1}%) would have been stopped</strong>. Allow-list: {} requests, {} allow-listed addresses reached a tier. Circuit breaker: tripped at {} steps.</p>",
+        "<h1>Floodgate backtest</h1>\n<p>{} to {}, one step every {} s, {} tiers. {} requests; <strong>{}</strong>; <strong>{} requests ({:.1}%) would have been stopped</strong>. Allow-list: {} requests, {} allow-listed addresses reached a tier. Circuit breaker: {}.</p>",
         rfc3339_from_ms(result.from_ms),
         rfc3339_from_ms(result.to_ms),
         result.step_ms / 1000,
@@ -235,7 +235,7 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         percent(result.stopped, result.requests),
         result.allow_listed_requests,
         result.allow_listed_offenders,
-        result.breaker_steps.len()
+        breaker(result.breaker_steps.len())
     );
     page.push_str(&overview_chart(result));
     page.push_str(
@@ -417,4 +417,13 @@ fn svg_chart(
         legend.join(" &nbsp; ")
     );
     svg
+}
+
+/// What the circuit breaker did over the backtest, for people.
+fn breaker(steps: usize) -> String {
+    match steps {
+        0 => "never tripped".to_owned(),
+        1 => "tripped at 1 step".to_owned(),
+        n => format!("tripped at {n} steps"),
+    }
 }

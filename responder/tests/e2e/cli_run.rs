@@ -596,6 +596,16 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
     );
     assert!(html.contains("<figcaption>203.0.113.66</figcaption>"));
     assert!(html.contains("class=\"blocked\""), "block spans are shaded");
+    let breaker = summary["circuit_breaker_steps"].as_array().unwrap().len();
+    let said = match breaker {
+        0 => "Circuit breaker: never tripped.".to_owned(),
+        1 => "Circuit breaker: tripped at 1 step.".to_owned(),
+        n => format!("Circuit breaker: tripped at {n} steps."),
+    };
+    assert!(
+        html.contains(&said) && !html.contains("at 0 steps"),
+        "{said}"
+    );
     // It opens with the overview, and each chart draws its tiers' thresholds.
     let overview = html.find("<figcaption>Overview: requests per step</figcaption>");
     assert!(overview.is_some_and(|at| at < html.find("<h2>Blocks</h2>").unwrap()));
