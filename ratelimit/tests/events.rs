@@ -36,6 +36,19 @@ where
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+impl Captured {
+    /// A subscriber that writes plain text here, and what it will write.
+    fn subscriber() -> (Captured, impl tracing::Subscriber + Send + Sync) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (captured, subscriber)
+    }
+}
+
 impl Write for Captured {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(bytes);
@@ -55,12 +68,7 @@ default_plan = "free"
 plans = [{ name = "free", limits = [{ requests = 1, per_seconds = 60 }] }]
 "#;
     let quotas = common::quotas(text);
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
+    let (captured, subscriber) = Captured::subscriber();
     let clock = FakeRelativeClock::default();
     let layer = TenantRateLimitLayer::builder(&quotas)
         .clock(clock.clone())
@@ -115,12 +123,7 @@ plans = [{ name = "free", limits = [{ requests = 1000, per_seconds = 60 }] }]
     let mut service = layer.layer(tower::service_fn(|_: Request<()>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(())))
     }));
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
+    let (captured, subscriber) = Captured::subscriber();
     tracing::subscriber::with_default(subscriber, || {
         for i in 0..200 {
             send(&mut service, &format!("tenant-{i}"));

@@ -34,6 +34,25 @@ fn cluster_backend(seed: String, timeout: Duration) -> Backend {
     })
 }
 
+/// Two layers on the cluster through seed nodes `seeds`, connected, and
+/// the fallback counter they share.
+async fn two_layers(
+    cluster: &RedisCluster,
+    seeds: [usize; 2],
+    budget: Duration,
+) -> ([Limited; 2], Fallbacks) {
+    let recorder = DebuggingRecorder::new();
+    let fallbacks = Fallbacks::new(&recorder);
+    let quotas = common::quotas(TEN_AN_HOUR);
+    let built = metrics::with_local_recorder(&recorder, || {
+        seeds.map(|seed| service(&quotas, cluster_backend(cluster.url(seed), budget)))
+    });
+    for (_, handle) in &built {
+        wait_until_connected(handle, true).await;
+    }
+    (built.map(|(layer, _)| layer), fallbacks)
+}
+
 /// Sends `rounds` requests per tenant, alternating between the two layers;
 /// what each tenant got admitted.
 async fn alternate(layers: &mut [Limited; 2], tenants: &[String], rounds: usize) -> Vec<usize> {
@@ -64,24 +83,13 @@ fn primaries_with_keys(cluster: &RedisCluster) -> BTreeSet<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_layers_on_different_seed_nodes_share_every_tenants_burst_exactly() {
     let cluster = RedisCluster::start(false, None);
-    let recorder = DebuggingRecorder::new();
-    let mut fallbacks = Fallbacks::new(&recorder);
-    let quotas = common::quotas(TEN_AN_HOUR);
-    let budget = Duration::from_millis(250);
-    let ([first, second], handles) = metrics::with_local_recorder(&recorder, || {
-        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
-        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(1), budget));
-        ([a, b], [a_handle, b_handle])
-    });
-    for handle in &handles {
-        wait_until_connected(handle, true).await;
-    }
+    let (mut layers, mut fallbacks) =
+        two_layers(&cluster, [0, 1], Duration::from_millis(250)).await;
     // 60 tenants land on every primary (checked below); each is sent 16
     // requests, 8 through each layer.
     let tenants: Vec<String> = (0..60)
         .map(|i| fresh_tenant(&format!("spread{i}")))
         .collect();
-    let mut layers = [first, second];
     let admitted = alternate(&mut layers, &tenants, 16).await;
 
     assert!(
@@ -104,19 +112,8 @@ async fn two_layers_on_different_seed_nodes_share_every_tenants_burst_exactly() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_under_load_keeps_limits_enforced_after_the_topology_refresh() {
     let cluster = RedisCluster::start(true, None);
-    let recorder = DebuggingRecorder::new();
-    let mut fallbacks = Fallbacks::new(&recorder);
-    let quotas = common::quotas(TEN_AN_HOUR);
-    let budget = Duration::from_millis(250);
-    let (layers, handles) = metrics::with_local_recorder(&recorder, || {
-        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
-        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(2), budget));
-        ([a, b], [a_handle, b_handle])
-    });
-    for handle in &handles {
-        wait_until_connected(handle, true).await;
-    }
-    let mut layers = layers;
+    let (mut layers, mut fallbacks) =
+        two_layers(&cluster, [0, 2], Duration::from_millis(250)).await;
 
     // Before: 30 tenants spend half of their burst.
     let before: Vec<String> = (0..30)
@@ -247,19 +244,8 @@ async fn a_dead_primary_falls_back_alone_while_the_other_nodes_keep_the_limit_sh
     // back, counted as cluster_down.)
     let mut cluster =
         RedisCluster::start_with(false, None, &["--cluster-require-full-coverage", "no"]);
-    let recorder = DebuggingRecorder::new();
-    let mut fallbacks = Fallbacks::new(&recorder);
-    let quotas = common::quotas(TEN_AN_HOUR);
-    let budget = Duration::from_millis(100);
-    let (layers, handles) = metrics::with_local_recorder(&recorder, || {
-        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
-        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(1), budget));
-        ([a, b], [a_handle, b_handle])
-    });
-    for handle in &handles {
-        wait_until_connected(handle, true).await;
-    }
-    let mut layers = layers;
+    let (mut layers, mut fallbacks) =
+        two_layers(&cluster, [0, 1], Duration::from_millis(100)).await;
     let dead_ranges = cluster.ranges_of(2);
     assert!(!dead_ranges.is_empty());
     cluster.nodes[2].kill();
@@ -342,19 +328,8 @@ fn on_node(cluster: &RedisCluster, ranges: &[(u16, u16)], tenant: &str) -> bool 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_under_load_keeps_every_tenants_burst_exact() {
     let cluster = RedisCluster::start(false, None);
-    let recorder = DebuggingRecorder::new();
-    let mut fallbacks = Fallbacks::new(&recorder);
-    let quotas = common::quotas(TEN_AN_HOUR);
-    let budget = Duration::from_millis(500);
-    let (layers, handles) = metrics::with_local_recorder(&recorder, || {
-        let (a, a_handle) = service(&quotas, cluster_backend(cluster.url(0), budget));
-        let (b, b_handle) = service(&quotas, cluster_backend(cluster.url(1), budget));
-        ([a, b], [a_handle, b_handle])
-    });
-    for handle in &handles {
-        wait_until_connected(handle, true).await;
-    }
-    let mut layers = layers;
+    let (mut layers, mut fallbacks) =
+        two_layers(&cluster, [0, 1], Duration::from_millis(500)).await;
     let tenants: Vec<String> = (0..40)
         .map(|i| fresh_tenant(&format!("reshard{i}")))
         .collect();

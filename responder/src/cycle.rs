@@ -9,6 +9,7 @@
 //!
 //! Everything that can fail on bad input fails before anything is written.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use floodgate_rules::Policy;
@@ -749,6 +750,14 @@ fn report(
 /// written anywhere. A failed target counts as holding it: the next cycle
 /// writes it there.
 fn held_somewhere(planned: &BlockPlan, reports: &[TargetReport]) -> Vec<IpNet> {
+    // The usual case: no target left anything out, so every addition is held.
+    if reports.iter().all(|r| r.left_out.is_empty()) {
+        return planned.added.clone();
+    }
+    let left_out: Vec<HashSet<IpNet>> = reports
+        .iter()
+        .map(|r| r.left_out.iter().map(|l| l.net).collect())
+        .collect();
     let desired = planned.desired();
     let pieces: Vec<IpNet> = desired
         .ipv4
@@ -768,13 +777,10 @@ fn held_somewhere(planned: &BlockPlan, reports: &[TargetReport]) -> Vec<IpNet> {
                 .copied()
                 .filter(|p| added.contains(p))
                 .collect();
-            let holds = |report: &TargetReport| {
-                mine.is_empty()
-                    || mine
-                        .iter()
-                        .any(|p| !report.left_out.iter().any(|l| l.net == *p))
-            };
-            reports.is_empty() || reports.iter().any(holds)
+            mine.is_empty()
+                || left_out
+                    .iter()
+                    .any(|skipped| mine.iter().any(|p| !skipped.contains(p)))
         })
         .collect()
 }
