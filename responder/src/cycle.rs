@@ -27,7 +27,7 @@ use crate::sink::{
     WriteGuard, apply_all_guarded,
 };
 use crate::source::{ConfiguredSource, LogSource, SourceError};
-use crate::traffic::{SecondPass, Stats, Traffic};
+use crate::traffic::{CutCount, SecondPass, Stats, Traffic};
 
 /// What a cycle runs on.
 pub struct Parts<'p, S> {
@@ -139,6 +139,11 @@ pub struct CycleReport {
     /// No record inside the window, and none newer than it: a log feed
     /// that stopped looks like a quiet day otherwise.
     pub stale: bool,
+    /// Parts of the count that Logs Insights' row limit left cut, when the
+    /// query budget (`max_queries_per_cycle`) ran out before splitting
+    /// repaired them: keys there may be counted short, so the cycle exits
+    /// 2. Empty when every count is exact.
+    pub incomplete: Vec<CutCount>,
     /// Offenders per tier, in the policy's tier order.
     pub offenders_per_tier: Vec<(String, usize)>,
     /// New blocks.
@@ -171,6 +176,10 @@ pub struct CycleReport {
     /// `bytes_read` and the cost).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insights_second_pass: Option<SecondPass>,
+    /// With Logs Insights: queries run over halves of a result the row
+    /// limit cut, to count it exactly (their bytes are in `bytes_read`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insights_split_queries: Option<u64>,
     /// With S3: the objects read, and those skipped because they could not
     /// be fetched or decoded (each is logged with its key).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,6 +196,12 @@ impl CycleReport {
     pub fn converged(&self) -> bool {
         let lost = self.lease.as_ref().is_some_and(|l| l.error.is_some());
         !lost && !self.targets.iter().any(|t| t.failure.is_some())
+    }
+
+    /// Whether the cycle did all it should: every target converged and
+    /// every count was exact.
+    pub fn complete(&self) -> bool {
+        self.converged() && self.incomplete.is_empty()
     }
 }
 
@@ -347,7 +362,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     let now_ms = unix_ms(parts.clock.now());
     let mut phases = Phases::start();
     let traffic = read(parts, now_ms, widest).await?;
-    let stats = traffic.stats();
+    let stats = traffic.stats().clone();
     let freshness = freshness(parts, &stats, now_ms, widest).await;
     phases.end("read");
     let offenders = detect(&traffic, policy, widest);
@@ -698,6 +713,7 @@ fn report(
         records_in_window: prepared.freshness.in_window,
         newest_record: prepared.freshness.newest_ms.map(rfc3339_from_ms),
         stale: prepared.freshness.stale,
+        incomplete: stats.incomplete.clone(),
         offenders_per_tier: policy
             .tiers
             .iter()
@@ -736,6 +752,7 @@ fn report(
         insights_estimated_cost_usd: uses_insights(policy)
             .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
         insights_second_pass: uses_insights(policy).then_some(stats.second_pass),
+        insights_split_queries: uses_insights(policy).then_some(stats.split_queries),
         s3_objects: matches!(policy.source, Some(LogSourceConfig::S3(_))).then_some(ObjectCounts {
             read: stats.objects,
             skipped: stats.skipped_objects,

@@ -46,6 +46,9 @@ pub struct Offender {
     pub net: IpNet,
     /// Distinct addresses seen in it (1 for an address).
     pub addresses: u32,
+    /// Whether `addresses` is a lower bound (Logs Insights counted the
+    /// prefix, not its addresses).
+    pub addresses_at_least: bool,
     /// Requests in the report window.
     pub requests: u32,
     /// The highest tier it reached, if any.
@@ -166,6 +169,7 @@ pub fn rank(traffic: &Traffic, policy: &Policy, report_window_seconds: u32) -> V
         (key == 0 || tier.is_some()).then(|| Offender {
             net,
             addresses: counts.addresses(),
+            addresses_at_least: counts.addresses_at_least(),
             requests: counts.requests(report_window_seconds).unwrap_or(0),
             tier: tier.map(|t| t.name.clone()),
             actions: counts.actions().collect(),

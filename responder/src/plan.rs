@@ -281,10 +281,15 @@ fn new_block(
     let (first_seen_ms, offences) =
         history.map_or((now_ms, 1), |e| (e.first_seen_ms, e.offences + 1));
     let (requests, tier) = (offence.offender.requests, offence.tier);
+    let at_least = if offence.offender.addresses_at_least {
+        "at least "
+    } else {
+        ""
+    };
     let from = match offence.offender.addresses {
         1 if net.prefix_len() == net.max_prefix_len() => String::new(),
-        1 => " from 1 address".to_owned(),
-        n => format!(" from {n} addresses"),
+        1 => format!(" from {at_least}1 address"),
+        n => format!(" from {at_least}{n} addresses"),
     };
     LedgerEntry {
         net,

@@ -218,11 +218,14 @@ pub struct TrafficCounter {
     counts: Vec<u32>,
     /// The addresses seen in keys wider than one address, by key index.
     members: FxHashSet<(u8, IpAddr)>,
+    /// Keys whose address count came (in part) from a prefix aggregate:
+    /// a lower bound, not a union of known addresses.
+    at_least: FxHashSet<(u8, IpNet)>,
     stats: Stats,
 }
 
 /// What a count saw besides the per-IP numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Usable records read (malformed lines are not records).
     pub records: u64,
@@ -232,18 +235,53 @@ pub struct Stats {
     pub outside_window: u64,
     /// Bytes read (or scanned, for server-side queries).
     pub bytes: u64,
-    /// Server-side queries cut by their row limit where no later pass
-    /// repaired the cut. Their results hold every key above the lowest
-    /// count returned, and may miss keys at it.
-    pub truncated_queries: u64,
+    /// Parts of a server-side count that its row limit cut and that no
+    /// later pass or split repaired: each holds every key above its lowest
+    /// count, and may miss keys at it. Empty when every count is exact.
+    pub incomplete: Vec<CutCount>,
     /// What the passes after the first added to a server-side count: the
     /// exact counts of candidates across query partitions, and prefix
     /// counts where a result was cut (their bytes are in `bytes` too).
     pub second_pass: SecondPass,
+    /// Server-side queries run over halves of a result the row limit cut
+    /// (their bytes are in `bytes`).
+    pub split_queries: u64,
     /// Objects read whole (S3).
     pub objects: u64,
     /// Objects that could not be fetched or decoded, and were skipped (S3).
     pub skipped_objects: u64,
+}
+
+/// One part of a server-side count that stayed cut by the row limit
+/// (the query budget ran out before splitting repaired it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CutCount {
+    /// The region queried.
+    pub region: String,
+    /// Its log groups.
+    pub log_groups: Vec<String>,
+    /// The window counted.
+    pub window_seconds: u32,
+    /// Whether it counted one tier's `match` rather than every request.
+    pub scoped: bool,
+    /// The client addresses it counted: `all`, or one family's subnet.
+    pub addresses: String,
+    /// The fewest requests of a row it returned: keys at this count or
+    /// under may be missing.
+    pub lowest: u32,
+}
+
+impl CutCount {
+    /// What identifies the part: where, which window, which addresses.
+    pub fn part(&self) -> (&str, &[String], u32, bool, &str) {
+        (
+            &self.region,
+            &self.log_groups,
+            self.window_seconds,
+            self.scoped,
+            &self.addresses,
+        )
+    }
 }
 
 /// The passes of a server-side count after the first.
@@ -266,6 +304,7 @@ impl TrafficCounter {
             slots: FxHashMap::default(),
             counts: Vec::new(),
             members: FxHashSet::default(),
+            at_least: FxHashSet::default(),
             stats: Stats::default(),
         }
     }
@@ -410,7 +449,13 @@ impl TrafficCounter {
             self.counts[base + i] = self.counts[base + i].saturating_add(requests);
             let seen = base + self.stride() - 1;
             self.counts[seen] = self.counts[seen].max(addresses);
+            self.at_least.insert((key as u8, key_net));
         }
+    }
+
+    /// The read statistics so far.
+    pub(crate) fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
     }
 
     /// Adds to the read statistics.
@@ -419,7 +464,8 @@ impl TrafficCounter {
         self.stats.malformed += stats.malformed;
         self.stats.outside_window += stats.outside_window;
         self.stats.bytes += stats.bytes;
-        self.stats.truncated_queries += stats.truncated_queries;
+        self.stats.incomplete.extend(stats.incomplete);
+        self.stats.split_queries += stats.split_queries;
         self.stats.second_pass.queries += stats.second_pass.queries;
         self.stats.second_pass.rows += stats.second_pass.rows;
         self.stats.second_pass.bytes += stats.second_pass.bytes;
@@ -440,6 +486,7 @@ impl TrafficCounter {
                     self.counts[base + i].saturating_add(other.counts[from + i]);
             }
         }
+        self.at_least.extend(other.at_least);
         for (key, ip) in other.members {
             if self.members.insert((key, ip)) {
                 let net = self.spec.keys[key as usize].prefixes.key(ip);
@@ -467,12 +514,20 @@ pub struct Traffic {
 pub struct IpCounts<'a> {
     windows: &'a [u32],
     counts: &'a [u32],
+    addresses_at_least: bool,
 }
 
 impl IpCounts<'_> {
     /// Distinct addresses seen in the key (1 for a single address).
     pub fn addresses(&self) -> u32 {
         *self.counts.last().expect("the address count")
+    }
+
+    /// Whether [`IpCounts::addresses`] is a lower bound rather than the
+    /// count of the addresses seen: a server-side count by prefix
+    /// (Logs Insights' `count_distinct`, per region) gave it.
+    pub fn addresses_at_least(&self) -> bool {
+        self.addresses_at_least
     }
 
     /// Requests in the window of that many seconds, if it was counted.
@@ -501,8 +556,8 @@ impl Traffic {
     }
 
     /// Usable records read, malformed lines, bytes.
-    pub fn stats(&self) -> Stats {
-        self.counter.stats
+    pub fn stats(&self) -> &Stats {
+        &self.counter.stats
     }
 
     /// Number of distinct keys of the report's prefixes seen in the widest
@@ -520,7 +575,7 @@ impl Traffic {
         self.counter
             .slots
             .get(&(key as u8, net))
-            .map(|&slot| self.counts_at(slot))
+            .map(|&slot| self.counts_at(key as u8, net, slot))
     }
 
     /// Every key with its key index and counts, in no particular order.
@@ -528,7 +583,7 @@ impl Traffic {
         self.counter
             .slots
             .iter()
-            .map(|(&(key, net), &slot)| (key as usize, net, self.counts_at(slot)))
+            .map(|(&(key, net), &slot)| (key as usize, net, self.counts_at(key, net, slot)))
     }
 
     /// The addresses seen in `net` under key index `key`, ascending (just
@@ -548,12 +603,13 @@ impl Traffic {
         found
     }
 
-    fn counts_at(&self, slot: u32) -> IpCounts<'_> {
+    fn counts_at(&self, key: u8, net: IpNet, slot: u32) -> IpCounts<'_> {
         let stride = self.counter.stride();
         let base = slot as usize * stride;
         IpCounts {
             windows: &self.counter.spec.windows,
             counts: &self.counter.counts[base..base + stride],
+            addresses_at_least: self.counter.at_least.contains(&(key, net)),
         }
     }
 }

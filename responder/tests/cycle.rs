@@ -384,3 +384,103 @@ async fn a_cloudflare_list_that_cannot_be_read_on_a_first_run_fails_alone_then_i
         assert_eq!(held, ["198.51.100.7", "203.0.113.9"], "{fault}");
     }
 }
+
+/// A count Logs Insights' row limit left cut, with the query budget spent
+/// before splitting repaired it: what was found is still blocked, the
+/// report and the plan list the parts still cut (region, window,
+/// addresses), and the cycle is not complete (`run` exits 2).
+#[tokio::test(start_paused = true)]
+async fn a_count_left_cut_by_the_row_limit_makes_the_cycle_incomplete() {
+    use aws_sdk_cloudwatchlogs::Client as Logs;
+    use aws_sdk_cloudwatchlogs::operation::get_query_results::GetQueryResultsOutput;
+    use aws_sdk_cloudwatchlogs::operation::start_query::StartQueryOutput;
+    use aws_sdk_cloudwatchlogs::types::{QueryStatus, ResultField};
+    use floodgate_responder::aws::RegionLogs;
+    use floodgate_responder::source::cloudwatch_insights::{CloudWatchInsightsSource, Polling};
+    // Two rows a query, every time: a row limit of 2 cuts every result.
+    // IPv6 queries get IPv6 rows; the rest, IPv4 rows.
+    let start = mock!(Logs::start_query).then_compute_output(|input| {
+        let text = input.query_string().unwrap_or_default();
+        let id = if text.contains("IpV6") || text.contains("Ipv6") {
+            "v6"
+        } else {
+            "v4"
+        };
+        StartQueryOutput::builder().query_id(id).build()
+    });
+    let poll = mock!(Logs::get_query_results).then_compute_output(|input| {
+        let rows: &[(&str, u32)] = match input.query_id() {
+            Some("v6") => &[("2001:db8::1", 40), ("2001:db8:1::1", 40)],
+            _ => &[("203.0.113.9", 30), ("198.51.100.1", 25)],
+        };
+        let field =
+            |name: &str, value: String| ResultField::builder().field(name).value(value).build();
+        let rows = rows
+            .iter()
+            .map(|(ip, n)| {
+                vec![
+                    field("httpRequest.clientIp", (*ip).to_owned()),
+                    field("requests", n.to_string()),
+                ]
+            })
+            .collect();
+        GetQueryResultsOutput::builder()
+            .status(QueryStatus::Complete)
+            .set_results(Some(rows))
+            .build()
+    });
+    let logs = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, [&start, &poll]);
+    let source = || {
+        let regions = vec![RegionLogs {
+            region: "eu-west-1".into(),
+            client: logs.clone(),
+            log_groups: vec!["aws-waf-logs-app".into()],
+        }];
+        CloudWatchInsightsSource::new(regions, 4, Polling::default())
+            .with_max_rows(2)
+            .with_max_queries(3)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (policy, _) = one_offender(dir.path(), 1_795_168_800_000, TWO_REGIONS);
+    let parts = |target: ConfiguredTarget, ledger| Parts {
+        policy: &policy,
+        source: source(),
+        ledger,
+        targets: vec![Arc::new(target)],
+        lease: None,
+        clock: Arc::new(ManualClock::new(datetime!(2026-11-20 10:00 UTC))),
+        lease_clock: Arc::new(SystemClock),
+    };
+    let (europe, _) = region("eu-west-1", &[], None);
+    let ledger = ConfiguredLedger::from_policy(&policy).await;
+    let prepared = cycle::prepare(&parts(europe, ledger)).await.unwrap();
+    let planned: Vec<&str> = prepared
+        .stats
+        .incomplete
+        .iter()
+        .map(|c| c.addresses.as_str())
+        .collect();
+    assert_eq!(
+        planned,
+        ["0.0.0.0/0", "::/0"],
+        "the plan lists the cut parts"
+    );
+
+    let (europe, writes) = region("eu-west-1", &[], None);
+    let ledger = ConfiguredLedger::from_policy(&policy).await;
+    let report = cycle::run(parts(europe, ledger)).await.unwrap();
+    assert!(report.converged(), "{report:?}");
+    assert!(!report.complete(), "{report:?}");
+    assert!(writes.num_calls() > 0);
+    assert!(
+        report.added.contains(&"203.0.113.9/32".to_owned()),
+        "{:?}",
+        report.added
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    let cut = &json["incomplete"][0];
+    assert_eq!(cut["region"], "eu-west-1");
+    assert_eq!(cut["window_seconds"], 300);
+    assert_eq!(cut["addresses"], "0.0.0.0/0");
+    assert_eq!(cut["lowest"], 25);
+}

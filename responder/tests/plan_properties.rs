@@ -106,6 +106,7 @@ fn offender(policy: &Policy, ip: IpAddr, requests: u32, tier: Option<usize>) -> 
     Offender {
         net,
         addresses: 1,
+        addresses_at_least: false,
         requests,
         tier: tier.map(|t| policy.tiers[t].name.clone()),
         actions: Vec::new(),

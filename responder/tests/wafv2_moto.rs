@@ -290,6 +290,7 @@ async fn blocks_leave_every_set_when_the_clock_passes_their_expiry() {
     let attacker = Offender {
         net: "203.0.113.66/32".parse().unwrap(),
         addresses: 1,
+        addresses_at_least: false,
         requests: 500,
         tier: Some(policy.tiers[0].name.clone()),
         actions: Vec::new(),

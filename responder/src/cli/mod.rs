@@ -548,6 +548,25 @@ fn warn_skipped_objects(stats: &crate::traffic::Stats) {
     }
 }
 
+/// The parts of a count the row limit left cut, in one line: "us-east-1
+/// 300 s all (keys at ≤ 2 requests may be missing); …".
+fn incomplete_parts(cut: &[crate::traffic::CutCount]) -> String {
+    let parts: Vec<String> = cut
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} s{} {} (keys at {} requests or fewer may be missing)",
+                c.region,
+                c.window_seconds,
+                if c.scoped { " scoped" } else { "" },
+                c.addresses,
+                c.lowest
+            )
+        })
+        .collect();
+    parts.join("; ")
+}
+
 /// Writes a command's result to stdout. A closed pipe comes back as
 /// [`CliError::Output`], which `main` takes for a reader that has enough.
 fn write_stdout(text: &str) -> Result<(), CliError> {

@@ -43,6 +43,9 @@ struct PlanReport {
     to_remove: usize,
     held_back: Vec<String>,
     dropped: Vec<String>,
+    /// Parts of the count Logs Insights' row limit left cut (see `run`'s
+    /// report): empty when every count is exact.
+    incomplete: Vec<crate::traffic::CutCount>,
 }
 
 /// Runs `floodgate plan`.
@@ -120,6 +123,7 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
         targets,
         held_back: text(&planned.held_back),
         dropped: text(&planned.dropped),
+        incomplete: prepared.stats.incomplete.clone(),
     })
 }
 
@@ -185,6 +189,12 @@ fn table(report: &PlanReport) -> String {
     let mut out = String::new();
     if report.mode == "observe" {
         out.push_str("mode observe: `run` would write nothing; this is what enforce would do\n");
+    }
+    if !report.incomplete.is_empty() {
+        out.push_str(&format!(
+            "INCOMPLETE: the row limit cut {}; raise [source] max_queries_per_cycle\n",
+            super::incomplete_parts(&report.incomplete)
+        ));
     }
     for target in &report.targets {
         if target.add.is_empty() && target.remove.is_empty() {

@@ -74,7 +74,7 @@ fn whole_log_traffic(logs: &[String], format: LogFormat) -> Result<Traffic, CliE
         "read {} records ({} malformed) from {read_from}",
         stats.records, stats.malformed
     );
-    super::warn_skipped_objects(&stats);
+    super::warn_skipped_objects(stats);
     Ok(traffic)
 }
 

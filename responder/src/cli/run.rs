@@ -5,7 +5,8 @@
 //! Exit codes: 0 when every target converged, 1 when the input or
 //! configuration is unusable (nothing is applied or saved), 2 when some
 //! target failed (the others were written and the ledger saved; the next
-//! cycle retries).
+//! cycle retries) or when some count was incomplete (Logs Insights' row
+//! limit, past the query budget: what was found was still applied).
 
 use std::sync::Arc;
 
@@ -184,7 +185,7 @@ async fn report_cycle(
         Format::Table => summary(&report, policy, &ledger),
     };
     write_stdout(&text)?;
-    Ok(if report.converged() {
+    Ok(if report.complete() {
         Status::Success
     } else {
         Status::Partial
@@ -249,6 +250,12 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
         let newest = report.newest_record.as_deref().unwrap_or("none at all");
         out.push_str(&format!(
             "STALE: no record in the window; the newest is {newest}: is the log feed stalled, or --now wrong?\n"
+        ));
+    }
+    if !report.incomplete.is_empty() {
+        out.push_str(&format!(
+            "INCOMPLETE: the row limit cut {}; raise [source] max_queries_per_cycle\n",
+            super::incomplete_parts(&report.incomplete)
         ));
     }
     let phases: Vec<String> = report

@@ -34,6 +34,10 @@ struct OffenderReport {
     key: String,
     /// Distinct addresses seen in the key.
     addresses: u32,
+    /// Present and true when `addresses` is a lower bound (Logs Insights
+    /// counted the prefix in a region whose addresses did not fit a query).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    addresses_at_least: bool,
     requests: u32,
     tier: Option<String>,
     allow_listed: bool,
@@ -116,6 +120,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
             .map(|o| OffenderReport {
                 key: o.key_text(),
                 addresses: o.addresses,
+                addresses_at_least: o.addresses_at_least,
                 requests: o.requests,
                 tier: o.tier.map(|t| t.to_string()),
                 allow_listed: o.allow_entry.is_some(),
@@ -141,14 +146,14 @@ fn report_read(traffic: &Traffic, started: Stopwatch) {
         stats.bytes as f64 / (1 << 20) as f64,
         started.elapsed().as_secs_f64()
     );
-    if stats.truncated_queries > 0 {
+    if !stats.incomplete.is_empty() {
         line.push_str(&format!(
-            "; {} Logs Insights queries hit the 10,000-row limit (keys at their lowest count may be missing)",
-            stats.truncated_queries
+            "; INCOMPLETE: {} (raise [source] max_queries_per_cycle)",
+            super::incomplete_parts(&stats.incomplete)
         ));
     }
     eprintln!("{line}");
-    super::warn_skipped_objects(&stats);
+    super::warn_skipped_objects(stats);
 }
 
 fn table(report: &TopReport) -> String {
@@ -162,7 +167,11 @@ fn table(report: &TopReport) -> String {
         out.push_str(&format!(
             "{:<43} {:>9} {:>10}  {:<12} {:<6} {}\n",
             o.key,
-            o.addresses,
+            if o.addresses_at_least {
+                format!("≥{}", o.addresses)
+            } else {
+                o.addresses.to_string()
+            },
             o.requests,
             o.tier.as_deref().unwrap_or("-"),
             if o.allow_listed { "yes" } else { "no" },

@@ -14,10 +14,15 @@
 //!   in [...]`, in chunks that fit a query). Each candidate's count is then
 //!   the exact sum over all partitions. With one partition, or a floor of
 //!   0 or 1, the first pass is exact and no second pass runs.
-//! - Insights returns at most 10,000 rows. Each query sorts by requests, so
-//!   a truncated result still holds every IP above its lowest count;
-//!   truncation is reported in the stats, never silent, and the second pass
-//!   asks a truncated partition for every candidate.
+//! - **Exact at any cardinality.** A query returns at most its row limit
+//!   (`row_limit`, default and most 100,000). Each query sorts by requests,
+//!   so a cut result still holds every IP above its lowest count. A cut
+//!   result whose rows a key needs is split by address: into IPv4 and
+//!   IPv6, then each subnet into its two halves (`isIpv4InSubnet`,
+//!   `isIpv6InSubnet`), until no part is cut. The parts count disjoint
+//!   addresses, so their rows together are the partition's. Splitting stops
+//!   at `max_queries_per_cycle`; a part still cut is reported in the
+//!   stats ([`crate::traffic::CutCount`]), and the cycle is incomplete.
 //! - At most `max_concurrent_queries` run at once (the account limit is 30
 //!   in the API reference, 100 in newer guides).
 //! - A query past its deadline, or whose caller gave up, is stopped with
@@ -28,22 +33,27 @@
 //!   here; a floor per address is only sound where the key is the address,
 //!   so for a family whose key is wider (IPv6 by default) the first pass
 //!   keeps every address (floor 1).
-//! - **A truncated result with prefix keys** (more than 10,000 addresses
-//!   in one partition and window) is counted again by prefix, exactly, in
+//! - **A cut result with only prefix keys** in a family (say more than
+//!   100,000 addresses of one /64) is counted again by prefix, exactly, in
 //!   that partition: one query groups the addresses by their [`Head`], the
 //!   leading groups that cover the longest prefix key, as the logs wrote
 //!   them; Insights cannot cut a `::`-compressed IPv6 address to its /64,
 //!   so a second query counts per address the few written with `::`
-//!   inside the head. Those rows, not the truncated ones, feed the
-//!   family's prefix keys. Each address lands in exactly one of the two,
-//!   whatever its text. (An IPv4-mapped IPv6 address, which WAF does not
-//!   write, would be left out of IPv4 prefix keys in a cut partition.)
+//!   inside the head. Those rows, not the cut ones, feed the family's
+//!   prefix keys. Each address lands in exactly one of the two, whatever
+//!   its text. These queries are split like the first pass's when cut. The
+//!   distinct addresses of a prefix counted this way are Insights'
+//!   `count_distinct` (approximate at high cardinality) in the partition
+//!   that saw the most: a lower bound on the union, reported as "at least".
+//!   (An IPv4-mapped IPv6 address, which WAF does not write, would be left
+//!   out of IPv4 prefix keys in a cut partition.)
 //!
-//! Insights query bounds are whole seconds, so windows are counted to the
-//! second.
+//! **Windows.** A window is `end − W < timestamp ≤ end`, in ms, as for
+//! every other source: StartQuery's bounds are whole seconds and inclusive,
+//! so they take the seconds around the window and each query filters the
+//! record's own `timestamp`.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,10 +67,14 @@ use tokio::task::JoinSet;
 
 use super::{LogSource, SourceError};
 use crate::aws::{RegionLogs, describe_error};
-use crate::traffic::{CountSpec, NOT_READ, SecondPass, Stats, Traffic, TrafficCounter};
+use crate::traffic::{CountSpec, CutCount, NOT_READ, SecondPass, Stats, Traffic, TrafficCounter};
 
-/// Rows Insights returns at most.
-pub const MAX_ROWS: usize = 10_000;
+/// The most rows a query may return: the highest `limit` the Logs
+/// Insights query syntax allows, and the default row limit.
+pub const MAX_ROWS: usize = floodgate_rules::policy::INSIGHTS_MAX_ROWS as usize;
+/// How many queries a count may run before it stops splitting cut
+/// results, unless the policy says otherwise.
+pub const DEFAULT_MAX_QUERIES: usize = floodgate_rules::policy::INSIGHTS_MAX_QUERIES as usize;
 /// The longest query string StartQuery accepts.
 pub const MAX_QUERY_LENGTH: usize = 10_000;
 /// Log groups one query may name.
@@ -92,38 +106,92 @@ impl Floors {
     }
 }
 
+/// What narrows a query besides what its rows are: the window, a tier's
+/// match, the addresses, and the row limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    /// The window's start, ms, exclusive.
+    pub start_ms: i64,
+    /// The window's end, ms, inclusive.
+    pub end_ms: i64,
+    /// The requests a tier's `match` keeps; `None` for all.
+    pub scope: Option<&'a RequestMatch>,
+    /// One family's addresses in this subnet (a `/0`: the whole family);
+    /// `None` for every address.
+    pub subnet: Option<IpNet>,
+    /// The most rows.
+    pub limit: usize,
+}
+
+impl Frame<'_> {
+    /// A frame over every request and address of the window.
+    pub fn window(start_ms: i64, end_ms: i64) -> Frame<'static> {
+        Frame {
+            start_ms,
+            end_ms,
+            scope: None,
+            subnet: None,
+            limit: MAX_ROWS,
+        }
+    }
+
+    /// The stages that keep the window's requests of the scope.
+    fn requests(&self) -> Vec<String> {
+        let mut stages = vec![format!(
+            "filter timestamp > {} and timestamp <= {}",
+            self.start_ms, self.end_ms
+        )];
+        if let Some(scope) = self.scope {
+            stages.push(format!("filter {}", scope_filter(scope)));
+        }
+        stages
+    }
+
+    /// The stage that keeps the subnet's addresses, if the frame has one
+    /// narrower than its family.
+    fn subnet_filter(&self) -> Option<String> {
+        let net = self.subnet?;
+        let family = if net.addr().is_ipv4() { "4" } else { "6" };
+        Some(if net.prefix_len() == 0 {
+            format!("filter isValidIpV{family}(httpRequest.clientIp)")
+        } else {
+            format!("filter isIpv{family}InSubnet(httpRequest.clientIp, \"{net}\")")
+        })
+    }
+
+    /// The stages after `stats`: most first, at most the limit.
+    fn top(&self, stages: &mut Vec<String>) {
+        stages.push("sort requests desc".to_owned());
+        stages.push(format!("limit {}", self.limit));
+    }
+}
+
 /// The query that counts requests per client IP, keeping those at or
 /// above their family's floor, most first; with `only`, just those client
 /// IPs, written as the logs wrote them. Built in one place and
 /// golden-tested.
-pub fn query_text(floors: Floors, scope: Option<&RequestMatch>, only: &[String]) -> String {
-    let mut query = String::new();
-    if let Some(scope) = scope {
-        let _ = writeln!(query, "filter {}", scope_filter(scope));
-        query.push_str("| ");
-    }
+pub fn query_text(floors: Floors, frame: &Frame<'_>, only: &[String]) -> String {
+    let mut stages = frame.requests();
+    stages.extend(frame.subnet_filter());
     if !only.is_empty() {
         let quoted: Vec<String> = only.iter().map(|ip| format!("\"{ip}\"")).collect();
-        let _ = writeln!(
-            query,
+        stages.push(format!(
             "filter httpRequest.clientIp in [{}]",
             quoted.join(", ")
-        );
-        query.push_str("| ");
+        ));
     }
-    query.push_str("stats count(*) as requests by httpRequest.clientIp\n");
+    stages.push("stats count(*) as requests by httpRequest.clientIp".to_owned());
     if floors.ipv4 == floors.ipv6 {
-        let _ = writeln!(query, "| filter requests >= {}", floors.ipv4);
+        stages.push(format!("filter requests >= {}", floors.ipv4));
     } else {
-        let _ = writeln!(
-            query,
-            "| filter (isValidIpV4(httpRequest.clientIp) and requests >= {}) \
+        stages.push(format!(
+            "filter (isValidIpV4(httpRequest.clientIp) and requests >= {}) \
              or (isValidIpV6(httpRequest.clientIp) and requests >= {})",
             floors.ipv4, floors.ipv6
-        );
+        ));
     }
-    let _ = write!(query, "| sort requests desc\n| limit {MAX_ROWS}");
-    query
+    frame.top(&mut stages);
+    stages.join("\n| ")
 }
 
 /// The Insights filter that keeps the requests `scope` matches: the same
@@ -196,6 +264,11 @@ impl Head {
         (groups < all).then_some(Head { ipv6, groups })
     }
 
+    /// The length of the prefix a head names.
+    pub fn bits(&self) -> u8 {
+        self.groups * if self.ipv6 { 16 } else { 8 }
+    }
+
     /// The regular expression whose group `head` captures the head of an
     /// address that starts with it in full.
     pub fn pattern(&self) -> String {
@@ -243,44 +316,39 @@ impl Head {
 /// addresses per head, over the addresses written with it in full; or,
 /// `compressed`, requests per address over the others (IPv6 addresses with
 /// `::` inside the head). Most first, as [`query_text`].
-pub fn head_query_text(head: Head, scope: Option<&RequestMatch>, compressed: bool) -> String {
-    let mut query = String::new();
-    if let Some(scope) = scope {
-        let _ = writeln!(query, "filter {}", scope_filter(scope));
-        query.push_str("| ");
+pub fn head_query_text(head: Head, frame: &Frame<'_>, compressed: bool) -> String {
+    let mut stages = frame.requests();
+    let family = if head.ipv6 { "6" } else { "4" };
+    stages.push(format!("filter isValidIpV{family}(httpRequest.clientIp)"));
+    if frame.subnet.is_some_and(|net| net.prefix_len() > 0) {
+        stages.extend(frame.subnet_filter());
     }
-    let family = if head.ipv6 {
-        "isValidIpV6"
-    } else {
-        "isValidIpV4"
-    };
-    let _ = writeln!(query, "filter {family}(httpRequest.clientIp)");
-    let _ = writeln!(query, "| parse httpRequest.clientIp /{}/", head.pattern());
+    stages.push(format!("parse httpRequest.clientIp /{}/", head.pattern()));
     if compressed {
-        query.push_str("| filter not ispresent(head)\n");
-        query.push_str("| stats count(*) as requests by httpRequest.clientIp\n");
+        stages.push("filter not ispresent(head)".to_owned());
+        stages.push("stats count(*) as requests by httpRequest.clientIp".to_owned());
     } else {
-        query.push_str("| filter ispresent(head)\n| stats count(*) as requests, ");
-        query.push_str("count_distinct(httpRequest.clientIp) as addresses by head\n");
+        stages.push("filter ispresent(head)".to_owned());
+        stages.push(
+            "stats count(*) as requests, count_distinct(httpRequest.clientIp) as addresses by head"
+                .to_owned(),
+        );
     }
-    let _ = write!(query, "| sort requests desc\n| limit {MAX_ROWS}");
-    query
+    frame.top(&mut stages);
+    stages.join("\n| ")
 }
 
-/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`] with
-/// `scope`, of at most `max_rows` addresses (so no result is cut).
-fn fitting_chunks(
-    ips: Vec<String>,
-    scope: Option<&RequestMatch>,
-    max_rows: usize,
-) -> Vec<Vec<String>> {
-    let room = MAX_QUERY_LENGTH - query_text(Floors::both(1), scope, &["".to_owned()]).len();
+/// `ips` in groups whose query text fits [`MAX_QUERY_LENGTH`] in `frame`,
+/// of fewer than its row limit (so no result is, or looks, cut).
+fn fitting_chunks(ips: Vec<String>, frame: &Frame<'_>) -> Vec<Vec<String>> {
+    let room = MAX_QUERY_LENGTH - query_text(Floors::both(1), frame, &["".to_owned()]).len();
+    let most = frame.limit.saturating_sub(1).max(1);
     let mut chunks: Vec<Vec<String>> = Vec::new();
     let mut used = room;
     for ip in ips {
         // The address, its quotes, and ", " before it.
         let cost = ip.len() + 4;
-        if used + cost > room || chunks.last().is_some_and(|chunk| chunk.len() == max_rows) {
+        if used + cost > room || chunks.last().is_some_and(|chunk| chunk.len() == most) {
             chunks.push(Vec::new());
             used = 0;
         }
@@ -323,6 +391,7 @@ pub struct CloudWatchInsightsSource {
     queries: Arc<Semaphore>,
     polling: Polling,
     max_rows: usize,
+    max_queries: usize,
 }
 
 impl CloudWatchInsightsSource {
@@ -333,14 +402,21 @@ impl CloudWatchInsightsSource {
             queries: Arc::new(Semaphore::new(max_concurrent_queries.max(1))),
             polling,
             max_rows: MAX_ROWS,
+            max_queries: DEFAULT_MAX_QUERIES,
         }
     }
 
-    /// Asks for at most `rows` rows a query (StartQuery's `limit`) instead
-    /// of Insights' [`MAX_ROWS`], and treats a result that long as cut:
-    /// tests use it to reach the cut paths with few addresses.
+    /// Asks for at most `rows` rows a query (StartQuery's `limit`, at most
+    /// [`MAX_ROWS`]), and treats a result that long as cut.
     pub fn with_max_rows(mut self, rows: usize) -> Self {
         self.max_rows = rows.clamp(1, MAX_ROWS);
+        self
+    }
+
+    /// Stops splitting cut results once a count has run `queries` queries
+    /// (the passes a count needs run whatever the budget).
+    pub fn with_max_queries(mut self, queries: usize) -> Self {
+        self.max_queries = queries;
         self
     }
 }
@@ -364,10 +440,13 @@ struct Query {
     /// The requests the slice counts, when it has a scope.
     scope: Option<RequestMatch>,
     rows: Rows,
+    /// The addresses counted, as in [`Frame::subnet`].
+    subnet: Option<IpNet>,
     /// StartQuery's `limit`.
     max_rows: usize,
-    start_seconds: i64,
-    end_seconds: i64,
+    /// The window, ms: `start_ms < timestamp <= end_ms`.
+    start_ms: i64,
+    end_ms: i64,
 }
 
 /// What a query's rows are.
@@ -383,16 +462,6 @@ enum Rows {
     Compressed(Head),
 }
 
-impl Query {
-    fn text(&self) -> String {
-        match &self.rows {
-            Rows::Addresses { floors, only } => query_text(*floors, self.scope.as_ref(), only),
-            Rows::Heads(head) => head_query_text(*head, self.scope.as_ref(), false),
-            Rows::Compressed(head) => head_query_text(*head, self.scope.as_ref(), true),
-        }
-    }
-}
-
 /// What one query counts: a window, over all requests or those of one
 /// tier match (its bit in the count spec's scopes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -403,18 +472,13 @@ struct Slice {
 
 /// Rows of one finished query.
 struct QueryResult {
-    partition: usize,
-    slice: Slice,
-    /// Whether the rows are heads, or which addresses they are.
-    kind: Kind,
+    query: Query,
     /// Each client IP, as the logs wrote it, and its requests.
     rows: Vec<(IpAddr, String, u32)>,
     /// Each head's prefix, requests and distinct addresses.
     heads: Vec<(IpNet, u32, u32)>,
     bytes_scanned: u64,
     malformed_rows: u64,
-    /// The query's row limit.
-    max_rows: usize,
 }
 
 /// [`Rows`], without the query's parameters.
@@ -426,9 +490,17 @@ enum Kind {
 }
 
 impl QueryResult {
+    fn kind(&self) -> Kind {
+        match self.query.rows {
+            Rows::Addresses { .. } => Kind::Addresses,
+            Rows::Heads(_) => Kind::Heads,
+            Rows::Compressed(_) => Kind::Compressed,
+        }
+    }
+
     /// Whether Insights' row limit may have cut the result.
     fn truncated(&self) -> bool {
-        self.rows.len() + self.heads.len() + self.malformed_rows as usize >= self.max_rows
+        self.rows.len() + self.heads.len() + self.malformed_rows as usize >= self.query.max_rows
     }
 
     /// The fewest requests of a row: a cut result may miss rows with as
@@ -439,9 +511,80 @@ impl QueryResult {
             .min()
             .unwrap_or(0)
     }
+
+    /// The address families the result counts: IPv6 or not.
+    fn families(&self) -> Vec<bool> {
+        match self.query.subnet {
+            None => vec![false, true],
+            Some(net) => vec![net.addr().is_ipv6()],
+        }
+    }
+
+    /// Whether the result counts `ip`.
+    fn covers(&self, ip: IpAddr) -> bool {
+        self.query.subnet.is_none_or(|net| net.contains(&ip))
+    }
+
+    /// The result as one part of a count the row limit left cut.
+    fn cut_count(&self) -> CutCount {
+        CutCount {
+            region: self.query.region.clone(),
+            log_groups: self.query.log_groups.clone(),
+            window_seconds: self.query.slice.window_seconds,
+            scoped: self.query.slice.scope.is_some(),
+            addresses: self
+                .query
+                .subnet
+                .map_or_else(|| "all".to_owned(), |net| net.to_string()),
+            lowest: self.lowest(),
+        }
+    }
 }
 
 impl Query {
+    fn frame(&self) -> Frame<'_> {
+        Frame {
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            scope: self.scope.as_ref(),
+            subnet: self.subnet,
+            limit: self.max_rows,
+        }
+    }
+
+    fn text(&self) -> String {
+        let frame = self.frame();
+        match &self.rows {
+            Rows::Addresses { floors, only } => query_text(*floors, &frame, only),
+            Rows::Heads(head) => head_query_text(*head, &frame, false),
+            Rows::Compressed(head) => head_query_text(*head, &frame, true),
+        }
+    }
+
+    /// The same query over the two halves of its addresses (first IPv4
+    /// and IPv6), or `None` where its rows cannot be narrowed further: a
+    /// single address, or a head's own prefix.
+    fn split(&self) -> Option<[Query; 2]> {
+        let halves = match self.subnet {
+            None => [IpNet::V4(Ipv4Net::default()), IpNet::V6(Ipv6Net::default())],
+            Some(net) => {
+                let finest = match self.rows {
+                    Rows::Heads(head) => head.bits(),
+                    _ => net.max_prefix_len(),
+                };
+                if net.prefix_len() >= finest {
+                    return None;
+                }
+                let mut halves = net.subnets(net.prefix_len() + 1).ok()?;
+                [halves.next()?, halves.next()?]
+            }
+        };
+        Some(halves.map(|half| Query {
+            subnet: Some(half),
+            ..self.clone()
+        }))
+    }
+
     fn error(&self, message: String) -> SourceError {
         SourceError::CloudWatch {
             region: self.region.clone(),
@@ -451,12 +594,14 @@ impl Query {
     }
 
     async fn run(self, polling: Polling) -> Result<QueryResult, SourceError> {
+        // StartQuery's bounds are whole seconds, inclusive: the seconds
+        // around the window; the query's filter keeps the window itself.
         let started = self
             .client
             .start_query()
             .set_log_group_names(Some(self.log_groups.clone()))
-            .start_time(self.start_seconds)
-            .end_time(self.end_seconds)
+            .start_time(self.start_ms.div_euclid(1000))
+            .end_time((self.end_ms + 999).div_euclid(1000))
             .query_string(self.text())
             .limit(self.max_rows as i32)
             .send()
@@ -502,7 +647,7 @@ impl Query {
     }
 
     fn parse(
-        &self,
+        self,
         results: &aws_sdk_cloudwatchlogs::operation::get_query_results::GetQueryResultsOutput,
     ) -> QueryResult {
         let (mut rows, mut heads) = (Vec::new(), Vec::new());
@@ -531,20 +676,13 @@ impl Query {
             }
         }
         QueryResult {
-            partition: self.partition,
-            slice: self.slice,
-            kind: match self.rows {
-                Rows::Addresses { .. } => Kind::Addresses,
-                Rows::Heads(_) => Kind::Heads,
-                Rows::Compressed(_) => Kind::Compressed,
-            },
             rows,
             heads,
-            max_rows: self.max_rows,
             bytes_scanned: results
                 .statistics()
                 .map_or(0, |s| s.bytes_scanned().max(0.0) as u64),
             malformed_rows,
+            query: self,
         }
     }
 }
@@ -608,6 +746,47 @@ impl CloudWatchInsightsSource {
         }
         Ok(results)
     }
+
+    /// Runs `queries`, and in place of each result the row limit cut where
+    /// it matters, the results of its halves, and so on, while the
+    /// budget lasts. Returns the parts, which together count what the
+    /// queries asked.
+    async fn run_split(
+        &self,
+        passes: &Passes<'_>,
+        queries: Vec<Query>,
+        budget: &mut Budget,
+    ) -> Result<Vec<QueryResult>, SourceError> {
+        budget.run += queries.len();
+        let mut parts = Vec::new();
+        let mut pending = queries;
+        while !pending.is_empty() {
+            let mut halves = Vec::new();
+            for result in self.run_all(std::mem::take(&mut pending)).await? {
+                match passes.needs_split(&result).then(|| result.query.split()) {
+                    Some(Some(split)) if budget.run + 2 <= self.max_queries => {
+                        budget.run += 2;
+                        budget.split += 2;
+                        budget.bytes += result.bytes_scanned;
+                        halves.extend(split);
+                    }
+                    _ => parts.push(result),
+                }
+            }
+            pending = halves;
+        }
+        Ok(parts)
+    }
+}
+
+/// The queries a count has run, against `max_queries_per_cycle`.
+#[derive(Debug, Default)]
+struct Budget {
+    run: usize,
+    /// Of those, the halves of cut results.
+    split: usize,
+    /// What the cut results scanned (halves replaced their rows).
+    bytes: u64,
 }
 
 /// How the keys that read a slice count one address family.
@@ -682,23 +861,49 @@ struct Passes<'a> {
 }
 
 impl Passes<'_> {
-    /// The prefix pass: for each truncated first-pass result, per family
-    /// with prefix keys, its heads (and for IPv6, its compressed addresses).
+    /// Whether a result is cut where splitting it repairs the cut: its
+    /// prefix-pass rows, or first-pass rows some key needs per address (a
+    /// family read only by prefix keys is repaired by the prefix pass).
+    fn needs_split(&self, result: &QueryResult) -> bool {
+        if !result.truncated() {
+            return false;
+        }
+        match result.kind() {
+            Kind::Heads | Kind::Compressed => true,
+            Kind::Addresses => result
+                .families()
+                .into_iter()
+                .any(|ipv6| readers(self.spec, result.query.slice, ipv6).per_address),
+        }
+    }
+
+    /// The prefix pass: for each first-pass part still cut, per family
+    /// with prefix keys, its heads (and for IPv6, its compressed
+    /// addresses), once per partition and window.
     fn prefix_queries(&mut self, first: &[QueryResult], partitions: &[Partition]) -> Vec<Query> {
         let mut queries = Vec::new();
         for result in first.iter().filter(|r| r.truncated()) {
-            for ipv6 in [false, true] {
-                let readers = readers(self.spec, result.slice, ipv6);
-                let Some(head) = readers
+            let (partition, slice) = (result.query.partition, result.query.slice);
+            for ipv6 in result.families() {
+                let Some(head) = readers(self.spec, slice, ipv6)
                     .longest_prefix
                     .and_then(|length| Head::covering(ipv6, length))
                 else {
                     continue;
                 };
-                self.by_head.insert((result.partition, result.slice, ipv6));
+                if !self.by_head.insert((partition, slice, ipv6)) {
+                    continue;
+                }
+                let family = if ipv6 {
+                    IpNet::V6(Ipv6Net::default())
+                } else {
+                    IpNet::V4(Ipv4Net::default())
+                };
                 let kinds = [Rows::Heads(head), Rows::Compressed(head)];
                 for rows in kinds.into_iter().take(if ipv6 { 2 } else { 1 }) {
-                    queries.push(self.query(partitions, result.partition, result.slice, rows));
+                    let mut query = self.query(partitions, partition, slice, rows);
+                    query.subnet = Some(family);
+                    queries.push(query);
                 }
             }
         }
@@ -711,7 +916,8 @@ impl Passes<'_> {
     fn second_pass_queries(&self, first: &[QueryResult], partitions: &[Partition]) -> Vec<Query> {
         let mut queries = Vec::new();
         for &slice in self.floors.keys() {
-            let results: Vec<&QueryResult> = first.iter().filter(|r| r.slice == slice).collect();
+            let results: Vec<&QueryResult> =
+                first.iter().filter(|r| r.query.slice == slice).collect();
             let candidates: BTreeMap<IpAddr, BTreeSet<&str>> = results
                 .iter()
                 .flat_map(|r| &r.rows)
@@ -720,38 +926,53 @@ impl Passes<'_> {
                     all
                 });
             let readers = [false, true].map(|ipv6| readers(self.spec, slice, ipv6));
-            for result in results {
-                let returned: HashSet<IpAddr> = result.rows.iter().map(|(ip, _, _)| *ip).collect();
+            for partition in 0..partitions.len() {
+                let parts: Vec<&QueryResult> = results
+                    .iter()
+                    .copied()
+                    .filter(|r| r.query.partition == partition)
+                    .collect();
+                let returned: HashSet<IpAddr> = parts
+                    .iter()
+                    .flat_map(|r| r.rows.iter().map(|(ip, _, _)| *ip))
+                    .collect();
                 let missing: Vec<String> = candidates
                     .iter()
                     .filter(|(ip, _)| {
                         !returned.contains(ip)
-                            && self.may_lack(result, **ip, readers[usize::from(ip.is_ipv6())])
+                            && parts.iter().filter(|r| r.covers(**ip)).any(|part| {
+                                self.may_lack(part, **ip, readers[usize::from(ip.is_ipv6())])
+                            })
                     })
                     .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
                     .collect();
-                let scope = slice.scope.map(|bit| &self.spec.scopes()[bit as usize]);
-                for only in fitting_chunks(missing, scope, self.max_rows) {
+                let only_query = |only| {
                     let rows = Rows::Addresses {
                         floors: Floors::both(1),
                         only,
                     };
-                    queries.push(self.query(partitions, result.partition, slice, rows));
+                    self.query(partitions, partition, slice, rows)
+                };
+                let frame = only_query(Vec::new());
+                for only in fitting_chunks(missing, &frame.frame()) {
+                    queries.push(only_query(only));
                 }
             }
         }
         queries
     }
 
-    /// Whether a first-pass result may lack `ip` (read by `readers`, its
-    /// family's keys) where a key needs its rows: under its family's floor, or cut off by the row limit (unless
-    /// only prefix keys read the family, and the prefix pass counts them).
-    fn may_lack(&self, result: &QueryResult, ip: IpAddr, readers: Readers) -> bool {
-        let floor = self.floors[&result.slice].of(ip);
+    /// Whether a first-pass part may lack `ip` (read by `readers`, its
+    /// family's keys) where a key needs its rows: under its family's
+    /// floor, or cut off by the row limit (unless only prefix keys read
+    /// the family, and the prefix pass counts them).
+    fn may_lack(&self, part: &QueryResult, ip: IpAddr, readers: Readers) -> bool {
+        let slice = part.query.slice;
+        let floor = self.floors[&slice].of(ip);
         let by_head = self
             .by_head
-            .contains(&(result.partition, result.slice, ip.is_ipv6()));
-        floor > 1 || (result.truncated() && (readers.per_address || !by_head))
+            .contains(&(part.query.partition, slice, ip.is_ipv6()));
+        floor > 1 || (part.truncated() && (readers.per_address || !by_head))
     }
 
     /// Whether the row limit cut `result` in a way no later pass repairs:
@@ -760,23 +981,24 @@ impl Passes<'_> {
         if !result.truncated() {
             return false;
         }
-        if result.kind != Kind::Addresses || !self.floors.contains_key(&result.slice) {
+        let slice = result.query.slice;
+        if result.kind() != Kind::Addresses || !self.floors.contains_key(&slice) {
             return true;
         }
-        let floors = self.floors[&result.slice];
-        [false, true].into_iter().any(|ipv6| {
-            let readers = readers(self.spec, result.slice, ipv6);
+        let floors = self.floors[&slice];
+        result.families().into_iter().any(|ipv6| {
+            let readers = readers(self.spec, slice, ipv6);
             let floor = if ipv6 { floors.ipv6 } else { floors.ipv4 };
             let by_head = self
                 .by_head
-                .contains(&(result.partition, result.slice, ipv6));
+                .contains(&(result.query.partition, slice, ipv6));
             (readers.per_address && result.lowest() >= floor)
                 || (readers.longest_prefix.is_some() && !by_head)
         })
     }
 
     fn query(&self, partitions: &[Partition], partition: usize, slice: Slice, rows: Rows) -> Query {
-        let end_seconds = self.spec.end_ms().div_euclid(1000);
+        let end_ms = self.spec.end_ms();
         Query {
             partition,
             client: partitions[partition].client.clone(),
@@ -787,9 +1009,10 @@ impl Passes<'_> {
                 .scope
                 .map(|bit| self.spec.scopes()[bit as usize].clone()),
             rows,
+            subnet: None,
             max_rows: self.max_rows,
-            start_seconds: end_seconds - i64::from(slice.window_seconds),
-            end_seconds,
+            start_ms: end_ms - i64::from(slice.window_seconds) * 1000,
+            end_ms,
         }
     }
 
@@ -798,17 +1021,23 @@ impl Passes<'_> {
     fn add_results(&self, counter: &mut TrafficCounter, results: &[QueryResult]) -> Stats {
         let mut stats = Stats::default();
         for result in results {
-            let cut = self.cut(result);
-            if cut {
-                let lowest = result.lowest();
+            if self.cut(result) {
+                let cut = result.cut_count();
                 tracing::warn!(
-                    window_seconds = result.slice.window_seconds,
-                    lowest,
-                    rows = result.max_rows,
-                    "Logs Insights returned its most rows: keys at {lowest} requests may be missing"
+                    region = cut.region,
+                    window_seconds = cut.window_seconds,
+                    addresses = cut.addresses,
+                    lowest = cut.lowest,
+                    rows = result.query.max_rows,
+                    "Logs Insights returned its most rows and the query budget \
+                     (max_queries_per_cycle) ran out before splitting repaired it: \
+                     keys at {} requests or fewer may be missing",
+                    cut.lowest
                 );
+                stats.incomplete.push(cut);
             }
-            let (window, scope) = (result.slice.window_seconds, result.slice.scope);
+            let (window, scope) = (result.query.slice.window_seconds, result.query.slice.scope);
+            let (partition, slice) = (result.query.partition, result.query.slice);
             for &(ip, _, requests) in &result.rows {
                 let ipv6 = ip.to_canonical().is_ipv6();
                 let whole = |prefixes: &Prefixes| {
@@ -818,15 +1047,12 @@ impl Passes<'_> {
                         prefixes.ipv4 == 32
                     }
                 };
-                if result.kind == Kind::Compressed {
+                if result.kind() == Kind::Compressed {
                     // Only prefix keys: the first pass counted the address.
                     if ipv6 {
                         counter.add_requests_where(ip, window, requests, scope, |p| !whole(p));
                     }
-                } else if self
-                    .by_head
-                    .contains(&(result.partition, result.slice, ipv6))
-                {
+                } else if self.by_head.contains(&(partition, slice, ipv6)) {
                     counter.add_requests_where(ip, window, requests, scope, whole);
                 } else {
                     counter.add_requests(ip, window, requests, scope);
@@ -838,7 +1064,6 @@ impl Passes<'_> {
             stats.records += (result.rows.len() + result.heads.len()) as u64;
             stats.malformed += result.malformed_rows;
             stats.bytes += result.bytes_scanned;
-            stats.truncated_queries += u64::from(cut);
         }
         stats
     }
@@ -873,7 +1098,8 @@ impl LogSource for CloudWatchInsightsSource {
                 first.push(passes.query(&partitions, partition, slice, rows));
             }
         }
-        let first = self.run_all(first).await?;
+        let mut budget = Budget::default();
+        let first = self.run_split(&passes, first, &mut budget).await?;
         let mut second = passes.prefix_queries(&first, &partitions);
         if partitions.len() > 1 {
             second.extend(passes.second_pass_queries(&first, &partitions));
@@ -883,7 +1109,7 @@ impl LogSource for CloudWatchInsightsSource {
         counter.add_stats(stats);
         if !second.is_empty() {
             let queries = second.len() as u64;
-            let second = self.run_all(second).await?;
+            let second = self.run_split(&passes, second, &mut budget).await?;
             let extra = passes.add_results(&mut counter, &second);
             counter.add_stats(Stats {
                 // The second pass refines the counts of rows already read.
@@ -896,6 +1122,17 @@ impl LogSource for CloudWatchInsightsSource {
                 ..extra
             });
         }
+        let mut incomplete = std::mem::take(&mut counter.stats_mut().incomplete);
+        // A part the prefix pass cut twice (heads and compressed) is one part.
+        incomplete.sort_by(|a, b| a.part().cmp(&b.part()).then(a.lowest.cmp(&b.lowest)));
+        incomplete.dedup_by(|later, first| later.part() == first.part());
+        counter.add_stats(Stats {
+            incomplete,
+            split_queries: budget.split as u64,
+            // What the cut results scanned: billed, though halves replaced their rows.
+            bytes: budget.bytes,
+            ..Stats::default()
+        });
         Ok(counter.finish())
     }
 

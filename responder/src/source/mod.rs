@@ -199,6 +199,8 @@ impl ConfiguredSource {
                 log_groups,
                 endpoint_url,
                 max_concurrent_queries,
+                row_limit,
+                max_queries_per_cycle,
             } => {
                 let regions = crate::aws::region_logs(log_groups, endpoint_url.as_deref()).await;
                 match api {
@@ -210,7 +212,9 @@ impl ConfiguredSource {
                             regions,
                             max_concurrent_queries.get() as usize,
                             cloudwatch_insights::Polling::default(),
-                        ),
+                        )
+                        .with_max_rows(row_limit.get() as usize)
+                        .with_max_queries(max_queries_per_cycle.get() as usize),
                     ),
                 }
             }

@@ -192,6 +192,8 @@ pub(crate) struct RawSource {
     pub log_groups: Option<Spanned<Vec<Spanned<RawLogGroup>>>>,
     pub endpoint_url: Option<Spanned<String>>,
     pub max_concurrent_queries: Option<Spanned<i64>>,
+    pub row_limit: Option<Spanned<i64>>,
+    pub max_queries_per_cycle: Option<Spanned<i64>>,
     pub bucket: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
     pub region: Option<Spanned<String>>,

@@ -128,6 +128,13 @@ impl CloudflareListName {
 /// Items a Cloudflare account holds across all its lists unless it is on
 /// Enterprise (developers.cloudflare.com/waf/tools/lists/#availability).
 pub const CLOUDFLARE_ACCOUNT_ITEMS: u32 = 10_000;
+
+/// The most rows a Logs Insights query may return (the `limit` command's
+/// ceiling, in the Logs Insights query syntax), and the default.
+pub const INSIGHTS_MAX_ROWS: u32 = 100_000;
+
+/// Logs Insights queries one count may run by default, splitting included.
+pub const INSIGHTS_MAX_QUERIES: u32 = 200;
 /// The Enterprise cap on items across all lists.
 pub const CLOUDFLARE_ENTERPRISE_ITEMS: u32 = 500_000;
 /// The Cloudflare API's base URL.
@@ -262,6 +269,14 @@ pub enum LogSourceConfig {
         endpoint_url: Option<String>,
         /// Logs Insights queries in flight at once (default 30).
         max_concurrent_queries: NonZeroU32,
+        /// Rows one Logs Insights query may return (StartQuery's `limit`;
+        /// default and most [`INSIGHTS_MAX_ROWS`]).
+        row_limit: NonZeroU32,
+        /// Logs Insights queries one count may run before it stops
+        /// splitting results the row limit cut (default
+        /// [`INSIGHTS_MAX_QUERIES`]); the passes every count needs run
+        /// whatever it says.
+        max_queries_per_cycle: NonZeroU32,
     },
     /// WAF log objects in S3, as WAF or Firehose delivers them.
     S3(S3Source),
@@ -636,6 +651,16 @@ pub(crate) fn check_source(
             raw.max_concurrent_queries.as_ref().map(Spanned::span),
             &["cloudwatch"],
         ),
+        (
+            "row_limit",
+            raw.row_limit.as_ref().map(Spanned::span),
+            &["cloudwatch"],
+        ),
+        (
+            "max_queries_per_cycle",
+            raw.max_queries_per_cycle.as_ref().map(Spanned::span),
+            &["cloudwatch"],
+        ),
         ("bucket", raw.bucket.as_ref().map(Spanned::span), &["s3"]),
         ("prefix", raw.prefix.as_ref().map(Spanned::span), &["s3"]),
         ("region", raw.region.as_ref().map(Spanned::span), &["s3"]),
@@ -695,11 +720,23 @@ pub(crate) fn check_source(
                 Some(max) => checker.positive(max, "source.max_concurrent_queries")?,
                 None => NonZeroU32::new(30).expect("30 is not zero"),
             };
+            let row_limit = match &raw.row_limit {
+                Some(rows) => checker
+                    .in_range(rows, "source.row_limit", 1, INSIGHTS_MAX_ROWS.into())
+                    .and_then(NonZeroU32::new),
+                None => NonZeroU32::new(INSIGHTS_MAX_ROWS),
+            };
+            let max_queries_per_cycle = match &raw.max_queries_per_cycle {
+                Some(max) => checker.positive(max, "source.max_queries_per_cycle"),
+                None => NonZeroU32::new(INSIGHTS_MAX_QUERIES),
+            };
             Some(LogSourceConfig::CloudWatch {
                 api: api?,
                 log_groups: log_groups?,
                 endpoint_url: endpoint_url?,
                 max_concurrent_queries,
+                row_limit: row_limit?,
+                max_queries_per_cycle: max_queries_per_cycle?,
             })
         }
     }
