@@ -15,8 +15,8 @@ use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 use floodgate_responder::aws::{RegionLogs, retry_config};
 use floodgate_responder::source::LogSource;
 use floodgate_responder::source::cloudwatch_insights::{
-    CloudWatchInsightsSource, DEFAULT_MAX_QUERIES, Floors, Frame, Head, MAX_ROWS, Polling,
-    estimated_cost_usd, head_query_text, query_text,
+    CloudWatchInsightsSource, DEFAULT_MAX_QUERIES, Floors, Frame, Head, MAX_CANDIDATE_QUERIES,
+    MAX_ROWS, Polling, estimated_cost_usd, head_query_text, query_text,
 };
 use floodgate_responder::traffic::CountSpec;
 use floodgate_rules::policy::Prefixes;
@@ -757,6 +757,7 @@ fn count_by_insights(
             CloudWatchInsightsSource::new(sources, 30, fast_polling())
                 .with_max_rows(limits.rows)
                 .with_max_queries(limits.queries)
+                .with_max_candidate_queries(limits.candidate_queries)
                 .count(&spec),
         )
         .unwrap()
@@ -767,12 +768,16 @@ fn count_by_insights(
 struct Limits {
     rows: usize,
     queries: usize,
+    /// Queries naming a partition's missing candidates, past which it is
+    /// counted whole.
+    candidate_queries: usize,
 }
 
 /// The defaults a policy gets.
 const DEFAULT_LIMITS: Limits = Limits {
     rows: MAX_ROWS,
     queries: DEFAULT_MAX_QUERIES,
+    candidate_queries: MAX_CANDIDATE_QUERIES,
 };
 
 /// `per_ip` requests from each of `ips`, `age` seconds before the end.
@@ -826,6 +831,65 @@ fn an_ipv6_rotation_over_regions_is_counted_per_64() {
     assert!(
         !counts.addresses_at_least(),
         "the union of the rows' addresses"
+    );
+}
+
+/// A botnet over three regions: `FLOODGATE_BOTNET_CLIENTS` (default
+/// 20,000) clients, half IPv4 and half IPv6 /64s, each in one region with
+/// 20 to 80 requests over a tier of 20 in 300 s. Every client is counted
+/// in full; the second pass counts each region whole instead of naming
+/// thousands of candidates. Prints the figures for BENCHMARKS.md:
+/// `FLOODGATE_BOTNET_CLIENTS=200000 cargo test -p floodgate-responder
+/// --release --test integration cloudwatch_insights::a_botnet -- --nocapture`.
+#[test]
+fn a_botnet_over_three_regions_is_counted_in_full() {
+    let clients: u32 = std::env::var("FLOODGATE_BOTNET_CLIENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let address = |i: u32| {
+        if i % 2 == 0 {
+            std::net::Ipv4Addr::from_bits(0x0b00_0000 + i * 97).to_string()
+        } else {
+            format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff)
+        }
+    };
+    let requests = |i: u32| 20 + (i * 7919) % 61;
+    let mut regions: Vec<Vec<Event>> = vec![Vec::new(); 3];
+    for i in 0..clients {
+        let ip = address(i);
+        regions[(i % 3) as usize]
+            .extend((0..requests(i)).map(|r| at(ip.clone(), i64::from((i + r * 13) % 300))));
+    }
+    let started = std::time::Instant::now();
+    let traffic = count_by_insights(&regions, Prefixes::default(), 20, 20, DEFAULT_LIMITS);
+    let elapsed = started.elapsed();
+    for i in (0..clients).step_by(997) {
+        let ip: std::net::IpAddr = address(i).parse().unwrap();
+        let key = Prefixes::default().key(ip);
+        let counts = traffic.get(0, key).unwrap_or_else(|| panic!("{key}"));
+        assert_eq!(counts.requests(300), Some(requests(i)), "{key}");
+    }
+    assert_eq!(traffic.distinct_keys(), clients as usize);
+    let stats = traffic.stats();
+    assert!(stats.incomplete.is_empty(), "{:?}", stats.incomplete);
+    let second = stats.second_pass;
+    assert!(
+        second.queries <= 2 * 3,
+        "a whole count per region and window, not a query per few hundred candidates: {second:?}"
+    );
+    let first_bytes = stats.bytes - second.bytes;
+    println!(
+        "{clients} clients over 3 regions, windows 60 s and 300 s: first pass 6 queries, {} rows, \
+         {:.0} MB scanned; second pass {} queries, {} rows, {:.0} MB scanned; \
+         split {} queries; {:.1} s through the evaluator",
+        stats.records,
+        first_bytes as f64 / 1e6,
+        second.queries,
+        second.rows,
+        second.bytes as f64 / 1e6,
+        stats.split_queries,
+        elapsed.as_secs_f64()
     );
 }
 
@@ -901,7 +965,8 @@ proptest! {
     /// windows' very edges, to the millisecond), any of the key kinds (per
     /// address, the default IPv6 /64, IPv4 /24 with IPv6 /64, IPv4 /20
     /// with IPv6 /56), a row limit that cuts results or not (4 to 7 rows
-    /// against 11 clients) and a query budget: every count reported is at
+    /// against 11 clients), a query budget, and a second pass that names
+    /// its candidates or counts a partition whole: every count reported is at
     /// most the true count and, unless a part was reported cut, every key
     /// whose total reaches a window's floor gets its exact total. With a
     /// budget that does not run out, no part stays cut: splitting makes
@@ -922,6 +987,7 @@ proptest! {
         floor_300 in 1..60u32,
         max_rows in prop_oneof![Just(MAX_ROWS), 4..8usize],
         max_queries in prop_oneof![Just(100_000), 1..40usize],
+        candidate_queries in prop_oneof![Just(MAX_CANDIDATE_QUERIES), Just(0)],
     ) {
         // As WAF writes them: RFC 5952 text.
         let texts: Vec<String> = IPS.iter().map(|ip| ip.parse::<std::net::IpAddr>().unwrap().to_string()).collect();
@@ -930,7 +996,7 @@ proptest! {
             .map(|events| events.iter().map(|&(i, age)| (texts[i].clone(), END_MS - age)).collect())
             .collect();
         let expected = model(&regions, keys);
-        let limits = Limits { rows: max_rows, queries: max_queries };
+        let limits = Limits { rows: max_rows, queries: max_queries, candidate_queries };
         let traffic = count_by_insights(&regions, keys, floor_60, floor_300, limits);
         let reported: HashMap<(IpNet, u32), u32> = traffic
             .iter()

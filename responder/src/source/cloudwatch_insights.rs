@@ -11,7 +11,10 @@
 //!   reaches that share in at least one partition. Every IP some partition
 //!   returned is a candidate, and a second pass counts exactly the
 //!   candidates each partition did not return (`filter httpRequest.clientIp
-//!   in [...]`, in chunks that fit a query). Each candidate's count is then
+//!   in [...]`, in chunks that fit a query; where that takes more than
+//!   [`MAX_CANDIDATE_QUERIES`] queries, as for a botnet, one count of every
+//!   address of the partition, split like any other, keeps just those).
+//!   Each candidate's count is then
 //!   the exact sum over all partitions. With one partition, or a floor of
 //!   0 or 1, the first pass is exact and no second pass runs.
 //! - **Exact at any cardinality.** A query returns at most its row limit
@@ -75,6 +78,10 @@ pub const MAX_ROWS: usize = floodgate_rules::policy::INSIGHTS_MAX_ROWS as usize;
 /// How many queries a count may run before it stops splitting cut
 /// results, unless the policy says otherwise.
 pub const DEFAULT_MAX_QUERIES: usize = floodgate_rules::policy::INSIGHTS_MAX_QUERIES as usize;
+/// The second pass names a partition's missing candidates in at most this
+/// many queries (a few hundred addresses each); past it, it counts the
+/// partition whole: at botnet scale, a few queries instead of hundreds.
+pub const MAX_CANDIDATE_QUERIES: usize = 4;
 /// The longest query string StartQuery accepts.
 pub const MAX_QUERY_LENGTH: usize = 10_000;
 /// Log groups one query may name.
@@ -392,6 +399,7 @@ pub struct CloudWatchInsightsSource {
     polling: Polling,
     max_rows: usize,
     max_queries: usize,
+    max_candidate_queries: usize,
 }
 
 impl CloudWatchInsightsSource {
@@ -403,6 +411,7 @@ impl CloudWatchInsightsSource {
             polling,
             max_rows: MAX_ROWS,
             max_queries: DEFAULT_MAX_QUERIES,
+            max_candidate_queries: MAX_CANDIDATE_QUERIES,
         }
     }
 
@@ -417,6 +426,14 @@ impl CloudWatchInsightsSource {
     /// (the passes a count needs run whatever the budget).
     pub fn with_max_queries(mut self, queries: usize) -> Self {
         self.max_queries = queries;
+        self
+    }
+
+    /// Counts a partition whole in the second pass, instead of naming its
+    /// missing candidates, when naming them takes more than `queries`
+    /// queries (default [`MAX_CANDIDATE_QUERIES`]).
+    pub fn with_max_candidate_queries(mut self, queries: usize) -> Self {
+        self.max_candidate_queries = queries;
         self
     }
 }
@@ -460,6 +477,10 @@ enum Rows {
     /// Client addresses of the head's family not written with it in full
     /// (the prefix pass).
     Compressed(Head),
+    /// Every client address (floor 1), of which only these count: the
+    /// second pass over a partition that lacks too many candidates to
+    /// name them.
+    Wanted(Arc<HashSet<IpAddr>>),
 }
 
 /// What one query counts: a window, over all requests or those of one
@@ -487,6 +508,7 @@ enum Kind {
     Addresses,
     Heads,
     Compressed,
+    Wanted,
 }
 
 impl QueryResult {
@@ -495,6 +517,7 @@ impl QueryResult {
             Rows::Addresses { .. } => Kind::Addresses,
             Rows::Heads(_) => Kind::Heads,
             Rows::Compressed(_) => Kind::Compressed,
+            Rows::Wanted(_) => Kind::Wanted,
         }
     }
 
@@ -558,6 +581,7 @@ impl Query {
             Rows::Addresses { floors, only } => query_text(*floors, &frame, only),
             Rows::Heads(head) => head_query_text(*head, &frame, false),
             Rows::Compressed(head) => head_query_text(*head, &frame, true),
+            Rows::Wanted(_) => query_text(Floors::both(1), &frame, &[]),
         }
     }
 
@@ -666,10 +690,12 @@ impl Query {
                     .zip(requests)
                     .zip(number("addresses"))
                     .map(|((net, requests), addresses)| heads.push((net, requests, addresses))),
-                Rows::Addresses { .. } | Rows::Compressed(_) => field("httpRequest.clientIp")
-                    .and_then(|text| Some((text, text.parse::<IpAddr>().ok()?)))
-                    .zip(requests)
-                    .map(|((text, ip), requests)| rows.push((ip, text.to_owned(), requests))),
+                Rows::Addresses { .. } | Rows::Compressed(_) | Rows::Wanted(_) => {
+                    field("httpRequest.clientIp")
+                        .and_then(|text| Some((text, text.parse::<IpAddr>().ok()?)))
+                        .zip(requests)
+                        .map(|((text, ip), requests)| rows.push((ip, text.to_owned(), requests)))
+                }
             };
             if parsed.is_none() {
                 malformed_rows += 1;
@@ -854,6 +880,9 @@ fn first_pass_floors(spec: &CountSpec, slice: Slice, shares: u32) -> Option<Floo
 struct Passes<'a> {
     spec: &'a CountSpec,
     max_rows: usize,
+    /// Past this many queries naming a partition's missing candidates,
+    /// the partition is counted whole instead.
+    max_candidate_queries: usize,
     floors: BTreeMap<Slice, Floors>,
     /// (partition, slice, IPv6): a family whose prefix keys the prefix
     /// pass counts in that partition, instead of the first pass's rows.
@@ -869,7 +898,7 @@ impl Passes<'_> {
             return false;
         }
         match result.kind() {
-            Kind::Heads | Kind::Compressed => true,
+            Kind::Heads | Kind::Compressed | Kind::Wanted => true,
             Kind::Addresses => result
                 .families()
                 .into_iter()
@@ -936,7 +965,7 @@ impl Passes<'_> {
                     .iter()
                     .flat_map(|r| r.rows.iter().map(|(ip, _, _)| *ip))
                     .collect();
-                let missing: Vec<String> = candidates
+                let missing: Vec<(&IpAddr, &BTreeSet<&str>)> = candidates
                     .iter()
                     .filter(|(ip, _)| {
                         !returned.contains(ip)
@@ -944,7 +973,6 @@ impl Passes<'_> {
                                 self.may_lack(part, **ip, readers[usize::from(ip.is_ipv6())])
                             })
                     })
-                    .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
                     .collect();
                 let only_query = |only| {
                     let rows = Rows::Addresses {
@@ -953,9 +981,19 @@ impl Passes<'_> {
                     };
                     self.query(partitions, partition, slice, rows)
                 };
-                let frame = only_query(Vec::new());
-                for only in fitting_chunks(missing, &frame.frame()) {
-                    queries.push(only_query(only));
+                let texts = missing
+                    .iter()
+                    .flat_map(|(_, texts)| texts.iter().map(|t| (*t).to_owned()))
+                    .collect();
+                let chunks = fitting_chunks(texts, &only_query(Vec::new()).frame());
+                if chunks.len() > self.max_candidate_queries {
+                    // Too many to name (a botnet): count every address of
+                    // the partition once, split as needed, and keep those.
+                    let wanted = missing.iter().map(|(ip, _)| **ip).collect();
+                    let rows = Rows::Wanted(Arc::new(wanted));
+                    queries.push(self.query(partitions, partition, slice, rows));
+                } else {
+                    queries.extend(chunks.into_iter().map(only_query));
                 }
             }
         }
@@ -1038,7 +1076,16 @@ impl Passes<'_> {
             }
             let (window, scope) = (result.query.slice.window_seconds, result.query.slice.scope);
             let (partition, slice) = (result.query.partition, result.query.slice);
+            let wanted = match &result.query.rows {
+                Rows::Wanted(wanted) => Some(wanted),
+                _ => None,
+            };
+            let mut added = 0;
             for &(ip, _, requests) in &result.rows {
+                if wanted.is_some_and(|wanted| !wanted.contains(&ip)) {
+                    continue;
+                }
+                added += 1;
                 let ipv6 = ip.to_canonical().is_ipv6();
                 let whole = |prefixes: &Prefixes| {
                     if ipv6 {
@@ -1061,7 +1108,7 @@ impl Passes<'_> {
             for &(net, requests, addresses) in &result.heads {
                 counter.add_prefix_requests(net, window, requests, addresses, scope);
             }
-            stats.records += (result.rows.len() + result.heads.len()) as u64;
+            stats.records += (added + result.heads.len()) as u64;
             stats.malformed += result.malformed_rows;
             stats.bytes += result.bytes_scanned;
         }
@@ -1083,6 +1130,7 @@ impl LogSource for CloudWatchInsightsSource {
         let mut passes = Passes {
             spec,
             max_rows: self.max_rows,
+            max_candidate_queries: self.max_candidate_queries,
             floors: slices
                 .filter_map(|slice| Some((slice, first_pass_floors(spec, slice, shares)?)))
                 .collect(),
