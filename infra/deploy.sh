@@ -26,35 +26,41 @@ case "${1:-}" in
         ;;
 esac
 
-cd "$(dirname "$0")/cloudformation"
-[ -f deployments.tsv ] || { echo "deploy.sh: no deployments.tsv; run floodgate render-infra first" >&2; exit 1; }
+# Template paths are as the script was called (relative to the caller's
+# directory, or absolute), so a dry run's commands work as printed there.
+templates=$(dirname "$0")/cloudformation
+list=$templates/deployments.tsv
+[ -f "$list" ] || { echo "deploy.sh: no $list; run floodgate render-infra first" >&2; exit 1; }
+
+# A real run checks every setting first, names every one that is missing at
+# once, and so never stops halfway.
+if ! $dry_run; then
+    missing=()
+    for name in $(grep -o '\$FLOODGATE_[A-Z0-9_]*' "$list" | tr -d '$' | sort -u); do
+        [ -n "${!name:-}" ] || missing+=("$name")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "deploy.sh: set ${missing[*]} (see infra/README.md, \"Deploying\")" >&2
+        exit 1
+    fi
+fi
 
 # Replaces $FLOODGATE_* placeholders with their values; in a dry run an unset
-# one is shown as <FLOODGATE_...>, in a real run it is an error.
+# one is shown as <FLOODGATE_...>.
 expand() {
     local word=$1 name value
     while [[ $word =~ \$(FLOODGATE_[A-Z0-9_]+) ]]; do
         name=${BASH_REMATCH[1]}
-        value=${!name:-}
-        if [ -z "$value" ]; then
-            $dry_run || { echo "deploy.sh: set $name (see infra/README.md)" >&2; exit 1; }
-            value="<$name>"
-        fi
+        value=${!name:-<$name>}
         word=${word/\$$name/$value}
     done
     printf '%s' "$word"
 }
 
-# A real run checks every setting first, so it never stops halfway.
-if ! $dry_run; then
-    for name in $(grep -o '\$FLOODGATE_[A-Z0-9_]*' deployments.tsv | tr -d '$' | sort -u); do
-        [ -n "${!name:-}" ] || { echo "deploy.sh: set $name (see infra/README.md)" >&2; exit 1; }
-    done
-fi
-
 while IFS=$'\t' read -r stack region template parameters; do
     [[ -z $stack || $stack == \#* ]] && continue
-    command=(aws cloudformation deploy --stack-name "$stack" --region "$region" --template-file "$template"
+    command=(aws cloudformation deploy --stack-name "$stack" --region "$region"
+        --template-file "$templates/$template"
         --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset)
     if [ -n "$parameters" ]; then
         command+=(--parameter-overrides)
@@ -68,4 +74,4 @@ while IFS=$'\t' read -r stack region template parameters; do
         echo "==> $stack in $region" >&2
         "${command[@]}"
     fi
-done < deployments.tsv
+done <"$list"

@@ -463,8 +463,10 @@ fn the_shared_ledger_table_is_retained_and_the_role_reaches_only_it() {
 
 #[test]
 fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
-    let output = Command::new(workspace_root().join("infra/deploy.sh"))
+    // Called from the repository root as infra/README.md does.
+    let output = Command::new("infra/deploy.sh")
         .arg("--dry-run")
+        .current_dir(workspace_root())
         .env("PATH", "/usr/bin:/bin") // whatever is installed, a dry run calls no aws
         .env_remove("FLOODGATE_IMAGE")
         .output()
@@ -480,9 +482,9 @@ fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
     assert_eq!(lines.len(), 6, "{stdout}");
     for region in ["us-east-1", "eu-west-1", "ap-southeast-2"] {
         assert!(
-            lines.iter().any(|l| l
-                .contains(&format!("--region {region} --template-file waf.yaml"))
-                && l.ends_with("Scope=REGIONAL")),
+            lines.iter().any(|l| l.contains(&format!(
+                "--region {region} --template-file infra/cloudformation/waf.yaml"
+            )) && l.ends_with("Scope=REGIONAL")),
             "{region}"
         );
     }
@@ -493,7 +495,7 @@ fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
     // The primary in the ledger's region, the standby in the other one.
     assert!(
         lines[4].contains("--stack-name floodgate-responder --region eu-west-1")
-            && lines[4].contains("responder.yaml")
+            && lines[4].contains("--template-file infra/cloudformation/responder.yaml")
             && lines[4].contains("ContainerImage=<FLOODGATE_IMAGE>"),
         "{}",
         lines[4]
@@ -506,6 +508,135 @@ fn deploy_dry_run_prints_every_stack_and_runs_nothing() {
         "{}",
         lines[5]
     );
+}
+
+/// The `FLOODGATE_*` settings the example's stacks take.
+fn deploy_settings() -> std::collections::BTreeSet<String> {
+    let list =
+        std::fs::read_to_string(workspace_root().join("infra/cloudformation/deployments.tsv"))
+            .unwrap();
+    let settings: std::collections::BTreeSet<String> = list
+        .split('$')
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect();
+    assert!(settings.contains("FLOODGATE_STANDBY_VPC"), "{settings:?}");
+    settings
+}
+
+/// An `aws` in `dir` that appends its arguments to the file returned.
+fn fake_aws(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let calls = dir.join("calls");
+    let aws = dir.join("aws");
+    std::fs::write(
+        &aws,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&aws, std::fs::Permissions::from_mode(0o755)).unwrap();
+    calls
+}
+
+#[test]
+fn a_real_deploy_names_every_missing_setting_at_once_and_deploys_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = fake_aws(dir.path());
+    let mut command = Command::new("infra/deploy.sh");
+    command
+        .current_dir(workspace_root())
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()));
+    for setting in deploy_settings() {
+        command.env_remove(setting);
+    }
+    command.env("FLOODGATE_IMAGE", "floodgate:test");
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for setting in deploy_settings() {
+        assert_eq!(
+            stderr.contains(&setting),
+            setting != "FLOODGATE_IMAGE",
+            "{setting}: {stderr}"
+        );
+    }
+    assert!(!calls.exists(), "aws was called"); // nothing deployed halfway
+}
+
+#[test]
+fn the_readme_deploy_recipe_sets_every_setting_and_deploys_every_stack() {
+    let readme = std::fs::read_to_string(workspace_root().join("infra/README.md")).unwrap();
+    let recipe = readme
+        .split("```sh")
+        .find(|block| block.contains("infra/deploy.sh\n"))
+        .and_then(|block| block.split("```").next())
+        .expect("infra/README.md has the deploy recipe");
+    let dir = tempfile::tempdir().unwrap();
+    let calls = fake_aws(dir.path());
+    // The recipe's assignments, as the shell would take them.
+    let assignments: Vec<(String, String)> = recipe
+        .split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .filter(|(name, _)| name.starts_with("FLOODGATE_"))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    let mut command = Command::new("infra/deploy.sh");
+    command
+        .current_dir(workspace_root())
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()));
+    for setting in deploy_settings() {
+        command.env_remove(setting);
+    }
+    command.envs(assignments);
+    let output = command.output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calls = std::fs::read_to_string(calls).unwrap();
+    assert_eq!(calls.lines().count(), 6, "{calls}");
+    assert!(!calls.contains("<FLOODGATE_"), "{calls}");
+}
+
+#[test]
+fn the_cost_table_matches_the_rendered_web_acl() {
+    let waf = template("waf.yaml");
+    let resources = waf["Resources"].as_object().unwrap();
+    let of_type = |kind: &'static str| resources.values().filter(move |r| r["Type"] == kind);
+    let acl = of_type("AWS::WAFv2::WebACL").next().unwrap();
+    let rules: Vec<&str> = acl["Properties"]["Rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| rule["Name"].as_str().unwrap())
+        .collect();
+    let tier_rules = rules
+        .iter()
+        .filter(|n| n.starts_with("floodgate-tier-"))
+        .count();
+    let alarms = of_type("AWS::CloudWatch::Alarm").count();
+    // $5 a web ACL, $1 a rule, $0.10 an alarm (the README's list prices).
+    let cents = 500 + 100 * rules.len() + 10 * alarms;
+    let readme = std::fs::read_to_string(workspace_root().join("infra/README.md")).unwrap();
+    for line in [
+        format!("| each tier rule ({tier_rules} in the example) | $1.00 each |"),
+        format!("standard alarm; {alarms} in the example) | $0.10 each |"),
+        format!(
+            "costs about ${}.{:02} per web ACL",
+            cents / 100,
+            cents % 100
+        ),
+    ] {
+        assert!(readme.contains(&line), "infra/README.md should say: {line}");
+    }
+    // The table's other rows are the template's other rules.
+    assert_eq!(rules.len() - tier_rules, 4, "{rules:?}");
 }
 
 #[test]
