@@ -848,7 +848,7 @@ fn a_botnet_over_three_regions_is_counted_in_full() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
     let address = |i: u32| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             std::net::Ipv4Addr::from_bits(0x0b00_0000 + i * 97).to_string()
         } else {
             format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff)
