@@ -397,7 +397,8 @@ pub struct Freshness {
     pub in_window: u64,
     /// With none inside it, the newest record the source holds, ms.
     pub newest_ms: Option<i64>,
-    /// None inside the window and none newer.
+    /// None inside the window, and none newer than `[responder]
+    /// stale_after_minutes` (default the window).
     pub stale: bool,
 }
 
@@ -418,6 +419,11 @@ async fn freshness<S: LogSource>(
     }
     let newest_ms = parts.source.newest_timestamp().await.ok().flatten();
     let window_ms = i64::from(widest) * 1000;
+    let stale_after_ms = parts
+        .policy
+        .responder
+        .stale_after_minutes
+        .map_or(window_ms, |minutes| i64::from(minutes.get()) * 60_000);
     match newest_ms {
         Some(newest) => tracing::warn!(
             newest = %rfc3339_from_ms(newest),
@@ -429,7 +435,7 @@ async fn freshness<S: LogSource>(
     Freshness {
         in_window,
         newest_ms,
-        stale: newest_ms.is_none_or(|newest| newest <= now_ms - window_ms),
+        stale: newest_ms.is_none_or(|newest| newest <= now_ms - stale_after_ms),
     }
 }
 

@@ -9,7 +9,10 @@
 //!   then exits 0.
 //! - `/healthz` is a deep check: 200 only when the last cycle read its source,
 //!   wrote every target and saved the ledger, and ended within three schedule
-//!   periods; 503 otherwise, with the reason.
+//!   periods, and found records in its window; 503 otherwise, with the
+//!   reason. A window with no record, and none newer, is a stalled log
+//!   feed until a cycle finds records again
+//!   (`floodgate_responder_source_stale` is 1 meanwhile).
 
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -39,6 +42,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
 pub enum CycleResult {
     /// Source read, every target converged, ledger saved.
     Success,
+    /// Every target converged, but the source had no record in the
+    /// window and none newer: the log feed may have stalled.
+    Stale,
     /// Some target failed; the others were written.
     Partial,
     /// Nothing was applied: bad input, an unreadable source or ledger.
@@ -126,9 +132,10 @@ struct HealthState {
 /// daemons in one test process do not share counts).
 struct Metrics {
     recorder: PrometheusRecorder,
-    cycles: [Counter; 3],
+    cycles: [Counter; 4],
     skipped: Counter,
     running: Gauge,
+    source_stale: Gauge,
     last_duration: Gauge,
     /// Registered at the first success, so the series is absent until then.
     last_success: std::sync::OnceLock<Gauge>,
@@ -139,7 +146,7 @@ const LAST_SUCCESS: &str = "floodgate_responder_last_success_timestamp_seconds";
 impl Metrics {
     fn new() -> Self {
         let recorder = PrometheusBuilder::new().build_recorder();
-        let (cycles, skipped, running, last_duration) =
+        let (cycles, skipped, running, source_stale, last_duration) =
             metrics::with_local_recorder(&recorder, || {
                 describe_counter!(
                     "floodgate_responder_cycles_total",
@@ -151,11 +158,15 @@ impl Metrics {
                 );
                 describe_gauge!("floodgate_responder_cycle_running", "1 while a cycle runs.");
                 describe_gauge!(
+                    "floodgate_responder_source_stale",
+                    "1 when the last cycle found no record in its window, and none newer."
+                );
+                describe_gauge!(
                     "floodgate_responder_last_cycle_duration_seconds",
                     "How long the last cycle took."
                 );
                 describe_gauge!(LAST_SUCCESS, "When the last successful cycle ended.");
-                let cycles = ["success", "partial", "error"].map(|result| {
+                let cycles = ["success", "stale", "partial", "error"].map(|result| {
                     let counter = counter!("floodgate_responder_cycles_total", "result" => result);
                     counter.absolute(0);
                     counter
@@ -164,15 +175,18 @@ impl Metrics {
                 skipped.absolute(0);
                 let running = gauge!("floodgate_responder_cycle_running");
                 running.set(0.0);
+                let source_stale = gauge!("floodgate_responder_source_stale");
+                source_stale.set(0.0);
                 let last_duration = gauge!("floodgate_responder_last_cycle_duration_seconds");
                 last_duration.set(0.0);
-                (cycles, skipped, running, last_duration)
+                (cycles, skipped, running, source_stale, last_duration)
             });
         Metrics {
             recorder,
             cycles,
             skipped,
             running,
+            source_stale,
             last_duration,
             last_success: std::sync::OnceLock::new(),
         }
@@ -205,13 +219,19 @@ impl Health {
         let metrics = &self.metrics;
         metrics.running.set(0.0);
         metrics.last_duration.set(took.as_secs_f64());
+        // An error read no source: it says nothing of the feed.
+        if result != CycleResult::Error {
+            let stale = result == CycleResult::Stale;
+            metrics.source_stale.set(if stale { 1.0 } else { 0.0 });
+        }
         let counted = match result {
             CycleResult::Success => {
                 metrics.last_success().set(end_ms as f64 / 1000.0);
                 0
             }
-            CycleResult::Partial => 1,
-            CycleResult::Error => 2,
+            CycleResult::Stale => 1,
+            CycleResult::Partial => 2,
+            CycleResult::Error => 3,
         };
         metrics.cycles[counted].increment(1);
     }
@@ -231,6 +251,11 @@ impl Health {
             }
             (Some(CycleResult::Success), Some(end)) => Err(format!(
                 "the last cycle ended at {}, more than three schedule periods ago",
+                rfc3339_from_ms(end)
+            )),
+            (Some(CycleResult::Stale), Some(end)) => Err(format!(
+                "the last cycle, at {}, found no record in its window and none newer: \
+                 is the log feed stalled? (the run report's newest_record says how old it is)",
                 rfc3339_from_ms(end)
             )),
             (Some(CycleResult::Partial), Some(end)) => Err(format!(
@@ -447,6 +472,28 @@ mod tests {
         assert!(health.try_start());
         health.finish(CycleResult::Partial, 2_000, Duration::from_millis(5));
         assert!(health.check(3_000).unwrap_err().contains("every target"));
+        assert!(health.try_start());
+        health.finish(CycleResult::Stale, 4_000, Duration::from_millis(5));
+        assert!(
+            health
+                .check(5_000)
+                .unwrap_err()
+                .contains("log feed stalled")
+        );
+        assert!(
+            health
+                .metrics()
+                .contains("floodgate_responder_source_stale 1\n")
+        );
+        // Records again: healthy, and the gauge falls back.
+        assert!(health.try_start());
+        health.finish(CycleResult::Success, 6_000, Duration::from_millis(5));
+        assert!(health.check(7_000).is_ok());
+        assert!(
+            health
+                .metrics()
+                .contains("floodgate_responder_source_stale 0\n")
+        );
     }
 
     #[test]
@@ -456,7 +503,9 @@ mod tests {
         for line in [
             "# TYPE floodgate_responder_cycles_total counter",
             "floodgate_responder_cycles_total{result=\"success\"} 0",
+            "floodgate_responder_cycles_total{result=\"stale\"} 0",
             "floodgate_responder_cycles_total{result=\"partial\"} 0",
+            "floodgate_responder_source_stale 0",
             "floodgate_responder_cycles_total{result=\"error\"} 0",
             "# HELP floodgate_responder_skipped_ticks_total Ticks skipped because a cycle was still running.",
             "floodgate_responder_skipped_ticks_total 0",

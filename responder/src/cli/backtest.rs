@@ -46,6 +46,20 @@ pub(super) fn run(args: &BacktestArgs) -> Result<Status, CliError> {
     let earliest = from_ms - widest.unwrap_or(300) * 1000;
     let format = args.logs_from.resolve(policy);
     let records = read_records(policy, &args.logs, format, earliest, to_ms)?;
+    // An empty period would replay as "0 requests, nothing blocked": a
+    // success that tests nothing.
+    if !records
+        .iter()
+        .any(|(ms, _, _)| (from_ms..=to_ms).contains(ms))
+    {
+        return Err(CliError::Input(format!(
+            "no record between {} and {} in {}: the logs do not cover the period; \
+             check --from, --to and --logs",
+            rfc3339_from_ms(from_ms),
+            rfc3339_from_ms(to_ms),
+            args.logs.join(" ")
+        )));
+    }
     let result = backtest::run(
         policy,
         records,

@@ -32,7 +32,9 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
             one_line: false,
             emf_metrics: args.emf_metrics,
         };
-        return runtime.block_on(once(&policy, args.policy.now, output));
+        return runtime
+            .block_on(once(&policy, args.policy.now, output))
+            .map(|ran| ran.status);
     }
     if args.policy.now.is_some() {
         return Err(CliError::Input(
@@ -120,7 +122,14 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         let policy = Arc::clone(&policy);
         async move {
             match once(&policy, None, output).await {
-                Ok(Status::Success) => CycleResult::Success,
+                Ok(Ran {
+                    status: Status::Success,
+                    stale: true,
+                }) => CycleResult::Stale,
+                Ok(Ran {
+                    status: Status::Success,
+                    ..
+                }) => CycleResult::Success,
                 Ok(_) => CycleResult::Partial,
                 Err(error) => {
                     tracing::error!(%error, "cycle failed; nothing was applied");
@@ -146,17 +155,32 @@ struct Output {
     emf_metrics: bool,
 }
 
+/// How a cycle that ran ended.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    /// What `run --once` exits with.
+    status: Status,
+    /// The source had no record in the window, and none newer.
+    stale: bool,
+}
+
 /// Runs one cycle at `now` (the real time without it) and prints its
 /// report: the daemon's cycle, and `run --once`.
 async fn once(
     policy: &Policy,
     now: Option<OffsetDateTime>,
     output: Output,
-) -> Result<Status, CliError> {
+) -> Result<Ran, CliError> {
     let started = Stopwatch::start();
     let result = report_cycle(policy, now, output).await;
     if output.emf_metrics {
-        let succeeded = matches!(result, Ok(Status::Success));
+        let succeeded = matches!(
+            result,
+            Ok(Ran {
+                status: Status::Success,
+                ..
+            })
+        );
         let now_ms = unix_ms(clock_at(None).now());
         let name = policy
             .infra
@@ -172,7 +196,7 @@ async fn report_cycle(
     policy: &Policy,
     now: Option<OffsetDateTime>,
     output: Output,
-) -> Result<Status, CliError> {
+) -> Result<Ran, CliError> {
     let real: Arc<dyn Clock> = Arc::from(clock_at(None));
     let parts = Parts::from_policy(policy, Arc::from(clock_at(now)), real).await?;
     let ledger = parts.ledger.label();
@@ -185,10 +209,13 @@ async fn report_cycle(
         Format::Table => summary(&report, policy, &ledger),
     };
     write_stdout(&text)?;
-    Ok(if report.complete() {
-        Status::Success
-    } else {
-        Status::Partial
+    Ok(Ran {
+        status: if report.complete() {
+            Status::Success
+        } else {
+            Status::Partial
+        },
+        stale: report.stale,
     })
 }
 

@@ -32,9 +32,30 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// examples/local.toml in `dir`, on `schedule`, listening on `port`.
+/// examples/local.toml in `dir`, on `schedule`, listening on `port`,
+/// reading a log written now (the daemon's window ends now).
 fn daemon_policy(dir: &std::path::Path, schedule: &str, port: u16) -> std::path::PathBuf {
-    let logs = workspace_root().join("examples/logs");
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let record = format!(
+        r#"{{"timestamp":{now_ms},"action":"ALLOW","httpRequest":{{"clientIp":"203.0.113.7","uri":"/","httpMethod":"GET"}}}}"#
+    );
+    std::fs::write(logs.join("waf.log"), record + "\n").unwrap();
+    policy_reading(dir, &logs, schedule, port)
+}
+
+/// examples/local.toml in `dir`, reading `logs`, on `schedule`, listening
+/// on `port`.
+fn policy_reading(
+    dir: &std::path::Path,
+    logs: &std::path::Path,
+    schedule: &str,
+    port: u16,
+) -> std::path::PathBuf {
     let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
         .unwrap()
         .replace(
@@ -175,4 +196,52 @@ fn healthcheck_fails_until_a_cycle_has_succeeded_and_says_why() {
     let (code, _, err) = healthcheck(&["--url", "https://127.0.0.1:1/healthz"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("use an http:// URL"), "{err}");
+}
+
+#[test]
+fn a_stalled_log_feed_makes_the_daemon_unhealthy_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The sample logs end on 2026-11-20: every window since is empty.
+    let policy = policy_reading(
+        dir.path(),
+        &workspace_root().join("examples/logs"),
+        "* * * * * *",
+        port,
+    );
+    let mut daemon = Command::new(floodgate_bin())
+        .args(["run", "--config", policy.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Some((_, body)) = get(port, "/metrics")
+            && body.contains("floodgate_responder_cycles_total{result=\"stale\"}")
+            && !body.contains("floodgate_responder_cycles_total{result=\"stale\"} 0")
+        {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no stale cycle within a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let health = get(port, "/healthz");
+    let (code, _, err) = healthcheck(&["--config", policy.to_str().unwrap()]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        metrics.contains("floodgate_responder_source_stale 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("floodgate_responder_cycles_total{result=\"success\"} 0"),
+        "{metrics}"
+    );
+    let (status, body) = health.unwrap();
+    assert!(status.contains("503"), "{status}: {body}");
+    assert!(body.contains("is the log feed stalled?"), "{body}");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("log feed stalled"), "{err}");
 }

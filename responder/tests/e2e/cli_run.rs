@@ -641,6 +641,30 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
 }
 
 #[test]
+fn a_backtest_over_a_period_the_logs_do_not_cover_fails_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
+    let report = dir.path().join("report.html");
+    // The sample holds 2026-11-20 09:05 to 10:05 only.
+    let output = Command::new(floodgate_bin())
+        .args(["backtest", "--config", policy.to_str().unwrap(), "--logs"])
+        .arg(workspace_root().join("examples/logs"))
+        .args(["--from", "2026-12-01", "--to", "2026-12-02"])
+        .args(["--out", report.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("no record between 2026-12-01T00:00:00Z and 2026-12-02T00:00:00Z")
+            && err.contains("check --from, --to and --logs"),
+        "{err}"
+    );
+    assert!(!report.exists(), "no report of an empty period");
+}
+
+#[test]
 fn emf_metrics_add_one_cloudwatch_embedded_metric_line_after_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let policy = policy_in(dir.path(), &workspace_root().join("examples/logs"), "");
@@ -737,4 +761,18 @@ fn a_window_without_records_is_reported_stale() {
         "{}",
         stderr(&later)
     );
+
+    // A site quiet for longer than its windows says how long is too long.
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("[responder]\n", "[responder]\nstale_after_minutes = 60\n");
+    std::fs::write(&policy, text).unwrap();
+    let stale = |now: &str| {
+        let output = run_at(dir.path(), &policy, now);
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()["stale"].clone()
+    };
+    // The newest record is at 10:05; every five-minute window after 10:10
+    // is empty, which the default would call stale.
+    assert_eq!(stale("2026-11-20T10:35:00Z"), false);
+    assert_eq!(stale("2026-11-20T11:06:00Z"), true);
 }

@@ -237,6 +237,7 @@ pub(crate) struct RawResponder {
     pub concurrency: Option<Spanned<i64>>,
     pub schedule: Option<Spanned<String>>,
     pub jitter_seconds: Option<Spanned<i64>>,
+    pub stale_after_minutes: Option<Spanned<i64>>,
     pub listen: Option<Spanned<String>>,
     pub role: Option<Spanned<String>>,
     pub ledger: Option<Spanned<RawLedger>>,

@@ -27,6 +27,11 @@ pub struct Responder {
     pub jitter_seconds: u32,
     /// Where the daemon serves `/healthz` and `/metrics`.
     pub listen: SocketAddr,
+    /// A cycle that finds no record in its window, and none newer than
+    /// this, reports the log feed stalled; `None`: the widest tier window.
+    /// A site quiet for longer than its windows (staging at night) sets it
+    /// higher.
+    pub stale_after_minutes: Option<NonZeroU32>,
     /// Whether this responder applies whenever it can take the lease
     /// (primary) or only once the primary's lease has lapsed (standby).
     pub role: Role,
@@ -106,6 +111,7 @@ impl Default for Responder {
             schedule: DEFAULT_SCHEDULE.to_owned(),
             jitter_seconds: 0,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            stale_after_minutes: None,
             role: Role::Primary,
             ledger: LedgerStore::File,
             lease: None,
@@ -150,6 +156,11 @@ pub(crate) fn check_responder(
         && let Some(jitter) = checker.in_range(jitter, "responder.jitter_seconds", 0, 3600)
     {
         responder.jitter_seconds = jitter;
+    }
+    if let Some(minutes) = &raw.stale_after_minutes
+        && let Some(minutes) = checker.in_range(minutes, "responder.stale_after_minutes", 1, 10_080)
+    {
+        responder.stale_after_minutes = NonZeroU32::new(minutes);
     }
     if let Some(listen) = &raw.listen {
         match listen.get_ref().parse::<SocketAddr>() {
