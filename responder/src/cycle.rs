@@ -242,7 +242,7 @@ impl Phases {
 pub struct TargetLine {
     /// The target's label.
     pub target: String,
-    /// `unchanged`, `updated +a −r` or `failed: reason`.
+    /// `unchanged`, `created N empty sets`, `updated +a −r` or `failed: reason`.
     pub outcome: String,
     /// Addresses the target cannot hold, as `address: why`, one line per
     /// reason (`a, b and 62 more: why` when several share it).

@@ -64,3 +64,23 @@ async fn writes_update_ip_set_shaped_files_only_when_they_change() {
         }
     );
 }
+
+/// A first run with nothing to block still creates every set file, and
+/// says so rather than "unchanged" (issue 35).
+#[tokio::test]
+async fn a_first_run_with_nothing_to_block_reports_the_sets_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FileTarget::new(
+        dir.path().join("ip-sets"),
+        vec!["fg-v4".into()],
+        vec!["fg-v6".into()],
+    );
+    let report = target.apply(&DesiredSets::default()).await;
+    assert_eq!(report.outcome, Outcome::Created { sets: 2 });
+    assert_eq!(report.outcome.to_string(), "created 2 empty sets");
+    assert!(dir.path().join("ip-sets/fg-v6.json").exists());
+    assert_eq!(
+        target.apply(&DesiredSets::default()).await.outcome,
+        Outcome::Unchanged
+    );
+}

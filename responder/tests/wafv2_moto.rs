@@ -191,6 +191,24 @@ impl Intercept for ForeignWriter {
     }
 }
 
+/// With `create_missing`, a first run with nothing to block creates the
+/// sets and says so, not "unchanged" (issue 35).
+#[tokio::test]
+async fn a_first_run_with_nothing_to_block_reports_the_sets_it_created() {
+    let moto = moto().await;
+    let target = target(&moto, "eu-west-1");
+    let report = target.apply(&DesiredSets::default()).await;
+    assert_eq!(report.outcome, Outcome::Created { sets: 3 });
+    assert_eq!(
+        addresses(&moto, "eu-west-1", "fg-v4-2").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        target.apply(&DesiredSets::default()).await.outcome,
+        Outcome::Unchanged
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_write_between_get_and_update_forces_a_lock_retry() {
     let moto = moto().await;

@@ -30,11 +30,15 @@ use crate::clock::{Clock, clock_at, parse_instant};
 use crate::loggen::Timestamps;
 use crate::policy_file::LoadError;
 
-/// Floodgate: an automated AWS WAF rate-limit and abuse responder.
+/// Floodgate: an automated WAF rate-limit and abuse responder.
 ///
-/// One policy file holds the responder's tiers, the allow-list exceptions,
-/// the tenant quotas and the WAF targets. These commands validate it and
-/// show it to the ops who review changes to it.
+/// It reads WAF logs (files, S3, CloudWatch Logs, Cloudflare's Logpush),
+/// finds the top offenders at the policy's tiers and pushes block lists to
+/// AWS WAF in every region, to CloudFront and to Cloudflare, expires them
+/// on time and never blocks an allow-listed exception. One policy file
+/// holds the tiers, the allow-list exceptions, the tenant quotas of the
+/// rate-limit middleware and the targets; `check` and `review` show it to
+/// the ops who review changes to it.
 #[derive(Debug, Parser)]
 #[command(
     name = "floodgate",
@@ -131,8 +135,11 @@ pub struct PolicyArgs {
         default_value = "floodgate.toml"
     )]
     pub config: PathBuf,
-    /// Evaluate expiry as of this time instead of now: an RFC 3339 time
-    /// (2026-11-22T08:30:00Z) or a date (2026-11-22, midnight UTC).
+    /// Act as if it were this time instead of now: the tier windows end
+    /// here (run, plan, block, unblock), and blocks and allow-list
+    /// exceptions expire as of it (every command; for backtest, only the
+    /// exceptions, as its clock steps from --from to --to). An RFC 3339
+    /// time (2026-11-22T08:30:00Z) or a date (2026-11-22, midnight UTC).
     #[arg(long, value_name = "TIME", value_parser = parse_instant)]
     pub now: Option<OffsetDateTime>,
 }

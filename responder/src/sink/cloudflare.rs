@@ -565,6 +565,7 @@ impl CloudflareTarget {
         let changes = Changes {
             added: added.len(),
             removed: removed.iter().map(|(net, _)| *net).collect(),
+            created: 0,
         };
         let items_path = format!("{}/{list_id}/items", self.lists_path());
         if rewritten {

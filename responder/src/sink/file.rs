@@ -95,7 +95,9 @@ impl FileTarget {
                 let list = lists.get(i).map_or(&[][..], Vec::as_slice);
                 let current = self.read_set(name)?;
                 // Every set gets its file, even an empty one.
-                if current == list && self.path(name).exists() {
+                if !self.path(name).exists() {
+                    changes.created += 1;
+                } else if current == list {
                     continue;
                 }
                 changes.added += list.iter().filter(|n| !current.contains(n)).count();

@@ -167,6 +167,12 @@ impl TargetError {
 pub enum Outcome {
     /// Every set already held what it should; nothing was written.
     Unchanged,
+    /// Sets that did not exist were created, holding nothing yet (a first
+    /// run with nothing to block).
+    Created {
+        /// Sets, lists or set files created.
+        sets: usize,
+    },
     /// Sets were written: this many addresses added and removed.
     Updated {
         /// Addresses added across the target's sets.
@@ -185,6 +191,9 @@ pub struct Changes {
     pub added: usize,
     /// Addresses removed, each named: the run report tells strangers apart.
     pub removed: Vec<IpNet>,
+    /// Set files created (the API targets count their creations in
+    /// [`ApiCalls::create`]).
+    pub created: usize,
 }
 
 impl Changes {
@@ -192,6 +201,7 @@ impl Changes {
     pub fn add(&mut self, other: Changes) {
         self.added += other.added;
         self.removed.extend(other.removed);
+        self.created += other.created;
     }
 }
 
@@ -205,7 +215,12 @@ impl TargetReport {
     ) -> TargetReport {
         let (outcome, removed) = match changes {
             Ok(changes) if changes.added == 0 && changes.removed.is_empty() => {
-                (Outcome::Unchanged, Vec::new())
+                let sets = changes.created + calls.create as usize;
+                let outcome = match sets {
+                    0 => Outcome::Unchanged,
+                    sets => Outcome::Created { sets },
+                };
+                (outcome, Vec::new())
             }
             Ok(changes) => (
                 Outcome::Updated {
@@ -230,6 +245,8 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Unchanged => f.write_str("unchanged"),
+            Outcome::Created { sets: 1 } => f.write_str("created 1 empty set"),
+            Outcome::Created { sets } => write!(f, "created {sets} empty sets"),
             Outcome::Updated { added, removed } => write!(f, "updated +{added} −{removed}"),
             Outcome::Failed(reason) => write!(f, "failed: {reason}"),
         }

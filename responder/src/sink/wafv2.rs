@@ -231,6 +231,7 @@ impl Wafv2Target {
                 let changes = Changes {
                     added: desired.difference(&current).count(),
                     removed: current.difference(&desired).copied().collect(),
+                    created: 0,
                 };
                 calls.update += 1;
                 self.client

@@ -247,7 +247,13 @@ fn review_with_logs_shows_traffic_per_exception_and_flags_unused_ones() {
 #[test]
 fn help_is_complete_and_bad_usage_exits_1_not_2() {
     for (args, expected) in [
-        (&["--help"][..], &["check", "review", "Exit codes"][..]),
+        (
+            &["--help"][..],
+            &["check", "review", "Exit codes", "CloudFront", "Cloudflare"][..],
+        ),
+        // --now moves the windows as well as expiry, and says so.
+        (&["run", "--help"][..], &["the tier windows end here"][..]),
+        (&["backtest", "--help"][..], &["only the exceptions"][..]),
         (
             &["check", "--help"][..],
             &["--config", "--now", "FLOODGATE_CONFIG"][..],
