@@ -391,14 +391,16 @@ impl S3Source {
     /// Streams every line of every object through `per_line`, `concurrency`
     /// objects at a time, each object into a fresh state from `init`; hands
     /// each whole object's state to `done` as it finishes. Returns the
-    /// objects read and skipped, and the bytes fetched.
+    /// objects read and skipped, and the bytes fetched, and why each
+    /// skipped object was skipped (for the caller to log once: finding the
+    /// newest record reads the same objects as the count after it).
     async fn read<S, I, F>(
         &self,
         objects: Vec<LogObject>,
         init: I,
         per_line: F,
         mut done: impl FnMut(S),
-    ) -> Stats
+    ) -> (Stats, Vec<Skipped>)
     where
         S: Send + 'static,
         I: Fn() -> S + Send + Sync + 'static,
@@ -423,6 +425,7 @@ impl S3Source {
             });
         }
         let mut stats = Stats::default();
+        let mut skipped = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             let (object, outcome) = joined.expect("object reader panicked");
             match outcome {
@@ -433,14 +436,14 @@ impl S3Source {
                 }
                 Err(why) => {
                     stats.skipped_objects += 1;
-                    tracing::warn!(
-                        object = %format!("s3://{}/{}", self.bucket, object.key),
-                        "skipped: {why}"
-                    );
+                    skipped.push(Skipped {
+                        object: format!("s3://{}/{}", self.bucket, object.key),
+                        why,
+                    });
                 }
             }
         }
-        stats
+        (stats, skipped)
     }
 
     /// Counts the objects of `period` against `spec`.
@@ -448,7 +451,7 @@ impl S3Source {
         let objects = self.objects(period).await?;
         let (line_spec, format) = (spec.clone(), self.format);
         let mut merged = TrafficCounter::new(spec.clone());
-        let stats = self
+        let (stats, skipped) = self
             .read(
                 objects,
                 {
@@ -463,6 +466,7 @@ impl S3Source {
                 |counter| merged.merge(counter),
             )
             .await;
+        Skipped::log(&skipped);
         merged.add_stats(stats);
         Ok(merged.finish())
     }
@@ -484,7 +488,7 @@ impl S3Source {
         let objects = self.objects(Period::Between { start_ms, end_ms }).await?;
         let (scopes, format) = (scopes.to_vec(), self.format);
         let mut hits = Vec::new();
-        let stats = self
+        let (stats, skipped) = self
             .read(
                 objects,
                 Vec::new,
@@ -498,6 +502,7 @@ impl S3Source {
                 |object_hits| hits.extend(object_hits),
             )
             .await;
+        Skipped::log(&skipped);
         Ok((hits, stats))
     }
 
@@ -575,6 +580,22 @@ impl LogSource for S3Source {
             }
         }
         Ok(self.newest_in(objects).await)
+    }
+}
+
+/// An object that could not be fetched or decoded, and why.
+#[derive(Debug)]
+struct Skipped {
+    object: String,
+    why: String,
+}
+
+impl Skipped {
+    /// One warning per object.
+    fn log(skipped: &[Skipped]) {
+        for Skipped { object, why } in skipped {
+            tracing::warn!(object = %object, "skipped: {why}");
+        }
     }
 }
 

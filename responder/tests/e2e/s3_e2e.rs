@@ -199,3 +199,27 @@ async fn run_once_with_an_s3_source_blocks_the_sample_s_attackers_in_waf() {
         .count();
     assert!(ledger > 0, "the ledger is written");
 }
+
+/// `top` without `--now` reads the newest objects to find the window's end,
+/// then counts: an object it cannot decode is warned about once, with its
+/// key, and counted in the summary line (issue 35).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_object_is_warned_about_once() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    deliver_sample(&moto).await;
+    let damaged = "AWSLogs/111122223333/WAFLogs/eu-west-1/app-acl/2026/11/20/10/00/damaged.log.gz";
+    moto.put_objects(BUCKET, vec![(damaged.to_owned(), b"not gzip".to_vec())])
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!("s3://{BUCKET}/AWSLogs/");
+    let output = floodgate_against(&moto, &["top", "--logs", &location], dir.path()).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert_eq!(err.matches(damaged).count(), 1, "{err}");
+    assert!(
+        err.contains("warning: skipped 1 S3 objects that could not be fetched or decoded"),
+        "{err}"
+    );
+}
