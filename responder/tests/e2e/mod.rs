@@ -11,6 +11,7 @@ mod ha_e2e;
 mod infra;
 mod kubernetes;
 mod moto_e2e;
+mod readme;
 mod s3_e2e;
 
 use std::path::{Path, PathBuf};
