@@ -37,6 +37,7 @@ pub(crate) mod allow;
 mod check;
 mod detection;
 mod infra;
+mod parse;
 mod quotas;
 mod raw;
 mod responder;
@@ -73,7 +74,6 @@ use time::Date;
 
 use crate::diagnostic::{Collector, Diagnostic, PolicyError, Severity, closest};
 use check::Checker;
-use raw::RawPolicy;
 
 /// A validated policy.
 #[derive(Debug, Clone)]
@@ -120,14 +120,10 @@ impl Policy {
             found: Collector::new(file, text),
             today,
         };
-        let raw: RawPolicy = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(error) => {
-                report_parse_error(&mut checker, &error);
-                return Err(PolicyError {
-                    diagnostics: checker.found.finish(),
-                });
-            }
+        let Some(raw) = parse::raw_policy(text, &mut checker) else {
+            return Err(PolicyError {
+                diagnostics: checker.found.finish(),
+            });
         };
         let safety = safety::check_safety(&mut checker, raw.safety.as_ref());
         let prefixes = detection::check_detection(&mut checker, raw.detection.as_ref());
@@ -195,13 +191,6 @@ impl Policy {
         let position = self.tiers.iter().position(|t| t.name.as_str() == tier)?;
         Some((self.tiers[position].blocks(), position))
     }
-}
-
-/// Reports a TOML syntax or shape error, with a suggestion for a misspelt key.
-fn report_parse_error(checker: &mut Checker<'_>, error: &toml::de::Error) {
-    let message = error.message().trim_end().to_owned();
-    let help = misspelt_key_help(&message);
-    checker.error(error.span().unwrap_or(0..0), "", message, help);
 }
 
 /// For toml's "unknown field `x`, expected one of `a`, `b`", the closest key.

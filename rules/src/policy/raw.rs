@@ -9,15 +9,12 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole file, section by section (`parse` decodes each on its own).
+#[derive(Debug, Default)]
 pub(crate) struct RawPolicy {
-    #[serde(default)]
     pub tiers: Vec<Spanned<RawTier>>,
-    #[serde(default)]
     pub allow: Vec<Spanned<RawAllow>>,
     pub quotas: Option<Spanned<RawQuotas>>,
-    #[serde(default)]
     pub targets: Vec<Spanned<RawTarget>>,
     pub source: Option<Spanned<RawSource>>,
     pub safety: Option<Spanned<RawSafety>>,
