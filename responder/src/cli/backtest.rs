@@ -120,6 +120,8 @@ fn summary_json(result: &Backtest) -> serde_json::Value {
                 "minutes": result.minutes_blocked(net),
                 "from": spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
                 "addresses_seen": seen.map_or(1, Vec::len),
+                // Its minutes stop at `to`, not at its expiry.
+                "in_force_at_end": spans.last().is_some_and(|&(_, end)| end >= result.to_ms),
             })
         })
         .collect();
@@ -128,6 +130,7 @@ fn summary_json(result: &Backtest) -> serde_json::Value {
         "to": rfc3339_from_ms(result.to_ms),
         "requests": result.requests,
         "blocked": blocked,
+        "still_blocked_at_end": still_blocked(result),
         "requests_stopped": result.stopped,
         "allow_listed_requests": result.allow_listed_requests,
         "allow_listed_offenders": result.allow_listed_offenders,
@@ -153,6 +156,14 @@ fn summary_text(result: &Backtest, out: &Path) -> String {
             blocked_for(result, net),
             tier_of(result, net),
             seen_text(result, net)
+        );
+    }
+    let clipped = still_blocked(result);
+    if clipped > 0 {
+        let _ = writeln!(
+            text,
+            "{clipped} blocks were still in force at {}: their minutes end there, not at their expiry",
+            rfc3339_from_ms(result.to_ms)
         );
     }
     let _ = writeln!(
@@ -251,6 +262,14 @@ fn html(result: &Backtest, policy: &Policy) -> String {
         result.allow_listed_offenders,
         breaker(result.breaker_steps.len())
     );
+    let clipped = still_blocked(result);
+    if clipped > 0 {
+        let _ = writeln!(
+            page,
+            "<p>{clipped} blocks were still in force at the period's end: their spans and minutes end at {}, not at their expiry.</p>",
+            rfc3339_from_ms(result.to_ms)
+        );
+    }
     page.push_str(&overview_chart(result));
     page.push_str(
         "<h2>Blocks</h2>\n<table><tr><th>address or prefix</th><th>tier</th><th>blocked</th><th>spans</th><th>addresses seen</th></tr>\n",
@@ -334,7 +353,31 @@ fn key_chart(result: &Backtest, policy: &Policy, net: ipnet::IpNet, series: &[u3
         values: series.to_vec(),
     };
     let spans = result.blocked.get(&net).map_or(&[][..], Vec::as_slice);
-    svg_chart(result, &key_text(&net), &[line], spans, &thresholds)
+    // An exception is why a busy client went unblocked: say whose.
+    let title = match policy.allow.find_containing(net) {
+        Some(i) => {
+            let entry = &policy.allow.entries()[i];
+            format!(
+                "{} (allow-listed by {}: {}, owner {})",
+                key_text(&net),
+                entry.cidr,
+                entry.reason,
+                entry.owner
+            )
+        }
+        None => key_text(&net),
+    };
+    svg_chart(result, &title, &[line], spans, &thresholds)
+}
+
+/// Blocks still in force at the period's end: their spans and minutes stop
+/// at `--to`.
+fn still_blocked(result: &Backtest) -> usize {
+    result
+        .blocked
+        .values()
+        .filter(|spans| spans.last().is_some_and(|&(_, end)| end >= result.to_ms))
+        .count()
 }
 
 /// An SVG chart over the period: `lines` per step, `spans` shaded red,

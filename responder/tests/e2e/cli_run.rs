@@ -588,6 +588,16 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
     );
     assert!(summary["requests_stopped"].as_u64().unwrap() > 0);
     assert_eq!(summary["allow_listed_offenders"], 5);
+    // Most blocks (15 minutes from about 10:02) end before 10:30; the
+    // longer ones are cut at --to, and the report says which.
+    let in_force = summary["blocked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["in_force_at_end"] == true)
+        .count();
+    assert!(in_force > 0 && in_force < 20, "{summary}");
+    assert_eq!(summary["still_blocked_at_end"], in_force);
 
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(
@@ -595,6 +605,19 @@ fn backtest_replays_the_sample_and_writes_an_html_report_with_the_blocks() {
         "self-contained with charts"
     );
     assert!(html.contains("<figcaption>203.0.113.66</figcaption>"));
+    assert!(
+        html.contains(&format!(
+            "<p>{in_force} blocks were still in force at the period's end: their spans and minutes end at 2026-11-20T10:30:00Z"
+        )),
+        "clipped blocks are named"
+    );
+    // A busy allow-listed client's chart says which exception kept it
+    // unblocked, and whose it is.
+    assert!(
+        html.contains("<figcaption>198.51.100.1 (allow-listed by 198.51.100.0/24: ")
+            && html.contains("owner partnerships@example.com)</figcaption>"),
+        "allow-listed charts are marked"
+    );
     assert!(html.contains("class=\"blocked\""), "block spans are shaded");
     let breaker = summary["circuit_breaker_steps"].as_array().unwrap().len();
     let said = match breaker {
