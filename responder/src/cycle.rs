@@ -118,8 +118,10 @@ pub enum CycleError {
 }
 
 /// The report of one cycle: what `floodgate run --format json` prints.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CycleReport {
+    /// [`crate::JSON_VERSION`].
+    pub version: u32,
     /// `enforce`, `observe` (nothing written) or `standby` (not holding the
     /// lease; nothing written).
     pub mode: &'static str,
@@ -145,11 +147,11 @@ pub struct CycleReport {
     /// 2. Empty when every count is exact.
     pub incomplete: Vec<CutCount>,
     /// Offenders per tier, in the policy's tier order.
-    pub offenders_per_tier: Vec<(String, usize)>,
+    pub offenders_per_tier: Vec<TierOffenders>,
     /// New blocks.
     pub added: Vec<String>,
     /// Blocks extended because the offender is still active.
-    pub extended: usize,
+    pub extended: Vec<String>,
     /// Blocks that ended since the last cycle.
     pub expired: Vec<String>,
     /// New blocks the circuit breaker held back.
@@ -206,7 +208,7 @@ impl CycleReport {
 }
 
 /// How long one phase of a cycle took.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Phase {
     /// `read`, `detect`, `ledger`, `plan`, `lease` or `apply`.
     pub phase: &'static str,
@@ -237,13 +239,29 @@ impl Phases {
     }
 }
 
+/// How many offenders reached one tier.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct TierOffenders {
+    /// The tier's name.
+    pub tier: String,
+    /// Offenders whose most severe tier it is.
+    pub offenders: usize,
+}
+
 /// One target's outcome, for the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TargetLine {
     /// The target's label.
     pub target: String,
-    /// `unchanged`, `created N empty sets`, `updated +a −r` or `failed: reason`.
+    /// For people: `unchanged`, `created N empty sets`, `updated +a −r` or
+    /// `failed: reason`.
     pub outcome: String,
+    /// For scripts: `unchanged`, `created`, `updated` or `failed`.
+    pub state: &'static str,
+    /// Addresses and ranges written into its sets.
+    pub added: usize,
+    /// Addresses and ranges removed from its sets.
+    pub removed: usize,
     /// Addresses the target cannot hold, as `address: why`, one line per
     /// reason (`a, b and 62 more: why` when several share it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -259,7 +277,7 @@ pub struct TargetLine {
 }
 
 /// Where a cycle stood with the lease.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct LeaseLine {
     /// `held` (this cycle applied under it), `waiting` (planned only) or
     /// `lost` (it ended mid-cycle; the ledger was not saved).
@@ -713,6 +731,7 @@ fn report(
             _ if planned.observe_only => "observe",
             _ => "enforce",
         },
+        version: crate::JSON_VERSION,
         started: rfc3339_from_ms(prepared.now_ms),
         records: stats.records,
         malformed: stats.malformed,
@@ -727,11 +746,14 @@ fn report(
                 let reached = offenders
                     .iter()
                     .filter(|o| o.tier.as_ref() == Some(&t.name));
-                (t.name.to_string(), reached.count())
+                TierOffenders {
+                    tier: t.name.to_string(),
+                    offenders: reached.count(),
+                }
             })
             .collect(),
         added: text(&held_somewhere(&planned, &reports)),
-        extended: planned.extended.len(),
+        extended: text(&planned.extended),
         expired: text(&planned.expired),
         held_back: text(&planned.held_back),
         dropped: text(&planned.dropped),
@@ -746,6 +768,12 @@ fn report(
             .map(|r| TargetLine {
                 target: r.target.clone(),
                 outcome: r.outcome.to_string(),
+                state: r.outcome.state(),
+                added: match r.outcome {
+                    Outcome::Updated { added, .. } => added,
+                    _ => 0,
+                },
+                removed: r.removed.len(),
                 left_out: crate::sink::left_out_by_reason(&r.left_out),
                 strangers_removed: text(&crate::plan::unknown_entries(&planned.ledger, &r.removed)),
                 failure: match &r.outcome {
@@ -809,7 +837,7 @@ fn held_somewhere(planned: &BlockPlan, reports: &[TargetReport]) -> Vec<IpNet> {
 }
 
 /// S3 objects a cycle read and skipped.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, schemars::JsonSchema)]
 pub struct ObjectCounts {
     /// Objects read whole.
     pub read: u64,

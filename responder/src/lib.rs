@@ -34,6 +34,12 @@
 // The CloudFormation templates in `infra` are deeply nested `json!` literals.
 #![recursion_limit = "512"]
 
+/// The version of the shape of every JSON output (`run`, `plan`,
+/// `status`, `top`, `review`, `backtest`), at the root of each as
+/// `"version"`. A change that breaks a script reading them raises it;
+/// docs/schemas/ holds the JSON Schema of each, and CHANGELOG.md the change.
+pub const JSON_VERSION: u32 = 1;
+
 mod alert;
 mod atomic_file;
 pub mod aws;

@@ -254,7 +254,7 @@ pub struct Stats {
 
 /// One part of a server-side count that stayed cut by the row limit
 /// (the query budget ran out before splitting repaired it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct CutCount {
     /// The region queried.
     pub region: String,
@@ -285,7 +285,7 @@ impl CutCount {
 }
 
 /// The passes of a server-side count after the first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct SecondPass {
     /// Queries run.
     pub queries: u64,

@@ -28,7 +28,7 @@ use crate::policy::allow::nested_pairs;
 use crate::policy::{Grant, Limit, TenantOverride};
 
 /// What kind of exception an item is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ItemKind {
     /// An `[[allow]]` entry.
@@ -38,7 +38,7 @@ pub enum ItemKind {
 }
 
 /// Why an item needs a second look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", tag = "flag")]
 pub enum Flag {
     /// Broader than `[safety]` allows by default (approved with `broad = true`).
@@ -72,7 +72,7 @@ impl fmt::Display for Flag {
 }
 
 /// One exception, as ops review it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ReviewItem {
     /// Allow entry or tenant override.
     pub kind: ItemKind,

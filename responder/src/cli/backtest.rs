@@ -108,34 +108,78 @@ fn read_records(
         .collect())
 }
 
+/// What `backtest --format json` prints.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub(super) struct BacktestReport {
+    /// [`crate::JSON_VERSION`].
+    version: u32,
+    /// The period's start, RFC 3339.
+    from: String,
+    /// The period's end.
+    to: String,
+    /// Requests in the period.
+    requests: u64,
+    /// Every address or range blocked at some point.
+    blocked: Vec<BlockedReport>,
+    /// Blocks still in force at `to`.
+    still_blocked_at_end: usize,
+    /// Requests the blocks would have stopped.
+    requests_stopped: u64,
+    /// Requests from allow-listed addresses.
+    allow_listed_requests: u64,
+    /// Allow-listed addresses whose traffic reached a tier.
+    allow_listed_offenders: usize,
+    /// Steps at which the circuit breaker held blocks back, RFC 3339.
+    circuit_breaker_steps: Vec<String>,
+}
+
+/// One address or range the backtest blocked.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub(super) struct BlockedReport {
+    /// The address or range, with its length.
+    net: String,
+    /// The tier that blocked it (the last, when several did).
+    tier: Option<String>,
+    /// Minutes blocked within the period.
+    minutes: f64,
+    /// When its first block began.
+    from: Option<String>,
+    /// Distinct addresses seen in it.
+    addresses_seen: usize,
+    /// Still blocked at `to`: its minutes stop there, not at its expiry.
+    in_force_at_end: bool,
+}
+
 fn summary_json(result: &Backtest) -> serde_json::Value {
-    let blocked: Vec<serde_json::Value> = result
+    let blocked = result
         .blocked
         .iter()
-        .map(|(net, spans)| {
-            let seen = result.seen_in.get(net);
-            serde_json::json!({
-                "net": net.to_string(),
-                "tier": result.tiers.get(net),
-                "minutes": result.minutes_blocked(net),
-                "from": spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
-                "addresses_seen": seen.map_or(1, Vec::len),
-                // Its minutes stop at `to`, not at its expiry.
-                "in_force_at_end": spans.last().is_some_and(|&(_, end)| end >= result.to_ms),
-            })
+        .map(|(net, spans)| BlockedReport {
+            net: net.to_string(),
+            tier: result.tiers.get(net).cloned(),
+            minutes: result.minutes_blocked(net),
+            from: spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
+            addresses_seen: result.seen_in.get(net).map_or(1, Vec::len),
+            in_force_at_end: spans.last().is_some_and(|&(_, end)| end >= result.to_ms),
         })
         .collect();
-    serde_json::json!({
-        "from": rfc3339_from_ms(result.from_ms),
-        "to": rfc3339_from_ms(result.to_ms),
-        "requests": result.requests,
-        "blocked": blocked,
-        "still_blocked_at_end": still_blocked(result),
-        "requests_stopped": result.stopped,
-        "allow_listed_requests": result.allow_listed_requests,
-        "allow_listed_offenders": result.allow_listed_offenders,
-        "circuit_breaker_steps": result.breaker_steps.iter().map(|&t| rfc3339_from_ms(t)).collect::<Vec<_>>(),
-    })
+    let report = BacktestReport {
+        version: crate::JSON_VERSION,
+        from: rfc3339_from_ms(result.from_ms),
+        to: rfc3339_from_ms(result.to_ms),
+        requests: result.requests,
+        blocked,
+        still_blocked_at_end: still_blocked(result),
+        requests_stopped: result.stopped,
+        allow_listed_requests: result.allow_listed_requests,
+        allow_listed_offenders: result.allow_listed_offenders,
+        circuit_breaker_steps: result
+            .breaker_steps
+            .iter()
+            .map(|&t| rfc3339_from_ms(t))
+            .collect(),
+    };
+    serde_json::to_value(report).expect("reports serialize")
 }
 
 fn summary_text(result: &Backtest, out: &Path) -> String {

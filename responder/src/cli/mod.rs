@@ -620,6 +620,28 @@ fn plural(count: usize, noun: &str) -> String {
     }
 }
 
+/// The JSON Schema of each command's `--format json` output, by command:
+/// what `docs/schemas/<command>.schema.json` holds (a test keeps the two
+/// the same, and checks real output against the files).
+pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
+    // What is written, not what would be read back: a field skipped when
+    // empty is optional.
+    fn schema<T: schemars::JsonSchema>() -> serde_json::Value {
+        let generator = schemars::generate::SchemaSettings::default()
+            .for_serialize()
+            .into_generator();
+        serde_json::to_value(generator.into_root_schema_for::<T>()).expect("schemas serialize")
+    }
+    vec![
+        ("run", schema::<crate::cycle::CycleReport>()),
+        ("plan", schema::<plan::PlanReport>()),
+        ("status", schema::<status::StatusReport>()),
+        ("top", schema::<top::TopReport>()),
+        ("review", schema::<review::ReviewReport>()),
+        ("backtest", schema::<backtest::BacktestReport>()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

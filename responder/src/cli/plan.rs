@@ -19,15 +19,34 @@ use crate::cycle::{Parts, prepare};
 use crate::ledger::LedgerEntry;
 use crate::sink::WafTarget as _;
 
-/// One address a target would gain or lose.
-#[derive(Debug, Serialize)]
+/// One address or range a target would gain or lose, and why.
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 struct Change {
     net: String,
+    /// For scripts: `blocked` (an addition), or for a removal
+    /// `allow_listed`, `expired`, `not_in_ledger` or `not_in_plan`.
+    reason: &'static str,
+    /// The tiers of the blocks inside it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tiers: Vec<String>,
+    /// Their requests, summed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests: Option<u64>,
+    /// Ledger entries it covers (an aggregated range covers several).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<usize>,
+    /// Distinct addresses those entries were seen from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addresses: Option<u64>,
+    /// When the last of them ends (`blocked`), or ended (`expired`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+    /// For people: the same in a sentence.
     why: String,
 }
 
 /// What one target would change.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct TargetPlan {
     target: String,
     add: Vec<Change>,
@@ -35,8 +54,9 @@ struct TargetPlan {
 }
 
 /// The plan, printed as JSON with `--format json`.
-#[derive(Debug, Serialize)]
-struct PlanReport {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(super) struct PlanReport {
+    version: u32,
     mode: &'static str,
     targets: Vec<TargetPlan>,
     to_add: usize,
@@ -93,17 +113,11 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
             .collect();
         let add = desired
             .difference(&current)
-            .map(|net| Change {
-                net: net.to_string(),
-                why: block_reason(net, &planned.ledger.entries),
-            })
+            .map(|net| block_reason(net, &planned.ledger.entries))
             .collect();
         let remove = current
             .difference(&desired)
-            .map(|net| Change {
-                net: net.to_string(),
-                why: removal_reason(net, &planned.ledger.entries, &expired, &allow_listed),
-            })
+            .map(|net| removal_reason(net, &planned.ledger.entries, &expired, &allow_listed))
             .collect();
         targets.push(TargetPlan {
             target: label,
@@ -113,6 +127,7 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
     }
     let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect();
     Ok(PlanReport {
+        version: crate::JSON_VERSION,
         mode: if planned.observe_only {
             "observe"
         } else {
@@ -142,23 +157,35 @@ fn within<'e>(net: &IpNet, entries: &'e Entries) -> impl Iterator<Item = &'e Led
 
 /// Why a set entry is blocked: its tier, how busy it was, until when. An
 /// entry may be a range that aggregates several blocked addresses.
-fn block_reason(net: &IpNet, entries: &Entries) -> String {
+fn block_reason(net: &IpNet, entries: &Entries) -> Change {
+    let mut change = Change {
+        net: net.to_string(),
+        reason: "blocked",
+        why: "in the plan".to_owned(),
+        ..Change::default()
+    };
     let inside: Vec<&LedgerEntry> = within(net, entries).collect();
     let Some(until) = inside.iter().map(|e| e.expires_at_ms).max() else {
-        return "in the plan".to_owned();
+        return change;
     };
     let tiers: BTreeSet<&str> = inside.iter().map(|e| e.tier.as_str()).collect();
-    let tiers = tiers.into_iter().collect::<Vec<_>>().join(", ");
+    change.tiers = tiers.iter().map(|t| (*t).to_owned()).collect();
+    let tiers = change.tiers.join(", ");
     let requests: u64 = inside.iter().map(|e| u64::from(e.requests)).sum();
     let until = rfc3339_from_ms(until);
-    match inside.len() {
+    change.why = match inside.len() {
         1 if inside[0].addresses > 1 => format!(
             "tier {tiers}, {requests} requests from {} addresses, until {until}",
             inside[0].addresses
         ),
         1 => format!("tier {tiers}, {requests} requests, until {until}"),
         n => format!("{n} addresses: tier {tiers}, {requests} requests, until {until}"),
-    }
+    };
+    change.requests = Some(requests);
+    change.entries = Some(inside.len());
+    change.addresses = Some(inside.iter().map(|e| u64::from(e.addresses)).sum());
+    change.until = Some(until);
+    change
 }
 
 /// Why a set entry (an address or an aggregated range) would leave a set.
@@ -167,20 +194,36 @@ fn removal_reason(
     entries: &Entries,
     expired: &BTreeSet<IpNet>,
     allow_listed: &BTreeSet<IpNet>,
-) -> String {
+) -> Change {
+    let change = |reason, why: String| Change {
+        net: net.to_string(),
+        reason,
+        why,
+        ..Change::default()
+    };
     if allow_listed
         .iter()
         .any(|a| net.contains(a) || a.contains(net))
     {
-        return "allow-listed".to_owned();
+        return change("allow_listed", "allow-listed".to_owned());
     }
     let inside: Vec<&LedgerEntry> = within(net, entries).collect();
     match inside.iter().map(|e| e.expires_at_ms).max() {
-        None => "not in the ledger: not ours, or from a lost ledger".to_owned(),
+        None => change(
+            "not_in_ledger",
+            "not in the ledger: not ours, or from a lost ledger".to_owned(),
+        ),
         Some(until) if inside.iter().all(|e| expired.contains(&e.net)) => {
-            format!("block expired at {}", rfc3339_from_ms(until))
+            let until = rfc3339_from_ms(until);
+            Change {
+                until: Some(until.clone()),
+                ..change("expired", format!("block expired at {until}"))
+            }
         }
-        Some(_) => "no longer in the plan (no room, or held back)".to_owned(),
+        Some(_) => change(
+            "not_in_plan",
+            "no longer in the plan (no room, or held back)".to_owned(),
+        ),
     }
 }
 

@@ -26,17 +26,34 @@ pub(super) fn run(args: &ReviewArgs) -> Result<Status, CliError> {
     let output = match args.format {
         Format::Table => table(&items),
         Format::Json => {
-            let document = serde_json::json!({
-                "file": args.policy.config.display().to_string(),
-                "evaluated_on": loaded.policy.evaluated_on.to_string(),
-                "items": items,
-                "warnings": loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            });
+            let document = ReviewReport {
+                version: crate::JSON_VERSION,
+                file: args.policy.config.display().to_string(),
+                evaluated_on: loaded.policy.evaluated_on.to_string(),
+                items,
+                warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+            };
+            let document = serde_json::to_value(document).expect("reports serialize");
             crate::json_text::pretty(document) + "\n"
         }
     };
     write_stdout(&output)?;
     Ok(Status::Success)
+}
+
+/// What `review --format json` prints.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub(super) struct ReviewReport {
+    /// [`crate::JSON_VERSION`].
+    version: u32,
+    /// The policy file reviewed.
+    file: String,
+    /// The day expiry was evaluated on, `YYYY-MM-DD`.
+    evaluated_on: String,
+    /// Every allow entry, then every tenant override, in file order.
+    items: Vec<ReviewItem>,
+    /// The policy's warnings, as `floodgate check` prints them.
+    warnings: Vec<String>,
 }
 
 /// A window long enough to hold every record.

@@ -319,13 +319,13 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
     let tiers: Vec<String> = report
         .offenders_per_tier
         .iter()
-        .map(|(t, n)| format!("{t} {n}"))
+        .map(|t| format!("{} {}", t.tier, t.offenders))
         .collect();
     out.push_str(&format!("offenders per tier: {}\n", tiers.join(", ")));
     out.push_str(&format!(
         "blocks: {} added, {} extended, {} expired, {} held back by the circuit breaker, {} dropped for room, {} suppressed by an unblock, {} adopted\n",
         report.added.len(),
-        report.extended,
+        report.extended.len(),
         report.expired.len(),
         report.held_back.len(),
         report.dropped.len(),

@@ -17,7 +17,7 @@ use crate::plan::{Capacity, plan, unknown_entries};
 use crate::sink::{ConfiguredTarget, WafTarget as _, left_out_by_reason};
 
 /// A block in force.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct Block {
     net: String,
     tier: String,
@@ -31,7 +31,7 @@ struct Block {
 }
 
 /// One target against the ledger.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct TargetStatus {
     target: String,
     /// In the sets but never blocked by the ledger: drift, which the next
@@ -52,7 +52,7 @@ struct TargetStatus {
 }
 
 /// The lease of a primary/standby pair.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct LeaseStatus {
     /// The holder, or empty when nobody holds it.
     holder: String,
@@ -67,8 +67,9 @@ struct LeaseStatus {
 }
 
 /// The status, printed as JSON with `--format json`.
-#[derive(Debug, Serialize)]
-struct StatusReport {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(super) struct StatusReport {
+    version: u32,
     ledger: String,
     /// With `[responder] lease`: who holds it; `null` if nobody ever has.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +152,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
         });
     }
     Ok(StatusReport {
+        version: crate::JSON_VERSION,
         ledger: store.label(),
         lease,
         last_run: ledger.last_run_ms.map(rfc3339_from_ms),

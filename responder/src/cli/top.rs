@@ -13,8 +13,9 @@ use crate::source::{ConfiguredSource, LogSource, LogsArgument};
 use crate::traffic::Traffic;
 
 /// The JSON document `top --format json` prints.
-#[derive(Debug, Serialize)]
-struct TopReport {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(super) struct TopReport {
+    version: u32,
     window: WindowReport,
     records: u64,
     malformed: u64,
@@ -22,15 +23,16 @@ struct TopReport {
     offenders: Vec<OffenderReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct WindowReport {
     start: String,
     end: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct OffenderReport {
-    /// An address, or a prefix (IPv6 clients count per /64 by default).
+    /// An address or a prefix, always with its length (`192.0.2.7/32`,
+    /// `2001:db8::/64`), as every other report writes it.
     key: String,
     /// Distinct addresses seen in the key.
     addresses: u32,
@@ -108,6 +110,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
     ranked.retain(|o| o.requests > 0);
     ranked.truncate(args.limit);
     let report = TopReport {
+        version: crate::JSON_VERSION,
         window: WindowReport {
             start: rfc3339_from_ms(spec.end_ms() - i64::from(window) * 1000),
             end: rfc3339_from_ms(spec.end_ms()),
@@ -118,7 +121,7 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
         offenders: ranked
             .into_iter()
             .map(|o| OffenderReport {
-                key: o.key_text(),
+                key: o.net.to_string(),
                 addresses: o.addresses,
                 addresses_at_least: o.addresses_at_least,
                 requests: o.requests,
@@ -166,7 +169,10 @@ fn table(report: &TopReport) -> String {
         let actions: Vec<String> = o.actions.iter().map(|(a, n)| format!("{a}={n}")).collect();
         out.push_str(&format!(
             "{:<43} {:>9} {:>10}  {:<12} {:<6} {}\n",
-            o.key,
+            // People read a lone address without its /32.
+            o.key
+                .parse()
+                .map_or_else(|_| o.key.clone(), |net| crate::detect::key_text(&net)),
             if o.addresses_at_least {
                 format!("≥{}", o.addresses)
             } else {

@@ -241,6 +241,18 @@ impl TargetReport {
     }
 }
 
+impl Outcome {
+    /// The outcome in one word, for machines.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Outcome::Unchanged => "unchanged",
+            Outcome::Created { .. } => "created",
+            Outcome::Updated { .. } => "updated",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

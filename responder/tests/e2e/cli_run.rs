@@ -57,10 +57,10 @@ fn one_cycle_blocks_the_attackers_spares_the_allow_list_and_expires_on_time() {
     assert_eq!(
         report["offenders_per_tier"],
         serde_json::json!([
-            ["login-flood", 1],
-            ["watch", 5],
-            ["block", 18],
-            ["block-24h", 1]
+            { "tier": "login-flood", "offenders": 1 },
+            { "tier": "watch", "offenders": 5 },
+            { "tier": "block", "offenders": 18 },
+            { "tier": "block-24h", "offenders": 1 }
         ])
     );
     assert_eq!(report["targets"][0]["outcome"], "updated +5 −0");

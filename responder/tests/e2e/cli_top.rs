@@ -44,7 +44,7 @@ fn top_ranks_the_sample_logs_with_tiers_and_allow_list() {
     let offenders = report["offenders"].as_array().unwrap();
     assert_eq!(offenders.len(), 30);
     let first = &offenders[0];
-    assert_eq!(first["key"], "203.0.113.66");
+    assert_eq!(first["key"], "203.0.113.66/32");
     assert_eq!(first["requests"], 6000);
     assert_eq!(first["tier"], "block-24h");
     assert_eq!(first["allow_listed"], false);
@@ -112,7 +112,7 @@ fn top_without_a_policy_ranks_only_and_defaults_to_the_newest_record() {
             .starts_with("2026-11-20T10:04:59."),
         "{report}"
     );
-    assert_eq!(report["offenders"][0]["key"], "203.0.113.66");
+    assert_eq!(report["offenders"][0]["key"], "203.0.113.66/32");
     // 20 a second; the minute ends mid-second, so the edges hold a
     // request more or less (exact counts are checked against a naive count
     // in the responder's tests).
@@ -267,7 +267,7 @@ async fn top_reads_the_policy_source_from_cloudwatch_logs() {
         .unwrap();
     let report = json(&output);
     assert_eq!(report["records"], 30);
-    assert_eq!(report["offenders"][0]["key"], "203.0.113.9");
+    assert_eq!(report["offenders"][0]["key"], "203.0.113.9/32");
     assert_eq!(report["offenders"][0]["requests"], 30);
     assert_eq!(report["offenders"][0]["tier"], "block");
 }

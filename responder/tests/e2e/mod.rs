@@ -9,6 +9,7 @@ mod cloudflare_e2e;
 mod golden_reports;
 mod ha_e2e;
 mod infra;
+mod json_schemas;
 mod kubernetes;
 mod moto_e2e;
 mod readme;
