@@ -22,6 +22,7 @@ use crate::sink::WafTarget as _;
 /// One address or range a target would gain or lose, and why.
 #[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 struct Change {
+    /// The address or range, with its length.
     net: String,
     /// For scripts: `blocked` (an addition), or for a removal
     /// `allow_listed`, `expired`, `not_in_ledger` or `not_in_plan`.
@@ -48,20 +49,30 @@ struct Change {
 /// What one target would change.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 struct TargetPlan {
+    /// The target's label.
     target: String,
+    /// What `run` would write into its sets.
     add: Vec<Change>,
+    /// What `run` would take out of them.
     remove: Vec<Change>,
 }
 
 /// The plan, printed as JSON with `--format json`.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub(super) struct PlanReport {
+    /// [`crate::JSON_VERSION`]: the shape of this document.
     version: u32,
+    /// `enforce`, or `observe` (`run` would write nothing).
     mode: &'static str,
+    /// Per target, what would change.
     targets: Vec<TargetPlan>,
+    /// Additions over every target.
     to_add: usize,
+    /// Removals over every target.
     to_remove: usize,
+    /// New blocks the circuit breaker would hold back.
     held_back: Vec<String>,
+    /// Blocks left out for lack of room in the sets.
     dropped: Vec<String>,
     /// Parts of the count Logs Insights' row limit left cut (see `run`'s
     /// report): empty when every count is exact.

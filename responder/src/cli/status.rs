@@ -19,20 +19,28 @@ use crate::sink::{ConfiguredTarget, WafTarget as _, left_out_by_reason};
 /// A block in force.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 struct Block {
+    /// The address or range blocked, with its length.
     net: String,
+    /// The tier that blocked it, or `manual`.
     tier: String,
+    /// When the block ends, RFC 3339.
     expires: String,
+    /// Separate blocks it has earned; escalation counts them.
     offences: u32,
+    /// Requests in the tier's window when it was last seen.
     requests: u32,
     /// Distinct addresses seen in it (a prefix block may hold many).
     addresses: u32,
+    /// Where it was seen: region and log group, or `manual`.
     source: String,
+    /// Why it is blocked, in a sentence.
     reason: String,
 }
 
 /// One target against the ledger.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 struct TargetStatus {
+    /// The target's label.
     target: String,
     /// In the sets but never blocked by the ledger: drift, which the next
     /// run removes.
@@ -56,11 +64,13 @@ struct TargetStatus {
 struct LeaseStatus {
     /// The holder, or empty when nobody holds it.
     holder: String,
+    /// The holder's role: `primary` or `standby`.
     role: String,
     /// When the holder's lease ends.
     expires: String,
     /// Whether it has ended (by this host's clock).
     lapsed: bool,
+    /// Raised on every take: a write fenced by an older one is refused.
     fence: u64,
     /// A primary that asked the standby holder for the lease back.
     handback_to: Option<String>,
@@ -69,13 +79,18 @@ struct LeaseStatus {
 /// The status, printed as JSON with `--format json`.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub(super) struct StatusReport {
+    /// [`crate::JSON_VERSION`]: the shape of this document.
     version: u32,
+    /// Where the ledger is kept.
     ledger: String,
     /// With `[responder] lease`: who holds it; `null` if nobody ever has.
     #[serde(skip_serializing_if = "Option::is_none")]
     lease: Option<Option<LeaseStatus>>,
+    /// When the last cycle saved the ledger, RFC 3339.
     last_run: Option<String>,
+    /// Every block in force.
     active: Vec<Block>,
+    /// Each target against the ledger.
     targets: Vec<TargetStatus>,
 }
 

@@ -15,17 +15,25 @@ use crate::traffic::Traffic;
 /// The JSON document `top --format json` prints.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub(super) struct TopReport {
+    /// [`crate::JSON_VERSION`]: the shape of this document.
     version: u32,
+    /// The window counted.
     window: WindowReport,
+    /// Records read.
     records: u64,
+    /// Lines that were not log records.
     malformed: u64,
+    /// Distinct client keys in the window.
     distinct_keys: usize,
+    /// The busiest keys, most requests first (`--limit` of them).
     offenders: Vec<OffenderReport>,
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 struct WindowReport {
+    /// Its start (exclusive), RFC 3339.
     start: String,
+    /// Its end (inclusive).
     end: String,
 }
 
@@ -40,9 +48,13 @@ struct OffenderReport {
     /// counted the prefix in a region whose addresses did not fit a query).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     addresses_at_least: bool,
+    /// Requests in the window.
     requests: u32,
+    /// The most severe tier it reached, if any.
     tier: Option<String>,
+    /// Whether an allow-list exception covers it.
     allow_listed: bool,
+    /// Its requests by the action WAF took (`ALLOW`, `BLOCK`, `COUNT`, …).
     actions: BTreeMap<&'static str, u32>,
 }
 
