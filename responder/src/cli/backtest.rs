@@ -160,7 +160,7 @@ fn summary_json(result: &Backtest) -> serde_json::Value {
             minutes: result.minutes_blocked(net),
             from: spans.first().map(|&(start, _)| rfc3339_from_ms(start)),
             addresses_seen: result.seen_in.get(net).map_or(1, Vec::len),
-            in_force_at_end: spans.last().is_some_and(|&(_, end)| end >= result.to_ms),
+            in_force_at_end: in_force_at_end(result, spans),
         })
         .collect();
     let report = BacktestReport {
@@ -414,13 +414,18 @@ fn key_chart(result: &Backtest, policy: &Policy, net: ipnet::IpNet, series: &[u3
     svg_chart(result, &title, &[line], spans, &thresholds)
 }
 
+/// Whether a block with these spans is still in force at the period's end.
+fn in_force_at_end(result: &Backtest, spans: &[(i64, i64)]) -> bool {
+    spans.last().is_some_and(|&(_, end)| end >= result.to_ms)
+}
+
 /// Blocks still in force at the period's end: their spans and minutes stop
 /// at `--to`.
 fn still_blocked(result: &Backtest) -> usize {
     result
         .blocked
         .values()
-        .filter(|spans| spans.last().is_some_and(|&(_, end)| end >= result.to_ms))
+        .filter(|spans| in_force_at_end(result, spans))
         .count()
 }
 

@@ -542,17 +542,24 @@ fn fake_aws(dir: &std::path::Path) -> std::path::PathBuf {
     calls
 }
 
+/// A real `infra/deploy.sh` run from the repository root, with the fake
+/// `aws` of `dir` first on the PATH and no deploy setting set.
+fn deploy_command(dir: &std::path::Path) -> Command {
+    let mut command = Command::new("infra/deploy.sh");
+    command
+        .current_dir(workspace_root())
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.display()));
+    for setting in deploy_settings() {
+        command.env_remove(setting);
+    }
+    command
+}
+
 #[test]
 fn a_real_deploy_names_every_missing_setting_at_once_and_deploys_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let calls = fake_aws(dir.path());
-    let mut command = Command::new("infra/deploy.sh");
-    command
-        .current_dir(workspace_root())
-        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()));
-    for setting in deploy_settings() {
-        command.env_remove(setting);
-    }
+    let mut command = deploy_command(dir.path());
     command.env("FLOODGATE_IMAGE", "floodgate:test");
     let output = command.output().unwrap();
     assert_eq!(output.status.code(), Some(1));
@@ -584,13 +591,7 @@ fn the_readme_deploy_recipe_sets_every_setting_and_deploys_every_stack() {
         .filter(|(name, _)| name.starts_with("FLOODGATE_"))
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    let mut command = Command::new("infra/deploy.sh");
-    command
-        .current_dir(workspace_root())
-        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()));
-    for setting in deploy_settings() {
-        command.env_remove(setting);
-    }
+    let mut command = deploy_command(dir.path());
     command.envs(assignments);
     let output = command.output().unwrap();
     assert_eq!(
