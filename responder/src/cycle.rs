@@ -133,11 +133,21 @@ pub struct CycleReport {
     pub malformed: u64,
     /// Records inside the widest tier window.
     pub records_in_window: u64,
-    /// With no record inside the window: the newest record the source
-    /// holds, RFC 3339 (`null` when it holds none, or when the window had
-    /// records).
+    /// Records inside each tier window, narrowest first. Empty when the
+    /// source cannot tell: Logs Insights counts from its queries'
+    /// `recordsMatched` statistic, which an emulator may not give.
+    pub records_per_window: Vec<WindowRecords>,
+    /// The newest record the source read, RFC 3339; with none inside the
+    /// window, the newest it holds. Left out when it holds none, or when
+    /// Logs Insights counted a window that had records (its counts carry
+    /// no timestamps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub newest_record: Option<String>,
+    /// How long before the cycle's time (`started`) `newest_record` was
+    /// written, in whole seconds; negative for a record after it (a clock,
+    /// or `--now`, behind the logs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_record_age_seconds: Option<i64>,
     /// No record inside the window, and none newer than it: a log feed
     /// that stopped looks like a quiet day otherwise.
     pub stale: bool,
@@ -381,7 +391,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     let mut phases = Phases::start();
     let traffic = read(parts, now_ms, widest).await?;
     let stats = traffic.stats().clone();
-    let freshness = freshness(parts, &stats, now_ms, widest).await;
+    let freshness = freshness(parts, &stats, traffic.spec().windows(), now_ms).await;
     phases.end("read");
     let offenders = detect(&traffic, policy, widest);
     phases.end("detect");
@@ -408,34 +418,64 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     })
 }
 
-/// Whether the source's records reach the window.
-#[derive(Debug, Clone, Copy, Default)]
+/// Whether the source's records reach the windows.
+#[derive(Debug, Clone, Default)]
 pub struct Freshness {
     /// Records inside the widest window.
     pub in_window: u64,
-    /// With none inside it, the newest record the source holds, ms.
+    /// Records inside each tier window, narrowest first; empty when the
+    /// source cannot tell (Logs Insights without query statistics).
+    pub per_window: Vec<WindowRecords>,
+    /// The newest record the source read; with none inside the window,
+    /// the newest it holds (asked for).
     pub newest_ms: Option<i64>,
     /// None inside the window, and none newer than `[responder]
     /// stale_after_minutes` (default the window).
     pub stale: bool,
 }
 
-/// Counts the records inside the window; with none there, asks the source
+/// How many records fell inside one tier window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct WindowRecords {
+    /// The window's length.
+    pub window_seconds: u32,
+    /// Records inside it.
+    pub records: u64,
+}
+
+/// Counts the records inside each window; with none there, asks the source
 /// for its newest record and warns when the feed seems to have stopped.
 async fn freshness<S: LogSource>(
     parts: &Parts<'_, S>,
     stats: &Stats,
+    windows: &[u32],
     now_ms: i64,
-    widest: u32,
 ) -> Freshness {
-    let in_window = stats.records.saturating_sub(stats.outside_window);
+    let per_window: Vec<WindowRecords> = windows
+        .iter()
+        .zip(&stats.in_windows)
+        .map(|(&window_seconds, &records)| WindowRecords {
+            window_seconds,
+            records,
+        })
+        .collect();
+    let in_window = per_window.last().map_or(
+        stats.records.saturating_sub(stats.outside_window),
+        |widest| widest.records,
+    );
     if in_window > 0 {
         return Freshness {
             in_window,
-            ..Freshness::default()
+            per_window,
+            newest_ms: stats.newest_ms,
+            stale: false,
         };
     }
-    let newest_ms = parts.source.newest_timestamp().await.ok().flatten();
+    let newest_ms = match stats.newest_ms {
+        Some(newest) => Some(newest),
+        None => parts.source.newest_timestamp().await.ok().flatten(),
+    };
+    let widest = windows.last().copied().unwrap_or_default();
     let window_ms = i64::from(widest) * 1000;
     let stale_after_ms = parts
         .policy
@@ -452,6 +492,7 @@ async fn freshness<S: LogSource>(
     }
     Freshness {
         in_window,
+        per_window,
         newest_ms,
         stale: newest_ms.is_none_or(|newest| newest <= now_ms - stale_after_ms),
     }
@@ -736,7 +777,12 @@ fn report(
         records: stats.records,
         malformed: stats.malformed,
         records_in_window: prepared.freshness.in_window,
+        records_per_window: prepared.freshness.per_window.clone(),
         newest_record: prepared.freshness.newest_ms.map(rfc3339_from_ms),
+        newest_record_age_seconds: prepared
+            .freshness
+            .newest_ms
+            .map(|newest| (prepared.now_ms - newest).div_euclid(1000)),
         stale: prepared.freshness.stale,
         incomplete: stats.incomplete.clone(),
         offenders_per_tier: policy

@@ -233,6 +233,13 @@ pub struct Stats {
     pub malformed: u64,
     /// Usable records outside the widest window.
     pub outside_window: u64,
+    /// Records inside each window, in the order of the spec's windows
+    /// (ascending). Empty when the source cannot tell: a server-side count
+    /// whose service gave no statistics.
+    pub in_windows: Vec<u64>,
+    /// The newest record read, ms since the epoch, inside the window or
+    /// not (`None` when nothing was read, or for server-side counts).
+    pub newest_ms: Option<i64>,
     /// Bytes read (or scanned, for server-side queries).
     pub bytes: u64,
     /// Parts of a server-side count that its row limit cut and that no
@@ -298,6 +305,7 @@ pub struct SecondPass {
 impl TrafficCounter {
     /// An empty counter for `spec`.
     pub fn new(spec: CountSpec) -> Self {
+        let spec_windows = spec.windows.len();
         TrafficCounter {
             windows_ms: spec.windows.iter().map(|&w| i64::from(w) * 1000).collect(),
             spec,
@@ -305,7 +313,10 @@ impl TrafficCounter {
             counts: Vec::new(),
             members: FxHashSet::default(),
             at_least: FxHashSet::default(),
-            stats: Stats::default(),
+            stats: Stats {
+                in_windows: vec![0; spec_windows],
+                ..Stats::default()
+            },
         }
     }
 
@@ -352,11 +363,15 @@ impl TrafficCounter {
     /// Counts one usable record.
     pub fn add_hit(&mut self, hit: Hit) {
         self.stats.records += 1;
+        self.stats.newest_ms = self.stats.newest_ms.max(Some(hit.timestamp_ms));
         let age_ms = self.spec.end_ms - hit.timestamp_ms;
         let widest = *self.windows_ms.last().expect("at least one window");
         if !(0..widest).contains(&age_ms) {
             self.stats.outside_window += 1;
             return;
+        }
+        for (records, &window) in self.stats.in_windows.iter_mut().zip(&self.windows_ms) {
+            *records += u64::from(age_ms < window);
         }
         let windows = self.windows_ms.len();
         let ip = hit.client_ip.to_canonical();
@@ -463,6 +478,13 @@ impl TrafficCounter {
         self.stats.records += stats.records;
         self.stats.malformed += stats.malformed;
         self.stats.outside_window += stats.outside_window;
+        if self.stats.in_windows.len() < stats.in_windows.len() {
+            self.stats.in_windows.resize(stats.in_windows.len(), 0);
+        }
+        for (mine, theirs) in self.stats.in_windows.iter_mut().zip(stats.in_windows) {
+            *mine += theirs;
+        }
+        self.stats.newest_ms = self.stats.newest_ms.max(stats.newest_ms);
         self.stats.bytes += stats.bytes;
         self.stats.incomplete.extend(stats.incomplete);
         self.stats.split_queries += stats.split_queries;

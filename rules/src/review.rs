@@ -71,6 +71,61 @@ impl fmt::Display for Flag {
     }
 }
 
+/// What an exception grants, as fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Granted {
+    /// An allow entry that is never blocked.
+    Exempt,
+    /// An allow entry blocked only at `requests` or more in a tier's window.
+    RequestsAtLeast {
+        /// The entry's own threshold.
+        requests: u32,
+    },
+    /// A tenant override.
+    Override {
+        /// The plan whose limits the tenant gets instead of its own, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        plan: Option<String>,
+        /// Limits of the tenant's own (empty with a plan, or with classes
+        /// only).
+        limits: Vec<LimitFields>,
+        /// The route classes it raises, each with its limits.
+        classes: Vec<ClassGrant>,
+    },
+}
+
+/// One limit of a tenant override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct LimitFields {
+    /// Requests allowed per period.
+    pub requests: u32,
+    /// The period, in seconds.
+    pub per_seconds: u32,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+/// A route class a tenant override raises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct ClassGrant {
+    /// The class.
+    pub class: String,
+    /// Its limits for the tenant.
+    pub limits: Vec<LimitFields>,
+}
+
+fn limit_fields(limits: &[Limit]) -> Vec<LimitFields> {
+    limits
+        .iter()
+        .map(|l| LimitFields {
+            requests: l.requests.get(),
+            per_seconds: l.per_seconds.get(),
+            burst: l.burst.get(),
+        })
+        .collect()
+}
+
 /// One exception, as ops review it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ReviewItem {
@@ -81,6 +136,8 @@ pub struct ReviewItem {
     /// What it grants: `exempt`, `requests >= N`, `plan NAME` or limits,
     /// then for an override each class it raises: `exports 100/3600s`.
     pub grants: String,
+    /// The same as fields, for scripts.
+    pub grant: Granted,
     /// Who answers for it.
     pub owner: String,
     /// Why it exists.
@@ -126,6 +183,11 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
                 grants: entry
                     .requests
                     .map_or("exempt".to_owned(), |r| format!("requests >= {r}")),
+                grant: entry
+                    .requests
+                    .map_or(Granted::Exempt, |r| Granted::RequestsAtLeast {
+                        requests: r.get(),
+                    }),
                 owner: entry.owner.clone(),
                 reason: entry.reason.clone(),
                 expires: entry.expires.to_string(),
@@ -154,6 +216,7 @@ pub fn review(policy: &Policy) -> Vec<ReviewItem> {
             kind: ItemKind::TenantOverride,
             subject: o.tenant.to_string(),
             grants: describe_override(o),
+            grant: override_grant(o),
             owner: o.owner.clone(),
             reason: o.reason.clone(),
             expires: o.expires.to_string(),
@@ -206,6 +269,27 @@ pub fn add_usage(
         if count == 0 {
             item.flags.push(Flag::Unused);
         }
+    }
+}
+
+/// [`describe_override`] as fields.
+fn override_grant(entry: &TenantOverride) -> Granted {
+    let (plan, limits) = match &entry.grant {
+        Some(Grant::Plan(plan)) => (Some(plan.to_string()), Vec::new()),
+        Some(Grant::Limits(limits)) => (None, limit_fields(limits)),
+        None => (None, Vec::new()),
+    };
+    Granted::Override {
+        plan,
+        limits,
+        classes: entry
+            .classes
+            .iter()
+            .map(|c| ClassGrant {
+                class: c.class.to_string(),
+                limits: limit_fields(&c.limits),
+            })
+            .collect(),
     }
 }
 

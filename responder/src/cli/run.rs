@@ -266,6 +266,27 @@ fn describe(lease: &LeaseLine) -> String {
     }
 }
 
+/// `records in the windows: 60 s 120, 300 s 540; newest record
+/// 2026-11-22T08:59:58Z (2 s before the cycle's time)`, as far as the
+/// source could tell.
+fn window_line(report: &CycleReport) -> Option<String> {
+    let windows: Vec<String> = report
+        .records_per_window
+        .iter()
+        .map(|w| format!("{} s {}", w.window_seconds, w.records))
+        .collect();
+    let mut parts = Vec::new();
+    if !windows.is_empty() {
+        parts.push(format!("records in the windows: {}", windows.join(", ")));
+    }
+    if let (Some(newest), Some(age)) = (&report.newest_record, report.newest_record_age_seconds) {
+        parts.push(format!(
+            "newest record {newest} ({age} s before the cycle's time)"
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; ") + "\n")
+}
+
 /// A short summary for people.
 fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
     let mut out = String::new();
@@ -273,6 +294,9 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
         "read {} records ({} malformed) in {:.2} s; mode {}\n",
         report.records, report.malformed, report.seconds, report.mode
     ));
+    if let Some(line) = window_line(report) {
+        out.push_str(&line);
+    }
     if report.stale {
         let newest = report.newest_record.as_deref().unwrap_or("none at all");
         out.push_str(&format!(

@@ -499,6 +499,9 @@ struct QueryResult {
     /// Each head's prefix, requests and distinct addresses.
     heads: Vec<(IpNet, u32, u32)>,
     bytes_scanned: u64,
+    /// Log events the query's filters matched (before its `stats`), when
+    /// the service said.
+    records_matched: Option<u64>,
     malformed_rows: u64,
 }
 
@@ -707,6 +710,9 @@ impl Query {
             bytes_scanned: results
                 .statistics()
                 .map_or(0, |s| s.bytes_scanned().max(0.0) as u64),
+            records_matched: results
+                .statistics()
+                .map(|s| s.records_matched().max(0.0) as u64),
             malformed_rows,
             query: self,
         }
@@ -1116,6 +1122,23 @@ impl Passes<'_> {
     }
 }
 
+/// Records in each of the spec's windows: the `recordsMatched` of the
+/// first pass's queries over all requests, whose address ranges (split or
+/// not) hold every client once. Empty when no tier reads a window over all
+/// requests, or the service gave no statistics (moto gives none).
+fn records_per_window(spec: &CountSpec, first: &[QueryResult]) -> Vec<u64> {
+    let per_window = spec.windows().iter().map(|&window_seconds| {
+        let whole = Slice {
+            window_seconds,
+            scope: None,
+        };
+        let mut queries = first.iter().filter(|r| r.query.slice == whole).peekable();
+        queries.peek()?;
+        queries.map(|r| r.records_matched).sum::<Option<u64>>()
+    });
+    per_window.collect::<Option<Vec<u64>>>().unwrap_or_default()
+}
+
 impl LogSource for CloudWatchInsightsSource {
     async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
         let partitions = self.partitions();
@@ -1155,6 +1178,7 @@ impl LogSource for CloudWatchInsightsSource {
         let mut counter = TrafficCounter::new(spec.clone());
         let stats = passes.add_results(&mut counter, &first);
         counter.add_stats(stats);
+        counter.stats_mut().in_windows = records_per_window(spec, &first);
         if !second.is_empty() {
             let queries = second.len() as u64;
             let second = self.run_split(&passes, second, &mut budget).await?;

@@ -204,6 +204,56 @@ fn review_json_flags_expired_duplicate_and_overlapping_entries() {
 }
 
 #[test]
+fn review_json_gives_each_grant_as_fields_beside_its_prose() {
+    let output = floodgate(&[
+        "review",
+        "--config",
+        "examples/floodgate.toml",
+        "--now",
+        NOW,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let item = |subject: &str| -> (Value, Value) {
+        let items = document["items"].as_array().unwrap();
+        let item = items.iter().find(|i| i["subject"] == subject).unwrap();
+        (item["grants"].clone(), item["grant"].clone())
+    };
+    let (prose, fields) = item("198.51.100.0/24");
+    assert_eq!(prose, "requests >= 20000");
+    assert_eq!(
+        fields,
+        serde_json::json!({"kind": "requests-at-least", "requests": 20000})
+    );
+    let (prose, fields) = item("192.0.2.10/32");
+    assert_eq!(prose, "exempt");
+    assert_eq!(fields, serde_json::json!({"kind": "exempt"}));
+    let (prose, fields) = item("acme-corp");
+    assert_eq!(prose, "plan enterprise");
+    assert_eq!(
+        fields,
+        serde_json::json!({"kind": "override", "plan": "enterprise", "limits": [], "classes": []})
+    );
+    let (prose, fields) = item("globex");
+    assert_eq!(prose, "300/1s burst 600");
+    assert_eq!(
+        fields,
+        serde_json::json!({"kind": "override", "classes": [],
+            "limits": [{"requests": 300, "per_seconds": 1, "burst": 600}]})
+    );
+    let (prose, fields) = item("initech");
+    assert_eq!(prose, "exports 50/3600s");
+    assert_eq!(
+        fields,
+        serde_json::json!({"kind": "override", "limits": [], "classes": [
+            {"class": "exports", "limits": [{"requests": 50, "per_seconds": 3600, "burst": 50}]}
+        ]})
+    );
+}
+
+#[test]
 fn review_of_an_invalid_policy_exits_1() {
     let output = floodgate(&["review", "--config", "rules/tests/broken/host-bits.toml"]);
     assert_eq!(output.status.code(), Some(1));

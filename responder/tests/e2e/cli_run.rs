@@ -761,6 +761,66 @@ fn a_block_that_starts_at_the_last_step_is_not_called_0_minutes_issue_18() {
     assert!(html.contains("<td>from the last step</td>"));
 }
 
+/// Each tier window's records, and the newest record, against a count of
+/// the sample's timestamps made here (issue 35).
+#[test]
+fn the_report_says_how_many_records_fell_in_each_window() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let minute_tier = "\n[[tiers]]\nname = \"minute\"\nrequests = 1200\nwindow_seconds = 60\naction = \"block\"\nblock_minutes = 5\n";
+    let policy = policy_in(
+        dir.path(),
+        &workspace_root().join("examples/logs"),
+        minute_tier,
+    );
+    let now_ms: i64 = 1_795_169_100_000; // 2026-11-20T10:05:00Z
+    let sample =
+        std::fs::File::open(workspace_root().join("examples/logs/sample.jsonl.gz")).unwrap();
+    let timestamps: Vec<i64> = std::io::BufReader::new(flate2::read::GzDecoder::new(sample))
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(&line.unwrap()).unwrap()["timestamp"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let within = |seconds: i64| {
+        let inside = |ts: &&i64| now_ms - seconds * 1000 < **ts && **ts <= now_ms;
+        timestamps.iter().filter(inside).count()
+    };
+    let newest = *timestamps.iter().max().unwrap();
+
+    let output = run_at(dir.path(), &policy, "2026-11-20T10:05:00Z");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["records_per_window"],
+        serde_json::json!([
+            {"window_seconds": 60, "records": within(60)},
+            {"window_seconds": 300, "records": within(300)},
+        ]),
+        "{report}"
+    );
+    assert!(within(60) > 0 && within(60) < within(300));
+    assert_eq!(report["records_in_window"], within(300));
+    assert_eq!(
+        report["newest_record_age_seconds"],
+        (now_ms - newest) / 1000
+    );
+
+    let text = stdout(&run_with(
+        dir.path(),
+        &policy,
+        "2026-11-20T10:05:00Z",
+        &["--format", "table"],
+    ));
+    let expected = format!(
+        "records in the windows: 60 s {}, 300 s {}; newest record ",
+        within(60),
+        within(300)
+    );
+    assert!(text.contains(&expected), "{text}");
+}
+
 /// A window with no record says so, with the newest record's time: a log
 /// feed that stopped must not look like a quiet day (issue 35).
 #[test]
