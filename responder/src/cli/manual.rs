@@ -189,7 +189,7 @@ fn override_ledger(
 }
 
 /// An address (a /32 or /128) or a range without host bits.
-fn parse_net(text: &str) -> Result<IpNet, CliError> {
+pub(super) fn parse_net(text: &str) -> Result<IpNet, CliError> {
     let net = match text.parse::<IpNet>() {
         Ok(net) => net,
         Err(_) => text

@@ -16,6 +16,7 @@ mod review;
 mod run;
 mod status;
 mod top;
+mod why;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -100,6 +101,13 @@ pub enum Command {
     /// End the blocks an address or range has on every target now, and keep
     /// detection from blocking it again for --suppress-minutes. Exit as for run.
     Unblock(UnblockArgs),
+    /// Why is this address (or range) blocked, or not? From the ledger and
+    /// the targets: by which block (tier, requests, source, when seen,
+    /// offences, the next block's length), where (each target, in sync or
+    /// not), until when, which allow-list entry covers it, and the exact
+    /// `floodgate unblock` command. Writes nothing. Exit 0 answered, 2 a
+    /// target could not be read, 1 bad input.
+    Why(WhyArgs),
     /// Replay historical WAF logs through detection and planning with the
     /// clock stepping from --from to --to: which addresses would have been
     /// blocked, for how long, the requests that would have stopped, the
@@ -260,6 +268,21 @@ pub struct PlanArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The policy, and the time to report at (`--now`).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `floodgate why`.
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// The address or range, such as 203.0.113.7 or 2001:db8::/64.
+    #[arg(value_name = "IP|CIDR")]
+    pub subject: String,
+    /// The policy (its ledger, targets and allow-list), and the time to
+    /// answer at (`--now`).
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Output format.
@@ -536,6 +559,7 @@ pub fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Status(args) => status::run(&args),
         Command::Block(args) => manual::block(&args),
         Command::Unblock(args) => manual::unblock(&args),
+        Command::Why(args) => why::run(&args),
         Command::Backtest(args) => backtest::run(&args),
         Command::Top(args) => top::run(&args),
         Command::GenLogs(args) => gen_logs::run(&args),
@@ -636,6 +660,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("run", schema::<crate::cycle::CycleReport>()),
         ("plan", schema::<plan::PlanReport>()),
         ("status", schema::<status::StatusReport>()),
+        ("why", schema::<why::WhyReport>()),
         ("top", schema::<top::TopReport>()),
         ("review", schema::<review::ReviewReport>()),
         ("backtest", schema::<backtest::BacktestReport>()),

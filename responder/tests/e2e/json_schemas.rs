@@ -81,6 +81,22 @@ fn every_json_output_is_valid_against_its_schema() {
             ),
         ),
         (
+            "why",
+            json_of(
+                dir.path(),
+                &[
+                    "why",
+                    "203.0.113.0/24",
+                    "--config",
+                    policy,
+                    "--now",
+                    now,
+                    "--format",
+                    "json",
+                ],
+            ),
+        ),
+        (
             "status",
             json_of(
                 dir.path(),

@@ -14,6 +14,7 @@ mod kubernetes;
 mod moto_e2e;
 mod readme;
 mod s3_e2e;
+mod why;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
