@@ -78,7 +78,10 @@ pub enum Command {
     Check(CheckArgs),
     /// List every allow-list exception and tenant override with its owner,
     /// reason and expiry, flagged when it is too broad, overlapping,
-    /// duplicate or expired.
+    /// duplicate or expired. With --base, review a change instead: what it
+    /// adds, removes, widens or extends, the traffic each change touches
+    /// (--logs) and the blocks in force it would end; exit 2 when a change
+    /// needs a second reviewer.
     Review(ReviewArgs),
     /// Run responder cycles: detect offenders in the policy's [source], plan
     /// blocks against the ledger, write every [[targets]] entry, save the
@@ -182,9 +185,31 @@ pub struct ReviewArgs {
     /// What wrote the logs.
     #[command(flatten)]
     pub logs_from: LogsFromArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+    /// Review the change from this version of the policy: a file, or a git
+    /// revision (main, HEAD~1, a commit) of the --config file, read with
+    /// `git show REV:./FILE` from the file's folder. Lists each exception,
+    /// override, tier and plan added, removed, widened, extended or
+    /// narrowed, with the traffic of --logs inside each changed exception
+    /// and the blocks in force (from the ledger) it would end. Exit 2 when
+    /// a change needs a second reviewer: an exception wider than a /24 (or
+    /// /48), one lasting over a year, a new owner, a loosened block tier, or
+    /// blocks it would end now.
+    #[arg(long, value_name = "FILE|REV")]
+    pub base: Option<String>,
+    /// Output format: markdown for a pull-request comment.
+    #[arg(long, value_enum, default_value_t = ReviewFormat::Table)]
+    pub format: ReviewFormat,
+}
+
+/// How `review` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReviewFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for tools.
+    Json,
+    /// A Markdown table, for a pull-request comment.
+    Markdown,
 }
 
 /// `--logs-from`, beside `--logs`.
@@ -508,6 +533,8 @@ pub enum Status {
     Partial,
     /// Exit 2: `plan --detailed-exitcode` found changes to make.
     Changes,
+    /// Exit 2: `review --base` found a change that needs a second reviewer.
+    NeedsReview,
     /// Exit 1: `healthcheck` found the daemon unhealthy or not answering.
     Unhealthy,
 }
@@ -518,7 +545,7 @@ impl Status {
         match self {
             Status::Success => 0,
             Status::Invalid | Status::Unhealthy => 1,
-            Status::Partial | Status::Changes => 2,
+            Status::Partial | Status::Changes | Status::NeedsReview => 2,
         }
     }
 }
@@ -635,11 +662,12 @@ fn load_policy(args: &PolicyArgs) -> Result<Option<floodgate_rules::LoadedPolicy
     }
 }
 
-/// `1 error`, `2 errors`, `2 allow entries`.
+/// `1 error`, `2 errors`, `2 allow entries`, `2 addresses`.
 fn plural(count: usize, noun: &str) -> String {
     match (count, noun.strip_suffix('y')) {
         (1, _) => format!("{count} {noun}"),
         (_, Some(stem)) => format!("{count} {stem}ies"),
+        (_, None) if noun.ends_with('s') => format!("{count} {noun}es"),
         (_, None) => format!("{count} {noun}s"),
     }
 }
@@ -663,6 +691,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("why", schema::<why::WhyReport>()),
         ("top", schema::<top::TopReport>()),
         ("review", schema::<review::ReviewReport>()),
+        ("review-diff", schema::<review::DiffReport>()),
         ("backtest", schema::<backtest::BacktestReport>()),
     ]
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use super::{floodgate_bin, local_policy, stderr, workspace_root};
 
-const GOLDEN: &str = "fixtures/golden/reports.txt";
+const GOLDEN: &str = "reports.txt";
 
 /// examples/local.toml reading the committed sample, with `extra` appended.
 fn policy_in(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -188,13 +188,15 @@ fn reports() -> String {
     out.join("\n")
 }
 
-#[test]
-fn reports_match_the_golden_file() {
-    let actual = reports();
-    let path = workspace_root().join("responder/tests").join(GOLDEN);
+/// Compares `actual` with the golden file `name` under
+/// responder/tests/fixtures/golden/ (rewritten first with FLOODGATE_BLESS).
+fn assert_golden(name: &str, actual: &str) {
+    let path = workspace_root()
+        .join("responder/tests/fixtures/golden")
+        .join(name);
     if std::env::var_os("FLOODGATE_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
+        std::fs::write(&path, actual).unwrap();
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; create it with FLOODGATE_BLESS=1", path.display()));
@@ -205,10 +207,96 @@ fn reports_match_the_golden_file() {
             .position(|(a, e)| a != e)
             .unwrap_or(actual.lines().count().min(expected.lines().count()));
         panic!(
-            "reports differ from {GOLDEN} from line {}:\n  actual:   {:?}\n  expected: {:?}\n(FLOODGATE_BLESS=1 regenerates it)",
+            "output differs from {name} from line {}:\n  actual:   {:?}\n  expected: {:?}\n(FLOODGATE_BLESS=1 regenerates it)",
             first + 1,
             actual.lines().nth(first),
             expected.lines().nth(first)
         );
     }
+}
+
+#[test]
+fn reports_match_the_golden_file() {
+    assert_golden(GOLDEN, &reports());
+}
+
+/// `review --base` on a fixture pair (responder/tests/fixtures/review/), in
+/// every format, after the base's cycle blocked the sample's attackers; and
+/// against a git revision. The JSON is also checked against its schema.
+#[test]
+fn policy_changes_are_reviewed_as_the_golden_file_says() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        workspace_root().join("examples"),
+        dir.path().join("examples"),
+    )
+    .unwrap();
+    let fixtures = workspace_root().join("responder/tests/fixtures/review");
+    for name in ["base.toml", "head.toml"] {
+        std::fs::copy(fixtures.join(name), dir.path().join(name)).unwrap();
+    }
+    let (base, head) = (dir.path().join("base.toml"), dir.path().join("head.toml"));
+    floodgate(
+        dir.path(),
+        &base,
+        "2026-11-20T10:05:00Z",
+        &["run", "--once"],
+    );
+    let now = "2026-11-20T10:06:00Z";
+    let review = |policy: &Path, args: &[&str]| {
+        floodgate(dir.path(), policy, now, &[&["review"], args].concat())
+    };
+    let logs = ["--logs", "examples/logs"];
+    let mut out = vec![review(
+        &head,
+        &[&["--base", "base.toml"][..], &logs].concat(),
+    )];
+    out.push(review(
+        &head,
+        &["--base", "base.toml", "--format", "markdown"],
+    ));
+    let json = review(
+        &head,
+        &[&["--base", "base.toml", "--format", "json"][..], &logs].concat(),
+    );
+    // After the command line and its exit code.
+    let printed = json.splitn(3, '\n').nth(2).unwrap();
+    let document: serde_json::Value = serde_json::from_str(printed).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("docs/schemas/review-diff.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let errors: Vec<String> = jsonschema::validator_for(&schema)
+        .unwrap()
+        .iter_errors(&document)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    out.push(json);
+    out.push(review(&base, &["--base", "base.toml"]));
+
+    // Against the last commit of the file, as a CI job reviews a branch.
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "git {args:?}: {}", stderr(&status));
+    };
+    git(&["init", "-q"]);
+    std::fs::copy(&base, dir.path().join("floodgate.toml")).unwrap();
+    git(&["add", "floodgate.toml"]);
+    git(&["commit", "-q", "-m", "the policy in production"]);
+    std::fs::copy(&head, dir.path().join("floodgate.toml")).unwrap();
+    out.push(review(
+        &dir.path().join("floodgate.toml"),
+        &["--base", "HEAD"],
+    ));
+    let out = out
+        .join("\n")
+        .replace(dir.path().to_str().unwrap(), "<dir>");
+    assert_golden("review-diff.txt", &out);
 }

@@ -16,6 +16,8 @@
 //! assert_eq!(items[0].flags, vec![Flag::Expired]);
 //! ```
 
+pub mod diff;
+
 use std::fmt;
 use std::net::IpAddr;
 
