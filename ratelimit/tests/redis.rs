@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use floodgate_ratelimit::{
-    Backend, FALLBACK_TOTAL, RateLimitHandle, RedisSettings, Tenant, TenantRateLimitLayer,
+    Backend, FALLBACK_TOTAL, REQUESTS_TOTAL, RateLimitHandle, RedisSettings, Tenant,
+    TenantRateLimitLayer,
 };
 use floodgate_rules::policy::Quotas;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -561,4 +562,63 @@ async fn a_redis_that_is_down_at_start_up_does_not_stop_the_service() {
         2,
         "a quarter of the quota"
     );
+}
+
+/// Every `floodgate_…` series name a Grafana dashboard's panels query.
+fn dashboard_series(path: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("floodgate_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+/// Every series the middleware's Grafana dashboard
+/// (infra/dashboards/ratelimit.json) queries is one the layer serves once
+/// it has decided requests: by plan and outcome, and the Redis backend's
+/// fallbacks (Redis is down here, so every check falls back).
+#[tokio::test]
+async fn the_rate_limit_dashboard_queries_only_series_the_layer_serves() {
+    let port = free_port();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (mut service, _handle) = metrics::with_local_recorder(&recorder, || {
+        let url = format!("redis://127.0.0.1:{port}");
+        service(
+            &common::quotas(EIGHT_A_MINUTE),
+            redis_at(&url, Duration::from_millis(250), 4),
+        )
+    });
+    admitted(&mut service, &fresh_tenant("dashboard"), 3).await;
+    let served: std::collections::BTreeSet<String> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, _)| key.key().name().to_owned())
+        .collect();
+    let dashboard =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/dashboards/ratelimit.json");
+    let queried = dashboard_series(&dashboard);
+    assert_eq!(
+        queried,
+        [REQUESTS_TOTAL, FALLBACK_TOTAL]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        "the dashboard draws both of the layer's series"
+    );
+    for name in &queried {
+        assert!(served.contains(name), "{name} is not served: {served:?}");
+    }
 }

@@ -9,7 +9,7 @@
 //!
 //! Everything that can fail on bad input fails before anything is written.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use floodgate_rules::Policy;
@@ -156,8 +156,18 @@ pub struct CycleReport {
     /// repaired them: keys there may be counted short, so the cycle exits
     /// 2. Empty when every count is exact.
     pub incomplete: Vec<CutCount>,
+    /// What read the logs: `files`, `s3`, `insights` (Logs Insights) or
+    /// `events` (raw CloudWatch Logs events).
+    pub source: &'static str,
     /// Offenders per tier, in the policy's tier order.
     pub offenders_per_tier: Vec<TierOffenders>,
+    /// Clients inside an allow-list entry that reached a tier and were not
+    /// blocked, and their requests in the report window: what the
+    /// allow-list let through.
+    pub allow_listed: AllowListed,
+    /// Blocks in force in the ledger after the cycle, per tier in the
+    /// policy's order (then `manual` and any tier no longer in it).
+    pub blocks_in_force: Vec<TierBlocks>,
     /// New blocks.
     pub added: Vec<String>,
     /// Blocks extended because the offender is still active.
@@ -183,6 +193,9 @@ pub struct CycleReport {
     pub bytes_read: u64,
     /// With Logs Insights: what scanning `bytes_read` cost, in US dollars.
     pub insights_estimated_cost_usd: Option<f64>,
+    /// With Logs Insights: the queries the count ran, every pass and split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insights_queries: Option<u64>,
     /// With Logs Insights over several regions or log-group chunks: the
     /// second pass that made each count exact (its bytes are in
     /// `bytes_read` and the cost).
@@ -249,6 +262,39 @@ impl Phases {
     }
 }
 
+/// How many blocks of one tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct TierBlocks {
+    /// The tier's name, or `manual`.
+    pub tier: String,
+    /// Blocks (addresses and ranges).
+    pub blocks: usize,
+}
+
+/// What the allow-list let through in a cycle.
+#[derive(Debug, Clone, Copy, Default, Serialize, schemars::JsonSchema)]
+pub struct AllowListed {
+    /// Clients inside an allow-list entry that reached a tier and were not
+    /// blocked: an observe tier, or under the entry's own threshold.
+    pub offenders: usize,
+    /// Their requests in the report window.
+    pub requests: u64,
+}
+
+/// The offenders inside an allow-list entry that no block tier took.
+fn allow_listed(policy: &Policy, offenders: &[Offender]) -> AllowListed {
+    let blocks = |tier: &floodgate_rules::policy::TierName| {
+        policy.tiers.iter().any(|t| &t.name == tier && t.blocks())
+    };
+    let spared = offenders
+        .iter()
+        .filter(|o| o.allow_entry.is_some() && !o.tier.as_ref().is_some_and(blocks));
+    spared.fold(AllowListed::default(), |total, o| AllowListed {
+        offenders: total.offenders + 1,
+        requests: total.requests + u64::from(o.requests),
+    })
+}
+
 /// How many offenders reached one tier.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct TierOffenders {
@@ -279,6 +325,12 @@ pub struct TargetLine {
     /// Addresses removed from its sets that the ledger never recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub strangers_removed: Vec<String>,
+    /// The entries its sets hold after the cycle, per tier of the block
+    /// each comes from: after aggregation, so neighbouring blocks merged
+    /// into one range count once, and a range the allow-list was cut out
+    /// of counts once per piece. `null` when it failed, or when nothing
+    /// was written (observe mode, a standby).
+    pub held: Option<Vec<TierBlocks>>,
     /// For a failed target, the kind of failure: `throttled`,
     /// `unavailable`, `denied`, `not_found`, `invalid`, `conflict` or
     /// `fenced`.
@@ -766,6 +818,7 @@ fn report(
     let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
     let offenders = &prepared.offenders;
     let stats = prepared.stats;
+    let wrote_nothing = planned.observe_only || matches!(standing, Some(Standing::Waiting { .. }));
     CycleReport {
         mode: match standing {
             Some(Standing::Waiting { .. }) => "standby",
@@ -798,6 +851,18 @@ fn report(
                 }
             })
             .collect(),
+        source: policy
+            .source
+            .as_ref()
+            .map_or("files", LogSourceConfig::kind),
+        allow_listed: allow_listed(policy, offenders),
+        blocks_in_force: by_tier(
+            policy,
+            planned
+                .ledger
+                .active(prepared.now_ms)
+                .map(|e| e.tier.as_str()),
+        ),
         added: text(&held_somewhere(&planned, &reports)),
         extended: text(&planned.extended),
         expired: text(&planned.expired),
@@ -826,11 +891,14 @@ fn report(
                     Outcome::Failed(error) => Some(error.kind.name()),
                     _ => None,
                 },
+                held: (!wrote_nothing && !matches!(r.outcome, Outcome::Failed(_)))
+                    .then(|| held_by_tier(policy, &planned, r)),
             })
             .collect(),
         bytes_read: stats.bytes,
         insights_estimated_cost_usd: uses_insights(policy)
             .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
+        insights_queries: uses_insights(policy).then_some(stats.queries),
         insights_second_pass: uses_insights(policy).then_some(stats.second_pass),
         insights_split_queries: uses_insights(policy).then_some(stats.split_queries),
         s3_objects: matches!(policy.source, Some(LogSourceConfig::S3(_))).then_some(ObjectCounts {
@@ -840,6 +908,45 @@ fn report(
         phases: prepared.phases.done,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// Counts per tier name, in the policy's tier order, then other names
+/// (`manual`, a tier since removed) in name order; tiers with none left out.
+fn by_tier<'t>(policy: &Policy, tiers: impl Iterator<Item = &'t str>) -> Vec<TierBlocks> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for tier in tiers {
+        *counts.entry(tier).or_default() += 1;
+    }
+    let mut out: Vec<TierBlocks> = policy
+        .tiers
+        .iter()
+        .filter_map(|t| {
+            let blocks = counts.remove(t.name.as_str())?;
+            Some(TierBlocks {
+                tier: t.name.to_string(),
+                blocks,
+            })
+        })
+        .collect();
+    out.extend(counts.into_iter().map(|(tier, blocks)| TierBlocks {
+        tier: tier.to_owned(),
+        blocks,
+    }));
+    out
+}
+
+/// What a target's sets hold after its write, per tier: the plan's sets
+/// less what it left out.
+fn held_by_tier(policy: &Policy, planned: &BlockPlan, report: &TargetReport) -> Vec<TierBlocks> {
+    let left_out: HashSet<IpNet> = report.left_out.iter().map(|l| l.net).collect();
+    let held = planned
+        .ipv4
+        .iter()
+        .chain(&planned.ipv6)
+        .flatten()
+        .filter(|net| !left_out.contains(net))
+        .filter_map(|net| planned.notes.get(net).map(|note| note.tier.as_str()));
+    by_tier(policy, held)
 }
 
 /// The plan's additions that some target holds now: an addition every
@@ -912,5 +1019,93 @@ fn source_label(policy: &Policy) -> String {
             .join(","),
         Some(LogSourceConfig::S3(s3)) => format!("s3://{}/{}", s3.bucket, s3.prefix),
         _ => "files".to_owned(),
+    }
+}
+
+/// A report with every part, for the unit tests of what reads reports.
+#[cfg(test)]
+pub(crate) mod test_report {
+    use super::*;
+
+    /// A report with every part a cycle can have: Logs Insights and S3
+    /// counts (one source would not have both), a lease, and a target that
+    /// failed after one that wrote.
+    pub(crate) fn report(holder: &str, held: usize) -> CycleReport {
+        let target = |name: &str, failure: Option<&'static str>| TargetLine {
+            target: name.to_owned(),
+            outcome: String::new(),
+            state: if failure.is_some() {
+                "failed"
+            } else {
+                "updated"
+            },
+            added: 0,
+            removed: 0,
+            left_out: Vec::new(),
+            strangers_removed: Vec::new(),
+            held: failure.is_none().then(|| {
+                vec![TierBlocks {
+                    tier: "block".to_owned(),
+                    blocks: held,
+                }]
+            }),
+            failure,
+        };
+        CycleReport {
+            version: 1,
+            mode: "enforce",
+            started: String::new(),
+            records: 10,
+            malformed: 1,
+            records_in_window: 9,
+            records_per_window: Vec::new(),
+            newest_record: None,
+            newest_record_age_seconds: None,
+            stale: false,
+            incomplete: Vec::new(),
+            source: "insights",
+            offenders_per_tier: vec![TierOffenders {
+                tier: "block".to_owned(),
+                offenders: 2,
+            }],
+            allow_listed: AllowListed::default(),
+            blocks_in_force: (held > 0)
+                .then(|| TierBlocks {
+                    tier: "block".to_owned(),
+                    blocks: held,
+                })
+                .into_iter()
+                .collect(),
+            added: Vec::new(),
+            extended: Vec::new(),
+            expired: Vec::new(),
+            held_back: Vec::new(),
+            dropped: Vec::new(),
+            suppressed: Vec::new(),
+            adopted: Vec::new(),
+            lease: Some(LeaseLine {
+                state: "held",
+                holder: holder.to_owned(),
+                fence: Some(7),
+                expires: None,
+                error: None,
+            }),
+            targets: vec![target("eu", None), target("us", Some("throttled"))],
+            api_calls: 3,
+            bytes_read: 1000,
+            insights_estimated_cost_usd: Some(0.25),
+            insights_queries: Some(12),
+            insights_second_pass: None,
+            insights_split_queries: None,
+            s3_objects: Some(ObjectCounts {
+                read: 4,
+                skipped: 1,
+            }),
+            phases: vec![Phase {
+                phase: "read",
+                seconds: 0.2,
+            }],
+            seconds: 0.3,
+        }
     }
 }

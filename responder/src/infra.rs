@@ -901,6 +901,7 @@ fn add_service(template: &mut Value, policy: &Policy, infra: &Infra) {
         "TreatMissingData": "breaching",
         "AlarmActions": actions.clone(),
     } });
+    resources["Dashboard"] = dashboard(policy, name);
     let period = stale_alarm_period_seconds(policy);
     resources["NoSuccessfulCycleAlarm"] = json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": {
         "AlarmDescription": format!("No floodgate responder cycle has succeeded for three schedule periods ({} s): its /healthz is failing too", 3 * period),
@@ -919,6 +920,74 @@ fn add_service(template: &mut Value, policy: &Policy, infra: &Infra) {
 
 /// The namespace of the metrics `floodgate run --emf-metrics` writes.
 pub const EMF_NAMESPACE: &str = "Floodgate";
+
+/// The responder's CloudWatch dashboard: the metrics `--emf-metrics`
+/// writes, by panel (title, then each metric and its statistic), for users
+/// without Prometheus. Logs Insights' cost and S3's skipped objects appear
+/// with those sources.
+fn dashboard(policy: &Policy, name: &str) -> Value {
+    let mut panels: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        (
+            "Cycles",
+            vec![("SuccessfulCycles", "Sum"), ("CycleSeconds", "Maximum")],
+        ),
+        (
+            "Blocks in force and offenders",
+            vec![("BlocksInForce", "Maximum"), ("Offenders", "Maximum")],
+        ),
+        (
+            "Failed targets and a stalled feed",
+            vec![("FailedTargets", "Sum"), ("SourceStale", "Maximum")],
+        ),
+        (
+            "Records",
+            vec![
+                ("RecordsRead", "Sum"),
+                ("RecordsInWindow", "Maximum"),
+                ("MalformedLines", "Sum"),
+            ],
+        ),
+        ("Bytes read", vec![("BytesRead", "Sum")]),
+        (
+            "Allow-listed requests",
+            vec![("AllowListedRequests", "Maximum")],
+        ),
+    ];
+    match policy.source.as_ref().map(LogSourceConfig::kind) {
+        Some("insights") => {
+            panels.push(("Logs Insights cost (USD)", vec![("InsightsCostUSD", "Sum")]))
+        }
+        Some("s3") => panels.push(("S3 objects skipped", vec![("S3ObjectsSkipped", "Sum")])),
+        _ => {}
+    }
+    let widgets: Vec<Value> = panels
+        .iter()
+        .enumerate()
+        .map(|(i, (title, metrics))| {
+            let lines: Vec<Value> = metrics
+                .iter()
+                .map(|(metric, stat)| json!([EMF_NAMESPACE, metric, "Responder", name, { "stat": stat }]))
+                .collect();
+            json!({
+                "type": "metric",
+                "x": (i % 2) * 12, "y": (i / 2) * 6, "width": 12, "height": 6,
+                "properties": {
+                    "title": title,
+                    "region": "${AWS::Region}",
+                    "view": "timeSeries",
+                    "period": 60,
+                    "metrics": lines,
+                },
+            })
+        })
+        .collect();
+    // Keys sorted, as in every JSON text the responder writes.
+    let body = crate::json_text::line(json!({ "widgets": widgets }));
+    json!({ "Type": "AWS::CloudWatch::Dashboard", "Properties": {
+        "DashboardName": format!("{name}-responder"),
+        "DashboardBody": { "Fn::Sub": body },
+    } })
+}
 
 /// One schedule period as a CloudWatch alarm period: whole minutes, at
 /// least one.

@@ -253,6 +253,8 @@ pub struct Stats {
     /// Server-side queries run over halves of a result the row limit cut
     /// (their bytes are in `bytes`).
     pub split_queries: u64,
+    /// Server-side queries run in all: every pass, and the splits.
+    pub queries: u64,
     /// Objects read whole (S3).
     pub objects: u64,
     /// Objects that could not be fetched or decoded, and were skipped (S3).
@@ -488,6 +490,7 @@ impl TrafficCounter {
         self.stats.bytes += stats.bytes;
         self.stats.incomplete.extend(stats.incomplete);
         self.stats.split_queries += stats.split_queries;
+        self.stats.queries += stats.queries;
         self.stats.second_pass.queries += stats.second_pass.queries;
         self.stats.second_pass.rows += stats.second_pass.rows;
         self.stats.second_pass.bytes += stats.second_pass.bytes;

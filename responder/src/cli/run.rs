@@ -33,7 +33,7 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
             emf_metrics: args.emf_metrics,
         };
         return runtime
-            .block_on(once(&policy, args.policy.now, output))
+            .block_on(once(&policy, args.policy.now, output, None))
             .map(|ran| ran.status);
     }
     if args.policy.now.is_some() {
@@ -119,9 +119,9 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         emf_metrics: args.emf_metrics,
     };
     let cycle = || {
-        let policy = Arc::clone(&policy);
+        let (policy, health) = (Arc::clone(&policy), Arc::clone(&health));
         async move {
-            match once(&policy, None, output).await {
+            match once(&policy, None, output, Some(&health)).await {
                 Ok(Ran {
                     status: Status::Success,
                     stale: true,
@@ -138,7 +138,7 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
             }
         }
     };
-    schedule_loop(&schedule, clock, health, shutdown, cycle).await;
+    schedule_loop(&schedule, clock, Arc::clone(&health), shutdown, cycle).await;
     release_lease(&policy).await;
     server.abort();
     tracing::info!("responder daemon stopped");
@@ -165,38 +165,50 @@ struct Ran {
 }
 
 /// Runs one cycle at `now` (the real time without it) and prints its
-/// report: the daemon's cycle, and `run --once`.
+/// report: the daemon's cycle (which hands the report to `health`'s
+/// metrics), and `run --once`.
 async fn once(
     policy: &Policy,
     now: Option<OffsetDateTime>,
     output: Output,
+    health: Option<&Health>,
 ) -> Result<Ran, CliError> {
     let started = Stopwatch::start();
     let result = report_cycle(policy, now, output).await;
+    if let (Some(health), Ok(report)) = (health, &result) {
+        health.record(report);
+    }
     if output.emf_metrics {
-        let succeeded = matches!(
-            result,
-            Ok(Ran {
-                status: Status::Success,
-                ..
-            })
-        );
-        let now_ms = unix_ms(clock_at(None).now());
         let name = policy
             .infra
             .as_ref()
             .map_or("floodgate", |i| i.name.as_str());
-        let line = emf_line(name, succeeded, started.elapsed().as_secs_f64(), now_ms);
+        let now_ms = unix_ms(clock_at(None).now());
+        let line = emf_line(
+            name,
+            result.as_ref().ok(),
+            started.elapsed().as_secs_f64(),
+            now_ms,
+        );
         write_stdout(&(line + "\n"))?;
     }
-    result
+    let report = result?;
+    Ok(Ran {
+        status: if report.complete() {
+            Status::Success
+        } else {
+            Status::Partial
+        },
+        stale: report.stale,
+    })
 }
 
+/// Runs one cycle and prints its report.
 async fn report_cycle(
     policy: &Policy,
     now: Option<OffsetDateTime>,
     output: Output,
-) -> Result<Ran, CliError> {
+) -> Result<CycleReport, CliError> {
     let real: Arc<dyn Clock> = Arc::from(clock_at(None));
     let parts = Parts::from_policy(policy, Arc::from(clock_at(now)), real).await?;
     let ledger = parts.ledger.label();
@@ -209,35 +221,83 @@ async fn report_cycle(
         Format::Table => summary(&report, policy, &ledger),
     };
     write_stdout(&text)?;
-    Ok(Ran {
-        status: if report.complete() {
-            Status::Success
-        } else {
-            Status::Partial
-        },
-        stale: report.stale,
-    })
+    Ok(report)
 }
 
-/// One CloudWatch embedded-metric-format record: whether the cycle
-/// succeeded, and how long it took.
-fn emf_line(responder: &str, succeeded: bool, seconds: f64, now_ms: i64) -> String {
-    crate::json_text::line(serde_json::json!({
-        "_aws": {
-            "Timestamp": now_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": crate::infra::EMF_NAMESPACE,
-                "Dimensions": [["Responder"]],
-                "Metrics": [
-                    { "Name": "SuccessfulCycles", "Unit": "Count" },
-                    { "Name": "CycleSeconds", "Unit": "Seconds" },
-                ],
-            }],
-        },
+/// One CloudWatch embedded-metric-format record of a cycle: whether it
+/// succeeded and how long it took, and, when it ran, what its report
+/// counts (the same as the daemon's `/metrics`, summed over tiers and
+/// targets).
+fn emf_line(responder: &str, report: Option<&CycleReport>, seconds: f64, now_ms: i64) -> String {
+    let succeeded = report.is_some_and(CycleReport::complete);
+    let mut record = serde_json::json!({
         "Responder": responder,
         "SuccessfulCycles": u8::from(succeeded),
         "CycleSeconds": seconds,
-    }))
+    });
+    let mut metrics = vec![
+        serde_json::json!({ "Name": "SuccessfulCycles", "Unit": "Count" }),
+        serde_json::json!({ "Name": "CycleSeconds", "Unit": "Seconds" }),
+    ];
+    if let Some(report) = report {
+        let failed = report
+            .targets
+            .iter()
+            .filter(|t| t.failure.is_some())
+            .count();
+        let counts = [
+            (
+                "BlocksInForce",
+                report
+                    .blocks_in_force
+                    .iter()
+                    .map(|t| t.blocks)
+                    .sum::<usize>() as f64,
+                "Count",
+            ),
+            (
+                "Offenders",
+                report
+                    .offenders_per_tier
+                    .iter()
+                    .map(|t| t.offenders)
+                    .sum::<usize>() as f64,
+                "Count",
+            ),
+            ("FailedTargets", failed as f64, "Count"),
+            (
+                "AllowListedRequests",
+                report.allow_listed.requests as f64,
+                "Count",
+            ),
+            ("RecordsRead", report.records as f64, "Count"),
+            ("RecordsInWindow", report.records_in_window as f64, "Count"),
+            ("MalformedLines", report.malformed as f64, "Count"),
+            ("BytesRead", report.bytes_read as f64, "Bytes"),
+            ("SourceStale", f64::from(u8::from(report.stale)), "Count"),
+        ];
+        for (name, value, unit) in counts {
+            record[name] = serde_json::json!(value);
+            metrics.push(serde_json::json!({ "Name": name, "Unit": unit }));
+        }
+        if let Some(cost) = report.insights_estimated_cost_usd {
+            record["InsightsCostUSD"] = serde_json::json!(cost);
+            metrics.push(serde_json::json!({ "Name": "InsightsCostUSD", "Unit": "None" }));
+        }
+        if let Some(objects) = report.s3_objects {
+            record["S3ObjectsSkipped"] = serde_json::json!(objects.skipped);
+            metrics.push(serde_json::json!({ "Name": "S3ObjectsSkipped", "Unit": "Count" }));
+        }
+    }
+    record["_aws"] = serde_json::json!({
+        "Timestamp": now_ms,
+        "CloudWatchMetrics": [{
+            "Namespace": crate::infra::EMF_NAMESPACE,
+            "Dimensions": [["Responder"]],
+            "Metrics": metrics,
+        }],
+    });
+    crate::json_text::line(record)
 }
 
 /// Where a cycle stood with the lease, for people.
@@ -379,4 +439,41 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
     }
     out.push_str(&format!("ledger: {ledger}\n"));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emf_line_carries_every_metric_its_directive_names() {
+        let report = crate::cycle::test_report::report("primary", 2);
+        let line: serde_json::Value =
+            serde_json::from_str(&emf_line("edge", Some(&report), 1.5, 0)).unwrap();
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        let names: Vec<&str> = directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in &names {
+            assert!(line[name].is_number(), "{name} missing in {line}");
+        }
+        for name in [
+            "InsightsCostUSD",
+            "S3ObjectsSkipped",
+            "BlocksInForce",
+            "FailedTargets",
+        ] {
+            assert!(names.contains(&name), "{name} not in {names:?}");
+        }
+        assert_eq!(line["BlocksInForce"], 2.0);
+        assert_eq!(line["FailedTargets"], 1.0);
+        assert_eq!(line["SuccessfulCycles"], 0, "a target failed");
+        let failed: serde_json::Value =
+            serde_json::from_str(&emf_line("edge", None, 1.5, 0)).unwrap();
+        assert_eq!(failed["SuccessfulCycles"], 0);
+        assert!(failed.get("BlocksInForce").is_none());
+    }
 }

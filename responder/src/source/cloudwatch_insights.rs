@@ -1170,6 +1170,7 @@ impl LogSource for CloudWatchInsightsSource {
             }
         }
         let mut budget = Budget::default();
+        let mut queries = first.len() as u64;
         let first = self.run_split(&passes, first, &mut budget).await?;
         let mut second = passes.prefix_queries(&first, &partitions);
         if partitions.len() > 1 {
@@ -1180,14 +1181,15 @@ impl LogSource for CloudWatchInsightsSource {
         counter.add_stats(stats);
         counter.stats_mut().in_windows = records_per_window(spec, &first);
         if !second.is_empty() {
-            let queries = second.len() as u64;
+            queries += second.len() as u64;
+            let second_queries = second.len() as u64;
             let second = self.run_split(&passes, second, &mut budget).await?;
             let extra = passes.add_results(&mut counter, &second);
             counter.add_stats(Stats {
                 // The second pass refines the counts of rows already read.
                 records: 0,
                 second_pass: SecondPass {
-                    queries,
+                    queries: second_queries,
                     rows: extra.records,
                     bytes: extra.bytes,
                 },
@@ -1201,6 +1203,7 @@ impl LogSource for CloudWatchInsightsSource {
         counter.add_stats(Stats {
             incomplete,
             split_queries: budget.split as u64,
+            queries: queries + budget.split as u64,
             // What the cut results scanned: billed, though halves replaced their rows.
             bytes: budget.bytes,
             ..Stats::default()

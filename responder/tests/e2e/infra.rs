@@ -910,3 +910,53 @@ fn a_cloudflare_target_gets_the_custom_rule_that_makes_its_list_block() {
     );
     assert!(!out.join("cloudflare-rules.json").exists());
 }
+
+/// The responder stack's CloudWatch dashboard draws only metrics that
+/// `floodgate run --emf-metrics` writes: those of a cycle over the sample,
+/// and Logs Insights' cost, which only an Insights source writes (the unit
+/// test of the EMF line checks it; the example policy reads Insights).
+#[test]
+fn the_cloudwatch_dashboard_draws_only_metrics_the_responder_writes() {
+    let responder = template("responder.yaml");
+    let body = responder["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .unwrap();
+    let body: Value = serde_json::from_str(body).unwrap();
+    let mut drawn = std::collections::BTreeSet::new();
+    for widget in body["widgets"].as_array().unwrap() {
+        for line in widget["properties"]["metrics"].as_array().unwrap() {
+            assert_eq!(line[0], "Floodgate", "{line}");
+            assert_eq!(line[2], "Responder", "{line}");
+            assert_eq!(line[3], "floodgate", "the [infra] name: {line}");
+            drawn.insert(line[1].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(drawn.contains("InsightsCostUSD"), "{drawn:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = super::local_policy(dir.path(), &workspace_root().join("examples/logs"), "");
+    let output = Command::new(super::floodgate_bin())
+        .args(["run", "--once", "--emf-metrics", "--format", "json"])
+        .args([
+            "--config",
+            policy.to_str().unwrap(),
+            "--now",
+            "2026-11-20T10:05:00Z",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let emf: Value = serde_json::from_str(text.trim_end().rsplit_once('\n').unwrap().1).unwrap();
+    let written: std::collections::BTreeSet<String> =
+        emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap().to_owned())
+            .chain(["InsightsCostUSD".to_owned()])
+            .collect();
+    let missing: Vec<&String> = drawn.difference(&written).collect();
+    assert!(missing.is_empty(), "drawn but never written: {missing:?}");
+}

@@ -6,6 +6,7 @@ mod cli_policy;
 mod cli_run;
 mod cli_top;
 mod cloudflare_e2e;
+mod dashboards;
 mod golden_reports;
 mod ha_e2e;
 mod infra;

@@ -283,6 +283,23 @@ pub enum LogSourceConfig {
 }
 
 impl LogSourceConfig {
+    /// What reads the logs, for reports and metrics: `files`, `s3`,
+    /// `insights` (Logs Insights) or `events` (raw CloudWatch Logs events).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogSourceConfig::Files { .. } => "files",
+            LogSourceConfig::S3(_) => "s3",
+            LogSourceConfig::CloudWatch {
+                api: CloudWatchApi::Insights,
+                ..
+            } => "insights",
+            LogSourceConfig::CloudWatch {
+                api: CloudWatchApi::Events,
+                ..
+            } => "events",
+        }
+    }
+
     /// What wrote the records, for the sources that read them whole;
     /// `None` for CloudWatch Logs, which holds only WAF's.
     pub fn format(&self) -> Option<LogFormat> {

@@ -25,14 +25,17 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, rfc3339_from_ms, unix_ms};
+use crate::cycle::CycleReport;
+
+mod metrics;
+
+use self::metrics::Metrics;
 
 /// How long a running cycle may take to finish after a signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(120);
@@ -128,76 +131,6 @@ struct HealthState {
     period: Duration,
 }
 
-/// The daemon's metrics, in a Prometheus registry of its own (so two
-/// daemons in one test process do not share counts).
-struct Metrics {
-    recorder: PrometheusRecorder,
-    cycles: [Counter; 4],
-    skipped: Counter,
-    running: Gauge,
-    source_stale: Gauge,
-    last_duration: Gauge,
-    /// Registered at the first success, so the series is absent until then.
-    last_success: std::sync::OnceLock<Gauge>,
-}
-
-const LAST_SUCCESS: &str = "floodgate_responder_last_success_timestamp_seconds";
-
-impl Metrics {
-    fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let (cycles, skipped, running, source_stale, last_duration) =
-            metrics::with_local_recorder(&recorder, || {
-                describe_counter!(
-                    "floodgate_responder_cycles_total",
-                    "Responder cycles by result."
-                );
-                describe_counter!(
-                    "floodgate_responder_skipped_ticks_total",
-                    "Ticks skipped because a cycle was still running."
-                );
-                describe_gauge!("floodgate_responder_cycle_running", "1 while a cycle runs.");
-                describe_gauge!(
-                    "floodgate_responder_source_stale",
-                    "1 when the last cycle found no record in its window, and none newer."
-                );
-                describe_gauge!(
-                    "floodgate_responder_last_cycle_duration_seconds",
-                    "How long the last cycle took."
-                );
-                describe_gauge!(LAST_SUCCESS, "When the last successful cycle ended.");
-                let cycles = ["success", "stale", "partial", "error"].map(|result| {
-                    let counter = counter!("floodgate_responder_cycles_total", "result" => result);
-                    counter.absolute(0);
-                    counter
-                });
-                let skipped = counter!("floodgate_responder_skipped_ticks_total");
-                skipped.absolute(0);
-                let running = gauge!("floodgate_responder_cycle_running");
-                running.set(0.0);
-                let source_stale = gauge!("floodgate_responder_source_stale");
-                source_stale.set(0.0);
-                let last_duration = gauge!("floodgate_responder_last_cycle_duration_seconds");
-                last_duration.set(0.0);
-                (cycles, skipped, running, source_stale, last_duration)
-            });
-        Metrics {
-            recorder,
-            cycles,
-            skipped,
-            running,
-            source_stale,
-            last_duration,
-            last_success: std::sync::OnceLock::new(),
-        }
-    }
-
-    fn last_success(&self) -> &Gauge {
-        self.last_success
-            .get_or_init(|| metrics::with_local_recorder(&self.recorder, || gauge!(LAST_SUCCESS)))
-    }
-}
-
 impl Health {
     /// Whether a cycle may start now; marks it running if so.
     fn try_start(&self) -> bool {
@@ -271,7 +204,14 @@ impl Health {
 
     /// Prometheus text exposition.
     pub fn metrics(&self) -> String {
-        self.metrics.recorder.handle().render()
+        self.metrics.render()
+    }
+
+    /// Records what a cycle's report says (blocks in force, targets,
+    /// offenders, what was read, the lease, phase durations) in the
+    /// metrics.
+    pub fn record(&self, report: &CycleReport) {
+        self.metrics.record(report);
     }
 }
 
