@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (a Python venv with pinned moto, cfn-lint and kubernetes-validate, a Redis
+# (a Python venv with pinned moto, cfn-lint, kubernetes-validate and checkov, a Redis
 # server if none is running, debootstrap), runs the format and lint gates
 # and every test, then checks the container image's runtime stage with the
 # binary the tests ran.

@@ -463,6 +463,15 @@ fn waf_template(policy: &Policy, infra: &Infra, targets: &WafTargets, logs: &Waf
             "Action": { "Block": {} },
             "VisibilityConfig": visibility(&format!("{name}-dynamic-block")),
         }),
+        // Requests known to exploit something (Log4j's JNDI lookups among
+        // them), blocked whoever sends them.
+        json!({
+            "Name": "AWS-AWSManagedRulesKnownBadInputsRuleSet",
+            "Priority": 3,
+            "Statement": { "ManagedRuleGroupStatement": { "VendorName": "AWS", "Name": "AWSManagedRulesKnownBadInputsRuleSet" } },
+            "OverrideAction": { "None": {} },
+            "VisibilityConfig": visibility("AWS-AWSManagedRulesKnownBadInputsRuleSet"),
+        }),
     ];
     let mut alarms = Vec::new();
     for (i, tier) in policy.tiers.iter().enumerate() {
@@ -503,7 +512,7 @@ fn waf_template(policy: &Policy, infra: &Infra, targets: &WafTargets, logs: &Waf
         "Name": name,
         "Scope": { "Ref": "Scope" },
         "DefaultAction": { "Allow": {} },
-        "Description": "Floodgate: allow-list, IP reputation, responder blocks, tiered rate rules",
+        "Description": "Floodgate: allow-list, IP reputation, responder blocks, known bad inputs, tiered rate rules",
         "VisibilityConfig": visibility(name),
         "Rules": rules,
     } }),
@@ -517,10 +526,13 @@ fn waf_template(policy: &Policy, infra: &Infra, targets: &WafTargets, logs: &Waf
         WafLogs::LogGroups(regional, cloudfront) => {
             resources.insert(
                 "WafLogGroup".into(),
-                json!({ "Type": "AWS::Logs::LogGroup", "Properties": {
-                "LogGroupName": by_scope(json!(cloudfront), json!(regional)),
-                "RetentionInDays": infra.log_retention_days,
-            } }),
+                encrypted_log_group(
+                    infra,
+                    json!({ "Type": "AWS::Logs::LogGroup", "Properties": {
+                        "LogGroupName": by_scope(json!(cloudfront), json!(regional)),
+                        "RetentionInDays": infra.log_retention_days,
+                    } }),
+                ),
             );
             outputs.insert(
                 "WafLogGroupName".into(),
@@ -671,6 +683,17 @@ fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) ->
             "Resource": arns,
         }));
     }
+    let shared_ledger = matches!(policy.responder.ledger, LedgerStore::DynamoDb(_));
+    if let (Some(key), true) = (&infra.kms_key_arn, shared_ledger) {
+        // The ledger table's customer managed key, which DynamoDB uses on
+        // the responder's behalf.
+        statements.push(json!({
+            "Sid": "LedgerKey",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+            "Resource": key,
+        }));
+    }
     if infra.mode == InfraMode::Scheduled {
         statements.push(json!({
             "Sid": "LedgerVolume",
@@ -681,6 +704,32 @@ fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) ->
         }));
     }
     statements
+}
+
+/// Why a resource keeps AWS's own key, for checkov's customer-managed-key
+/// checks.
+const NO_KMS_KEY: &str =
+    "encrypted with an AWS key; set [infra] kms_key_arn for a customer managed one";
+
+/// Marks `resource` as skipping checkov's check `id`, with the reason.
+fn skip_check(resource: &mut Value, id: &str, comment: &str) {
+    let skips = &mut resource["Metadata"]["checkov"]["skip"];
+    if !skips.is_array() {
+        *skips = json!([]);
+    }
+    if let Some(skips) = skips.as_array_mut() {
+        skips.push(json!({ "id": id, "comment": comment }));
+    }
+}
+
+/// A log group, encrypted with `[infra] kms_key_arn` when set (its key
+/// policy must let CloudWatch Logs use it).
+fn encrypted_log_group(infra: &Infra, mut group: Value) -> Value {
+    match &infra.kms_key_arn {
+        Some(key) => group["Properties"]["KmsKeyId"] = json!(key),
+        None => skip_check(&mut group, "CKV_AWS_158", NO_KMS_KEY),
+    }
+    group
 }
 
 fn assume_role(service: &str) -> Value {
@@ -730,9 +779,9 @@ fn responder_template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> V
                     { "IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIp": "0.0.0.0/0", "Description": "AWS APIs" },
                 ],
             } },
-            "ResponderLogGroup": { "Type": "AWS::Logs::LogGroup", "Properties": {
+            "ResponderLogGroup": encrypted_log_group(infra, json!({ "Type": "AWS::Logs::LogGroup", "Properties": {
                 "LogGroupName": format!("/{name}/responder"), "RetentionInDays": infra.log_retention_days,
-            } },
+            } })),
             "ExecutionRole": { "Type": "AWS::IAM::Role", "Properties": {
                 "AssumeRolePolicyDocument": assume_role("ecs-tasks.amazonaws.com"),
                 "ManagedPolicyArns": [{ "Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy" }],
@@ -1094,6 +1143,14 @@ fn add_ledger_table(template: &mut Value, policy: &Policy, table: &DynamoDbTable
             "DeletionProtectionEnabled": true,
         },
     });
+    let table_resource = &mut template["Resources"]["LedgerTable"];
+    match policy.infra.as_ref().and_then(|i| i.kms_key_arn.as_deref()) {
+        Some(key) => {
+            table_resource["Properties"]["SSESpecification"] =
+                json!({ "SSEEnabled": true, "SSEType": "KMS", "KMSMasterKeyId": key });
+        }
+        None => skip_check(table_resource, "CKV_AWS_119", NO_KMS_KEY),
+    }
     let Some(lease) = &policy.responder.lease else {
         return;
     };

@@ -178,6 +178,7 @@ fn web_acl_rules_come_in_the_designed_order() {
             "floodgate-allow-list",
             "AWS-AWSManagedRulesAmazonIpReputationList",
             "floodgate-dynamic-block",
+            "AWS-AWSManagedRulesKnownBadInputsRuleSet",
             "floodgate-tier-login-flood",
             "floodgate-tier-watch",
             "floodgate-tier-block",
@@ -637,7 +638,7 @@ fn the_cost_table_matches_the_rendered_web_acl() {
         assert!(readme.contains(&line), "infra/README.md should say: {line}");
     }
     // The table's other rows are the template's other rules.
-    assert_eq!(rules.len() - tier_rules, 4, "{rules:?}");
+    assert_eq!(rules.len() - tier_rules, 5, "{rules:?}");
 }
 
 #[test]
@@ -959,4 +960,104 @@ fn the_cloudwatch_dashboard_draws_only_metrics_the_responder_writes() {
             .collect();
     let missing: Vec<&String> = drawn.difference(&written).collect();
     assert!(missing.is_empty(), "drawn but never written: {missing:?}");
+}
+
+/// checkov over every deployment file, offline: no check fails, and each
+/// one skipped says why in the file.
+fn checkov(dir: &std::path::Path) -> std::process::Output {
+    Command::new(venv_bin("checkov"))
+        .args(["--directory"])
+        .arg(dir)
+        .args(["--framework", "cloudformation", "kubernetes"])
+        .args(["--skip-download", "--compact", "--quiet"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn checkov_passes_every_deployment_file() {
+    let output = checkov(&workspace_root().join("infra"));
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        report.contains("cloudformation scan results")
+            && report.contains("kubernetes scan results"),
+        "{report}"
+    );
+    // Without a customer managed key, the three resources it would
+    // encrypt say so.
+    let responder = template("responder.yaml");
+    let skipped = &responder["Resources"]["LedgerTable"]["Metadata"]["checkov"]["skip"][0];
+    assert_eq!(skipped["id"], "CKV_AWS_119");
+    assert!(skipped["comment"].as_str().unwrap().contains("kms_key_arn"));
+}
+
+/// With `[infra] kms_key_arn`, the ledger table and both log groups use the
+/// key, the responder may use it on exactly that key, and checkov has
+/// nothing to skip for them; cfn-lint passes.
+#[test]
+fn a_customer_managed_key_encrypts_the_ledger_and_the_logs() {
+    let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let text = std::fs::read_to_string(workspace_root().join("examples/floodgate.toml"))
+        .unwrap()
+        .replace("[infra]\n", &format!("[infra]\nkms_key_arn = \"{key}\"\n"));
+    assert!(text.contains(key));
+    let (_dir, out) = rendered(&text);
+    let responder = read_template(&out, "responder.yaml");
+    let waf = read_template(&out, "waf.yaml");
+    let table = &responder["Resources"]["LedgerTable"];
+    assert_eq!(
+        table["Properties"]["SSESpecification"],
+        serde_json::json!({ "SSEEnabled": true, "SSEType": "KMS", "KMSMasterKeyId": key })
+    );
+    assert_eq!(
+        responder["Resources"]["ResponderLogGroup"]["Properties"]["KmsKeyId"],
+        key
+    );
+    assert_eq!(
+        waf["Resources"]["WafLogGroup"]["Properties"]["KmsKeyId"],
+        key
+    );
+    for resource in [
+        table,
+        &responder["Resources"]["ResponderLogGroup"],
+        &waf["Resources"]["WafLogGroup"],
+    ] {
+        assert!(resource.get("Metadata").is_none(), "{resource}");
+    }
+    let statements = iam_statements(&responder);
+    let (_, statement) = statements
+        .iter()
+        .find(|(_, statement)| statement["Sid"] == "LedgerKey")
+        .unwrap();
+    assert_eq!(statement["Resource"], key);
+    assert!(
+        statement["Action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a.as_str().unwrap().starts_with("kms:"))
+    );
+    let output = checkov(&out);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let lint = cfn_lint(&[
+        out.join("responder.yaml").to_str().unwrap(),
+        out.join("waf.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        lint.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
 }

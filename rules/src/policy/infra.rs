@@ -38,6 +38,9 @@ pub struct Infra {
     /// Where a standby responder's stack goes, with a lease (default: the
     /// first target region other than the primary's).
     pub standby_region: Option<Region>,
+    /// A customer managed KMS key for the ledger table and the log groups
+    /// (default: AWS's own keys).
+    pub kms_key_arn: Option<String>,
 }
 
 /// How `render-infra` runs the responder.
@@ -166,7 +169,35 @@ pub(crate) fn check_infra(
         None => Some(None),
         Some(region) => check_region(checker, region, "infra.standby_region").map(Some),
     };
+    let kms_key_arn = match &raw.kms_key_arn {
+        None => Some(None),
+        Some(arn) => {
+            let text = arn.get_ref();
+            let parts: Vec<&str> = text.splitn(6, ':').collect();
+            let valid = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[1].starts_with("aws")
+                && parts[2] == "kms"
+                && !parts[3].is_empty()
+                && parts[4].len() == 12
+                && parts[4].chars().all(|c| c.is_ascii_digit())
+                && parts[5]
+                    .strip_prefix("key/")
+                    .is_some_and(|id| !id.is_empty());
+            if !valid {
+                let help = Some("the key's ARN, such as \"arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab\" (not an alias)".to_owned());
+                checker.error(
+                    arn.span(),
+                    "infra.kms_key_arn",
+                    format!("\"{text}\" is not a KMS key ARN"),
+                    help,
+                );
+            }
+            valid.then(|| Some(text.clone()))
+        }
+    };
     Some(Infra {
+        kms_key_arn: kms_key_arn?,
         mode: mode?,
         standby_region: standby_region?,
         name: name?,

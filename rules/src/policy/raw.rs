@@ -225,6 +225,7 @@ pub(crate) struct RawInfra {
     pub schedule_expression: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub standby_region: Option<Spanned<String>>,
+    pub kms_key_arn: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
