@@ -2,35 +2,14 @@
 //! embedded default, serves /healthz and /metrics, stops cleanly on SIGTERM;
 //! and `floodgate healthcheck` asking it.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{floodgate_bin, workspace_root};
-
-/// GET `path` on the daemon: the status line and the body.
-fn get(port: u16, path: &str) -> Option<(String, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_owned(), body.to_owned()))
-}
-
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::{
+    daemon_get as get, daemon_policy_reading as policy_reading, floodgate_bin, free_port,
+    workspace_root,
+};
 
 /// examples/local.toml in `dir`, on `schedule`, listening on `port`,
 /// reading a log written now (the daemon's window ends now).
@@ -46,29 +25,6 @@ fn daemon_policy(dir: &std::path::Path, schedule: &str, port: u16) -> std::path:
     );
     std::fs::write(logs.join("waf.log"), record + "\n").unwrap();
     policy_reading(dir, &logs, schedule, port)
-}
-
-/// examples/local.toml in `dir`, reading `logs`, on `schedule`, listening
-/// on `port`.
-fn policy_reading(
-    dir: &std::path::Path,
-    logs: &std::path::Path,
-    schedule: &str,
-    port: u16,
-) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
-        .unwrap()
-        .replace(
-            "paths = [\"examples/logs\"]",
-            &format!("paths = [\"{}\"]", logs.display()),
-        )
-        .replace(
-            "[responder]\n",
-            &format!("[responder]\nschedule = \"{schedule}\"\nlisten = \"127.0.0.1:{port}\"\n"),
-        );
-    let policy = dir.join("local.toml");
-    std::fs::write(&policy, text).unwrap();
-    policy
 }
 
 /// `floodgate healthcheck` with `args`: exit code, stdout, stderr.

@@ -4,12 +4,13 @@
 //! (infra/dashboards/responder.json) queries is one the daemon serves.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{floodgate_bin, waf_record, wall_clock_ms, workspace_root};
+use super::{
+    daemon_get, daemon_policy_reading, floodgate_bin, free_port, waf_record, wall_clock_ms,
+    workspace_root,
+};
 
 /// Series only a Logs Insights or S3 source, a lease or a failed target
 /// produces: the daemon's metrics unit test renders them from a report that
@@ -44,18 +45,6 @@ fn dashboard_series(path: &std::path::Path) -> BTreeSet<String> {
     names
 }
 
-fn scrape(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response.split_once("\r\n\r\n")?.1.to_owned())
-}
-
 #[test]
 fn the_daemon_serves_every_series_its_dashboard_queries_with_the_cycles_values() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,23 +59,8 @@ fn the_daemon_serves_every_series_its_dashboard_queries_with_the_cycles_values()
     lines.extend((0..1500).map(|i| waf_record(now_ms - i, "198.51.100.7")));
     lines.extend((0..20).map(|i| waf_record(now_ms - i, "192.0.2.1")));
     std::fs::write(logs.join("waf.log"), lines.join("\n") + "\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
-        .unwrap()
-        .replace(
-            "paths = [\"examples/logs\"]",
-            &format!("paths = [\"{}\"]", logs.display()),
-        )
-        .replace(
-            "[responder]\n",
-            &format!("[responder]\nschedule = \"* * * * * *\"\nlisten = \"127.0.0.1:{port}\"\n"),
-        );
-    let policy = dir.path().join("local.toml");
-    std::fs::write(&policy, text).unwrap();
+    let port = free_port();
+    let policy = daemon_policy_reading(dir.path(), &logs, "* * * * * *", port);
     let mut daemon = Command::new(floodgate_bin())
         .args(["run", "--config", policy.to_str().unwrap()])
         .current_dir(dir.path())
@@ -96,7 +70,7 @@ fn the_daemon_serves_every_series_its_dashboard_queries_with_the_cycles_values()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
-        if let Some(body) = scrape(port)
+        if let Some((_, body)) = daemon_get(port, "/metrics")
             && body.contains("floodgate_responder_cycles_total{result=\"success\"} 1")
         {
             break body;

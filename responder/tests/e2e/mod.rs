@@ -17,6 +17,8 @@ mod readme;
 mod s3_e2e;
 mod why;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -63,4 +65,50 @@ pub fn stdout(output: &Output) -> String {
 /// A command's standard error, as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// GET `path` on a daemon on loopback: the status line and the body.
+pub fn daemon_get(port: u16, path: &str) -> Option<(String, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// examples/local.toml in `dir`, reading `logs`, on `schedule`, listening
+/// on `port`.
+pub fn daemon_policy_reading(
+    dir: &std::path::Path,
+    logs: &std::path::Path,
+    schedule: &str,
+    port: u16,
+) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(workspace_root().join("examples/local.toml"))
+        .unwrap()
+        .replace(
+            "paths = [\"examples/logs\"]",
+            &format!("paths = [\"{}\"]", logs.display()),
+        )
+        .replace(
+            "[responder]\n",
+            &format!("[responder]\nschedule = \"{schedule}\"\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
+    let policy = dir.join("local.toml");
+    std::fs::write(&policy, text).unwrap();
+    policy
 }
