@@ -33,7 +33,9 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]
     fi
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements-test.txt
+    # --no-compile: byte-compiling every module of checkov and botocore
+    # took 40 s; Python compiles the few the tests import when they do.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-compile -r requirements-test.txt
     echo "$wanted" > "$stamp"
 fi
 "$venv/bin/moto_server" --help >/dev/null
