@@ -14,7 +14,7 @@ use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::lease::{ConfiguredLease, LeaseStore as _};
 use crate::ledger::{ConfiguredLedger, Ledger};
 use crate::plan::{Capacity, plan, unknown_entries};
-use crate::sink::{ConfiguredTarget, WafTarget as _, left_out_by_reason};
+use crate::sink::{WafTarget as _, left_out_by_reason, read_all};
 
 /// A block in force.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
@@ -138,10 +138,13 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     // aggregated, with the allow-list cut out and within each set's room.
     let desired = plan(&[], policy, &ledger, now_ms, "status", Capacity::of(policy)).desired();
     let mut targets = Vec::new();
-    for target in ConfiguredTarget::from_policy(policy).await {
+    let configured = crate::cycle::shared_targets(policy).await;
+    for (target, contents) in
+        read_all(configured, policy.responder.concurrency.get() as usize).await
+    {
         let label = target.label();
         let (held, left_out) = target.expected(&desired);
-        let (unexpected, expired, missing, error) = match target.read().await {
+        let (unexpected, expired, missing, error) = match contents {
             // Sets hold aggregated ranges: compare what they cover.
             Ok(found) => {
                 let extra = exclude(&found.nets, &held);

@@ -17,7 +17,7 @@ use super::{CliError, Format, Status, WhyArgs, load_policy, write_stdout};
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerEntry};
 use crate::plan::{Capacity, plan};
-use crate::sink::{ConfiguredTarget, WafTarget as _};
+use crate::sink::{WafTarget as _, read_all};
 
 /// The answer, printed as JSON with `--format json`.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
@@ -190,10 +190,13 @@ async fn why(
         .filter(|e| overlaps(&e.cidr, &subject))
         .collect();
     let mut targets = Vec::new();
-    for target in ConfiguredTarget::from_policy(policy).await {
+    let configured = crate::cycle::shared_targets(policy).await;
+    for (target, contents) in
+        read_all(configured, policy.responder.concurrency.get() as usize).await
+    {
         let (held, _) = target.expected(&desired);
         let expected = concerning(&held, &subject);
-        let (holds, error) = match target.read().await {
+        let (holds, error) = match contents {
             Ok(found) => (concerning(&found.nets, &subject), None),
             Err(error) => (Vec::new(), Some(error.to_string())),
         };

@@ -361,6 +361,35 @@ pub async fn apply_all_guarded<T: WafTarget, G: WriteGuard>(
     reports.into_iter().map(|(_, report)| report).collect()
 }
 
+/// Reads every target's sets, `concurrency` at a time (the reads of many
+/// regions overlap): each target with what it holds, in target order.
+pub async fn read_all<T: WafTarget>(
+    targets: Vec<Arc<T>>,
+    concurrency: usize,
+) -> Vec<(Arc<T>, Result<Contents, TargetError>)> {
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for (index, target) in targets.into_iter().enumerate() {
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let contents = target.read().await;
+            (index, target, contents)
+        });
+    }
+    let mut read = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        read.push(done.expect("target task panicked"));
+    }
+    read.sort_by_key(|(index, _, _)| *index);
+    read.into_iter()
+        .map(|(_, target, contents)| (target, contents))
+        .collect()
+}
+
 /// A target the policy's `[[targets]]` names.
 #[derive(Debug)]
 pub enum ConfiguredTarget {
