@@ -940,10 +940,7 @@ fn by_tier<'t>(policy: &Policy, tiers: impl Iterator<Item = &'t str>) -> Vec<Tie
 fn held_by_tier(policy: &Policy, planned: &BlockPlan, report: &TargetReport) -> Vec<TierBlocks> {
     let left_out: HashSet<IpNet> = report.left_out.iter().map(|l| l.net).collect();
     let held = planned
-        .ipv4
-        .iter()
-        .chain(&planned.ipv6)
-        .flatten()
+        .nets()
         .filter(|net| !left_out.contains(net))
         .filter_map(|net| planned.notes.get(net).map(|note| note.tier.as_str()));
     by_tier(policy, held)
@@ -962,14 +959,7 @@ fn held_somewhere(planned: &BlockPlan, reports: &[TargetReport]) -> Vec<IpNet> {
         .iter()
         .map(|r| r.left_out.iter().map(|l| l.net).collect())
         .collect();
-    let desired = planned.desired();
-    let pieces: Vec<IpNet> = desired
-        .ipv4
-        .iter()
-        .chain(&desired.ipv6)
-        .flatten()
-        .copied()
-        .collect();
+    let pieces: Vec<IpNet> = planned.nets().copied().collect();
     planned
         .added
         .iter()

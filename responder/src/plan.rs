@@ -110,6 +110,11 @@ impl BlockPlan {
         }
     }
 
+    /// Every address and range of the sets, IPv4 first.
+    pub fn nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.ipv4.iter().chain(&self.ipv6).flatten()
+    }
+
     /// Whether the circuit breaker tripped.
     pub fn breaker_tripped(&self) -> bool {
         !self.held_back.is_empty()

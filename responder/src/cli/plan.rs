@@ -103,13 +103,7 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
     let parts = Parts::from_policy(policy, clock, Arc::from(clock_at(None))).await?;
     let prepared = prepare(&parts).await?;
     let planned = &prepared.planned;
-    let desired: BTreeSet<IpNet> = planned
-        .ipv4
-        .iter()
-        .chain(&planned.ipv6)
-        .flatten()
-        .copied()
-        .collect();
+    let desired: BTreeSet<IpNet> = planned.nets().copied().collect();
     let expired: BTreeSet<IpNet> = planned.expired.iter().copied().collect();
     let allow_listed: BTreeSet<IpNet> = planned.allow_listed.iter().copied().collect();
     let mut targets = Vec::new();

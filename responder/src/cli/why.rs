@@ -170,13 +170,7 @@ async fn why(
     // What the sets should hold now: the blocks in force, aggregated, with
     // the allow-list cut out and within each set's room.
     let desired = plan(&[], policy, &ledger, now_ms, "why", Capacity::of(policy)).desired();
-    let should_hold: Vec<IpNet> = desired
-        .ipv4
-        .iter()
-        .chain(&desired.ipv6)
-        .flatten()
-        .copied()
-        .collect();
+    let should_hold: Vec<IpNet> = desired.nets().copied().collect();
     let mut entries: Vec<&LedgerEntry> = ledger
         .entries
         .values()

@@ -440,7 +440,7 @@ impl CloudflareTarget {
         // severe one's tier and rank, the latest expiry.
         let mut merged: BTreeMap<IpNet, (usize, Option<&BlockNote>, i64)> = BTreeMap::new();
         let mut left_out = Vec::new();
-        for &net in desired.ipv4.iter().chain(&desired.ipv6).flatten() {
+        for &net in desired.nets() {
             let held = match self.holdable(net) {
                 Ok(held) => held,
                 Err(reason) => {

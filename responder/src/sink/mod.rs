@@ -36,6 +36,13 @@ pub struct DesiredSets {
     pub notes: BTreeMap<IpNet, BlockNote>,
 }
 
+impl DesiredSets {
+    /// Every address and range of every set, IPv4 first.
+    pub fn nets(&self) -> impl Iterator<Item = &IpNet> {
+        self.ipv4.iter().chain(&self.ipv6).flatten()
+    }
+}
+
 /// Why one address of the sets is blocked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockNote {
@@ -294,8 +301,7 @@ pub trait WafTarget: Send + Sync + 'static {
     /// what it leaves out on purpose, for comparing its contents with the
     /// ledger.
     fn expected(&self, desired: &DesiredSets) -> (Vec<IpNet>, Vec<LeftOut>) {
-        let nets = desired.ipv4.iter().chain(&desired.ipv6).flatten().copied();
-        (nets.collect(), Vec::new())
+        (desired.nets().copied().collect(), Vec::new())
     }
 }
 

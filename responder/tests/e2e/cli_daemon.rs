@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     daemon_get as get, daemon_policy_reading as policy_reading, floodgate_bin, free_port,
-    workspace_root,
+    metrics_once, spawn_daemon, workspace_root,
 };
 
 /// examples/local.toml in `dir`, on `schedule`, listening on `port`,
@@ -65,20 +65,9 @@ fn the_daemon_cycles_on_schedule_reports_health_and_metrics_and_stops_on_sigterm
         .unwrap();
 
     // Wait for the first scheduled cycle to finish.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        if let Some((status, body)) = get(port, "/metrics")
-            && status.contains("200")
-            && !body.contains("floodgate_responder_cycles_total{result=\"success\"} 0")
-        {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no successful cycle within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metrics = metrics_once(port, "successful cycle", |body| {
+        !body.contains("floodgate_responder_cycles_total{result=\"success\"} 0")
+    });
     assert!(
         metrics.contains("# TYPE floodgate_responder_cycles_total counter"),
         "{metrics}"
@@ -165,24 +154,11 @@ fn a_stalled_log_feed_makes_the_daemon_unhealthy_and_says_so() {
         "* * * * * *",
         port,
     );
-    let mut daemon = Command::new(floodgate_bin())
-        .args(["run", "--config", policy.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        if let Some((_, body)) = get(port, "/metrics")
-            && body.contains("floodgate_responder_cycles_total{result=\"stale\"}")
+    let mut daemon = spawn_daemon(dir.path(), &policy);
+    let metrics = metrics_once(port, "stale cycle", |body| {
+        body.contains("floodgate_responder_cycles_total{result=\"stale\"}")
             && !body.contains("floodgate_responder_cycles_total{result=\"stale\"} 0")
-        {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "no stale cycle within a minute");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    });
     let health = get(port, "/healthz");
     let (code, _, err) = healthcheck(&["--config", policy.to_str().unwrap()]);
     let _ = daemon.kill();

@@ -4,11 +4,9 @@
 //! (infra/dashboards/responder.json) queries is one the daemon serves.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use super::{
-    daemon_get, daemon_policy_reading, floodgate_bin, free_port, waf_record, wall_clock_ms,
+    daemon_policy_reading, free_port, metrics_once, spawn_daemon, waf_record, wall_clock_ms,
     workspace_root,
 };
 
@@ -61,26 +59,10 @@ fn the_daemon_serves_every_series_its_dashboard_queries_with_the_cycles_values()
     std::fs::write(logs.join("waf.log"), lines.join("\n") + "\n").unwrap();
     let port = free_port();
     let policy = daemon_policy_reading(dir.path(), &logs, "* * * * * *", port);
-    let mut daemon = Command::new(floodgate_bin())
-        .args(["run", "--config", policy.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let metrics = loop {
-        if let Some((_, body)) = daemon_get(port, "/metrics")
-            && body.contains("floodgate_responder_cycles_total{result=\"success\"} 1")
-        {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no successful cycle within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut daemon = spawn_daemon(dir.path(), &policy);
+    let metrics = metrics_once(port, "successful cycle", |body| {
+        body.contains("floodgate_responder_cycles_total{result=\"success\"} 1")
+    });
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 

@@ -112,3 +112,34 @@ pub fn daemon_policy_reading(
     std::fs::write(&policy, text).unwrap();
     policy
 }
+
+/// `floodgate run --config <policy>` as a daemon in `dir`, its output
+/// discarded.
+pub fn spawn_daemon(dir: &Path, policy: &Path) -> std::process::Child {
+    Command::new(floodgate_bin())
+        .args(["run", "--config", policy.to_str().unwrap()])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls a daemon's `/metrics` until `ready` accepts them (a minute at
+/// most, else the test fails saying it saw no `what`).
+pub fn metrics_once(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some((status, body)) = daemon_get(port, "/metrics")
+            && status.contains("200")
+            && ready(&body)
+        {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what} within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
