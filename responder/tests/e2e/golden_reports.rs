@@ -255,6 +255,8 @@ fn policy_changes_are_reviewed_as_the_golden_file_says() {
         &head,
         &["--base", "base.toml", "--format", "markdown"],
     ));
+    // Without --base, the plain review as a Markdown table.
+    out.push(review(&head, &["--format", "markdown"]));
     let json = review(
         &head,
         &[&["--base", "base.toml", "--format", "json"][..], &logs].concat(),
