@@ -13,10 +13,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use floodgate_rules::Policy;
-use floodgate_rules::policy::{CloudWatchApi, LogSourceConfig};
+use floodgate_rules::policy::{CloudWatchApi, LogSourceConfig, Target};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::aws::Aws;
 use crate::clock::{Clock, Stopwatch, rfc3339_from_ms, unix_ms};
 use crate::detect::{Offender, count_spec, detect};
 use crate::lease::{ConfiguredLease, LeaseError, Standing};
@@ -49,10 +50,11 @@ pub struct Parts<'p, S> {
 }
 
 impl<'p> Parts<'p, ConfiguredSource> {
-    /// The parts `policy` configures, with AWS clients from the standard
-    /// credential chain, for a cycle at `clock`'s time.
+    /// The parts `policy` configures, with AWS clients from `aws`, for a
+    /// cycle at `clock`'s time.
     pub async fn from_policy(
         policy: &'p Policy,
+        aws: &Aws,
         clock: Arc<dyn Clock>,
         lease_clock: Arc<dyn Clock>,
     ) -> Result<Self, CycleError> {
@@ -61,14 +63,14 @@ impl<'p> Parts<'p, ConfiguredSource> {
             return Err(CycleError::NoTargets);
         }
         widest_window(policy)?;
-        let source = ConfiguredSource::from_config(source).await?;
+        let source = ConfiguredSource::from_config(aws, source)?;
         let ledger = ConfiguredLedger::from_policy(policy).await;
         let lease = ConfiguredLease::from_policy(policy, &ledger);
         Ok(Parts {
             policy,
             source,
             ledger,
-            targets: shared_targets(policy).await,
+            targets: shared_targets(aws, policy),
             lease,
             clock,
             lease_clock,
@@ -77,9 +79,8 @@ impl<'p> Parts<'p, ConfiguredSource> {
 }
 
 /// Every target of the policy, shareable across the tasks that write them.
-pub async fn shared_targets(policy: &Policy) -> Vec<Arc<ConfiguredTarget>> {
-    ConfiguredTarget::from_policy(policy)
-        .await
+pub fn shared_targets(aws: &Aws, policy: &Policy) -> Vec<Arc<ConfiguredTarget>> {
+    ConfiguredTarget::from_policy(aws, policy)
         .into_iter()
         .map(Arc::new)
         .collect()
@@ -309,6 +310,10 @@ pub struct TierOffenders {
 pub struct TargetLine {
     /// The target's label.
     pub target: String,
+    /// The `[[accounts]]` entry it is reached through; absent for the
+    /// responder's own account (and for targets outside AWS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// For people: `unchanged`, `created N empty sets`, `updated +a −r` or
     /// `failed: reason`.
     pub outcome: String,
@@ -878,6 +883,12 @@ fn report(
             .iter()
             .map(|r| TargetLine {
                 target: r.target.clone(),
+                account: policy
+                    .targets
+                    .iter()
+                    .find(|t| t.to_string() == r.target)
+                    .and_then(Target::account)
+                    .map(ToString::to_string),
                 outcome: r.outcome.to_string(),
                 state: r.outcome.state(),
                 added: match r.outcome {
@@ -1023,6 +1034,7 @@ pub(crate) mod test_report {
     pub(crate) fn report(holder: &str, held: usize) -> CycleReport {
         let target = |name: &str, failure: Option<&'static str>| TargetLine {
             target: name.to_owned(),
+            account: None,
             outcome: String::new(),
             state: if failure.is_some() {
                 "failed"

@@ -72,12 +72,12 @@ async fn counts_events_across_regions_like_a_naive_count() {
 
     let source = CloudWatchEventsSource::new(vec![
         RegionLogs {
-            region: "eu-west-1".into(),
+            place: "eu-west-1".into(),
             client: eu,
             log_groups: vec!["aws-waf-logs-app".into()],
         },
         RegionLogs {
-            region: "us-east-1".into(),
+            place: "us-east-1".into(),
             client: us,
             log_groups: vec!["aws-waf-logs-app-cloudfront".into()],
         },
@@ -128,7 +128,7 @@ async fn a_missing_log_group_names_region_and_group() {
         .await
         .unwrap();
     let source = CloudWatchEventsSource::new(vec![RegionLogs {
-        region: "ap-southeast-2".into(),
+        place: "ap-southeast-2".into(),
         client: client(&moto, "ap-southeast-2"),
         log_groups: vec!["aws-waf-logs-missing".into()],
     }]);

@@ -265,7 +265,7 @@ fn source(rules: &[&Rule], polling: Polling) -> CloudWatchInsightsSource {
     let client = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, rules, |c| c
         .retry_config(retry_config()));
     let regions = vec![RegionLogs {
-        region: "eu-west-1".into(),
+        place: "eu-west-1".into(),
         client,
         log_groups: vec!["aws-waf-logs-app".into()],
     }];
@@ -746,7 +746,7 @@ fn count_by_insights(
             let (start, poll) = insights_over(events.clone());
             let client = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, &[&start, &poll]);
             RegionLogs {
-                region: format!("region-{i}"),
+                place: format!("region-{i}"),
                 client,
                 log_groups: vec!["aws-waf-logs-app".into()],
             }

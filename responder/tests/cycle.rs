@@ -432,7 +432,7 @@ async fn a_count_left_cut_by_the_row_limit_makes_the_cycle_incomplete() {
     let logs = mock_client!(aws_sdk_cloudwatchlogs, RuleMode::MatchAny, [&start, &poll]);
     let source = || {
         let regions = vec![RegionLogs {
-            region: "eu-west-1".into(),
+            place: "eu-west-1".into(),
             client: logs.clone(),
             log_groups: vec!["aws-waf-logs-app".into()],
         }];

@@ -395,7 +395,8 @@ async fn targets_are_built_from_the_policy() {
     let policy = Policy::from_toml(&text, "p.toml", date!(2026 - 11 - 22))
         .unwrap()
         .policy;
-    let targets = floodgate_responder::sink::ConfiguredTarget::from_policy(&policy).await;
+    let aws = floodgate_responder::aws::Aws::from_policy(&policy).await;
+    let targets = floodgate_responder::sink::ConfiguredTarget::from_policy(&aws, &policy);
     let labels: Vec<String> = targets.iter().map(WafTarget::label).collect();
     assert_eq!(
         labels,

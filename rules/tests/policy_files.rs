@@ -217,6 +217,7 @@ fn the_s3_example_policy_loads_with_its_source() {
             delivery_lag_minutes: 10,
             max_concurrent_objects: 16.try_into().unwrap(),
             format: floodgate_rules::policy::LogFormat::Waf,
+            account: None,
         }
     );
     // The defaults, and a prefix written without its trailing slash.

@@ -4,6 +4,7 @@
 //! `responder/tests/e2e/`.
 
 pub mod cloudflare;
+pub mod sts;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,8 +44,12 @@ pub fn wall_clock_ms() -> i64 {
 /// A moto server (a local AWS API emulator) on a free loopback port, from
 /// the venv that `scripts/test.sh` creates. Stopped when dropped.
 pub struct MotoServer {
-    child: std::process::Child,
+    /// The server process; `None` in a view of another account.
+    child: Option<std::process::Child>,
     port: u16,
+    /// Whose resources the clients act on: moto's default account
+    /// (123456789012) for keys it did not issue.
+    credentials: aws_credential_types::Credentials,
 }
 
 impl MotoServer {
@@ -70,7 +75,13 @@ impl MotoServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("moto_server starts");
-        let server = MotoServer { child, port };
+        let server = MotoServer {
+            child: Some(child),
+            port,
+            credentials: aws_credential_types::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while server.http("GET", "/moto-api/").is_err() {
             assert!(
@@ -82,6 +93,37 @@ impl MotoServer {
         server
     }
 
+    /// The same server acting in account `account_id` (12 digits): moto's
+    /// STS credentials for a role there, as the responder assumes one.
+    pub async fn in_account(&self, account_id: &str) -> MotoServer {
+        use aws_credential_types::provider::ProvideCredentials;
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    self.credentials.clone(),
+                ),
+            )
+            .time_source(aws_smithy_async::time::SystemTimeSource::new())
+            .build();
+        let role = format!("arn:aws:iam::{account_id}:role/floodgate-test");
+        let credentials = aws_config::sts::AssumeRoleProvider::builder(role)
+            .session_name("floodgate-test")
+            .configure(&base)
+            .build()
+            .await
+            .provide_credentials()
+            .await
+            .expect("moto's STS grants every role");
+        MotoServer {
+            child: None,
+            port: self.port,
+            credentials,
+        }
+    }
+
     /// The endpoint URL to give the AWS SDK.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -90,12 +132,12 @@ impl MotoServer {
     /// A CloudWatch Logs client for this server, in `region`, with the
     /// fake credentials moto accepts.
     pub fn logs_client(&self, region: &str) -> aws_sdk_cloudwatchlogs::Client {
-        use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_cloudwatchlogs::config::{BehaviorVersion, Region};
         let config = aws_sdk_cloudwatchlogs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .endpoint_url(self.endpoint())
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .credentials_provider(self.credentials.clone())
             .build();
         aws_sdk_cloudwatchlogs::Client::from_conf(config)
     }
@@ -103,12 +145,12 @@ impl MotoServer {
     /// A WAFv2 client for this server, in `region`, with the fake
     /// credentials moto accepts.
     pub fn wafv2_client(&self, region: &str) -> aws_sdk_wafv2::Client {
-        use aws_sdk_wafv2::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_wafv2::config::{BehaviorVersion, Region};
         let config = aws_sdk_wafv2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .endpoint_url(self.endpoint())
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .credentials_provider(self.credentials.clone())
             .build();
         aws_sdk_wafv2::Client::from_conf(config)
     }
@@ -116,12 +158,12 @@ impl MotoServer {
     /// A DynamoDB client for this server, in `region`, with the fake
     /// credentials moto accepts.
     pub fn dynamodb_client(&self, region: &str) -> aws_sdk_dynamodb::Client {
-        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Region};
         let config = aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .endpoint_url(self.endpoint())
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .credentials_provider(self.credentials.clone())
             .build();
         aws_sdk_dynamodb::Client::from_conf(config)
     }
@@ -129,13 +171,13 @@ impl MotoServer {
     /// An S3 client for this server, with buckets addressed by path and
     /// the fake credentials moto accepts.
     pub fn s3_client(&self) -> aws_sdk_s3::Client {
-        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        use aws_sdk_s3::config::{BehaviorVersion, Region};
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("eu-west-1"))
             .endpoint_url(self.endpoint())
             .force_path_style(true)
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .credentials_provider(self.credentials.clone())
             .build();
         aws_sdk_s3::Client::from_conf(config)
     }
@@ -306,8 +348,10 @@ impl MotoServer {
 
 impl Drop for MotoServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -148,7 +148,7 @@ fn override_ledger(
             ))
         };
         let planned = replan(&loaded)?;
-        let targets = shared_targets(policy).await;
+        let targets = shared_targets(&crate::aws::Aws::from_policy(policy).await, policy);
         // An operator's override is not a responder's cycle: it needs no lease.
         let guard = Arc::new(Unguarded);
         let (planned, reports) = match apply(

@@ -15,6 +15,7 @@ use floodgate_rules::policy::Target;
 use time::OffsetDateTime;
 
 use super::{CliError, Format, RunArgs, Status, load_policy, write_stdout};
+use crate::aws::Aws;
 use crate::clock::{Clock, Stopwatch, clock_at, unix_ms};
 use crate::cycle::{self, CycleReport, LeaseLine, Parts};
 use crate::daemon::{CycleResult, Health, Schedule, schedule_loop};
@@ -33,7 +34,10 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
             emf_metrics: args.emf_metrics,
         };
         return runtime
-            .block_on(once(&policy, args.policy.now, output, None))
+            .block_on(async {
+                let aws = Aws::from_policy(&policy).await;
+                once(&policy, &aws, args.policy.now, output, None).await
+            })
             .map(|ran| ran.status);
     }
     if args.policy.now.is_some() {
@@ -111,6 +115,9 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         crate::daemon::signal().await;
         let _ = stop.send(true);
     });
+    // Built once: each account's role is assumed once and its
+    // credentials refreshed before they expire, not once per cycle.
+    let aws = Arc::new(Aws::from_policy(&policy).await);
     let policy = Arc::new(policy);
     // One line per report, as log pipelines read them.
     let output = Output {
@@ -119,9 +126,9 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         emf_metrics: args.emf_metrics,
     };
     let cycle = || {
-        let (policy, health) = (Arc::clone(&policy), Arc::clone(&health));
+        let (policy, health, aws) = (Arc::clone(&policy), Arc::clone(&health), Arc::clone(&aws));
         async move {
-            match once(&policy, None, output, Some(&health)).await {
+            match once(&policy, &aws, None, output, Some(&health)).await {
                 Ok(Ran {
                     status: Status::Success,
                     stale: true,
@@ -169,12 +176,13 @@ struct Ran {
 /// metrics), and `run --once`.
 async fn once(
     policy: &Policy,
+    aws: &Aws,
     now: Option<OffsetDateTime>,
     output: Output,
     health: Option<&Health>,
 ) -> Result<Ran, CliError> {
     let started = Stopwatch::start();
-    let result = report_cycle(policy, now, output).await;
+    let result = report_cycle(policy, aws, now, output).await;
     if let (Some(health), Ok(report)) = (health, &result) {
         health.record(report);
     }
@@ -206,11 +214,12 @@ async fn once(
 /// Runs one cycle and prints its report.
 async fn report_cycle(
     policy: &Policy,
+    aws: &Aws,
     now: Option<OffsetDateTime>,
     output: Output,
 ) -> Result<CycleReport, CliError> {
     let real: Arc<dyn Clock> = Arc::from(clock_at(None));
-    let parts = Parts::from_policy(policy, Arc::from(clock_at(now)), real).await?;
+    let parts = Parts::from_policy(policy, aws, Arc::from(clock_at(now)), real).await?;
     let ledger = parts.ledger.label();
     let report = cycle::run(parts).await?;
     let json = serde_json::to_string(&report).expect("reports serialize");
@@ -416,7 +425,20 @@ fn summary(report: &CycleReport, policy: &Policy, ledger: &str) -> String {
         report.suppressed.len(),
         report.adopted.len()
     ));
-    for target in &report.targets {
+    // Grouped by account (the responder's own first) when targets span
+    // several, so one account's failed role reads as one block.
+    let mut targets: Vec<_> = report.targets.iter().collect();
+    targets.sort_by_key(|t| t.account.as_deref());
+    let grouped = targets.iter().any(|t| t.account.is_some());
+    let mut heading = None;
+    for target in targets {
+        if grouped && heading != Some(target.account.as_deref()) {
+            heading = Some(target.account.as_deref());
+            out.push_str(&match target.account.as_deref() {
+                Some(name) => format!(" account {name}:\n"),
+                None => " own account:\n".to_owned(),
+            });
+        }
         out.push_str(&format!("  {}: {}\n", target.target, target.outcome));
         for left in &target.left_out {
             out.push_str(&format!("    left out {left}\n"));

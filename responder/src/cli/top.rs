@@ -96,7 +96,9 @@ async fn top(args: &TopArgs, policy: &Policy) -> Result<Status, CliError> {
                 "give --logs PATH, or --config with a [source] section".to_owned(),
             ));
         }
-        ([], Some(config)) => ConfiguredSource::from_config(config).await?,
+        ([], Some(config)) => {
+            ConfiguredSource::from_config(&crate::aws::Aws::from_policy(policy).await, config)?
+        }
         (logs, _) => LogsArgument::new(logs, format).await?.into_source(),
     };
     let started = Stopwatch::start();

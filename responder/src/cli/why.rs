@@ -184,7 +184,8 @@ async fn why(
         .filter(|e| overlaps(&e.cidr, &subject))
         .collect();
     let mut targets = Vec::new();
-    let configured = crate::cycle::shared_targets(policy).await;
+    let aws = crate::aws::Aws::from_policy(policy).await;
+    let configured = crate::cycle::shared_targets(&aws, policy);
     for (target, contents) in
         read_all(configured, policy.responder.concurrency.get() as usize).await
     {

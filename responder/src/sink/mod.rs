@@ -408,27 +408,35 @@ pub enum ConfiguredTarget {
 }
 
 impl ConfiguredTarget {
-    /// Builds every target of the policy, with AWS clients from the standard
-    /// credential chain; the CloudFront scope's client is in us-east-1.
-    pub async fn from_policy(policy: &floodgate_rules::Policy) -> Vec<ConfiguredTarget> {
+    /// Builds every target of the policy, with AWS clients from `aws` (an
+    /// account's through its role); the CloudFront scope's is in us-east-1.
+    pub fn from_policy(
+        aws: &crate::aws::Aws,
+        policy: &floodgate_rules::Policy,
+    ) -> Vec<ConfiguredTarget> {
         use floodgate_rules::policy::Target;
         let mut targets = Vec::new();
         for target in &policy.targets {
             targets.push(match target {
                 Target::Wafv2(t) => {
-                    let client =
-                        crate::aws::wafv2_client(t.scope.api_region(), t.endpoint_url.as_deref())
-                            .await;
+                    let client = aws.wafv2_client(
+                        t.account.as_ref(),
+                        t.scope.api_region(),
+                        t.endpoint_url.as_deref(),
+                    );
                     let names = |sets: &[floodgate_rules::policy::IpSetName]| {
                         sets.iter().map(|n| n.as_str().to_owned()).collect()
                     };
-                    ConfiguredTarget::Wafv2(wafv2::Wafv2Target::new(
-                        client,
-                        t.scope.clone(),
-                        names(&t.ipv4_sets),
-                        names(&t.ipv6_sets),
-                        t.create_missing,
-                    ))
+                    ConfiguredTarget::Wafv2(
+                        wafv2::Wafv2Target::new(
+                            client,
+                            t.scope.clone(),
+                            names(&t.ipv4_sets),
+                            names(&t.ipv6_sets),
+                            t.create_missing,
+                        )
+                        .in_account(t.account.clone()),
+                    )
                 }
                 Target::Cloudflare(t) => {
                     let allowed = policy.allow.entries().iter().map(|e| e.cidr).collect();

@@ -24,7 +24,7 @@ use std::time::Duration;
 use aws_sdk_wafv2::Client;
 use aws_sdk_wafv2::operation::update_ip_set::UpdateIPSetError;
 use aws_sdk_wafv2::types::{IpAddressVersion, Scope};
-use floodgate_rules::policy::WafScope;
+use floodgate_rules::policy::{AccountName, WafScope};
 use ipnet::IpNet;
 
 use super::{ApiCalls, Changes, Contents, DesiredSets, TargetError, TargetReport, WafTarget};
@@ -42,6 +42,8 @@ pub struct Wafv2Target {
     ipv4_sets: Vec<String>,
     ipv6_sets: Vec<String>,
     create_missing: bool,
+    /// The `[[accounts]]` entry it lives in; `None` for the responder's own.
+    account: Option<AccountName>,
     /// First backoff after a lock conflict or limit; doubles per attempt.
     backoff: Duration,
     ids: Mutex<HashMap<String, String>>,
@@ -87,9 +89,17 @@ impl Wafv2Target {
             ipv4_sets,
             ipv6_sets,
             create_missing,
+            account: None,
             backoff: Duration::from_millis(200),
             ids: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Names the `[[accounts]]` entry whose role the client uses, for
+    /// reports.
+    pub fn in_account(mut self, account: Option<AccountName>) -> Self {
+        self.account = account;
+        self
     }
 
     /// Changes the first backoff (tests use a short one).
@@ -336,7 +346,10 @@ fn jittered(pause: Duration, name: &str, attempt: u32) -> Duration {
 
 impl WafTarget for Wafv2Target {
     fn label(&self) -> String {
-        format!("wafv2 {}", self.scope)
+        match &self.account {
+            Some(account) => format!("wafv2 {account}/{}", self.scope),
+            None => format!("wafv2 {}", self.scope),
+        }
     }
 
     async fn read(&self) -> Result<Contents, TargetError> {

@@ -41,7 +41,7 @@ fn groups(regions: &[RegionLogs]) -> impl Iterator<Item = (Client, String, Strin
     regions.iter().flat_map(|r| {
         r.log_groups
             .iter()
-            .map(|g| (r.client.clone(), r.region.clone(), g.clone()))
+            .map(|g| (r.client.clone(), r.place.clone(), g.clone()))
     })
 }
 

@@ -751,7 +751,7 @@ impl CloudWatchInsightsSource {
                     .chunks(MAX_GROUPS_PER_QUERY)
                     .map(|groups| Partition {
                         client: region.client.clone(),
-                        region: region.region.clone(),
+                        region: region.place.clone(),
                         log_groups: groups.to_vec(),
                     })
             })

@@ -182,8 +182,9 @@ pub enum ConfiguredSource {
 }
 
 impl ConfiguredSource {
-    /// Builds the source, with AWS clients from the standard credential chain.
-    pub async fn from_config(
+    /// Builds the source, with AWS clients from `aws`.
+    pub fn from_config(
+        aws: &crate::aws::Aws,
         config: &floodgate_rules::policy::LogSourceConfig,
     ) -> Result<ConfiguredSource, SourceError> {
         use floodgate_rules::policy::{CloudWatchApi, LogSourceConfig};
@@ -192,7 +193,7 @@ impl ConfiguredSource {
                 ConfiguredSource::Files(files::FileSource::new(paths)?.with_format(*format))
             }
             LogSourceConfig::S3(config) => {
-                ConfiguredSource::S3(s3::S3Source::from_config(config).await)
+                ConfiguredSource::S3(s3::S3Source::from_config(aws, config))
             }
             LogSourceConfig::CloudWatch {
                 api,
@@ -202,7 +203,7 @@ impl ConfiguredSource {
                 row_limit,
                 max_queries_per_cycle,
             } => {
-                let regions = crate::aws::region_logs(log_groups, endpoint_url.as_deref()).await;
+                let regions = crate::aws::region_logs(aws, log_groups, endpoint_url.as_deref());
                 match api {
                     CloudWatchApi::Events => ConfiguredSource::Events(
                         cloudwatch_events::CloudWatchEventsSource::new(regions),

@@ -134,10 +134,15 @@ impl S3Source {
     }
 
     /// The source a policy's `[source] type = "s3"` describes.
-    pub async fn from_config(config: &floodgate_rules::policy::S3Source) -> S3Source {
-        let client =
-            crate::aws::s3_client(Some(config.region.as_str()), config.endpoint_url.as_deref())
-                .await;
+    pub fn from_config(
+        aws: &crate::aws::Aws,
+        config: &floodgate_rules::policy::S3Source,
+    ) -> S3Source {
+        let client = crate::aws::s3_client_from(&aws.config(
+            config.account.as_ref(),
+            config.region.as_str(),
+            config.endpoint_url.as_deref(),
+        ));
         S3Source::new(client, &config.bucket, &config.prefix)
             .with_delivery_lag_minutes(config.delivery_lag_minutes)
             .with_concurrency(config.max_concurrent_objects.get() as usize)
@@ -368,7 +373,7 @@ impl S3Source {
     ) -> SourceError
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         let message = crate::aws::describe_error(error);
         let help = match error.as_service_error().and_then(|e| e.code()) {

@@ -1,6 +1,7 @@
 //! End to end: the real `floodgate` binary, run the way a user runs it,
 //! against moto, Redis, the Cloudflare fake and the committed samples.
 
+mod accounts;
 mod cli_daemon;
 mod cli_policy;
 mod cli_run;

@@ -32,6 +32,7 @@
 //! assert_eq!(allowed.owner, "netops@example.com");
 //! ```
 
+mod accounts;
 mod alerts;
 pub(crate) mod allow;
 mod check;
@@ -47,6 +48,7 @@ mod scope;
 mod targets;
 mod tiers;
 
+pub use accounts::{Account, AccountName, RoleArn};
 pub use alerts::Alerts;
 pub use allow::{AllowEntry, AllowList};
 pub use detection::{Aggregation, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, Prefixes};
@@ -87,6 +89,8 @@ pub struct Policy {
     pub allow: AllowList,
     /// Tenant quotas for the middleware, if the file has `[quotas]`.
     pub quotas: Option<Quotas>,
+    /// AWS accounts reached through a role (`[[accounts]]`).
+    pub accounts: Vec<Account>,
     /// Where blocks go.
     pub targets: Vec<Target>,
     /// Where WAF logs come from, if the file has `[source]`.
@@ -133,11 +137,13 @@ impl Policy {
             .quotas
             .as_ref()
             .and_then(|q| quotas::check_quotas(&mut checker, q));
-        let targets = targets::check_targets(&mut checker, &raw.targets);
+        let accounts = accounts::check_accounts(&mut checker, &raw.accounts);
+        let targets = targets::check_targets(&mut checker, &raw.targets, &accounts);
         let source = raw
             .source
             .as_ref()
-            .and_then(|s| targets::check_source(&mut checker, s));
+            .and_then(|s| targets::check_source(&mut checker, s, &accounts));
+        accounts::warn_unused(&mut checker, &raw, &accounts);
         if source.as_ref().and_then(LogSourceConfig::format) == Some(LogFormat::Cloudflare) {
             tiers::reject_label_matches(&mut checker, &raw.tiers);
         }
@@ -165,6 +171,7 @@ impl Policy {
             prefixes,
             allow,
             quotas,
+            accounts,
             targets,
             source,
             safety,
@@ -177,6 +184,11 @@ impl Policy {
             policy,
             warnings: diagnostics,
         })
+    }
+
+    /// The `[[accounts]]` entry of that name.
+    pub fn account(&self, name: &AccountName) -> Option<&Account> {
+        self.accounts.iter().find(|a| &a.name == name)
     }
 
     /// The tier of that name.

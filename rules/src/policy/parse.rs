@@ -26,10 +26,11 @@ const SECTIONS: &[&str] = &[
     "responder",
     "alerts",
     "detection",
+    "accounts",
 ];
 
 /// Sections written as arrays of tables (`[[tiers]]`).
-const ARRAYS: &[&str] = &["tiers", "allow", "targets"];
+const ARRAYS: &[&str] = &["tiers", "allow", "targets", "accounts"];
 
 /// Decodes `text` into the raw policy; `None` after reporting every
 /// syntax or type error to `checker`.
@@ -67,6 +68,7 @@ pub(crate) fn raw_policy(text: &str, checker: &mut Checker<'_>) -> Option<RawPol
                 let decoded = match name {
                     "tiers" => decode(entry, &path, checker).map(|t| raw.tiers.push(t)),
                     "allow" => decode(entry, &path, checker).map(|a| raw.allow.push(a)),
+                    "accounts" => decode(entry, &path, checker).map(|a| raw.accounts.push(a)),
                     _ => decode(entry, &path, checker).map(|t| raw.targets.push(t)),
                 };
                 failed |= decoded.is_none();

@@ -22,6 +22,16 @@ pub(crate) struct RawPolicy {
     pub responder: Option<Spanned<RawResponder>>,
     pub alerts: Option<Spanned<RawAlerts>>,
     pub detection: Option<Spanned<RawDetection>>,
+    pub accounts: Vec<Spanned<RawAccount>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccount {
+    pub name: Spanned<String>,
+    pub role_arn: Spanned<String>,
+    pub external_id_env: Option<Spanned<String>>,
+    pub endpoint_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +186,7 @@ pub(crate) struct RawTarget {
     pub api_url: Option<Spanned<String>>,
     pub max_items: Option<Spanned<i64>>,
     pub widen_ipv6: Option<Spanned<bool>>,
+    pub account: Option<Spanned<String>>,
 }
 
 /// One table for every source type; validation checks which keys a type takes.
@@ -197,6 +208,7 @@ pub(crate) struct RawSource {
     pub delivery_lag_minutes: Option<Spanned<i64>>,
     pub max_concurrent_objects: Option<Spanned<i64>>,
     pub format: Option<Spanned<String>>,
+    pub account: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +216,7 @@ pub(crate) struct RawSource {
 pub(crate) struct RawLogGroup {
     pub region: Spanned<String>,
     pub name: Spanned<String>,
+    pub account: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
+use super::accounts::{Account, AccountName, check_account_ref};
 use super::check::{Checker, UrlRules};
 use super::raw::{RawSource, RawTarget};
 
@@ -101,6 +102,9 @@ pub struct Wafv2Target {
     pub endpoint_url: Option<String>,
     /// Create missing IP sets (for emulators and first setup).
     pub create_missing: bool,
+    /// The `[[accounts]]` entry whose role reaches the sets; `None` for
+    /// the responder's own account.
+    pub account: Option<AccountName>,
 }
 
 /// The name of a Cloudflare list: 1 to 50 lowercase letters, digits or
@@ -176,10 +180,23 @@ pub enum Target {
     },
 }
 
+impl Target {
+    /// The `[[accounts]]` entry the target is reached through, if any.
+    pub fn account(&self) -> Option<&AccountName> {
+        match self {
+            Target::Wafv2(target) => target.account.as_ref(),
+            Target::Cloudflare(_) | Target::File { .. } => None,
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Wafv2(target) => write!(f, "wafv2 {}", target.scope),
+            Target::Wafv2(target) => match &target.account {
+                Some(account) => write!(f, "wafv2 {account}/{}", target.scope),
+                None => write!(f, "wafv2 {}", target.scope),
+            },
             Target::Cloudflare(target) => write!(
                 f,
                 "cloudflare {}/{}",
@@ -207,6 +224,9 @@ pub struct LogGroup {
     pub region: Region,
     /// Its name, starting with `aws-waf-logs-`.
     pub name: String,
+    /// The `[[accounts]]` entry whose role reads it; `None` for the
+    /// responder's own account.
+    pub account: Option<AccountName>,
 }
 
 /// What wrote the log records a source reads.
@@ -300,6 +320,21 @@ impl LogSourceConfig {
         }
     }
 
+    /// The `[[accounts]]` entries the source reads through, each once.
+    pub fn accounts(&self) -> Vec<&AccountName> {
+        let mut accounts: Vec<&AccountName> = match self {
+            LogSourceConfig::Files { .. } => Vec::new(),
+            LogSourceConfig::S3(s3) => s3.account.iter().collect(),
+            LogSourceConfig::CloudWatch { log_groups, .. } => log_groups
+                .iter()
+                .filter_map(|group| group.account.as_ref())
+                .collect(),
+        };
+        accounts.sort();
+        accounts.dedup();
+        accounts
+    }
+
     /// What wrote the records, for the sources that read them whole;
     /// `None` for CloudWatch Logs, which holds only WAF's.
     pub fn format(&self) -> Option<LogFormat> {
@@ -333,6 +368,9 @@ pub struct S3Source {
     /// What wrote them: WAF (or Firehose) in its `YYYY/MM/DD/HH/` folders,
     /// or Cloudflare's Logpush in `YYYYMMDD/` folders or none.
     pub format: LogFormat,
+    /// The `[[accounts]]` entry whose role reads the bucket; `None` for
+    /// the responder's own account.
+    pub account: Option<AccountName>,
 }
 
 /// Delivery lag when the policy does not set one: WAF publishes to S3
@@ -342,15 +380,19 @@ pub const DEFAULT_DELIVERY_LAG_MINUTES: u32 = 10;
 const WAF_LOG_GROUP_PREFIX: &str = "aws-waf-logs-";
 
 /// Checks every target, then that no two write to the same place.
-pub(crate) fn check_targets(checker: &mut Checker<'_>, raw: &[Spanned<RawTarget>]) -> Vec<Target> {
+pub(crate) fn check_targets(
+    checker: &mut Checker<'_>,
+    raw: &[Spanned<RawTarget>],
+    accounts: &[Account],
+) -> Vec<Target> {
     let mut targets: Vec<Target> = Vec::new();
     for (i, entry) in raw.iter().enumerate() {
         let path = format!("targets[{i}]");
-        let Some(target) = check_target(checker, entry.get_ref(), &path) else {
+        let Some(target) = check_target(checker, entry.get_ref(), &path, accounts) else {
             continue;
         };
         let same_place = |other: &Target| match (other, &target) {
-            (Target::Wafv2(a), Target::Wafv2(b)) => a.scope == b.scope,
+            (Target::Wafv2(a), Target::Wafv2(b)) => a.scope == b.scope && a.account == b.account,
             (Target::Cloudflare(a), Target::Cloudflare(b)) => {
                 a.account_id == b.account_id && a.list == b.list
             }
@@ -372,7 +414,12 @@ pub(crate) fn check_targets(checker: &mut Checker<'_>, raw: &[Spanned<RawTarget>
     targets
 }
 
-fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Option<Target> {
+fn check_target(
+    checker: &mut Checker<'_>,
+    raw: &RawTarget,
+    path: &str,
+    accounts: &[Account],
+) -> Option<Target> {
     let kind = checker.choice(
         &raw.kind,
         &format!("{path}.type"),
@@ -417,12 +464,22 @@ fn check_target(checker: &mut Checker<'_>, raw: &RawTarget, path: &str) -> Optio
                 }
                 None => None,
             };
+            let account = match &raw.account {
+                Some(name) => Some(check_account_ref(
+                    checker,
+                    accounts,
+                    name,
+                    &format!("{path}.account"),
+                )?),
+                None => None,
+            };
             Some(Target::Wafv2(Wafv2Target {
                 scope: scope?,
                 ipv4_sets: ipv4_sets?,
                 ipv6_sets: ipv6_sets?,
                 endpoint_url,
                 create_missing: raw.create_missing.as_ref().is_some_and(|c| *c.get_ref()),
+                account,
             }))
         }
     }
@@ -643,6 +700,7 @@ pub(crate) const ENDPOINT_URL: UrlRules = UrlRules {
 pub(crate) fn check_source(
     checker: &mut Checker<'_>,
     raw: &Spanned<RawSource>,
+    accounts: &[Account],
 ) -> Option<LogSourceConfig> {
     let raw = raw.get_ref();
     let kind = checker.choice(&raw.kind, "source.type", &["files", "cloudwatch", "s3"])?;
@@ -696,6 +754,7 @@ pub(crate) fn check_source(
             raw.format.as_ref().map(Spanned::span),
             &["files", "s3"],
         ),
+        ("account", raw.account.as_ref().map(Spanned::span), &["s3"]),
     ];
     let stray: Vec<_> = keys
         .into_iter()
@@ -722,7 +781,7 @@ pub(crate) fn check_source(
         None => Some(None),
     };
     match kind {
-        "s3" => check_s3_source(checker, raw, endpoint_url?, format?),
+        "s3" => check_s3_source(checker, raw, endpoint_url?, format?, accounts),
         _ => {
             let api = match &raw.api {
                 None => Some(CloudWatchApi::Insights),
@@ -732,7 +791,7 @@ pub(crate) fn check_source(
                     None => None,
                 },
             };
-            let log_groups = check_log_groups(checker, raw);
+            let log_groups = check_log_groups(checker, raw, accounts);
             let max_concurrent_queries = match &raw.max_concurrent_queries {
                 Some(max) => checker.positive(max, "source.max_concurrent_queries")?,
                 None => NonZeroU32::new(30).expect("30 is not zero"),
@@ -796,6 +855,7 @@ fn check_s3_source(
     raw: &RawSource,
     endpoint_url: Option<String>,
     format: LogFormat,
+    accounts: &[Account],
 ) -> Option<LogSourceConfig> {
     let bucket = required(
         checker,
@@ -865,6 +925,15 @@ fn check_s3_source(
         Some(max) => checker.positive(max, "source.max_concurrent_objects"),
         None => NonZeroU32::new(16),
     };
+    let account = match &raw.account {
+        Some(name) => Some(check_account_ref(
+            checker,
+            accounts,
+            name,
+            "source.account",
+        )?),
+        None => None,
+    };
     Some(LogSourceConfig::S3(S3Source {
         bucket: bucket?,
         prefix: prefix?,
@@ -873,6 +942,7 @@ fn check_s3_source(
         delivery_lag_minutes: delivery_lag_minutes?,
         max_concurrent_objects: max_concurrent_objects?,
         format,
+        account,
     }))
 }
 
@@ -889,7 +959,11 @@ pub fn valid_bucket_name(name: &str) -> bool {
         && edge(name.chars().last())
 }
 
-fn check_log_groups(checker: &mut Checker<'_>, raw: &RawSource) -> Option<Vec<LogGroup>> {
+fn check_log_groups(
+    checker: &mut Checker<'_>,
+    raw: &RawSource,
+    accounts: &[Account],
+) -> Option<Vec<LogGroup>> {
     let example = "log_groups = [{ region = \"eu-west-1\", name = \"aws-waf-logs-app\" }]";
     let groups = required(
         checker,
@@ -922,10 +996,20 @@ fn check_log_groups(checker: &mut Checker<'_>, raw: &RawSource) -> Option<Vec<Lo
             checker.error(group.name.span(), &format!("{path}.name"), message, help);
             continue;
         }
+        let account = match &group.account {
+            Some(account) => {
+                match check_account_ref(checker, accounts, account, &format!("{path}.account")) {
+                    Some(account) => Some(account),
+                    None => continue,
+                }
+            }
+            None => None,
+        };
         if let Some(region) = region {
             checked.push(LogGroup {
                 region,
                 name: name.clone(),
+                account,
             });
         }
     }
@@ -975,6 +1059,7 @@ fn reject_stray_target_keys(checker: &mut Checker<'_>, raw: &RawTarget, path: &s
         span(raw.api_url.as_ref().map(Spanned::span), cloudflare).map(|s| ("api_url", s)),
         span(raw.max_items.as_ref().map(Spanned::span), cloudflare).map(|s| ("max_items", s)),
         span(raw.widen_ipv6.as_ref().map(Spanned::span), cloudflare).map(|s| ("widen_ipv6", s)),
+        span(raw.account.as_ref().map(Spanned::span), wafv2).map(|s| ("account", s)),
     ];
     reject_stray_keys(checker, path, kind, &stray);
 }
