@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use super::{floodgate, venv_bin, workspace_root};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The day the committed templates were rendered for (expiry decides which
 /// allow entries are in the WAF allow-list).
@@ -1059,5 +1059,197 @@ fn a_customer_managed_key_encrypts_the_ledger_and_the_logs() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&lint.stdout)
+    );
+}
+
+/// The example policy with two member accounts: one holding IP sets in
+/// eu-west-1 and a WAF log group there, one IP sets for CloudFront.
+fn with_member_accounts() -> String {
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap();
+    let group = "  { region = \"us-east-1\", name = \"aws-waf-logs-floodgate-cloudfront\" },\n";
+    example.replace(
+        group,
+        &format!("{group}  {{ region = \"eu-west-1\", name = \"aws-waf-logs-shop\", account = \"shop\" }},\n"),
+    ) + r#"
+[[accounts]]
+name = "shop"
+role_arn = "arn:aws:iam::111122223333:role/floodgate-member"
+external_id_env = "FLOODGATE_SHOP_EXTERNAL_ID"
+
+[[accounts]]
+name = "media"
+role_arn = "arn:aws:iam::444455556666:role/floodgate-member"
+
+[[targets]]
+type = "wafv2"
+scope = "regional"
+region = "eu-west-1"
+ipv4_sets = ["floodgate-blocked-v4", "floodgate-blocked-v4-2"]
+ipv6_sets = ["floodgate-blocked-v6"]
+account = "shop"
+
+[[targets]]
+type = "wafv2"
+scope = "cloudfront"
+ipv4_sets = ["floodgate-blocked-v4", "floodgate-blocked-v4-2"]
+ipv6_sets = ["floodgate-blocked-v6"]
+account = "media"
+"#
+}
+
+#[test]
+fn member_accounts_get_a_role_that_trusts_only_the_responder_and_reaches_only_their_resources() {
+    let (dir, out) = rendered(&with_member_accounts());
+    let output = cfn_lint(&[
+        out.join("member-role.yaml").to_str().unwrap(),
+        out.join("responder.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = checkov(&out);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // The responder may assume exactly the two roles, and its own
+    // statements name only its own account's log groups.
+    let responder = iam_statements(&read_template(&out, "responder.yaml"));
+    let assume: Vec<&Value> = responder
+        .iter()
+        .filter(|(_, s)| s["Action"] == json!(["sts:AssumeRole"]))
+        .map(|(_, s)| &s["Resource"])
+        .collect();
+    assert_eq!(
+        assume,
+        [&json!([
+            "arn:aws:iam::111122223333:role/floodgate-member",
+            "arn:aws:iam::444455556666:role/floodgate-member"
+        ])]
+    );
+    let own = serde_json::to_string(&responder).unwrap();
+    assert!(!own.contains("aws-waf-logs-shop"), "{own}");
+
+    // The member role: trusted by the responder's role alone, with the
+    // external id when one is given; its statements reach the member
+    // targets' IP sets (eu-west-1 and CloudFront) and the member log group.
+    let member = read_template(&out, "member-role.yaml");
+    let role = &member["Resources"]["MemberRole"]["Properties"];
+    let trust = &role["AssumeRolePolicyDocument"]["Statement"][0]["Fn::If"];
+    assert_eq!(trust[0], "HasExternalId");
+    for statement in [&trust[1], &trust[2]] {
+        assert_eq!(
+            statement["Principal"],
+            json!({ "AWS": { "Ref": "ResponderRoleArn" } })
+        );
+        assert_eq!(statement["Action"], "sts:AssumeRole");
+    }
+    assert_eq!(
+        trust[1]["Condition"],
+        json!({ "StringEquals": { "sts:ExternalId": { "Ref": "ExternalId" } } })
+    );
+    assert_eq!(role["RoleName"], json!({ "Ref": "RoleName" }));
+    assert_eq!(
+        member["Parameters"]["RoleName"]["Default"],
+        "floodgate-member"
+    );
+    let statements = iam_statements(&member);
+    let sids: Vec<&str> = statements
+        .iter()
+        .map(|(_, s)| s["Sid"].as_str().unwrap())
+        .collect();
+    assert_eq!(sids, ["MemberIpSets", "WafLogGroups"]);
+    let resources = serde_json::to_string(&statements[0].1["Resource"]).unwrap();
+    for place in [
+        "wafv2:eu-west-1:${AWS::AccountId}:regional/ipset/floodgate-blocked-v4/*",
+        "wafv2:us-east-1:${AWS::AccountId}:global/ipset/floodgate-blocked-v6/*",
+    ] {
+        assert!(resources.contains(place), "{place} in {resources}");
+    }
+    assert!(
+        !resources.contains("ap-southeast-2"),
+        "only the member targets' scopes: {resources}"
+    );
+    assert_eq!(
+        statements[1].1["Resource"],
+        json!([{ "Fn::Sub": "arn:${AWS::Partition}:logs:eu-west-1:${AWS::AccountId}:log-group:aws-waf-logs-shop" }])
+    );
+
+    // deploy.sh --member-account deploys it with the responder's role and
+    // the external id, from a member account's credentials.
+    let infra = dir.path().join("infra");
+    std::fs::create_dir_all(infra.join("cloudformation")).unwrap();
+    std::fs::copy(
+        workspace_root().join("infra/deploy.sh"),
+        infra.join("deploy.sh"),
+    )
+    .unwrap();
+    for file in std::fs::read_dir(&out).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(
+            file.path(),
+            infra.join("cloudformation").join(file.file_name()),
+        )
+        .unwrap();
+    }
+    let calls = fake_aws(dir.path());
+    let deploy = |role: Option<&str>| {
+        let mut command = Command::new(infra.join("deploy.sh"));
+        command
+            .arg("--member-account")
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+            .env("FLOODGATE_EXTERNAL_ID", "s3cret");
+        match role {
+            Some(role) => command.env("FLOODGATE_RESPONDER_ROLE_ARN", role),
+            None => command.env_remove("FLOODGATE_RESPONDER_ROLE_ARN"),
+        };
+        command.output().unwrap()
+    };
+    let refused = deploy(None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("FLOODGATE_RESPONDER_ROLE_ARN"));
+    assert!(
+        !calls.exists(),
+        "nothing deployed without the responder's role"
+    );
+    let deployed = deploy(Some(
+        "arn:aws:iam::123456789012:role/floodgate-responder-ResponderRole",
+    ));
+    assert_eq!(
+        deployed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    let calls = std::fs::read_to_string(calls).unwrap();
+    assert_eq!(calls.lines().count(), 1, "{calls}");
+    for part in [
+        "cloudformation deploy --stack-name floodgate-member-role --region us-east-1",
+        "member-role.yaml --capabilities CAPABILITY_NAMED_IAM",
+        "ResponderRoleArn=arn:aws:iam::123456789012:role/floodgate-responder-ResponderRole ExternalId=s3cret",
+    ] {
+        assert!(calls.contains(part), "{part} in {calls}");
+    }
+}
+
+#[test]
+fn deploy_member_account_needs_a_policy_with_accounts() {
+    let output = Command::new("infra/deploy.sh")
+        .args(["--member-account", "--dry-run"])
+        .current_dir(workspace_root())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the policy has no [[accounts]]"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

@@ -32,6 +32,8 @@ use floodgate_rules::policy::{
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+mod member_role;
+
 /// The label the allow-list rule adds; rate rules skip requests that carry it.
 pub const ALLOW_LABEL: &str = "floodgate:allow-listed";
 
@@ -86,6 +88,9 @@ pub struct Rendered {
     /// `cloudflare-rules.json`, when the policy has Cloudflare targets: the
     /// custom rule that makes each list block.
     pub cloudflare: Option<Value>,
+    /// `member-role.yaml`, when the policy has `[[accounts]]`: the role the
+    /// responder assumes in each of them.
+    pub member_role: Option<Value>,
 }
 
 impl Rendered {
@@ -111,6 +116,9 @@ impl Rendered {
             ("responder.yaml", template(&self.responder)),
             ("deployments.tsv", tsv),
         ];
+        if let Some(role) = &self.member_role {
+            files.push((member_role::FILE, template(role)));
+        }
         if let Some(rules) = &self.cloudflare {
             let mut rules = rules.clone();
             rules["generated_by"] = json!(format!("floodgate render-infra --config {policy_file}"));
@@ -158,13 +166,27 @@ fn cloudflare_rules(policy: &Policy) -> Option<Value> {
 struct WafTargets {
     ipv4_sets: Vec<String>,
     ipv6_sets: Vec<String>,
+    /// The scopes of the targets in the responder's own account.
     scopes: Vec<WafScope>,
+    /// The scopes of the targets in `[[accounts]]` accounts, each once.
+    member_scopes: Vec<WafScope>,
+}
+
+impl WafTargets {
+    /// Every IP set name, IPv4 then IPv6.
+    fn names(&self) -> Vec<String> {
+        self.ipv4_sets
+            .iter()
+            .chain(&self.ipv6_sets)
+            .cloned()
+            .collect()
+    }
 }
 
 /// The IP set names every wafv2 target shares, and the targets' scopes.
 fn waf_targets(policy: &Policy) -> Result<WafTargets, InfraError> {
     let mut shared: Option<(Vec<String>, Vec<String>)> = None;
-    let mut scopes = Vec::new();
+    let (mut scopes, mut member_scopes) = (Vec::new(), Vec::new());
     for target in &policy.targets {
         let Target::Wafv2(target) = target else {
             continue;
@@ -191,13 +213,18 @@ fn waf_targets(policy: &Policy) -> Result<WafTargets, InfraError> {
             Some(_) => {}
             None => shared = Some(names),
         }
-        scopes.push(target.scope.clone());
+        match target.account {
+            None => scopes.push(target.scope.clone()),
+            Some(_) if member_scopes.contains(&target.scope) => {}
+            Some(_) => member_scopes.push(target.scope.clone()),
+        }
     }
     let (ipv4_sets, ipv6_sets) = shared.ok_or(InfraError::NoWafTargets)?;
     Ok(WafTargets {
         ipv4_sets,
         ipv6_sets,
         scopes,
+        member_scopes,
     })
 }
 
@@ -229,6 +256,7 @@ pub fn render(policy: &Policy) -> Result<Rendered, InfraError> {
         responder: responder_template(policy, infra, &targets),
         deployments: deployments(policy, infra, &targets.scopes),
         cloudflare: cloudflare_rules(policy),
+        member_role: member_role::template(policy, infra, &targets),
     })
 }
 
@@ -618,35 +646,40 @@ fn ip_set_arns(names: &[String], scopes: &[WafScope]) -> Vec<Value> {
     arns
 }
 
-/// The responder's role: its IP sets, its WAF log groups, its ledger table
-/// (and in the scheduled mode its state volume), and its log source (log
-/// groups, or an S3 prefix); no wildcard actions.
-fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Vec<Value> {
-    let names: Vec<String> = targets
-        .ipv4_sets
-        .iter()
-        .chain(&targets.ipv6_sets)
-        .cloned()
-        .collect();
-    let mut statements = vec![json!({
-        "Sid": "ResponderIpSets",
+/// Reading and writing the IP sets `names` in `scopes` of the account the
+/// policy is deployed in; no creating or deleting them.
+fn ip_sets_statement(sid: &str, names: &[String], scopes: &[WafScope]) -> Value {
+    json!({
+        "Sid": sid,
         "Effect": "Allow",
         "Action": ["wafv2:GetIPSet", "wafv2:UpdateIPSet", "wafv2:ListIPSets"],
-        "Resource": ip_set_arns(&names, &targets.scopes),
-    })];
+        "Resource": ip_set_arns(names, scopes),
+    })
+}
+
+/// Reading the policy's log source where it lives in the responder's own
+/// account, or (`members`) in the `[[accounts]]` accounts: its log groups
+/// there, or its S3 prefix.
+fn source_statements(policy: &Policy, members: bool) -> Vec<Value> {
+    let mut statements = Vec::new();
     if let Some(LogSourceConfig::CloudWatch { log_groups, .. }) = &policy.source {
         let arns: Vec<Value> = log_groups
             .iter()
+            .filter(|g| g.account.is_some() == members)
             .map(|g| json!({ "Fn::Sub": format!("arn:${{AWS::Partition}}:logs:{}:${{AWS::AccountId}}:log-group:{}", g.region, g.name) }))
             .collect();
-        statements.push(json!({
-            "Sid": "WafLogGroups",
-            "Effect": "Allow",
-            "Action": ["logs:StartQuery", "logs:GetQueryResults", "logs:StopQuery", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
-            "Resource": arns,
-        }));
+        if !arns.is_empty() {
+            statements.push(json!({
+                "Sid": "WafLogGroups",
+                "Effect": "Allow",
+                "Action": ["logs:StartQuery", "logs:GetQueryResults", "logs:StopQuery", "logs:FilterLogEvents", "logs:DescribeLogStreams"],
+                "Resource": arns,
+            }));
+        }
     }
-    if let Some(LogSourceConfig::S3(s3)) = &policy.source {
+    if let Some(LogSourceConfig::S3(s3)) = &policy.source
+        && s3.account.is_some() == members
+    {
         // Listing is granted on the bucket for keys under the prefix only;
         // reading, on the objects under it. No writes, no deletes.
         statements.push(json!({
@@ -661,6 +694,36 @@ fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) ->
             "Effect": "Allow",
             "Action": ["s3:GetObject"],
             "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}/{}*", s3.bucket, s3.prefix) },
+        }));
+    }
+    statements
+}
+
+/// The responder's role: its IP sets, its WAF log groups, its ledger table
+/// (and in the scheduled mode its state volume), and its log source (log
+/// groups, or an S3 prefix); no wildcard actions.
+fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) -> Vec<Value> {
+    let mut statements = Vec::new();
+    if !targets.scopes.is_empty() {
+        statements.push(ip_sets_statement(
+            "ResponderIpSets",
+            &targets.names(),
+            &targets.scopes,
+        ));
+    }
+    statements.extend(source_statements(policy, false));
+    let roles: Vec<&str> = policy
+        .accounts
+        .iter()
+        .map(|a| a.role_arn.as_str())
+        .collect();
+    if !roles.is_empty() {
+        // Exactly the roles the policy names, in the accounts it names.
+        statements.push(json!({
+            "Sid": "AssumeMemberRoles",
+            "Effect": "Allow",
+            "Action": ["sts:AssumeRole"],
+            "Resource": roles,
         }));
     }
     if let LedgerStore::DynamoDb(table) = &policy.responder.ledger {
