@@ -1013,13 +1013,8 @@ fn uses_insights(policy: &Policy) -> bool {
 /// Where the offenders were seen, for the ledger.
 fn source_label(policy: &Policy) -> String {
     match &policy.source {
-        Some(LogSourceConfig::CloudWatch { log_groups, .. }) => log_groups
-            .iter()
-            .map(|g| format!("{}/{}", g.region, g.name))
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(LogSourceConfig::S3(s3)) => format!("s3://{}/{}", s3.bucket, s3.prefix),
-        _ => "files".to_owned(),
+        Some(LogSourceConfig::Files { .. }) | None => "files".to_owned(),
+        Some(source) => source.locations().join(","),
     }
 }
 

@@ -608,6 +608,15 @@ fn warn_skipped_objects(stats: &crate::traffic::Stats) {
 
 /// The parts of a count the row limit left cut, in one line: "us-east-1
 /// 300 s all (keys at ≤ 2 requests may be missing); …".
+/// Where the policy's source reads logs, for `plan` and `status`.
+fn source_locations(policy: &Policy) -> Vec<String> {
+    policy
+        .source
+        .as_ref()
+        .map(LogSourceConfig::locations)
+        .unwrap_or_default()
+}
+
 fn incomplete_parts(cut: &[crate::traffic::CutCount]) -> String {
     let parts: Vec<String> = cut
         .iter()

@@ -64,6 +64,10 @@ pub(super) struct PlanReport {
     version: u32,
     /// `enforce`, or `observe` (`run` would write nothing).
     mode: &'static str,
+    /// Where the policy's source reads logs: each log group as
+    /// `region/name`, an S3 location as `s3://bucket/prefix`, after
+    /// `account/` for one in an `[[accounts]]` account.
+    reads: Vec<String>,
     /// Per target, what would change.
     targets: Vec<TargetPlan>,
     /// Additions over every target.
@@ -134,6 +138,7 @@ async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliErro
     let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect();
     Ok(PlanReport {
         version: crate::JSON_VERSION,
+        reads: super::source_locations(policy),
         mode: if planned.observe_only {
             "observe"
         } else {
@@ -245,6 +250,7 @@ fn table(report: &PlanReport) -> String {
             super::incomplete_parts(&report.incomplete)
         ));
     }
+    out.push_str(&format!("reads: {}\n", report.reads.join(", ")));
     for target in &report.targets {
         if target.add.is_empty() && target.remove.is_empty() {
             out.push_str(&format!("{}: no changes\n", target.target));

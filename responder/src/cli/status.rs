@@ -83,6 +83,10 @@ pub(super) struct StatusReport {
     version: u32,
     /// Where the ledger is kept.
     ledger: String,
+    /// Where the policy's source reads logs: each log group as
+    /// `region/name`, an S3 location as `s3://bucket/prefix`, after
+    /// `account/` for one in an `[[accounts]]` account.
+    reads: Vec<String>,
     /// With `[responder] lease`: who holds it; `null` if nobody ever has.
     #[serde(skip_serializing_if = "Option::is_none")]
     lease: Option<Option<LeaseStatus>>,
@@ -173,6 +177,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     Ok(StatusReport {
         version: crate::JSON_VERSION,
         ledger: store.label(),
+        reads: super::source_locations(policy),
         lease,
         last_run: ledger.last_run_ms.map(rfc3339_from_ms),
         active: active
@@ -204,6 +209,7 @@ fn table(report: &StatusReport) -> String {
         report.ledger,
         report.last_run.as_deref().unwrap_or("never")
     );
+    out.push_str(&format!("reads: {}\n", report.reads.join(", ")));
     match &report.lease {
         Some(Some(lease)) if !lease.holder.is_empty() => {
             let state = if lease.lapsed { "lapsed" } else { "until" };

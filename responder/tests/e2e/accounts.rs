@@ -199,14 +199,55 @@ async fn an_attacker_spread_over_accounts_is_blocked_in_every_account_and_a_refu
             }
         }
     }
+    // One AssumeRole per granted role for all its clients in the cycle
+    // (two of them: "shop" and "api"); the refused one is asked again by
+    // each client, as a refusal is not cached.
+    let (calls, refused) = (gate.assume_role_calls(), gate.refused());
+    assert!(refused >= 1, "the gate refused the wrong external id");
+    assert_eq!(calls - refused, 2, "{calls} calls, {refused} refused");
+
+    // status names every target's and every log group's account, and
+    // tells the refused account's targets from drift.
+    let status = tokio::process::Command::new(floodgate_bin())
+        .args(["status", "--format", "json", "--config"])
+        .arg(&policy_path)
+        .current_dir(dir.path())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("FG_EXTERNAL_ID_SHOP", "shop-secret")
+        .env("FG_EXTERNAL_ID_API", "api-needs-none")
+        .env("FG_EXTERNAL_ID_LEGACY", "a-wrong-id")
+        .output()
+        .await
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let reads: Vec<&str> = status["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for place in [
+        "eu-west-1/aws-waf-logs-app",
+        "shop/eu-west-1/aws-waf-logs-app",
+        "api/us-east-1/aws-waf-logs-app",
+    ] {
+        assert!(reads.contains(&place), "{place} in {reads:?}");
+    }
+    for target in status["targets"].as_array().unwrap() {
+        let label = target["target"].as_str().unwrap();
+        let refused = label.starts_with("wafv2 legacy/");
+        assert_eq!(target["error"].is_string(), refused, "{target}");
+        if !refused {
+            assert_eq!(target["unexpected"], serde_json::json!([]), "{target}");
+            assert_eq!(target["missing"], serde_json::json!([]), "{target}");
+        }
+    }
     assert!(
-        gate.refused() >= 1,
-        "the gate refused the wrong external id"
-    );
-    assert!(
-        gate.assume_role_calls() <= 3 + gate.refused(),
-        "each granted role is assumed once for all its clients: {} calls, {} refused",
-        gate.assume_role_calls(),
-        gate.refused()
+        status["active"][0]["source"]
+            .as_str()
+            .unwrap()
+            .contains("shop/eu-west-1/aws-waf-logs-app"),
+        "{status}"
     );
 }

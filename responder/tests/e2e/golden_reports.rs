@@ -31,8 +31,10 @@ fn floodgate(dir: &Path, policy: &Path, now: &str, args: &[&str]) -> String {
         .unwrap();
     let code = output.status.code().unwrap_or(-1);
     assert!(code != 1, "{args:?} failed: {}", stderr(&output));
-    let text = String::from_utf8(output.stdout).unwrap();
     // Paths differ between machines and runs.
+    let text = String::from_utf8(output.stdout)
+        .unwrap()
+        .replace(workspace_root().to_str().unwrap(), "<root>");
     let command = args
         .join(" ")
         .replace(dir.to_str().unwrap(), "<dir>")

@@ -320,19 +320,25 @@ impl LogSourceConfig {
         }
     }
 
-    /// The `[[accounts]]` entries the source reads through, each once.
-    pub fn accounts(&self) -> Vec<&AccountName> {
-        let mut accounts: Vec<&AccountName> = match self {
-            LogSourceConfig::Files { .. } => Vec::new(),
-            LogSourceConfig::S3(s3) => s3.account.iter().collect(),
+    /// Where the source reads: each log group as `region/name`, the S3
+    /// location as `s3://bucket/prefix`, each after `account/` when it is
+    /// in an `[[accounts]]` account; the paths of a files source.
+    pub fn locations(&self) -> Vec<String> {
+        let in_account = |account: &Option<AccountName>, place: String| match account {
+            Some(account) => format!("{account}/{place}"),
+            None => place,
+        };
+        match self {
+            LogSourceConfig::Files { paths, .. } => paths.clone(),
+            LogSourceConfig::S3(s3) => vec![in_account(
+                &s3.account,
+                format!("s3://{}/{}", s3.bucket, s3.prefix),
+            )],
             LogSourceConfig::CloudWatch { log_groups, .. } => log_groups
                 .iter()
-                .filter_map(|group| group.account.as_ref())
+                .map(|g| in_account(&g.account, format!("{}/{}", g.region, g.name)))
                 .collect(),
-        };
-        accounts.sort();
-        accounts.dedup();
-        accounts
+        }
     }
 
     /// What wrote the records, for the sources that read them whole;
