@@ -17,8 +17,6 @@ use serde_json::Value;
 const REGIONS: [&str; 2] = ["eu-west-1", "us-east-1"];
 const GROUP: &str = "aws-waf-logs-app";
 const OWN: &str = "123456789012";
-/// The member accounts that log traffic: name and account id.
-const MEMBERS: [(&str, &str); 2] = [("shop", "111111111111"), ("api", "222222222222")];
 /// An account whose role requires an external id the responder gets wrong.
 const REFUSING: (&str, &str) = ("legacy", "333333333333");
 
@@ -26,10 +24,26 @@ fn role(account_id: &str) -> String {
     format!("arn:aws:iam::{account_id}:role/floodgate-member")
 }
 
+/// `count` member accounts that log traffic, as (name, account id): "shop"
+/// and "api", then "member3"…
+fn members(count: usize) -> Vec<(String, String)> {
+    (1..=count)
+        .map(|i| {
+            let name = match i {
+                1 => "shop".to_owned(),
+                2 => "api".to_owned(),
+                _ => format!("member{i}"),
+            };
+            (name, (111_111_111_110 + i as u64).to_string())
+        })
+        .collect()
+}
+
 /// The policy: a tier of 1000 requests, the partner allow-listed, the
-/// member accounts' roles (through `gate`), one log group per account and
-/// region, and a target per account and region.
-fn policy(moto: &str, gate: &str) -> String {
+/// accounts' roles (through `gate`), one log group per account and
+/// region, and a target per account and region; `refusing` has targets
+/// only.
+fn policy(moto: &str, gate: &str, members: &[(String, String)], refusing: bool) -> String {
     let mut text = r#"[responder]
 state_dir = "state"
 
@@ -47,7 +61,9 @@ owner = "partnerships@example.com"
 expires = 2099-12-31
 "#
     .to_owned();
-    for (name, id) in MEMBERS.iter().chain([&REFUSING]) {
+    let refusing = refusing.then(|| (REFUSING.0.to_owned(), REFUSING.1.to_owned()));
+    let with_roles: Vec<&(String, String)> = members.iter().chain(&refusing).collect();
+    for (name, id) in &with_roles {
         text += &format!(
             "\n[[accounts]]\nname = \"{name}\"\nrole_arn = \"{}\"\nexternal_id_env = \"FG_EXTERNAL_ID_{}\"\nendpoint_url = \"{gate}\"\n",
             role(id),
@@ -57,7 +73,7 @@ expires = 2099-12-31
     let mut groups = Vec::new();
     for region in REGIONS {
         groups.push(format!("{{ region = \"{region}\", name = \"{GROUP}\" }}"));
-        for (name, _) in MEMBERS {
+        for (name, _) in members {
             groups.push(format!(
                 "{{ region = \"{region}\", name = \"{GROUP}\", account = \"{name}\" }}"
             ));
@@ -68,12 +84,7 @@ expires = 2099-12-31
         groups.join(",\n  ")
     );
     for region in REGIONS {
-        for account in [
-            None,
-            Some(MEMBERS[0].0),
-            Some(MEMBERS[1].0),
-            Some(REFUSING.0),
-        ] {
+        for account in std::iter::once(None).chain(with_roles.iter().map(|(name, _)| Some(name))) {
             text += &format!(
                 "\n[[targets]]\ntype = \"wafv2\"\nscope = \"regional\"\nregion = \"{region}\"\nipv4_sets = [\"floodgate-blocked-v4\"]\nipv6_sets = [\"floodgate-blocked-v6\"]\nendpoint_url = \"{moto}\"\ncreate_missing = true\n"
             );
@@ -85,75 +96,86 @@ expires = 2099-12-31
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_attacker_spread_over_accounts_is_blocked_in_every_account_and_a_refused_role_fails_only_its_own()
- {
-    let moto = tokio::task::spawn_blocking(MotoServer::start)
-        .await
-        .unwrap();
-    let refusing_role = role(REFUSING.1);
-    let gate = StsGate::start(
-        &moto.endpoint(),
-        &[
-            (&role(MEMBERS[0].1), "shop-secret"),
-            (&refusing_role, "the-id-legacy-requires"),
-        ],
-    );
-    let now_ms = wall_clock_ms() / 60_000 * 60_000;
-    // Six log groups (three accounts, two regions), 300 requests of the
-    // attacker in each: 600 per account, 1800 in all. The partner sends
-    // 4000, all in one member account.
-    let mut accounts = vec![(OWN, moto.in_account(OWN).await)];
-    for (_, id) in MEMBERS {
-        accounts.push((id, moto.in_account(id).await));
+/// Each account's (own first, then `members`') log groups in both regions,
+/// with 300 of the attacker's requests and 40 of a benign client's in
+/// each: 600 of the attacker's per account, under the tier everywhere.
+/// The partner sends 4000, all in the second account. Returns a view of
+/// moto in each account.
+async fn seed(
+    moto: &MotoServer,
+    members: &[(String, String)],
+    now_ms: i64,
+) -> Vec<(String, MotoServer)> {
+    let mut accounts = vec![(OWN.to_owned(), moto.in_account(OWN).await)];
+    for (_, id) in members {
+        accounts.push((id.clone(), moto.in_account(id).await));
     }
-    for (id, view) in &accounts {
+    for (i, (_, view)) in accounts.iter().enumerate() {
         for region in REGIONS {
             let mut events = burst("203.0.113.9", 300, now_ms);
             events.extend(burst("192.0.2.1", 40, now_ms));
-            if *id == MEMBERS[1].1 && region == "eu-west-1" {
+            if i == 1 && region == "eu-west-1" {
                 events.extend(burst("198.51.100.7", 4000, now_ms));
             }
             view.create_waf_log_group(region, GROUP).await;
             view.put_waf_logs(region, GROUP, events).await;
         }
     }
+    accounts
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let policy_path = dir.path().join("floodgate.toml");
-    std::fs::write(&policy_path, policy(&moto.endpoint(), &gate.endpoint())).unwrap();
-    let output = tokio::process::Command::new(floodgate_bin())
-        .args(["run", "--once", "--format", "json", "--now"])
-        .arg(rfc3339_from_ms(now_ms))
-        .arg("--config")
-        .arg(&policy_path)
-        .current_dir(dir.path())
+/// `floodgate ARGS --config floodgate.toml` in `dir`, with the external
+/// ids the roles require ("NAME-secret"; the refused account's is wrong).
+fn floodgate_in(
+    dir: &std::path::Path,
+    members: &[(String, String)],
+    args: &[&str],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(floodgate_bin());
+    command
+        .args(args)
+        .args(["--config", "floodgate.toml"])
+        .current_dir(dir)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("FG_EXTERNAL_ID_SHOP", "shop-secret")
-        .env("FG_EXTERNAL_ID_API", "api-needs-none")
         .env("FG_EXTERNAL_ID_LEGACY", "a-wrong-id")
         .env_remove("AWS_PROFILE")
-        .env_remove("FLOODGATE_LOG")
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "one account's targets failed: {stderr}"
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(
-        report["records"],
-        6 * (300 + 40) + 4000,
-        "every account's logs were read: {report}"
-    );
-    assert_eq!(report["added"], serde_json::json!(["203.0.113.9/32"]));
+        .env_remove("FLOODGATE_LOG");
+    for (name, _) in members {
+        command.env(
+            format!("FG_EXTERNAL_ID_{}", name.to_uppercase()),
+            format!("{name}-secret"),
+        );
+    }
+    command
+}
 
+/// `floodgate run --once` at `now_ms`: its exit code, report and wall time.
+async fn run_once(
+    dir: &std::path::Path,
+    now_ms: i64,
+    members: &[(String, String)],
+) -> (Option<i32>, Value, std::time::Duration) {
+    let now = rfc3339_from_ms(now_ms);
+    let started = std::time::Instant::now();
+    let output = floodgate_in(
+        dir,
+        members,
+        &["run", "--once", "--format", "json", "--now", &now],
+    )
+    .output()
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    let report = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code(), report, elapsed)
+}
+
+/// The attacker, and only it, in every account's sets in both regions.
+async fn blocked_everywhere(accounts: &[(String, MotoServer)]) {
     let blocked = BTreeSet::from(["203.0.113.9/32".to_owned()]);
-    for (id, view) in &accounts {
+    for (id, view) in accounts {
         for region in REGIONS {
             assert_eq!(
                 view.ip_set(region, Scope::Regional, "floodgate-blocked-v4")
@@ -163,6 +185,41 @@ async fn an_attacker_spread_over_accounts_is_blocked_in_every_account_and_a_refu
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_spread_over_accounts_is_blocked_in_every_account_and_a_refused_role_fails_only_its_own()
+ {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let members = members(2);
+    let refusing_role = role(REFUSING.1);
+    let gate = StsGate::start(
+        &moto.endpoint(),
+        &[
+            (&role(&members[0].1), "shop-secret"),
+            (&refusing_role, "the-id-legacy-requires"),
+        ],
+    );
+    let now_ms = wall_clock_ms() / 60_000 * 60_000;
+    let accounts = seed(&moto, &members, now_ms).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("floodgate.toml");
+    std::fs::write(
+        &policy_path,
+        policy(&moto.endpoint(), &gate.endpoint(), &members, true),
+    )
+    .unwrap();
+    let (code, report, _) = run_once(dir.path(), now_ms, &members).await;
+    assert_eq!(code, Some(2), "one account's targets failed: {report}");
+    assert_eq!(
+        report["records"],
+        6 * (300 + 40) + 4000,
+        "every account's logs were read: {report}"
+    );
+    assert_eq!(report["added"], serde_json::json!(["203.0.113.9/32"]));
+    blocked_everywhere(&accounts).await;
     let refusing = moto.in_account(REFUSING.1).await;
     let sets = refusing
         .wafv2_client("eu-west-1")
@@ -206,17 +263,36 @@ async fn an_attacker_spread_over_accounts_is_blocked_in_every_account_and_a_refu
     assert!(refused >= 1, "the gate refused the wrong external id");
     assert_eq!(calls - refused, 2, "{calls} calls, {refused} refused");
 
+    // The table groups the targets by account, the own first.
+    let now = rfc3339_from_ms(now_ms);
+    let table = floodgate_in(dir.path(), &members, &["run", "--once", "--now", &now])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let headings: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with(" own account:") || l.starts_with(" account "))
+        .collect();
+    assert_eq!(
+        headings,
+        [
+            " own account:",
+            " account api:",
+            " account legacy:",
+            " account shop:"
+        ],
+        "{table}"
+    );
+    let legacy = table.split(" account legacy:\n").nth(1).unwrap();
+    assert!(
+        legacy.starts_with("  wafv2 legacy/regional/eu-west-1: failed: "),
+        "{table}"
+    );
+
     // status names every target's and every log group's account, and
     // tells the refused account's targets from drift.
-    let status = tokio::process::Command::new(floodgate_bin())
-        .args(["status", "--format", "json", "--config"])
-        .arg(&policy_path)
-        .current_dir(dir.path())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("FG_EXTERNAL_ID_SHOP", "shop-secret")
-        .env("FG_EXTERNAL_ID_API", "api-needs-none")
-        .env("FG_EXTERNAL_ID_LEGACY", "a-wrong-id")
+    let status = floodgate_in(dir.path(), &members, &["status", "--format", "json"])
         .output()
         .await
         .unwrap();
@@ -249,5 +325,52 @@ async fn an_attacker_spread_over_accounts_is_blocked_in_every_account_and_a_refu
             .unwrap()
             .contains("shop/eu-west-1/aws-waf-logs-app"),
         "{status}"
+    );
+}
+
+/// The cost of one cycle across member accounts, all granted: each role is
+/// assumed once, every account's sets get the attacker. With
+/// `FLOODGATE_BENCH_ACCOUNTS=N` (2 by default) it prints the figures
+/// BENCHMARKS.md gives (`scripts/bench-accounts.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cycle_across_member_accounts_assumes_each_role_once() {
+    let count: usize = std::env::var("FLOODGATE_BENCH_ACCOUNTS").map_or(2, |n| {
+        n.parse().expect("FLOODGATE_BENCH_ACCOUNTS is a number")
+    });
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let gate = StsGate::start(&moto.endpoint(), &[]);
+    let members = members(count);
+    let now_ms = wall_clock_ms() / 60_000 * 60_000;
+    let accounts = seed(&moto, &members, now_ms).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("floodgate.toml"),
+        policy(&moto.endpoint(), &gate.endpoint(), &members, false),
+    )
+    .unwrap();
+    let (code, report, elapsed) = run_once(dir.path(), now_ms, &members).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["added"], serde_json::json!(["203.0.113.9/32"]));
+    blocked_everywhere(&accounts).await;
+    let assumed = gate.assume_role_calls();
+    assert_eq!(assumed, count, "one session per role");
+    let targets = report["targets"].as_array().unwrap().len();
+    assert_eq!(targets, 2 * (count + 1));
+    // A second cycle, a minute later, with nothing to change.
+    let (code, again, again_elapsed) = run_once(dir.path(), now_ms + 60_000, &members).await;
+    assert_eq!(code, Some(0), "{again}");
+    assert_eq!(again["added"], serde_json::json!([]));
+    println!(
+        "accounts figures: {count} member accounts + the own, {targets} targets, {} log groups, {} records: \
+         run --once {:.2} s, {} WAF API calls, {} AssumeRole calls; the next cycle {:.2} s, {} WAF API calls",
+        2 * (count + 1),
+        report["records"],
+        elapsed.as_secs_f64(),
+        report["api_calls"],
+        assumed,
+        again_elapsed.as_secs_f64(),
+        again["api_calls"],
     );
 }
