@@ -49,12 +49,32 @@ pub struct Parts<'p, S> {
     pub lease_clock: Arc<dyn Clock>,
 }
 
+/// What outlives a cycle in the daemon: the AWS credentials (each
+/// account's role session) and the targets, with their clients and the IP
+/// set ids they have looked up, so a cycle does not look them up again.
+#[derive(Debug)]
+pub struct Resident {
+    /// AWS clients' settings and credentials.
+    pub aws: Aws,
+    /// Every target of the policy.
+    pub targets: Vec<Arc<ConfiguredTarget>>,
+}
+
+impl Resident {
+    /// The parts of `policy` that last longer than a cycle.
+    pub async fn from_policy(policy: &Policy) -> Resident {
+        let aws = Aws::from_policy(policy).await;
+        let targets = shared_targets(&aws, policy);
+        Resident { aws, targets }
+    }
+}
+
 impl<'p> Parts<'p, ConfiguredSource> {
-    /// The parts `policy` configures, with AWS clients from `aws`, for a
-    /// cycle at `clock`'s time.
+    /// The parts `policy` configures, with the targets and AWS clients of
+    /// `resident`, for a cycle at `clock`'s time.
     pub async fn from_policy(
         policy: &'p Policy,
-        aws: &Aws,
+        resident: &Resident,
         clock: Arc<dyn Clock>,
         lease_clock: Arc<dyn Clock>,
     ) -> Result<Self, CycleError> {
@@ -63,14 +83,14 @@ impl<'p> Parts<'p, ConfiguredSource> {
             return Err(CycleError::NoTargets);
         }
         widest_window(policy)?;
-        let source = ConfiguredSource::from_config(aws, source)?;
+        let source = ConfiguredSource::from_config(&resident.aws, source)?;
         let ledger = ConfiguredLedger::from_policy(policy).await;
         let lease = ConfiguredLease::from_policy(policy, &ledger);
         Ok(Parts {
             policy,
             source,
             ledger,
-            targets: shared_targets(aws, policy),
+            targets: resident.targets.clone(),
             lease,
             clock,
             lease_clock,

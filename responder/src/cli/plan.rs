@@ -104,8 +104,8 @@ pub(super) fn run(args: &PlanArgs) -> Result<Status, CliError> {
 
 async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliError> {
     let clock = Arc::from(args.policy.clock());
-    let aws = crate::aws::Aws::from_policy(policy).await;
-    let parts = Parts::from_policy(policy, &aws, clock, Arc::from(clock_at(None))).await?;
+    let resident = crate::cycle::Resident::from_policy(policy).await;
+    let parts = Parts::from_policy(policy, &resident, clock, Arc::from(clock_at(None))).await?;
     let prepared = prepare(&parts).await?;
     let planned = &prepared.planned;
     let desired: BTreeSet<IpNet> = planned.nets().copied().collect();

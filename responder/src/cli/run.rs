@@ -15,9 +15,8 @@ use floodgate_rules::policy::Target;
 use time::OffsetDateTime;
 
 use super::{CliError, Format, RunArgs, Status, load_policy, write_stdout};
-use crate::aws::Aws;
 use crate::clock::{Clock, Stopwatch, clock_at, unix_ms};
-use crate::cycle::{self, CycleReport, LeaseLine, Parts};
+use crate::cycle::{self, CycleReport, LeaseLine, Parts, Resident};
 use crate::daemon::{CycleResult, Health, Schedule, schedule_loop};
 
 /// Runs one cycle, or with no `--once` cycles on the policy's schedule.
@@ -35,8 +34,8 @@ pub(super) fn run(args: &RunArgs) -> Result<Status, CliError> {
         };
         return runtime
             .block_on(async {
-                let aws = Aws::from_policy(&policy).await;
-                once(&policy, &aws, args.policy.now, output, None).await
+                let resident = Resident::from_policy(&policy).await;
+                once(&policy, &resident, args.policy.now, output, None).await
             })
             .map(|ran| ran.status);
     }
@@ -115,9 +114,10 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         crate::daemon::signal().await;
         let _ = stop.send(true);
     });
-    // Built once: each account's role is assumed once and its
-    // credentials refreshed before they expire, not once per cycle.
-    let aws = Arc::new(Aws::from_policy(&policy).await);
+    // Built once: each account's role is assumed once and its session
+    // renewed before it expires, and each target looks its IP sets up
+    // once, not every cycle.
+    let resident = Arc::new(Resident::from_policy(&policy).await);
     let policy = Arc::new(policy);
     // One line per report, as log pipelines read them.
     let output = Output {
@@ -126,9 +126,13 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
         emf_metrics: args.emf_metrics,
     };
     let cycle = || {
-        let (policy, health, aws) = (Arc::clone(&policy), Arc::clone(&health), Arc::clone(&aws));
+        let (policy, health, resident) = (
+            Arc::clone(&policy),
+            Arc::clone(&health),
+            Arc::clone(&resident),
+        );
         async move {
-            match once(&policy, &aws, None, output, Some(&health)).await {
+            match once(&policy, &resident, None, output, Some(&health)).await {
                 Ok(Ran {
                     status: Status::Success,
                     stale: true,
@@ -176,13 +180,13 @@ struct Ran {
 /// metrics), and `run --once`.
 async fn once(
     policy: &Policy,
-    aws: &Aws,
+    resident: &Resident,
     now: Option<OffsetDateTime>,
     output: Output,
     health: Option<&Health>,
 ) -> Result<Ran, CliError> {
     let started = Stopwatch::start();
-    let result = report_cycle(policy, aws, now, output).await;
+    let result = report_cycle(policy, resident, now, output).await;
     if let (Some(health), Ok(report)) = (health, &result) {
         health.record(report);
     }
@@ -214,12 +218,12 @@ async fn once(
 /// Runs one cycle and prints its report.
 async fn report_cycle(
     policy: &Policy,
-    aws: &Aws,
+    resident: &Resident,
     now: Option<OffsetDateTime>,
     output: Output,
 ) -> Result<CycleReport, CliError> {
     let real: Arc<dyn Clock> = Arc::from(clock_at(None));
-    let parts = Parts::from_policy(policy, aws, Arc::from(clock_at(now)), real).await?;
+    let parts = Parts::from_policy(policy, resident, Arc::from(clock_at(now)), real).await?;
     let ledger = parts.ledger.label();
     let report = cycle::run(parts).await?;
     let json = serde_json::to_string(&report).expect("reports serialize");

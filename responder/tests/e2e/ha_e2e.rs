@@ -216,6 +216,20 @@ async fn the_standby_takes_over_when_the_primary_dies_and_hands_back_when_it_ret
     let primary = Daemon::start(dir.path(), &primary_policy, "primary");
     primary.wait_for("held cycle", 60, |r| lease_state(r) == "held");
     wait_blocked(&moto, "203.0.113.10", 30).await;
+    // The daemon keeps its targets: after the first held cycle looked the
+    // sets up (ListIPSets), a cycle that changes nothing reads each set
+    // once (GetIPSet per family) and makes no other call.
+    let held = |r: &Value| lease_state(r) == "held";
+    primary.wait_for("three held cycles", 60, |_| {
+        primary.reports().iter().filter(|r| held(r)).count() >= 3
+    });
+    let calls: Vec<Value> = primary
+        .reports()
+        .iter()
+        .filter(|r| held(r))
+        .map(|r| r["api_calls"].clone())
+        .collect();
+    assert_eq!(calls[1..3], [Value::from(2), Value::from(2)], "{calls:?}");
     let status = Command::new(floodgate_bin())
         .args(["status", "--format", "json", "--config"])
         .arg(&standby_policy)
