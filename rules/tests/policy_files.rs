@@ -199,7 +199,7 @@ fn the_documented_example_policy_loads_clean() {
 
 #[test]
 fn the_s3_example_policy_loads_with_its_source() {
-    use floodgate_rules::policy::{LogSourceConfig, S3Source};
+    use floodgate_rules::policy::{LogSourceConfig, S3Bucket, S3Source};
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/s3.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let loaded = Policy::from_toml(&text, "s3.toml", TODAY).unwrap_or_else(|e| panic!("{e}"));
@@ -210,14 +210,16 @@ fn the_s3_example_policy_loads_with_its_source() {
     assert_eq!(
         source,
         S3Source {
-            bucket: "aws-waf-logs-example".to_owned(),
-            prefix: "AWSLogs/".to_owned(),
-            region: floodgate_rules::policy::Region::new("eu-west-1").unwrap(),
+            buckets: vec![S3Bucket {
+                bucket: "aws-waf-logs-example".to_owned(),
+                prefix: "AWSLogs/".to_owned(),
+                region: floodgate_rules::policy::Region::new("eu-west-1").unwrap(),
+                account: None,
+            }],
             endpoint_url: None,
             delivery_lag_minutes: 10,
             max_concurrent_objects: 16.try_into().unwrap(),
             format: floodgate_rules::policy::LogFormat::Waf,
-            account: None,
         }
     );
     // The defaults, and a prefix written without its trailing slash.
@@ -229,7 +231,7 @@ fn the_s3_example_policy_loads_with_its_source() {
     else {
         panic!("an S3 source");
     };
-    assert_eq!(source.prefix, "waf/");
+    assert_eq!(source.buckets[0].prefix, "waf/");
     assert_eq!(source.delivery_lag_minutes, 10);
     assert_eq!(source.max_concurrent_objects.get(), 16);
 }

@@ -52,7 +52,17 @@ fn summary(policy: &Policy) -> String {
             "source cloudwatch".to_owned()
         }
         Some(floodgate_rules::policy::LogSourceConfig::S3(s3)) => {
-            format!("source s3://{}/{}{}", s3.bucket, s3.prefix, of(s3.format))
+            let first = &s3.buckets[0];
+            let more = match s3.buckets.len() {
+                1 => String::new(),
+                n => format!(" and {} more buckets", n - 1),
+            };
+            format!(
+                "source s3://{}/{}{more}{}",
+                first.bucket,
+                first.prefix,
+                of(s3.format)
+            )
         }
         None => "no source".to_owned(),
     });

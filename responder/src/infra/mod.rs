@@ -271,14 +271,17 @@ enum WafLogs {
     Elsewhere(String),
 }
 
-/// The log destination for the policy's source: its S3 bucket, or log
-/// groups named by its CloudWatch source (else `aws-waf-logs-NAME`).
+/// The log destination for the policy's source: its S3 bucket (the first
+/// in the responder's own account, where this web ACL is), or log groups
+/// named by its CloudWatch source (else `aws-waf-logs-NAME`).
 fn waf_logs(policy: &Policy, infra: &Infra) -> WafLogs {
     if let Some(LogSourceConfig::S3(s3)) = &policy.source {
-        return if s3.bucket.starts_with(WAF_LOG_BUCKET_PREFIX) {
-            WafLogs::Bucket(s3.bucket.clone())
+        let own = s3.buckets.iter().find(|b| b.account.is_none());
+        let bucket = own.unwrap_or(&s3.buckets[0]).bucket.clone();
+        return if bucket.starts_with(WAF_LOG_BUCKET_PREFIX) {
+            WafLogs::Bucket(bucket)
         } else {
-            WafLogs::Elsewhere(s3.bucket.clone())
+            WafLogs::Elsewhere(bucket)
         };
     }
     let default = format!("aws-waf-logs-{}", infra.name);
@@ -677,24 +680,32 @@ fn source_statements(policy: &Policy, members: bool) -> Vec<Value> {
             }));
         }
     }
-    if let Some(LogSourceConfig::S3(s3)) = &policy.source
-        && s3.account.is_some() == members
-    {
-        // Listing is granted on the bucket for keys under the prefix only;
-        // reading, on the objects under it. No writes, no deletes.
-        statements.push(json!({
-            "Sid": "WafLogBucketList",
-            "Effect": "Allow",
-            "Action": ["s3:ListBucket"],
-            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}", s3.bucket) },
-            "Condition": { "StringLike": { "s3:prefix": [format!("{}*", s3.prefix)] } },
-        }));
-        statements.push(json!({
-            "Sid": "WafLogObjects",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject"],
-            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}/{}*", s3.bucket, s3.prefix) },
-        }));
+    if let Some(LogSourceConfig::S3(s3)) = &policy.source {
+        let buckets = s3.buckets.iter().filter(|b| b.account.is_some() == members);
+        for (i, b) in buckets.enumerate() {
+            // Statement ids are unique in a policy: the second bucket's
+            // end in 2, and so on.
+            let n = if i == 0 {
+                String::new()
+            } else {
+                (i + 1).to_string()
+            };
+            // Listing is granted on the bucket for keys under the prefix
+            // only; reading, on the objects under it. No writes, no deletes.
+            statements.push(json!({
+                "Sid": format!("WafLogBucketList{n}"),
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}", b.bucket) },
+                "Condition": { "StringLike": { "s3:prefix": [format!("{}*", b.prefix)] } },
+            }));
+            statements.push(json!({
+                "Sid": format!("WafLogObjects{n}"),
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:s3:::{}/{}*", b.bucket, b.prefix) },
+            }));
+        }
     }
     statements
 }

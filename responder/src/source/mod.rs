@@ -163,7 +163,7 @@ impl LogsArgument {
     pub fn into_source(self) -> ConfiguredSource {
         match self {
             LogsArgument::Files(source) => ConfiguredSource::Files(source),
-            LogsArgument::S3(source) => ConfiguredSource::S3(source),
+            LogsArgument::S3(source) => ConfiguredSource::S3(source.into()),
         }
     }
 }
@@ -178,7 +178,7 @@ pub enum ConfiguredSource {
     /// `type = "cloudwatch"`, `api = "insights"`.
     Insights(cloudwatch_insights::CloudWatchInsightsSource),
     /// `type = "s3"`.
-    S3(s3::S3Source),
+    S3(s3::S3Buckets),
 }
 
 impl ConfiguredSource {
@@ -193,7 +193,7 @@ impl ConfiguredSource {
                 ConfiguredSource::Files(files::FileSource::new(paths)?.with_format(*format))
             }
             LogSourceConfig::S3(config) => {
-                ConfiguredSource::S3(s3::S3Source::from_config(aws, config))
+                ConfiguredSource::S3(s3::S3Buckets::from_config(aws, config))
             }
             LogSourceConfig::CloudWatch {
                 api,

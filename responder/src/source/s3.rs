@@ -133,17 +133,18 @@ impl S3Source {
         self
     }
 
-    /// The source a policy's `[source] type = "s3"` describes.
+    /// One bucket of a policy's `[source] type = "s3"`.
     pub fn from_config(
         aws: &crate::aws::Aws,
         config: &floodgate_rules::policy::S3Source,
+        bucket: &floodgate_rules::policy::S3Bucket,
     ) -> S3Source {
         let client = crate::aws::s3_client_from(&aws.config(
-            config.account.as_ref(),
-            config.region.as_str(),
+            bucket.account.as_ref(),
+            bucket.region.as_str(),
             config.endpoint_url.as_deref(),
         ));
-        S3Source::new(client, &config.bucket, &config.prefix)
+        S3Source::new(client, &bucket.bucket, &bucket.prefix)
             .with_delivery_lag_minutes(config.delivery_lag_minutes)
             .with_concurrency(config.max_concurrent_objects.get() as usize)
             .with_format(config.format)
@@ -453,9 +454,21 @@ impl S3Source {
 
     /// Counts the objects of `period` against `spec`.
     async fn count_period(&self, spec: &CountSpec, period: Period) -> Result<Traffic, SourceError> {
+        let mut merged = TrafficCounter::new(spec.clone());
+        self.count_into(spec, period, &mut merged).await?;
+        Ok(merged.finish())
+    }
+
+    /// Counts the period's records into `merged`, which may hold other
+    /// buckets' counts: one count, not a sum of counts.
+    async fn count_into(
+        &self,
+        spec: &CountSpec,
+        period: Period,
+        merged: &mut TrafficCounter,
+    ) -> Result<(), SourceError> {
         let objects = self.objects(period).await?;
         let (line_spec, format) = (spec.clone(), self.format);
-        let mut merged = TrafficCounter::new(spec.clone());
         let (stats, skipped) = self
             .read(
                 objects,
@@ -473,7 +486,7 @@ impl S3Source {
             .await;
         Skipped::log(&skipped);
         merged.add_stats(stats);
-        Ok(merged.finish())
+        Ok(())
     }
 
     /// Counts every object under the prefix, whatever its time.
@@ -585,6 +598,57 @@ impl LogSource for S3Source {
             }
         }
         Ok(self.newest_in(objects).await)
+    }
+}
+
+/// The buckets of one `[source] type = "s3"`, perhaps in several accounts,
+/// read as one source: every bucket's records go into one count, so a
+/// client spread over buckets is counted exactly.
+#[derive(Debug, Clone)]
+pub struct S3Buckets(Vec<S3Source>);
+
+impl S3Buckets {
+    /// The buckets a policy's S3 source names, each with a client in its
+    /// region and account.
+    pub fn from_config(
+        aws: &crate::aws::Aws,
+        config: &floodgate_rules::policy::S3Source,
+    ) -> S3Buckets {
+        S3Buckets(
+            config
+                .buckets
+                .iter()
+                .map(|bucket| S3Source::from_config(aws, config, bucket))
+                .collect(),
+        )
+    }
+}
+
+impl From<S3Source> for S3Buckets {
+    fn from(source: S3Source) -> Self {
+        S3Buckets(vec![source])
+    }
+}
+
+impl LogSource for S3Buckets {
+    async fn count(&self, spec: &CountSpec) -> Result<Traffic, SourceError> {
+        let period = Period::Between {
+            start_ms: spec.start_ms(),
+            end_ms: spec.end_ms(),
+        };
+        let mut merged = TrafficCounter::new(spec.clone());
+        for bucket in &self.0 {
+            bucket.count_into(spec, period, &mut merged).await?;
+        }
+        Ok(merged.finish())
+    }
+
+    async fn newest_timestamp(&self) -> Result<Option<i64>, SourceError> {
+        let mut newest = None;
+        for bucket in &self.0 {
+            newest = newest.max(bucket.newest_timestamp().await?);
+        }
+        Ok(newest)
     }
 }
 

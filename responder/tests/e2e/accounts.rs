@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{MotoServer, burst, floodgate_bin, wall_clock_ms};
+use super::{MotoServer, burst, floodgate_bin, gzip_lines, wall_clock_ms};
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::rfc3339_from_ms;
 use floodgate_tests::sts::StsGate;
@@ -44,6 +44,30 @@ fn members(count: usize) -> Vec<(String, String)> {
 /// region, and a target per account and region; `refusing` has targets
 /// only.
 fn policy(moto: &str, gate: &str, members: &[(String, String)], refusing: bool) -> String {
+    let mut groups = Vec::new();
+    for region in REGIONS {
+        groups.push(format!("{{ region = \"{region}\", name = \"{GROUP}\" }}"));
+        for (name, _) in members {
+            groups.push(format!(
+                "{{ region = \"{region}\", name = \"{GROUP}\", account = \"{name}\" }}"
+            ));
+        }
+    }
+    let source = format!(
+        "[source]\ntype = \"cloudwatch\"\napi = \"events\"\nendpoint_url = \"{moto}\"\nlog_groups = [\n  {}\n]\n",
+        groups.join(",\n  ")
+    );
+    policy_reading(&source, moto, gate, members, refusing)
+}
+
+/// The policy with `source` as its `[source]`.
+fn policy_reading(
+    source: &str,
+    moto: &str,
+    gate: &str,
+    members: &[(String, String)],
+    refusing: bool,
+) -> String {
     let mut text = r#"[responder]
 state_dir = "state"
 
@@ -70,19 +94,7 @@ expires = 2099-12-31
             name.to_uppercase()
         );
     }
-    let mut groups = Vec::new();
-    for region in REGIONS {
-        groups.push(format!("{{ region = \"{region}\", name = \"{GROUP}\" }}"));
-        for (name, _) in members {
-            groups.push(format!(
-                "{{ region = \"{region}\", name = \"{GROUP}\", account = \"{name}\" }}"
-            ));
-        }
-    }
-    text += &format!(
-        "\n[source]\ntype = \"cloudwatch\"\napi = \"events\"\nendpoint_url = \"{moto}\"\nlog_groups = [\n  {}\n]\n",
-        groups.join(",\n  ")
-    );
+    text += &format!("\n{source}");
     for region in REGIONS {
         for account in std::iter::once(None).chain(with_roles.iter().map(|(name, _)| Some(name))) {
             text += &format!(
@@ -373,4 +385,65 @@ async fn one_cycle_across_member_accounts_assumes_each_role_once() {
         again_elapsed.as_secs_f64(),
         again["api_calls"],
     );
+}
+
+/// S3 buckets in two accounts are one source: the attacker's requests,
+/// 600 in the responder's log bucket and 600 in a member account's, are
+/// under the tier in each and counted as 1200 over it; the allow-listed
+/// partner's 4000 in the member bucket block nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_buckets_in_two_accounts_count_as_one_traffic() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let gate = StsGate::start(&moto.endpoint(), &[]);
+    let members = members(1);
+    let now_ms = wall_clock_ms() / 60_000 * 60_000;
+    let folder = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
+        .unwrap()
+        .format(time::macros::format_description!(
+            "[year]/[month]/[day]/[hour]/[minute]"
+        ))
+        .unwrap();
+    let mut views = Vec::new();
+    for (bucket, id) in [
+        ("aws-waf-logs-main", OWN),
+        ("aws-waf-logs-shop", &members[0].1),
+    ] {
+        let view = moto.in_account(id).await;
+        let mut lines: Vec<String> = burst("203.0.113.9", 600, now_ms)
+            .into_iter()
+            .map(|(_, record)| record)
+            .collect();
+        if id != OWN {
+            lines.extend(
+                burst("198.51.100.7", 4000, now_ms)
+                    .into_iter()
+                    .map(|(_, r)| r),
+            );
+        }
+        let key = format!(
+            "AWSLogs/{id}/WAFLogs/eu-west-1/app-acl/{folder}/{id}_waflogs_eu-west-1_app-acl_0001.log.gz"
+        );
+        view.create_bucket(bucket).await;
+        view.put_objects(bucket, vec![(key, gzip_lines(&lines))])
+            .await;
+        views.push((id.to_owned(), view));
+    }
+    let source = format!(
+        "[source]\ntype = \"s3\"\nendpoint_url = \"{}\"\nbuckets = [\n  {{ bucket = \"aws-waf-logs-main\", region = \"eu-west-1\" }},\n  {{ bucket = \"aws-waf-logs-shop\", region = \"eu-west-1\", prefix = \"AWSLogs\", account = \"{}\" }},\n]\n",
+        moto.endpoint(),
+        members[0].0
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("floodgate.toml"),
+        policy_reading(&source, &moto.endpoint(), &gate.endpoint(), &members, false),
+    )
+    .unwrap();
+    let (code, report, _) = run_once(dir.path(), now_ms, &members).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["records"], 600 + 600 + 4000, "{report}");
+    assert_eq!(report["added"], serde_json::json!(["203.0.113.9/32"]));
+    blocked_everywhere(&views).await;
 }

@@ -1253,3 +1253,48 @@ fn deploy_member_account_needs_a_policy_with_accounts() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn s3_buckets_in_member_accounts_are_read_by_the_member_role_and_the_own_by_the_responder() {
+    let policy = with_member_accounts();
+    let start = policy.find("[source]\n").unwrap();
+    let end = start + policy[start..].find("\n]\n").unwrap() + 3;
+    let policy = format!(
+        "{}[source]\ntype = \"s3\"\nbuckets = [\n  {{ bucket = \"aws-waf-logs-main\", region = \"eu-west-1\", prefix = \"AWSLogs\" }},\n  {{ bucket = \"aws-waf-logs-shop\", region = \"eu-west-1\", account = \"shop\" }},\n  {{ bucket = \"aws-waf-logs-media\", region = \"us-east-1\", account = \"media\" }},\n]\n{}",
+        &policy[..start],
+        &policy[end..]
+    );
+    let (_dir, out) = rendered(&policy);
+    let output = cfn_lint(&[
+        out.join("member-role.yaml").to_str().unwrap(),
+        out.join("responder.yaml").to_str().unwrap(),
+        out.join("waf.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let resources = |template: &str, sid_prefix: &str| -> Vec<String> {
+        iam_statements(&read_template(&out, template))
+            .into_iter()
+            .filter(|(_, s)| s["Sid"].as_str().unwrap().starts_with(sid_prefix))
+            .map(|(_, s)| s["Resource"]["Fn::Sub"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        resources("responder.yaml", "WafLogObjects"),
+        ["arn:${AWS::Partition}:s3:::aws-waf-logs-main/AWSLogs/*"]
+    );
+    assert_eq!(
+        resources("member-role.yaml", "WafLogObjects"),
+        [
+            "arn:${AWS::Partition}:s3:::aws-waf-logs-shop/*",
+            "arn:${AWS::Partition}:s3:::aws-waf-logs-media/*"
+        ]
+    );
+    // The web ACL logs to the responder's own bucket.
+    let waf = read_template(&out, "waf.yaml");
+    let logging = serde_json::to_string(&waf["Resources"]["WebACLLogging"]).unwrap();
+    assert!(logging.contains("aws-waf-logs-main"), "{logging}");
+}

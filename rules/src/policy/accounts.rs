@@ -231,12 +231,18 @@ pub(crate) fn warn_unused(checker: &mut Checker<'_>, raw: &RawPolicy, accounts: 
         .into_iter()
         .flat_map(|groups| groups.get_ref())
         .filter_map(|group| group.get_ref().account.as_ref());
+    let buckets = source
+        .and_then(|s| s.buckets.as_ref())
+        .into_iter()
+        .flat_map(|buckets| buckets.get_ref())
+        .filter_map(|bucket| bucket.get_ref().account.as_ref());
     let used: Vec<&str> = raw
         .targets
         .iter()
         .filter_map(|t| t.get_ref().account.as_ref())
         .chain(source.and_then(|s| s.account.as_ref()))
         .chain(groups)
+        .chain(buckets)
         .map(|name| name.get_ref().as_str())
         .collect();
     for (i, entry) in raw.accounts.iter().enumerate() {

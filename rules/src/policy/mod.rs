@@ -67,8 +67,8 @@ pub use scope::{PathMatch, RequestFields, RequestMatch};
 pub use targets::{
     CLOUDFLARE_ACCOUNT_ITEMS, CLOUDFLARE_API_URL, CLOUDFLARE_ENTERPRISE_ITEMS, CloudWatchApi,
     CloudflareListName, CloudflareTarget, DEFAULT_DELIVERY_LAG_MINUTES, INSIGHTS_MAX_QUERIES,
-    INSIGHTS_MAX_ROWS, IpSetName, LogFormat, LogGroup, LogSourceConfig, Region, S3Source, Target,
-    WafScope, Wafv2Target, valid_bucket_name,
+    INSIGHTS_MAX_ROWS, IpSetName, LogFormat, LogGroup, LogSourceConfig, Region, S3Bucket, S3Source,
+    Target, WafScope, Wafv2Target, valid_bucket_name,
 };
 pub use tiers::{BlockRule, Escalation, MAX_MATCHES, Tier, TierAction, TierName};
 

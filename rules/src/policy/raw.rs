@@ -209,6 +209,17 @@ pub(crate) struct RawSource {
     pub max_concurrent_objects: Option<Spanned<i64>>,
     pub format: Option<Spanned<String>>,
     pub account: Option<Spanned<String>>,
+    pub buckets: Option<Spanned<Vec<Spanned<RawS3Bucket>>>>,
+}
+
+/// One bucket of an S3 source; also the single-bucket form's keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawS3Bucket {
+    pub bucket: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub account: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::accounts::{Account, AccountName, check_account_ref};
 use super::check::{Checker, UrlRules};
-use super::raw::{RawSource, RawTarget};
+use super::raw::{RawS3Bucket, RawSource, RawTarget};
 
 /// An AWS region name such as `eu-west-1`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -330,10 +330,11 @@ impl LogSourceConfig {
         };
         match self {
             LogSourceConfig::Files { paths, .. } => paths.clone(),
-            LogSourceConfig::S3(s3) => vec![in_account(
-                &s3.account,
-                format!("s3://{}/{}", s3.bucket, s3.prefix),
-            )],
+            LogSourceConfig::S3(s3) => s3
+                .buckets
+                .iter()
+                .map(|b| in_account(&b.account, format!("s3://{}/{}", b.bucket, b.prefix)))
+                .collect(),
             LogSourceConfig::CloudWatch { log_groups, .. } => log_groups
                 .iter()
                 .map(|g| in_account(&g.account, format!("{}/{}", g.region, g.name)))
@@ -355,14 +356,10 @@ impl LogSourceConfig {
 /// `[source] type = "s3"`: where the log objects are and how to read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Source {
-    /// The bucket name.
-    pub bucket: String,
-    /// The key prefix above the logs (may be empty): the folder holding
-    /// the `YYYY/` folders, or any folder above it (such as `AWSLogs/`),
-    /// under which every web ACL's and region's folders are read.
-    pub prefix: String,
-    /// The bucket's region.
-    pub region: Region,
+    /// The buckets, at least one: `bucket` (with `prefix`, `region`,
+    /// `account`), or each entry of `buckets`. Their records are counted
+    /// as one traffic.
+    pub buckets: Vec<S3Bucket>,
     /// A local S3 emulator instead of AWS.
     pub endpoint_url: Option<String>,
     /// How long after a record's time its object may appear in S3 (default
@@ -374,6 +371,19 @@ pub struct S3Source {
     /// What wrote them: WAF (or Firehose) in its `YYYY/MM/DD/HH/` folders,
     /// or Cloudflare's Logpush in `YYYYMMDD/` folders or none.
     pub format: LogFormat,
+}
+
+/// One bucket an S3 source reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Bucket {
+    /// The bucket name.
+    pub bucket: String,
+    /// The key prefix above the logs (may be empty): the folder holding
+    /// the `YYYY/` folders, or any folder above it (such as `AWSLogs/`),
+    /// under which every web ACL's and region's folders are read.
+    pub prefix: String,
+    /// The bucket's region.
+    pub region: Region,
     /// The `[[accounts]]` entry whose role reads the bucket; `None` for
     /// the responder's own account.
     pub account: Option<AccountName>,
@@ -761,6 +771,7 @@ pub(crate) fn check_source(
             &["files", "s3"],
         ),
         ("account", raw.account.as_ref().map(Spanned::span), &["s3"]),
+        ("buckets", raw.buckets.as_ref().map(Spanned::span), &["s3"]),
     ];
     let stray: Vec<_> = keys
         .into_iter()
@@ -863,58 +874,55 @@ fn check_s3_source(
     format: LogFormat,
     accounts: &[Account],
 ) -> Option<LogSourceConfig> {
-    let bucket = required(
-        checker,
-        raw.bucket.as_ref(),
-        &raw.kind,
-        "source",
-        "bucket",
-        "bucket = \"aws-waf-logs-example\"",
-    );
-    let bucket = bucket.and_then(|bucket| {
-        let name = bucket.get_ref();
-        if valid_bucket_name(name) {
-            return Some(name.clone());
+    let one = RawS3Bucket {
+        bucket: raw.bucket.clone(),
+        prefix: raw.prefix.clone(),
+        region: raw.region.clone(),
+        account: raw.account.clone(),
+    };
+    let buckets = match &raw.buckets {
+        Some(list) => {
+            let single = [
+                raw.bucket.as_ref().map(|v| ("bucket", v.span())),
+                raw.prefix.as_ref().map(|v| ("prefix", v.span())),
+                raw.region.as_ref().map(|v| ("region", v.span())),
+                raw.account.as_ref().map(|v| ("account", v.span())),
+            ];
+            let mixed = single.iter().any(Option::is_some);
+            for (key, span) in single.into_iter().flatten() {
+                let message = format!("{key} and buckets both name where the logs are");
+                let help = Some(format!("move {key} into an entry of buckets"));
+                checker.error(span, &format!("source.{key}"), message, help);
+            }
+            if list.get_ref().is_empty() {
+                let help = "write buckets = [{ bucket = \"aws-waf-logs-example\", region = \"eu-west-1\" }]";
+                checker.error(
+                    list.span(),
+                    "source.buckets",
+                    "needs at least one bucket".to_owned(),
+                    Some(help.to_owned()),
+                );
+                return None;
+            }
+            let checked: Vec<Option<S3Bucket>> = list
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    let path = format!("source.buckets[{i}]");
+                    let at = (entry.span(), "a bucket entry");
+                    check_s3_bucket(checker, entry.get_ref(), at, &path, accounts)
+                })
+                .collect();
+            if mixed {
+                return None;
+            }
+            checked
         }
-        let help = if name.starts_with("s3://") || name.contains('/') {
-            "write the bucket's name alone, and the folder in prefix"
-        } else {
-            "a bucket name is 3 to 63 lowercase letters, digits, dots and hyphens"
-        };
-        let message = format!("\"{name}\" is not an S3 bucket name");
-        checker.error(
-            bucket.span(),
-            "source.bucket",
-            message,
-            Some(help.to_owned()),
-        );
-        None
-    });
-    let region = required(
-        checker,
-        raw.region.as_ref(),
-        &raw.kind,
-        "source",
-        "region",
-        "region = \"eu-west-1\"",
-    )
-    .and_then(|region| check_region(checker, region, "source.region"));
-    let prefix = match &raw.prefix {
-        Some(prefix) if prefix.get_ref().starts_with('/') => {
-            let message = "S3 keys do not start with \"/\"".to_owned();
-            let help = Some(format!(
-                "write prefix = \"{}\"",
-                prefix.get_ref().trim_start_matches('/')
-            ));
-            checker.error(prefix.span(), "source.prefix", message, help);
-            None
+        None => {
+            let at = (raw.kind.span(), "type = \"s3\"");
+            vec![check_s3_bucket(checker, &one, at, "source", accounts)]
         }
-        // A folder, so that "logs" does not also match "logs-old/".
-        Some(prefix) if !prefix.get_ref().is_empty() && !prefix.get_ref().ends_with('/') => {
-            Some(format!("{}/", prefix.get_ref()))
-        }
-        Some(prefix) => Some(prefix.get_ref().clone()),
-        None => Some(String::new()),
     };
     let delivery_lag_minutes = match &raw.delivery_lag_minutes {
         Some(lag) => match u32::try_from(*lag.get_ref()) {
@@ -931,25 +939,91 @@ fn check_s3_source(
         Some(max) => checker.positive(max, "source.max_concurrent_objects"),
         None => NonZeroU32::new(16),
     };
-    let account = match &raw.account {
-        Some(name) => Some(check_account_ref(
-            checker,
-            accounts,
-            name,
-            "source.account",
-        )?),
-        None => None,
-    };
     Some(LogSourceConfig::S3(S3Source {
-        bucket: bucket?,
-        prefix: prefix?,
-        region: region?,
+        buckets: buckets.into_iter().collect::<Option<_>>()?,
         endpoint_url,
         delivery_lag_minutes: delivery_lag_minutes?,
         max_concurrent_objects: max_concurrent_objects?,
         format,
-        account,
     }))
+}
+
+/// One bucket: its name, prefix, region and account, at `path` (`source`
+/// for the single-bucket form, `source.buckets[i]` in the list); `at` is
+/// where a missing key is reported, and what lacks it.
+fn check_s3_bucket(
+    checker: &mut Checker<'_>,
+    raw: &RawS3Bucket,
+    at: (std::ops::Range<usize>, &str),
+    path: &str,
+    accounts: &[Account],
+) -> Option<S3Bucket> {
+    let mut required = |value: Option<&Spanned<String>>, key: &str, example: &str| {
+        if value.is_none() {
+            let message = format!("{} needs {key}", at.1);
+            checker.error(at.0.clone(), path, message, Some(format!("add {example}")));
+        }
+        value.cloned()
+    };
+    let bucket = required(
+        raw.bucket.as_ref(),
+        "bucket",
+        "bucket = \"aws-waf-logs-example\"",
+    );
+    let region = required(raw.region.as_ref(), "region", "region = \"eu-west-1\"");
+    let bucket = bucket.and_then(|bucket| {
+        let name = bucket.get_ref();
+        if valid_bucket_name(name) {
+            return Some(name.clone());
+        }
+        let help = if name.starts_with("s3://") || name.contains('/') {
+            "write the bucket's name alone, and the folder in prefix"
+        } else {
+            "a bucket name is 3 to 63 lowercase letters, digits, dots and hyphens"
+        };
+        let message = format!("\"{name}\" is not an S3 bucket name");
+        checker.error(
+            bucket.span(),
+            &format!("{path}.bucket"),
+            message,
+            Some(help.to_owned()),
+        );
+        None
+    });
+    let region =
+        region.and_then(|region| check_region(checker, &region, &format!("{path}.region")));
+    let prefix = match &raw.prefix {
+        Some(prefix) if prefix.get_ref().starts_with('/') => {
+            let message = "S3 keys do not start with \"/\"".to_owned();
+            let help = Some(format!(
+                "write prefix = \"{}\"",
+                prefix.get_ref().trim_start_matches('/')
+            ));
+            checker.error(prefix.span(), &format!("{path}.prefix"), message, help);
+            None
+        }
+        // A folder, so that "logs" does not also match "logs-old/".
+        Some(prefix) if !prefix.get_ref().is_empty() && !prefix.get_ref().ends_with('/') => {
+            Some(format!("{}/", prefix.get_ref()))
+        }
+        Some(prefix) => Some(prefix.get_ref().clone()),
+        None => Some(String::new()),
+    };
+    let account = match &raw.account {
+        Some(name) => Some(Some(check_account_ref(
+            checker,
+            accounts,
+            name,
+            &format!("{path}.account"),
+        )?)),
+        None => Some(None),
+    };
+    Some(S3Bucket {
+        bucket: bucket?,
+        prefix: prefix?,
+        region: region?,
+        account: account?,
+    })
 }
 
 /// S3's rules for bucket names (general purpose buckets): 3 to 63
