@@ -25,8 +25,10 @@
 //! - `infra` (private): CloudFormation from the policy (`render-infra`).
 //! - [`loggen`]: synthetic WAF and Cloudflare logs.
 //! - [`policy_file`]: reads the policy file from disk.
-//! - [`aws`]: AWS clients and their retry policy; `http_client` (private):
-//!   the HTTPS client for Cloudflare and webhooks.
+//! - [`aws`]: AWS clients, their credentials (the process's and each
+//!   account's role) and their retry policy; `http_client` (private): the
+//!   HTTPS client for Cloudflare and webhooks; `retry` (private): the
+//!   backoff of every loop outside the SDK's retries.
 //! - [`failure`]: the kinds of failure every seam's errors carry.
 //! - [`clock`]: the only reader of the system time.
 //! - `atomic_file` (private): state files a crash cannot tear.
@@ -59,6 +61,7 @@ pub mod ledger;
 pub mod loggen;
 pub mod plan;
 pub mod policy_file;
+mod retry;
 pub mod sink;
 pub mod source;
 pub mod traffic;

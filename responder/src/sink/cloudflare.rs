@@ -181,7 +181,7 @@ impl CloudflareTarget {
         body: Option<Value>,
     ) -> Result<(Value, Value), TargetError> {
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
-        let mut pause = self.backoff;
+        let mut pauses = crate::retry::doubling(self.backoff, MAX_RETRY_AFTER, true);
         for attempt in 1..=MAX_ATTEMPTS {
             match self.call_once(&method, path, body.as_ref()).await {
                 Ok(answer) => return Ok(answer),
@@ -201,8 +201,8 @@ impl CloudflareTarget {
                         ));
                     }
                     tracing::warn!(call = %what, %reason, attempt, "Cloudflare API call retried");
+                    let pause = pauses.next().unwrap_or(MAX_RETRY_AFTER);
                     tokio::time::sleep(wait.max(pause)).await;
-                    pause = pause.saturating_mul(2);
                 }
             }
         }
@@ -397,7 +397,8 @@ impl CloudflareTarget {
         };
         let status_path = format!("{}/bulk_operations/{operation}", self.lists_path());
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(100);
+        let mut pauses =
+            crate::retry::doubling(Duration::from_millis(100), Duration::from_secs(2), false);
         loop {
             calls.get += 1;
             let (status, _) = self.call(Method::GET, &status_path, None).await?;
@@ -413,8 +414,8 @@ impl CloudflareTarget {
                     )));
                 }
                 Some("pending" | "running") if started.elapsed() < OPERATION_TIMEOUT => {
+                    let pause = pauses.next().unwrap_or(Duration::from_secs(2));
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
                 Some("pending" | "running") => {
                     return Err(TargetError::new(

@@ -642,7 +642,8 @@ impl Query {
         };
         // tokio's clock, which tests pause and advance instead of sleeping.
         let give_up = tokio::time::Instant::now() + polling.deadline;
-        let mut interval = polling.first_interval;
+        let mut intervals =
+            crate::retry::doubling(polling.first_interval, polling.max_interval, false);
         loop {
             let results = self
                 .client
@@ -662,6 +663,7 @@ impl Query {
                     return Err(self.error(format!("query {query_id} ended {}", status.as_str())));
                 }
             }
+            let interval = intervals.next().unwrap_or(polling.max_interval);
             if tokio::time::Instant::now() + interval > give_up {
                 return Err(self.error(format!(
                     "query {query_id} still running after {:?}; stopped it",
@@ -669,7 +671,6 @@ impl Query {
                 )));
             }
             tokio::time::sleep(interval).await;
-            interval = (interval * 2).min(polling.max_interval);
         }
     }
 
