@@ -86,6 +86,63 @@ plans = [{ name = "slow", limits = [{ requests = 2, per_seconds = 3, burst = 1 }
 }
 
 #[test]
+fn quotas_made_in_code_limit_as_the_same_quotas_read_from_a_file() {
+    use floodgate_rules::policy::{Limit, Plan, Quotas};
+    use std::num::NonZeroU32;
+    let n = |n| NonZeroU32::new(n).unwrap();
+    let free = Plan::new(
+        "free",
+        vec![Limit::new(n(3), n(1)), Limit::new(n(4), n(86400))],
+    )
+    .unwrap();
+    let partner = Plan::new("partner", vec![Limit::new(n(1), n(60))]).unwrap();
+    let in_code = Quotas::new(free)
+        .with_plan(partner)
+        .unwrap()
+        .with_anonymous_plan("partner")
+        .unwrap();
+    let from_file = common::quotas(
+        r#"
+[quotas]
+default_plan = "free"
+anonymous_plan = "partner"
+plans = [
+  { name = "free", limits = [{ requests = 3, per_seconds = 1 }, { requests = 4, per_seconds = 86400 }] },
+  { name = "partner", limits = [{ requests = 1, per_seconds = 60 }] },
+]
+"#,
+    );
+    assert_eq!(in_code.plans(), from_file.plans());
+    assert_eq!(in_code.anonymous_plan(), from_file.anonymous_plan());
+    let clock = FakeRelativeClock::default();
+    let layer = TenantRateLimitLayer::builder(&in_code)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let mut service = layer.layer(ok_service());
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| send(&mut service, "acme").0.as_u16())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // Misused, the constructors say what is wrong.
+    let plan = |name: &str| Plan::new(name, vec![Limit::new(n(1), n(1))]).unwrap();
+    assert_eq!(
+        Quotas::new(plan("free"))
+            .with_plan(plan("free"))
+            .unwrap_err()
+            .to_string(),
+        "there is already a plan named free"
+    );
+    assert!(
+        Quotas::new(plan("free"))
+            .with_anonymous_plan("gold")
+            .is_err()
+    );
+    assert!(Plan::new("free plan", vec![Limit::new(n(1), n(1))]).is_err());
+    assert!(Plan::new("free", Vec::new()).is_err());
+}
+
+#[test]
 fn a_request_refused_by_the_daily_budget_does_not_spend_the_burst() {
     let text = r#"
 [quotas]

@@ -55,7 +55,7 @@ pub use detection::{Aggregation, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX, Prefixes};
 pub use infra::{Infra, InfraMode, LOG_RETENTION_DAYS, WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 pub use quotas::{
     ClassLimits, DEFAULT_REDIS_TIMEOUT_MS, Grant, Limit, MAX_CLASSES, MAX_LIMITS_PER_PLAN, Plan,
-    PlanName, QuotaBackend, Quotas, RedisBackend, TenantId, TenantOverride,
+    PlanName, QuotaBackend, Quotas, QuotasError, RedisBackend, TenantId, TenantOverride,
 };
 pub use responder::{
     DEFAULT_MAX_CLOCK_SKEW_SECONDS, DEFAULT_SCHEDULE, DynamoDbTable, Lease, LedgerStore, Responder,

@@ -24,6 +24,12 @@ pub struct PlanName(String);
 pub struct TenantId(String);
 
 impl PlanName {
+    /// Checks a plan name: 1 to 64 letters, digits, `_` or `-`, as the
+    /// policy file's are.
+    pub fn new(name: &str) -> Option<PlanName> {
+        is_valid_name(name).then(|| PlanName(name.to_owned()))
+    }
+
     /// The name as written.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -91,7 +97,41 @@ pub struct Plan {
     pub shadow: bool,
 }
 
+impl Limit {
+    /// `requests` every `per_seconds`, with a burst of `requests`.
+    pub fn new(requests: NonZeroU32, per_seconds: NonZeroU32) -> Limit {
+        Limit {
+            requests,
+            per_seconds,
+            burst: requests,
+        }
+    }
+
+    /// The same limit with another burst.
+    pub fn with_burst(self, burst: NonZeroU32) -> Limit {
+        Limit { burst, ..self }
+    }
+}
+
 impl Plan {
+    /// A plan of one to [`MAX_LIMITS_PER_PLAN`] limits, all of which a
+    /// request must pass, and no route classes.
+    pub fn new(name: &str, limits: Vec<Limit>) -> Result<Plan, QuotasError> {
+        let name = PlanName::new(name).ok_or_else(|| QuotasError::PlanName(name.to_owned()))?;
+        if limits.is_empty() || limits.len() > MAX_LIMITS_PER_PLAN {
+            return Err(QuotasError::Limits {
+                plan: name.to_string(),
+                count: limits.len(),
+            });
+        }
+        Ok(Plan {
+            name,
+            limits,
+            classes: Vec::new(),
+            shadow: false,
+        })
+    }
+
     /// The limits of `class` under this plan, if it gives it any.
     pub fn class_limits(&self, class: &str) -> Option<&[Limit]> {
         find_class(&self.classes, class)
@@ -211,7 +251,84 @@ pub struct Quotas {
     classes: Vec<ClassName>,
 }
 
+/// Why quotas built in code are not valid; a policy file's are reported
+/// as diagnostics instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotasError {
+    /// Not a valid plan name.
+    #[error("\"{0}\" is not a valid plan name: use 1 to 64 letters, digits, '_' or '-'")]
+    PlanName(String),
+    /// A plan without limits, or with too many.
+    #[error("plan {plan} has {count} limits; a plan has 1 to {MAX_LIMITS_PER_PLAN}")]
+    Limits {
+        /// The plan.
+        plan: String,
+        /// How many it was given.
+        count: usize,
+    },
+    /// Two plans of one name.
+    #[error("there is already a plan named {0}")]
+    DuplicatePlan(String),
+    /// A plan name that no plan has.
+    #[error("no plan is named {0}")]
+    UnknownPlan(String),
+}
+
 impl Quotas {
+    /// Quotas made in code rather than read from a policy file: `default`
+    /// for every tenant and for requests without one, the local backend,
+    /// no overrides and no route classes.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use floodgate_rules::policy::{Limit, Plan, Quotas};
+    ///
+    /// let n = |n| NonZeroU32::new(n).unwrap();
+    /// let free = Plan::new("free", vec![Limit::new(n(100), n(60))]).unwrap();
+    /// let pro = Plan::new("pro", vec![Limit::new(n(50), n(1)).with_burst(n(100))]).unwrap();
+    /// let quotas = Quotas::new(free).with_plan(pro).unwrap();
+    /// assert_eq!(quotas.default_plan().name.as_str(), "free");
+    /// assert_eq!(quotas.plan("pro").unwrap().limits[0].burst.get(), 100);
+    /// ```
+    pub fn new(default: Plan) -> Quotas {
+        Quotas {
+            plans: vec![default],
+            default_plan: 0,
+            anonymous_plan: 0,
+            backend: QuotaBackend::Local,
+            overrides: Vec::new(),
+            active: HashMap::new(),
+            routes: Vec::new(),
+            classes: Vec::new(),
+        }
+    }
+
+    /// Adds a plan that overrides and [`Quotas::with_anonymous_plan`] may
+    /// name.
+    pub fn with_plan(mut self, plan: Plan) -> Result<Quotas, QuotasError> {
+        if self.plan(plan.name.as_str()).is_some() {
+            return Err(QuotasError::DuplicatePlan(plan.name.to_string()));
+        }
+        self.plans.push(plan);
+        Ok(self)
+    }
+
+    /// Gives requests without a tenant the plan of that name.
+    pub fn with_anonymous_plan(mut self, name: &str) -> Result<Quotas, QuotasError> {
+        self.anonymous_plan = self
+            .plans
+            .iter()
+            .position(|p| p.name.as_str() == name)
+            .ok_or_else(|| QuotasError::UnknownPlan(name.to_owned()))?;
+        Ok(self)
+    }
+
+    /// Uses `backend` (Redis, for one limit across instances).
+    pub fn with_backend(mut self, backend: QuotaBackend) -> Quotas {
+        self.backend = backend;
+        self
+    }
+
     /// Every plan, in file order.
     pub fn plans(&self) -> &[Plan] {
         &self.plans
