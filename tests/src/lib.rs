@@ -1,4 +1,5 @@
-//! What the responder's tests share: a moto server per test, the Cloudflare
+//! What the responder's tests share: a moto server per test (and views of it
+//! in other accounts), STS refusals in front of it (`sts`), the Cloudflare
 //! API fake, WAF and Cloudflare log records, and the pinned tools of the
 //! Python venv. The tests that run the `floodgate` binary are in
 //! `responder/tests/e2e/`.
