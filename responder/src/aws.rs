@@ -61,10 +61,15 @@ struct AssumedAccount {
 impl Aws {
     /// The process's AWS environment and the policy's accounts.
     pub async fn from_policy(policy: &floodgate_rules::Policy) -> Aws {
-        let base = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(retry_config())
-            .load()
-            .await;
+        let loader =
+            || aws_config::defaults(BehaviorVersion::latest()).retry_config(retry_config());
+        let mut base = loader().load().await;
+        if base.region().is_none() {
+            // Every client names its own region, but the credential chain
+            // itself may call STS (a web identity token, an SSO profile):
+            // without a region in the environment, it calls us-east-1.
+            base = loader().region(Region::new(FALLBACK_REGION)).load().await;
+        }
         Aws::from_base(base, &policy.accounts).await
     }
 
@@ -143,6 +148,10 @@ struct AssumedRole {
     provider: Result<AssumeRoleProvider, String>,
 }
 
+/// The region of the calls that name none (STS, for credentials), when the
+/// environment sets none.
+const FALLBACK_REGION: &str = "us-east-1";
+
 /// The session name CloudTrail shows for the responder's calls in an account.
 const SESSION_NAME: &str = "floodgate";
 
@@ -164,7 +173,7 @@ impl AssumedRole {
                 if base.region().is_none() {
                     // STS is in every region; without one configured, the
                     // first region's endpoint serves.
-                    sts.set_region(Some(Region::new("us-east-1")));
+                    sts.set_region(Some(Region::new(FALLBACK_REGION)));
                 }
                 sts.set_endpoint_url(account.endpoint_url.clone());
                 let mut builder = AssumeRoleProvider::builder(account.role_arn.as_str())
