@@ -64,7 +64,11 @@ impl Resident {
     /// The parts of `policy` that last longer than a cycle.
     pub async fn from_policy(policy: &Policy) -> Resident {
         let aws = Aws::from_policy(policy).await;
-        let targets = shared_targets(&aws, policy);
+        // Shared by the tasks that write them, and kept across cycles.
+        let targets = ConfiguredTarget::from_policy(&aws, policy)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         Resident { aws, targets }
     }
 }
@@ -96,14 +100,6 @@ impl<'p> Parts<'p, ConfiguredSource> {
             lease_clock,
         })
     }
-}
-
-/// Every target of the policy, shareable across the tasks that write them.
-pub fn shared_targets(aws: &Aws, policy: &Policy) -> Vec<Arc<ConfiguredTarget>> {
-    ConfiguredTarget::from_policy(aws, policy)
-        .into_iter()
-        .map(Arc::new)
-        .collect()
 }
 
 /// Why a cycle could not run. Nothing was written.

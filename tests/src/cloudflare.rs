@@ -123,16 +123,7 @@ type Shared = Arc<Mutex<FakeState>>;
 /// async and blocking tests alike can use it) until dropped.
 pub struct FakeCloudflare {
     state: Shared,
-    port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for FakeCloudflare {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
+    server: crate::Served,
 }
 
 impl FakeCloudflare {
@@ -150,36 +141,13 @@ impl FakeCloudflare {
             max_items: 10_000,
             next_id: 0,
         }));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let port = listener.local_addr().expect("an address").port();
-        let app = routes(state.clone());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the fake");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("the fake serves");
-            });
-        });
-        FakeCloudflare {
-            state,
-            port,
-            stop: Some(stop),
-        }
+        let server = crate::Served::start(routes(state.clone()));
+        FakeCloudflare { state, server }
     }
 
     /// The base URL to give `api_url`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/client/v4", self.port)
+        format!("http://127.0.0.1:{}/client/v4", self.server.port)
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {

@@ -42,6 +42,52 @@ pub fn wall_clock_ms() -> i64 {
     i64::try_from(since_epoch.as_millis()).expect("milliseconds fit in i64")
 }
 
+/// An axum app served on a free loopback port from a thread of its own,
+/// so that synchronous and asynchronous tests alike can use it; stopped
+/// when dropped. The fakes (`cloudflare`, `sts`) run on it.
+pub struct Served {
+    /// The port it listens on.
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Served {
+    /// Serves `app` until dropped.
+    pub fn start(app: axum::Router) -> Served {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        listener.set_nonblocking(true).expect("non-blocking");
+        let port = listener.local_addr().expect("an address").port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the fake");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("the fake serves");
+            });
+        });
+        Served {
+            port,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A moto server (a local AWS API emulator) on a free loopback port, from
 /// the venv that `scripts/test.sh` creates. Stopped when dropped.
 pub struct MotoServer {

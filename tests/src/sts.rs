@@ -34,8 +34,7 @@ struct Gate {
 /// A running gate; stopped when dropped.
 pub struct StsGate {
     gate: Arc<Gate>,
-    port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: crate::Served,
 }
 
 impl StsGate {
@@ -52,38 +51,18 @@ impl StsGate {
             refused: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let port = listener.local_addr().expect("an address").port();
         let app = axum::Router::new()
             .fallback(pass)
             .with_state(Arc::clone(&gate));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the gate");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("the gate serves");
-            });
-        });
         StsGate {
             gate,
-            port,
-            stop: Some(stop),
+            server: crate::Served::start(app),
         }
     }
 
     /// The endpoint URL to give an account's `endpoint_url`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 
     /// `AssumeRole` requests received, granted or not.
@@ -94,14 +73,6 @@ impl StsGate {
     /// `AssumeRole` requests refused for a wrong or missing external id.
     pub fn refused(&self) -> usize {
         self.gate.refused.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for StsGate {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

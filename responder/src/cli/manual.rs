@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::{BlockArgs, CliError, Status, UnblockArgs, load_policy, plural, write_stdout};
 use crate::clock::{clock_at, rfc3339_from_ms, unix_ms};
-use crate::cycle::{apply, shared_targets};
+use crate::cycle::{Resident, apply};
 use crate::ledger::{ConfiguredLedger, Ledger, LedgerEntry, LedgerState, UpdateError};
 use crate::plan::{Capacity, plan};
 use crate::sink::{Outcome, Unguarded};
@@ -148,7 +148,7 @@ fn override_ledger(
             ))
         };
         let planned = replan(&loaded)?;
-        let targets = shared_targets(&crate::aws::Aws::from_policy(policy).await, policy);
+        let targets = Resident::from_policy(policy).await.targets;
         // An operator's override is not a responder's cycle: it needs no lease.
         let guard = Arc::new(Unguarded);
         let (planned, reports) = match apply(

@@ -142,8 +142,7 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     // aggregated, with the allow-list cut out and within each set's room.
     let desired = plan(&[], policy, &ledger, now_ms, "status", Capacity::of(policy)).desired();
     let mut targets = Vec::new();
-    let aws = crate::aws::Aws::from_policy(policy).await;
-    let configured = crate::cycle::shared_targets(&aws, policy);
+    let configured = crate::cycle::Resident::from_policy(policy).await.targets;
     for (target, contents) in
         read_all(configured, policy.responder.concurrency.get() as usize).await
     {

@@ -184,8 +184,7 @@ async fn why(
         .filter(|e| overlaps(&e.cidr, &subject))
         .collect();
     let mut targets = Vec::new();
-    let aws = crate::aws::Aws::from_policy(policy).await;
-    let configured = crate::cycle::shared_targets(&aws, policy);
+    let configured = crate::cycle::Resident::from_policy(policy).await.targets;
     for (target, contents) in
         read_all(configured, policy.responder.concurrency.get() as usize).await
     {

@@ -874,12 +874,6 @@ fn check_s3_source(
     format: LogFormat,
     accounts: &[Account],
 ) -> Option<LogSourceConfig> {
-    let one = RawS3Bucket {
-        bucket: raw.bucket.clone(),
-        prefix: raw.prefix.clone(),
-        region: raw.region.clone(),
-        account: raw.account.clone(),
-    };
     let buckets = match &raw.buckets {
         Some(list) => {
             let single = [
@@ -920,6 +914,13 @@ fn check_s3_source(
             checked
         }
         None => {
+            // The single-bucket form: its keys sit in [source] itself.
+            let one = RawS3Bucket {
+                bucket: raw.bucket.clone(),
+                prefix: raw.prefix.clone(),
+                region: raw.region.clone(),
+                account: raw.account.clone(),
+            };
             let at = (raw.kind.span(), "type = \"s3\"");
             vec![check_s3_bucket(checker, &one, at, "source", accounts)]
         }
