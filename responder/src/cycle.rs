@@ -47,7 +47,14 @@ pub struct Parts<'p, S> {
     /// The lease is about who writes now, so it always runs on the real
     /// time, even when `clock` replays another.
     pub lease_clock: Arc<dyn Clock>,
+    /// Taken from loading the ledger to saving it, so a cycle and a fast
+    /// pass never write the same targets at once.
+    pub writes: Writes,
 }
+
+/// The turn to write the targets and the ledger: one cycle or fast pass
+/// at a time within a process.
+pub type Writes = Arc<tokio::sync::Mutex<()>>;
 
 /// What outlives a cycle in the daemon: the AWS credentials (each
 /// account's role session) and the targets, with their clients and the IP
@@ -58,6 +65,8 @@ pub struct Resident {
     pub aws: Aws,
     /// Every target of the policy.
     pub targets: Vec<Arc<ConfiguredTarget>>,
+    /// Whose turn it is to write.
+    pub writes: Writes,
 }
 
 impl Resident {
@@ -69,7 +78,40 @@ impl Resident {
             .into_iter()
             .map(Arc::new)
             .collect();
-        Resident { aws, targets }
+        Resident {
+            aws,
+            targets,
+            writes: Writes::default(),
+        }
+    }
+}
+
+impl<'p> Parts<'p, ()> {
+    /// The parts `policy` configures for writing, without a source (a
+    /// fast pass reads none), with the targets of `resident`, at `clock`'s
+    /// time.
+    pub async fn for_writing(
+        policy: &'p Policy,
+        resident: &Resident,
+        clock: Arc<dyn Clock>,
+        lease_clock: Arc<dyn Clock>,
+    ) -> Result<Self, CycleError> {
+        if policy.targets.is_empty() {
+            return Err(CycleError::NoTargets);
+        }
+        widest_window(policy)?;
+        let ledger = ConfiguredLedger::from_policy(policy).await;
+        let lease = ConfiguredLease::from_policy(policy, &ledger);
+        Ok(Parts {
+            policy,
+            source: (),
+            ledger,
+            targets: resident.targets.clone(),
+            lease,
+            clock,
+            lease_clock,
+            writes: Arc::clone(&resident.writes),
+        })
     }
 }
 
@@ -82,22 +124,18 @@ impl<'p> Parts<'p, ConfiguredSource> {
         clock: Arc<dyn Clock>,
         lease_clock: Arc<dyn Clock>,
     ) -> Result<Self, CycleError> {
-        let source = policy.source.as_ref().ok_or(CycleError::NoSource)?;
-        if policy.targets.is_empty() {
-            return Err(CycleError::NoTargets);
-        }
-        widest_window(policy)?;
-        let source = ConfiguredSource::from_config(&resident.aws, source)?;
-        let ledger = ConfiguredLedger::from_policy(policy).await;
-        let lease = ConfiguredLease::from_policy(policy, &ledger);
+        let config = policy.source.as_ref().ok_or(CycleError::NoSource)?;
+        let parts = Parts::for_writing(policy, resident, clock, lease_clock).await?;
+        let source = ConfiguredSource::from_config(&resident.aws, config)?;
         Ok(Parts {
             policy,
             source,
-            ledger,
-            targets: resident.targets.clone(),
-            lease,
-            clock,
-            lease_clock,
+            ledger: parts.ledger,
+            targets: parts.targets,
+            lease: parts.lease,
+            clock: parts.clock,
+            lease_clock: parts.lease_clock,
+            writes: parts.writes,
         })
     }
 }
@@ -264,7 +302,7 @@ pub struct Phases {
 }
 
 impl Phases {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Phases {
             done: Vec::new(),
             watch: Stopwatch::start(),
@@ -377,7 +415,7 @@ pub struct LeaseLine {
 }
 
 impl LeaseLine {
-    fn new(standing: &Standing, me: &str, lost: Option<&LedgerError>) -> LeaseLine {
+    pub(crate) fn new(standing: &Standing, me: &str, lost: Option<&LedgerError>) -> LeaseLine {
         let (state, holder, fence, expires_at_ms) = match standing {
             Standing::Holding {
                 fence,
@@ -424,6 +462,21 @@ pub struct Prepared {
     pub loaded: LedgerState,
     /// The plan against it (likewise handed on).
     pub planned: BlockPlan,
+    /// What found the offenders.
+    pub origin: Origin,
+    /// The turn to write, held from loading the ledger until this is
+    /// dropped.
+    pub turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// What found a plan's offenders.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The log source, in a cycle.
+    Logs,
+    /// The fast tiers' rate-based rules, with the reason each new block's
+    /// ledger entry gives.
+    RateRules(BTreeMap<IpNet, String>),
 }
 
 /// Runs one cycle.
@@ -468,6 +521,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
     phases.end("read");
     let offenders = detect(&traffic, policy, widest);
     phases.end("detect");
+    let turn = Arc::clone(&parts.writes).lock_owned().await;
     let LoadedLedger {
         ledger: loaded,
         adopted,
@@ -475,7 +529,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         calls: read_calls,
     } = load_ledger(parts, now_ms).await?;
     phases.end("ledger");
-    let planned = plan_against(&offenders, policy, &loaded, now_ms);
+    let planned = plan_against(&offenders, policy, &loaded, now_ms, &Origin::Logs);
     phases.end("plan");
     Ok(Prepared {
         now_ms,
@@ -488,6 +542,8 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         read_calls,
         loaded,
         planned,
+        origin: Origin::Logs,
+        turn,
     })
 }
 
@@ -665,25 +721,40 @@ async fn load_ledger<S>(parts: &Parts<'_, S>, now_ms: i64) -> Result<LoadedLedge
     })
 }
 
-/// The cycle's plan for `offenders` against `ledger`.
-fn plan_against(
+/// The plan for `offenders`, found by `origin`, against `ledger`.
+pub(crate) fn plan_against(
     offenders: &[Offender],
     policy: &Policy,
     ledger: &LedgerState,
     now_ms: i64,
+    origin: &Origin,
 ) -> BlockPlan {
-    plan(
+    let source = match origin {
+        Origin::Logs => source_label(policy),
+        Origin::RateRules(_) => crate::fast::RATE_RULE.to_owned(),
+    };
+    let mut planned = plan(
         offenders,
         policy,
         ledger,
         now_ms,
-        &source_label(policy),
+        &source,
         Capacity::of(policy),
-    )
+    );
+    if let Origin::RateRules(reasons) = origin {
+        for net in &planned.added {
+            if let (Some(entry), Some(reason)) =
+                (planned.ledger.entries.get_mut(net), reasons.get(net))
+            {
+                entry.reason.clone_from(reason);
+            }
+        }
+    }
+    planned
 }
 
 /// Takes or renews the lease, when there is one.
-async fn take_lease<S>(
+pub(crate) async fn take_lease<S>(
     parts: &Parts<'_, S>,
     phases: &mut Phases,
 ) -> Result<Option<Standing>, CycleError> {
@@ -696,24 +767,24 @@ async fn take_lease<S>(
 }
 
 /// What a cycle wrote, and whether it lost the lease doing so.
-struct Written {
-    planned: BlockPlan,
-    reports: Vec<TargetReport>,
-    lease_lost: Option<LedgerError>,
+pub(crate) struct Written {
+    pub(crate) planned: BlockPlan,
+    pub(crate) reports: Vec<TargetReport>,
+    pub(crate) lease_lost: Option<LedgerError>,
 }
 
 /// Writes the plan: under the lease's fence when it holds one, unguarded
 /// without a lease, and not at all while waiting for the lease.
-async fn apply_as<S>(
+pub(crate) async fn apply_as<S>(
     parts: &Parts<'_, S>,
     standing: Option<&Standing>,
     prepared: &mut Prepared,
 ) -> Result<Written, CycleError> {
     let (policy, now_ms) = (parts.policy, prepared.now_ms);
-    let offenders = &prepared.offenders;
+    let (offenders, origin) = (&prepared.offenders, &prepared.origin);
     let unadopted = prepared.loaded.unadopted.clone();
     let replan = |state: &LedgerState| {
-        let mut planned = plan_against(offenders, policy, state, now_ms);
+        let mut planned = plan_against(offenders, policy, state, now_ms, origin);
         // Someone saved since: still remember what this cycle could not read.
         planned.ledger.unadopted.extend(unadopted.iter().cloned());
         Ok(planned)
@@ -895,33 +966,7 @@ fn report(
         // Every call of the cycle: the adoption reads, then the writes.
         api_calls: prepared.read_calls.total()
             + reports.iter().map(|r| r.calls.total()).sum::<u32>(),
-        targets: reports
-            .iter()
-            .map(|r| TargetLine {
-                target: r.target.clone(),
-                account: policy
-                    .targets
-                    .iter()
-                    .find(|t| t.to_string() == r.target)
-                    .and_then(Target::account)
-                    .map(ToString::to_string),
-                outcome: r.outcome.to_string(),
-                state: r.outcome.state(),
-                added: match r.outcome {
-                    Outcome::Updated { added, .. } => added,
-                    _ => 0,
-                },
-                removed: r.removed.len(),
-                left_out: crate::sink::left_out_by_reason(&r.left_out),
-                strangers_removed: text(&crate::plan::unknown_entries(&planned.ledger, &r.removed)),
-                failure: match &r.outcome {
-                    Outcome::Failed(error) => Some(error.kind.name()),
-                    _ => None,
-                },
-                held: (!wrote_nothing && !matches!(r.outcome, Outcome::Failed(_)))
-                    .then(|| held_by_tier(policy, &planned, r)),
-            })
-            .collect(),
+        targets: target_lines(policy, &planned, &reports, wrote_nothing),
         bytes_read: stats.bytes,
         insights_estimated_cost_usd: uses_insights(policy)
             .then(|| crate::source::cloudwatch_insights::estimated_cost_usd(stats.bytes)),
@@ -939,6 +984,44 @@ fn report(
 
 /// Counts per tier name, in the policy's tier order, then other names
 /// (`manual`, a tier since removed) in name order; tiers with none left out.
+/// Each target's line in a report; `wrote_nothing` when the plan was not
+/// written (observe mode, a standby).
+pub(crate) fn target_lines(
+    policy: &Policy,
+    planned: &BlockPlan,
+    reports: &[TargetReport],
+    wrote_nothing: bool,
+) -> Vec<TargetLine> {
+    let text = |nets: &[IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+    reports
+        .iter()
+        .map(|r| TargetLine {
+            target: r.target.clone(),
+            account: policy
+                .targets
+                .iter()
+                .find(|t| t.to_string() == r.target)
+                .and_then(Target::account)
+                .map(ToString::to_string),
+            outcome: r.outcome.to_string(),
+            state: r.outcome.state(),
+            added: match r.outcome {
+                Outcome::Updated { added, .. } => added,
+                _ => 0,
+            },
+            removed: r.removed.len(),
+            left_out: crate::sink::left_out_by_reason(&r.left_out),
+            strangers_removed: text(&crate::plan::unknown_entries(&planned.ledger, &r.removed)),
+            failure: match &r.outcome {
+                Outcome::Failed(error) => Some(error.kind.name()),
+                _ => None,
+            },
+            held: (!wrote_nothing && !matches!(r.outcome, Outcome::Failed(_)))
+                .then(|| held_by_tier(policy, planned, r)),
+        })
+        .collect()
+}
+
 fn by_tier<'t>(policy: &Policy, tiers: impl Iterator<Item = &'t str>) -> Vec<TierBlocks> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for tier in tiers {

@@ -17,6 +17,9 @@
 //!   region and CloudFront), a Cloudflare IP list, files.
 //! - `alert` (private): webhook alerts for what a cycle saw.
 //! - [`cycle`]: one responder cycle from its parts, and its report.
+//! - [`fast`]: between cycles, the fast detector's pass: what the fast
+//!   tiers' rate-based rules ([`rate_rules`]) are limiting, blocked
+//!   everywhere through the same plan and apply.
 //!
 //! Around it:
 //! - [`cli`]: the commands, a thin shell over the modules here; `daemon`
@@ -53,6 +56,7 @@ pub mod cycle;
 mod daemon;
 pub mod detect;
 pub mod failure;
+pub mod fast;
 mod http_client;
 mod infra;
 mod json_text;
@@ -61,6 +65,7 @@ pub mod ledger;
 pub mod loggen;
 pub mod plan;
 pub mod policy_file;
+pub mod rate_rules;
 mod retry;
 pub mod sink;
 pub mod source;

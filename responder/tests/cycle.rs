@@ -108,6 +108,7 @@ async fn a_cycle_from_its_parts_reports_every_api_call_it_made_issue_18() {
         lease: None,
         clock: Arc::new(ManualClock::new(datetime!(2026-11-20 10:00 UTC))),
         lease_clock: Arc::new(SystemClock),
+        writes: Default::default(),
     };
     let report = cycle::run(parts).await.unwrap();
 
@@ -213,6 +214,7 @@ async fn run_cycle(
         lease: None,
         clock: Arc::new(ManualClock::new(at)),
         lease_clock: Arc::new(SystemClock),
+        writes: Default::default(),
     };
     cycle::run(parts).await.unwrap()
 }
@@ -450,6 +452,7 @@ async fn a_count_left_cut_by_the_row_limit_makes_the_cycle_incomplete() {
         lease: None,
         clock: Arc::new(ManualClock::new(datetime!(2026-11-20 10:00 UTC))),
         lease_clock: Arc::new(SystemClock),
+        writes: Default::default(),
     };
     let (europe, _) = region("eu-west-1", &[], None);
     let ledger = ConfiguredLedger::from_policy(&policy).await;

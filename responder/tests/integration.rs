@@ -10,6 +10,7 @@ mod cycle;
 mod dynamodb_faults;
 mod dynamodb_moto;
 mod e2e;
+mod fast;
 mod file_source;
 mod file_target;
 mod lease_model;

@@ -5,6 +5,8 @@
 //! `responder/tests/e2e/`.
 
 pub mod cloudflare;
+mod forward;
+pub mod managed_keys;
 pub mod sts;
 
 use std::path::{Path, PathBuf};
@@ -192,11 +194,17 @@ impl MotoServer {
     /// A WAFv2 client for this server, in `region`, with the fake
     /// credentials moto accepts.
     pub fn wafv2_client(&self, region: &str) -> aws_sdk_wafv2::Client {
+        self.wafv2_client_via(&self.endpoint(), region)
+    }
+
+    /// A WAFv2 client for this server's account through `endpoint` (a gate
+    /// in front of it), in `region`.
+    pub fn wafv2_client_via(&self, endpoint: &str, region: &str) -> aws_sdk_wafv2::Client {
         use aws_sdk_wafv2::config::{BehaviorVersion, Region};
         let config = aws_sdk_wafv2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
-            .endpoint_url(self.endpoint())
+            .endpoint_url(endpoint)
             .credentials_provider(self.credentials.clone())
             .build();
         aws_sdk_wafv2::Client::from_conf(config)
@@ -332,6 +340,63 @@ impl MotoServer {
                 .await
                 .expect("moto takes the log events");
         }
+    }
+
+    /// Creates the web ACL `web_acl` in `scope` of `region`, with one COUNT
+    /// rate-based rule `rule` on the IP: `limit` requests in `window` s.
+    pub async fn create_rate_rule(
+        &self,
+        region: &str,
+        scope: aws_sdk_wafv2::types::Scope,
+        web_acl: &str,
+        rule: &str,
+        limit: i64,
+        window: i64,
+    ) {
+        use aws_sdk_wafv2::types::{
+            AllowAction, CountAction, DefaultAction, RateBasedStatement,
+            RateBasedStatementAggregateKeyType, Rule, RuleAction, Statement, VisibilityConfig,
+        };
+        let visibility = |name: &str| {
+            VisibilityConfig::builder()
+                .sampled_requests_enabled(true)
+                .cloud_watch_metrics_enabled(true)
+                .metric_name(name)
+                .build()
+                .expect("a visibility config")
+        };
+        let rate = RateBasedStatement::builder()
+            .limit(limit)
+            .evaluation_window_sec(window)
+            .aggregate_key_type(RateBasedStatementAggregateKeyType::Ip)
+            .build()
+            .expect("a rate-based statement");
+        let rule = Rule::builder()
+            .name(rule)
+            .priority(10)
+            .statement(Statement::builder().rate_based_statement(rate).build())
+            .action(
+                RuleAction::builder()
+                    .count(CountAction::builder().build())
+                    .build(),
+            )
+            .visibility_config(visibility(rule))
+            .build()
+            .expect("a rule");
+        self.wafv2_client(region)
+            .create_web_acl()
+            .name(web_acl)
+            .scope(scope)
+            .default_action(
+                DefaultAction::builder()
+                    .allow(AllowAction::builder().build())
+                    .build(),
+            )
+            .visibility_config(visibility(web_acl))
+            .rules(rule)
+            .send()
+            .await
+            .expect("moto creates the web ACL");
     }
 
     /// Every address in the IP set `name` of `scope` in `region`.

@@ -12,14 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use crate::forward::{MotoClient, moto_client, to_moto};
 
 /// The gate's state: what each role requires and what it was asked.
 struct Gate {
@@ -28,7 +25,7 @@ struct Gate {
     required: HashMap<String, String>,
     assume_role_calls: AtomicUsize,
     refused: AtomicUsize,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: MotoClient,
 }
 
 /// A running gate; stopped when dropped.
@@ -49,7 +46,7 @@ impl StsGate {
                 .collect(),
             assume_role_calls: AtomicUsize::new(0),
             refused: AtomicUsize::new(0),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: moto_client(),
         });
         let app = axum::Router::new()
             .fallback(pass)
@@ -94,24 +91,7 @@ async fn pass(State(gate): State<Arc<Gate>>, request: Request) -> Response {
             return access_denied(&role);
         }
     }
-    let uri = format!(
-        "{}{}",
-        gate.moto,
-        parts.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
-    let mut forwarded = axum::http::Request::builder().method(parts.method).uri(uri);
-    for (name, value) in &parts.headers {
-        if name != header::HOST {
-            forwarded = forwarded.header(name, value);
-        }
-    }
-    let forwarded = forwarded
-        .body(Full::new(body))
-        .expect("a forwarded request");
-    match gate.client.request(forwarded).await {
-        Ok(response) => response.map(Body::new).into_response(),
-        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
-    }
+    to_moto(&gate.client, &gate.moto, parts, body).await
 }
 
 /// STS's answer to a caller the role's trust policy does not allow.

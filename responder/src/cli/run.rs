@@ -149,11 +149,107 @@ async fn daemon(args: &RunArgs, policy: Policy) -> Result<Status, CliError> {
             }
         }
     };
+    let fast = policy.fast_tiers().next().is_some().then(|| {
+        tokio::spawn(fast_loop(
+            Arc::clone(&policy),
+            Arc::clone(&resident),
+            Arc::clone(&health),
+            output,
+            shutdown.clone(),
+        ))
+    });
     schedule_loop(&schedule, clock, Arc::clone(&health), shutdown, cycle).await;
+    if let Some(fast) = fast
+        && tokio::time::timeout(crate::daemon::SHUTDOWN_GRACE, fast)
+            .await
+            .is_err()
+    {
+        tracing::error!("the fast detector's pass did not finish within the grace period");
+    }
     release_lease(&policy).await;
     server.abort();
     tracing::info!("responder daemon stopped");
     Ok(Status::Success)
+}
+
+/// The fast detector: a pass every `[responder] fast_interval_seconds`
+/// until the shutdown signal; a running pass finishes first. Its reports
+/// go to the metrics, and to the output when they blocked something or
+/// met a failure.
+async fn fast_loop(
+    policy: Arc<Policy>,
+    resident: Arc<Resident>,
+    health: Arc<Health>,
+    output: Output,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let interval =
+        std::time::Duration::from_secs(u64::from(policy.responder.fast_interval_seconds.get()));
+    let rules = crate::rate_rules::rate_rules(&resident.aws, &policy);
+    tracing::info!(rules = rules.len(), ?interval, "fast detector started");
+    let detector = crate::fast::FastDetector::new(rules, interval);
+    let clock: Arc<dyn Clock> = Arc::from(clock_at(None));
+    let parts = match Parts::for_writing(&policy, &resident, Arc::clone(&clock), clock).await {
+        Ok(parts) => parts,
+        Err(error) => {
+            tracing::error!(%error, "the fast detector cannot run");
+            return;
+        }
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        let report = match detector.pass(&parts).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::error!(%error, "fast pass failed; nothing was applied");
+                continue;
+            }
+        };
+        health.record_fast(&report);
+        if !report.worth_printing() {
+            continue;
+        }
+        let text = match output.format {
+            Format::Json => serde_json::to_string(&report).expect("reports serialize") + "\n",
+            Format::Table => fast_summary(&report),
+        };
+        if let Err(error) = write_stdout(&text) {
+            tracing::error!(%error, "cannot print the fast pass's report");
+        }
+    }
+}
+
+/// A fast pass for people: one line per block, rule failure and failed
+/// target.
+fn fast_summary(report: &crate::fast::FastReport) -> String {
+    let mut out = String::new();
+    for block in &report.added {
+        out.push_str(&format!(
+            "fast: blocked {} (tier {}) everywhere {:.1} s after {} listed it\n",
+            block.key, block.tier, block.latency_seconds, block.rule
+        ));
+    }
+    if !report.held_back.is_empty() {
+        out.push_str(&format!(
+            "fast: the circuit breaker held back {}\n",
+            report.held_back.join(", ")
+        ));
+    }
+    for failure in &report.rule_failures {
+        out.push_str(&format!(
+            "fast: cannot read {} ({}): {}\n",
+            failure.rule, failure.failure, failure.error
+        ));
+    }
+    for target in report.targets.iter().filter(|t| t.failure.is_some()) {
+        out.push_str(&format!("fast: {}: {}\n", target.target, target.outcome));
+    }
+    out
 }
 
 /// How a cycle's report is printed.

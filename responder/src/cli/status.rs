@@ -59,6 +59,21 @@ struct TargetStatus {
     error: Option<String>,
 }
 
+/// A fast tier's rate-based rule as deployed, against its tier.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct RateRuleStatus {
+    /// The rule, its web ACL and scope.
+    rule: String,
+    /// The fast tier it stands for.
+    tier: String,
+    /// How the deployed rule differs from the tier (missing, another
+    /// limit or window, another aggregation): drift, which the fast
+    /// detector cannot trust. `null` when it matches.
+    drift: Option<String>,
+    /// Why the web ACL could not be read, if it could not.
+    error: Option<String>,
+}
+
 /// The lease of a primary/standby pair.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 struct LeaseStatus {
@@ -96,6 +111,10 @@ pub(super) struct StatusReport {
     active: Vec<Block>,
     /// Each target against the ledger.
     targets: Vec<TargetStatus>,
+    /// Each fast tier's rate-based rule in each web ACL, against the
+    /// policy; empty without fast tiers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rate_rules: Vec<RateRuleStatus>,
 }
 
 /// Runs `floodgate status`.
@@ -113,7 +132,11 @@ pub(super) fn run(args: &StatusArgs) -> Result<Status, CliError> {
     let drifted = report
         .targets
         .iter()
-        .any(|t| t.error.is_some() || !t.unexpected.is_empty() || !t.missing.is_empty());
+        .any(|t| t.error.is_some() || !t.unexpected.is_empty() || !t.missing.is_empty())
+        || report
+            .rate_rules
+            .iter()
+            .any(|r| r.error.is_some() || r.drift.is_some());
     Ok(if drifted {
         Status::Partial
     } else {
@@ -142,9 +165,13 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
     // aggregated, with the allow-list cut out and within each set's room.
     let desired = plan(&[], policy, &ledger, now_ms, "status", Capacity::of(policy)).desired();
     let mut targets = Vec::new();
-    let configured = crate::cycle::Resident::from_policy(policy).await.targets;
-    for (target, contents) in
-        read_all(configured, policy.responder.concurrency.get() as usize).await
+    let resident = crate::cycle::Resident::from_policy(policy).await;
+    let rate_rules = rate_rules(policy, &resident.aws).await;
+    for (target, contents) in read_all(
+        resident.targets,
+        policy.responder.concurrency.get() as usize,
+    )
+    .await
     {
         let label = target.label();
         let (held, left_out) = target.expected(&desired);
@@ -193,7 +220,27 @@ async fn status(policy: &Policy, now_ms: i64) -> Result<StatusReport, CliError> 
             })
             .collect(),
         targets,
+        rate_rules,
     })
+}
+
+/// Each fast tier's deployed rule against its tier.
+async fn rate_rules(policy: &Policy, aws: &crate::aws::Aws) -> Vec<RateRuleStatus> {
+    let mut statuses = Vec::new();
+    for rule in crate::rate_rules::rate_rules(aws, policy) {
+        let tier = policy.tier(rule.tier.as_str()).expect("a fast tier");
+        let (drift, error) = match rule.drift(tier).await {
+            Ok(drift) => (drift, None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        statuses.push(RateRuleStatus {
+            rule: rule.label(),
+            tier: rule.tier.to_string(),
+            drift,
+            error,
+        });
+    }
+    statuses
 }
 
 fn text(nets: &[IpNet]) -> Vec<String> {
@@ -292,6 +339,14 @@ fn table(report: &StatusReport) -> String {
             }
         };
         out.push_str(&format!("{}: {line}\n", target.target));
+    }
+    for rule in &report.rate_rules {
+        let line = match (&rule.error, &rule.drift) {
+            (Some(error), _) => format!("cannot read it: {error}"),
+            (None, Some(drift)) => format!("drift: {drift}"),
+            (None, None) => format!("in step with tier {}", rule.tier),
+        };
+        out.push_str(&format!("rate rule {}: {line}\n", rule.rule));
     }
     out
 }

@@ -110,7 +110,33 @@ pub const SERIES: &[(&str, &str)] = &[
         "floodgate_responder_lease_holder",
         "1 for the lease's holder as this responder last saw it, by holder.",
     ),
+    (
+        "floodgate_responder_fast_polls_total",
+        "Fast detector polls of the fast tiers' rate-based rules.",
+    ),
+    (
+        "floodgate_responder_managed_keys_calls_total",
+        "ListWebACLs and GetRateBasedStatementManagedKeys calls the fast detector made.",
+    ),
+    (
+        "floodgate_responder_rate_rule_failures_total",
+        "Rate-based rules the fast detector could not read, by kind (throttled, unavailable, denied, not_found, invalid).",
+    ),
+    (
+        "floodgate_responder_fast_blocks_total",
+        "Blocks the fast detector wrote, by tier.",
+    ),
+    (
+        FAST_LATENCY,
+        "From the poll that first listed an address to the last target written with its block.",
+    ),
 ];
+
+const FAST_LATENCY: &str = "floodgate_responder_fast_block_latency_seconds";
+
+/// Buckets of the fast blocks' latency: a poll interval (10 s by default)
+/// and the writes after it.
+const FAST_LATENCY_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0];
 
 const LAST_SUCCESS: &str = "floodgate_responder_last_success_timestamp_seconds";
 const PHASE_SECONDS: &str = "floodgate_responder_phase_duration_seconds";
@@ -120,6 +146,17 @@ const PHASE_SECONDS: &str = "floodgate_responder_phase_duration_seconds";
 const PHASE_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// Counts a target's write, and its failure.
+fn count_write(target: &crate::cycle::TargetLine) {
+    let name = target.target.clone();
+    counter!("floodgate_responder_target_writes_total", "target" => name.clone(), "state" => target.state)
+        .increment(1);
+    if let Some(kind) = target.failure {
+        counter!("floodgate_responder_target_failures_total", "target" => name, "kind" => kind)
+            .increment(1);
+    }
+}
 
 /// A gauge with labels: its name, and each label's key and value.
 type Series = (&'static str, Vec<(&'static str, String)>);
@@ -146,13 +183,15 @@ impl Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(PHASE_SECONDS.to_owned()), PHASE_BUCKETS)
             .expect("the buckets are not empty")
+            .set_buckets_for_metric(Matcher::Full(FAST_LATENCY.to_owned()), FAST_LATENCY_BUCKETS)
+            .expect("the buckets are not empty")
             .build_recorder();
         let (cycles, skipped, running, source_stale, last_duration) =
             metrics::with_local_recorder(&recorder, || {
                 for &(name, help) in SERIES {
                     if name.ends_with("_total") {
                         describe_counter!(name, help);
-                    } else if name == PHASE_SECONDS {
+                    } else if name == PHASE_SECONDS || name == FAST_LATENCY {
                         describe_histogram!(name, Unit::Seconds, help);
                     } else {
                         describe_gauge!(name, help);
@@ -214,12 +253,7 @@ impl Metrics {
             }
             for target in &report.targets {
                 let name = target.target.clone();
-                counter!("floodgate_responder_target_writes_total", "target" => name.clone(), "state" => target.state)
-                    .increment(1);
-                if let Some(kind) = target.failure {
-                    counter!("floodgate_responder_target_failures_total", "target" => name.clone(), "kind" => kind)
-                        .increment(1);
-                }
+                count_write(target);
                 for tier in target.held.iter().flatten() {
                     let labels = vec![("target", name.clone()), ("tier", tier.tier.clone())];
                     gauges.push((
@@ -272,6 +306,25 @@ impl Metrics {
             for phase in &report.phases {
                 histogram!(PHASE_SECONDS, "phase" => phase.phase).record(phase.seconds);
             }
+        });
+    }
+
+    /// Records a fast pass's report.
+    pub(super) fn record_fast(&self, report: &crate::fast::FastReport) {
+        metrics::with_local_recorder(&self.recorder, || {
+            counter!("floodgate_responder_fast_polls_total").increment(1);
+            counter!("floodgate_responder_managed_keys_calls_total")
+                .increment(u64::from(report.managed_keys_calls));
+            for failure in &report.rule_failures {
+                counter!("floodgate_responder_rate_rule_failures_total", "kind" => failure.failure)
+                    .increment(1);
+            }
+            for block in &report.added {
+                counter!("floodgate_responder_fast_blocks_total", "tier" => block.tier.clone())
+                    .increment(1);
+                histogram!(FAST_LATENCY).record(block.latency_seconds);
+            }
+            report.targets.iter().for_each(count_write);
         });
     }
 

@@ -213,6 +213,11 @@ impl Health {
     pub fn record(&self, report: &CycleReport) {
         self.metrics.record(report);
     }
+
+    /// Records a fast pass's report in the metrics.
+    pub fn record_fast(&self, report: &crate::fast::FastReport) {
+        self.metrics.record_fast(report);
+    }
 }
 
 /// Runs `cycle` on `schedule` until `shutdown` turns true, never two at

@@ -9,7 +9,7 @@ use floodgate_rules::Policy;
 use floodgate_rules::policy::Infra;
 use serde_json::{Value, json};
 
-use super::{WafTargets, ip_sets_statement, source_statements};
+use super::{WafTargets, ip_sets_statement, rate_rules_statement, source_statements};
 
 /// The file's name under `infra/cloudformation/`.
 pub(super) const FILE: &str = "member-role.yaml";
@@ -25,6 +25,11 @@ pub(super) fn template(policy: &Policy, infra: &Infra, targets: &WafTargets) -> 
             &targets.member_scopes,
         ));
     }
+    statements.extend(rate_rules_statement(
+        "MemberRateRules",
+        policy,
+        &targets.member_scopes,
+    ));
     statements.extend(source_statements(policy, true));
     let name = &infra.name;
     // The role's path, as the first account's ARN writes it (`/` for none).

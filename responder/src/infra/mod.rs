@@ -27,7 +27,7 @@ use floodgate_rules::Policy;
 use floodgate_rules::cidr::aggregate;
 use floodgate_rules::policy::{
     DynamoDbTable, Infra, InfraMode, LedgerStore, LogSourceConfig, PathMatch, RequestMatch, Target,
-    WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS, WafScope, schedule_period_seconds,
+    WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS, WafScope, rate_rule_name, schedule_period_seconds,
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -513,7 +513,7 @@ fn waf_template(policy: &Policy, infra: &Infra, targets: &WafTargets, logs: &Waf
                 None => continue,
             },
         };
-        let rule_name = format!("{name}-tier-{}", tier.name);
+        let rule_name = rate_rule_name(name, &tier.name);
         let label = format!("floodgate:tier:{}", tier.name);
         rules.push(rate_rule(
             &rule_name,
@@ -633,9 +633,9 @@ fn waf_template(policy: &Policy, infra: &Infra, targets: &WafTargets, logs: &Waf
     })
 }
 
-/// IP set ARNs the responder may read and write, with a wildcard only on
-/// the id WAF assigns at creation.
-fn ip_set_arns(names: &[String], scopes: &[WafScope]) -> Vec<Value> {
+/// ARNs of the WAF resources of `kind` (`ipset`, `webacl`) named `names`
+/// in `scopes`, with a wildcard only on the id WAF assigns at creation.
+fn waf_arns(kind: &str, names: &[String], scopes: &[WafScope]) -> Vec<Value> {
     let mut arns = Vec::new();
     for scope in scopes {
         let (region, path) = match scope {
@@ -643,10 +643,24 @@ fn ip_set_arns(names: &[String], scopes: &[WafScope]) -> Vec<Value> {
             WafScope::CloudFront => ("us-east-1", "global"),
         };
         for name in names {
-            arns.push(json!({ "Fn::Sub": format!("arn:${{AWS::Partition}}:wafv2:{region}:${{AWS::AccountId}}:{path}/ipset/{name}/*") }));
+            arns.push(json!({ "Fn::Sub": format!("arn:${{AWS::Partition}}:wafv2:{region}:${{AWS::AccountId}}:{path}/{kind}/{name}/*") }));
         }
     }
     arns
+}
+
+/// With fast tiers: reading the web ACL `web_acl` in `scopes` and what its
+/// rate-based rules are limiting; nothing else of it.
+fn rate_rules_statement(sid: &str, policy: &Policy, scopes: &[WafScope]) -> Option<Value> {
+    if policy.fast_tiers().next().is_none() || scopes.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": ["wafv2:GetRateBasedStatementManagedKeys", "wafv2:GetWebACL", "wafv2:ListWebACLs"],
+        "Resource": waf_arns("webacl", &[policy.web_acl_name().to_owned()], scopes),
+    }))
 }
 
 /// Reading and writing the IP sets `names` in `scopes` of the account the
@@ -656,7 +670,7 @@ fn ip_sets_statement(sid: &str, names: &[String], scopes: &[WafScope]) -> Value 
         "Sid": sid,
         "Effect": "Allow",
         "Action": ["wafv2:GetIPSet", "wafv2:UpdateIPSet", "wafv2:ListIPSets"],
-        "Resource": ip_set_arns(names, scopes),
+        "Resource": waf_arns("ipset", names, scopes),
     })
 }
 
@@ -722,6 +736,11 @@ fn responder_statements(policy: &Policy, infra: &Infra, targets: &WafTargets) ->
             &targets.scopes,
         ));
     }
+    statements.extend(rate_rules_statement(
+        "ResponderRateRules",
+        policy,
+        &targets.scopes,
+    ));
     statements.extend(source_statements(policy, false));
     let roles: Vec<&str> = policy
         .accounts

@@ -65,7 +65,7 @@ enum SetError {
 
 /// A failed WAFv2 call as a target error: its kind, the call and the
 /// service's message.
-fn call_failed<E>(
+pub(crate) fn call_failed<E>(
     call: impl std::fmt::Display,
     error: &aws_sdk_wafv2::error::SdkError<E, aws_sdk_wafv2::config::http::HttpResponse>,
 ) -> TargetError

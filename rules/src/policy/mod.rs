@@ -70,7 +70,7 @@ pub use targets::{
     INSIGHTS_MAX_ROWS, IpSetName, LogFormat, LogGroup, LogSourceConfig, Region, S3Bucket, S3Source,
     Target, WafScope, Wafv2Target, valid_bucket_name,
 };
-pub use tiers::{BlockRule, Escalation, MAX_MATCHES, Tier, TierAction, TierName};
+pub use tiers::{BlockRule, Escalation, MAX_MATCHES, Tier, TierAction, TierName, rate_rule_name};
 
 use time::Date;
 
@@ -139,6 +139,8 @@ impl Policy {
             .and_then(|q| quotas::check_quotas(&mut checker, q));
         let accounts = accounts::check_accounts(&mut checker, &raw.accounts);
         let targets = targets::check_targets(&mut checker, &raw.targets, &accounts);
+        let has_waf = targets.iter().any(|t| matches!(t, Target::Wafv2(_)));
+        tiers::check_fast_has_waf(&mut checker, &raw.tiers, has_waf);
         let source = raw
             .source
             .as_ref()
@@ -189,6 +191,17 @@ impl Policy {
     /// The `[[accounts]]` entry of that name.
     pub fn account(&self, name: &AccountName) -> Option<&Account> {
         self.accounts.iter().find(|a| &a.name == name)
+    }
+
+    /// The web ACL `render-infra` deploys and the fast tiers' rate-based
+    /// rules live in: `[infra] name`, `floodgate` without it.
+    pub fn web_acl_name(&self) -> &str {
+        self.infra.as_ref().map_or("floodgate", |i| i.name.as_str())
+    }
+
+    /// The tiers with `fast = true`.
+    pub fn fast_tiers(&self) -> impl Iterator<Item = &Tier> {
+        self.tiers.iter().filter(|t| t.fast)
     }
 
     /// The tier of that name.

@@ -62,6 +62,7 @@ pub(crate) struct RawTier {
     pub ipv6_prefix: Option<Spanned<i64>>,
     #[serde(rename = "match")]
     pub scope: Option<Spanned<RawMatch>>,
+    pub fast: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +261,7 @@ pub(crate) struct RawResponder {
     pub schedule: Option<Spanned<String>>,
     pub jitter_seconds: Option<Spanned<i64>>,
     pub stale_after_minutes: Option<Spanned<i64>>,
+    pub fast_interval_seconds: Option<Spanned<i64>>,
     pub listen: Option<Spanned<String>>,
     pub role: Option<Spanned<String>>,
     pub ledger: Option<Spanned<RawLedger>>,

@@ -32,6 +32,10 @@ pub struct Responder {
     /// A site quiet for longer than its windows (staging at night) sets it
     /// higher.
     pub stale_after_minutes: Option<NonZeroU32>,
+    /// How often the daemon asks the fast tiers' rate-based rules which
+    /// addresses they are limiting (default 10 s: AWS WAF checks rates
+    /// about every 10 s).
+    pub fast_interval_seconds: NonZeroU32,
     /// Whether this responder applies whenever it can take the lease
     /// (primary) or only once the primary's lease has lapsed (standby).
     pub role: Role,
@@ -112,6 +116,7 @@ impl Default for Responder {
             jitter_seconds: 0,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             stale_after_minutes: None,
+            fast_interval_seconds: NonZeroU32::new(10).expect("10 is not zero"),
             role: Role::Primary,
             ledger: LedgerStore::File,
             lease: None,
@@ -161,6 +166,12 @@ pub(crate) fn check_responder(
         && let Some(minutes) = checker.in_range(minutes, "responder.stale_after_minutes", 1, 10_080)
     {
         responder.stale_after_minutes = NonZeroU32::new(minutes);
+    }
+    if let Some(seconds) = &raw.fast_interval_seconds
+        && let Some(seconds) = checker.in_range(seconds, "responder.fast_interval_seconds", 1, 3600)
+        && let Some(seconds) = NonZeroU32::new(seconds)
+    {
+        responder.fast_interval_seconds = seconds;
     }
     if let Some(listen) = &raw.listen {
         match listen.get_ref().parse::<SocketAddr>() {

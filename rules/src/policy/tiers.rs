@@ -8,6 +8,7 @@ use toml::Spanned;
 
 use super::check::Checker;
 use super::detection::{Prefixes, check_prefixes};
+use super::infra::{WAF_MIN_RATE_LIMIT, WAF_RATE_WINDOWS};
 use super::raw::RawTier;
 use super::scope::{RequestMatch, check_match};
 
@@ -45,6 +46,15 @@ pub struct Tier {
     pub prefixes: Prefixes,
     /// The requests it counts (`match`); all of them when `None`.
     pub scope: Option<RequestMatch>,
+    /// `fast = true`: the daemon also blocks, within seconds, what the
+    /// tier's AWS WAF rate-based rule is limiting right now.
+    pub fast: bool,
+}
+
+/// The name of `tier`'s COUNT rate-based rule in the web ACL `web_acl`:
+/// what `render-infra` writes and the fast detector polls.
+pub fn rate_rule_name(web_acl: &str, tier: &TierName) -> String {
+    format!("{web_acl}-tier-{tier}")
 }
 
 /// What crossing a tier does.
@@ -228,6 +238,12 @@ fn check_tier(
         Some(scope) => Some(check_match(checker, scope, &format!("{path}.match"))?),
         None => None,
     };
+    let fast = raw.fast.as_ref().filter(|f| *f.get_ref());
+    if let Some(fast) = fast
+        && !check_fast(checker, raw, fast, path)
+    {
+        return None;
+    }
     Some(Tier {
         name: name?,
         requests: requests?,
@@ -235,7 +251,81 @@ fn check_tier(
         action: action?,
         prefixes,
         scope,
+        fast: fast.is_some(),
     })
+}
+
+/// Whether a `fast = true` tier can be an AWS WAF rate-based rule: a block
+/// tier whose threshold and window the rule can hold, and whose `match`
+/// it can evaluate. Reports each reason it cannot.
+fn check_fast(checker: &mut Checker<'_>, raw: &RawTier, fast: &Spanned<bool>, path: &str) -> bool {
+    let mut mappable = true;
+    let mut refuse = |checker: &mut Checker<'_>, span, key: &str, message: String, help: String| {
+        checker.error(span, &format!("{path}.{key}"), message, Some(help));
+        mappable = false;
+    };
+    if raw.action.get_ref() != "block" {
+        let message =
+            "fast applies only to block tiers: it blocks what the tier's rate-based rule limits"
+                .to_owned();
+        refuse(
+            checker,
+            fast.span(),
+            "fast",
+            message,
+            "remove fast, or make this a block tier".to_owned(),
+        );
+    }
+    let window = *raw.window_seconds.get_ref();
+    if !WAF_RATE_WINDOWS.iter().any(|&w| i64::from(w) == window) {
+        let message = format!(
+            "a fast tier's window is its rate-based rule's evaluation window, and AWS WAF has no {window} s window"
+        );
+        let help = "use window_seconds = 60, 120, 300 or 600 (scale requests with it)".to_owned();
+        refuse(
+            checker,
+            raw.window_seconds.span(),
+            "window_seconds",
+            message,
+            help,
+        );
+    }
+    let requests = *raw.requests.get_ref();
+    if requests < i64::from(WAF_MIN_RATE_LIMIT) {
+        let message = format!(
+            "a fast tier's requests is its rate-based rule's limit, and AWS WAF's smallest is {WAF_MIN_RATE_LIMIT}"
+        );
+        let help = format!("use requests = {WAF_MIN_RATE_LIMIT} or more, or remove fast");
+        refuse(checker, raw.requests.span(), "requests", message, help);
+    }
+    let action_match = raw.scope.as_ref().and_then(|s| s.get_ref().action.as_ref());
+    if let Some(action) = action_match {
+        let message = "a rate-based rule counts a request before its action is known, so it cannot match on action".to_owned();
+        let help = "remove match.action, or remove fast".to_owned();
+        refuse(checker, action.span(), "match.action", message, help);
+    }
+    mappable
+}
+
+/// Fast tiers need a web ACL to poll: at least one wafv2 target.
+pub(crate) fn check_fast_has_waf(
+    checker: &mut Checker<'_>,
+    raw: &[Spanned<RawTier>],
+    has_waf: bool,
+) {
+    if has_waf {
+        return;
+    }
+    for (i, tier) in raw.iter().enumerate() {
+        if let Some(fast) = tier.get_ref().fast.as_ref().filter(|f| *f.get_ref()) {
+            checker.error(
+                fast.span(),
+                &format!("tiers[{i}].fast"),
+                "a fast tier's rate-based rule lives in the web ACLs of the wafv2 targets, and there is none".to_owned(),
+                Some("add a [[targets]] entry with type = \"wafv2\", or remove fast".to_owned()),
+            );
+        }
+    }
 }
 
 fn check_block_rule(checker: &mut Checker<'_>, raw: &RawTier, path: &str) -> Option<BlockRule> {
