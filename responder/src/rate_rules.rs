@@ -314,3 +314,196 @@ impl RateRule {
         Ok((!differences.is_empty()).then(|| differences.join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_wafv2::error::ErrorMetadata;
+    use aws_sdk_wafv2::operation::get_rate_based_statement_managed_keys::{
+        GetRateBasedStatementManagedKeysError, GetRateBasedStatementManagedKeysOutput,
+    };
+    use aws_sdk_wafv2::operation::get_web_acl::GetWebAclOutput;
+    use aws_sdk_wafv2::operation::list_web_acls::ListWebAcLsOutput;
+    use aws_sdk_wafv2::types::{
+        RateBasedStatement, RateBasedStatementManagedKeysIpSet, Rule, VisibilityConfig, WebAcl,
+        WebAclSummary,
+    };
+    use aws_smithy_mocks::{Rule as MockRule, RuleMode, mock, mock_client};
+    use floodgate_rules::policy::Region;
+
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn listed() -> MockRule {
+        mock!(Client::list_web_acls).then_output(|| {
+            ListWebAcLsOutput::builder()
+                .web_acls(WebAclSummary::builder().name("other").id("x").build())
+                .web_acls(WebAclSummary::builder().name("floodgate").id("acl-1").build())
+                .build()
+        })
+    }
+
+    fn rule(mocks: &[&MockRule]) -> RateRule {
+        let client = mock_client!(aws_sdk_wafv2, RuleMode::MatchAny, mocks, |c| c
+            .retry_config(aws_sdk_wafv2::config::retry::RetryConfig::disabled()));
+        let tier = policy().tiers[0].name.clone();
+        RateRule::new(
+            client,
+            tier,
+            "floodgate",
+            WafScope::Regional(Region::new("eu-west-1").unwrap()),
+            None,
+        )
+    }
+
+    fn policy() -> Policy {
+        let text = "[[tiers]]\nname = \"block\"\nrequests = 100\nwindow_seconds = 300\naction = \"block\"\nblock_minutes = 15\nfast = true\n\n\
+                    [[targets]]\ntype = \"wafv2\"\nscope = \"regional\"\nregion = \"eu-west-1\"\nipv4_sets = [\"v4\"]\nipv6_sets = [\"v6\"]\n";
+        Policy::from_toml(text, "p.toml", time::macros::date!(2026 - 12 - 07))
+            .unwrap()
+            .policy
+    }
+
+    fn keys(v4: &[&str], v6: &[&str]) -> GetRateBasedStatementManagedKeysOutput {
+        let set = |version: &str, addresses: &[&str]| {
+            RateBasedStatementManagedKeysIpSet::builder()
+                .ip_address_version(version.into())
+                .set_addresses(Some(addresses.iter().map(|a| (*a).to_owned()).collect()))
+                .build()
+        };
+        GetRateBasedStatementManagedKeysOutput::builder()
+            .managed_keys_ipv4(set("IPV4", v4))
+            .managed_keys_ipv6(set("IPV6", v6))
+            .build()
+    }
+
+    fn failing(code: &'static str) -> MockRule {
+        mock!(Client::get_rate_based_statement_managed_keys).then_error(move || {
+            GetRateBasedStatementManagedKeysError::generic(
+                ErrorMetadata::builder().code(code).message("no").build(),
+            )
+        })
+    }
+
+    #[tokio::test]
+    async fn managed_keys_are_read_and_the_web_acl_is_looked_up_once() {
+        let list = listed();
+        let get = mock!(Client::get_rate_based_statement_managed_keys)
+            .match_requests(|r| {
+                r.web_acl_id() == Some("acl-1") && r.rule_name() == Some("floodgate-tier-block")
+            })
+            .then_output(|| keys(&["192.0.2.7/32"], &["2001:db8::1/128"]));
+        let rule = rule(&[&list, &get]);
+        let first = rule.managed_keys(INTERVAL).await.unwrap();
+        let addresses: Vec<String> = first.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(addresses, ["192.0.2.7/32", "2001:db8::1/128"]);
+        assert_eq!(first.calls, 2, "ListWebACLs, then the keys");
+        let second = rule.managed_keys(INTERVAL).await.unwrap();
+        assert_eq!(second.calls, 1, "the id is cached");
+        assert_eq!((list.num_calls(), get.num_calls()), (1, 2));
+        assert_eq!(
+            rule.label(),
+            "floodgate-tier-block in web ACL floodgate, regional/eu-west-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_rule_is_not_found_and_the_web_acl_is_looked_up_again() {
+        let list = listed();
+        let gone = failing("WAFNonexistentItemException");
+        let rule = rule(&[&list, &gone]);
+        for _ in 0..2 {
+            let error = rule.managed_keys(INTERVAL).await.unwrap_err();
+            assert_eq!(error.kind, FailureKind::NotFound);
+            assert!(error.detail.contains("floodgate-tier-block"), "{error}");
+        }
+        assert_eq!(list.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_missing_web_acl_says_how_to_deploy_it() {
+        let list = mock!(Client::list_web_acls).then_output(|| ListWebAcLsOutput::builder().build());
+        let error = rule(&[&list]).managed_keys(INTERVAL).await.unwrap_err();
+        assert_eq!(error.kind, FailureKind::NotFound);
+        assert!(error.detail.contains("render-infra"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_rule_is_left_alone_for_doubling_polls_until_it_answers() {
+        let list = listed();
+        let throttled = failing("ThrottlingException");
+        let rule = rule(&[&list, &throttled]);
+        let skipped = |rule: &RateRule| (0..10).take_while(|_| rule.paused()).count();
+        for expected in [1, 2, 4, 8] {
+            let error = rule.managed_keys(INTERVAL).await.unwrap_err();
+            assert!(matches!(error.kind, FailureKind::Throttled { .. }));
+            assert_eq!(skipped(&rule), expected);
+        }
+        let answers = mock!(Client::get_rate_based_statement_managed_keys)
+            .then_output(|| keys(&[], &[]));
+        let rule = RateRule {
+            client: mock_client!(aws_sdk_wafv2, RuleMode::MatchAny, [&listed(), &answers]),
+            ..rule
+        };
+        rule.managed_keys(INTERVAL).await.unwrap();
+        assert_eq!(skipped(&rule), 0, "an answer ends the pause");
+    }
+
+    fn web_acl(limit: i64, window: i64) -> GetWebAclOutput {
+        let visibility = VisibilityConfig::builder()
+            .sampled_requests_enabled(true)
+            .cloud_watch_metrics_enabled(true)
+            .metric_name("m")
+            .build()
+            .unwrap();
+        let rate = RateBasedStatement::builder()
+            .limit(limit)
+            .evaluation_window_sec(window)
+            .aggregate_key_type(RateBasedStatementAggregateKeyType::Ip)
+            .build()
+            .unwrap();
+        let rule = Rule::builder()
+            .name("floodgate-tier-block")
+            .priority(10)
+            .statement(Statement::builder().rate_based_statement(rate).build())
+            .visibility_config(visibility.clone())
+            .build()
+            .unwrap();
+        let acl = WebAcl::builder()
+            .name("floodgate")
+            .id("acl-1")
+            .arn("arn")
+            .default_action(
+                aws_sdk_wafv2::types::DefaultAction::builder()
+                    .allow(aws_sdk_wafv2::types::AllowAction::builder().build())
+                    .build(),
+            )
+            .visibility_config(visibility)
+            .rules(rule)
+            .build()
+            .unwrap();
+        GetWebAclOutput::builder().web_acl(acl).build()
+    }
+
+    #[tokio::test]
+    async fn drift_names_what_the_deployed_rule_does_differently() {
+        let policy = policy();
+        let tier = &policy.tiers[0];
+        let same = mock!(Client::get_web_acl).then_output(|| web_acl(100, 300));
+        assert_eq!(rule(&[&listed(), &same]).drift(tier).await.unwrap(), None);
+        let other = mock!(Client::get_web_acl).then_output(|| web_acl(200, 60));
+        let drift = rule(&[&listed(), &other]).drift(tier).await.unwrap().unwrap();
+        assert_eq!(
+            drift,
+            "its limit is 200, the tier's requests 100; its window is 60 s, the tier's 300 s"
+        );
+        let empty = mock!(Client::get_web_acl).then_output(|| {
+            let mut output = web_acl(100, 300);
+            if let Some(acl) = output.web_acl.as_mut() {
+                acl.rules = None;
+            }
+            output
+        });
+        let missing = rule(&[&listed(), &empty]).drift(tier).await.unwrap().unwrap();
+        assert!(missing.starts_with("no rule floodgate-tier-block"), "{missing}");
+    }
+}
