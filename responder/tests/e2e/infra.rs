@@ -1298,3 +1298,74 @@ fn s3_buckets_in_member_accounts_are_read_by_the_member_role_and_the_own_by_the_
     let logging = serde_json::to_string(&waf["Resources"]["WebACLLogging"]).unwrap();
     assert!(logging.contains("aws-waf-logs-main"), "{logging}");
 }
+
+#[test]
+fn fast_tiers_rules_carry_the_tiers_limit_window_and_match_and_the_role_may_read_only_them() {
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/floodgate.toml")).unwrap();
+    let policy = example
+        .replace(
+            "match = { path = \"/login\", method = \"POST\" }\n",
+            "match = { path = \"/login\", method = \"POST\" }\nfast = true\n",
+        )
+        .replace("block_minutes = 1440\n", "block_minutes = 1440\nfast = true\n");
+    assert_eq!(policy.matches("fast = true").count(), 2);
+    let (dir, out) = rendered(&policy);
+    let waf = read_template(&out, "waf.yaml");
+    let rules = waf["Resources"]["WebACL"]["Properties"]["Rules"]
+        .as_array()
+        .unwrap();
+    let rule = |name: &str| {
+        rules
+            .iter()
+            .find(|r| r["Name"] == name)
+            .unwrap_or_else(|| panic!("no rule {name}"))
+            .clone()
+    };
+    let login = rule("floodgate-tier-login-flood");
+    let rate = &login["Statement"]["RateBasedStatement"];
+    assert_eq!(rate["Limit"], 600);
+    assert_eq!(rate["EvaluationWindowSec"], 300);
+    assert_eq!(rate["AggregateKeyType"], "IP");
+    assert_eq!(login["Action"], serde_json::json!({ "Count": {} }));
+    let scope_down = rate["ScopeDownStatement"]["AndStatement"]["Statements"].to_string();
+    for part in ["\"UriPath\"", "\"/login\"", "\"Method\"", "\"POST\"", "floodgate:allow-listed"] {
+        assert!(scope_down.contains(part), "{part} in {scope_down}");
+    }
+    let widest = rule("floodgate-tier-block-24h");
+    assert_eq!(widest["Statement"]["RateBasedStatement"]["Limit"], 5000);
+
+    let responder = read_template(&out, "responder.yaml");
+    let statement = iam_statements(&responder)
+        .into_iter()
+        .map(|(_, s)| s)
+        .find(|s| s["Sid"] == "ResponderRateRules")
+        .expect("the role may read the rate-based rules");
+    assert_eq!(
+        statement["Action"],
+        serde_json::json!([
+            "wafv2:GetRateBasedStatementManagedKeys",
+            "wafv2:GetWebACL",
+            "wafv2:ListWebACLs"
+        ])
+    );
+    let resources = statement["Resource"].to_string();
+    for arn in [
+        "wafv2:us-east-1:${AWS::AccountId}:regional/webacl/floodgate/*",
+        "wafv2:eu-west-1:${AWS::AccountId}:regional/webacl/floodgate/*",
+        "wafv2:ap-southeast-2:${AWS::AccountId}:regional/webacl/floodgate/*",
+        "wafv2:us-east-1:${AWS::AccountId}:global/webacl/floodgate/*",
+    ] {
+        assert!(resources.contains(arn), "{arn} in {resources}");
+    }
+    let lint = cfn_lint(&[
+        out.join("waf.yaml").to_str().unwrap(),
+        out.join("responder.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    drop(dir);
+}
