@@ -223,8 +223,8 @@ impl FastDetector {
     pub async fn pass(&self, parts: &Parts<'_, ()>) -> Result<FastReport, CycleError> {
         let started = Stopwatch::start();
         let now_ms = unix_ms(parts.clock.now());
-        let poll = self.poll().await;
         let polled_at = Instant::now();
+        let poll = self.poll().await;
         let policy = parts.policy;
         let mut report = FastReport {
             version: crate::JSON_VERSION,

@@ -337,7 +337,12 @@ mod tests {
         mock!(Client::list_web_acls).then_output(|| {
             ListWebAcLsOutput::builder()
                 .web_acls(WebAclSummary::builder().name("other").id("x").build())
-                .web_acls(WebAclSummary::builder().name("floodgate").id("acl-1").build())
+                .web_acls(
+                    WebAclSummary::builder()
+                        .name("floodgate")
+                        .id("acl-1")
+                        .build(),
+                )
                 .build()
         })
     }
@@ -421,7 +426,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_web_acl_says_how_to_deploy_it() {
-        let list = mock!(Client::list_web_acls).then_output(|| ListWebAcLsOutput::builder().build());
+        let list =
+            mock!(Client::list_web_acls).then_output(|| ListWebAcLsOutput::builder().build());
         let error = rule(&[&list]).managed_keys(INTERVAL).await.unwrap_err();
         assert_eq!(error.kind, FailureKind::NotFound);
         assert!(error.detail.contains("render-infra"), "{error}");
@@ -438,8 +444,8 @@ mod tests {
             assert!(matches!(error.kind, FailureKind::Throttled { .. }));
             assert_eq!(skipped(&rule), expected);
         }
-        let answers = mock!(Client::get_rate_based_statement_managed_keys)
-            .then_output(|| keys(&[], &[]));
+        let answers =
+            mock!(Client::get_rate_based_statement_managed_keys).then_output(|| keys(&[], &[]));
         let rule = RateRule {
             client: mock_client!(aws_sdk_wafv2, RuleMode::MatchAny, [&listed(), &answers]),
             ..rule
@@ -491,7 +497,11 @@ mod tests {
         let same = mock!(Client::get_web_acl).then_output(|| web_acl(100, 300));
         assert_eq!(rule(&[&listed(), &same]).drift(tier).await.unwrap(), None);
         let other = mock!(Client::get_web_acl).then_output(|| web_acl(200, 60));
-        let drift = rule(&[&listed(), &other]).drift(tier).await.unwrap().unwrap();
+        let drift = rule(&[&listed(), &other])
+            .drift(tier)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             drift,
             "its limit is 200, the tier's requests 100; its window is 60 s, the tier's 300 s"
@@ -503,7 +513,14 @@ mod tests {
             }
             output
         });
-        let missing = rule(&[&listed(), &empty]).drift(tier).await.unwrap().unwrap();
-        assert!(missing.starts_with("no rule floodgate-tier-block"), "{missing}");
+        let missing = rule(&[&listed(), &empty])
+            .drift(tier)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            missing.starts_with("no rule floodgate-tier-block"),
+            "{missing}"
+        );
     }
 }

@@ -14,13 +14,11 @@
 //!    at overlapping times, each holder applied under a new fence, and each
 //!    report names the holder and a real expiry.
 
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{MotoServer, burst, floodgate_bin, wall_clock_ms};
+use super::{Daemon, MotoServer, burst, floodgate_bin, wall_clock_ms};
 use aws_sdk_wafv2::types::Scope;
 use floodgate_responder::clock::{parse_instant, unix_ms};
 use serde_json::Value;
@@ -75,84 +73,6 @@ create_missing = true
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// A running daemon and the run reports it has printed so far.
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    reports: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Daemon {
-    fn start(dir: &Path, policy: &Path, name: &'static str) -> Daemon {
-        let mut child = Command::new(floodgate_bin())
-            .args(["run", "--format", "json", "--config"])
-            .arg(policy)
-            .current_dir(dir)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env_remove("AWS_PROFILE")
-            .env("FLOODGATE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let sink = reports.clone();
-        std::thread::spawn(move || {
-            let stream = serde_json::Deserializer::from_reader(BufReader::new(stdout));
-            for report in stream.into_iter::<Value>() {
-                match report {
-                    Ok(report) => sink.lock().unwrap().push(report),
-                    Err(_) => break,
-                }
-            }
-        });
-        Daemon {
-            name,
-            child,
-            reports,
-        }
-    }
-
-    fn reports(&self) -> Vec<Value> {
-        self.reports.lock().unwrap().clone()
-    }
-
-    /// Waits until some report satisfies `done`; returns it.
-    fn wait_for(&self, what: &str, seconds: u64, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        loop {
-            if let Some(report) = self.reports().into_iter().find(|r| done(r)) {
-                return report;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {what} within {seconds} s; reports: {:#?}",
-                self.name,
-                self.reports()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then the exit status must be 0.
-    fn stop(mut self) -> Vec<Value> {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        assert!(
-            self.child.wait().unwrap().success(),
-            "{} exits 0",
-            self.name
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        self.reports()
-    }
 }
 
 fn lease_state(report: &Value) -> &str {

@@ -1308,7 +1308,10 @@ fn fast_tiers_rules_carry_the_tiers_limit_window_and_match_and_the_role_may_read
             "match = { path = \"/login\", method = \"POST\" }\n",
             "match = { path = \"/login\", method = \"POST\" }\nfast = true\n",
         )
-        .replace("block_minutes = 1440\n", "block_minutes = 1440\nfast = true\n");
+        .replace(
+            "block_minutes = 1440\n",
+            "block_minutes = 1440\nfast = true\n",
+        );
     assert_eq!(policy.matches("fast = true").count(), 2);
     let (dir, out) = rendered(&policy);
     let waf = read_template(&out, "waf.yaml");
@@ -1329,7 +1332,13 @@ fn fast_tiers_rules_carry_the_tiers_limit_window_and_match_and_the_role_may_read
     assert_eq!(rate["AggregateKeyType"], "IP");
     assert_eq!(login["Action"], serde_json::json!({ "Count": {} }));
     let scope_down = rate["ScopeDownStatement"]["AndStatement"]["Statements"].to_string();
-    for part in ["\"UriPath\"", "\"/login\"", "\"Method\"", "\"POST\"", "floodgate:allow-listed"] {
+    for part in [
+        "\"UriPath\"",
+        "\"/login\"",
+        "\"Method\"",
+        "\"POST\"",
+        "floodgate:allow-listed",
+    ] {
         assert!(scope_down.contains(part), "{part} in {scope_down}");
     }
     let widest = rule("floodgate-tier-block-24h");

@@ -8,6 +8,7 @@ mod cli_run;
 mod cli_top;
 mod cloudflare_e2e;
 mod dashboards;
+mod fast_e2e;
 mod golden_reports;
 mod ha_e2e;
 mod infra;
@@ -18,10 +19,14 @@ mod readme;
 mod s3_e2e;
 mod why;
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 pub use floodgate_tests::*;
 
@@ -142,5 +147,96 @@ pub fn metrics_once(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> Stri
             "no {what} within a minute"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A running daemon and the run reports it has printed so far.
+pub struct Daemon {
+    name: &'static str,
+    child: Child,
+    reports: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Daemon {
+    /// `floodgate run --format json --config <policy>` in `dir`, with
+    /// moto's credentials and `env`; its stderr in `dir/<name>.stderr`.
+    pub fn start(dir: &Path, policy: &Path, name: &'static str) -> Daemon {
+        Daemon::start_with(dir, policy, name, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables.
+    pub fn start_with(
+        dir: &Path,
+        policy: &Path,
+        name: &'static str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut child = Command::new(floodgate_bin())
+            .args(["run", "--format", "json", "--config"])
+            .arg(policy)
+            .current_dir(dir)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_PROFILE")
+            .env("FLOODGATE_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.stderr"))).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let sink = reports.clone();
+        std::thread::spawn(move || {
+            let stream = serde_json::Deserializer::from_reader(BufReader::new(stdout));
+            for report in stream.into_iter::<Value>() {
+                match report {
+                    Ok(report) => sink.lock().unwrap().push(report),
+                    Err(_) => break,
+                }
+            }
+        });
+        Daemon {
+            name,
+            child,
+            reports,
+        }
+    }
+
+    pub fn reports(&self) -> Vec<Value> {
+        self.reports.lock().unwrap().clone()
+    }
+
+    /// Waits until some report satisfies `done`; returns it.
+    pub fn wait_for(&self, what: &str, seconds: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(report) = self.reports().into_iter().find(|r| done(r)) {
+                return report;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} within {seconds} s; reports: {:#?}",
+                self.name,
+                self.reports()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit status must be 0.
+    pub fn stop(mut self) -> Vec<Value> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        assert!(
+            self.child.wait().unwrap().success(),
+            "{} exits 0",
+            self.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        self.reports()
     }
 }

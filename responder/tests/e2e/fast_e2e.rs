@@ -1,0 +1,198 @@
+//! The fast detector end to end: a real `floodgate run` daemon with a fast
+//! tier, three regions and CloudFront in moto (behind the gate that answers
+//! `GetRateBasedStatementManagedKeys`, which moto lacks), and the
+//! Cloudflare fake. An address one region's rule lists is blocked in every
+//! region's set, the CloudFront set and the Cloudflare list; an
+//! allow-listed one never is; the next log cycle keeps the block as it is.
+
+use std::time::Instant;
+
+use aws_sdk_wafv2::types::Scope;
+use serde_json::Value;
+
+use super::{Daemon, MotoServer, free_port, metrics_once, wall_clock_ms};
+use floodgate_tests::cloudflare::FakeCloudflare;
+use floodgate_tests::managed_keys::ManagedKeysGate;
+
+const RULE: &str = "floodgate-tier-block";
+const ATTACKER: &str = "203.0.113.77";
+const PARTNER: &str = "198.51.100.9";
+const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "e2e-token";
+const LIST: &str = "floodgate_blocked";
+/// (API region, scope, the gate's place).
+const PLACES: [(&str, Scope, &str); 4] = [
+    ("eu-west-1", Scope::Regional, "eu-west-1"),
+    ("us-east-2", Scope::Regional, "us-east-2"),
+    ("ap-southeast-2", Scope::Regional, "ap-southeast-2"),
+    ("us-east-1", Scope::Cloudfront, "cloudfront"),
+];
+
+fn policy(
+    dir: &std::path::Path,
+    logs: &std::path::Path,
+    gate: &str,
+    cloudflare: &str,
+    port: u16,
+) -> std::path::PathBuf {
+    let mut targets = String::new();
+    for (region, scope, _) in PLACES {
+        let scope = match scope {
+            Scope::Cloudfront => "scope = \"cloudfront\"".to_owned(),
+            _ => format!("scope = \"regional\"\nregion = \"{region}\""),
+        };
+        targets.push_str(&format!(
+            "[[targets]]\ntype = \"wafv2\"\n{scope}\nipv4_sets = [\"fg-v4\"]\nipv6_sets = [\"fg-v6\"]\nendpoint_url = \"{gate}\"\ncreate_missing = true\n\n"
+        ));
+    }
+    let text = format!(
+        r#"[responder]
+state_dir = "state"
+schedule = "*/2 * * * * *"
+fast_interval_seconds = 1
+listen = "127.0.0.1:{port}"
+
+[[tiers]]
+name = "block"
+requests = 100
+window_seconds = 300
+action = "block"
+block_minutes = 15
+fast = true
+
+[[allow]]
+cidr = "198.51.100.0/24"
+owner = "partners@example.com"
+reason = "a partner's crawler"
+expires = "2099-01-01"
+
+[source]
+type = "files"
+paths = ["{logs}"]
+
+{targets}[[targets]]
+type = "cloudflare"
+account_id = "{ACCOUNT}"
+list = "{LIST}"
+api_token_env = "CLOUDFLARE_API_TOKEN"
+api_url = "{cloudflare}"
+create_missing = true
+widen_ipv6 = true
+"#,
+        logs = logs.display()
+    );
+    let path = dir.join("fast.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn ipv4_sets(moto: &MotoServer) -> Vec<std::collections::BTreeSet<String>> {
+    let mut sets = Vec::new();
+    for (region, scope, _) in PLACES {
+        sets.push(moto.ip_set(region, scope, "fg-v4").await);
+    }
+    sets
+}
+
+fn is_fast(report: &Value) -> bool {
+    report["report"] == "fast"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_cloudflare_issue_33() {
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let gate = ManagedKeysGate::start(&moto.endpoint());
+    let cloudflare = FakeCloudflare::start(ACCOUNT, TOKEN);
+    for (region, scope, place) in PLACES {
+        moto.create_rate_rule(region, scope, "floodgate", RULE, 100, 300)
+            .await;
+        gate.set(place, RULE, &[]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let benign = floodgate_tests::waf_record(wall_clock_ms(), "192.0.2.1");
+    std::fs::write(logs.join("waf.jsonl"), benign + "\n").unwrap();
+    let port = free_port();
+    let policy = policy(dir.path(), &logs, &gate.endpoint(), &cloudflare.url(), port);
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &policy,
+        "fast",
+        &[("CLOUDFLARE_API_TOKEN", TOKEN)],
+    );
+    // A first cycle adopts what the sets hold; until then no pass writes.
+    daemon.wait_for("a first cycle", 60, |r| r.get("records").is_some());
+
+    let listed_at = Instant::now();
+    gate.set(
+        "eu-west-1",
+        RULE,
+        &[&format!("{ATTACKER}/32"), &format!("{PARTNER}/32")],
+    );
+    let fast = daemon.wait_for("a fast block", 60, |r| {
+        is_fast(r) && !r["added"].as_array().unwrap().is_empty()
+    });
+    let seen = listed_at.elapsed();
+    assert_eq!(fast["added"][0]["key"], ATTACKER, "{fast:#}");
+    assert_eq!(fast["allow_listed"], serde_json::json!([PARTNER]));
+    assert!(
+        fast["added"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("regional/eu-west-1")
+    );
+    let targets = fast["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 5, "{fast:#}");
+    assert!(targets.iter().all(|t| t["state"] == "updated"), "{fast:#}");
+    for set in ipv4_sets(&moto).await {
+        assert_eq!(
+            set.into_iter().collect::<Vec<_>>(),
+            [format!("{ATTACKER}/32")]
+        );
+    }
+    let cloudflare_ips = cloudflare.ips(LIST);
+    assert_eq!(cloudflare_ips, [ATTACKER], "never the partner");
+    let latency = fast["added"][0]["latency_seconds"].as_f64().unwrap();
+    eprintln!(
+        "fast path: {latency:.2} s from the poll that listed {ATTACKER} to the last of 5 targets written; {:.2} s from the rule listing it (1 s polls)",
+        seen.as_secs_f64()
+    );
+
+    let metrics = metrics_once(port, "fast block metrics", |m| {
+        m.contains("floodgate_responder_fast_blocks_total{tier=\"block\"} 1")
+    });
+    assert!(
+        metrics.contains("floodgate_responder_fast_block_latency_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("floodgate_responder_managed_keys_calls_total"));
+
+    // The next log cycle sees the attacker in the logs: the block stays one
+    // block, not shortened.
+    let lines: String = floodgate_tests::burst(ATTACKER, 150, wall_clock_ms())
+        .into_iter()
+        .map(|(_, line)| line + "\n")
+        .collect();
+    std::fs::write(logs.join("attack.jsonl"), lines).unwrap();
+    let cycle = daemon.wait_for("a log cycle after the fast block", 30, |r| {
+        !is_fast(r)
+            && r["extended"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|n| n == &format!("{ATTACKER}/32")))
+    });
+    assert_eq!(cycle["added"], serde_json::json!([]), "{cycle:#}");
+    assert_eq!(cloudflare.ips(LIST), [ATTACKER]);
+    for set in ipv4_sets(&moto).await {
+        assert_eq!(set.len(), 1);
+    }
+    let reports = daemon.stop();
+    let fast_blocks = reports
+        .iter()
+        .filter(|r| is_fast(r))
+        .flat_map(|r| r["added"].as_array().unwrap().clone())
+        .count();
+    assert_eq!(fast_blocks, 1, "blocked once");
+}
