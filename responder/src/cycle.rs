@@ -464,9 +464,9 @@ pub struct Prepared {
     pub planned: BlockPlan,
     /// What found the offenders.
     pub origin: Origin,
-    /// The turn to write, held from loading the ledger until this is
-    /// dropped.
-    pub turn: tokio::sync::OwnedMutexGuard<()>,
+    /// The turn to write, held from loading the ledger until the write
+    /// ends (taken then) or this is dropped.
+    pub turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// What found a plan's offenders.
@@ -485,6 +485,8 @@ pub async fn run<S: LogSource>(parts: Parts<'_, S>) -> Result<CycleReport, Cycle
     let mut prepared = prepare(&parts).await?;
     let standing = take_lease(&parts, &mut prepared.phases).await?;
     let applied = apply_as(&parts, standing.as_ref(), &mut prepared).await?;
+    // Alerts and the report need no turn: a fast pass may write meanwhile.
+    prepared.turn.take();
     prepared.phases.end("apply");
     let waiting = matches!(standing, Some(Standing::Waiting { .. }));
     if !waiting {
@@ -543,7 +545,7 @@ pub async fn prepare<S: LogSource>(parts: &Parts<'_, S>) -> Result<Prepared, Cyc
         loaded,
         planned,
         origin: Origin::Logs,
-        turn,
+        turn: Some(turn),
     })
 }
 

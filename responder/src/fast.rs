@@ -301,7 +301,7 @@ impl FastDetector {
             loaded,
             planned,
             origin,
-            turn,
+            turn: Some(turn),
         };
         report.suppressed = text(&prepared.planned.suppressed);
         report.held_back = text(&prepared.planned.held_back);

@@ -695,6 +695,7 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
     }
     vec![
         ("run", schema::<crate::cycle::CycleReport>()),
+        ("run-fast", schema::<crate::fast::FastReport>()),
         ("plan", schema::<plan::PlanReport>()),
         ("status", schema::<status::StatusReport>()),
         ("why", schema::<why::WhyReport>()),

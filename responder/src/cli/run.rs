@@ -187,6 +187,20 @@ async fn fast_loop(
         std::time::Duration::from_secs(u64::from(policy.responder.fast_interval_seconds.get()));
     let rules = crate::rate_rules::rate_rules(&resident.aws, &policy);
     tracing::info!(rules = rules.len(), ?interval, "fast detector started");
+    // A rule that drifted from its tier lists by other limits: say so once
+    // (`floodgate status` shows it too).
+    for rule in &rules {
+        let tier = policy.tier(rule.tier.as_str()).expect("a fast tier");
+        match rule.drift(tier).await {
+            Ok(None) => {}
+            Ok(Some(drift)) => {
+                tracing::warn!(rule = %rule.label(), %drift, "the deployed rate-based rule differs from its tier")
+            }
+            Err(error) => {
+                tracing::warn!(rule = %rule.label(), %error, "cannot read the rate-based rule")
+            }
+        }
+    }
     let detector = crate::fast::FastDetector::new(rules, interval);
     let clock: Arc<dyn Clock> = Arc::from(clock_at(None));
     let parts = match Parts::for_writing(&policy, &resident, Arc::clone(&clock), clock).await {

@@ -4,6 +4,11 @@
 //! Cloudflare fake. An address one region's rule lists is blocked in every
 //! region's set, the CloudFront set and the Cloudflare list; an
 //! allow-listed one never is; the next log cycle keeps the block as it is.
+//!
+//! With `FLOODGATE_BENCH_FAST` set (`scripts/bench-fast.sh`), the daemon
+//! runs on the default schedule and poll interval, and a second attacker,
+//! in the logs only, measures the log path's time to protection beside
+//! the fast path's.
 
 use std::time::Instant;
 
@@ -16,6 +21,8 @@ use floodgate_tests::managed_keys::ManagedKeysGate;
 
 const RULE: &str = "floodgate-tier-block";
 const ATTACKER: &str = "203.0.113.77";
+/// In the logs only: blocked by the log path.
+const LOG_ATTACKER: &str = "203.0.113.88";
 const PARTNER: &str = "198.51.100.9";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "e2e-token";
@@ -34,7 +41,14 @@ fn policy(
     gate: &str,
     cloudflare: &str,
     port: u16,
+    bench: bool,
 ) -> std::path::PathBuf {
+    // The test runs cycles every 2 s and polls every second; the benchmark
+    // runs on the defaults (a cycle a minute, a poll every 10 s).
+    let timing = match bench {
+        true => "",
+        false => "schedule = \"*/2 * * * * *\"\nfast_interval_seconds = 1\n",
+    };
     let mut targets = String::new();
     for (region, scope, _) in PLACES {
         let scope = match scope {
@@ -48,9 +62,7 @@ fn policy(
     let text = format!(
         r#"[responder]
 state_dir = "state"
-schedule = "*/2 * * * * *"
-fast_interval_seconds = 1
-listen = "127.0.0.1:{port}"
+{timing}listen = "127.0.0.1:{port}"
 
 [[tiers]]
 name = "block"
@@ -116,7 +128,15 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
     let benign = floodgate_tests::waf_record(wall_clock_ms(), "192.0.2.1");
     std::fs::write(logs.join("waf.jsonl"), benign + "\n").unwrap();
     let port = free_port();
-    let policy = policy(dir.path(), &logs, &gate.endpoint(), &cloudflare.url(), port);
+    let bench = std::env::var_os("FLOODGATE_BENCH_FAST").is_some();
+    let policy = policy(
+        dir.path(),
+        &logs,
+        &gate.endpoint(),
+        &cloudflare.url(),
+        port,
+        bench,
+    );
     let daemon = Daemon::start_with(
         dir.path(),
         &policy,
@@ -124,7 +144,7 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
         &[("CLOUDFLARE_API_TOKEN", TOKEN)],
     );
     // A first cycle adopts what the sets hold; until then no pass writes.
-    daemon.wait_for("a first cycle", 60, |r| r.get("records").is_some());
+    daemon.wait_for("a first cycle", 90, |r| r.get("records").is_some());
 
     let listed_at = Instant::now();
     gate.set(
@@ -132,7 +152,7 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
         RULE,
         &[&format!("{ATTACKER}/32"), &format!("{PARTNER}/32")],
     );
-    let fast = daemon.wait_for("a fast block", 60, |r| {
+    let fast = daemon.wait_for("a fast block", 90, |r| {
         is_fast(r) && !r["added"].as_array().unwrap().is_empty()
     });
     let seen = listed_at.elapsed();
@@ -155,6 +175,11 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
     }
     let cloudflare_ips = cloudflare.ips(LIST);
     assert_eq!(cloudflare_ips, [ATTACKER], "never the partner");
+    let schema =
+        std::fs::read_to_string(super::workspace_root().join("docs/schemas/run-fast.schema.json"))
+            .unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&schema).unwrap()).unwrap();
+    assert!(validator.is_valid(&fast), "the documented shape: {fast:#}");
     let latency = fast["added"][0]["latency_seconds"].as_f64().unwrap();
     eprintln!(
         "fast path: {latency:.2} s from the poll that listed {ATTACKER} to the last of 5 targets written; {:.2} s from the rule listing it (1 s polls)",
@@ -177,7 +202,7 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
         .map(|(_, line)| line + "\n")
         .collect();
     std::fs::write(logs.join("attack.jsonl"), lines).unwrap();
-    let cycle = daemon.wait_for("a log cycle after the fast block", 30, |r| {
+    let cycle = daemon.wait_for("a log cycle after the fast block", 90, |r| {
         !is_fast(r)
             && r["extended"]
                 .as_array()
@@ -188,6 +213,9 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
     for set in ipv4_sets(&moto).await {
         assert_eq!(set.len(), 1);
     }
+    if bench {
+        log_path(&daemon, &logs, latency, seen.as_secs_f64());
+    }
     let reports = daemon.stop();
     let fast_blocks = reports
         .iter()
@@ -195,4 +223,32 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
         .flat_map(|r| r["added"].as_array().unwrap().clone())
         .count();
     assert_eq!(fast_blocks, 1, "blocked once");
+}
+
+/// The log path on the same kind of attack: from its records landing in
+/// the source to the cycle's report of its block in every target.
+fn log_path(daemon: &Daemon, logs: &std::path::Path, fast_latency: f64, fast_listed: f64) {
+    let landed = Instant::now();
+    let lines: String = floodgate_tests::burst(LOG_ATTACKER, 150, wall_clock_ms())
+        .into_iter()
+        .map(|(_, line)| line + "\n")
+        .collect();
+    std::fs::write(logs.join("log-attack.jsonl"), lines).unwrap();
+    let cycle = daemon.wait_for("the log path's block", 150, |r| {
+        !is_fast(r)
+            && r["added"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == &format!("{LOG_ATTACKER}/32")))
+    });
+    assert!(
+        cycle["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["failure"].is_null())
+    );
+    println!(
+        "FIGURES fast: {fast_latency:.2} s poll to last target, {fast_listed:.2} s rule listing to last target (10 s polls); log path: {:.1} s records landing to last target (cycle a minute, files source: no delivery lag)",
+        landed.elapsed().as_secs_f64()
+    );
 }
