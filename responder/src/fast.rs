@@ -260,29 +260,14 @@ impl FastDetector {
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);
         }
-        let mut offenders = Vec::new();
-        let mut seen_by = BTreeMap::new();
-        for (key, sighting) in &listed {
-            if loaded.entries.get(key).is_some_and(|e| e.is_active(now_ms)) {
-                report.already_blocked += 1;
-                continue;
-            }
-            if policy.allow.find_containing(*key).is_some() {
-                report.allow_listed.push(crate::detect::key_text(key));
-                continue;
-            }
-            let tier = policy.tier(sighting.tier.as_str()).expect("a fast tier");
-            seen_by.insert(*key, rule_reason(sighting, tier));
-            offenders.push(Offender {
-                net: *key,
-                addresses: 1,
-                addresses_at_least: true,
-                requests: tier.requests.get(),
-                tier: Some(tier.name.clone()),
-                actions: Vec::new(),
-                allow_entry: None,
-            });
-        }
+        let Candidates {
+            offenders,
+            seen_by,
+            already_blocked,
+            allow_listed,
+        } = candidates(policy, &listed, &loaded, now_ms);
+        report.already_blocked = already_blocked;
+        report.allow_listed = text(&allow_listed);
         if offenders.is_empty() {
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);
@@ -366,6 +351,59 @@ impl FastDetector {
     }
 }
 
+/// What a poll's listed keys come to against the ledger and the policy.
+#[derive(Debug, Default)]
+struct Candidates {
+    /// Keys to plan, as offenders of their tier.
+    offenders: Vec<Offender>,
+    /// The reason each one's block gives.
+    seen_by: BTreeMap<IpNet, String>,
+    /// Keys an active block already covers.
+    already_blocked: usize,
+    /// Keys left alone for an allow-list exception.
+    allow_listed: Vec<IpNet>,
+}
+
+/// The listed keys to plan: not blocked already (as themselves or inside a
+/// wider block), and neither the key nor the listed address inside an
+/// allow-list exception (a partner's address inside an IPv6 key never
+/// blocks its neighbours). Each is an offender of its tier at the tier's
+/// threshold, which the rule's limit is.
+fn candidates(
+    policy: &Policy,
+    listed: &BTreeMap<IpNet, &Sighting>,
+    ledger: &crate::ledger::LedgerState,
+    now_ms: i64,
+) -> Candidates {
+    let active: Vec<IpNet> = ledger.active(now_ms).map(|e| e.net).collect();
+    let mut found = Candidates::default();
+    for (key, sighting) in listed {
+        if active.iter().any(|net| net.contains(key)) {
+            found.already_blocked += 1;
+            continue;
+        }
+        let excepted = [*key, sighting.address]
+            .into_iter()
+            .any(|net| policy.allow.find_containing(net).is_some());
+        if excepted {
+            found.allow_listed.push(*key);
+            continue;
+        }
+        let tier = policy.tier(sighting.tier.as_str()).expect("a fast tier");
+        found.seen_by.insert(*key, rule_reason(sighting, tier));
+        found.offenders.push(Offender {
+            net: *key,
+            addresses: 1,
+            addresses_at_least: true,
+            requests: tier.requests.get(),
+            tier: Some(tier.name.clone()),
+            actions: Vec::new(),
+            allow_entry: None,
+        });
+    }
+    found
+}
+
 /// Each listed address cut to its tier's key, with the most severe tier's
 /// sighting when several rules list it.
 fn most_severe_per_key<'s>(
@@ -401,4 +439,95 @@ fn rule_reason(sighting: &Sighting, tier: &floodgate_rules::policy::Tier) -> Str
 
 fn text(nets: &[IpNet]) -> Vec<String> {
     nets.iter().map(crate::detect::key_text).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::IpAddr;
+
+    /// A policy with one fast tier and these allow-list ranges.
+    fn policy(allowed: &[IpNet]) -> Policy {
+        let mut text = "[[tiers]]\nname = \"block\"\nrequests = 100\nwindow_seconds = 300\naction = \"block\"\nblock_minutes = 15\nfast = true\n\n\
+                        [[targets]]\ntype = \"wafv2\"\nscope = \"regional\"\nregion = \"eu-west-1\"\nipv4_sets = [\"v4\"]\nipv6_sets = [\"v6\"]\n"
+            .to_owned();
+        for net in allowed {
+            text.push_str(&format!(
+                "\n[[allow]]\ncidr = \"{net}\"\nowner = \"o@example.com\"\nreason = \"r\"\nexpires = \"2099-01-01\"\n"
+            ));
+        }
+        Policy::from_toml(&text, "p.toml", time::macros::date!(2026 - 12 - 07))
+            .unwrap()
+            .policy
+    }
+
+    /// Addresses in a small space, so that allow entries, keys and listed
+    /// addresses meet: 10.0.0.0/22 and 2001:db8::/62.
+    fn address() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u32..1024).prop_map(|n| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))),
+            (0u128..4, 0u128..4).prop_map(|(net, host)| IpAddr::from(std::net::Ipv6Addr::from(
+                (0x2001_0db8_u128 << 96) | (net << 64) | host
+            ))),
+        ]
+    }
+
+    fn allowed() -> impl Strategy<Value = IpNet> {
+        (address(), any::<bool>()).prop_map(|(ip, wide)| {
+            let len = match (ip, wide) {
+                (IpAddr::V4(_), true) => 24,
+                (IpAddr::V4(_), false) => 32,
+                (IpAddr::V6(_), true) => 64,
+                (IpAddr::V6(_), false) => 128,
+            };
+            IpNet::new(ip, len).unwrap().trunc()
+        })
+    }
+
+    proptest! {
+        /// Whatever the rules list, no allow-listed address is in the sets
+        /// a fast pass writes, and every listed address no exception
+        /// touches is.
+        #[test]
+        fn a_fast_pass_never_blocks_an_allow_listed_address(
+            allowed in prop::collection::vec(allowed(), 0..4),
+            listed in prop::collection::vec(address(), 1..12),
+        ) {
+            let policy = policy(&allowed);
+            let tier = policy.tiers[0].name.clone();
+            let sightings: Vec<Sighting> = listed
+                .iter()
+                .map(|ip| Sighting {
+                    address: IpNet::from(*ip),
+                    tier: tier.clone(),
+                    rule: "floodgate-tier-block in web ACL floodgate, regional/eu-west-1".to_owned(),
+                })
+                .collect();
+            let keys = most_severe_per_key(&policy, &sightings);
+            let ledger = crate::ledger::LedgerState {
+                last_run_ms: Some(0),
+                ..Default::default()
+            };
+            let now_ms = 1_000;
+            let found = candidates(&policy, &keys, &ledger, now_ms);
+            let origin = Origin::RateRules(found.seen_by);
+            let planned = crate::cycle::plan_against(&found.offenders, &policy, &ledger, now_ms, &origin);
+            let blocked = |ip: &IpAddr| planned.nets().any(|n| n.contains(ip));
+            for ip in &listed {
+                let excepted = allowed.iter().any(|a| a.contains(ip));
+                if excepted {
+                    prop_assert!(!blocked(ip), "{ip} is allow-listed by {allowed:?}");
+                }
+                let key = policy.tiers[0].prefixes.key(*ip);
+                let untouched = !allowed.iter().any(|a| a.contains(&key) || key.contains(a));
+                if untouched {
+                    prop_assert!(blocked(ip), "{ip} was listed and no exception touches {key}");
+                }
+            }
+            for key in planned.added.iter() {
+                prop_assert_eq!(&planned.ledger.entries[key].source, RATE_RULE);
+            }
+        }
+    }
 }

@@ -370,6 +370,34 @@ mod tests {
     fn every_series_is_served_once_a_report_has_every_part() {
         let metrics = Metrics::new();
         metrics.record(&report("primary", 2));
+        metrics.record_fast(&crate::fast::FastReport {
+            version: 1,
+            report: "fast",
+            mode: "enforce",
+            started: String::new(),
+            rules_polled: 4,
+            managed_keys_calls: 4,
+            managed_keys_calls_per_hour: 1440,
+            listed: 1,
+            already_blocked: 0,
+            allow_listed: Vec::new(),
+            added: vec![crate::fast::FastBlock {
+                key: "203.0.113.9".to_owned(),
+                tier: "block".to_owned(),
+                rule: "floodgate-tier-block".to_owned(),
+                latency_seconds: 0.4,
+            }],
+            held_back: Vec::new(),
+            suppressed: Vec::new(),
+            rule_failures: vec![crate::fast::RuleFailure {
+                rule: "floodgate-tier-block".to_owned(),
+                failure: "throttled",
+                error: "slow down".to_owned(),
+            }],
+            lease: None,
+            targets: Vec::new(),
+            seconds: 0.5,
+        });
         // The schedule sets it when a cycle succeeds.
         metrics.last_success().set(1.0);
         let text = metrics.render();
@@ -388,6 +416,11 @@ mod tests {
             "floodgate_responder_lease_holder{holder=\"primary\"} 1",
             "floodgate_responder_target_failures_total{target=\"us\",kind=\"throttled\"} 1",
             "floodgate_responder_target_blocks{target=\"eu\",tier=\"block\"} 2",
+            "floodgate_responder_fast_polls_total 1",
+            "floodgate_responder_managed_keys_calls_total 4",
+            "floodgate_responder_rate_rule_failures_total{kind=\"throttled\"} 1",
+            "floodgate_responder_fast_blocks_total{tier=\"block\"} 1",
+            "floodgate_responder_fast_block_latency_seconds_count 1",
         ] {
             assert!(
                 text.contains(&format!("{line}\n")),
