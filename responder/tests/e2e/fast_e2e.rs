@@ -223,6 +223,44 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
         .flat_map(|r| r["added"].as_array().unwrap().clone())
         .count();
     assert_eq!(fast_blocks, 1, "blocked once");
+
+    // `status` holds the deployed rules to the policy: in step, then, with
+    // the tier's threshold raised, drift (exit 2) in all four web ACLs.
+    let status = |policy: &std::path::Path| {
+        let output = std::process::Command::new(super::floodgate_bin())
+            .args(["status", "--format", "json", "--config"])
+            .arg(policy)
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("CLOUDFLARE_API_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (output.status.code(), report["rate_rules"].clone())
+    };
+    let (code, rules) = status(&policy);
+    assert_eq!(rules.as_array().unwrap().len(), 4, "{rules:#}");
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["drift"].is_null() && r["error"].is_null()),
+        "{rules:#}"
+    );
+    assert_eq!(code, Some(0), "in sync: {rules:#}");
+    let raised = dir.path().join("raised.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&raised, text.replace("requests = 100", "requests = 200")).unwrap();
+    let (code, rules) = status(&raised);
+    assert_eq!(code, Some(2));
+    for rule in rules.as_array().unwrap() {
+        assert_eq!(
+            rule["drift"], "its limit is 100, the tier's requests 200",
+            "{rule:#}"
+        );
+    }
 }
 
 /// The log path on the same kind of attack: from its records landing in
