@@ -57,8 +57,10 @@ pub struct Parts<'p, S> {
 pub type Writes = Arc<tokio::sync::Mutex<()>>;
 
 /// What outlives a cycle in the daemon: the AWS credentials (each
-/// account's role session) and the targets, with their clients and the IP
-/// set ids they have looked up, so a cycle does not look them up again.
+/// account's role session); the targets, with their clients and the IP
+/// set ids they have looked up, so a cycle does not look them up again;
+/// the ledger's and the lease's client; an AWS source's clients. Their
+/// connections are kept from cycle to cycle.
 #[derive(Debug)]
 pub struct Resident {
     /// AWS clients' settings and credentials.
@@ -67,6 +69,13 @@ pub struct Resident {
     pub targets: Vec<Arc<ConfiguredTarget>>,
     /// Whose turn it is to write.
     pub writes: Writes,
+    /// Where blocks are recorded.
+    pub ledger: ConfiguredLedger,
+    /// With a primary and a standby: who may write.
+    pub lease: Option<ConfiguredLease>,
+    /// The source, when it reads AWS (S3, CloudWatch Logs); a files source
+    /// lists its paths again each cycle, for the files that appeared.
+    aws_source: Option<ConfiguredSource>,
 }
 
 impl Resident {
@@ -78,10 +87,19 @@ impl Resident {
             .into_iter()
             .map(Arc::new)
             .collect();
+        let ledger = ConfiguredLedger::from_policy(policy).await;
+        let lease = ConfiguredLease::from_policy(policy, &ledger);
+        let aws_source = match &policy.source {
+            None | Some(LogSourceConfig::Files { .. }) => None,
+            Some(config) => ConfiguredSource::from_config(&aws, config).ok(),
+        };
         Resident {
             aws,
             targets,
             writes: Writes::default(),
+            ledger,
+            lease,
+            aws_source,
         }
     }
 }
@@ -90,7 +108,7 @@ impl<'p> Parts<'p, ()> {
     /// The parts `policy` configures for writing, without a source (a
     /// fast pass reads none), with the targets of `resident`, at `clock`'s
     /// time.
-    pub async fn for_writing(
+    pub fn for_writing(
         policy: &'p Policy,
         resident: &Resident,
         clock: Arc<dyn Clock>,
@@ -100,14 +118,12 @@ impl<'p> Parts<'p, ()> {
             return Err(CycleError::NoTargets);
         }
         widest_window(policy)?;
-        let ledger = ConfiguredLedger::from_policy(policy).await;
-        let lease = ConfiguredLease::from_policy(policy, &ledger);
         Ok(Parts {
             policy,
             source: (),
-            ledger,
+            ledger: resident.ledger.clone(),
             targets: resident.targets.clone(),
-            lease,
+            lease: resident.lease.clone(),
             clock,
             lease_clock,
             writes: Arc::clone(&resident.writes),
@@ -118,15 +134,18 @@ impl<'p> Parts<'p, ()> {
 impl<'p> Parts<'p, ConfiguredSource> {
     /// The parts `policy` configures, with the targets and AWS clients of
     /// `resident`, for a cycle at `clock`'s time.
-    pub async fn from_policy(
+    pub fn from_policy(
         policy: &'p Policy,
         resident: &Resident,
         clock: Arc<dyn Clock>,
         lease_clock: Arc<dyn Clock>,
     ) -> Result<Self, CycleError> {
         let config = policy.source.as_ref().ok_or(CycleError::NoSource)?;
-        let parts = Parts::for_writing(policy, resident, clock, lease_clock).await?;
-        let source = ConfiguredSource::from_config(&resident.aws, config)?;
+        let parts = Parts::for_writing(policy, resident, clock, lease_clock)?;
+        let source = match &resident.aws_source {
+            Some(source) => source.clone(),
+            None => ConfiguredSource::from_config(&resident.aws, config)?,
+        };
         Ok(Parts {
             policy,
             source,

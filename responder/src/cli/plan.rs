@@ -105,7 +105,7 @@ pub(super) fn run(args: &PlanArgs) -> Result<Status, CliError> {
 async fn dry_run(args: &PlanArgs, policy: &Policy) -> Result<PlanReport, CliError> {
     let clock = Arc::from(args.policy.clock());
     let resident = crate::cycle::Resident::from_policy(policy).await;
-    let parts = Parts::from_policy(policy, &resident, clock, Arc::from(clock_at(None))).await?;
+    let parts = Parts::from_policy(policy, &resident, clock, Arc::from(clock_at(None)))?;
     let prepared = prepare(&parts).await?;
     let planned = &prepared.planned;
     let desired: BTreeSet<IpNet> = planned.nets().copied().collect();

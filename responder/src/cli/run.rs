@@ -203,7 +203,7 @@ async fn fast_loop(
     }
     let detector = crate::fast::FastDetector::new(rules, interval);
     let clock: Arc<dyn Clock> = Arc::from(clock_at(None));
-    let parts = match Parts::for_writing(&policy, &resident, Arc::clone(&clock), clock).await {
+    let parts = match Parts::for_writing(&policy, &resident, Arc::clone(&clock), clock) {
         Ok(parts) => parts,
         Err(error) => {
             tracing::error!(%error, "the fast detector cannot run");
@@ -333,7 +333,7 @@ async fn report_cycle(
     output: Output,
 ) -> Result<CycleReport, CliError> {
     let real: Arc<dyn Clock> = Arc::from(clock_at(None));
-    let parts = Parts::from_policy(policy, resident, Arc::from(clock_at(now)), real).await?;
+    let parts = Parts::from_policy(policy, resident, Arc::from(clock_at(now)), real)?;
     let ledger = parts.ledger.label();
     let report = cycle::run(parts).await?;
     let json = serde_json::to_string(&report).expect("reports serialize");
