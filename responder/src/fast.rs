@@ -100,7 +100,7 @@ impl RuleFailure {
 /// A new block from a fast pass.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct FastBlock {
-    /// The address or prefix blocked.
+    /// The address or prefix blocked, with its length.
     pub key: String,
     /// The tier whose rule listed it.
     pub tier: String,
@@ -143,6 +143,9 @@ pub struct FastReport {
     pub held_back: Vec<String>,
     /// Keys an operator's unblock keeps unblocked.
     pub suppressed: Vec<String>,
+    /// Blocks whose time was up when the pass wrote: the sets it wrote, as
+    /// every write does, hold the ledger's blocks in force.
+    pub expired: Vec<String>,
     /// Rules that could not be read.
     pub rule_failures: Vec<RuleFailure>,
     /// With a lease: where the pass stood with it.
@@ -241,6 +244,7 @@ impl FastDetector {
             added: Vec::new(),
             held_back: Vec::new(),
             suppressed: Vec::new(),
+            expired: Vec::new(),
             rule_failures: poll.failures,
             lease: None,
             targets: Vec::new(),
@@ -311,6 +315,7 @@ impl FastDetector {
         report.targets = target_lines(policy, &written.planned, &written.reports, wrote_nothing);
         if !wrote_nothing && written.lease_lost.is_none() {
             report.added = self.blocked(&written.planned.added, &listed, wrote_at);
+            report.expired = text(&written.planned.expired);
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
@@ -341,7 +346,7 @@ impl FastDetector {
                 let sighting = listed.get(key)?;
                 let seen = first_seen.remove(key).unwrap_or(wrote_at);
                 Some(FastBlock {
-                    key: crate::detect::key_text(key),
+                    key: key.to_string(),
                     tier: sighting.tier.to_string(),
                     rule: sighting.rule.clone(),
                     latency_seconds: wrote_at.duration_since(seen).as_secs_f64(),
@@ -437,8 +442,9 @@ fn rule_reason(sighting: &Sighting, tier: &floodgate_rules::policy::Tier) -> Str
     )
 }
 
+/// Keys as every JSON output writes them: with their length.
 fn text(nets: &[IpNet]) -> Vec<String> {
-    nets.iter().map(crate::detect::key_text).collect()
+    nets.iter().map(ToString::to_string).collect()
 }
 
 #[cfg(test)]

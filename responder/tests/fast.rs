@@ -13,7 +13,7 @@ use floodgate_responder::cycle::{self, CycleReport, Parts, Writes};
 use floodgate_responder::fast::FastDetector;
 use floodgate_responder::lease::dynamodb::DynamoDbLease;
 use floodgate_responder::lease::{ConfiguredLease, Contender, Standing, acquire};
-use floodgate_responder::ledger::{ConfiguredLedger, Ledger};
+use floodgate_responder::ledger::{ConfiguredLedger, Ledger, LedgerEntry};
 use floodgate_responder::rate_rules::RateRule;
 use floodgate_responder::sink::ConfiguredTarget;
 use floodgate_responder::sink::wafv2::Wafv2Target;
@@ -171,6 +171,35 @@ async fn a_listed_address_is_blocked_everywhere_once_and_the_log_cycle_keeps_it_
 
     let quiet = setup.log("quiet.jsonl", &[]);
     setup.log_cycle(&quiet).await;
+    // A block that ends right after that cycle: the pass's write ends it
+    // and says so.
+    let mut ledger = setup.ledger().await;
+    let ended: ipnet::IpNet = "192.0.2.200/32".parse().unwrap();
+    let last_run = ledger.last_run_ms.unwrap();
+    ledger.entries.insert(
+        ended,
+        LedgerEntry {
+            net: ended,
+            tier: "block".to_owned(),
+            first_seen_ms: last_run,
+            last_seen_ms: last_run,
+            blocked_at_ms: last_run - 900_000,
+            expires_at_ms: last_run + 1,
+            offences: 1,
+            requests: 100,
+            addresses: 1,
+            source: "eu-west-1/aws-waf-logs-app".to_owned(),
+            reason: "100 requests in 300 s (tier block)".to_owned(),
+            suppressed_until_ms: None,
+        },
+    );
+    ledger.version += 1;
+    ConfiguredLedger::from_policy(&setup.policy)
+        .await
+        .save(&ledger)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let calls_before = setup.gate.calls();
     let report = setup.detector.pass(&setup.parts(None).await).await.unwrap();
     assert_eq!(report.mode, "enforce");
@@ -178,9 +207,14 @@ async fn a_listed_address_is_blocked_everywhere_once_and_the_log_cycle_keeps_it_
     assert_eq!(setup.gate.calls() - calls_before, 3, "one call per rule");
     assert_eq!(report.listed, 2);
     let added: Vec<&str> = report.added.iter().map(|b| b.key.as_str()).collect();
-    assert_eq!(added, [ATTACKER]);
+    assert_eq!(added, [format!("{ATTACKER}/32")]);
     assert!(report.added[0].rule.contains("eu-west-1"), "{report:?}");
-    assert_eq!(report.allow_listed, [PARTNER], "never blocked");
+    assert_eq!(
+        report.allow_listed,
+        [format!("{PARTNER}/32")],
+        "never blocked"
+    );
+    assert_eq!(report.expired, ["192.0.2.200/32"]);
     assert_eq!(report.targets.len(), 3);
     assert!(
         report.targets.iter().all(|t| t.failure.is_none()),

@@ -389,6 +389,7 @@ mod tests {
             }],
             held_back: Vec::new(),
             suppressed: Vec::new(),
+            expired: Vec::new(),
             rule_failures: vec![crate::fast::RuleFailure {
                 rule: "floodgate-tier-block".to_owned(),
                 failure: "throttled",

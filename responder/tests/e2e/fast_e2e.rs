@@ -156,8 +156,15 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
         is_fast(r) && !r["added"].as_array().unwrap().is_empty()
     });
     let seen = listed_at.elapsed();
-    assert_eq!(fast["added"][0]["key"], ATTACKER, "{fast:#}");
-    assert_eq!(fast["allow_listed"], serde_json::json!([PARTNER]));
+    assert_eq!(
+        fast["added"][0]["key"],
+        format!("{ATTACKER}/32"),
+        "{fast:#}"
+    );
+    assert_eq!(
+        fast["allow_listed"],
+        serde_json::json!([format!("{PARTNER}/32")])
+    );
     assert!(
         fast["added"][0]["rule"]
             .as_str()
