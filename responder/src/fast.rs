@@ -225,6 +225,10 @@ impl FastDetector {
     /// already block. `parts.source` is unused.
     pub async fn pass(&self, parts: &Parts<'_, ()>) -> Result<FastReport, CycleError> {
         let started = Stopwatch::start();
+        let done = |mut report: FastReport| {
+            report.seconds = started.elapsed().as_secs_f64();
+            report
+        };
         let now_ms = unix_ms(parts.clock.now());
         let polled_at = Instant::now();
         let poll = self.poll().await;
@@ -254,15 +258,13 @@ impl FastDetector {
         report.listed = listed.len();
         self.remember(&listed, polled_at);
         if listed.is_empty() {
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return Ok(done(report));
         }
         let turn = Arc::clone(&parts.writes).lock_owned().await;
         let loaded = parts.ledger.load().await?;
         if loaded.last_run_ms.is_none() {
             report.mode = "waiting";
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return Ok(done(report));
         }
         let Candidates {
             offenders,
@@ -273,8 +275,7 @@ impl FastDetector {
         report.already_blocked = already_blocked;
         report.allow_listed = text(&allow_listed);
         if offenders.is_empty() {
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return Ok(done(report));
         }
         let origin = Origin::RateRules(seen_by);
         let planned = crate::cycle::plan_against(&offenders, policy, &loaded, now_ms, &origin);
@@ -295,8 +296,7 @@ impl FastDetector {
         report.suppressed = text(&prepared.planned.suppressed);
         report.held_back = text(&prepared.planned.held_back);
         if prepared.planned.added.is_empty() {
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return Ok(done(report));
         }
         let standing = take_lease(parts, &mut prepared.phases).await?;
         let me = parts.lease.as_ref().map_or("", |l| l.holder_id.as_str());
@@ -317,8 +317,7 @@ impl FastDetector {
             report.added = self.blocked(&written.planned.added, &listed, wrote_at);
             report.expired = text(&written.planned.expired);
         }
-        report.seconds = started.elapsed().as_secs_f64();
-        Ok(report)
+        Ok(done(report))
     }
 
     /// Notes when each listed key was first seen; forgets keys no longer
