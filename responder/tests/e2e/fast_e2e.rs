@@ -297,3 +297,113 @@ fn log_path(daemon: &Daemon, logs: &std::path::Path, fast_latency: f64, fast_lis
         landed.elapsed().as_secs_f64()
     );
 }
+
+/// A standby daemon polls the rules but, while the primary holds the
+/// lease, writes nothing: no set, no ledger entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_daemon_polls_and_writes_nothing_issue_33() {
+    use floodgate_responder::lease::dynamodb::DynamoDbLease;
+    use floodgate_responder::lease::{Contender, Standing, acquire};
+    use floodgate_responder::ledger::Ledger;
+    use floodgate_responder::ledger::dynamodb::DynamoDbLedger;
+    use floodgate_rules::policy::Role;
+
+    const REGION: &str = "eu-west-1";
+    const TABLE: &str = "floodgate-ledger";
+    let moto = tokio::task::spawn_blocking(MotoServer::start)
+        .await
+        .unwrap();
+    let gate = ManagedKeysGate::start(&moto.endpoint());
+    moto.create_rate_rule(REGION, Scope::Regional, "floodgate", RULE, 100, 300)
+        .await;
+    moto.create_ledger_table(REGION, TABLE).await;
+    // A cycle has run (so passes may write), and the primary holds the lease.
+    let ledger = DynamoDbLedger::new(moto.dynamodb_client(REGION), TABLE);
+    let ran = floodgate_responder::ledger::LedgerState {
+        version: 1,
+        last_run_ms: Some(wall_clock_ms()),
+        ..Default::default()
+    };
+    ledger.save(&ran).await.unwrap();
+    let lease = DynamoDbLease::new(moto.dynamodb_client(REGION), TABLE);
+    let primary = Contender {
+        holder_id: "primary",
+        role: Role::Primary,
+        ttl_ms: 900_000,
+        skew_ms: 1_000,
+    };
+    let held = acquire(&lease, &primary, wall_clock_ms()).await.unwrap();
+    assert!(matches!(held, Standing::Holding { .. }));
+    gate.set(REGION, RULE, &[&format!("{ATTACKER}/32")]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("waf.jsonl");
+    std::fs::write(
+        &logs,
+        floodgate_tests::waf_record(wall_clock_ms(), "192.0.2.1") + "\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let (moto_url, gate_url) = (moto.endpoint(), gate.endpoint());
+    let text = format!(
+        r#"[responder]
+role = "standby"
+schedule = "0 */5 * * * *"
+fast_interval_seconds = 1
+listen = "127.0.0.1:{port}"
+ledger = {{ backend = "dynamodb", table = "{TABLE}", region = "{REGION}", endpoint_url = "{moto_url}" }}
+lease = {{ holder_id = "standby", ttl_seconds = 900, max_clock_skew_seconds = 1 }}
+
+[[tiers]]
+name = "block"
+requests = 100
+window_seconds = 300
+action = "block"
+block_minutes = 15
+fast = true
+
+[source]
+type = "files"
+paths = ["{logs}"]
+
+[[targets]]
+type = "wafv2"
+scope = "regional"
+region = "{REGION}"
+ipv4_sets = ["fg-v4"]
+ipv6_sets = ["fg-v6"]
+endpoint_url = "{gate_url}"
+create_missing = true
+"#,
+        logs = logs.display()
+    );
+    let policy = dir.path().join("standby.toml");
+    std::fs::write(&policy, text).unwrap();
+    let daemon = Daemon::start(dir.path(), &policy, "standby");
+    let metrics = metrics_once(port, "three fast polls", |m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("floodgate_responder_fast_polls_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 3)
+    });
+    assert!(gate.calls() >= 3, "the standby polls the rules");
+    assert!(
+        !metrics.contains("floodgate_responder_fast_blocks_total{"),
+        "{metrics}"
+    );
+    let reports = daemon.stop();
+    assert!(
+        reports.iter().all(|r| !is_fast(r)),
+        "nothing to say: {reports:#?}"
+    );
+    let sets = moto
+        .wafv2_client(REGION)
+        .list_ip_sets()
+        .scope(Scope::Regional)
+        .send()
+        .await
+        .unwrap();
+    assert!(sets.ip_sets().is_empty(), "no set written");
+    let after = ledger.load().await.unwrap();
+    assert!(after.entries.is_empty() && after.version == 1, "{after:?}");
+}
