@@ -178,11 +178,6 @@ impl FastDetector {
         }
     }
 
-    /// The rules it polls.
-    pub fn rules(&self) -> impl Iterator<Item = &RateRule> {
-        self.rules.iter().map(AsRef::as_ref)
-    }
-
     /// Asks every rule, concurrently, what it is limiting now.
     pub async fn poll(&self) -> Poll {
         let mut tasks = JoinSet::new();

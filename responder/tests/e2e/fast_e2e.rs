@@ -110,6 +110,23 @@ fn is_fast(report: &Value) -> bool {
     report["report"] == "fast"
 }
 
+/// Whether the report's `field` lists `ip` (as `ip/32`).
+fn lists(report: &Value, field: &str, ip: &str) -> bool {
+    let key = format!("{ip}/32");
+    report[field]
+        .as_array()
+        .is_some_and(|keys| keys.iter().any(|k| k == &key))
+}
+
+/// 150 requests from `ip` just now, a tier's worth, written to `path`.
+fn write_burst(path: &std::path::Path, ip: &str) {
+    let lines: String = floodgate_tests::burst(ip, 150, wall_clock_ms())
+        .into_iter()
+        .map(|(_, line)| line + "\n")
+        .collect();
+    std::fs::write(path, lines).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_cloudflare_issue_33() {
     let moto = tokio::task::spawn_blocking(MotoServer::start)
@@ -204,16 +221,9 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
 
     // The next log cycle sees the attacker in the logs: the block stays one
     // block, not shortened.
-    let lines: String = floodgate_tests::burst(ATTACKER, 150, wall_clock_ms())
-        .into_iter()
-        .map(|(_, line)| line + "\n")
-        .collect();
-    std::fs::write(logs.join("attack.jsonl"), lines).unwrap();
+    write_burst(&logs.join("attack.jsonl"), ATTACKER);
     let cycle = daemon.wait_for("a log cycle after the fast block", 90, |r| {
-        !is_fast(r)
-            && r["extended"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|n| n == &format!("{ATTACKER}/32")))
+        !is_fast(r) && lists(r, "extended", ATTACKER)
     });
     assert_eq!(cycle["added"], serde_json::json!([]), "{cycle:#}");
     assert_eq!(cloudflare.ips(LIST), [ATTACKER]);
@@ -274,16 +284,9 @@ async fn an_address_one_rule_lists_is_blocked_in_every_region_cloudfront_and_clo
 /// the source to the cycle's report of its block in every target.
 fn log_path(daemon: &Daemon, logs: &std::path::Path, fast_latency: f64, fast_listed: f64) {
     let landed = Instant::now();
-    let lines: String = floodgate_tests::burst(LOG_ATTACKER, 150, wall_clock_ms())
-        .into_iter()
-        .map(|(_, line)| line + "\n")
-        .collect();
-    std::fs::write(logs.join("log-attack.jsonl"), lines).unwrap();
+    write_burst(&logs.join("log-attack.jsonl"), LOG_ATTACKER);
     let cycle = daemon.wait_for("the log path's block", 150, |r| {
-        !is_fast(r)
-            && r["added"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|n| n == &format!("{LOG_ATTACKER}/32")))
+        !is_fast(r) && lists(r, "added", LOG_ATTACKER)
     });
     assert!(
         cycle["targets"]
